@@ -1,0 +1,223 @@
+/**
+ * Reverse-mode autograd on a tape.
+ *
+ * A differentiable op whose inputs need a gradient calls {@linkcode record}
+ * with the tensors its backward needs. The tape is in creation order, which is
+ * already a topological order, so {@linkcode backward} walks it in reverse,
+ * hands each node the gradient of its output, accumulates what it returns,
+ * and releases the node's saved tensors at once. Leaf tensors with
+ * `requiresGrad` receive `.grad` (accumulated across calls until cleared).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { backward } from "./autograd.ts";
+ * import { mul, sum } from "./elementwise.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2, 3]);
+ * w.requiresGrad = true;
+ * backward(sum(mul(w, w)));
+ * console.log(await w.grad!.read()); // Float32Array [2, 4, 6]
+ * ```
+ * @module
+ */
+import { gpu } from "./gpu.ts";
+import { flatIndex, grid1d, keep, type GradNode, scope, Tensor } from "./tensor.ts";
+
+/** Computes the gradients of a node's inputs from the gradient of its output. */
+export type BackwardFn = (gradOut: Tensor, saved: Tensor[]) => (Tensor | null)[];
+
+class Node implements GradNode {
+  static nextId = 1;
+  readonly id = Node.nextId++;
+  constructor(
+    readonly name: string,
+    readonly inputs: Tensor[],
+    readonly output: Tensor,
+    readonly saved: Tensor[],
+    readonly backward: BackwardFn,
+  ) {}
+  release(): void {
+    for (const t of this.saved) t.dispose();
+    this.saved.length = 0;
+    if (this.output.node === this) this.output.node = null;
+  }
+}
+
+let tape: Node[] = [];
+let enabled = true;
+
+/** Whether `t` takes part in differentiation (a leaf that wants a grad, or an op output on the tape). */
+export function needsGrad(t: Tensor): boolean {
+  return t.requiresGrad || t.node !== null;
+}
+
+/** Whether ops record right now (false inside {@linkcode noGrad}). */
+export function isRecording(): boolean {
+  return enabled;
+}
+
+/**
+ * Record `output = op(inputs)` on the tape if any input needs a gradient.
+ * `save` lists tensors the backward reads; they are kept alive (by reference,
+ * not copied) until the node has run. `backward` returns one gradient per
+ * input (null where the input needs none); each must have the input's shape.
+ */
+export function record(
+  name: string,
+  inputs: Tensor[],
+  output: Tensor,
+  save: Tensor[],
+  backward: BackwardFn,
+): void {
+  if (!enabled || !inputs.some(needsGrad)) return;
+  const node = new Node(name, inputs, output, save.map((t) => t.ref()), backward);
+  output.node = node;
+  tape.push(node);
+}
+
+/** Run `fn` with recording turned off (evaluation, optimiser steps). */
+export function noGrad<T>(fn: () => T): T {
+  const before = enabled;
+  enabled = false;
+  try {
+    const r = fn();
+    if (r instanceof Promise) {
+      return r.finally(() => (enabled = before)) as T;
+    }
+    enabled = before;
+    return r;
+  } catch (e) {
+    enabled = before;
+    throw e;
+  }
+}
+
+/** Number of nodes on the tape (tests use it to prove the tape is emptied). */
+export function tapeLength(): number {
+  return tape.length;
+}
+
+/** Drop every recorded node and release what it saved (e.g. after a forward without backward). */
+export function clearTape(): void {
+  for (const n of tape) n.release();
+  tape = [];
+}
+
+/** `acc += g` on the GPU, in place. */
+export function accumulate(acc: Tensor, g: Tensor): void {
+  if (acc.size !== g.size) throw new Error(`gradient of shape [${g.shape}] for tensor [${acc.shape}]`);
+  const code = `
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@group(0) @binding(1) var<storage, read> g: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex()};
+  if (i >= ${acc.size}u) { return; }
+  a[i] = a[i] + g[i];
+}`;
+  gpu().dispatch(code, [acc.buffer, g.buffer], grid1d(acc.size));
+}
+
+/**
+ * Back-propagate from `loss` (any shape; the seed gradient is `gradOut` or
+ * ones), accumulate into `.grad` of leaves with `requiresGrad`, and empty the
+ * tape. Leaf gradients outlive any enclosing {@linkcode scope}.
+ */
+export function backward(loss: Tensor, gradOut?: Tensor): void {
+  const nodes = tape;
+  tape = [];
+  const prev = enabled;
+  enabled = false;
+  try {
+    const grads = new Map<number, Tensor>();
+    const seed = gradOut ? gradOut.ref() : keep(Tensor.ones(loss.shape));
+    if (!loss.node) {
+      if (loss.requiresGrad) deliverLeaf(loss, seed);
+      else seed.dispose();
+      for (const n of nodes) n.release();
+      return;
+    }
+    grads.set(loss.id, seed);
+    for (let i = nodes.length - 1; i >= 0; i--) {
+      const node = nodes[i];
+      const g = grads.get(node.output.id);
+      if (!g) {
+        node.release();
+        continue;
+      }
+      grads.delete(node.output.id);
+      // Temporaries of the backward computation die here; the returned grads live on.
+      const inputGrads = scope(() => node.backward(g, node.saved));
+      node.release();
+      g.dispose();
+      node.inputs.forEach((input, k) => {
+        const gi = inputGrads[k];
+        if (!gi) return;
+        if (!needsGrad(input)) {
+          gi.dispose();
+          return;
+        }
+        if (gi.size !== input.size) {
+          throw new Error(`${node.name}: gradient [${gi.shape}] does not match input [${input.shape}]`);
+        }
+        if (!input.node) {
+          deliverLeaf(input, gi);
+          return;
+        }
+        const prevG = grads.get(input.id);
+        if (prevG) {
+          accumulate(prevG, gi);
+          gi.dispose();
+        } else {
+          grads.set(input.id, gi);
+        }
+      });
+    }
+    // Gradients that reached tensors with no node (e.g. views of detached tensors).
+    for (const g of grads.values()) g.dispose();
+  } finally {
+    enabled = prev;
+    for (const n of nodes) n.release();
+  }
+}
+
+function deliverLeaf(leaf: Tensor, g: Tensor): void {
+  keep(g);
+  if (!leaf.requiresGrad) {
+    g.dispose();
+    return;
+  }
+  if (leaf.grad) {
+    accumulate(leaf.grad, g);
+    g.dispose();
+  } else {
+    leaf.grad = g.shape.length === leaf.shape.length && g.shape.every((d, i) => d === leaf.shape[i])
+      ? g
+      : reshaped(g, leaf.shape);
+  }
+}
+
+function reshaped(g: Tensor, shape: readonly number[]): Tensor {
+  const v = keep(g.view(shape));
+  g.dispose();
+  return v;
+}
+
+/**
+ * Detach: a handle to the same values with no gradient history.
+ */
+export function detach(t: Tensor): Tensor {
+  return t.view(t.shape);
+}
+
+/**
+ * A view of `x` with another shape (one dimension may be -1), sharing its
+ * storage; gradients flow back through it.
+ */
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  const y = x.view(shape);
+  record("reshape", [x], y, [], (g) => [g.view(x.shape)]);
+  return y;
+}

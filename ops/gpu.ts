@@ -1,0 +1,274 @@
+/**
+ * The WebGPU device, the command recorder and the kernel cache.
+ *
+ * One lazily created `GPUDevice` serves the whole process. Ops record
+ * dispatches into one open compute pass; nothing reaches the queue until a
+ * sync point (`flush()`, a read-back), so a training step is a handful of
+ * submits, not one per op.
+ *
+ * @example
+ * ```ts
+ * import { initGpu, gpu } from "./gpu.ts";
+ * await initGpu();
+ * console.log(gpu().description, gpu().isFallback);
+ * ```
+ * @module
+ */
+
+/** Thrown when no WebGPU implementation or no adapter is available. */
+export class GpuUnavailableError extends Error {
+  override name = "GpuUnavailableError";
+}
+
+/** Features we use when the adapter offers them; nothing depends on them. */
+const OPTIONAL_FEATURES = ["timestamp-query", "shader-f16", "subgroups"] as const;
+
+/** Limits we raise to the adapter's maximum: large kernels need big buffers and workgroups. */
+const MAX_LIMITS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupsPerDimension",
+] as const;
+
+const INSTALL_HINT = "install a GPU driver with Vulkan support, or Mesa's software renderer " +
+  "(Debian/Ubuntu: apt-get install mesa-vulkan-drivers libegl1)";
+
+/** The process-wide GPU context: device, adapter facts, recorder and caches. */
+export class Gpu {
+  readonly device: GPUDevice;
+  /** Adapter description, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15…)". */
+  readonly description: string;
+  /** True on a software adapter (llvmpipe): presets and benchmarks shrink. */
+  readonly isFallback: boolean;
+  readonly features: ReadonlySet<string>;
+  readonly limits: GPUSupportedLimits;
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #pipelines = new Map<string, GPUComputePipeline>();
+  /** Buffers to destroy once the work recorded so far has been submitted. */
+  #afterSubmit: GPUBuffer[] = [];
+  /** Dispatches recorded since the last submit (for tests and statistics). */
+  dispatchesSinceSubmit = 0;
+  /** Submits so far (tests check that ops do not submit per call). */
+  submits = 0;
+
+  constructor(device: GPUDevice, info: GPUAdapterInfo) {
+    this.device = device;
+    this.description = info.description || [info.vendor, info.architecture].filter(Boolean).join(" ") ||
+      "unknown adapter";
+    // deno-lint-ignore no-explicit-any
+    this.isFallback = Boolean((info as any).isFallbackAdapter) || /llvmpipe|lavapipe|swiftshader/i.test(
+      this.description,
+    );
+    this.features = new Set(device.features);
+    this.limits = device.limits;
+  }
+
+  /** The compiled pipeline for `code`, compiled once per distinct source. */
+  pipeline(code: string): GPUComputePipeline {
+    let p = this.#pipelines.get(code);
+    if (!p) {
+      const module = this.device.createShaderModule({ code });
+      p = this.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
+      this.#pipelines.set(code, p);
+    }
+    return p;
+  }
+
+  /** Number of distinct kernels compiled so far. */
+  get pipelineCount(): number {
+    return this.#pipelines.size;
+  }
+
+  #ensurePass(): GPUComputePassEncoder {
+    if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
+    if (!this.#pass) this.#pass = this.#encoder.beginComputePass();
+    return this.#pass;
+  }
+
+  /** The open encoder with no compute pass open: for copies, in recording order. */
+  encoderForCopy(): GPUCommandEncoder {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
+    return this.#encoder;
+  }
+
+  /**
+   * Record one dispatch of `code` (entry point `main`, `buffers` bound in
+   * order at group 0). `uniforms`, when given, are bound after the buffers as
+   * one uniform buffer: values that change every step (learning rate, seed)
+   * travel there so the kernel is compiled once.
+   */
+  dispatch(
+    code: string,
+    buffers: GPUBuffer[],
+    workgroups: readonly number[],
+    uniforms?: ArrayBuffer,
+  ): void {
+    const pipeline = this.pipeline(code);
+    const entries: GPUBindGroupEntry[] = buffers.map((buffer, i) => ({
+      binding: i,
+      resource: { buffer },
+    }));
+    if (uniforms) {
+      const ub = this.device.createBuffer({
+        size: Math.max(16, Math.ceil(uniforms.byteLength / 16) * 16),
+        usage: GPUBufferUsage.UNIFORM,
+        mappedAtCreation: true,
+      });
+      new Uint8Array(ub.getMappedRange()).set(new Uint8Array(uniforms));
+      ub.unmap();
+      entries.push({ binding: buffers.length, resource: { buffer: ub } });
+      this.#afterSubmit.push(ub);
+    }
+    const group = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    const pass = this.#ensurePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    const [x, y = 1, z = 1] = workgroups;
+    const max = this.limits.maxComputeWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new Error(`dispatch of ${x}×${y}×${z} workgroups exceeds the adapter limit ${max}`);
+    }
+    if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    this.dispatchesSinceSubmit++;
+  }
+
+  /**
+   * Copy `bytes` into `dst` in recording order (after every dispatch recorded
+   * so far), through a staging buffer: `queue.writeBuffer` would jump ahead of
+   * the recorded work and could overwrite a pooled buffer still to be read.
+   */
+  upload(dst: GPUBuffer, bytes: ArrayBufferView, dstOffset = 0): void {
+    const size = Math.ceil(bytes.byteLength / 4) * 4;
+    if (size === 0) return;
+    const staging = this.device.createBuffer({
+      size,
+      usage: GPUBufferUsage.COPY_SRC,
+      mappedAtCreation: true,
+    });
+    new Uint8Array(staging.getMappedRange()).set(
+      new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+    );
+    staging.unmap();
+    this.encoderForCopy().copyBufferToBuffer(staging, 0, dst, dstOffset, size);
+    this.#afterSubmit.push(staging);
+  }
+
+  /** Submit everything recorded so far. Cheap when nothing is recorded. */
+  flush(): void {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
+    if (this.#encoder) {
+      this.device.queue.submit([this.#encoder.finish()]);
+      this.#encoder = null;
+      this.submits++;
+      this.dispatchesSinceSubmit = 0;
+    }
+    for (const b of this.#afterSubmit) b.destroy();
+    this.#afterSubmit = [];
+  }
+
+  /** Read `size` bytes of `src` from `offset` back to the CPU (a sync point). */
+  async readBytes(src: GPUBuffer, size: number, offset = 0): Promise<ArrayBuffer> {
+    const padded = Math.ceil(size / 4) * 4;
+    const staging = this.device.createBuffer({
+      size: Math.max(4, padded),
+      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
+    });
+    if (padded > 0) this.encoderForCopy().copyBufferToBuffer(src, offset, staging, 0, padded);
+    this.flush();
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = staging.getMappedRange().slice(0, size);
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  /** Wait until the GPU has finished everything submitted (flushes first). */
+  async sync(): Promise<void> {
+    this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+  }
+}
+
+let current: Gpu | null = null;
+let pending: Promise<Gpu> | null = null;
+
+/** Options for {@linkcode initGpu}. */
+export interface InitGpuOptions {
+  /** The WebGPU entry point; `navigator.gpu` by default (tests pass a fake). */
+  gpu?: GPU | undefined;
+  powerPreference?: GPUPowerPreference;
+}
+
+/**
+ * Acquire an adapter and a device with the adapter's maximum limits.
+ * Throws {@linkcode GpuUnavailableError} with a one-line message saying what
+ * to install when WebGPU or an adapter is missing.
+ */
+export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
+  const entry = "gpu" in options ? options.gpu : (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!entry) {
+    throw new GpuUnavailableError(`WebGPU is not available in this runtime: ${INSTALL_HINT}`);
+  }
+  const adapter = await entry.requestAdapter({
+    powerPreference: options.powerPreference ?? "high-performance",
+  });
+  if (!adapter) throw new GpuUnavailableError(`no WebGPU adapter found: ${INSTALL_HINT}`);
+  const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const requiredLimits: Record<string, number> = {};
+  for (const name of MAX_LIMITS) {
+    const v = adapter.limits[name];
+    if (typeof v === "number") requiredLimits[name] = v;
+  }
+  const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
+  device.addEventListener?.("uncapturederror", (e) => {
+    console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+  });
+  return new Gpu(device, adapter.info);
+}
+
+/** Initialise the process-wide GPU context once; later calls return it. */
+export function initGpu(options: InitGpuOptions = {}): Promise<Gpu> {
+  if (current) return Promise.resolve(current);
+  pending ??= createGpu(options).then((g) => (current = g)).finally(() => (pending = null));
+  return pending;
+}
+
+/** The process-wide GPU context; {@linkcode initGpu} must have resolved first. */
+export function gpu(): Gpu {
+  if (!current) throw new Error("GPU not initialised: call `await initGpu()` first");
+  return current;
+}
+
+/** Flush recorded work to the queue (a no-op before initialisation). */
+export function flush(): void {
+  current?.flush();
+}
+
+/**
+ * Run a command-line entry point: a missing GPU (or any error) prints one
+ * line on stderr and exits with a non-zero code instead of a stack trace.
+ */
+export async function runMain(main: () => Promise<void> | void): Promise<void> {
+  try {
+    await main();
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    console.error(`error: ${msg.split("\n")[0]}`);
+    if (Deno.env.get("LARGEKERNEL_DEBUG") && e instanceof Error) console.error(e.stack);
+    Deno.exit(e instanceof GpuUnavailableError ? 2 : 1);
+  }
+}

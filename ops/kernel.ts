@@ -1,0 +1,102 @@
+/**
+ * Small helpers to write and launch WGSL kernels on tensors.
+ *
+ * Shapes are baked into the WGSL source as constants (the source is the
+ * cache key), so each kernel is compiled once per shape and the inner loops
+ * see compile-time bounds. Values that change every step go through
+ * {@linkcode uniforms}.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { elementwiseKernel, launch } from "./kernel.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 2, 3]);
+ * const y = Tensor.empty([3]);
+ * launch(elementwiseKernel(3, ["x"], "y[i] = 2.0 * x[i];"), [x, y], 3);
+ * console.log(await y.read()); // Float32Array [2, 4, 6]
+ * ```
+ * @module
+ */
+import { gpu } from "./gpu.ts";
+import { flatIndex, grid1d, type Tensor } from "./tensor.ts";
+
+/** Threads per workgroup for flat kernels. */
+export const WG = 256;
+
+/**
+ * WGSL declarations for storage buffers at bindings 0…n-1: names ending in
+ * `!` are read-write (the `!` is dropped), others read-only. Element type f32
+ * unless the name is written `name:type`.
+ */
+export function storage(...names: string[]): string {
+  return names.map((spec, i) => {
+    const write = spec.endsWith("!");
+    const [name, type = "f32"] = (write ? spec.slice(0, -1) : spec).split(":");
+    return `@group(0) @binding(${i}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${type}>;`;
+  }).join("\n");
+}
+
+/** Signature of a flat kernel's `main` with the index `i` bound and bounds-checked against `n`. */
+export function flatMain(n: number, wg = WG): string {
+  return `@compute @workgroup_size(${wg})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = ${flatIndex(wg)};
+  if (i >= ${n}u) { return; }`;
+}
+
+/**
+ * A kernel with one invocation per output element: reads the named inputs,
+ * writes `y` (always the last binding), body given as WGSL statements using `i`.
+ */
+export function elementwiseKernel(n: number, inputs: string[], body: string, prelude = ""): string {
+  return `${storage(...inputs, "y!")}
+${prelude}
+${flatMain(n)}
+  ${body}
+}`;
+}
+
+/** Launch `code` over `n` flat invocations (or an explicit workgroup grid). */
+export function launch(
+  code: string,
+  tensors: Tensor[],
+  n: number | readonly number[],
+  params?: ArrayBuffer,
+): void {
+  const groups = typeof n === "number" ? grid1d(n) : n;
+  gpu().dispatch(code, tensors.map((t) => t.buffer), groups, params);
+}
+
+/** A uniform block: WGSL struct declaration bound after `bindingCount` storage buffers, and its bytes. */
+export function uniforms(
+  bindingCount: number,
+  fields: Record<string, ["f32" | "u32" | "i32", number]>,
+): { decl: string; data: ArrayBuffer } {
+  const entries = Object.entries(fields);
+  const data = new ArrayBuffer(Math.max(16, Math.ceil(entries.length / 4) * 16));
+  const view = new DataView(data);
+  entries.forEach(([, [type, v]], k) => {
+    if (type === "f32") view.setFloat32(k * 4, v, true);
+    else if (type === "u32") view.setUint32(k * 4, v >>> 0, true);
+    else view.setInt32(k * 4, v, true);
+  });
+  const decl = `struct Params { ${entries.map(([name, [type]]) => `${name}: ${type},`).join(" ")} }
+@group(0) @binding(${bindingCount}) var<uniform> P: Params;`;
+  return { decl, data };
+}
+
+/** Row-major strides of a shape. */
+export function strides(shape: readonly number[]): number[] {
+  const s = new Array(shape.length).fill(1);
+  for (let i = shape.length - 2; i >= 0; i--) s[i] = s[i + 1] * shape[i + 1];
+  return s;
+}
+
+/** Throw unless two shapes are equal. */
+export function assertShape(what: string, got: readonly number[], want: readonly number[]): void {
+  if (got.length !== want.length || got.some((d, i) => d !== want[i])) {
+    throw new Error(`${what}: expected shape [${want}], got [${got}]`);
+  }
+}

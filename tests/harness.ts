@@ -1,0 +1,125 @@
+/**
+ * Test harness: run a GPU op against a plain CPU reference (float64) on
+ * seeded random inputs, then check its backward against central finite
+ * differences of the CPU reference. Prints one `op-error` line per check so
+ * the measured errors can be collected from the test log.
+ */
+import assert from "node:assert/strict";
+import { initGpu } from "../ops/gpu.ts";
+import { Rng, scope, Tensor } from "../ops/tensor.ts";
+import { backward, clearTape } from "../ops/autograd.ts";
+
+/** Initialise the GPU once per test file. */
+export async function setup(): Promise<void> {
+  await initGpu();
+}
+
+/** Seeded values in [low, high). */
+export function randomArray(n: number, seed: number, low = -1, high = 1): Float64Array {
+  const rng = new Rng(seed);
+  const a = new Float64Array(n);
+  for (let i = 0; i < n; i++) a[i] = low + (high - low) * rng.uniform();
+  return a;
+}
+
+/** max |a − b| / max(max |b|, 1e-3): error relative to the reference's scale. */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length, `length ${a.length} vs reference ${b.length}`);
+  let num = 0;
+  let den = 1e-3;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= num)) num = Number.isNaN(d) ? Infinity : d;
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}
+
+/** One input of an op under test. */
+export interface InputSpec {
+  shape: number[];
+  /** Explicit values; seeded uniform in [low, high) otherwise. */
+  data?: ArrayLike<number>;
+  low?: number;
+  high?: number;
+  /** Check the gradient of this input (default true). */
+  grad?: boolean;
+}
+
+/** What {@linkcode checkOp} measured. */
+export interface OpErrors {
+  forward: number;
+  grads: number[];
+}
+
+/**
+ * Check `gpuFn` against `cpuFn` forward, and (unless `backward: false`) every
+ * input's gradient against central differences of `cpuFn` with a seeded
+ * random upstream gradient.
+ */
+export async function checkOp(opts: {
+  name: string;
+  inputs: InputSpec[];
+  gpu: (...xs: Tensor[]) => Tensor;
+  cpu: (...xs: Float64Array[]) => ArrayLike<number>;
+  forwardTol?: number;
+  gradTol?: number;
+  eps?: number;
+  backward?: boolean;
+  seed?: number;
+}): Promise<OpErrors> {
+  const seed = opts.seed ?? 1;
+  const values = opts.inputs.map((s, k) => {
+    const n = s.shape.reduce((a, b) => a * b, 1);
+    return s.data ? Float64Array.from(s.data) : randomArray(n, seed * 100 + k, s.low ?? -1, s.high ?? 1);
+  });
+  const want = Float64Array.from(opts.cpu(...values.map((v) => v.slice())));
+  const doGrad = opts.backward !== false;
+  const result = await scope(async () => {
+    const tensors = values.map((v, k) => {
+      const t = Tensor.from(Float32Array.from(v), opts.inputs[k].shape);
+      t.requiresGrad = doGrad && opts.inputs[k].grad !== false;
+      return t;
+    });
+    const y = opts.gpu(...tensors);
+    const got = await y.read();
+    const errors: OpErrors = { forward: relError(got, want), grads: [] };
+    if (!doGrad) {
+      clearTape();
+      return errors;
+    }
+    const gy = randomArray(want.length, seed * 100 + 99);
+    backward(y, Tensor.from(Float32Array.from(gy), y.shape));
+    const eps = opts.eps ?? 1e-4;
+    for (let k = 0; k < values.length; k++) {
+      if (opts.inputs[k].grad === false) continue;
+      const t = tensors[k];
+      assert.ok(t.grad, `${opts.name}: input ${k} received no gradient`);
+      const got = await t.grad!.read();
+      const num = new Float64Array(values[k].length);
+      for (let j = 0; j < num.length; j++) {
+        const plus = values.map((v) => v.slice());
+        const minus = values.map((v) => v.slice());
+        plus[k][j] += eps;
+        minus[k][j] -= eps;
+        const fp = opts.cpu(...plus);
+        const fm = opts.cpu(...minus);
+        let s = 0;
+        for (let i = 0; i < gy.length; i++) s += gy[i] * (fp[i] - fm[i]);
+        num[j] = s / (2 * eps);
+      }
+      errors.grads.push(relError(got, num));
+    }
+    return errors;
+  });
+  console.log(
+    `op-error ${opts.name} forward=${result.forward.toExponential(2)} grads=${
+      result.grads.map((e) => e.toExponential(2)).join(",") || "-"
+    }`,
+  );
+  const ftol = opts.forwardTol ?? 1e-4;
+  const gtol = opts.gradTol ?? 1e-3;
+  assert.ok(result.forward <= ftol, `${opts.name}: forward error ${result.forward} > ${ftol}`);
+  result.grads.forEach((e, k) => assert.ok(e <= gtol, `${opts.name}: grad ${k} error ${e} > ${gtol}`));
+  return result;
+}
