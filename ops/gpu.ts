@@ -20,6 +20,9 @@ export class GpuUnavailableError extends Error {
   override name = "GpuUnavailableError";
 }
 
+/** Submit on our own after this many recorded dispatches. */
+const AUTO_FLUSH_DISPATCHES = 8192;
+
 /** Features we use when the adapter offers them; nothing depends on them. */
 const OPTIONAL_FEATURES = ["timestamp-query", "shader-f16", "subgroups"] as const;
 
@@ -140,7 +143,8 @@ export class Gpu {
       throw new Error(`dispatch of ${x}×${y}×${z} workgroups exceeds the adapter limit ${max}`);
     }
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
-    this.dispatchesSinceSubmit++;
+    // Bound the recorded work (and its transient uniform buffers) of long loops that never sync.
+    if (++this.dispatchesSinceSubmit >= AUTO_FLUSH_DISPATCHES) this.flush();
   }
 
   /**

@@ -1,0 +1,153 @@
+import assert from "node:assert/strict";
+import { createGpu, gpu, GpuUnavailableError } from "../ops/gpu.ts";
+import { keep, poolStats, Rng, scope, sizeClass, Tensor } from "../ops/tensor.ts";
+import { backward, clearTape, noGrad, reshape, tapeLength } from "../ops/autograd.ts";
+import { add, gelu, mul, sum } from "../ops/elementwise.ts";
+import { setup } from "./harness.ts";
+
+await setup();
+
+Deno.test("no WebGPU or no adapter: one-line error saying what to install", async () => {
+  await assert.rejects(() => createGpu({ gpu: undefined }), (e: Error) => {
+    assert.ok(e instanceof GpuUnavailableError);
+    assert.match(e.message, /^WebGPU is not available.*install/);
+    assert.ok(!e.message.includes("\n"));
+    return true;
+  });
+  const noAdapter = { requestAdapter: () => Promise.resolve(null) } as unknown as GPU;
+  await assert.rejects(() => createGpu({ gpu: noAdapter }), /no WebGPU adapter found: install/);
+});
+
+Deno.test("no WebGPU: a command exits non-zero with a single stderr line", async () => {
+  const fixture = new URL("./fixtures/no_webgpu.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", fixture],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr).trim();
+  assert.equal(out.code, 2);
+  assert.equal(new TextDecoder().decode(out.stdout), "");
+  assert.equal(stderr.split("\n").length, 1, stderr);
+  assert.match(stderr, /^error: WebGPU is not available/);
+});
+
+Deno.test("adapter facts are exposed", () => {
+  assert.ok(gpu().description.length > 0);
+  assert.equal(typeof gpu().isFallback, "boolean");
+  assert.ok(gpu().limits.maxStorageBufferBindingSize >= 128 << 20);
+});
+
+Deno.test("tensor creation, read-back and views", async () => {
+  await scope(async () => {
+    const x = Tensor.from([1, 2, 3, 4, 5, 6], [2, 3]);
+    assert.deepEqual([...await x.read()], [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(x.view([3, -1]).shape, [3, 2]);
+    assert.throws(() => x.view([4, -1]), /cannot view 6 values/);
+    assert.throws(() => Tensor.from([1, 2, 3], [2, 2]), /3 values do not fill shape \[2,2\]/);
+    assert.deepEqual([...await Tensor.zeros([3]).read()], [0, 0, 0]);
+    assert.deepEqual([...await Tensor.full([2], -1.5).read()], [-1.5, -1.5]);
+    assert.equal(await Tensor.from([7]).item(), 7);
+  });
+});
+
+Deno.test("seeded random init: deterministic, right moments, truncation respected", async () => {
+  await scope(async () => {
+    const a = await Tensor.randn([4000], { seed: 3, std: 2 }).read();
+    const b = await Tensor.randn([4000], { seed: 3, std: 2 }).read();
+    assert.deepEqual(a, b);
+    const m = a.reduce((s, v) => s + v, 0) / a.length;
+    const sd = Math.sqrt(a.reduce((s, v) => s + (v - m) ** 2, 0) / a.length);
+    assert.ok(Math.abs(m) < 0.1 && Math.abs(sd - 2) < 0.1, `mean ${m} std ${sd}`);
+    const t = await Tensor.truncNormal([4000], { seed: 1, std: 0.02, a: -0.02, b: 0.02 }).read();
+    assert.ok(t.every((v) => Math.abs(v) <= 0.02 + 1e-7));
+    const u = await Tensor.rand([1000], { seed: 2, low: 3, high: 4 }).read();
+    assert.ok(u.every((v) => v >= 3 && v < 4));
+    assert.notDeepEqual(await Tensor.randn([8], { seed: 4 }).read(), await Tensor.randn([8], { seed: 5 }).read());
+  });
+  const r = new Rng(9);
+  r.normal();
+  const saved = r.state;
+  const next = [r.uniform(), r.normal()];
+  r.state = saved;
+  assert.deepEqual([r.uniform(), r.normal()], next);
+});
+
+Deno.test("scope disposes everything but what it returns; keep() escapes", () => {
+  const before = poolStats().liveTensors;
+  let kept: Tensor | null = null;
+  const out = scope(() => {
+    const a = Tensor.ones([4]);
+    kept = keep(Tensor.ones([2]));
+    return { y: add(a, a), list: [mul(a, a)] };
+  });
+  assert.equal(poolStats().liveTensors, before + 3);
+  assert.ok(!out.y.disposed && !out.list[0].disposed);
+  out.y.dispose();
+  out.list[0].dispose();
+  kept!.dispose();
+  out.y.dispose(); // idempotent
+  assert.equal(poolStats().liveTensors, before);
+  assert.throws(() => out.y.buffer, /used after dispose/);
+});
+
+Deno.test("views share storage: the buffer returns to the pool only when the last handle goes", () => {
+  const x = Tensor.ones([8]);
+  const free0 = poolStats().freeBytes;
+  const v = x.view([2, 4]);
+  x.dispose();
+  assert.equal(poolStats().freeBytes, free0);
+  v.dispose();
+  assert.equal(poolStats().freeBytes, free0 + sizeClass(32));
+});
+
+Deno.test("ops record dispatches without submitting; read() is the sync point", async () => {
+  const x = Tensor.from([1, 2, 3]);
+  await x.read();
+  const submits = gpu().submits;
+  const y = scope(() => gelu(add(mul(x, x), x)));
+  assert.equal(gpu().submits, submits, "an op submitted the queue");
+  assert.ok(gpu().dispatchesSinceSubmit >= 3);
+  await y.read();
+  assert.equal(gpu().submits, submits + 1);
+  x.dispose();
+  y.dispose();
+});
+
+Deno.test("autograd: shared inputs accumulate, .grad accumulates across backward calls, tape empties", async () => {
+  const w = Tensor.from([1, 2, 3]);
+  w.requiresGrad = true;
+  scope(() => backward(sum(add(mul(w, w), w)))); // d/dw (w² + w) = 2w + 1
+  assert.deepEqual([...await w.grad!.read()], [3, 5, 7]);
+  scope(() => backward(sum(reshape(w, [3, 1]))));
+  assert.deepEqual([...await w.grad!.read()], [4, 6, 8]);
+  assert.equal(tapeLength(), 0);
+  scope(() => noGrad(() => sum(mul(w, w))));
+  assert.equal(tapeLength(), 0, "noGrad recorded nodes");
+  scope(() => sum(mul(w, w)));
+  assert.ok(tapeLength() > 0);
+  clearTape();
+  assert.equal(tapeLength(), 0);
+  w.dispose();
+});
+
+Deno.test("memory: 100 forward/backward steps do not grow the pool", async () => {
+  const w = Tensor.randn([64, 16], { seed: 1 });
+  w.requiresGrad = true;
+  const step = () =>
+    scope(() => {
+      const x = Tensor.randn([64, 16], { seed: 2 });
+      backward(sum(gelu(mul(add(x, w), w))));
+      w.grad!.dispose();
+      w.grad = null;
+    });
+  for (let i = 0; i < 5; i++) step();
+  await gpu().sync();
+  const warm = poolStats();
+  for (let i = 0; i < 100; i++) step();
+  await gpu().sync();
+  const after = poolStats();
+  assert.equal(after.allocatedBytes, warm.allocatedBytes);
+  assert.equal(after.liveTensors, warm.liveTensors);
+  w.dispose();
+});
