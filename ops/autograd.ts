@@ -23,7 +23,7 @@
  * @module
  */
 import { gpu } from "./gpu.ts";
-import { flatIndex, grid1d, keep, type GradNode, scope, Tensor } from "./tensor.ts";
+import { flatIndex, type GradNode, grid1d, keep, scope, Tensor } from "./tensor.ts";
 
 /** Computes the gradients of a node's inputs from the gradient of its output. */
 export type BackwardFn = (gradOut: Tensor, saved: Tensor[]) => (Tensor | null)[];
@@ -107,7 +107,9 @@ export function clearTape(): void {
 
 /** `acc += g` on the GPU, in place. */
 export function accumulate(acc: Tensor, g: Tensor): void {
-  if (acc.size !== g.size) throw new Error(`gradient of shape [${g.shape}] for tensor [${acc.shape}]`);
+  if (acc.size !== g.size) {
+    throw new Error(`gradient of shape [${g.shape}] for tensor [${acc.shape}]`);
+  }
   const code = `
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read> g: array<f32>;
@@ -160,7 +162,9 @@ export function backward(loss: Tensor, gradOut?: Tensor): void {
           return;
         }
         if (gi.size !== input.size) {
-          throw new Error(`${node.name}: gradient [${gi.shape}] does not match input [${input.shape}]`);
+          throw new Error(
+            `${node.name}: gradient [${gi.shape}] does not match input [${input.shape}]`,
+          );
         }
         if (!input.node) {
           deliverLeaf(input, gi);

@@ -15,7 +15,7 @@
  * @module
  */
 import { record, reshape } from "./autograd.ts";
-import { elementwiseKernel, launch, storage, strides, WG } from "./kernel.ts";
+import { elementwiseKernel, launch, storage, strides } from "./kernel.ts";
 import { f32, numel, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- broadcasting
@@ -64,6 +64,9 @@ function binary(a: Tensor, b: Tensor, expr: string): Tensor {
 
 // ---------------------------------------------------------------- reductions
 
+/** Threads per reduction workgroup: 64 compiles ~4× faster than 256 on llvmpipe and is as fast on GPUs here. */
+const RWG = 64;
+
 /**
  * Sum over `axes`, keeping them as size-1 dimensions. One workgroup per
  * output element reduces in workgroup memory.
@@ -85,20 +88,20 @@ export function sumAxes(x: Tensor, axes: number[]): Tensor {
     }).join(" + ") || "0u";
   };
   const code = `${storage("x", "y!")}
-var<workgroup> part: array<f32, ${WG}>;
-@compute @workgroup_size(${WG})
+var<workgroup> part: array<f32, ${RWG}>;
+@compute @workgroup_size(${RWG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32,
         @builtin(num_workgroups) nwg: vec3u) {
   let o = wid.x + wid.y * nwg.x;
   if (o >= ${y.size}u) { return; }
   let base = ${coords(kept, "o")};
   var acc = 0.0;
-  for (var r = lid; r < ${reduceCount}u; r += ${WG}u) {
+  for (var r = lid; r < ${reduceCount}u; r += ${RWG}u) {
     acc += x[base + ${coords(red, "r")}];
   }
   part[lid] = acc;
   workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+  for (var s = ${RWG / 2}u; s > 0u; s >>= 1u) {
     if (lid < s) { part[lid] += part[lid + s]; }
     workgroupBarrier();
   }
@@ -116,7 +119,9 @@ export function sumToShape(g: Tensor, shape: readonly number[]): Tensor {
   if (numel(shape) === g.size) return reshape(g, shape);
   const pad = g.rank - shape.length;
   const axes: number[] = [];
-  for (let d = 0; d < g.rank; d++) if ((shape[d - pad] ?? 1) === 1 && g.shape[d] !== 1) axes.push(d);
+  for (let d = 0; d < g.rank; d++) {
+    if ((shape[d - pad] ?? 1) === 1 && g.shape[d] !== 1) axes.push(d);
+  }
   return reshape(sumAxes(g, axes), shape);
 }
 
@@ -124,7 +129,11 @@ export function sumToShape(g: Tensor, shape: readonly number[]): Tensor {
 export function expand(x: Tensor, shape: readonly number[]): Tensor {
   const out = broadcastShape(x.shape, shape);
   const y = Tensor.empty(out);
-  launch(elementwiseKernel(y.size, ["x"], `y[i] = x[${broadcastIndex(x.shape, out)}];`), [x, y], y.size);
+  launch(
+    elementwiseKernel(y.size, ["x"], `y[i] = x[${broadcastIndex(x.shape, out)}];`),
+    [x, y],
+    y.size,
+  );
   record("expand", [x], y, [], (g) => [sumToShape(g, x.shape)]);
   return y;
 }
@@ -169,7 +178,11 @@ export function mul(a: Tensor, b: Tensor): Tensor {
 
 function unary(x: Tensor, expr: string, prelude = ""): Tensor {
   const y = Tensor.empty(x.shape);
-  launch(elementwiseKernel(x.size, ["x"], `let v = x[i];\n  y[i] = ${expr};`, prelude), [x, y], x.size);
+  launch(
+    elementwiseKernel(x.size, ["x"], `let v = x[i];\n  y[i] = ${expr};`, prelude),
+    [x, y],
+    x.size,
+  );
   return y;
 }
 

@@ -63,12 +63,14 @@ export class Gpu {
 
   constructor(device: GPUDevice, info: GPUAdapterInfo) {
     this.device = device;
-    this.description = info.description || [info.vendor, info.architecture].filter(Boolean).join(" ") ||
+    this.description = info.description ||
+      [info.vendor, info.architecture].filter(Boolean).join(" ") ||
       "unknown adapter";
     // deno-lint-ignore no-explicit-any
-    this.isFallback = Boolean((info as any).isFallbackAdapter) || /llvmpipe|lavapipe|swiftshader/i.test(
-      this.description,
-    );
+    this.isFallback = Boolean((info as any).isFallbackAdapter) ||
+      /llvmpipe|lavapipe|swiftshader/i.test(
+        this.description,
+      );
     this.features = new Set(device.features);
     this.limits = device.limits;
   }
@@ -78,7 +80,10 @@ export class Gpu {
     let p = this.#pipelines.get(code);
     if (!p) {
       const module = this.device.createShaderModule({ code });
-      p = this.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
+      p = this.device.createComputePipeline({
+        layout: "auto",
+        compute: { module, entryPoint: "main" },
+      });
       this.#pipelines.set(code, p);
     }
     return p;
@@ -223,7 +228,9 @@ export interface InitGpuOptions {
  * to install when WebGPU or an adapter is missing.
  */
 export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
-  const entry = "gpu" in options ? options.gpu : (globalThis.navigator as Navigator | undefined)?.gpu;
+  const entry = "gpu" in options
+    ? options.gpu
+    : (globalThis.navigator as Navigator | undefined)?.gpu;
   if (!entry) {
     throw new GpuUnavailableError(`WebGPU is not available in this runtime: ${INSTALL_HINT}`);
   }
@@ -231,7 +238,9 @@ export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
     powerPreference: options.powerPreference ?? "high-performance",
   });
   if (!adapter) throw new GpuUnavailableError(`no WebGPU adapter found: ${INSTALL_HINT}`);
-  const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f)) as GPUFeatureName[];
+  const requiredFeatures = OPTIONAL_FEATURES.filter((f) =>
+    adapter.features.has(f)
+  ) as GPUFeatureName[];
   const requiredLimits: Record<string, number> = {};
   for (const name of MAX_LIMITS) {
     const v = adapter.limits[name];

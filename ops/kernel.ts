@@ -34,7 +34,9 @@ export function storage(...names: string[]): string {
   return names.map((spec, i) => {
     const write = spec.endsWith("!");
     const [name, type = "f32"] = (write ? spec.slice(0, -1) : spec).split(":");
-    return `@group(0) @binding(${i}) var<storage, ${write ? "read_write" : "read"}> ${name}: array<${type}>;`;
+    return `@group(0) @binding(${i}) var<storage, ${
+      write ? "read_write" : "read"
+    }> ${name}: array<${type}>;`;
   }).join("\n");
 }
 

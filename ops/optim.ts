@@ -24,7 +24,7 @@
  * ```
  * @module
  */
-import { launch, storage, flatMain, uniforms } from "./kernel.ts";
+import { flatMain, launch, storage, uniforms } from "./kernel.ts";
 import { f32, keep, Tensor } from "./tensor.ts";
 
 /** Parameters sharing one weight decay. */
@@ -53,10 +53,16 @@ export function decayGroups(
   return [{ params: decay, weightDecay }, { params: noDecay, weightDecay: 0 }];
 }
 
-function normaliseGroups(params: Tensor[] | ParamGroup[], weightDecay: number): Required<ParamGroup>[] {
+function normaliseGroups(
+  params: Tensor[] | ParamGroup[],
+  weightDecay: number,
+): Required<ParamGroup>[] {
   if (params.length === 0) return [];
   if (params[0] instanceof Tensor) return [{ params: params as Tensor[], weightDecay }];
-  return (params as ParamGroup[]).map((g) => ({ params: g.params, weightDecay: g.weightDecay ?? weightDecay }));
+  return (params as ParamGroup[]).map((g) => ({
+    params: g.params,
+    weightDecay: g.weightDecay ?? weightDecay,
+  }));
 }
 
 /** The optimiser interface the trainer uses. */
@@ -79,7 +85,7 @@ abstract class GpuOptimizer implements Optimizer {
   lr: number;
   protected groups: Required<ParamGroup>[];
   /** Per parameter, its state tensors (allocated lazily, zero-initialised). */
-  protected state = new Map<Tensor, Tensor[]>();
+  protected state: Map<Tensor, Tensor[]> = new Map();
   protected steps = 0;
   protected abstract readonly buffersPerParam: number;
 
@@ -117,14 +123,18 @@ abstract class GpuOptimizer implements Optimizer {
 
   async stateDict(): Promise<OptimizerState> {
     const buffers: Float32Array[][] = [];
-    for (const p of this.params) buffers.push(await Promise.all(this.buffers(p).map((b) => b.read())));
+    for (const p of this.params) {
+      buffers.push(await Promise.all(this.buffers(p).map((b) => b.read())));
+    }
     return { step: this.steps, buffers };
   }
 
   loadStateDict(state: OptimizerState): void {
     const params = this.params;
     if (state.buffers.length !== params.length) {
-      throw new Error(`optimizer state has ${state.buffers.length} parameters, model has ${params.length}`);
+      throw new Error(
+        `optimizer state has ${state.buffers.length} parameters, model has ${params.length}`,
+      );
     }
     params.forEach((p, i) => {
       const old = this.state.get(p);

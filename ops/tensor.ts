@@ -49,7 +49,9 @@ class BufferPool {
       return hit;
     }
     const max = gpu().limits.maxBufferSize;
-    if (size > max) throw new Error(`tensor of ${bytes} bytes exceeds the adapter's maxBufferSize ${max}`);
+    if (size > max) {
+      throw new Error(`tensor of ${bytes} bytes exceeds the adapter's maxBufferSize ${max}`);
+    }
     this.allocatedBytes += size;
     this.buffers++;
     return gpu().device.createBuffer({ size, usage: USAGE });
@@ -80,7 +82,12 @@ class BufferPool {
 const pool = new BufferPool();
 
 /** Bytes held by the pool: `allocated` (all buffers) and `free` (reusable). */
-export function poolStats(): { allocatedBytes: number; freeBytes: number; buffers: number; liveTensors: number } {
+export function poolStats(): {
+  allocatedBytes: number;
+  freeBytes: number;
+  buffers: number;
+  liveTensors: number;
+} {
   return {
     allocatedBytes: pool.allocatedBytes,
     freeBytes: pool.freeBytes,
@@ -126,7 +133,7 @@ type Kept = any;
 function collect(value: Kept, into: Set<Tensor>, depth = 0): void {
   if (depth > 4 || value === null || typeof value !== "object") return;
   if (value instanceof Tensor) into.add(value);
-  else if (Array.isArray(value)) for (const v of value) collect(v, into, depth + 1);
+  else if (Array.isArray(value)) { for (const v of value) collect(v, into, depth + 1); }
   else if (Object.getPrototypeOf(value) === Object.prototype) {
     for (const v of Object.values(value)) collect(v, into, depth + 1);
   }
@@ -318,7 +325,9 @@ export class Tensor {
 
   /** The single value of a one-element tensor. */
   async item(): Promise<number> {
-    if (this.size !== 1) throw new Error(`item() needs one element, tensor has shape [${this.shape}]`);
+    if (this.size !== 1) {
+      throw new Error(`item() needs one element, tensor has shape [${this.shape}]`);
+    }
     return (await this.read())[0];
   }
 

@@ -11,7 +11,9 @@ Deno.test("add/sub/mul broadcast against CPU", async () => {
     // a: [2,3,4], b: [3,1] broadcast → [2,3,4]
     const out = new Float64Array(24);
     for (let i = 0; i < 2; i++) {
-      for (let j = 0; j < 3; j++) for (let k = 0; k < 4; k++) out[i * 12 + j * 4 + k] = f(a[i * 12 + j * 4 + k], b[j]);
+      for (let j = 0; j < 3; j++) {
+        for (let k = 0; k < 4; k++) out[i * 12 + j * 4 + k] = f(a[i * 12 + j * 4 + k], b[j]);
+      }
     }
     return out;
   };
@@ -23,12 +25,22 @@ Deno.test("add/sub/mul broadcast against CPU", async () => {
 
 Deno.test("activations against CPU", async () => {
   const inputs = [{ shape: [3, 7], low: -4, high: 4 }];
-  await checkOp({ name: "gelu", inputs, gpu: gelu, cpu: map((v) => 0.5 * v * (1 + erf(v / Math.SQRT2))) });
+  await checkOp({
+    name: "gelu",
+    inputs,
+    gpu: gelu,
+    cpu: map((v) => 0.5 * v * (1 + erf(v / Math.SQRT2))),
+  });
   await checkOp({ name: "sigmoid", inputs, gpu: sigmoid, cpu: map((v) => 1 / (1 + Math.exp(-v))) });
   await checkOp({ name: "scale", inputs, gpu: (x) => scale(x, -2.5), cpu: map((v) => -2.5 * v) });
   // Keep ReLU inputs away from its kink, where finite differences are undefined.
   const data = Array.from({ length: 21 }, (_, i) => (i - 10) / 3 + 0.1);
-  await checkOp({ name: "relu", inputs: [{ shape: [21], data }], gpu: relu, cpu: map((v) => Math.max(v, 0)) });
+  await checkOp({
+    name: "relu",
+    inputs: [{ shape: [21], data }],
+    gpu: relu,
+    cpu: map((v) => Math.max(v, 0)),
+  });
 });
 
 Deno.test("sum and sumAxes against CPU", async () => {
@@ -44,7 +56,9 @@ Deno.test("sum and sumAxes against CPU", async () => {
     gpu: (x) => sumAxes(x, [0, 2]),
     cpu: (x) => {
       const out = new Float64Array(4);
-      for (let i = 0; i < 3; i++) for (let j = 0; j < 4; j++) for (let k = 0; k < 5; k++) out[j] += x[i * 20 + j * 5 + k];
+      for (let i = 0; i < 3; i++) {
+        for (let j = 0; j < 4; j++) for (let k = 0; k < 5; k++) out[j] += x[i * 20 + j * 5 + k];
+      }
       return out;
     },
   });

@@ -71,7 +71,9 @@ export async function checkOp(opts: {
   const seed = opts.seed ?? 1;
   const values = opts.inputs.map((s, k) => {
     const n = s.shape.reduce((a, b) => a * b, 1);
-    return s.data ? Float64Array.from(s.data) : randomArray(n, seed * 100 + k, s.low ?? -1, s.high ?? 1);
+    return s.data
+      ? Float64Array.from(s.data)
+      : randomArray(n, seed * 100 + k, s.low ?? -1, s.high ?? 1);
   });
   const want = Float64Array.from(opts.cpu(...values.map((v) => v.slice())));
   const doGrad = opts.backward !== false;
@@ -120,6 +122,8 @@ export async function checkOp(opts: {
   const ftol = opts.forwardTol ?? 1e-4;
   const gtol = opts.gradTol ?? 1e-3;
   assert.ok(result.forward <= ftol, `${opts.name}: forward error ${result.forward} > ${ftol}`);
-  result.grads.forEach((e, k) => assert.ok(e <= gtol, `${opts.name}: grad ${k} error ${e} > ${gtol}`));
+  result.grads.forEach((e, k) =>
+    assert.ok(e <= gtol, `${opts.name}: grad ${k} error ${e} > ${gtol}`)
+  );
   return result;
 }

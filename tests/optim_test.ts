@@ -6,7 +6,14 @@ import { randomArray, relError, setup } from "./harness.ts";
 await setup();
 
 /** PyTorch's SGD with momentum, dampening 0. */
-function sgdRef(p: Float64Array, grads: Float64Array[], lr: number, mu: number, wd: number, nesterov: boolean) {
+function sgdRef(
+  p: Float64Array,
+  grads: Float64Array[],
+  lr: number,
+  mu: number,
+  wd: number,
+  nesterov: boolean,
+) {
   const buf = new Float64Array(p.length);
   grads.forEach((g, t) => {
     for (let i = 0; i < p.length; i++) {
@@ -18,7 +25,12 @@ function sgdRef(p: Float64Array, grads: Float64Array[], lr: number, mu: number, 
   return p;
 }
 
-async function runSteps(make: (p: Tensor) => AdamW | SGD, p0: Float64Array, grads: Float64Array[], lrs: number[]) {
+async function runSteps(
+  make: (p: Tensor) => AdamW | SGD,
+  p0: Float64Array,
+  grads: Float64Array[],
+  lrs: number[],
+) {
   const p = Tensor.from(Float32Array.from(p0), [p0.length]);
   p.requiresGrad = true;
   const opt = make(p);
@@ -35,13 +47,18 @@ async function runSteps(make: (p: Tensor) => AdamW | SGD, p0: Float64Array, grad
 Deno.test("AdamW matches PyTorch's update over 5 steps with a changing lr", async () => {
   const p0 = randomArray(37, 1);
   const grads = [0, 1, 2, 3, 4].map((s) => randomArray(37, 10 + s));
-  const { out, opt, p } = await runSteps((p) => new AdamW([p], { lr: 1e-2, weightDecay: 0.05 }), p0, grads, [
-    1e-2,
-    1e-2,
-    5e-3,
-    5e-3,
-    1e-3,
-  ]);
+  const { out, opt, p } = await runSteps(
+    (p) => new AdamW([p], { lr: 1e-2, weightDecay: 0.05 }),
+    p0,
+    grads,
+    [
+      1e-2,
+      1e-2,
+      5e-3,
+      5e-3,
+      1e-3,
+    ],
+  );
   const err = relError(out, adamwRef(p0.slice(), grads, [1e-2, 1e-2, 5e-3, 5e-3, 1e-3], 0.05));
   console.log(`op-error adamw forward=${err.toExponential(2)} grads=-`);
   assert.ok(err < 1e-5, `AdamW error ${err}`);
@@ -106,7 +123,9 @@ Deno.test("SGD with momentum (plain and Nesterov, with weight decay) matches PyT
       [0.1, 0.1, 0.1],
     );
     const err = relError(r.out, sgdRef(p0.slice(), grads, 0.1, 0.9, 1e-4, nesterov));
-    console.log(`op-error sgd${nesterov ? "-nesterov" : ""} forward=${err.toExponential(2)} grads=-`);
+    console.log(
+      `op-error sgd${nesterov ? "-nesterov" : ""} forward=${err.toExponential(2)} grads=-`,
+    );
     assert.ok(err < 1e-6, `SGD error ${err}`);
     r.p.dispose();
     r.opt.dispose();

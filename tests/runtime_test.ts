@@ -63,7 +63,10 @@ Deno.test("seeded random init: deterministic, right moments, truncation respecte
     assert.ok(t.every((v) => Math.abs(v) <= 0.02 + 1e-7));
     const u = await Tensor.rand([1000], { seed: 2, low: 3, high: 4 }).read();
     assert.ok(u.every((v) => v >= 3 && v < 4));
-    assert.notDeepEqual(await Tensor.randn([8], { seed: 4 }).read(), await Tensor.randn([8], { seed: 5 }).read());
+    assert.notDeepEqual(
+      await Tensor.randn([8], { seed: 4 }).read(),
+      await Tensor.randn([8], { seed: 5 }).read(),
+    );
   });
   const r = new Rng(9);
   r.normal();

@@ -1,0 +1,53 @@
+/**
+ * largekernel: large-kernel ConvNets (SLaK, RepLKNet, ShiftwiseConv, and
+ * their ConvNeXt/ResNet baselines) built, trained and analysed on WebGPU.
+ *
+ * @example
+ * ```ts
+ * import { initGpu, Tensor, depthwiseConv2d } from "./mod.ts";
+ * await initGpu();
+ * const x = Tensor.randn([1, 8, 16, 16], { seed: 0 });
+ * const w = Tensor.randn([8, 1, 31, 31], { seed: 1 });
+ * console.log(depthwiseConv2d(x, w, null).shape); // [1, 8, 16, 16]
+ * ```
+ * @module
+ */
+export * from "./ops/gpu.ts";
+export * from "./ops/tensor.ts";
+export * from "./ops/autograd.ts";
+export * from "./ops/kernel.ts";
+export * from "./ops/elementwise.ts";
+export * from "./ops/conv.ts";
+export * from "./ops/depthwise.ts";
+export * from "./ops/matmul.ts";
+export * from "./ops/norm.ts";
+export * from "./ops/pool.ts";
+export * from "./ops/shape.ts";
+export * from "./ops/drop_path.ts";
+export * from "./ops/loss.ts";
+export * from "./ops/optim.ts";
+export * from "./models/module.ts";
+// The functional helpers of layers.ts (gelu, add, …) accept shapes too; ops' versions keep the plain names.
+export {
+  Activation,
+  BatchNorm2d,
+  Conv2d,
+  type Conv2dConfig,
+  DropPath,
+  type FlopRecord,
+  type Layer,
+  LayerNorm,
+  Linear,
+  MaxPool2d,
+  Meta,
+  Sequential,
+  setForwardSeed,
+  torchDefaultInit,
+  traceFlops,
+  type Value,
+} from "./models/layers.ts";
+export * as layers from "./models/layers.ts";
+export * from "./models/convnext.ts";
+export * from "./models/slak.ts";
+export * from "./models/safetensors.ts";
+export * from "./models/pth.ts";

@@ -1,0 +1,403 @@
+/**
+ * Layers with PyTorch's parameter names, and the shape-only {@linkcode Meta}
+ * values that let a model's own `forward` count its FLOPs with no GPU.
+ *
+ * Every layer's `forward` takes a GPU {@linkcode Tensor} or a {@linkcode Meta}
+ * (a shape). On a `Meta` it computes only the output shape and, while
+ * {@linkcode traceFlops} runs, records its multiply-accumulates. Model code
+ * uses the functional helpers here (`gelu`, `add`, `permute`, …), which
+ * accept both, so one `forward` serves training and counting.
+ *
+ * @example
+ * ```ts
+ * import { Conv2d, Meta, traceFlops } from "./layers.ts";
+ * const conv = new Conv2d(3, 8, 3, { padding: 1 });
+ * const records = traceFlops(() => conv.forward(new Meta([1, 3, 32, 32])));
+ * console.log(records[0].macs); // 8·3·3·3 · 32·32 = 221184
+ * ```
+ * @module
+ */
+import { add as addOp, gelu as geluOp, mul as mulOp, relu as reluOp } from "../ops/elementwise.ts";
+import { reshape } from "../ops/autograd.ts";
+import { conv2d } from "../ops/conv.ts";
+import { depthwiseConv2d } from "../ops/depthwise.ts";
+import { dropPath as dropPathOp } from "../ops/drop_path.ts";
+import { linear } from "../ops/matmul.ts";
+import { batchNorm2d, layerNorm, layerNormChannelsFirst } from "../ops/norm.ts";
+import { maxPool2d as maxPoolOp, meanHW as meanHWOp } from "../ops/pool.ts";
+import { permute as permuteOp } from "../ops/shape.ts";
+import { numel, type Tensor } from "../ops/tensor.ts";
+import { type Init, Module, type Param } from "./module.ts";
+
+// ---------------------------------------------------------------- shape-only values
+
+/** A shape standing in for a tensor when counting FLOPs without a GPU. */
+export class Meta {
+  readonly shape: readonly number[];
+  constructor(shape: readonly number[]) {
+    this.shape = [...shape];
+  }
+  get size(): number {
+    return numel(this.shape);
+  }
+}
+
+/** What flows through a `forward`: a GPU tensor, or a shape while counting. */
+export type Value = Tensor | Meta;
+
+/** One counted operation: multiply-accumulates of a layer, as fvcore counts them. */
+export interface FlopRecord {
+  module: Module;
+  /** "conv", "linear", "bn", "ln" (F.layer_norm), "ln_manual" (ConvNeXt's channels-first LN), "pool". */
+  kind: string;
+  macs: number;
+  /** The weight whose density scales `macs` when the layer is sparse. */
+  weight?: Param;
+}
+
+let recorder: FlopRecord[] | null = null;
+
+/** Run `fn` (a forward on {@linkcode Meta} values) and return what its layers recorded. */
+export function traceFlops(fn: () => unknown): FlopRecord[] {
+  const prev = recorder;
+  recorder = [];
+  try {
+    fn();
+    return recorder;
+  } finally {
+    recorder = prev;
+  }
+}
+
+function count(r: FlopRecord): void {
+  recorder?.push(r);
+}
+
+function isMeta(x: Value): x is Meta {
+  return x instanceof Meta;
+}
+
+// ---------------------------------------------------------------- functional helpers
+
+/** GELU (erf form) on a tensor; identity on a shape. */
+export function gelu<V extends Value>(x: V): V {
+  return (isMeta(x) ? x : geluOp(x)) as V;
+}
+
+/** ReLU on a tensor; identity on a shape. */
+export function relu<V extends Value>(x: V): V {
+  return (isMeta(x) ? x : reluOp(x)) as V;
+}
+
+/** a + b (broadcasting); on shapes, the shape of `a`. */
+export function add<V extends Value>(a: V, b: V): V {
+  return (isMeta(a) ? a : addOp(a as Tensor, b as Tensor)) as V;
+}
+
+/** a · b (broadcasting, e.g. LayerScale); on shapes, the shape of `a`. */
+export function mul<V extends Value>(a: V, b: Tensor | Meta): V {
+  return (isMeta(a) ? a : mulOp(a as Tensor, b as Tensor)) as V;
+}
+
+/** Permute dimensions. */
+export function permute<V extends Value>(x: V, dims: readonly number[]): V {
+  return (isMeta(x) ? new Meta(dims.map((d) => x.shape[d])) : permuteOp(x, dims)) as V;
+}
+
+/** Reshape (free on tensors). */
+export function view<V extends Value>(x: V, shape: readonly number[]): V {
+  if (isMeta(x)) {
+    const s = [...shape];
+    const hole = s.indexOf(-1);
+    if (hole >= 0) s[hole] = x.size / numel(s.filter((_, i) => i !== hole));
+    return new Meta(s) as V;
+  }
+  return reshape(x as Tensor, shape) as V;
+}
+
+/** Global average over H, W: [N,C,H,W] → [N,C]. Not counted (fvcore skips `aten::mean`). */
+export function meanHW<V extends Value>(x: V): V {
+  return (isMeta(x) ? new Meta(x.shape.slice(0, 2)) : meanHWOp(x)) as V;
+}
+
+// ---------------------------------------------------------------- initialisers
+
+/** PyTorch's default Conv/Linear weight init, kaiming_uniform(a=√5): U(±1/√fan_in). */
+export function torchDefaultInit(fanIn: number): Init {
+  return { kind: "uniform", bound: 1 / Math.sqrt(fanIn) };
+}
+
+// ---------------------------------------------------------------- layers
+
+/** Options of {@linkcode Conv2d}. */
+export interface Conv2dConfig {
+  stride?: number;
+  /** Symmetric padding per axis; default keeps the size for odd kernels ("same"). */
+  padding?: number | [number, number];
+  groups?: number;
+  bias?: boolean;
+  weightInit?: Init;
+  biasInit?: Init;
+}
+
+/**
+ * `nn.Conv2d` (keys `weight`, `bias`). A conv with one filter per channel
+ * (groups = in = out) runs on the depthwise kernels.
+ */
+export class Conv2d extends Module {
+  readonly weight: Param;
+  readonly bias: Param | null;
+  readonly kernel: [number, number];
+  readonly stride: number;
+  readonly padding: [number, number];
+  readonly groups: number;
+
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    kernel: number | [number, number],
+    cfg: Conv2dConfig = {},
+  ) {
+    super();
+    this.kernel = typeof kernel === "number" ? [kernel, kernel] : kernel;
+    const [kh, kw] = this.kernel;
+    this.stride = cfg.stride ?? 1;
+    const p = cfg.padding ?? [Math.floor(kh / 2), Math.floor(kw / 2)];
+    this.padding = typeof p === "number" ? [p, p] : p;
+    this.groups = cfg.groups ?? 1;
+    if (inChannels % this.groups || outChannels % this.groups) {
+      throw new Error(
+        `Conv2d: ${inChannels}→${outChannels} channels not divisible by groups ${this.groups}`,
+      );
+    }
+    const fanIn = (inChannels / this.groups) * kh * kw;
+    this.weight = this.param(
+      "weight",
+      [outChannels, inChannels / this.groups, kh, kw],
+      cfg.weightInit ?? torchDefaultInit(fanIn),
+    );
+    this.bias = cfg.bias === false
+      ? null
+      : this.param("bias", [outChannels], cfg.biasInit ?? torchDefaultInit(fanIn));
+  }
+
+  get isDepthwise(): boolean {
+    return this.groups === this.inChannels && this.groups === this.outChannels;
+  }
+
+  /** Output shape for an input shape [N, C, H, W]. */
+  outShape([n, c, h, w]: readonly number[]): number[] {
+    if (c !== this.inChannels) {
+      throw new Error(`Conv2d: input has ${c} channels, layer expects ${this.inChannels}`);
+    }
+    const [kh, kw] = this.kernel;
+    const [ph, pw] = this.padding;
+    const s = this.stride;
+    return [
+      n,
+      this.outChannels,
+      Math.floor((h + 2 * ph - kh) / s) + 1,
+      Math.floor((w + 2 * pw - kw) / s) + 1,
+    ];
+  }
+
+  forward<V extends Value>(x: V): V {
+    if (isMeta(x)) {
+      const out = new Meta(this.outShape(x.shape));
+      count({
+        module: this,
+        kind: "conv",
+        macs: out.size * this.weight.size / this.outChannels,
+        weight: this.weight,
+      });
+      return out as V;
+    }
+    const t = x as Tensor;
+    const bias = this.bias?.tensor ?? null;
+    if (this.isDepthwise && (this.stride === 1 || this.stride === 2)) {
+      return depthwiseConv2d(t, this.weight.tensor, bias, {
+        stride: this.stride,
+        padding: this.padding,
+      }) as V;
+    }
+    return conv2d(t, this.weight.tensor, bias, {
+      stride: this.stride,
+      padding: this.padding,
+      groups: this.groups,
+    }) as V;
+  }
+}
+
+/** `nn.Linear` on the last dimension (keys `weight` [out, in], `bias`). */
+export class Linear extends Module {
+  readonly weight: Param;
+  readonly bias: Param | null;
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    cfg: { bias?: boolean; weightInit?: Init; biasInit?: Init } = {},
+  ) {
+    super();
+    this.weight = this.param(
+      "weight",
+      [outFeatures, inFeatures],
+      cfg.weightInit ?? torchDefaultInit(inFeatures),
+    );
+    this.bias = cfg.bias === false
+      ? null
+      : this.param("bias", [outFeatures], cfg.biasInit ?? torchDefaultInit(inFeatures));
+  }
+
+  forward<V extends Value>(x: V): V {
+    const last = x.shape.at(-1);
+    if (last !== this.inFeatures) {
+      throw new Error(`Linear: input has ${last} features, layer expects ${this.inFeatures}`);
+    }
+    if (isMeta(x)) {
+      const out = new Meta([...x.shape.slice(0, -1), this.outFeatures]);
+      count({
+        module: this,
+        kind: "linear",
+        macs: out.size * this.inFeatures,
+        weight: this.weight,
+      });
+      return out as V;
+    }
+    return linear(x as Tensor, this.weight.tensor, this.bias?.tensor ?? null) as V;
+  }
+}
+
+/** `nn.BatchNorm2d` (keys `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`). */
+export class BatchNorm2d extends Module {
+  readonly weight: Param;
+  readonly bias: Param;
+  readonly runningMean: Param;
+  readonly runningVar: Param;
+  readonly numBatchesTracked: Param;
+  constructor(readonly channels: number, readonly eps = 1e-5, readonly momentum = 0.1) {
+    super();
+    this.weight = this.param("weight", [channels], { kind: "ones" });
+    this.bias = this.param("bias", [channels], { kind: "zeros" });
+    this.runningMean = this.buffer("running_mean", [channels], { kind: "zeros" });
+    this.runningVar = this.buffer("running_var", [channels], { kind: "ones" });
+    // Kept for key compatibility with PyTorch state dicts; unused with a fixed momentum.
+    this.numBatchesTracked = this.buffer("num_batches_tracked", [], { kind: "zeros" });
+  }
+
+  forward<V extends Value>(x: V): V {
+    if (isMeta(x)) {
+      count({ module: this, kind: "bn", macs: 2 * x.size });
+      return x;
+    }
+    return batchNorm2d(
+      x as Tensor,
+      this.weight.tensor,
+      this.bias.tensor,
+      this.runningMean.tensor,
+      this.runningVar.tensor,
+      { training: this.training, momentum: this.momentum, eps: this.eps },
+    ) as V;
+  }
+}
+
+/**
+ * LayerNorm with affine `weight`/`bias`: over the last dimension
+ * (`nn.LayerNorm`), or over C of [N,C,H,W] (`channelsFirst`, ConvNeXt's own
+ * LayerNorm class, which fvcore does not count because it is written out of
+ * elementary ops).
+ */
+export class LayerNorm extends Module {
+  readonly weight: Param;
+  readonly bias: Param;
+  constructor(readonly channels: number, readonly eps = 1e-6, readonly channelsFirst = false) {
+    super();
+    this.weight = this.param("weight", [channels], { kind: "ones" });
+    this.bias = this.param("bias", [channels], { kind: "zeros" });
+  }
+
+  forward<V extends Value>(x: V): V {
+    const c = this.channelsFirst ? x.shape[1] : x.shape.at(-1);
+    if (c !== this.channels) {
+      throw new Error(`LayerNorm: input has ${c} channels, layer expects ${this.channels}`);
+    }
+    if (isMeta(x)) {
+      count({ module: this, kind: this.channelsFirst ? "ln_manual" : "ln", macs: 5 * x.size });
+      return x;
+    }
+    const f = this.channelsFirst ? layerNormChannelsFirst : layerNorm;
+    return f(x as Tensor, this.weight.tensor, this.bias.tensor, { eps: this.eps }) as V;
+  }
+}
+
+let forwardSeed = 0;
+let dropCalls = 0;
+
+/**
+ * Seed the stochastic layers of the next forward (drop path): the trainer
+ * calls this once per step with a value derived from `--seed` and the step,
+ * so a resumed run draws exactly what the uninterrupted run drew.
+ */
+export function setForwardSeed(seed: number): void {
+  forwardSeed = seed >>> 0;
+  dropCalls = 0;
+}
+
+/** Per-sample stochastic depth (timm's `DropPath`); no parameters. */
+export class DropPath extends Module {
+  constructor(readonly prob: number) {
+    super();
+  }
+  forward<V extends Value>(x: V): V {
+    if (isMeta(x) || !this.training || this.prob === 0) return x;
+    const seed = (Math.imul(forwardSeed ^ 0x5bd1e995, 0x27d4eb2d) + dropCalls++ * 0x9e3779b9) >>> 0;
+    return dropPathOp(x as Tensor, this.prob, { training: true, seed }) as V;
+  }
+}
+
+/** `nn.MaxPool2d(kernel, stride, padding)`. */
+export class MaxPool2d extends Module {
+  constructor(readonly kernel = 3, readonly stride = 2, readonly padding = 1) {
+    super();
+  }
+  forward<V extends Value>(x: V): V {
+    if (isMeta(x)) {
+      const [n, c, h, w] = x.shape;
+      const o = (d: number) => Math.floor((d + 2 * this.padding - this.kernel) / this.stride) + 1;
+      return new Meta([n, c, o(h), o(w)]) as V;
+    }
+    return maxPoolOp(x as Tensor, {
+      kernel: this.kernel,
+      stride: this.stride,
+      padding: this.padding,
+    }) as V;
+  }
+}
+
+/** Anything with a `forward` over values. */
+export interface Layer {
+  forward<V extends Value>(x: V): V;
+}
+
+/** `nn.Sequential`: children keyed 0, 1, 2, … applied in order. */
+export class Sequential extends Module implements Layer {
+  readonly layers: (Module & Layer)[];
+  constructor(...layers: (Module & Layer)[]) {
+    super();
+    this.layers = layers;
+    layers.forEach((m, i) => this.child(i, m));
+  }
+  forward<V extends Value>(x: V): V {
+    for (const l of this.layers) x = l.forward(x);
+    return x;
+  }
+}
+
+/** A parameter-free activation as a module (for `Sequential`s that mirror PyTorch's). */
+export class Activation extends Module implements Layer {
+  constructor(readonly fn: "relu" | "gelu") {
+    super();
+  }
+  forward<V extends Value>(x: V): V {
+    return this.fn === "relu" ? relu(x) : gelu(x);
+  }
+}

@@ -1,0 +1,345 @@
+/**
+ * Dense (optionally grouped) 2-D convolution, NCHW, as PyTorch's `nn.Conv2d`
+ * with zero padding, and its backward.
+ *
+ * Straightforward kernels: the forward runs one invocation per output value,
+ * the input gradient one invocation per input value gathering the outputs it
+ * fed (a transposed convolution without atomics), the weight gradient one
+ * workgroup per weight value reducing over `N·Ho·Wo` in workgroup memory,
+ * and the bias gradient one workgroup per channel reducing over `N·Ho·Wo`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { conv2d } from "./conv.ts";
+ * await initGpu();
+ * const x = Tensor.randn([1, 3, 8, 8], { seed: 1 });
+ * const w = Tensor.randn([4, 3, 3, 3], { seed: 2 });
+ * const y = conv2d(x, w, Tensor.zeros([4]), { stride: 2, padding: 1 });
+ * console.log(y.shape); // [1, 4, 4, 4]
+ * ```
+ * @module
+ */
+import { needsGrad, record } from "./autograd.ts";
+import { flatMain, launch, storage } from "./kernel.ts";
+import { grid1d, Tensor } from "./tensor.ts";
+
+/** Options of {@linkcode conv2d}; a single number applies to both axes. */
+export interface Conv2dOptions {
+  stride?: number | [number, number];
+  padding?: number | [number, number];
+  groups?: number;
+}
+
+/** Everything a conv2d kernel bakes in as constants. */
+interface Conv2dGeometry {
+  n: number;
+  cin: number;
+  h: number;
+  w: number;
+  cout: number;
+  kh: number;
+  kw: number;
+  sh: number;
+  sw: number;
+  ph: number;
+  pw: number;
+  groups: number;
+  cinPerGroup: number;
+  coutPerGroup: number;
+  ho: number;
+  wo: number;
+}
+
+function pair(what: string, v: number | [number, number], min: number): [number, number] {
+  const p: [number, number] = typeof v === "number" ? [v, v] : [v[0], v[1]];
+  if (!p.every((d) => Number.isInteger(d) && d >= min)) {
+    throw new Error(
+      `conv2d: ${what} must be an integer ≥ ${min} or a pair of them, got ${JSON.stringify(v)}`,
+    );
+  }
+  return p;
+}
+
+function geometry(x: Tensor, w: Tensor, bias: Tensor | null, opts: Conv2dOptions): Conv2dGeometry {
+  if (x.rank !== 4) throw new Error(`conv2d: input must be [N, C, H, W], got [${x.shape}]`);
+  if (w.rank !== 4) {
+    throw new Error(`conv2d: weight must be [Cout, Cin/groups, KH, KW], got [${w.shape}]`);
+  }
+  const groups = opts.groups ?? 1;
+  if (!Number.isInteger(groups) || groups < 1) {
+    throw new Error(`conv2d: groups must be a positive integer, got ${groups}`);
+  }
+  const [n, cin, h, wd] = x.shape;
+  const [cout, cinPerGroup, kh, kw] = w.shape;
+  if (cinPerGroup * groups !== cin) {
+    throw new Error(
+      `conv2d: input has ${cin} channels, weight expects ${
+        cinPerGroup * groups
+      } (groups=${groups})`,
+    );
+  }
+  if (cout % groups !== 0) {
+    throw new Error(
+      `conv2d: weight has ${cout} output channels, not divisible by groups=${groups}`,
+    );
+  }
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== cout)) {
+    throw new Error(`conv2d: bias must be [${cout}] (one per output channel), got [${bias.shape}]`);
+  }
+  const [sh, sw] = pair("stride", opts.stride ?? 1, 1);
+  const [ph, pw] = pair("padding", opts.padding ?? 0, 0);
+  if (kh < 1 || kw < 1 || h + 2 * ph < kh || wd + 2 * pw < kw) {
+    throw new Error(
+      `conv2d: kernel ${kh}×${kw} does not fit in the padded input ${h + 2 * ph}×${wd + 2 * pw}`,
+    );
+  }
+  const ho = Math.floor((h + 2 * ph - kh) / sh) + 1;
+  const wo = Math.floor((wd + 2 * pw - kw) / sw) + 1;
+  return {
+    n,
+    cin,
+    h,
+    w: wd,
+    cout,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    groups,
+    cinPerGroup,
+    coutPerGroup: cout / groups,
+    ho,
+    wo,
+  };
+}
+
+/**
+ * 2-D convolution of `x` [N, Cin, H, W] with `w` [Cout, Cin/groups, KH, KW]
+ * plus an optional `bias` [Cout]: output [N, Cout, Ho, Wo] with
+ * Ho = ⌊(H + 2·ph − KH)/sh⌋ + 1 (likewise Wo). Padding is zeros, the same on
+ * both sides of an axis; kernels may be rectangular. Differentiable in all
+ * three tensors.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { conv2d } from "./conv.ts";
+ * await initGpu();
+ * const x = Tensor.randn([2, 4, 9, 9], { seed: 1 });
+ * const w = Tensor.randn([6, 2, 1, 5], { seed: 2 }); // 1×5 kernel, 2 groups
+ * const y = conv2d(x, w, null, { padding: [0, 2], groups: 2 });
+ * console.log(y.shape); // [2, 6, 9, 9]
+ * ```
+ */
+export function conv2d(
+  x: Tensor,
+  w: Tensor,
+  bias: Tensor | null,
+  opts: Conv2dOptions = {},
+): Tensor {
+  const g = geometry(x, w, bias, opts);
+  const y = Tensor.empty([g.n, g.cout, g.ho, g.wo]);
+  launch(forwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
+  const inputs = bias ? [x, w, bias] : [x, w];
+  const [wantX, wantW, wantBias] = [needsGrad(x), needsGrad(w), bias !== null && needsGrad(bias)];
+  record("conv2d", inputs, y, [x, w], (gy, [sx, sw]) => [
+    wantX ? conv2dBackwardInput(gy, sw, g) : null,
+    wantW ? conv2dBackwardWeight(gy, sx, g) : null,
+    wantBias ? channelSum(gy) : null,
+  ]);
+  return y;
+}
+
+/** WGSL: one invocation per output value, taps restricted to those inside the image. */
+function forwardKernel(g: Conv2dGeometry, hasBias: boolean): string {
+  return `${storage(...(hasBias ? ["x", "w", "b", "y!"] : ["x", "w", "y!"]))}
+${flatMain(g.n * g.cout * g.ho * g.wo)}
+  let ox = i % ${g.wo}u;
+  let oy = (i / ${g.wo}u) % ${g.ho}u;
+  let co = (i / ${g.wo * g.ho}u) % ${g.cout}u;
+  let n = i / ${g.wo * g.ho * g.cout}u;
+  let ciFirst = (co / ${g.coutPerGroup}u) * ${g.cinPerGroup}u;
+  // Input pixel under tap (0, 0); taps landing in the zero padding add nothing, so skip them.
+  let iy0 = i32(oy * ${g.sh}u) - ${g.ph};
+  let ix0 = i32(ox * ${g.sw}u) - ${g.pw};
+  let kyLo = u32(max(0, -iy0));
+  let kyHi = u32(clamp(${g.h} - iy0, 0, ${g.kh}));
+  let kxLo = u32(max(0, -ix0));
+  let kxHi = u32(clamp(${g.w} - ix0, 0, ${g.kw}));
+  var acc = ${hasBias ? "b[co]" : "0.0"};
+  for (var c = 0u; c < ${g.cinPerGroup}u; c++) {
+    let xPlane = (n * ${g.cin}u + ciFirst + c) * ${g.h * g.w}u;
+    let wPlane = (co * ${g.cinPerGroup}u + c) * ${g.kh * g.kw}u;
+    for (var ky = kyLo; ky < kyHi; ky++) {
+      let xRow = xPlane + u32(iy0 + i32(ky)) * ${g.w}u;
+      let wRow = wPlane + ky * ${g.kw}u;
+      for (var kx = kxLo; kx < kxHi; kx++) {
+        acc += x[xRow + u32(ix0 + i32(kx))] * w[wRow + kx];
+      }
+    }
+  }
+  y[i] = acc;
+}`;
+}
+
+/**
+ * Gradient wrt the input: each input value gathers `gy · w` over the outputs
+ * whose window covered it (output `oy` sees input `iy` through tap `ky` when
+ * `oy·sh + ky = iy + ph`).
+ */
+function conv2dBackwardInput(gy: Tensor, w: Tensor, g: Conv2dGeometry): Tensor {
+  const gx = Tensor.empty([g.n, g.cin, g.h, g.w]);
+  const code = `${storage("gy", "w", "gx!")}
+${flatMain(gx.size)}
+  let ix = i % ${g.w}u;
+  let iy = (i / ${g.w}u) % ${g.h}u;
+  let ci = (i / ${g.w * g.h}u) % ${g.cin}u;
+  let n = i / ${g.w * g.h * g.cin}u;
+  let coFirst = (ci / ${g.cinPerGroup}u) * ${g.coutPerGroup}u;
+  let cInGroup = ci % ${g.cinPerGroup}u;
+  let ty = i32(iy) + ${g.ph};
+  let tx = i32(ix) + ${g.pw};
+  // Taps for which some output in [0, Ho) lies on this pixel.
+  let kyLo = u32(max(0, ty - ${(g.ho - 1) * g.sh}));
+  let kyHi = u32(min(ty + 1, ${g.kh}));
+  let kxLo = u32(max(0, tx - ${(g.wo - 1) * g.sw}));
+  let kxHi = u32(min(tx + 1, ${g.kw}));
+  var acc = 0.0;
+  for (var c = 0u; c < ${g.coutPerGroup}u; c++) {
+    let co = coFirst + c;
+    let gyPlane = (n * ${g.cout}u + co) * ${g.ho * g.wo}u;
+    let wPlane = (co * ${g.cinPerGroup}u + cInGroup) * ${g.kh * g.kw}u;
+    for (var ky = kyLo; ky < kyHi; ky++) {
+      let sy = ty - i32(ky);
+      if (sy % ${g.sh} != 0) { continue; }
+      let gyRow = gyPlane + u32(sy / ${g.sh}) * ${g.wo}u;
+      for (var kx = kxLo; kx < kxHi; kx++) {
+        let sx = tx - i32(kx);
+        if (sx % ${g.sw} != 0) { continue; }
+        acc += gy[gyRow + u32(sx / ${g.sw})] * w[wPlane + ky * ${g.kw}u + kx];
+      }
+    }
+  }
+  gx[i] = acc;
+}`;
+  launch(code, [gy, w, gx], gx.size);
+  return gx;
+}
+
+/**
+ * Gradient wrt the weight: one workgroup per weight value sums
+ * `gy[n, co, oy, ox] · x[n, ci, oy·sh − ph + ky, ox·sw − pw + kx]` over `N·Ho·Wo`.
+ */
+function conv2dBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor {
+  const gw = Tensor.empty([g.cout, g.cinPerGroup, g.kh, g.kw]);
+  const code = sumPerOutputKernel({
+    buffers: ["gy", "x", "gw!"],
+    count: gw.size,
+    terms: g.n * g.ho * g.wo,
+    setup: `let kx = o % ${g.kw}u;
+  let ky = (o / ${g.kw}u) % ${g.kh}u;
+  let cInGroup = (o / ${g.kw * g.kh}u) % ${g.cinPerGroup}u;
+  let co = o / ${g.kw * g.kh * g.cinPerGroup}u;
+  let ci = (co / ${g.coutPerGroup}u) * ${g.cinPerGroup}u + cInGroup;`,
+    term: `let ox = r % ${g.wo}u;
+    let oy = (r / ${g.wo}u) % ${g.ho}u;
+    let n = r / ${g.wo * g.ho}u;
+    let iy = i32(oy * ${g.sh}u + ky) - ${g.ph};
+    let ix = i32(ox * ${g.sw}u + kx) - ${g.pw};
+    if (iy >= 0 && iy < ${g.h} && ix >= 0 && ix < ${g.w}) {
+      acc += gy[(n * ${g.cout}u + co) * ${g.ho * g.wo}u + oy * ${g.wo}u + ox] *
+        x[(n * ${g.cin}u + ci) * ${g.h * g.w}u + u32(iy) * ${g.w}u + u32(ix)];
+    }`,
+  });
+  launch(code, [gy, x, gw], grid1d(gw.size, 1));
+  return gw;
+}
+
+/**
+ * The bias gradient of an NCHW output: `gb[c] = Σ_{n, y, x} gy[n, c, y, x]`, one
+ * workgroup per channel.
+ */
+export function channelSum(gy: Tensor): Tensor {
+  const [n, c, h, w] = gy.shape;
+  const gb = Tensor.empty([c]);
+  const code = sumPerOutputKernel({
+    buffers: ["gy", "gb!"],
+    count: c,
+    terms: n * h * w,
+    setup: "",
+    term: `acc += gy[((r / ${h * w}u) * ${c}u + o) * ${h * w}u + r % ${h * w}u];`,
+  });
+  launch(code, [gy, gb], grid1d(c, 1));
+  return gb;
+}
+
+/**
+ * Workgroup size of the reductions. Weight and bias gradients have many
+ * outputs to spread over the GPU, so 64 threads per output are plenty, and a
+ * software adapter (llvmpipe) compiles a 64-wide barrier kernel about four
+ * times faster than a 256-wide one.
+ */
+const REDUCE_WG = 64;
+
+/**
+ * WGSL with one workgroup per output value `o < count`: `setup` (statements
+ * using `o`) runs once, then `term` (statements adding to `acc`, using
+ * `r`) for every `r < terms`, spread over the workgroup and summed in
+ * workgroup memory into the last buffer at `o`. Launch with `grid1d(count, 1)`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { grid1d, Tensor } from "./tensor.ts";
+ * import { launch } from "./kernel.ts";
+ * import { sumPerOutputKernel } from "./conv.ts";
+ * await initGpu();
+ * const x = Tensor.ones([3, 100]);
+ * const rowSums = Tensor.empty([3]);
+ * const code = sumPerOutputKernel({
+ *   buffers: ["x", "y!"],
+ *   count: 3,
+ *   terms: 100,
+ *   setup: "let row = o * 100u;",
+ *   term: "acc += x[row + r];",
+ * });
+ * launch(code, [x, rowSums], grid1d(3, 1));
+ * console.log(await rowSums.read()); // Float32Array [100, 100, 100]
+ * ```
+ */
+export function sumPerOutputKernel(
+  { buffers, count, terms, setup, term }: {
+    buffers: string[];
+    count: number;
+    terms: number;
+    setup: string;
+    term: string;
+  },
+): string {
+  const out = buffers[buffers.length - 1].replace("!", "");
+  return `${storage(...buffers)}
+var<workgroup> part: array<f32, ${REDUCE_WG}>;
+@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let o = wid.x + wid.y * nwg.x;
+  if (o >= ${count}u) { return; }
+  ${setup}
+  var acc = 0.0;
+  for (var r = lid; r < ${terms}u; r += ${REDUCE_WG}u) {
+    ${term}
+  }
+  part[lid] = acc;
+  workgroupBarrier();
+  for (var s = ${REDUCE_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { part[lid] += part[lid + s]; }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { ${out}[o] = part[0]; }
+}`;
+}

@@ -1,0 +1,477 @@
+/**
+ * Normalisation ops with their backward: batch norm over N·H·W per channel
+ * (training statistics with in-place running-buffer updates, or the running
+ * statistics in eval mode) and layer norm over the channels at each position
+ * (channels-last as `nn.LayerNorm(C)`, channels-first as ConvNeXt's
+ * `LayerNorm(data_format="channels_first")`).
+ *
+ * Every form views its input as `[outer, C, inner]` (NCHW is `[N, C, H·W]`,
+ * channels-last is `[rows, C, 1]`), so one set of kernels serves all of
+ * them: batch norm reduces over `(outer, inner)` for each channel, layer norm
+ * over `C` for each position.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { batchNorm2d, layerNormChannelsFirst } from "./norm.ts";
+ * await initGpu();
+ * const x = Tensor.randn([2, 3, 4, 4], { seed: 1 });
+ * const [w, b] = [Tensor.ones([3]), Tensor.zeros([3])];
+ * const [mean, variance] = [Tensor.zeros([3]), Tensor.ones([3])];
+ * const y = batchNorm2d(x, w, b, mean, variance, { training: true });
+ * console.log(await layerNormChannelsFirst(y, w, b).read());
+ * ```
+ * @module
+ */
+import { record } from "./autograd.ts";
+import { assertShape, elementwiseKernel, flatMain, launch, storage, WG } from "./kernel.ts";
+import { f32, numel, Tensor } from "./tensor.ts";
+
+// ---------------------------------------------------------------- layout
+
+/** A tensor viewed as `[outer, channels, inner]`, row-major. */
+interface Layout {
+  outer: number;
+  channels: number;
+  inner: number;
+}
+
+/** Positions: the `outer · inner` places that each hold one value per channel. */
+function positions(l: Layout): number {
+  return l.outer * l.inner;
+}
+
+/** WGSL: the channel of flat element index `i`. */
+function channelOf(l: Layout, i: string): string {
+  return l.inner === 1 ? `(${i} % ${l.channels}u)` : `((${i} / ${l.inner}u) % ${l.channels}u)`;
+}
+
+/** WGSL: the position of flat element index `i`. */
+function positionOf(l: Layout, i: string): string {
+  return l.inner === 1
+    ? `(${i} / ${l.channels}u)`
+    : `((${i} / ${l.channels * l.inner}u) * ${l.inner}u + ${i} % ${l.inner}u)`;
+}
+
+/** WGSL: the flat index of channel 0 at position `p`; channel `c` lies `c · inner` further. */
+function positionBase(l: Layout, p: string): string {
+  return l.inner === 1
+    ? `${p} * ${l.channels}u`
+    : `(${p} / ${l.inner}u) * ${l.channels * l.inner}u + ${p} % ${l.inner}u`;
+}
+
+/** Whether mean/rstd hold one value per channel (batch norm) or per position (layer norm). */
+type StatsPer = "channel" | "position";
+
+function statsIndex(l: Layout, per: StatsPer, i: string): string {
+  return per === "channel" ? channelOf(l, i) : positionOf(l, i);
+}
+
+// ---------------------------------------------------------------- per-channel reductions
+
+/**
+ * WGSL: workgroup-wide sum of a vec2 (two reductions for the price of one
+ * set of barriers). Every invocation gets the total; the closing barrier lets
+ * the caller reduce again at once.
+ */
+const REDUCE2 = `var<workgroup> part: array<vec2f, ${WG}>;
+fn reduce2(lid: u32, v: vec2f) -> vec2f {
+  part[lid] = v;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { part[lid] += part[lid + s]; }
+    workgroupBarrier();
+  }
+  let total = part[0];
+  workgroupBarrier();
+  return total;
+}`;
+
+/** WGSL `main` of a one-workgroup-per-channel kernel, with `c` and `lid` bound. */
+function perChannelMain(l: Layout): string {
+  return `${REDUCE2}
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let c = wid.x + wid.y * nwg.x;
+  if (c >= ${l.channels}u) { return; }`;
+}
+
+function perChannelGrid(channels: number): number[] {
+  const max = 65535;
+  return channels <= max ? [channels, 1] : [max, Math.ceil(channels / max)];
+}
+
+/**
+ * Batch statistics per channel over `(outer, inner)`: mean and 1/√(biased
+ * var + eps), two-pass for accuracy. Updates `runningMean`/`runningVar` in
+ * place as PyTorch does, with the unbiased variance for the latter.
+ */
+function batchStats(
+  x: Tensor,
+  l: Layout,
+  eps: number,
+  momentum: number,
+  runningMean: Tensor,
+  runningVar: Tensor,
+): [Tensor, Tensor] {
+  const n = positions(l);
+  const mean = Tensor.empty([l.channels]);
+  const rstd = Tensor.empty([l.channels]);
+  const element = `x[${positionBase(l, "p")} + c * ${l.inner}u]`;
+  const code = `${storage("x", "mean!", "rstd!", "runMean!", "runVar!")}
+${perChannelMain(l)}
+  var s = 0.0;
+  for (var p = lid; p < ${n}u; p += ${WG}u) { s += ${element}; }
+  let m = reduce2(lid, vec2f(s, 0.0)).x / ${f32(n)};
+  var q = 0.0;
+  for (var p = lid; p < ${n}u; p += ${WG}u) {
+    let d = ${element} - m;
+    q += d * d;
+  }
+  let sq = reduce2(lid, vec2f(q, 0.0)).x;
+  if (lid == 0u) {
+    mean[c] = m;
+    rstd[c] = 1.0 / sqrt(sq / ${f32(n)} + ${f32(eps)});
+    runMean[c] = ${f32(1 - momentum)} * runMean[c] + ${f32(momentum)} * m;
+    runVar[c] = ${f32(1 - momentum)} * runVar[c] + ${f32(momentum)} * (sq / ${f32(n - 1)});
+  }
+}`;
+  launch(code, [x, mean, rstd, runningMean, runningVar], perChannelGrid(l.channels));
+  return [mean, rstd];
+}
+
+/** Eval-mode statistics: a snapshot of the running mean and 1/√(running var + eps). */
+function runningStats(runningMean: Tensor, runningVar: Tensor, eps: number): [Tensor, Tensor] {
+  const c = runningMean.size;
+  const mean = Tensor.empty([c]);
+  const rstd = Tensor.empty([c]);
+  const code = `${storage("rm", "rv", "mean!", "rstd!")}
+${flatMain(c)}
+  mean[i] = rm[i];
+  rstd[i] = 1.0 / sqrt(rv[i] + ${f32(eps)});
+}`;
+  launch(code, [runningMean, runningVar, mean, rstd], c);
+  return [mean, rstd];
+}
+
+/**
+ * Per-channel sums over `(outer, inner)` of `g · x̂` and `g`: the weight and
+ * bias gradients of every form, and the two sums the batch-norm input
+ * gradient needs.
+ */
+function affineGradSums(
+  g: Tensor,
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  l: Layout,
+  per: StatsPer,
+): [Tensor, Tensor] {
+  const gw = Tensor.empty([l.channels]);
+  const gb = Tensor.empty([l.channels]);
+  const s = per === "channel" ? "c" : "p";
+  const code = `${storage("g", "x", "mean", "rstd", "gw!", "gb!")}
+${perChannelMain(l)}
+  var acc = vec2f(0.0);
+  for (var p = lid; p < ${positions(l)}u; p += ${WG}u) {
+    let e = ${positionBase(l, "p")} + c * ${l.inner}u;
+    let gv = g[e];
+    acc += vec2f(gv * (x[e] - mean[${s}]) * rstd[${s}], gv);
+  }
+  let total = reduce2(lid, acc);
+  if (lid == 0u) {
+    gw[c] = total.x;
+    gb[c] = total.y;
+  }
+}`;
+  launch(code, [g, x, mean, rstd, gw, gb], perChannelGrid(l.channels));
+  return [gw, gb];
+}
+
+// ---------------------------------------------------------------- per-position kernels
+
+/** Layer-norm statistics per position over the `C` channels: mean and 1/√(biased var + eps). */
+function positionStats(x: Tensor, l: Layout, eps: number): [Tensor, Tensor] {
+  const n = positions(l);
+  const mean = Tensor.empty([n]);
+  const rstd = Tensor.empty([n]);
+  const code = `${storage("x", "mean!", "rstd!")}
+${flatMain(n)}
+  let base = ${positionBase(l, "i")};
+  var s = 0.0;
+  for (var c = 0u; c < ${l.channels}u; c++) { s += x[base + c * ${l.inner}u]; }
+  let m = s / ${f32(l.channels)};
+  var q = 0.0;
+  for (var c = 0u; c < ${l.channels}u; c++) {
+    let d = x[base + c * ${l.inner}u] - m;
+    q += d * d;
+  }
+  mean[i] = m;
+  rstd[i] = 1.0 / sqrt(q / ${f32(l.channels)} + ${f32(eps)});
+}`;
+  launch(code, [x, mean, rstd], n);
+  return [mean, rstd];
+}
+
+/**
+ * Layer-norm input gradient, one invocation per position:
+ * rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)) with ĝ = g · w over the channels.
+ */
+function layerNormInputGrad(
+  g: Tensor,
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  weight: Tensor,
+  l: Layout,
+): Tensor {
+  const gx = Tensor.empty(x.shape);
+  const code = `${storage("g", "x", "mean", "rstd", "w", "gx!")}
+${flatMain(positions(l))}
+  let base = ${positionBase(l, "i")};
+  let m = mean[i];
+  let r = rstd[i];
+  var acc = vec2f(0.0);
+  for (var c = 0u; c < ${l.channels}u; c++) {
+    let e = base + c * ${l.inner}u;
+    let gh = g[e] * w[c];
+    acc += vec2f(gh, gh * (x[e] - m) * r);
+  }
+  let avg = acc / ${f32(l.channels)};
+  for (var c = 0u; c < ${l.channels}u; c++) {
+    let e = base + c * ${l.inner}u;
+    gx[e] = r * (g[e] * w[c] - avg.x - (x[e] - m) * r * avg.y);
+  }
+}`;
+  launch(code, [g, x, mean, rstd, weight, gx], positions(l));
+  return gx;
+}
+
+// ---------------------------------------------------------------- element-wise kernels
+
+/** y = (x − mean) · rstd · w[c] + b[c], with the statistics per channel or per position. */
+function normalizeAffine(
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  l: Layout,
+  per: StatsPer,
+): Tensor {
+  const y = Tensor.empty(x.shape);
+  const body = `let s = ${statsIndex(l, per, "i")};
+  let c = ${channelOf(l, "i")};
+  y[i] = (x[i] - mean[s]) * rstd[s] * w[c] + b[c];`;
+  launch(
+    elementwiseKernel(x.size, ["x", "mean", "rstd", "w", "b"], body),
+    [x, mean, rstd, weight, bias, y],
+    x.size,
+  );
+  return y;
+}
+
+/**
+ * Batch-norm input gradient. Training: w·rstd · (g − Σg/n − x̂ · Σg·x̂/n),
+ * the statistics depending on every input of the channel (`sumGx`, `sumG`
+ * are those per-channel sums). Eval: the statistics are constants, so only
+ * the per-channel scale w·rstd remains.
+ */
+function batchNormInputGrad(
+  g: Tensor,
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  weight: Tensor,
+  sumGx: Tensor,
+  sumG: Tensor,
+  l: Layout,
+  training: boolean,
+): Tensor {
+  const gx = Tensor.empty(x.shape);
+  const c = channelOf(l, "i");
+  if (!training) {
+    const body = `let c = ${c};\n  y[i] = g[i] * w[c] * rstd[c];`;
+    launch(elementwiseKernel(x.size, ["g", "w", "rstd"], body), [g, weight, rstd, gx], x.size);
+    return gx;
+  }
+  const inv = f32(1 / positions(l));
+  const body = `let c = ${c};
+  let r = rstd[c];
+  let xh = (x[i] - mean[c]) * r;
+  y[i] = w[c] * r * (g[i] - sg[c] * ${inv} - xh * sgx[c] * ${inv});`;
+  launch(
+    elementwiseKernel(x.size, ["g", "x", "mean", "rstd", "w", "sgx", "sg"], body),
+    [g, x, mean, rstd, weight, sumGx, sumG, gx],
+    x.size,
+  );
+  return gx;
+}
+
+// ---------------------------------------------------------------- batch norm
+
+/** Options of {@linkcode batchNorm2d}. */
+export interface BatchNormOptions {
+  /** Batch statistics (and running-buffer updates) when true, running statistics when false. */
+  training: boolean;
+  /** Weight of the new batch statistic in the running average (PyTorch's default 0.1). */
+  momentum?: number;
+  /** Added to the variance before the square root (default 1e-5). */
+  eps?: number;
+}
+
+/**
+ * Batch normalisation of `x` [N, C, H, W] per channel, as `nn.BatchNorm2d(C)`.
+ *
+ * Training: normalises with the batch mean and biased batch variance over
+ * N·H·W, and updates `runningMean`/`runningVar` in place on the GPU:
+ * `running = (1 − momentum) · running + momentum · batchStat`, with the
+ * unbiased variance (× n/(n−1)) for `runningVar`. That update is not
+ * differentiated. Eval: normalises with the running statistics.
+ * Gradients flow to `x`, `weight` and `bias`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { batchNorm2d } from "./norm.ts";
+ * await initGpu();
+ * const x = Tensor.randn([2, 3, 4, 4], { seed: 1 });
+ * const [w, b] = [Tensor.ones([3]), Tensor.zeros([3])];
+ * const [mean, variance] = [Tensor.zeros([3]), Tensor.ones([3])];
+ * batchNorm2d(x, w, b, mean, variance, { training: true });
+ * console.log(await mean.read()); // 0.1 × the batch means
+ * const y = batchNorm2d(x, w, b, mean, variance, { training: false });
+ * console.log(y.shape); // [2, 3, 4, 4]
+ * ```
+ */
+export function batchNorm2d(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  runningMean: Tensor,
+  runningVar: Tensor,
+  opts: BatchNormOptions,
+): Tensor {
+  if (x.rank !== 4) {
+    throw new Error(`batchNorm2d: expected x of shape [N, C, H, W], got [${x.shape}]`);
+  }
+  const [n, c, h, w] = x.shape;
+  const params = { weight, bias, runningMean, runningVar };
+  for (const [what, t] of Object.entries(params)) assertShape(`batchNorm2d ${what}`, t.shape, [c]);
+  const l: Layout = { outer: n, channels: c, inner: h * w };
+  const eps = opts.eps ?? 1e-5;
+  const training = opts.training;
+  if (training && positions(l) < 2) {
+    throw new Error(
+      `batchNorm2d: training needs more than 1 value per channel, got x [${x.shape}]`,
+    );
+  }
+  const [mean, rstd] = training
+    ? batchStats(x, l, eps, opts.momentum ?? 0.1, runningMean, runningVar)
+    : runningStats(runningMean, runningVar, eps);
+  const y = normalizeAffine(x, mean, rstd, weight, bias, l, "channel");
+  record("batchNorm2d", [x, weight, bias], y, [x, mean, rstd, weight], (g, [sx, sm, sr, sw]) => {
+    // Σ g·x̂ and Σ g are the weight and bias gradients and also feed the input gradient.
+    const [gw, gb] = affineGradSums(g, sx, sm, sr, l, "channel");
+    return [batchNormInputGrad(g, sx, sm, sr, sw, gw, gb, l, training), gw, gb];
+  });
+  mean.dispose();
+  rstd.dispose();
+  return y;
+}
+
+// ---------------------------------------------------------------- layer norm
+
+/** Options of {@linkcode layerNorm} and {@linkcode layerNormChannelsFirst}. */
+export interface LayerNormOptions {
+  /** Added to the variance before the square root (default 1e-6, ConvNeXt's). */
+  eps?: number;
+}
+
+function layerNormOf(
+  name: string,
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  l: Layout,
+  opts: LayerNormOptions,
+): Tensor {
+  assertShape(`${name} weight`, weight.shape, [l.channels]);
+  assertShape(`${name} bias`, bias.shape, [l.channels]);
+  const [mean, rstd] = positionStats(x, l, opts.eps ?? 1e-6);
+  const y = normalizeAffine(x, mean, rstd, weight, bias, l, "position");
+  record(name, [x, weight, bias], y, [x, mean, rstd, weight], (g, [sx, sm, sr, sw]) => {
+    const [gw, gb] = affineGradSums(g, sx, sm, sr, l, "position");
+    return [layerNormInputGrad(g, sx, sm, sr, sw, l), gw, gb];
+  });
+  mean.dispose();
+  rstd.dispose();
+  return y;
+}
+
+/**
+ * Layer normalisation over the last dimension (channels-last), as
+ * `nn.LayerNorm(C, eps)` on `[N, H, W, C]` or `[N, C]`: biased variance,
+ * affine `weight`/`bias` [C]. Gradients flow to `x`, `weight` and `bias`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { layerNorm } from "./norm.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 2, 3, 4, 0, 0], [2, 3]);
+ * const y = layerNorm(x, Tensor.ones([3]), Tensor.zeros([3]));
+ * console.log(await y.read()); // ≈ [-1.22, 0, 1.22, 1.41, -0.71, -0.71]
+ * ```
+ */
+export function layerNorm(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  opts: LayerNormOptions = {},
+): Tensor {
+  if (x.rank < 1) throw new Error("layerNorm: x needs at least one dimension");
+  const channels = x.shape[x.rank - 1];
+  return layerNormOf("layerNorm", x, weight, bias, {
+    outer: numel(x.shape.slice(0, -1)),
+    channels,
+    inner: 1,
+  }, opts);
+}
+
+/**
+ * Layer normalisation over the channels of `x` [N, C, H, W] at each pixel,
+ * as ConvNeXt's `LayerNorm(C, eps, data_format="channels_first")`: biased
+ * variance, affine `weight`/`bias` [C]. Gradients flow to `x`, `weight` and
+ * `bias`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { layerNormChannelsFirst } from "./norm.ts";
+ * await initGpu();
+ * const x = Tensor.randn([2, 5, 3, 3], { seed: 1 });
+ * const y = layerNormChannelsFirst(x, Tensor.ones([5]), Tensor.zeros([5]));
+ * console.log(y.shape); // [2, 5, 3, 3]
+ * ```
+ */
+export function layerNormChannelsFirst(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  opts: LayerNormOptions = {},
+): Tensor {
+  if (x.rank < 2) {
+    throw new Error(`layerNormChannelsFirst: expected x of shape [N, C, ...], got [${x.shape}]`);
+  }
+  return layerNormOf("layerNormChannelsFirst", x, weight, bias, {
+    outer: x.shape[0],
+    channels: x.shape[1],
+    inner: numel(x.shape.slice(2)),
+  }, opts);
+}

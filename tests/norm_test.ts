@@ -1,0 +1,104 @@
+import assert from "node:assert/strict";
+import { batchNorm2d, layerNorm, layerNormChannelsFirst } from "../ops/norm.ts";
+import { clearTape, noGrad, tapeLength } from "../ops/autograd.ts";
+import { scope, Tensor } from "../ops/tensor.ts";
+import { checkOp, randomArray, relError, setup } from "./harness.ts";
+import { batchNorm2dRef, batchNormRunningRef, layerNormRef } from "./reference.ts";
+
+await setup();
+
+// C = 3 and H·W = 45 are not multiples of 4; n = N·H·W = 270 per channel exceeds one
+// workgroup (256), so the strided accumulation before the workgroup reduction is exercised.
+const BN_SHAPE = [2, 3, 5, 9];
+const C = BN_SHAPE[1];
+
+Deno.test("batchNorm2d training: forward and grads of x, weight, bias against CPU", async () => {
+  await checkOp({
+    name: "batchNorm2d[train]",
+    inputs: [
+      { shape: BN_SHAPE, low: -2, high: 3 },
+      { shape: [C], low: 0.5, high: 1.5 },
+      { shape: [C] },
+      { shape: [C], grad: false },
+      { shape: [C], low: 0.5, high: 2, grad: false },
+    ],
+    gpu: (x, w, b, rm, rv) => batchNorm2d(x, w, b, rm, rv, { training: true }),
+    cpu: (x, w, b) => batchNorm2dRef(x, w, b, BN_SHAPE, 1e-5),
+  });
+});
+
+Deno.test("batchNorm2d eval: forward and grads use the running statistics", async () => {
+  await checkOp({
+    name: "batchNorm2d[eval]",
+    inputs: [
+      { shape: BN_SHAPE, low: -2, high: 3 },
+      { shape: [C], low: 0.5, high: 1.5 },
+      { shape: [C] },
+      { shape: [C], grad: false },
+      { shape: [C], low: 0.5, high: 2, grad: false },
+    ],
+    gpu: (x, w, b, rm, rv) => batchNorm2d(x, w, b, rm, rv, { training: false }),
+    cpu: (x, w, b, rm, rv) => batchNorm2dRef(x, w, b, BN_SHAPE, 1e-5, { mean: rm, variance: rv }),
+  });
+});
+
+Deno.test("batchNorm2d training updates the running buffers in place as PyTorch", async () => {
+  const n = BN_SHAPE.reduce((a, b) => a * b, 1);
+  const x1 = randomArray(n, 7, -1, 3);
+  const x2 = randomArray(n, 8, -2, 1);
+  const rm0 = randomArray(C, 9);
+  const rv0 = randomArray(C, 10, 0.5, 2);
+  const want1 = batchNormRunningRef(x1, BN_SHAPE, rm0, rv0, 0.1);
+  const want2 = batchNormRunningRef(x2, BN_SHAPE, want1.runningMean, want1.runningVar, 0.3);
+  await scope(async () => {
+    const rm = Tensor.from(Float32Array.from(rm0));
+    const rv = Tensor.from(Float32Array.from(rv0));
+    const w = Tensor.ones([C]);
+    const b = Tensor.zeros([C]);
+    w.requiresGrad = true;
+    // Recorded or not, the update happens once per call and never lands on the tape.
+    batchNorm2d(Tensor.from(Float32Array.from(x1), BN_SHAPE), w, b, rm, rv, { training: true });
+    const after1 = [await rm.read(), await rv.read()];
+    noGrad(() =>
+      batchNorm2d(Tensor.from(Float32Array.from(x2), BN_SHAPE), w, b, rm, rv, {
+        training: true,
+        momentum: 0.3,
+      })
+    );
+    const after2 = [await rm.read(), await rv.read()];
+    assert.equal(tapeLength(), 1);
+    clearTape();
+    const errors = [
+      relError(after1[0], want1.runningMean),
+      relError(after1[1], want1.runningVar),
+      relError(after2[0], want2.runningMean),
+      relError(after2[1], want2.runningVar),
+    ];
+    console.log(`op-error batchNorm2d[running] ${errors.map((e) => e.toExponential(2)).join(",")}`);
+    errors.forEach((e) => assert.ok(e <= 1e-5, `running buffer error ${e}`));
+    // Eval mode leaves them alone.
+    batchNorm2d(Tensor.from(Float32Array.from(x1), BN_SHAPE), w, b, rm, rv, { training: false });
+    assert.deepEqual(await rm.read(), after2[0]);
+    assert.deepEqual(await rv.read(), after2[1]);
+  });
+});
+
+Deno.test("layerNorm over the last dimension (C = 5) against CPU", async () => {
+  const shape = [2, 3, 2, 5];
+  await checkOp({
+    name: "layerNorm[C=5]",
+    inputs: [{ shape, low: -2, high: 3 }, { shape: [5], low: 0.5, high: 1.5 }, { shape: [5] }],
+    gpu: (x, w, b) => layerNorm(x, w, b),
+    cpu: (x, w, b) => layerNormRef(x, w, b, 12, 5, 1, 1e-6),
+  });
+});
+
+Deno.test("layerNormChannelsFirst over C (C = 7) of [N, C, H, W] against CPU", async () => {
+  const shape = [2, 7, 2, 3];
+  await checkOp({
+    name: "layerNormChannelsFirst[C=7]",
+    inputs: [{ shape, low: -2, high: 3 }, { shape: [7], low: 0.5, high: 1.5 }, { shape: [7] }],
+    gpu: (x, w, b) => layerNormChannelsFirst(x, w, b, { eps: 1e-3 }),
+    cpu: (x, w, b) => layerNormRef(x, w, b, 2, 7, 6, 1e-3),
+  });
+});
