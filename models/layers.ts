@@ -73,6 +73,11 @@ function count(r: FlopRecord): void {
   recorder?.push(r);
 }
 
+/** Record a counted operation from a model file's own Meta-aware module (while tracing). */
+export function recordFlops(r: FlopRecord): void {
+  count(r);
+}
+
 function isMeta(x: Value): x is Meta {
   return x instanceof Meta;
 }
@@ -274,9 +279,14 @@ export class BatchNorm2d extends Module {
   readonly runningMean: Param;
   readonly runningVar: Param;
   readonly numBatchesTracked: Param;
-  constructor(readonly channels: number, readonly eps = 1e-5, readonly momentum = 0.1) {
+  constructor(
+    readonly channels: number,
+    readonly eps = 1e-5,
+    readonly momentum = 0.1,
+    weightInit: Init = { kind: "ones" },
+  ) {
     super();
-    this.weight = this.param("weight", [channels], { kind: "ones" });
+    this.weight = this.param("weight", [channels], weightInit);
     this.bias = this.param("bias", [channels], { kind: "zeros" });
     this.runningMean = this.buffer("running_mean", [channels], { kind: "zeros" });
     this.runningVar = this.buffer("running_var", [channels], { kind: "ones" });

@@ -364,3 +364,99 @@ export function concatRef(xs: ArrayLike<number>[], shapes: number[][], axis: num
   return Float64Array.from(y);
 }
 // ==================================================================== end misc
+
+// ==================================================================== shift: addShift, selectChannels, grn
+// (ops/shift.ts)
+
+/** The integer tables of an add-shift (see ops/shift.ts `ShiftPlanSpec`). */
+export interface AddShiftRefPlan {
+  channels: number;
+  nk: number;
+  groups: number;
+  extraPad: number;
+  padH: ArrayLike<number>;
+  padV: ArrayLike<number>;
+  identity: ArrayLike<number>;
+}
+
+/**
+ * One map of ShiftwiseConv's add-shift, written as the official CUDA kernel
+ * does it: every input element is scattered (added) into the outputs it
+ * reaches. x: [B, C·nk, H+2e, W+2e] → [B, C, H, W].
+ */
+export function addShiftRef(
+  x: ArrayLike<number>,
+  [b, cin, hin, win]: number[],
+  plan: AddShiftRefPlan,
+  map: "horizontal" | "vertical" | "identity",
+): Float64Array {
+  const { channels: c, nk, groups: g, extraPad: e } = plan;
+  const h = hin - 2 * e;
+  const w = win - 2 * e;
+  const y = new Float64Array(b * c * h * w);
+  const put = (n: number, oc: number, oh: number, ow: number, v: number) => {
+    if (oh >= 0 && oh < h && ow >= 0 && ow < w) y[((n * c + oc) * h + oh) * w + ow] += v;
+  };
+  for (let n = 0; n < b; n++) {
+    for (let j = 0; j < cin; j++) {
+      const oc = Math.floor(j / nk);
+      for (let ph = 0; ph < hin; ph++) {
+        for (let pw = 0; pw < win; pw++) {
+          const v = x[((n * cin + j) * hin + ph) * win + pw];
+          for (let k = 0; k < g; k++) {
+            if (map === "horizontal") put(n, oc, ph - e, pw + plan.padH[j * g + k], v);
+            else if (map === "vertical") put(n, oc, ph + plan.padV[j * g + k], pw - e, v);
+            else if (plan.identity[oc * g + k] === j) put(n, oc, ph - e, pw - e, v);
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+/** torch.index_select(x, 1, indices) for x of shape [N, C, ...inner]. */
+export function selectChannelsRef(
+  x: ArrayLike<number>,
+  shape: number[],
+  indices: number[],
+): Float64Array {
+  const [n, c] = shape;
+  const inner = shape.slice(2).reduce((a, d) => a * d, 1);
+  const y = new Float64Array(n * indices.length * inner);
+  for (let b = 0; b < n; b++) {
+    indices.forEach((ch, k) => {
+      for (let r = 0; r < inner; r++) {
+        y[(b * indices.length + k) * inner + r] = x[(b * c + ch) * inner + r];
+      }
+    });
+  }
+  return y;
+}
+
+/** GRN (ConvNeXt V2, `GRNwithNHWC` with bias) on x [N, H, W, C]. */
+export function grnRef(
+  x: ArrayLike<number>,
+  [n, h, w, c]: number[],
+  gamma: ArrayLike<number>,
+  beta: ArrayLike<number>,
+  eps = 1e-6,
+): Float64Array {
+  const y = new Float64Array(n * h * w * c);
+  for (let b = 0; b < n; b++) {
+    const norms = new Float64Array(c);
+    for (let p = 0; p < h * w; p++) {
+      for (let ch = 0; ch < c; ch++) norms[ch] += x[(b * h * w + p) * c + ch] ** 2;
+    }
+    for (let ch = 0; ch < c; ch++) norms[ch] = Math.sqrt(norms[ch]);
+    const mean = norms.reduce((a, v) => a + v, 0) / c;
+    for (let p = 0; p < h * w; p++) {
+      for (let ch = 0; ch < c; ch++) {
+        const i = (b * h * w + p) * c + ch;
+        y[i] = (gamma[ch] * norms[ch] / (mean + eps) + 1) * x[i] + beta[ch];
+      }
+    }
+  }
+  return y;
+}
+// ==================================================================== end shift

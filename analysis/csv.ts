@@ -1,0 +1,76 @@
+/**
+ * CSV text from rows of values, and an atomic file write, so that a table or
+ * log that a script or the trainer rewrites is never seen half-written.
+ *
+ * @example
+ * ```ts
+ * import { toCsv, writeFileAtomic } from "./csv.ts";
+ * const csv = toCsv([{ model: "convnext_tiny", params_M: 28.59 }, { model: "a,b", note: 'say "hi"' }]);
+ * console.log(csv);
+ * // model,params_M,note
+ * // convnext_tiny,28.59,
+ * // "a,b",,"say ""hi"""
+ * await writeFileAtomic(await Deno.makeTempFile({ suffix: ".csv" }), csv);
+ * ```
+ * @module
+ */
+
+/** A cell: numbers and booleans print as JavaScript does, null/undefined as empty. */
+export type Cell = string | number | boolean | null | undefined;
+
+/** Options of {@linkcode toCsv}. */
+export interface CsvOptions {
+  /** Column order; by default every key in first-seen order over all rows. */
+  columns?: string[];
+  /** Lines written before the header, each prefixed with `# ` (read with `comment="#"` in pandas). */
+  comments?: string[];
+}
+
+/**
+ * RFC 4180 CSV (LF line ends, trailing newline): a header row, then one line
+ * per row. Cells holding a comma, quote or line break are quoted.
+ */
+export function toCsv(rows: readonly Record<string, Cell>[], opts: CsvOptions = {}): string {
+  const columns = opts.columns ?? [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  const lines = (opts.comments ?? []).map((c) => `# ${c.replace(/[\r\n]+/g, " ")}`);
+  lines.push(columns.map(csvCell).join(","));
+  for (const r of rows) lines.push(columns.map((c) => csvCell(r[c])).join(","));
+  return lines.join("\n") + "\n";
+}
+
+function csvCell(v: Cell): string {
+  if (v === null || v === undefined) return "";
+  const s = String(v);
+  return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+}
+
+/**
+ * Write `data` to `path` atomically: write a temporary file in the same
+ * folder (creating the folder), then rename it over `path`, so readers see
+ * the old file or the new one, never a partial one.
+ */
+export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
+  const slash = path.lastIndexOf("/");
+  const dir = slash >= 0 ? path.slice(0, slash) || "/" : ".";
+  const base = path.slice(slash + 1);
+  if (!base) throw new Error(`writeFileAtomic: "${path}" names a folder, not a file`);
+  await Deno.mkdir(dir, { recursive: true });
+  const tmp = `${dir}/.${base}.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}.tmp`;
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  try {
+    await Deno.writeFile(tmp, bytes);
+    await Deno.rename(tmp, path);
+  } catch (e) {
+    await Deno.remove(tmp).catch(() => {});
+    throw e;
+  }
+}
+
+/** {@linkcode toCsv} then {@linkcode writeFileAtomic}. */
+export async function writeCsv(
+  path: string,
+  rows: readonly Record<string, Cell>[],
+  opts: CsvOptions = {},
+): Promise<void> {
+  await writeFileAtomic(path, toCsv(rows, opts));
+}

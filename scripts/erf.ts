@@ -1,0 +1,287 @@
+/**
+ * Effective receptive field (SLaK Table 6 / Fig. 3, RepLKNet Table 10 /
+ * Fig. 1): for each model, the contribution matrix (`.npy`), the
+ * high-contribution area ratios r(t) for t = 20/30/50/99% (a CSV row per
+ * model), a heatmap PNG per model, and one side-by-side figure.
+ *
+ * @example
+ * ```sh
+ * deno run -A scripts/erf.ts --model resnet101,convnext_tiny,slak_tiny --num 2 --size 256
+ * deno run -A scripts/erf.ts --analyze out/erf/slak_tiny.npy
+ * ```
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { gpu, initGpu, runMain } from "../ops/gpu.ts";
+import { Rng, scope, Tensor } from "../ops/tensor.ts";
+import {
+  type AreaRatio,
+  areaRatios,
+  ERF_THRESHOLDS,
+  ErfAccumulator,
+  type FeatureModel,
+  normalizeErf,
+} from "../analysis/erf.ts";
+import { parseNpy, serializeNpy } from "../analysis/npy.ts";
+import { writeHeatmapFigure } from "../analysis/heatmap.ts";
+import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { createModel, MODEL_NAMES } from "../models/registry.ts";
+import { seedInit } from "../models/module.ts";
+import { loadWeightsFile } from "../train/weights.ts";
+import { ProgressBar } from "../train/progress.ts";
+import sharp from "sharp";
+
+const MEAN = [0.485, 0.456, 0.406];
+const STD = [0.229, 0.224, 0.225];
+const IMAGE_EXT = /\.(jpe?g|png|webp|bmp|tiff?)$/i;
+
+const HELP = `usage: deno run -A scripts/erf.ts [flags]
+
+Effective receptive field as RepLKNet Appendix B / SLaK Sec. 5.
+
+  --model LIST      comma-separated presets (default resnet101,convnext_tiny,slak_tiny); any of:
+                    ${MODEL_NAMES.join(", ")}
+  --kernels LIST    stage kernels for every model that has them, e.g. 31,29,27,13 (ConvNeXt variants)
+  --weights LIST    comma-separated weights (.safetensors or official .pth), one per model; random
+                    init (seeded) otherwise, with LayerScale 1 (the 1e-6 training init would hide
+                    every block behind its residual)
+  --images DIR      JPEG/PNG images, resized to --size (bicubic), ImageNet normalisation; default: a
+                    built-in deterministic set of synthetic natural-like (1/f noise) images
+  --num N           images per model (default 50)
+  --size S          input size (default 1024 on a GPU; 256 on a software adapter, where 1024² through
+                    SLaK-T takes hours — 256 runs in minutes)
+  --seed N          seed of the random weights and synthetic images (default 0)
+  --analyze FILE    skip the network: analyse a saved matrix (.npy, float32/float64)
+  --out DIR         output folder (default out/erf)
+  --help`;
+
+/** A deterministic natural-like image: 1/f noise (sum of octaves of smooth noise) per channel, in [0, 1]. */
+export function syntheticImage(size: number, seed: number): Float32Array {
+  const rng = new Rng(seed);
+  const out = new Float32Array(3 * size * size);
+  for (let c = 0; c < 3; c++) {
+    const plane = new Float32Array(size * size);
+    let amp = 1;
+    for (let cells = 2; cells <= size / 2; cells *= 2) {
+      const g = Float32Array.from({ length: (cells + 1) * (cells + 1) }, () => rng.uniform() - 0.5);
+      const step = size / cells;
+      for (let y = 0; y < size; y++) {
+        const fy = y / step, y0 = Math.floor(fy), ty = fy - y0;
+        const sy = ty * ty * (3 - 2 * ty);
+        for (let x = 0; x < size; x++) {
+          const fx = x / step, x0 = Math.floor(fx), tx = fx - x0;
+          const sx = tx * tx * (3 - 2 * tx);
+          const a = g[y0 * (cells + 1) + x0], b = g[y0 * (cells + 1) + x0 + 1];
+          const d = g[(y0 + 1) * (cells + 1) + x0], e = g[(y0 + 1) * (cells + 1) + x0 + 1];
+          plane[y * size + x] += amp *
+            ((a * (1 - sx) + b * sx) * (1 - sy) + (d * (1 - sx) + e * sx) * sy);
+        }
+      }
+      amp *= 0.5; // halving per octave: a 1/f amplitude spectrum, like natural images
+    }
+    for (let i = 0; i < plane.length; i++) {
+      out[c * size * size + i] = Math.min(1, Math.max(0, 0.5 + plane[i]));
+    }
+  }
+  return out;
+}
+
+/** Normalise an RGB [3, S, S] image in [0, 1] with ImageNet statistics, in place. */
+function normalise(img: Float32Array, size: number): Float32Array {
+  for (let c = 0; c < 3; c++) {
+    for (let i = 0; i < size * size; i++) {
+      img[c * size * size + i] = (img[c * size * size + i] - MEAN[c]) / STD[c];
+    }
+  }
+  return img;
+}
+
+async function loadImage(path: string, size: number): Promise<Float32Array | null> {
+  try {
+    const { data } = await sharp(path).removeAlpha().toColorspace("srgb")
+      .resize(size, size, { fit: "fill", kernel: "cubic" }).raw().toBuffer({
+        resolveWithObject: true,
+      });
+    const out = new Float32Array(3 * size * size);
+    for (let i = 0; i < size * size; i++) {
+      for (let c = 0; c < 3; c++) out[c * size * size + i] = data[3 * i + c] / 255;
+    }
+    return out;
+  } catch {
+    return null;
+  }
+}
+
+async function imageFiles(dir: string): Promise<string[]> {
+  const files: string[] = [];
+  const walk = async (d: string) => {
+    for await (const e of Deno.readDir(d)) {
+      if (e.isDirectory) await walk(`${d}/${e.name}`);
+      else if (IMAGE_EXT.test(e.name)) files.push(`${d}/${e.name}`);
+    }
+  };
+  try {
+    await walk(dir);
+  } catch {
+    throw new Error(`--images: cannot read folder ${dir}`);
+  }
+  if (files.length === 0) throw new Error(`--images: no JPEG/PNG images in ${dir}`);
+  return files.sort();
+}
+
+/** The CSV row of one analysed matrix: r(t) in percent, as the papers' tables. */
+function tableRow(name: string, ratios: AreaRatio[], extra: Record<string, string | number>) {
+  const row: Record<string, string | number> = { model: name };
+  for (const r of ratios) row[`t${Math.round(r.t * 100)}`] = +(100 * r.ratio).toFixed(2);
+  return { ...row, ...extra };
+}
+
+async function main() {
+  const { values: v } = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string" },
+      kernels: { type: "string" },
+      weights: { type: "string" },
+      images: { type: "string" },
+      num: { type: "string" },
+      size: { type: "string" },
+      seed: { type: "string" },
+      analyze: { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean" },
+    },
+    strict: true,
+  });
+  if (v.help) return console.log(HELP);
+  const out = v.out ?? "out/erf";
+  await Deno.mkdir(out, { recursive: true });
+  const posInt = (flag: string, raw: string | undefined, dflt: number) => {
+    if (raw === undefined) return dflt;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n <= 0) {
+      throw new Error(`--${flag}: expected a positive integer, got "${raw}"`);
+    }
+    return n;
+  };
+
+  if (v.analyze) {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(v.analyze);
+    } catch {
+      throw new Error(`--analyze: cannot read ${v.analyze}`);
+    }
+    const a = parseNpy(bytes, v.analyze);
+    if (a.shape.length !== 2) {
+      throw new Error(`--analyze: ${v.analyze} has shape [${a.shape}], expected a 2-D matrix`);
+    }
+    const [h, w] = a.shape;
+    const norm = normalizeErf(a.data);
+    const name = v.analyze.replace(/^.*\//, "").replace(/\.npy$/, "");
+    const row = tableRow(name, areaRatios(norm, h, w), { size: h, file: v.analyze });
+    console.log(toCsv([row]).trim());
+    await writeFileAtomic(`${out}/${name}_analysis.csv`, toCsv([row]));
+    await writeHeatmapFigure(`${out}/${name}.png`, [{
+      title: name,
+      data: norm,
+      height: h,
+      width: w,
+    }], {
+      caption: "log10(A + 1) / max",
+    });
+    return;
+  }
+
+  await initGpu();
+  const models = (v.model ?? "resnet101,convnext_tiny,slak_tiny").split(",").map((s) => s.trim())
+    .filter(Boolean);
+  for (const m of models) {
+    if (!MODEL_NAMES.includes(m)) {
+      throw new Error(`--model: unknown model "${m}" (expected one of ${MODEL_NAMES.join(", ")})`);
+    }
+  }
+  const weights = v.weights ? v.weights.split(",") : [];
+  if (weights.length && weights.length !== models.length) {
+    throw new Error(
+      `--weights: ${weights.length} files for ${models.length} models (give one per model)`,
+    );
+  }
+  const kernels = v.kernels?.split(",").map(Number);
+  if (kernels && (kernels.length < 4 || kernels.some((k) => !Number.isInteger(k) || k < 1))) {
+    throw new Error(`--kernels: expected 4 (or 5) positive integers, got "${v.kernels}"`);
+  }
+  const size = posInt("size", v.size, gpu().isFallback ? 256 : 1024);
+  if (!v.size && gpu().isFallback) {
+    console.error(`software adapter (${gpu().description}): --size defaults to 256`);
+  }
+  const num = posInt("num", v.num, 50);
+  const seed = Number(v.seed ?? 0);
+  const files = v.images ? await imageFiles(v.images) : null;
+
+  const rows: Record<string, string | number>[] = [];
+  const panels = [];
+  for (const [mi, name] of models.entries()) {
+    seedInit(seed);
+    // Random weights: LayerScale 1, not the training init 1e-6, which makes every residual branch
+    // vanish so the ERF would only show the stem's patch (trained gammas are of order 0.1–1).
+    const overrides = {
+      ...(kernels ? { kernels } : {}),
+      ...(weights[mi] ? {} : { layerScaleInit: 1 }),
+    };
+    const model = createModel(name, overrides) as unknown as FeatureModel;
+    if (weights[mi]) model.loadStateDict(await loadWeightsFile(weights[mi]), { strict: false });
+    const acc = new ErfAccumulator(size, size);
+    const bar = new ProgressBar(`ERF ${name}`, num);
+    let used = 0, failed = 0;
+    for (let k = 0; used < num && k < (files ? files.length : num); k++) {
+      const img = files ? await loadImage(files[k], size) : syntheticImage(size, seed * 100003 + k);
+      if (!img) {
+        failed++;
+        continue;
+      }
+      scope(() => acc.add(model, Tensor.from(normalise(img, size), [1, 3, size, size])));
+      gpu().flush();
+      used++;
+      if (used % 5 === 0 || used === num) await gpu().sync();
+      bar.update(used, { images: used });
+    }
+    bar.done();
+    if (used === 0) throw new Error(`--images: none of the images in ${v.images} could be decoded`);
+    if (failed) console.error(`skipped ${failed} unreadable image(s)`);
+    const mean = await acc.mean();
+    acc.dispose();
+    model.dispose();
+    await writeFileAtomic(`${out}/${name}.npy`, serializeNpy(mean, [size, size]));
+    const norm = normalizeErf(mean);
+    const ratios = areaRatios(norm, size, size, ERF_THRESHOLDS);
+    const row = tableRow(name, ratios, {
+      size,
+      images: used,
+      source: files ? v.images! : "synthetic",
+      weights: weights[mi] ?? `random (seed ${seed})`,
+    });
+    rows.push(row);
+    const subtitle = ratios.map((r) => `${Math.round(r.t * 100)}%: ${(100 * r.ratio).toFixed(1)}`)
+      .join("  ");
+    panels.push({ title: name, subtitle, data: norm, height: size, width: size });
+    await writeHeatmapFigure(`${out}/${name}.png`, [panels.at(-1)!], {
+      caption: "log10(A + 1) / max",
+    });
+    console.log(
+      `${name}: r(t) % = ${
+        ratios.map((r) => (100 * r.ratio).toFixed(2)).join(" / ")
+      }  (t = 20/30/50/99%)`,
+    );
+  }
+  await writeFileAtomic(`${out}/erf_table.csv`, toCsv(rows));
+  await writeHeatmapFigure(`${out}/erf_compare.png`, panels, {
+    title: `Effective receptive field at ${size}² (${rows[0]?.source}, ${num} images)`,
+    caption: "log10(A + 1) / max; below each map: area ratio r(t) in % for t = 20/30/50/99%",
+    side: Math.min(320, Math.max(200, Math.floor(1200 / panels.length))),
+  });
+  console.log(toCsv(rows).trim());
+  console.error(`wrote ${out}/erf_table.csv, ${out}/erf_compare.png and per-model .npy/.png`);
+}
+
+if (import.meta.main) await runMain(main);

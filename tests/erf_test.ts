@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import {
+  areaRatios,
+  centerPoint,
+  ErfAccumulator,
+  type FeatureModel,
+  normalizeErf,
+} from "../analysis/erf.ts";
+import { parseNpy, serializeNpy } from "../analysis/npy.ts";
+import { Conv2d } from "../models/layers.ts";
+import { Module } from "../models/module.ts";
+import { Tensor } from "../ops/tensor.ts";
+import { checkOp, setup } from "./harness.ts";
+
+await setup();
+
+Deno.test("areaRatios: hand-made matrices with known answers", () => {
+  // 11×11, uniform 3×3 block at the centre (1 each) plus a ring of 5×5 (value 1 each on its border).
+  const h = 11, w = 11;
+  const m = new Float64Array(h * w);
+  for (let y = 3; y <= 7; y++) for (let x = 3; x <= 7; x++) m[y * w + x] = 1; // 25 ones in the 5×5
+  // Centre 3×3 holds 9/25 = 36%, the 5×5 holds 100%.
+  const r = areaRatios(m, h, w, [0.2, 0.3, 0.36, 0.5, 0.99]);
+  assert.deepEqual(r.map((x) => x.side), [3, 3, 5, 5, 5]);
+  assert.ok(Math.abs(r[0].ratio - 9 / 121) < 1e-15);
+  assert.ok(Math.abs(r[3].ratio - 25 / 121) < 1e-15);
+  // A point mass: every threshold is met by the smallest square (i starts at 1: side 3).
+  const p = new Float64Array(9 * 9);
+  p[4 * 9 + 4] = 5;
+  assert.deepEqual(areaRatios(p, 9, 9).map((x) => x.side), [3, 3, 3, 3]);
+  // Uniform 8×8 (even size, centre at 4): square i covers (2i+1)² of 64 cells; 99% is never met below h/2 → whole.
+  const u = new Float64Array(64).fill(1);
+  const ru = areaRatios(u, 8, 8, [0.1, 0.5, 0.99]);
+  assert.deepEqual(ru.map((x) => x.side), [3, 7, 8]);
+  assert.equal(ru[2].ratio, 1);
+});
+
+Deno.test("normalizeErf: log10(A+1) scaled by the maximum", () => {
+  const n = normalizeErf([0, 9, 99]);
+  assert.deepEqual([...n], [0, 0.5, 1]);
+});
+
+Deno.test(".npy: NumPy-written float32/float64 fixtures read exactly; our files round-trip", async () => {
+  const want = Array.from({ length: 12 }, (_, i) => i / 8 - 0.5);
+  for (const name of ["erf_f64.npy", "erf_f32.npy"]) {
+    const a = parseNpy(await Deno.readFile(new URL(`./fixtures/${name}`, import.meta.url)), name);
+    assert.deepEqual(a.shape, [3, 4]);
+    assert.deepEqual([...a.data], want);
+    const again = parseNpy(serializeNpy(a.data, a.shape, a.dtype === "<f4" ? "<f4" : "<f8"));
+    assert.deepEqual([...again.data], want);
+    assert.equal(again.dtype, a.dtype);
+  }
+  assert.throws(() => parseNpy(new Uint8Array(20), "x.npy"), /x.npy: not a .npy file/);
+  const ours = serializeNpy([1.5, -2], [2]);
+  assert.equal((ours.length - 0) % 64, 16 % 64); // header padded to 64 bytes, then 2 float64
+});
+
+Deno.test("centerPoint: forward picks the centre, backward scatters to it", async () => {
+  await checkOp({
+    name: "centerPoint",
+    inputs: [{ shape: [2, 3, 5, 4] }],
+    gpu: centerPoint,
+    cpu: (m) => {
+      const out = new Float64Array(6);
+      for (let p = 0; p < 6; p++) out[p] = m[p * 20 + 2 * 4 + 2];
+      return out;
+    },
+  });
+});
+
+class OneConv extends Module implements FeatureModel {
+  conv: Conv2d;
+  constructor(k: number) {
+    super();
+    this.conv = this.child(
+      "conv",
+      new Conv2d(3, 3, k, { groups: 3, bias: false, weightInit: { kind: "const", value: 0.5 } }),
+    );
+  }
+  features(x: Tensor): Tensor {
+    return this.conv.forward(x);
+  }
+}
+
+Deno.test("ERF of a single depthwise k×k conv is exactly the k×k square", async () => {
+  for (const k of [3, 7]) {
+    const model = new OneConv(k);
+    const acc = new ErfAccumulator(15, 15);
+    const x = Tensor.rand([2, 3, 15, 15], { seed: k, low: 0.1, high: 1 });
+    acc.add(model, x);
+    const m = await acc.mean();
+    const r = Math.floor(k / 2);
+    for (let y = 0; y < 15; y++) {
+      for (let xx = 0; xx < 15; xx++) {
+        const inside = Math.abs(y - 7) <= r && Math.abs(xx - 7) <= r;
+        assert.equal(m[y * 15 + xx] > 0, inside, `k=${k} at (${y},${xx}): ${m[y * 15 + xx]}`);
+      }
+    }
+    // Each of the 2 images contributes 3 channels × 0.5 per tap; the mean over images is 1.5.
+    assert.ok(Math.abs(m[7 * 15 + 7] - 1.5) < 1e-6);
+    assert.ok(model.conv.weight.tensor.requiresGrad, "parameters unfrozen afterwards");
+    x.dispose();
+    acc.dispose();
+    model.dispose();
+  }
+});

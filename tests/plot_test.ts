@@ -1,0 +1,88 @@
+/** Plots (SVG → PNG through sharp), CSV text and atomic writes; no GPU. */
+import assert from "node:assert/strict";
+import { toCsv, writeCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { type Chart, lineChartSvg, niceTicks, svgToPng, writeLineChart } from "../analysis/plot.ts";
+
+const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+/** Width and height from a PNG's IHDR chunk (big-endian at bytes 16 and 20). */
+function pngSize(png: Uint8Array): [number, number] {
+  const v = new DataView(png.buffer, png.byteOffset, png.byteLength);
+  assert.equal(new TextDecoder().decode(png.subarray(12, 16)), "IHDR");
+  return [v.getUint32(16), v.getUint32(20)];
+}
+
+const chart: Chart = {
+  title: "Two panels <&> escaped",
+  subtitle: "FLOPs = multiply-accumulates, fvcore rules",
+  panels: [
+    {
+      title: "GFLOPs",
+      xLabel: "kernel size",
+      yLabel: "GFLOPs",
+      series: [
+        { name: "full", x: [7, 31, 51], y: [4.5, 6.1, 9.3] },
+        { name: "decomposed", x: [7, 31, 51], y: [4.5, 5.0, NaN], dash: "6 3", markers: true },
+      ],
+      marks: [{ x: 51, y: 9.3, label: "k=51" }],
+      lines: [{ y: 5, label: "budget" }],
+    },
+    { title: "Params", series: [{ name: "p", x: [1, 2], y: [3, 4] }], legend: "bottom-right" },
+  ],
+  panelWidth: 300,
+  panelHeight: 220,
+};
+
+Deno.test("plot: a two-panel line chart becomes a valid PNG of the SVG's size × scale", async () => {
+  const svg = lineChartSvg(chart);
+  assert.match(svg, /^<svg [^>]*width="600" height="268"/);
+  assert.match(svg, /Two panels &#60;&#38;&#62; escaped/);
+  assert.equal((svg.match(/<path /g) ?? []).length, 3);
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/sub/chart.png`;
+    await writeLineChart(path, chart, { scale: 1, keepSvg: true });
+    const png = await Deno.readFile(path);
+    assert.deepEqual([...png.subarray(0, 8)], PNG_SIGNATURE);
+    assert.deepEqual(pngSize(png), [600, 268]);
+    assert.ok(png.length > 2000, `PNG of ${png.length} bytes looks empty`);
+    assert.equal(await Deno.readTextFile(`${dir}/sub/chart.svg`), svg);
+    assert.deepEqual(pngSize(await svgToPng(svg)), [1200, 536]); // default scale 2
+    // Only the two files: no temporary file left behind.
+    assert.deepEqual([...Deno.readDirSync(`${dir}/sub`)].map((e) => e.name).sort(), [
+      "chart.png",
+      "chart.svg",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("plot: nice ticks cover the range with round steps", () => {
+  assert.deepEqual(niceTicks(0, 9.31), [0, 2, 4, 6, 8, 10]);
+  assert.deepEqual(niceTicks(7, 151), [0, 50, 100, 150, 200]);
+  assert.deepEqual(niceTicks(0.0012, 0.0049), [0.001, 0.002, 0.003, 0.004, 0.005]);
+  assert.deepEqual(niceTicks(-3, 3, 3), [-4, -2, 0, 2, 4]);
+  assert.equal(niceTicks(5, 5).length > 1, true);
+});
+
+Deno.test("csv: quoting, column union, comments; atomic write replaces the file", async () => {
+  const rows = [{ a: 1, b: "x,y" }, { a: 2.5, c: 'say "hi"', b: null }, { b: "two\nlines" }];
+  assert.equal(
+    toCsv(rows, { comments: ["FLOPs = multiply-accumulates, fvcore rules"] }),
+    '# FLOPs = multiply-accumulates, fvcore rules\na,b,c\n1,"x,y",\n2.5,,"say ""hi"""\n,"two\nlines",\n',
+  );
+  assert.equal(toCsv([{ a: 1, b: 2 }], { columns: ["b"] }), "b\n2\n");
+  assert.equal(toCsv([]), "\n");
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/deep/er/t.csv`;
+    await writeCsv(path, [{ x: 1 }]);
+    await writeFileAtomic(path, "x\n2\n");
+    assert.equal(await Deno.readTextFile(path), "x\n2\n");
+    assert.deepEqual([...Deno.readDirSync(`${dir}/deep/er`)].map((e) => e.name), ["t.csv"]);
+    await assert.rejects(() => writeFileAtomic(`${dir}/`, "x"), /names a folder/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

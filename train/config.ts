@@ -1,0 +1,180 @@
+/**
+ * The trainer's configuration: flags as the official ConvNeXt/SLaK
+ * `main.py` (in Deno's kebab-case), preset bundles, and the defaults picked
+ * for the adapter at hand (a software adapter gets a run that finishes in a
+ * few minutes on two CPU cores).
+ *
+ * @example
+ * ```ts
+ * import { defaultConfig, PRESETS } from "./config.ts";
+ * console.log(defaultConfig(true).model, Object.keys(PRESETS));
+ * ```
+ * @module
+ */
+import { createModel } from "../models/registry.ts";
+import type { Classifier } from "./trainer.ts";
+
+/** Every setting of a training run. */
+export interface TrainConfig {
+  model: string;
+  /** Dataset folder (ImageFolder or CIFAR-10 binaries); the procedural dataset when absent. */
+  data?: string;
+  epochs: number;
+  batchSize: number;
+  /** Gradient accumulation: micro-batches per optimiser step. */
+  updateFreq: number;
+  lr: number;
+  minLr: number;
+  warmupEpochs: number;
+  warmupSteps: number;
+  weightDecay: number;
+  dropPath: number;
+  layerScaleInit: number;
+  labelSmoothing: number;
+  mixup: number;
+  cutmix: number;
+  modelEma: boolean;
+  modelEmaDecay: number;
+  inputSize: number;
+  seed: number;
+  out: string;
+  resume?: string;
+  autoResume: boolean;
+  evalOnly: boolean;
+  /** Official `--kernel_size`: the four stage kernels, then the small kernel N. */
+  kernelSize?: number[];
+  widthFactor?: number;
+  /** Procedural dataset sizes and classes (ignored for folders). */
+  trainSize?: number;
+  valSize?: number;
+  numClasses?: number;
+  /** Micro-batches between loss read-backs (the only GPU syncs of an epoch). */
+  logEvery: number;
+  preset?: string;
+}
+
+/** Settings shared by every preset (the official recipe's, scaled to the run). */
+const BASE: Omit<TrainConfig, "model" | "out"> = {
+  epochs: 300,
+  batchSize: 128,
+  updateFreq: 1,
+  lr: 4e-3,
+  minLr: 1e-6,
+  warmupEpochs: 20,
+  warmupSteps: -1,
+  weightDecay: 0.05,
+  dropPath: 0.1,
+  layerScaleInit: 1e-6,
+  labelSmoothing: 0.1,
+  mixup: 0,
+  cutmix: 0,
+  modelEma: false,
+  modelEmaDecay: 0.9999,
+  inputSize: 224,
+  seed: 0,
+  autoResume: false,
+  evalOnly: false,
+  logEvery: 20,
+};
+
+/**
+ * Preset bundles (`--preset NAME`); flags given on the command line override
+ * them. `cpu` and `gpu` are the defaults for software and real adapters.
+ */
+export const PRESETS: Record<string, Partial<TrainConfig> & { model: string; about: string }> = {
+  cpu: {
+    about: "small SLaK on the procedural dataset, a few minutes on llvmpipe (2 CPU cores)",
+    model: "slak_cpu",
+    epochs: 4,
+    batchSize: 32,
+    lr: 3e-3,
+    warmupEpochs: 0.5,
+    dropPath: 0,
+    layerScaleInit: 0.1,
+    labelSmoothing: 0,
+    inputSize: 48,
+    trainSize: 1536,
+    valSize: 512,
+    logEvery: 8,
+  },
+  gpu: {
+    about:
+      "half-width SLaK-T (kernels 51-49-47-13, N=5) on the procedural dataset at 96², minutes on a real GPU",
+    model: "slak_tiny",
+    widthFactor: 0.5,
+    epochs: 30,
+    batchSize: 64,
+    lr: 2e-3,
+    warmupEpochs: 2,
+    dropPath: 0.1,
+    inputSize: 96,
+    trainSize: 16384,
+    valSize: 2048,
+    logEvery: 32,
+    modelEma: true,
+    modelEmaDecay: 0.999,
+  },
+  slak_tiny_imagenet: {
+    about:
+      "the paper's SLaK-T recipe (ImageNet-1K; needs --data): 4096 images per step as 128 × 32",
+    model: "slak_tiny",
+    kernelSize: [51, 49, 47, 13, 5],
+    widthFactor: 1.3,
+    batchSize: 128,
+    updateFreq: 32,
+    mixup: 0.8,
+    cutmix: 1.0,
+    modelEma: true,
+    logEvery: 100,
+  },
+  convnext_tiny_imagenet: {
+    about: "the ConvNeXt-T baseline recipe (ImageNet-1K; needs --data)",
+    model: "convnext_tiny",
+    batchSize: 128,
+    updateFreq: 32,
+    mixup: 0.8,
+    cutmix: 1.0,
+    modelEma: true,
+    logEvery: 100,
+  },
+};
+
+/** The configuration of a preset, with the output folder defaulted under out/train/. */
+export function presetConfig(name: string): TrainConfig {
+  const p = PRESETS[name];
+  if (!p) {
+    throw new Error(
+      `--preset: unknown preset "${name}" (expected one of ${Object.keys(PRESETS).join(", ")})`,
+    );
+  }
+  const { about: _about, ...rest } = p;
+  return { ...BASE, out: `out/train/${name}`, preset: name, ...rest };
+}
+
+/** The default run for this adapter: `cpu` on a software adapter, `gpu` otherwise. */
+export function defaultConfig(isFallbackAdapter: boolean): TrainConfig {
+  return presetConfig(isFallbackAdapter ? "cpu" : "gpu");
+}
+
+/** Build the configured model; `args` records what was built (checked on resume). */
+export function buildModel(
+  cfg: TrainConfig,
+  numClasses: number,
+): { model: Classifier; args: Record<string, unknown> } {
+  const args: Record<string, unknown> = {
+    numClasses,
+    dropPath: cfg.dropPath,
+    layerScaleInit: cfg.layerScaleInit,
+  };
+  if (cfg.kernelSize) {
+    if (cfg.kernelSize.length !== 5) {
+      throw new Error(
+        `--kernel-size: expected 5 numbers (4 stage kernels and the small kernel), got ${cfg.kernelSize.length}`,
+      );
+    }
+    args.kernels = cfg.kernelSize.slice(0, 4);
+    args.smallKernel = cfg.kernelSize[4];
+  }
+  if (cfg.widthFactor !== undefined) args.widthFactor = cfg.widthFactor;
+  return { model: createModel(cfg.model, args) as Classifier, args };
+}
