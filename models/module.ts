@@ -20,6 +20,7 @@
  * ```
  * @module
  */
+import { gpu } from "../ops/gpu.ts";
 import { keep, numel, Tensor } from "../ops/tensor.ts";
 
 /** How a parameter or buffer starts. */
@@ -81,17 +82,32 @@ export class Param {
     return this.#tensor;
   }
 
-  /** Replace the values (shape must match); the old tensor is disposed. */
+  /**
+   * Replace the values (same number of elements). A materialised parameter
+   * keeps its tensor (optimisers and EMA hold it) and gets the values copied
+   * in, in recording order; `values` is disposed either way.
+   */
   set(values: Tensor): void {
     if (values.size !== this.size) {
       throw new Error(
         `cannot load shape [${values.shape}] into parameter of shape [${this.shape}]`,
       );
     }
-    this.#tensor?.dispose();
+    if (this.#tensor) {
+      gpu().encoderForCopy().copyBufferToBuffer(
+        values.buffer,
+        0,
+        this.#tensor.buffer,
+        0,
+        this.size * 4,
+      );
+      values.dispose();
+      return;
+    }
     this.#tensor = keep(
       values.shape.length === this.shape.length ? values : values.view(this.shape),
     );
+    if (this.#tensor !== values) values.dispose();
     this.#tensor.requiresGrad = !this.isBuffer;
   }
 

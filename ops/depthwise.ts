@@ -26,6 +26,13 @@ import { needsGrad, record } from "./autograd.ts";
 import { channelSum, sumPerOutputKernel } from "./conv.ts";
 import { flatMain, launch, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
+import {
+  depthwiseBackwardFilterFast,
+  depthwiseBackwardInputFast,
+  depthwiseForwardFast,
+  depthwisePlan,
+} from "./depthwise_fast.ts";
+export { depthwiseImpl, setDepthwiseImpl } from "./depthwise_fast.ts";
 
 /**
  * Options of {@linkcode depthwiseConv2d}. `"same"` (the default) pads by
@@ -136,13 +143,27 @@ export function depthwiseConv2d(
   opts: DepthwiseOptions = {},
 ): Tensor {
   const g = geometry(x, w, bias, opts);
-  const y = Tensor.empty([g.n, g.c, g.ho, g.wo]);
-  launch(forwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
+  // Stride 1 runs the tiled kernels of depthwise_fast.ts unless setDepthwiseImpl("generic").
+  const fast = depthwisePlan(g, g.stride);
+  let y: Tensor;
+  if (fast?.forward) y = depthwiseForwardFast(x, w, bias, g, fast.forward);
+  else {
+    y = Tensor.empty([g.n, g.c, g.ho, g.wo]);
+    launch(forwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
+  }
   const inputs = bias ? [x, w, bias] : [x, w];
   const [wantX, wantW, wantBias] = [needsGrad(x), needsGrad(w), bias !== null && needsGrad(bias)];
   record("depthwiseConv2d", inputs, y, [x, w], (gy, [sx, sw]) => [
-    wantX ? backwardInput(gy, sw, g) : null,
-    wantW ? backwardFilter(gy, sx, g) : null,
+    wantX
+      ? fast?.backwardInput
+        ? depthwiseBackwardInputFast(gy, sw, g, fast.backwardInput)
+        : backwardInput(gy, sw, g)
+      : null,
+    wantW
+      ? fast?.filter
+        ? depthwiseBackwardFilterFast(gy, sx, g, fast.filter)
+        : backwardFilter(gy, sx, g)
+      : null,
     wantBias ? channelSum(gy) : null,
   ]);
   return y;

@@ -125,8 +125,19 @@ function concat3(loss: Tensor, acc: Tensor): Tensor {
   return out;
 }
 
+/** Ways for a program (not only Ctrl-C) to steer a run. */
+export interface TrainHooks {
+  /**
+   * Aborting stops the run as Ctrl-C does: at the next optimiser-step
+   * boundary a checkpoint is saved and `train` returns with `interrupted`.
+   */
+  signal?: AbortSignal;
+  /** Called after each epoch's evaluation and checkpoint. */
+  onEpochEnd?: (row: EpochRow) => void;
+}
+
 /** Train (or with `evalOnly`, evaluate) as configured; see {@linkcode TrainConfig}. */
-export async function train(cfg: TrainConfig): Promise<TrainResult> {
+export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<TrainResult> {
   await Deno.mkdir(cfg.out, { recursive: true });
   const data = await openDataset({
     data: cfg.data,
@@ -294,6 +305,7 @@ export async function train(cfg: TrainConfig): Promise<TrainResult> {
             }`,
           });
         }
+        if (hooks.signal?.aborted) interrupted = true;
         // Stop only at an optimiser-step boundary: accumulated gradients are not saved.
         if (interrupted && micro % cfg.updateFreq === 0) {
           state.batchInEpoch = micro;
@@ -347,6 +359,10 @@ export async function train(cfg: TrainConfig): Promise<TrainResult> {
       if (isBest) state.bestTop1 = best;
       await save(lastDir);
       if (isBest) await save(bestDir);
+      hooks.onEpochEnd?.(row);
+      if (hooks.signal?.aborted && epoch + 1 < cfg.epochs) {
+        return { history: state.history, out: cfg.out, interrupted: true };
+      }
     }
   } finally {
     Deno.removeSignalListener("SIGINT", onSigint);

@@ -1,0 +1,442 @@
+/**
+ * Depthwise-convolution latency (RepLKNet Table 1): a stack of `--layers`
+ * depthwise K×K convolutions ("same" padding, no bias, stride 1) on an
+ * [N, C, R, R] fp32 tensor, forward and forward+backward (input and filter
+ * gradients of every layer, loss = sum of the output), for every R and K
+ * asked for, timed on the GPU (timestamp queries where the adapter offers
+ * them, else the wall clock around a sync), median of `--runs` after
+ * `--warmup` runs. Writes `latency.csv` with the columns of the PyTorch
+ * anchor (`.device/torch_dwconv_bench.py`: impl,pass,N,C,R,K,ms_per_stack)
+ * so the two join, `latency_detail.csv` (timing method, TFLOP/s and % of
+ * the FP32 peak, the tile configs), and `latency.png` (ms vs K, a panel per
+ * pass and R, a line per implementation). FLOPs here are 2 per
+ * multiply-accumulate: forward 2·N·C·R²·K² per layer; forward+backward
+ * counts three times that (input and filter gradients cost one forward each).
+ *
+ * ```sh
+ * deno run -A scripts/latency.ts --r 32 --k 3,7,13,31 --pass fwd,fwdbwd --impl fast
+ * deno run -A scripts/latency.ts --r 32 --k 31 --tune --torch out/torch.csv   # tune, join PyTorch
+ * deno run -A scripts/latency.ts --plot-only --torch out/torch.csv            # redraw the PNG
+ * ```
+ *
+ * @example
+ * ```ts
+ * import { stackFlops } from "./latency.ts";
+ * console.log(stackFlops(64, 384, 32, 31, 24) / 1e12); // ≈ 1.16 TFLOP per forward stack
+ * ```
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { backward, noGrad } from "../ops/autograd.ts";
+import { depthwiseConv2d } from "../ops/depthwise.ts";
+import {
+  type DepthwisePlan,
+  depthwisePlan,
+  type DepthwiseShape,
+  setDepthwiseImpl,
+  setTunedPlan,
+  timeGpu,
+  tuneDepthwise,
+} from "../ops/depthwise_fast.ts";
+import { sum } from "../ops/elementwise.ts";
+import { gpu, initGpu, runMain } from "../ops/gpu.ts";
+import { scope, Tensor, trimPool } from "../ops/tensor.ts";
+
+const HELP = `usage: deno run -A scripts/latency.ts [flags]
+
+RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
+
+  --r LIST          resolutions (default 16,32,64)
+  --k LIST          kernel sizes (default 3,5,7,9,13,17,21,27,29,31)
+  --n N             batch (default 64)
+  --c C             channels (default 384)
+  --layers L        convs per stack (default 24)
+  --pass LIST       fwd, fwdbwd (default fwd,fwdbwd)
+  --impl LIST       fast, generic (default fast,generic)
+  --generic-k LIST  run the generic kernels only for these K (default: all of --k)
+  --generic-r LIST  … and only for these R (default: all of --r)
+  --generic-pass L  … and only for these passes (default: all of --pass)
+  --runs N          timed runs, median reported (default 5)
+  --warmup N        untimed runs first (default 2)
+  --tune            time candidate tilings per shape first (tuneDepthwise) and use the fastest
+  --tune-max N      candidates per kernel when tuning (default 6)
+  --tuned FILE      reuse tilings from a tuned.json written by --tune
+  --check           first compare fast and generic outputs per (R, K) on N=2, C=4
+  --peak-tflops X   FP32 peak for "% of peak" (default 67, H100 SXM)
+  --torch FILE      PyTorch anchor CSV: print ratios, add its lines to the chart
+  --no-plot         skip the PNG (sharp is then never loaded)
+  --plot-only       redraw the PNG from --out/latency.csv (and --torch), no GPU
+  --out DIR         output folder (default out/latency/)
+  --help`;
+
+/** Forward FLOPs of one stack (2 per multiply-accumulate, padding taps included). */
+export function stackFlops(n: number, c: number, r: number, k: number, layers: number): number {
+  return 2 * n * c * r * r * k * k * layers;
+}
+
+/** CSV pass names, as in the PyTorch anchor. */
+const PASS_NAME: Record<string, string> = { fwd: "forward", fwdbwd: "forward+backward" };
+const IMPL_NAME: Record<string, string> = { fast: "webgpu-fast", generic: "webgpu-generic" };
+
+/** Comma-separated positive integers. */
+export function parseIntList(flag: string, s: string): number[] {
+  const out = s.split(",").filter(Boolean).map(Number);
+  if (!out.length || out.some((v) => !Number.isInteger(v) || v <= 0)) {
+    throw new Error(`--${flag}: expected comma-separated positive integers, got "${s}"`);
+  }
+  return out;
+}
+
+function parseChoice(flag: string, s: string, allowed: string[]): string[] {
+  const out = s.split(",").filter(Boolean);
+  const bad = out.filter((v) => !allowed.includes(v));
+  if (!out.length || bad.length) {
+    throw new Error(`--${flag}: expected some of ${allowed.join(",")}, got "${s}"`);
+  }
+  return out;
+}
+
+/** The "same"-padded stride-1 shape of one layer. */
+export function layerShape(n: number, c: number, r: number, k: number): DepthwiseShape {
+  const p = Math.floor(k / 2);
+  return { n, c, h: r, w: r, kh: k, kw: k, ph: p, pw: p, ho: r, wo: r };
+}
+
+/**
+ * Median GPU milliseconds of one stack: `layers` depthwise K×K convs on x,
+ * forward only or forward + backward (x and every filter want gradients,
+ * loss = sum of the output, gradients dropped after each run).
+ */
+export async function timeStack(
+  x: Tensor,
+  filters: Tensor[],
+  pass: "fwd" | "fwdbwd",
+  { runs = 5, warmup = 2 } = {},
+): Promise<{ ms: number; wallMs: number; method: string }> {
+  const leaves = [x, ...filters];
+  for (const t of leaves) t.requiresGrad = pass === "fwdbwd";
+  const forward = () => {
+    let y = x;
+    for (const w of filters) y = depthwiseConv2d(y, w, null);
+    return y;
+  };
+  const record = pass === "fwd"
+    ? () => noGrad(() => scope(() => void forward()))
+    : () =>
+      scope(() => {
+        backward(sum(forward()));
+        for (const t of leaves) {
+          t.grad?.dispose();
+          t.grad = null;
+        }
+      });
+  return await timeGpu(record, { runs, warmup });
+}
+
+/** Max |a − b| / max |b|. */
+function relErr(a: Float32Array, b: Float32Array): number {
+  let num = 0;
+  let den = 1e-30;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i] - b[i]));
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return Number.isFinite(num) ? num / den : Infinity;
+}
+
+/** Fast vs generic on [2, 4, R, R]: forward, input gradient, filter gradient errors. */
+async function checkShape(r: number, k: number): Promise<number[]> {
+  const runImpl = (which: "fast" | "generic") =>
+    scope(async () => {
+      setDepthwiseImpl(which);
+      const x = Tensor.randn([2, 4, r, r], { seed: 11 });
+      const w = Tensor.randn([4, 1, k, k], { seed: 12, std: 1 / k });
+      x.requiresGrad = true;
+      w.requiresGrad = true;
+      const y = depthwiseConv2d(x, w, null);
+      backward(y, Tensor.randn(y.shape, { seed: 13 }));
+      const out = [await y.read(), await x.grad!.read(), await w.grad!.read()];
+      x.grad!.dispose();
+      w.grad!.dispose();
+      return out;
+    });
+  const want = await runImpl("generic");
+  const got = await runImpl("fast");
+  setDepthwiseImpl("auto");
+  return got.map((g, i) => relErr(g, want[i]));
+}
+
+interface Row {
+  impl: string;
+  pass: string;
+  N: number;
+  C: number;
+  R: number;
+  K: number;
+  ms_per_stack: number;
+}
+
+function readCsv(text: string): Record<string, string>[] {
+  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  if (!lines.length) return [];
+  const head = lines[0].split(",");
+  return lines.slice(1).map((l) => Object.fromEntries(l.split(",").map((v, i) => [head[i], v])));
+}
+
+function readRows(text: string): Row[] {
+  return readCsv(text).filter((r) => r.ms_per_stack !== undefined).map((r) => ({
+    impl: r.impl,
+    pass: r.pass,
+    N: Number(r.N),
+    C: Number(r.C),
+    R: Number(r.R),
+    K: Number(r.K),
+    ms_per_stack: Number(r.ms_per_stack),
+  }));
+}
+
+/** ms vs K: a panel per (pass, R), a line per implementation. */
+async function plot(rows: Row[], path: string, title: string): Promise<void> {
+  const { writeLineChart } = await import("../analysis/plot.ts");
+  const passes = [...new Set(rows.map((r) => r.pass))];
+  const rs = [...new Set(rows.map((r) => r.R))].sort((a, b) => a - b);
+  const impls = [...new Set(rows.map((r) => r.impl))];
+  const panels = passes.flatMap((pass) =>
+    rs.map((R) => ({
+      title: `${pass}, R=${R}`,
+      xLabel: "kernel size K",
+      yLabel: "ms per stack",
+      series: impls.map((impl) => {
+        const pts = rows.filter((r) => r.pass === pass && r.R === R && r.impl === impl)
+          .sort((a, b) => a.K - b.K);
+        return {
+          name: impl,
+          x: pts.map((p) => p.K),
+          y: pts.map((p) => p.ms_per_stack),
+          markers: true,
+          dash: impl.startsWith("pytorch") ? "6 3" : undefined,
+        };
+      }).filter((s) => s.x.length > 0),
+      legend: "top-left" as const,
+    }))
+  ).filter((p) => p.series.length > 0);
+  await writeLineChart(path, { title, panels, columns: rs.length });
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      r: { type: "string", default: "16,32,64" },
+      k: { type: "string", default: "3,5,7,9,13,17,21,27,29,31" },
+      n: { type: "string", default: "64" },
+      c: { type: "string", default: "384" },
+      layers: { type: "string", default: "24" },
+      pass: { type: "string", default: "fwd,fwdbwd" },
+      impl: { type: "string", default: "fast,generic" },
+      "generic-k": { type: "string" },
+      "generic-r": { type: "string" },
+      "generic-pass": { type: "string" },
+      runs: { type: "string", default: "5" },
+      warmup: { type: "string", default: "2" },
+      tune: { type: "boolean", default: false },
+      "tune-max": { type: "string", default: "6" },
+      tuned: { type: "string" },
+      check: { type: "boolean", default: false },
+      "peak-tflops": { type: "string", default: "67" },
+      torch: { type: "string" },
+      "no-plot": { type: "boolean", default: false },
+      "plot-only": { type: "boolean", default: false },
+      out: { type: "string", default: "out/latency/" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return;
+  }
+  const out = values.out.replace(/\/+$/, "");
+  const torchRows = values.torch ? readRows(await Deno.readTextFile(values.torch)) : [];
+  if (values["plot-only"]) {
+    const rows = readRows(await Deno.readTextFile(`${out}/latency.csv`));
+    await plot([...rows, ...torchRows], `${out}/latency.png`, "Depthwise conv stack latency");
+    console.log(`wrote ${out}/latency.png`);
+    return;
+  }
+  const rList = parseIntList("r", values.r);
+  const kList = parseIntList("k", values.k);
+  const [n] = parseIntList("n", values.n);
+  const [c] = parseIntList("c", values.c);
+  const [layers] = parseIntList("layers", values.layers);
+  const [runs] = parseIntList("runs", values.runs);
+  const warmup = Number(values.warmup);
+  const [tuneMax] = parseIntList("tune-max", values["tune-max"]);
+  const peak = Number(values["peak-tflops"]);
+  const passes = parseChoice("pass", values.pass, ["fwd", "fwdbwd"]) as ("fwd" | "fwdbwd")[];
+  const impls = parseChoice("impl", values.impl, ["fast", "generic"]) as ("fast" | "generic")[];
+  const gK = values["generic-k"] ? parseIntList("generic-k", values["generic-k"]) : kList;
+  const gR = values["generic-r"] ? parseIntList("generic-r", values["generic-r"]) : rList;
+  const gPass = values["generic-pass"]
+    ? parseChoice("generic-pass", values["generic-pass"], ["fwd", "fwdbwd"])
+    : passes;
+
+  await initGpu();
+  const adapter = gpu().description;
+  console.log(`# adapter: ${adapter}; N=${n} C=${c} layers=${layers}; FLOPs = 2 per MAC`);
+  if (values.tuned) {
+    const saved = JSON.parse(await Deno.readTextFile(values.tuned)) as Record<
+      string,
+      { shape: DepthwiseShape; plan: Partial<DepthwisePlan> }
+    >;
+    for (const { shape, plan } of Object.values(saved)) setTunedPlan(shape, plan);
+    console.log(`# reusing ${Object.keys(saved).length} tuned shapes from ${values.tuned}`);
+  }
+
+  const checks: Record<string, Cell>[] = [];
+  if (values.check) {
+    for (const r of rList) {
+      for (const k of kList) {
+        const [fwd, gx, gw] = await checkShape(r, k);
+        console.log(
+          `check R=${r} K=${k}: forward ${fwd.toExponential(2)} input-grad ${
+            gx.toExponential(2)
+          } filter-grad ${gw.toExponential(2)}`,
+        );
+        checks.push({ R: r, K: k, forward: fwd, input_grad: gx, filter_grad: gw });
+      }
+    }
+    await writeFileAtomic(`${out}/check.csv`, toCsv(checks));
+  }
+
+  const rows: Row[] = [];
+  const detail: Record<string, Cell>[] = [];
+  const tuneRows: Record<string, Cell>[] = [];
+  const tunedOut: Record<string, { shape: DepthwiseShape; plan: Partial<DepthwisePlan> }> = {};
+  const comments = [
+    `adapter: ${adapter}`,
+    `${layers} depthwise KxK convs, same padding, no bias, fp32; median of ${runs} after ${warmup} warm-up`,
+  ];
+  const save = async () => {
+    await writeFileAtomic(`${out}/latency.csv`, toCsv(rows as unknown as Record<string, Cell>[]));
+    await writeFileAtomic(`${out}/latency_detail.csv`, toCsv(detail, { comments }));
+    if (tuneRows.length) {
+      await writeFileAtomic(`${out}/tune.csv`, toCsv(tuneRows));
+      await writeFileAtomic(`${out}/tuned.json`, JSON.stringify(tunedOut, null, 1));
+    }
+  };
+  for (const r of rList) {
+    for (const k of kList) {
+      const shape = layerShape(n, c, r, k);
+      if (values.tune && impls.includes("fast")) {
+        setDepthwiseImpl("fast");
+        const t0 = performance.now();
+        const results = await tuneDepthwise(shape, { maxCandidates: tuneMax });
+        for (const t of results) {
+          tuneRows.push({
+            R: r,
+            K: k,
+            kernel: t.kernel,
+            ms: t.ms,
+            config: JSON.stringify(t.config),
+          });
+        }
+        const plan = depthwisePlan(shape, 1)!;
+        tunedOut[`${r},${k}`] = { shape, plan };
+        const best = (kn: string) =>
+          Math.min(...results.filter((t) => t.kernel === kn).map((t) => t.ms)).toFixed(3);
+        console.log(
+          `tune R=${r} K=${k} (${((performance.now() - t0) / 1e3).toFixed(1)} s): forward ${
+            best("forward")
+          } ms, input-grad ${best("backwardInput")} ms, filter-grad ${best("filter")} ms per layer`,
+        );
+      }
+      const x = Tensor.randn([n, c, r, r], { seed: 1 });
+      const filters = Array.from(
+        { length: layers },
+        (_, i) => Tensor.randn([c, 1, k, k], { seed: 100 + i, std: 1 / k }),
+      );
+      for (const which of impls) {
+        for (const pass of passes) {
+          if (
+            which === "generic" && (!gK.includes(k) || !gR.includes(r) || !gPass.includes(pass))
+          ) {
+            continue;
+          }
+          setDepthwiseImpl(which === "fast" ? "fast" : "generic");
+          const t = await timeStack(x, filters, pass, { runs, warmup });
+          setDepthwiseImpl("auto");
+          const flops = stackFlops(n, c, r, k, layers) * (pass === "fwd" ? 1 : 3);
+          const tflops = flops / (t.ms * 1e-3) / 1e12;
+          const row: Row = {
+            impl: IMPL_NAME[which],
+            pass: PASS_NAME[pass],
+            N: n,
+            C: c,
+            R: r,
+            K: k,
+            ms_per_stack: Number(t.ms.toFixed(3)),
+          };
+          rows.push(row);
+          const plan = which === "fast" ? depthwisePlan(shape, 1) : null;
+          detail.push({
+            ...row,
+            wall_ms: Number(t.wallMs.toFixed(3)),
+            timing: t.method,
+            tflops: Number(tflops.toFixed(2)),
+            pct_fp32_peak: Number((100 * tflops / peak).toFixed(1)),
+            plan: plan ? JSON.stringify(plan) : "",
+          });
+          const torch = torchRows.find((q) =>
+            q.pass === row.pass && q.R === r && q.K === k && q.N === n && q.C === c
+          );
+          console.log(
+            `${row.impl} ${row.pass} R=${r} K=${k}: ${t.ms.toFixed(2)} ms (${t.method}; wall ${
+              t.wallMs.toFixed(2)
+            }), ${tflops.toFixed(1)} TFLOP/s = ${(100 * tflops / peak).toFixed(1)}% of peak${
+              torch
+                ? `, PyTorch ${torch.ms_per_stack} ms → ${(torch.ms_per_stack / t.ms).toFixed(2)}×`
+                : ""
+            }`,
+          );
+          await save();
+        }
+      }
+      x.dispose();
+      for (const w of filters) w.dispose();
+      await gpu().sync();
+    }
+    trimPool();
+  }
+  await save();
+  if (torchRows.length) {
+    console.log("\nimpl,pass,R,K,ms,pytorch_ms,speedup_vs_pytorch,pct_fp32_peak");
+    for (const [i, row] of rows.entries()) {
+      const torch = torchRows.find((q) =>
+        q.pass === row.pass && q.R === row.R && q.K === row.K && q.N === n && q.C === c
+      );
+      console.log(
+        `${row.impl},${row.pass},${row.R},${row.K},${row.ms_per_stack},${
+          torch?.ms_per_stack ?? ""
+        },${torch ? (torch.ms_per_stack / row.ms_per_stack).toFixed(2) : ""},${
+          detail[i].pct_fp32_peak
+        }`,
+      );
+    }
+  }
+  if (!values["no-plot"]) {
+    try {
+      await plot(
+        [...rows, ...torchRows],
+        `${out}/latency.png`,
+        `Depthwise conv stack on ${adapter}`,
+      );
+      console.log(`wrote ${out}/latency.png`);
+    } catch (e) {
+      console.error(`skipping the PNG: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
+    }
+  }
+  console.log(`wrote ${out}/latency.csv, ${out}/latency_detail.csv`);
+}
+
+if (import.meta.main) await runMain(main);

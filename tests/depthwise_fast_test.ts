@@ -1,0 +1,152 @@
+/**
+ * The fast depthwise kernels (ops/depthwise_fast.ts) against the generic ones
+ * (ops/depthwise.ts, themselves checked against the CPU in conv_test.ts):
+ * forward, input gradient, filter gradient and bias gradient on awkward tiny
+ * shapes, with tile configs forced small so that partial tiles, several
+ * planes per workgroup, chunked filter rows, several bands, tap-row splits
+ * and the second summing pass all run on llvmpipe in seconds.
+ */
+import assert from "node:assert/strict";
+import { backward } from "../ops/autograd.ts";
+import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
+import {
+  depthwisePlan,
+  type DepthwiseShape,
+  type FilterConfig,
+  type ForwardConfig,
+  setDepthwiseConfig,
+  setDepthwiseImpl,
+} from "../ops/depthwise_fast.ts";
+import { scope, Tensor } from "../ops/tensor.ts";
+import { randomArray, relError, setup } from "./harness.ts";
+
+await setup();
+
+interface Outputs {
+  y: Float32Array;
+  gx: Float32Array;
+  gw: Float32Array;
+  gb: Float32Array | null;
+}
+
+function shapeOf(xShape: number[], [kh, kw]: number[], opts: DepthwiseOptions): DepthwiseShape {
+  const [n, c, h, w] = xShape;
+  const p = opts.padding ?? "same";
+  const [ph, pw] = p === "same" ? samePadding(kh, kw) : typeof p === "number" ? [p, p] : p;
+  return { n, c, h, w, kh, kw, ph, pw, ho: h + 2 * ph - kh + 1, wo: w + 2 * pw - kw + 1 };
+}
+
+/** Forward and backward of one depthwise conv with the current implementation. */
+function runOnce(
+  xShape: number[],
+  [kh, kw]: number[],
+  bias: boolean,
+  opts: DepthwiseOptions,
+  seed: number,
+): Promise<Outputs> {
+  const c = xShape[1];
+  const n = xShape.reduce((a, b) => a * b, 1);
+  return scope(async () => {
+    const x = Tensor.from(Float32Array.from(randomArray(n, seed)), xShape);
+    const w = Tensor.from(Float32Array.from(randomArray(c * kh * kw, seed + 1)), [c, 1, kh, kw]);
+    const b = bias ? Tensor.from(Float32Array.from(randomArray(c, seed + 2)), [c]) : null;
+    for (const t of [x, w, b]) if (t) t.requiresGrad = true;
+    const y = depthwiseConv2d(x, w, b, opts);
+    const gy = Tensor.from(Float32Array.from(randomArray(y.size, seed + 3)), y.shape);
+    backward(y, gy);
+    return {
+      y: await y.read(),
+      gx: await x.grad!.read(),
+      gw: await w.grad!.read(),
+      gb: b ? await b.grad!.read() : null,
+    };
+  });
+}
+
+/** Run generic and fast (with the given tile configs) and compare every output. */
+async function compare(
+  name: string,
+  xShape: number[],
+  k: number[],
+  bias: boolean,
+  opts: DepthwiseOptions,
+  configs: { forward?: ForwardConfig; backwardInput?: ForwardConfig; filter?: FilterConfig } | null,
+): Promise<void> {
+  setDepthwiseImpl("generic");
+  const want = await runOnce(xShape, k, bias, opts, 7);
+  setDepthwiseImpl("fast");
+  setDepthwiseConfig(configs);
+  try {
+    const plan = depthwisePlan(shapeOf(xShape, k, opts), 1);
+    assert.ok(plan?.forward && plan.backwardInput && plan.filter, `${name}: a fast kernel is off`);
+    const got = await runOnce(xShape, k, bias, opts, 7);
+    const errs = [
+      relError(got.y, want.y),
+      relError(got.gx, want.gx),
+      relError(got.gw, want.gw),
+      ...(bias ? [relError(got.gb!, want.gb!)] : []),
+    ];
+    console.log(
+      `op-error depthwise-fast ${name} forward=${errs[0].toExponential(2)} grads=${
+        errs.slice(1).map((e) => e.toExponential(2)).join(",")
+      }`,
+    );
+    errs.forEach((e, i) => assert.ok(e <= 1e-5, `${name}: output ${i} differs by ${e}`));
+  } finally {
+    setDepthwiseConfig(null);
+    setDepthwiseImpl("auto");
+  }
+}
+
+Deno.test("fast depthwise = generic: partial tiles, planes, bands, split taps, 2-pass sum", async () => {
+  // 7×3 on 7×9, N=2, C=3: 2×3 output tiles, 2 planes per workgroup, 2 bands of input rows,
+  // tap rows split over 2 workgroups, one plane per group (second pass sums 2 groups).
+  await compare("7x3 bias", [2, 3, 7, 9], [7, 3], true, {}, {
+    forward: { bw: 4, bh: 2, planes: 2, tileH: 4, tileW: 4, kc: 3 },
+    filter: { tbh: 2, tbw: 4, u: 4, lanes: 2, planesPerGroup: 1, bandRows: 4, kySplit: 2 },
+  });
+  // Kernel larger than the image; filter rows in two chunks of 8 taps.
+  await compare("13x13 on 5x6", [2, 3, 5, 6], [13, 13], false, {}, {
+    forward: { bw: 4, bh: 2, planes: 1, tileH: 4, tileW: 4, kc: 8 },
+    filter: { tbh: 4, tbw: 8, u: 4, lanes: 4, planesPerGroup: 2, bandRows: 4, kySplit: 1 },
+  });
+});
+
+Deno.test("fast depthwise = generic: 1×k, k×1, even and explicit padding", async () => {
+  await compare("1x9", [2, 3, 6, 11], [1, 9], true, {}, {
+    forward: { bw: 8, bh: 1, planes: 2, tileH: 3, tileW: 8, kc: 9 },
+    filter: { tbh: 1, tbw: 8, u: 8, lanes: 4, planesPerGroup: 2, bandRows: 4, kySplit: 1 },
+  });
+  await compare("9x1", [2, 3, 11, 5], [9, 1], false, {}, {
+    forward: { bw: 4, bh: 4, planes: 1, tileH: 8, tileW: 4, kc: 1 },
+    filter: { tbh: 4, tbw: 4, u: 4, lanes: 4, planesPerGroup: 1, bandRows: 8, kySplit: 3 },
+  });
+  // Even kernel, "same" = [2, 3]: a 6×8 output from 5×7, mirrored padding [1, 2] backward.
+  await compare("4x6 same", [2, 3, 5, 7], [4, 6], true, {}, {
+    forward: { bw: 4, bh: 2, planes: 2, tileH: 4, tileW: 8, kc: 4 },
+    filter: { tbh: 2, tbw: 4, u: 4, lanes: 2, planesPerGroup: 1, bandRows: 2, kySplit: 1 },
+  });
+  // Explicit padding smaller than "same": 8×7 → 6×9.
+  await compare("5x5 pad[1,3]", [2, 3, 8, 7], [5, 5], false, { padding: [1, 3] }, {
+    forward: { bw: 4, bh: 2, planes: 1, tileH: 4, tileW: 8, kc: 5 },
+    filter: { tbh: 2, tbw: 4, u: 8, lanes: 2, planesPerGroup: 2, bandRows: 4, kySplit: 2 },
+  });
+});
+
+Deno.test("fast depthwise = generic: default configs of this adapter", async () => {
+  await compare("31x31 on 9x10 defaults", [2, 3, 9, 10], [31, 31], false, {}, null);
+});
+
+Deno.test("fast depthwise: stride 2 and the generic switch run the plain kernels", () => {
+  const s = shapeOf([2, 3, 9, 9], [3, 3], {});
+  setDepthwiseImpl("fast");
+  try {
+    assert.equal(depthwisePlan(s, 2), null);
+    assert.ok(depthwisePlan(s, 1)?.forward);
+    setDepthwiseImpl("generic");
+    assert.equal(depthwisePlan(s, 1), null);
+  } finally {
+    setDepthwiseImpl("auto");
+  }
+  assert.throws(() => setDepthwiseImpl("tiled" as "fast"), /expected "generic", "fast" or "auto"/);
+});

@@ -1,0 +1,145 @@
+/**
+ * Trainer behaviour on tiny runs (procedural data, 32² images): resuming is
+ * bit-for-bit, a non-finite loss stops the run without losing the last good
+ * checkpoint, and bad input is a one-line error.
+ */
+import assert from "node:assert/strict";
+import { train } from "../train/trainer.ts";
+import { presetConfig, type TrainConfig } from "../train/config.ts";
+import { loadSafetensorsFile } from "../models/safetensors.ts";
+import { setup } from "./harness.ts";
+
+await setup();
+
+function tiny(out: string, extra: Partial<TrainConfig> = {}): TrainConfig {
+  return {
+    ...presetConfig("cpu"),
+    model: "slak_cpu",
+    out,
+    epochs: 2,
+    batchSize: 8,
+    updateFreq: 2,
+    inputSize: 32,
+    trainSize: 32,
+    valSize: 16,
+    numClasses: 4,
+    warmupEpochs: 1,
+    dropPath: 0.1,
+    mixup: 0.8,
+    cutmix: 1.0,
+    labelSmoothing: 0.1,
+    modelEma: true,
+    modelEmaDecay: 0.9,
+    logEvery: 2,
+    ...extra,
+  };
+}
+
+async function quiet<T>(fn: () => Promise<T>): Promise<T> {
+  const log = console.log, err = console.error;
+  console.log = () => {};
+  console.error = () => {};
+  try {
+    return await fn();
+  } finally {
+    console.log = log;
+    console.error = err;
+  }
+}
+
+async function assertSameCheckpoints(a: string, b: string) {
+  for (const file of ["model.safetensors", "ema.safetensors", "optimizer.safetensors"]) {
+    const wa = await loadSafetensorsFile(`${a}/checkpoint-last/${file}`);
+    const wb = await loadSafetensorsFile(`${b}/checkpoint-last/${file}`);
+    assert.deepEqual([...wa.keys()], [...wb.keys()]);
+    for (const [k, v] of wa) {
+      const w = wb.get(k)!;
+      let max = 0;
+      for (let i = 0; i < v.data.length; i++) max = Math.max(max, Math.abs(v.data[i] - w.data[i]));
+      assert.ok(max <= 1e-6, `${file} ${k}: max difference ${max}`);
+    }
+  }
+}
+
+Deno.test("resume: 2 epochs equal 1 epoch + resume 1, and an interrupt mid-epoch + resume (weights, EMA, optimiser, log)", async () => {
+  const dir = await Deno.makeTempDir();
+  const full = await quiet(() => train(tiny(`${dir}/full`)));
+  // Stopped after epoch 1 (as by Ctrl-C between epochs), then resumed.
+  const stop = new AbortController();
+  const first = await quiet(() =>
+    train(tiny(`${dir}/half`), { signal: stop.signal, onEpochEnd: () => stop.abort() })
+  );
+  assert.ok(first.interrupted);
+  assert.equal(first.history.length, 1);
+  const resumed = await quiet(() =>
+    train(tiny(`${dir}/half`, { resume: `${dir}/half/checkpoint-last` }))
+  );
+  await assertSameCheckpoints(`${dir}/full`, `${dir}/half`);
+  // Stopped inside epoch 1, after its first optimiser step (2 micro-batches), then auto-resumed.
+  const mid = new AbortController();
+  mid.abort();
+  const cut = await quiet(() => train(tiny(`${dir}/mid`), { signal: mid.signal }));
+  assert.ok(cut.interrupted);
+  assert.equal(cut.history.length, 0);
+  await quiet(() => train(tiny(`${dir}/mid`, { autoResume: true })));
+  await assertSameCheckpoints(`${dir}/full`, `${dir}/mid`);
+  {
+    const a = await loadSafetensorsFile(`${dir}/full/checkpoint-last/model.safetensors`);
+    const b = await loadSafetensorsFile(`${dir}/half/checkpoint-last/model.safetensors`);
+    assert.deepEqual([...a.keys()], [...b.keys()]);
+    assert.equal(a.size, b.size);
+  }
+  assert.equal(full.history.length, 2);
+  assert.equal(resumed.history.length, 2);
+  assert.equal(resumed.history[1].train_loss, full.history[1].train_loss);
+  assert.equal(resumed.history[1].top1, full.history[1].top1);
+  const csv = await Deno.readTextFile(`${dir}/full/log.csv`);
+  assert.match(
+    csv.split("\n")[0],
+    /^epoch,step,lr,train_loss,val_loss,top1,top5,ema_top1,ema_top5/,
+  );
+  const png = await Deno.readFile(`${dir}/full/curves.png`);
+  assert.deepEqual([...png.subarray(1, 4)], [0x50, 0x4e, 0x47]); // "PNG"
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("a non-finite loss stops the run with a clear message and writes no bad checkpoint", async () => {
+  const dir = await Deno.makeTempDir();
+  await assert.rejects(
+    () =>
+      quiet(() =>
+        train(
+          tiny(dir, { epochs: 1, lr: 1e38, warmupEpochs: 0, mixup: 0, cutmix: 0, modelEma: false }),
+        )
+      ),
+    /loss became (NaN|Infinity|-Infinity) at epoch 1.*last good checkpoint/,
+  );
+  await assert.rejects(() => Deno.stat(`${dir}/checkpoint-last/state.json`));
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("bad input: one-line errors naming the file or flag", async () => {
+  const dir = await Deno.makeTempDir();
+  await assert.rejects(
+    () => quiet(() => train(tiny(dir, { data: `${dir}/missing` }))),
+    (e: Error) => {
+      assert.match(e.message, /missing/);
+      assert.ok(!e.message.includes("\n"), e.message);
+      return true;
+    },
+  );
+  // A checkpoint of another model is refused.
+  await quiet(() => train(tiny(`${dir}/a`, { epochs: 1, mixup: 0, cutmix: 0, modelEma: false })));
+  await assert.rejects(
+    () =>
+      quiet(() =>
+        train(tiny(`${dir}/b`, { model: "convnext_cpu", resume: `${dir}/a/checkpoint-last` }))
+      ),
+    /--resume: .*checkpoint of slak_cpu .*not of convnext_cpu/,
+  );
+  await assert.rejects(
+    () => quiet(() => train(tiny(`${dir}/c`, { resume: `${dir}/nothing.safetensors` }))),
+    /weights file .*nothing.safetensors does not exist/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});
