@@ -65,6 +65,7 @@ RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
   --check           first compare fast and generic outputs per (R, K) on N=2, C=4
   --peak-tflops X   FP32 peak for "% of peak" (default 67, H100 SXM)
   --torch FILE      PyTorch anchor CSV: print ratios, add its lines to the chart
+  --anchor FILE     same as --torch
   --no-plot         skip the PNG (sharp is then never loaded)
   --plot-only       redraw the PNG from --out/latency.csv (and --torch), no GPU
   --out DIR         output folder (default out/latency/)
@@ -246,6 +247,7 @@ async function main(): Promise<void> {
       check: { type: "boolean", default: false },
       "peak-tflops": { type: "string", default: "67" },
       torch: { type: "string" },
+      anchor: { type: "string" },
       "no-plot": { type: "boolean", default: false },
       "plot-only": { type: "boolean", default: false },
       out: { type: "string", default: "out/latency/" },
@@ -257,7 +259,8 @@ async function main(): Promise<void> {
     return;
   }
   const out = values.out.replace(/\/+$/, "");
-  const torchRows = values.torch ? readRows(await Deno.readTextFile(values.torch)) : [];
+  const anchorFile = values.torch ?? values.anchor;
+  const torchRows = anchorFile ? readRows(await Deno.readTextFile(anchorFile)) : [];
   if (values["plot-only"]) {
     const rows = readRows(await Deno.readTextFile(`${out}/latency.csv`));
     await plot([...rows, ...torchRows], `${out}/latency.png`, "Depthwise conv stack latency");
@@ -343,12 +346,14 @@ async function main(): Promise<void> {
         }
         const plan = depthwisePlan(shape, 1)!;
         tunedOut[`${r},${k}`] = { shape, plan };
-        const best = (kn: string) =>
-          Math.min(...results.filter((t) => t.kernel === kn).map((t) => t.ms)).toFixed(3);
+        const best = (kn: string) => {
+          const ms = results.filter((t) => t.kernel === kn).map((t) => t.ms);
+          return ms.length ? `${Math.min(...ms).toFixed(3)} ms` : "= forward";
+        };
         console.log(
           `tune R=${r} K=${k} (${((performance.now() - t0) / 1e3).toFixed(1)} s): forward ${
             best("forward")
-          } ms, input-grad ${best("backwardInput")} ms, filter-grad ${best("filter")} ms per layer`,
+          }, input-grad ${best("backwardInput")}, filter-grad ${best("filter")} per layer`,
         );
       }
       const x = Tensor.randn([n, c, r, r], { seed: 1 });
@@ -365,6 +370,7 @@ async function main(): Promise<void> {
           }
           setDepthwiseImpl(which === "fast" ? "fast" : "generic");
           const t = await timeStack(x, filters, pass, { runs, warmup });
+          const plan = which === "fast" ? depthwisePlan(shape, 1) : null;
           setDepthwiseImpl("auto");
           const flops = stackFlops(n, c, r, k, layers) * (pass === "fwd" ? 1 : 3);
           const tflops = flops / (t.ms * 1e-3) / 1e12;
@@ -378,13 +384,12 @@ async function main(): Promise<void> {
             ms_per_stack: Number(t.ms.toFixed(3)),
           };
           rows.push(row);
-          const plan = which === "fast" ? depthwisePlan(shape, 1) : null;
           detail.push({
             ...row,
             wall_ms: Number(t.wallMs.toFixed(3)),
             timing: t.method,
-            tflops: Number(tflops.toFixed(2)),
-            pct_fp32_peak: Number((100 * tflops / peak).toFixed(1)),
+            tflops: Number(tflops.toPrecision(4)),
+            pct_fp32_peak: Number((100 * tflops / peak).toPrecision(3)),
             plan: plan ? JSON.stringify(plan) : "",
           });
           const torch = torchRows.find((q) =>
@@ -393,7 +398,9 @@ async function main(): Promise<void> {
           console.log(
             `${row.impl} ${row.pass} R=${r} K=${k}: ${t.ms.toFixed(2)} ms (${t.method}; wall ${
               t.wallMs.toFixed(2)
-            }), ${tflops.toFixed(1)} TFLOP/s = ${(100 * tflops / peak).toFixed(1)}% of peak${
+            }), ${tflops.toPrecision(3)} TFLOP/s = ${
+              (100 * tflops / peak).toPrecision(3)
+            }% of peak${
               torch
                 ? `, PyTorch ${torch.ms_per_stack} ms → ${(torch.ms_per_stack / t.ms).toFixed(2)}×`
                 : ""
@@ -429,7 +436,7 @@ async function main(): Promise<void> {
       await plot(
         [...rows, ...torchRows],
         `${out}/latency.png`,
-        `Depthwise conv stack on ${adapter}`,
+        `${layers} depthwise convs, N=${n} C=${c}, ${adapter.split(" (")[0]}`,
       );
       console.log(`wrote ${out}/latency.png`);
     } catch (e) {
