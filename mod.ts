@@ -56,6 +56,10 @@ export * from "./models/replknet.ts";
 export * from "./models/resnet.ts";
 export * from "./models/shiftwise.ts";
 export * from "./models/registry.ts";
+// sparse: masks, layer-wise densities, prune-and-grow (SLaK and ShiftwiseConv recipes)
+export * from "./sparse/density.ts";
+export * from "./sparse/masks.ts";
+export * from "./sparse/prune_grow.ts";
 export * from "./analysis/flops.ts";
 export * from "./analysis/csv.ts";
 export * from "./analysis/plot.ts";

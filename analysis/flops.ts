@@ -248,40 +248,8 @@ export function countModel(
   return { params, denseParams, weightNonzeros, macs, denseMacs, byStage, byKind, skipped, layers };
 }
 
-/** Which parameters a sparse run masks: SLaK's rule (`all`), its `--only_L` (`only_L`), or a predicate. */
-export type MaskSelect = "all" | "only_L" | ((key: string, param: Param) => boolean);
-
-/**
- * The parameters the official SLaK sparse code masks (sparse_core.py,
- * `Masking.add_module`): every learnable parameter with 2 or 4 dimensions
- * (all conv and linear weights: stem, downsampling, large kernels,
- * pointwise layers, head); with `only_L`, only those whose key contains
- * `large_kernel.LoRA`.
- */
-export function maskedParams(model: Module, select: MaskSelect = "all"): [string, Param][] {
-  const pick = typeof select === "function"
-    ? select
-    : (key: string) => select === "all" || key.includes("large_kernel.LoRA");
-  return [...model.namedParameters()].filter(([key, p]) =>
-    (p.shape.length === 2 || p.shape.length === 4) && pick(key, p)
-  );
-}
-
-/**
- * The same density for every masked parameter (the official `uniform`
- * sparse init, density = 1 − sparsity). Like the official code, which
- * drops masks of density ≥ 0.99 after initialisation, a density ≥ 0.99
- * leaves the model dense (an empty map).
- */
-export function uniformDensities(
-  model: Module,
-  density: number,
-  select: MaskSelect = "all",
-): Map<string, number> {
-  if (!(density > 0 && density <= 1)) throw new Error(`density ${density} is not in (0, 1]`);
-  if (density >= 0.99) return new Map();
-  return new Map(maskedParams(model, select).map(([k]) => [k, density]));
-}
+// The masking rule and the uniform density live with the rest of the sparse code; re-exported here.
+export { maskedParams, type MaskSelect, uniformDensities } from "../sparse/density.ts";
 
 /** `n` in millions with `digits` decimals. */
 export function millions(n: number, digits = 2): string {

@@ -73,6 +73,8 @@ export interface Optimizer {
   /** Moments and step count, read back for checkpoints. */
   stateDict(): Promise<OptimizerState>;
   loadStateDict(state: OptimizerState): void;
+  /** The state tensors of one parameter (none before its first step); see `GpuOptimizer.moments`. */
+  moments?(p: Tensor): readonly Tensor[];
 }
 
 /** Serialisable optimiser state: step count and one list of buffers per parameter. */
@@ -105,6 +107,15 @@ abstract class GpuOptimizer implements Optimizer {
       this.state.set(p, s);
     }
     return s;
+  }
+
+  /**
+   * The state tensors of `p` (AdamW: `exp_avg`, `exp_avg_sq`; SGD: the
+   * momentum buffer), or none before its first step. Sparse training
+   * multiplies them by its masks in place.
+   */
+  moments(p: Tensor): readonly Tensor[] {
+    return this.state.get(p) ?? [];
   }
 
   /** Number of steps taken. */

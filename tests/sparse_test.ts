@@ -1,0 +1,259 @@
+/**
+ * Dynamic sparsity on tiny parameter sets: layer densities (uniform, ERK,
+ * SNIP) against hand-computed examples, masks that keep pruned weights and
+ * their AdamW moments at zero, prune-and-grow that holds every density
+ * exactly, and ShiftwiseConv's filter pruning with masks shared between
+ * branches.
+ */
+import assert from "node:assert/strict";
+import { Module, type Param } from "../models/module.ts";
+import { AdamW } from "../ops/optim.ts";
+import { backward } from "../ops/autograd.ts";
+import { add, mul, sum } from "../ops/elementwise.ts";
+import { Rng, scope, Tensor } from "../ops/tensor.ts";
+import {
+  dropDenseLayers,
+  erkDensities,
+  maskedParams,
+  snipDensities,
+  uniformLayerDensities,
+} from "../sparse/density.ts";
+import { randomMask, snipScores } from "../sparse/masks.ts";
+import { DynamicSparsity, pruneAndGrow, pruneRateAt, sparseLayout } from "../sparse/prune_grow.ts";
+import { setup } from "./harness.ts";
+
+await setup();
+
+/** Parameters under official-style keys: a stem, two SW branches of one block, a pwconv, a head. */
+class Tiny extends Module {
+  readonly ps: Param[];
+  constructor() {
+    super();
+    const n = (std: number, seed: number) => ({ kind: "normal" as const, std, seed });
+    this.ps = [
+      this.param("downsample_layers.0.0.weight", [4, 3, 2, 2], n(1, 1)),
+      this.param("downsample_layers.0.0.bias", [4], { kind: "zeros" }),
+      this.param("stages.0.0.large_kernel.LoRAs.0.weight", [8, 1, 3, 3], n(1, 2)),
+      this.param("stages.0.0.large_kernel.LoRAs.1.weight", [8, 1, 3, 3], n(1, 3)),
+      this.param("stages.0.0.pwconv1.weight", [16, 4], n(1, 4)),
+      this.param("head.weight", [5, 4], n(1, 5)),
+    ];
+  }
+}
+
+/** Σ w·c over every parameter, with fixed random c: gradients are c (constant, non-zero). */
+function lossOf(m: Module, seed = 9): Tensor {
+  let total: Tensor | null = null;
+  let i = 0;
+  for (const [, p] of m.namedParameters()) {
+    const c = Tensor.randn(p.shape, { seed: seed + i++ });
+    const s = sum(mul(p.tensor, c));
+    total = total ? add(total, s) : s;
+  }
+  return total!;
+}
+async function trainSteps(m: Module, opt: AdamW, sparse: DynamicSparsity, from: number, n: number) {
+  const reports = [];
+  for (let s = from + 1; s <= from + n; s++) {
+    scope(() => backward(lossOf(m, 100 + s)));
+    opt.step();
+    sparse.afterStep(opt);
+    if (sparse.isUpdateStep(s)) reports.push(await sparse.update(s, opt));
+    opt.zeroGrad();
+  }
+  return reports;
+}
+
+Deno.test("ERK and SNIP densities match hand-computed examples", () => {
+  // ERK: raw (Σshape/Πshape): a 8/16 = 0.5, b 4/4 = 1, c 20/64 = 0.3125.
+  const shapes = new Map([["a", [4, 4]], ["b", [2, 2]], ["c", [16, 4]]]);
+  // density 0.5: ε = 0.5·84 / (0.5·16 + 1·4 + 0.3125·64) = 42/32 = 1.3125 → b would be 1.3125 > 1:
+  // b dense; rhs = 0.5·80 − 0.5·4 = 38, divisor 8 + 20 = 28, ε = 38/28.
+  const erk = erkDensities(shapes, 0.5);
+  assert.equal(erk.get("b"), 1);
+  assert.ok(Math.abs(erk.get("a")! - 0.5 * 38 / 28) < 1e-12);
+  assert.ok(Math.abs(erk.get("c")! - 0.3125 * 38 / 28) < 1e-12);
+  const kept = 16 * erk.get("a")! + 4 + 64 * erk.get("c")!;
+  assert.ok(Math.abs(kept - 0.5 * 84) < 1e-9);
+  // power 0 gives every layer the same density.
+  assert.deepEqual([...erkDensities(shapes, 0.25, 0).values()], [0.25, 0.25, 0.25]);
+  // SNIP: 8 scores, keep int(8·0.5) = 4 → threshold = 4th largest = 0.5; strictly above it counts.
+  const scores = new Map([
+    ["a", Float32Array.of(0.9, 0.1, 0.5, 0.2)],
+    ["b", Float32Array.of(0.7, 0.6)],
+    ["c", Float32Array.of(0.05, 0.3)],
+  ]);
+  assert.deepEqual(snipDensities(scores, 0.5), new Map([["a", 0.25], ["b", 1], ["c", 0]]));
+  assert.deepEqual(dropDenseLayers(snipDensities(scores, 0.5)), new Map([["a", 0.25], ["c", 0]]));
+  assert.deepEqual(uniformLayerDensities(shapes, 0.3).get("c"), 0.3);
+  assert.throws(() => erkDensities(shapes, 0), /density 0 is not in \(0, 1\]/);
+});
+
+Deno.test("masked parameters and layouts follow the official selection", () => {
+  const m = new Tiny();
+  assert.deepEqual(maskedParams(m).map(([k]) => k), [
+    "downsample_layers.0.0.weight",
+    "stages.0.0.large_kernel.LoRAs.0.weight",
+    "stages.0.0.large_kernel.LoRAs.1.weight",
+    "stages.0.0.pwconv1.weight",
+    "head.weight",
+  ]);
+  const rep = sparseLayout(m, "rep_coarse", false);
+  assert.deepEqual(rep.keys, [
+    "stages.0.0.large_kernel.LoRAs.0.weight",
+    "stages.0.0.large_kernel.LoRAs.1.weight",
+    "stages.0.0.pwconv1.weight",
+  ]);
+  assert.deepEqual(rep.groups, [[
+    "stages.0.0.large_kernel.LoRAs.0.weight",
+    "stages.0.0.large_kernel.LoRAs.1.weight",
+  ]]);
+  assert.equal(rep.granularity("stages.0.0.large_kernel.LoRAs.1.weight"), "filter");
+  assert.equal(rep.granularity("stages.0.0.pwconv1.weight"), "weight");
+  assert.equal(sparseLayout(m, "rep_coarse", true).keys.length, 2);
+  assert.deepEqual(sparseLayout(m, "coarse", false).keys.length, 4); // no downsampling
+});
+
+Deno.test("pruneAndGrow and the cosine prune rate", () => {
+  const mask = Uint8Array.of(1, 1, 1, 1, 0, 0, 0, 0, 1, 1);
+  const mag = Float64Array.of(5, 1, 4, 2, 0, 0, 0, 0, 3, 6);
+  const r = pruneAndGrow(mask, mag, null, 0.3, new Rng(3)); // ceil(0.3·6) = 2: drop 1 and 3
+  assert.equal(r.removed, 2);
+  assert.equal(r.grown, 2);
+  assert.equal(r.mask.reduce((a, b) => a + b, 0), 6);
+  for (const i of [0, 2, 8, 9]) assert.equal(r.mask[i], 1);
+  const grad = Float64Array.of(0, 9, 0, 0, 1, 7, 8, 2, 0, 0);
+  const g = pruneAndGrow(mask, mag, grad, 0.3, new Rng(3));
+  assert.deepEqual([...g.mask], [1, 1, 1, 0, 0, 0, 1, 0, 1, 1]); // regrow largest |g|: 1 (9), 6 (8)
+  assert.equal(pruneRateAt(0, 0.5, 100), 0.5);
+  assert.ok(Math.abs(pruneRateAt(50, 0.5, 100) - (0.005 + 0.495 / 2)) < 1e-12);
+  assert.equal(pruneRateAt(100, 0.5, 100), 0.005);
+  assert.equal(randomMask(37, 0.4, 1).reduce((a, b) => a + b, 0), 15);
+});
+
+Deno.test("masks: masked weights and AdamW moments stay zero; prune-and-grow holds every density exactly", async () => {
+  const m = new Tiny();
+  const named = [...m.namedParameters()].map(([, p]) => p.tensor);
+  const opt = new AdamW(named, { lr: 0.05, weightDecay: 0.05 });
+  const sparse = await DynamicSparsity.create(m, {
+    sparsity: 0.4,
+    init: "uniform",
+    pruneRate: 0.5,
+    updateFrequency: 2,
+    totalSteps: 20,
+    seed: 1,
+  });
+  const target = new Map(
+    [...sparse.masking.layers].map(([k, l]) => [k, Math.round(0.6 * l.units)]),
+  );
+  assert.equal(target.size, 5);
+  const initial = sparse.masking.masks();
+  const reports = await trainSteps(m, opt, sparse, 0, 8);
+  assert.equal(reports.length, 4);
+  for (const rep of reports) {
+    for (const l of rep.layers) {
+      assert.equal(l.nonzeros, target.get(l.key), `${l.key} at step ${rep.step}`);
+      assert.equal(l.removed, l.grown);
+      assert.ok(l.removed > 0);
+    }
+  }
+  let changed = 0;
+  for (const [key, layer] of sparse.masking.layers) {
+    assert.equal(sparse.masking.nonzeros(key), target.get(key));
+    if (layer.mask.some((v, i) => v !== initial.get(key)![i])) changed++;
+    const w = await layer.param.tensor.read();
+    const [m1, m2] = await Promise.all(opt.moments(layer.param.tensor).map((t) => t.read()));
+    for (let i = 0; i < w.length; i++) {
+      if (!layer.mask[i]) {
+        assert.ok(w[i] === 0, `${key}[${i}] should be pruned, is ${w[i]}`);
+        assert.ok(m1[i] === 0);
+        assert.ok(m2[i] === 0);
+      }
+    }
+  }
+  assert.equal(changed, 5, "every layer's mask moved");
+  // An update right after a step: regrown weights are exactly zero, with zero moments.
+  scope(() => backward(lossOf(m, 500)));
+  opt.step();
+  sparse.afterStep(opt);
+  const before = sparse.masking.masks();
+  await sparse.update(10, opt);
+  opt.zeroGrad();
+  for (const [key, layer] of sparse.masking.layers) {
+    const w = await layer.param.tensor.read();
+    const [m1] = await Promise.all(opt.moments(layer.param.tensor).map((t) => t.read()));
+    for (let i = 0; i < w.length; i++) {
+      if (layer.mask[i] && !before.get(key)![i]) {
+        assert.ok(w[i] === 0);
+        assert.ok(m1[i] === 0);
+      }
+    }
+  }
+  sparse.dispose();
+  opt.dispose();
+});
+
+Deno.test("filter pruning (rep_coarse): whole filters, shared between branches at each sync", async () => {
+  const m = new Tiny();
+  const opt = new AdamW(m.parameters(), { lr: 0.05 });
+  const sparse = await DynamicSparsity.create(m, {
+    sparsity: 0.5,
+    init: "uniform",
+    type: "rep_coarse",
+    onlyL: true,
+    pruneRate: 0.3,
+    updateFrequency: 1,
+    maskSync: 2,
+    totalSteps: 10,
+    seed: 4,
+  });
+  const [k0, k1] = sparse.layout.groups[0];
+  assert.deepEqual([...sparse.masking.layers.keys()], [k0, k1]);
+  assert.deepEqual(sparse.masking.layer(k0).mask, sparse.masking.layer(k1).mask);
+  const reports = await trainSteps(m, opt, sparse, 0, 4);
+  assert.deepEqual(reports.map((r) => r.synced), [false, true, false, true]);
+  // After a synced update both branches hold the same mask, chosen by Σ|w| summed over branches.
+  assert.deepEqual(sparse.masking.layer(k0).mask, sparse.masking.layer(k1).mask);
+  for (const key of [k0, k1]) {
+    const l = sparse.masking.layer(key);
+    assert.equal(sparse.masking.nonzeros(key), 4);
+    const w = await l.param.tensor.read();
+    for (let f = 0; f < 8; f++) {
+      const taps = w.subarray(f * 9, f * 9 + 9);
+      if (!l.mask[f]) assert.ok(taps.every((v) => v === 0), `${key} filter ${f} is pruned whole`);
+      else assert.ok(taps.some((v) => v !== 0) || reports.length > 0);
+    }
+  }
+  sparse.dispose();
+  opt.dispose();
+});
+
+Deno.test("SNIP scores |w·g| on the GPU give the official densities; buffers and grads untouched", async () => {
+  const m = new Tiny();
+  const keys = maskedParams(m).map(([k]) => k);
+  const scores = await snipScores(m, keys, [() => lossOf(m, 9)]);
+  for (const [, p] of m.namedParameters()) assert.equal(p.tensor.grad, null);
+  // Gradient of Σ w·c is c: |w·c| computed on the CPU.
+  let j = 0;
+  for (const [k, p] of m.namedParameters()) {
+    const c = await scope(() => Tensor.randn(p.shape, { seed: 9 + j++ })).read();
+    if (!scores.has(k)) continue;
+    const w = await p.tensor.read();
+    const s = scores.get(k)!;
+    for (let i = 0; i < w.length; i++) assert.ok(Math.abs(s[i] - Math.abs(w[i] * c[i])) < 1e-5);
+  }
+  const sparse = await DynamicSparsity.create(m, {
+    sparsity: 0.4,
+    init: "snip",
+    pruneRate: 0.3,
+    updateFrequency: 10,
+    totalSteps: 10,
+  }, [() => lossOf(m, 9)]);
+  const want = dropDenseLayers(snipDensities(scores, 0.6));
+  for (const [k, d] of want) {
+    const l = sparse.masking.layer(k);
+    assert.equal(sparse.masking.nonzeros(k), Math.round(d * l.units));
+  }
+  assert.equal(sparse.masking.layers.size, want.size);
+  sparse.dispose();
+});
