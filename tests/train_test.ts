@@ -143,3 +143,65 @@ Deno.test("bad input: one-line errors naming the file or flag", async () => {
   );
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("sparse resume: masks, densities and weights equal an uninterrupted sparse run", async () => {
+  const dir = await Deno.makeTempDir();
+  const cfg = (out: string, extra: Partial<TrainConfig> = {}) =>
+    tiny(out, {
+      sparse: true,
+      sparsity: 0.4,
+      sparseInit: "snip",
+      pruneRate: 0.5,
+      growth: "random",
+      updateFrequency: 1,
+      ...extra,
+    });
+  await quiet(() => train(cfg(`${dir}/full`)));
+  const stop = new AbortController();
+  await quiet(() =>
+    train(cfg(`${dir}/half`), { signal: stop.signal, onEpochEnd: () => stop.abort() })
+  );
+  await quiet(() => train(cfg(`${dir}/half`, { resume: `${dir}/half/checkpoint-last` })));
+  await assertSameCheckpoints(`${dir}/full`, `${dir}/half`);
+  const ma = await loadSafetensorsFile(`${dir}/full/checkpoint-last/masks.safetensors`);
+  const mb = await loadSafetensorsFile(`${dir}/half/checkpoint-last/masks.safetensors`);
+  assert.ok(ma.size > 0);
+  assert.deepEqual([...ma.keys()], [...mb.keys()]);
+  for (const [k, v] of ma) assert.deepEqual(v.data, mb.get(k)!.data, k);
+  // Every update held each layer's non-zeros at its initial count; masked weights are zero.
+  const csv = (await Deno.readTextFile(`${dir}/full/sparsity.csv`)).trim().split("\n");
+  assert.equal(csv[0], "step,update,prune_rate,layer,nonzeros,units,density,removed");
+  const rows = csv.slice(1).map((r) => r.split(","));
+  const steps = new Set(rows.map((r) => r[0]));
+  assert.deepEqual([...steps], ["1", "2", "3", "4"]);
+  const first = new Map<string, string>();
+  for (const r of rows) {
+    if (!first.has(r[3])) first.set(r[3], r[4]);
+    assert.equal(r[4], first.get(r[3]), `layer ${r[3]} at step ${r[0]}`);
+  }
+  assert.equal(
+    await Deno.readTextFile(`${dir}/half/sparsity.csv`),
+    await Deno.readTextFile(`${dir}/full/sparsity.csv`),
+  );
+  const w = await loadSafetensorsFile(`${dir}/full/checkpoint-last/model.safetensors`);
+  const state = JSON.parse(await Deno.readTextFile(`${dir}/full/checkpoint-last/state.json`));
+  for (const [k, m] of ma) {
+    const data = w.get(k)!.data;
+    const unit = data.length / m.data.length;
+    let nz = 0;
+    for (let u = 0; u < m.data.length; u++) {
+      nz += m.data[u];
+      if (!m.data[u]) {
+        for (let j = 0; j < unit; j++) assert.ok(data[u * unit + j] === 0, `${k}[${u}]`);
+      }
+    }
+    assert.equal(nz, Number(first.get(k)));
+    assert.equal(state.sparse.densities[k], nz / m.data.length);
+  }
+  // A sparse checkpoint cannot be resumed dense (one-line error).
+  await assert.rejects(
+    () => quiet(() => train(tiny(`${dir}/x`, { resume: `${dir}/full/checkpoint-last` }))),
+    /holds a sparse run .*add --sparse/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});

@@ -4,7 +4,9 @@
  * A checkpoint is a folder: `model.safetensors` (the weights under the
  * official key names, loadable on their own), `ema.safetensors` (when EMA is
  * on), `optimizer.safetensors` (the optimiser's moments) and `state.json`
- * (epoch, step, scheduler, RNG, metrics). It is written into a temporary
+ * (epoch, step, scheduler, RNG, metrics; for sparse runs the density of
+ * each masked layer), plus `masks.safetensors` for sparse runs (one 0/1 mask
+ * unit per weight or filter, under the weight's key). It is written into a temporary
  * folder and renamed into place, so a crash or Ctrl-C at any moment leaves
  * the previous checkpoint intact.
  *
@@ -41,6 +43,8 @@ export interface TrainState {
   history: Record<string, number>[];
   optimizerStep: number;
   savedAt: string;
+  /** Sparse runs: density of every masked layer and overall, at the save. */
+  sparse?: { densities: Record<string, number>; overallDensity: number };
 }
 
 /** What a loaded checkpoint holds. */
@@ -49,6 +53,8 @@ export interface Checkpoint {
   model: Weights;
   ema: Weights | null;
   optimizer: OptimizerState;
+  /** Sparse runs: the mask units (0/1) of each masked weight. */
+  masks?: Weights | null;
 }
 
 /** Read every entry of a module to the CPU as a weights map. */
@@ -98,7 +104,13 @@ export async function checkpointExists(dir: string): Promise<boolean> {
  */
 export async function saveCheckpoint(
   dir: string,
-  parts: { state: TrainState; model: Weights; ema: Weights | null; optimizer: OptimizerState },
+  parts: {
+    state: TrainState;
+    model: Weights;
+    ema: Weights | null;
+    optimizer: OptimizerState;
+    masks?: Weights | null;
+  },
 ): Promise<void> {
   const tmp = `${dir}.tmp-${Deno.pid}`;
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
@@ -107,6 +119,7 @@ export async function saveCheckpoint(
   await saveSafetensorsFile(`${tmp}/model.safetensors`, parts.model, meta);
   if (parts.ema) await saveSafetensorsFile(`${tmp}/ema.safetensors`, parts.ema, meta);
   await saveSafetensorsFile(`${tmp}/optimizer.safetensors`, optimizerWeights(parts.optimizer));
+  if (parts.masks) await saveSafetensorsFile(`${tmp}/masks.safetensors`, parts.masks);
   const json = new TextEncoder().encode(JSON.stringify(parts.state, null, 1));
   const f = await Deno.open(`${tmp}/state.json`, { write: true, create: true, truncate: true });
   await f.write(json);
@@ -148,5 +161,8 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     await loadSafetensorsFile(`${where}/optimizer.safetensors`),
     state.optimizerStep,
   );
-  return { state, model, ema, optimizer };
+  const masks = (await exists(`${where}/masks.safetensors`))
+    ? await loadSafetensorsFile(`${where}/masks.safetensors`)
+    : null;
+  return { state, model, ema, optimizer, masks };
 }

@@ -13,6 +13,8 @@
  */
 import { createModel } from "../models/registry.ts";
 import type { Classifier } from "./trainer.ts";
+import type { SparseInit } from "../sparse/density.ts";
+import type { Growth, SparseType } from "../sparse/prune_grow.ts";
 
 /** Every setting of a training run. */
 export interface TrainConfig {
@@ -44,6 +46,26 @@ export interface TrainConfig {
   /** Official `--kernel_size`: the four stage kernels, then the small kernel N. */
   kernelSize?: number[];
   widthFactor?: number;
+  /** Dynamic sparsity (official `--sparse`); the settings below apply only with it. */
+  sparse?: boolean;
+  /** Fraction of zeros among the masked weights (official default 0.4). */
+  sparsity?: number;
+  /** Layer-wise densities: `snip` (official default), `ERK`, `uniform`. */
+  sparseInit?: SparseInit;
+  /** Initial prune fraction of prune-and-grow (official default 0.3), cosine-decayed to 0.005. */
+  pruneRate?: number;
+  /** Growth: `random` (official default) or `gradient`. */
+  growth?: Growth;
+  /** Optimiser steps between prune-and-grow updates (official `-u`, default 100). */
+  updateFrequency?: number;
+  /** Mask layout (ShiftwiseConv `--sparse_type`): `origin` (default), `coarse`, `rep_coarse`. */
+  sparseType?: SparseType;
+  /** Updates between mask synchronisations of rep branches (ShiftwiseConv `--sparse_gap`, default 1). */
+  maskSync?: number;
+  /** Mask only the large-kernel branches (official `--only_L`). */
+  onlyL?: boolean;
+  /** Keep the initial masks: no prune-and-grow (official `--fix`). */
+  fix?: boolean;
   /** Procedural dataset sizes and classes (ignored for folders). */
   trainSize?: number;
   valSize?: number;

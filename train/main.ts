@@ -9,6 +9,7 @@
  * deno task train                                   # default run for this adapter
  * deno task train --model convnext_cpu --epochs 2   # override the preset
  * deno task train --preset slak_tiny_imagenet --data /data/imagenet
+ * deno task train --sparse --sparsity 0.4 --sparse-init snip --prune-rate 0.3 --growth random -u 100 --width-factor 1.3
  * ```
  * @module
  */
@@ -17,6 +18,8 @@ import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { MODEL_NAMES } from "../models/registry.ts";
 import { defaultConfig, presetConfig, PRESETS, type TrainConfig } from "./config.ts";
 import { train } from "./trainer.ts";
+import { SPARSE_INITS } from "../sparse/density.ts";
+import { GROWTH_MODES, SPARSE_TYPES } from "../sparse/prune_grow.ts";
 
 /** Flags: name → [type, help]. Official snake_case spellings are accepted too. */
 const FLAGS = {
@@ -51,6 +54,25 @@ const FLAGS = {
     "stage kernels and small kernel, e.g. 51 49 47 13 5 (official --kernel_size)",
   ],
   "width-factor": ["number", "multiply channel widths (SLaK)"],
+  sparse: ["boolean", "dynamic sparsity: masks + prune-and-grow (SLaK)"],
+  sparsity: ["number", "sparse: fraction of zeros in the masked weights (default 0.4)"],
+  "sparse-init": ["string", "sparse: layer densities snip | ERK | uniform (default snip)"],
+  "prune-rate": ["number", "sparse: initial prune fraction, cosine-decayed (default 0.3)"],
+  growth: ["string", "sparse: regrowth random | gradient (default random)"],
+  "update-frequency": [
+    "number",
+    "sparse: optimiser steps between prune-and-grow (also -u; default 100)",
+  ],
+  "sparse-type": [
+    "string",
+    "sparse: origin (weights) | coarse | rep_coarse (ShiftwiseConv filter masks; default origin)",
+  ],
+  "mask-sync": [
+    "number",
+    "sparse: updates between rep-branch mask syncs (also --sparse-gap; default 1)",
+  ],
+  "only-L": ["boolean", "sparse: mask only the large-kernel branches"],
+  fix: ["boolean", "sparse: keep the initial masks (no prune-and-grow)"],
   "train-size": ["number", "procedural dataset: training images"],
   "val-size": ["number", "procedural dataset: validation images"],
   "num-classes": ["number", "procedural dataset: classes"],
@@ -63,6 +85,8 @@ const ALIASES: Record<string, string> = {
   smoothing: "label-smoothing",
   "output-dir": "out",
   eval: "eval-only",
+  "sparse-gap": "mask-sync",
+  "only-l": "only-L",
 };
 
 /**
@@ -73,6 +97,8 @@ export function normaliseArgs(argv: string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i];
+    if (a === "-u") a = "--update-frequency"; // the official short flag
+    else if (a.startsWith("-u=")) a = `--update-frequency${a.slice(2)}`;
     if (!a.startsWith("--")) {
       out.push(a);
       continue;
@@ -184,6 +210,24 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   set("valSize", num("val-size", posInt, "a positive integer"));
   set("numClasses", num("num-classes", (n) => posInt(n) && n >= 2, "an integer ≥ 2"));
   set("logEvery", num("log-every", posInt, "a positive integer"));
+  set("sparsity", num("sparsity", (n) => n >= 0 && n < 1, "a fraction in [0, 1)"));
+  set("pruneRate", num("prune-rate", (n) => n >= 0 && n <= 1, "a fraction in [0, 1]"));
+  set("updateFrequency", num("update-frequency", posInt, "a positive integer"));
+  set("maskSync", num("mask-sync", posInt, "a positive integer"));
+  const choice = <T extends string>(flag: string, options: readonly T[]): T | undefined => {
+    const raw = v[flag];
+    if (raw === undefined) return undefined;
+    if (!options.includes(raw as T)) {
+      throw new Error(`--${flag}: expected one of ${options.join(", ")}, got "${raw}"`);
+    }
+    return raw as T;
+  };
+  set("sparseInit", choice("sparse-init", SPARSE_INITS));
+  set("growth", choice("growth", GROWTH_MODES));
+  set("sparseType", choice("sparse-type", SPARSE_TYPES));
+  if (v.sparse) cfg.sparse = true;
+  if (v["only-L"]) cfg.onlyL = true;
+  if (v.fix) cfg.fix = true;
   if (v["model-ema"]) cfg.modelEma = true;
   if (v["auto-resume"]) cfg.autoResume = true;
   if (v["eval-only"]) cfg.evalOnly = true;
@@ -199,6 +243,11 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
       );
     }
     cfg.kernelSize = ks;
+  }
+  if (!cfg.sparse) {
+    const given = ["sparsity", "sparse-init", "prune-rate", "growth", "update-frequency"]
+      .concat(["sparse-type", "mask-sync", "only-L", "fix"]).find((f) => v[f] !== undefined);
+    if (given) throw new Error(`--${given} applies to sparse training: add --sparse`);
   }
   if (cfg.evalOnly && !cfg.resume) {
     throw new Error("--eval-only needs --resume (a checkpoint folder or weights file)");

@@ -4,7 +4,9 @@
  * cosine schedule, gradient accumulation, Mixup/CutMix with label
  * smoothing, drop path, LayerScale, model EMA, top-1/top-5 evaluation each
  * epoch, a CSV log, PNG learning curves, and checkpoints that resume
- * bit-for-bit.
+ * bit-for-bit. With `sparse`, SLaK's dynamic sparsity: masks applied after
+ * every optimiser step, prune-and-grow every `updateFrequency` steps (each
+ * layer's density logged to `sparsity.csv`), masks saved in checkpoints.
  *
  * The GPU is read back only at log points (every `logEvery` steps and at the
  * end of an epoch): the loss is accumulated on the GPU in between.
@@ -44,6 +46,8 @@ import { cosineSchedule } from "./schedule.ts";
 import { buildModel, type TrainConfig } from "./config.ts";
 import { plotCurves } from "./curves.ts";
 import { loadWeightsFile } from "./weights.ts";
+import { DynamicSparsity, type UpdateReport } from "../sparse/prune_grow.ts";
+import type { Weights } from "../models/safetensors.ts";
 
 /** A model the trainer can drive. */
 export type Classifier = Module & { forward<V extends Value>(x: V): V };
@@ -175,6 +179,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     savedAt: "",
   };
 
+  let resumeMasks: Weights | null = null;
   if (resumeFrom) {
     if (/\.(safetensors|pth|pt)$/.test(resumeFrom)) {
       // A bare weights file: load the model only (fine-tuning or --eval-only).
@@ -196,6 +201,14 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       if (ema && ck.ema) ema.module.loadStateDict(ck.ema);
       if (!cfg.evalOnly) optimizer.loadStateDict(ck.optimizer);
       state = { ...ck.state, config: { ...cfg } };
+      resumeMasks = ck.masks ?? null;
+      if (!cfg.evalOnly && !!resumeMasks !== !!cfg.sparse) {
+        throw new Error(
+          resumeMasks
+            ? `--resume: ${resumeFrom} holds a sparse run (masks.safetensors): add --sparse`
+            : `--resume: ${resumeFrom} holds a dense run (no masks.safetensors): cannot resume it with --sparse`,
+        );
+      }
       console.error(`resumed from ${resumeFrom}: epoch ${state.epoch}, step ${state.step}`);
     }
   }
@@ -230,6 +243,11 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     warmupSteps: cfg.warmupSteps,
   });
 
+  const totalSteps = stepsPerEpoch * cfg.epochs;
+  const sparse = cfg.sparse
+    ? await setupSparse(cfg, model, data, totalSteps, resumeMasks, state.step)
+    : null;
+
   let interrupted = false;
   const onSigint = () => {
     if (interrupted) Deno.exit(130);
@@ -243,11 +261,18 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const save = async (dir: string) => {
     state.savedAt = new Date().toISOString();
     state.optimizerStep = optimizer.stepCount;
+    if (sparse) {
+      state.sparse = {
+        densities: Object.fromEntries(sparse.densities()),
+        overallDensity: sparse.masking.overallDensity(),
+      };
+    }
     await saveCheckpoint(dir, {
       state,
       model: await moduleWeights(model),
       ema: ema ? await moduleWeights(ema.module) : null,
       optimizer: await optimizer.stateDict(),
+      masks: sparse ? maskWeights(sparse) : null,
     });
   };
 
@@ -280,8 +305,16 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
         if (micro % cfg.updateFreq === 0) {
           optimizer.lr = lrAt(state.step);
           optimizer.step();
+          if (sparse) {
+            sparse.afterStep(optimizer);
+            // Prune-and-grow sees this step's gradients (gradient growth), as the official.
+            if (sparse.isUpdateStep(state.step + 1)) {
+              await logSparseUpdate(cfg.out, await sparse.update(state.step + 1, optimizer));
+            }
+          }
           optimizer.zeroGrad();
           ema?.update(model);
+          if (sparse && ema) sparse.masking.applyTo(ema.module);
           state.step++;
         }
         gpu().flush();
@@ -405,4 +438,104 @@ function runMicroStep(
     backward(scale(loss, 1 / cfg.updateFreq));
     noGrad(() => accumulate(acc, scale(loss, rows)));
   });
+}
+
+/** Masks as checkpoint weights: one 0/1 value per mask unit, under the weight's key. */
+function maskWeights(sparse: DynamicSparsity): Weights {
+  const out: Weights = new Map();
+  for (const [key, m] of sparse.masking.masks()) {
+    out.set(key, { shape: [m.length], data: Float32Array.from(m) });
+  }
+  return out;
+}
+
+/**
+ * Build the run's masks: from the checkpoint when resuming, else by
+ * `sparseInit` (SNIP scores one training batch, as the official). The
+ * sparsity log is cut back to the resumed step.
+ */
+async function setupSparse(
+  cfg: TrainConfig,
+  model: Classifier,
+  data: Dataset,
+  totalSteps: number,
+  resumeMasks: Weights | null,
+  step: number,
+): Promise<DynamicSparsity> {
+  const opts = {
+    sparsity: cfg.sparsity ?? 0.4,
+    init: cfg.sparseInit ?? "snip",
+    type: cfg.sparseType ?? "origin",
+    onlyL: cfg.onlyL ?? false,
+    pruneRate: cfg.pruneRate ?? 0.3,
+    growth: cfg.growth ?? "random",
+    updateFrequency: cfg.updateFrequency ?? 100,
+    maskSync: cfg.maskSync ?? 1,
+    fix: cfg.fix ?? false,
+    totalSteps,
+    seed: cfg.seed,
+  } as const;
+  const log = `${cfg.out}/sparsity.csv`;
+  if (resumeMasks) {
+    const masks = new Map([...resumeMasks].map(([k, v]) => [k, Uint8Array.from(v.data)]));
+    const sparse = await DynamicSparsity.create(model, opts, [], masks);
+    // Rows written after the checkpoint (a crash between saves) are dropped.
+    const text = await Deno.readTextFile(log).catch(() => "");
+    if (text) {
+      const [head, ...rows] = text.trimEnd().split("\n");
+      const kept = rows.filter((r) => Number(r.split(",")[0]) <= step);
+      await writeFileAtomic(log, new TextEncoder().encode([head, ...kept].join("\n") + "\n"));
+    }
+    return sparse;
+  }
+  let batch: Batch | null = null;
+  if (opts.init === "snip") {
+    const it = data.batches("train", {
+      batchSize: cfg.batchSize,
+      epoch: 0,
+      seed: cfg.seed,
+      train: true,
+    });
+    for await (const b of it) {
+      batch = b;
+      break;
+    }
+  }
+  setForwardSeed(mixSeed(cfg.seed, 0x5319));
+  const lossFns = batch
+    ? [() => {
+      const b = batch!;
+      const x = Tensor.from(b.x, [b.labels.length, 3, data.imageSize, data.imageSize]);
+      return softmaxCrossEntropy(model.forward(x), b.labels);
+    }]
+    : [];
+  const sparse = await scope(() => DynamicSparsity.create(model, opts, lossFns));
+  const d = sparse.densities();
+  console.error(
+    `sparse: ${d.size} masked layers (${opts.init}, ${opts.type}), overall density ${
+      sparse.masking.overallDensity().toFixed(4)
+    } of the masked weights`,
+  );
+  await Deno.remove(log).catch(() => {});
+  return sparse;
+}
+
+/** Append one update's per-layer densities to `sparsity.csv` and print a summary line. */
+async function logSparseUpdate(out: string, r: UpdateReport): Promise<void> {
+  const path = `${out}/sparsity.csv`;
+  const exists = await Deno.stat(path).then(() => true, () => false);
+  const lines = exists ? [] : ["step,update,prune_rate,layer,nonzeros,units,density,removed"];
+  for (const l of r.layers) {
+    lines.push(
+      `${r.step},${r.update},${r.pruneRate},${l.key},${l.nonzeros},${l.units},${l.density},${l.removed}`,
+    );
+  }
+  await Deno.writeTextFile(path, lines.join("\n") + "\n", { append: true });
+  const nz = r.layers.reduce((a, l) => a + l.nonzeros, 0);
+  const n = r.layers.reduce((a, l) => a + l.units, 0);
+  console.error(
+    `\nsparse update ${r.update} (step ${r.step}): prune rate ${r.pruneRate.toFixed(4)}, ` +
+      `${r.layers.length} layers, unit density ${(nz / Math.max(n, 1)).toFixed(4)}` +
+      (r.synced ? ", rep masks synced" : ""),
+  );
 }
