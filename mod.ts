@@ -19,6 +19,7 @@ export * from "./ops/kernel.ts";
 export * from "./ops/elementwise.ts";
 export * from "./ops/conv.ts";
 export * from "./ops/depthwise.ts";
+export * from "./ops/sparse_depthwise.ts";
 export * from "./ops/matmul.ts";
 export * from "./ops/norm.ts";
 export * from "./ops/pool.ts";

@@ -1,0 +1,216 @@
+/**
+ * The sparse depthwise kernels (ops/sparse_depthwise.ts) against the generic
+ * dense kernels on masked weights (ops/depthwise.ts, themselves checked
+ * against the CPU in conv_test.ts): forward, input gradient, filter gradient
+ * (zero at inactive taps) and bias gradient, on awkward tiny shapes (odd
+ * sizes, kernels larger than the image, rectangular kernels in both
+ * orientations, densities 0, 1 and random), with tile configs forced small so
+ * that partial tiles, several planes, several chunk groups and plane groups
+ * run on llvmpipe in seconds; plus a finite-difference check of the backward
+ * against the CPU reference.
+ */
+import assert from "node:assert/strict";
+import { backward } from "../ops/autograd.ts";
+import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
+import { setDepthwiseImpl } from "../ops/depthwise_fast.ts";
+import {
+  depthwiseMaybeSparse,
+  setSparseDepthwiseConfig,
+  type SparseDepthwiseConfigs,
+  sparseDepthwiseConv2d,
+  SparseDepthwisePlan,
+} from "../ops/sparse_depthwise.ts";
+import { scope, Tensor } from "../ops/tensor.ts";
+import { checkOp, randomArray, relError, setup } from "./harness.ts";
+import { conv2dRef } from "./reference.ts";
+
+await setup();
+
+interface Outputs {
+  y: Float32Array;
+  gx: Float32Array;
+  gw: Float32Array;
+  gb: Float32Array | null;
+}
+
+function run(
+  sparse: boolean,
+  xShape: number[],
+  [kh, kw]: number[],
+  mask: Float32Array,
+  bias: boolean,
+  opts: DepthwiseOptions,
+  seed: number,
+): Promise<Outputs> {
+  const c = xShape[1];
+  const n = xShape.reduce((a, b) => a * b, 1);
+  return scope(async () => {
+    const wv = Float32Array.from(randomArray(c * kh * kw, seed + 1));
+    // The dense reference gets the masked weights; the sparse op the raw ones (it must ignore them).
+    if (!sparse) { for (let i = 0; i < wv.length; i++) wv[i] *= mask[i]; }
+    const x = Tensor.from(Float32Array.from(randomArray(n, seed)), xShape);
+    const w = Tensor.from(wv, [c, 1, kh, kw]);
+    const b = bias ? Tensor.from(Float32Array.from(randomArray(c, seed + 2)), [c]) : null;
+    for (const t of [x, w, b]) if (t) t.requiresGrad = true;
+    let y: Tensor;
+    if (sparse) {
+      const plan = SparseDepthwisePlan.fromMask(mask, [c, 1, kh, kw]);
+      y = sparseDepthwiseConv2d(x, w, plan, b, opts);
+      const gy = Tensor.from(Float32Array.from(randomArray(y.size, seed + 3)), y.shape);
+      backward(y, gy);
+      plan.dispose();
+    } else {
+      y = depthwiseConv2d(x, w, b, opts);
+      const gy = Tensor.from(Float32Array.from(randomArray(y.size, seed + 3)), y.shape);
+      backward(y, gy);
+    }
+    const gw = await w.grad!.read();
+    if (!sparse) { for (let i = 0; i < gw.length; i++) gw[i] *= mask[i]; }
+    return {
+      y: await y.read(),
+      gx: await x.grad!.read(),
+      gw,
+      gb: b ? await b.grad!.read() : null,
+    };
+  });
+}
+
+async function compare(
+  name: string,
+  xShape: number[],
+  k: number[],
+  density: number,
+  bias: boolean,
+  opts: DepthwiseOptions = {},
+  configs: Partial<SparseDepthwiseConfigs> | null = null,
+): Promise<void> {
+  const c = xShape[1];
+  const mask = SparseDepthwisePlan.randomMask(c, k[0], k[1], density, 11);
+  setDepthwiseImpl("generic");
+  const want = await run(false, xShape, k, mask, bias, opts, 7);
+  setDepthwiseImpl("auto");
+  setSparseDepthwiseConfig(configs);
+  let got: Outputs;
+  try {
+    got = await run(true, xShape, k, mask, bias, opts, 7);
+  } finally {
+    setSparseDepthwiseConfig(null);
+  }
+  const errs = {
+    y: relError(got.y, want.y),
+    gx: relError(got.gx, want.gx),
+    gw: relError(got.gw, want.gw),
+    gb: got.gb && want.gb ? relError(got.gb, want.gb) : 0,
+  };
+  console.log(
+    `op-error sparse ${name} y=${errs.y.toExponential(2)} gx=${errs.gx.toExponential(2)} gw=${
+      errs.gw.toExponential(2)
+    } gb=${errs.gb.toExponential(2)}`,
+  );
+  for (const [k, e] of Object.entries(errs)) assert.ok(e <= 1e-4, `${name}: ${k} error ${e}`);
+  // Inactive taps get exactly zero gradient.
+  for (let i = 0; i < mask.length; i++) {
+    if (mask[i] === 0) assert.ok(got.gw[i] === 0, `${name}: gw at inactive tap ${i}`);
+  }
+}
+
+const fwd = (bu: number, bv: number, planes: number, nub: number, nvb: number) => ({
+  bu,
+  bv,
+  planes,
+  nub,
+  nvb,
+});
+
+Deno.test("sparse depthwise: rectangular kernels in both orientations, random masks", async () => {
+  // 7×3 (vertical: tap lines are kernel rows) and 3×7 (horizontal), odd sizes, partial tiles.
+  await compare("7x3 d0.6 bias", [2, 3, 9, 11], [7, 3], 0.6, true);
+  await compare("3x7 d0.6", [2, 3, 11, 9], [3, 7], 0.6, false);
+  await compare("7x3 d0.4 small tiles", [3, 2, 10, 7], [7, 3], 0.4, true, {}, {
+    forward: fwd(2, 4, 2, 2, 1),
+    filter: { bu: 2, bv: 4, planes: 2, nub: 1, nvb: 1, ck: 2, groups: 2, planesPerGroup: 2 },
+  });
+  await compare("3x7 d0.5 small tiles", [3, 2, 7, 10], [3, 7], 0.5, false, {}, {
+    forward: fwd(3, 4, 1, 2, 2),
+    filter: { bu: 1, bv: 4, planes: 1, nub: 2, nvb: 2, ck: 3, groups: 2, planesPerGroup: 3 },
+  });
+});
+
+Deno.test("sparse depthwise: kernels larger than the image, densities 0 and 1", async () => {
+  await compare("13x5 on 6x7 d0.5", [2, 2, 6, 7], [13, 5], 0.5, true);
+  await compare("5x13 on 7x6 d0.3", [1, 3, 7, 6], [5, 13], 0.3, false);
+  await compare("5x5 d1", [2, 2, 7, 9], [5, 5], 1, true);
+  await compare("7x3 d0", [2, 2, 6, 5], [7, 3], 0, true);
+  await compare("1x1 d1", [1, 2, 3, 5], [1, 1], 1, false);
+});
+
+Deno.test("sparse depthwise: explicit padding, stride 2 falls back to dense on masked weights", async () => {
+  await compare("5x3 pad[1,2] d0.5", [2, 2, 8, 7], [5, 3], 0.5, true, { padding: [1, 2] });
+  await compare("3x5 pad0 d0.7", [1, 2, 6, 9], [3, 5], 0.7, false, { padding: 0 });
+  await compare("7x3 stride2 d0.5", [2, 2, 9, 9], [7, 3], 0.5, true, { stride: 2 });
+});
+
+Deno.test("sparse depthwise: GPU-sized register blocks, multi-word patterns", async () => {
+  // The tilings a GPU gets (bv 8, bu 4, several chunk groups of many lanes), forced on tiny shapes.
+  await compare("11x5 gpu tiles d0.6", [3, 2, 13, 17], [11, 5], 0.6, true, {}, {
+    forward: fwd(4, 8, 2, 2, 2),
+    filter: { bu: 4, bv: 8, planes: 2, nub: 1, nvb: 2, ck: 4, groups: 2, planesPerGroup: 2 },
+  });
+  await compare("5x11 gpu tiles d0.6", [3, 2, 17, 13], [5, 11], 0.6, false, {}, {
+    forward: fwd(4, 8, 1, 2, 2),
+    filter: { bu: 4, bv: 4, planes: 1, nub: 2, nvb: 2, ck: 4, groups: 2, planesPerGroup: 3 },
+  });
+  // Short axis of 33 taps: two pattern words per tap line.
+  await compare("33x34 on 5x6 d0.3", [1, 2, 5, 6], [33, 34], 0.3, true, {}, {
+    forward: fwd(1, 4, 1, 2, 2),
+    filter: { bu: 1, bv: 4, planes: 1, nub: 2, nvb: 2, ck: 2, groups: 1, planesPerGroup: 1 },
+  });
+});
+
+Deno.test("sparse depthwise: backward against finite differences of the CPU reference", async () => {
+  const xShape = [2, 2, 6, 5];
+  const [kh, kw] = [5, 3];
+  const wShape = [2, 1, kh, kw];
+  const mask = SparseDepthwisePlan.randomMask(2, kh, kw, 0.5, 3);
+  const plan = SparseDepthwisePlan.fromMask(mask, wShape);
+  try {
+    await checkOp({
+      name: "sparseDepthwiseConv2d 5x3 d0.5 bias",
+      inputs: [{ shape: xShape }, { shape: wShape }, { shape: [2] }],
+      gpu: (x, w, b) => sparseDepthwiseConv2d(x, w, plan, b),
+      cpu: (x, w, b) => {
+        const wm = w.map((v, i) => v * mask[i]);
+        return conv2dRef(x, wm, b, xShape, wShape, {
+          padding: samePadding(kh, kw),
+          groups: 2,
+        });
+      },
+    });
+  } finally {
+    plan.dispose();
+  }
+});
+
+Deno.test("sparse depthwise: plan compaction, update, depthwiseMaybeSparse choice", async () => {
+  const mask = SparseDepthwisePlan.randomMask(3, 5, 4, 0.45, 5);
+  const plan = SparseDepthwisePlan.fromMask(mask, [3, 1, 5, 4]);
+  assert.equal(plan.active, 3 * 9);
+  assert.equal(plan.vertical, true);
+  const taps = plan.taps(1);
+  assert.equal(taps.length, 9);
+  for (const [y, x] of taps) assert.equal(mask[20 + y * 4 + x], 1);
+  // depthwiseMaybeSparse = dense result when w is masked, whichever path it takes.
+  await scope(async () => {
+    const x = Tensor.randn([1, 3, 6, 6], { seed: 1 });
+    const wv = (await Tensor.randn([3, 1, 5, 4], { seed: 2 }).read()).map((v, i) => v * mask[i]);
+    const w = Tensor.from(wv, [3, 1, 5, 4]);
+    const dense = await depthwiseConv2d(x, w, null).read();
+    const sparse = await depthwiseMaybeSparse(x, w, plan, null, {}, 0.5).read();
+    const viaDense = await depthwiseMaybeSparse(x, w, plan, null, {}, 0.3).read();
+    assert.ok(relError(sparse, dense) < 1e-5);
+    assert.ok(relError(viaDense, dense) < 1e-5);
+  });
+  plan.update(new Float32Array(mask.length).fill(1));
+  assert.equal(plan.density, 1);
+  plan.dispose();
+});
