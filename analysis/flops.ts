@@ -12,7 +12,9 @@
  *
  * Sparse-aware: with `densities`, a masked parameter counts its non-zeros and
  * the MACs of the layer that owns it scale by the same fraction, as SLaK
- * reports its sparse models.
+ * reports its sparse models. Densities come from actual masks
+ * ({@linkcode maskDensities}, or a run's `Masking.densities()`) or from a
+ * plan (`uniformDensities`, `erkDensities`, `layerScaleSnipDensities`, …).
  *
  * @example
  * ```ts
@@ -250,6 +252,32 @@ export function countModel(
 
 // The masking rule and the uniform density live with the rest of the sparse code; re-exported here.
 export { maskedParams, type MaskSelect, uniformDensities } from "../sparse/density.ts";
+
+/**
+ * Densities of actual masks, for {@linkcode countModel}: key → fraction of
+ * non-zero mask entries (a mask may hold one entry per weight or one per
+ * output filter, as in `masks.safetensors` of a sparse checkpoint). A live
+ * run's `Masking.densities()` is already such a map; planned densities
+ * (`erkDensities`, `snipDensities`, …) are too.
+ *
+ * @example
+ * ```ts
+ * import { maskDensities } from "./flops.ts";
+ * console.log(maskDensities(new Map([["w", Float32Array.of(1, 0, 0, 1)]])).get("w")); // 0.5
+ * ```
+ */
+export function maskDensities(
+  masks: ReadonlyMap<string, ArrayLike<number> | { data: ArrayLike<number> }>,
+): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [k, m] of masks) {
+    const a = "data" in m ? m.data : m;
+    let nz = 0;
+    for (let i = 0; i < a.length; i++) if (a[i] !== 0) nz++;
+    out.set(k, a.length === 0 ? 1 : nz / a.length);
+  }
+  return out;
+}
 
 /** `n` in millions with `digits` decimals. */
 export function millions(n: number, digits = 2): string {

@@ -232,3 +232,43 @@ export function overallDensity(
   }
   return n === 0 ? 1 : nz / n;
 }
+
+/**
+ * SNIP's densities at initialisation as LayerScale shapes them, without
+ * data: every block of a ConvNeXt-style model (`stages.*`) ends in a
+ * LayerScale initialised at 1e-6, so the gradients — and the |g ⊙ w|
+ * scores — of the weights inside blocks are ~1e-6 of those outside (stem,
+ * downsampling, head). The global top-k therefore keeps every weight outside
+ * the blocks (those layers come out dense and lose their masks) and spends
+ * the rest of the budget inside the blocks, here spread uniformly. A planned
+ * layout for counting; the measured SNIP (`snipScores` + {@linkcode snipDensities})
+ * also varies between the blocks.
+ *
+ * @example
+ * ```ts
+ * import { slak, SLAK_PRESETS } from "../models/slak.ts";
+ * import { layerScaleSnipDensities } from "./density.ts";
+ * const d = layerScaleSnipDensities(slak(SLAK_PRESETS.slak_cpu), 0.6);
+ * console.log([...d.keys()].every((k) => k.startsWith("stages."))); // true
+ * ```
+ */
+export function layerScaleSnipDensities(
+  model: Module,
+  density: number,
+  select: MaskSelect = "all",
+  inBlock: (key: string) => boolean = (k) => k.startsWith("stages."),
+): Map<string, number> {
+  checkDensity(density);
+  const shapes = maskedShapes(model, select);
+  let total = 0;
+  let outside = 0;
+  for (const [k, s] of shapes) {
+    total += prod(s);
+    if (!inBlock(k)) outside += prod(s);
+  }
+  const inside = total - outside;
+  const d = inside > 0 ? Math.max(0, (density * total - outside) / inside) : 1;
+  return dropDenseLayers(
+    new Map([...shapes.keys()].filter(inBlock).map((k) => [k, Math.min(d, 1)])),
+  );
+}

@@ -257,3 +257,39 @@ Deno.test("SNIP scores |w·g| on the GPU give the official densities; buffers an
   assert.equal(sparse.masking.layers.size, want.size);
   sparse.dispose();
 });
+
+Deno.test("FLOPs from actual masks; SLaK Table 7 params at the paper's rounding", async () => {
+  const { countModel, maskDensities } = await import("../analysis/flops.ts");
+  const { slak, SLAK_PRESETS } = await import("../models/slak.ts");
+  const { layerScaleSnipDensities, uniformDensities } = await import("../sparse/density.ts");
+  const { table7Rows } = await import("../scripts/sparsity_width.ts");
+  const m = slak(SLAK_PRESETS.slak_cpu);
+  const sparse = await DynamicSparsity.create(m, {
+    sparsity: 0.4,
+    init: "uniform",
+    pruneRate: 0.3,
+    updateFrequency: 1,
+    totalSteps: 1,
+  });
+  const fromMasks = countModel(m, 32, { densities: maskDensities(sparse.masking.masks()) });
+  const live = countModel(m, 32, { densities: sparse.densities() });
+  const planned = countModel(m, 32, { densities: uniformDensities(m, 0.6) });
+  let nz = 0;
+  for (const k of sparse.masking.layers.keys()) nz += sparse.masking.nonzeros(k);
+  assert.equal(fromMasks.weightNonzeros, live.weightNonzeros);
+  let dense = 0;
+  for (const [k, p] of m.namedParameters()) {
+    if ((p.shape.length === 2 || p.shape.length === 4) && !sparse.masking.layers.has(k)) {
+      dense += p.size;
+    }
+  }
+  assert.equal(fromMasks.weightNonzeros, dense + nz);
+  assert.ok(Math.abs(fromMasks.macs - planned.macs) / planned.macs < 1e-3);
+  sparse.dispose();
+  // LayerScale-SNIP plan: only block weights masked, global budget kept.
+  const ls = layerScaleSnipDensities(m, 0.6);
+  assert.ok([...ls.keys()].every((k) => k.startsWith("stages.")));
+  const rows = table7Rows();
+  assert.deepEqual(rows.map((r) => r.params_match), ["yes", "yes", "yes", "yes", "yes"]);
+  assert.deepEqual(rows.map((r) => Math.round(r.params_M)), [29, 30, 30, 32, 32]);
+});

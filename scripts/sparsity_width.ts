@@ -1,0 +1,358 @@
+/**
+ * SLaK Table 7, "use sparse groups, expand more": SLaK-T at five (sparsity,
+ * width) pairs that keep the FLOPs about equal — params and FLOPs counted
+ * here (no GPU) next to the paper's, and with `--train` each setting trained
+ * briefly (a tiny SLaK on the procedural dataset by default) with the
+ * official sparse recipe (SNIP densities, prune-and-grow), reporting its
+ * accuracy and its FLOPs from the masks it ended with.
+ *
+ * Params are SLaK's count (non-zeros of conv/linear weights, at the
+ * sparsity given: every masked layer at density 1 − sparsity). FLOPs
+ * (multiply-accumulates, fvcore rules) depend on where the non-zeros sit;
+ * three layouts are given: `uniform` (every masked weight at 1 − sparsity),
+ * `ls_snip` (SNIP at initialisation as LayerScale 1e-6 shapes it: weights
+ * outside the blocks dense, the blocks uniform — see
+ * `layerScaleSnipDensities`), and the MAC-weighted density the paper's
+ * value implies. The paper's densities came from SNIP on one ImageNet batch.
+ *
+ * ```sh
+ * deno run -A scripts/sparsity_width.ts                       # table, CSV, PNG
+ * deno run -A scripts/sparsity_width.ts --train --epochs 1    # + a short sparse run per setting
+ * ```
+ *
+ * @example
+ * ```ts
+ * import { table7Rows } from "./sparsity_width.ts";
+ * const r = table7Rows()[1];
+ * console.log(r.sparsity, r.width, r.params_M, r.params_match); // 0.4 1.3 30.35 yes
+ * ```
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { writeCsv } from "../analysis/csv.ts";
+import { countModel, FLOPS_RULE, maskDensities, uniformDensities } from "../analysis/flops.ts";
+import { type Mark, type Panel, writeLineChart } from "../analysis/plot.ts";
+import type { Layer } from "../models/layers.ts";
+import type { Module } from "../models/module.ts";
+import { createModel, MODEL_NAMES } from "../models/registry.ts";
+import { loadSafetensorsFile } from "../models/safetensors.ts";
+import { layerScaleSnipDensities } from "../sparse/density.ts";
+
+/** The paper's settings and values (params M, GFLOPs, as printed). */
+export const TABLE7: readonly {
+  sparsity: number;
+  width: number;
+  params: string;
+  gflops: string;
+}[] = [
+  { sparsity: 0.2, width: 1.1, params: "29", gflops: "5.0" },
+  { sparsity: 0.4, width: 1.3, params: "30", gflops: "5.0" },
+  { sparsity: 0.55, width: 1.5, params: "30", gflops: "4.9" },
+  { sparsity: 0.7, width: 1.9, params: "32", gflops: "5.0" },
+  { sparsity: 0.82, width: 2.5, params: "32", gflops: "5.1" },
+];
+
+/** One row of the table. */
+export interface Table7Row {
+  [column: string]: number | string;
+  sparsity: number;
+  width: number;
+  params_M: number;
+  paper_params_M: string;
+  params_match: string;
+  gflops_uniform: number;
+  gflops_ls_snip: number;
+  paper_gflops: string;
+  gflops_match_uniform: string;
+  gflops_match_ls_snip: string;
+  /** MAC-weighted density over the masked layers that the paper's FLOPs imply. */
+  paper_implied_mac_density: number;
+  dense_params_M: number;
+  dense_gflops: number;
+}
+
+/** Whether `value` prints as `paper` at the paper's decimals. */
+export function matchesPaper(value: number, paper: string): boolean {
+  const decimals = paper.includes(".") ? paper.split(".")[1].length : 0;
+  return Number(value.toFixed(decimals)) === Number(paper);
+}
+
+const r3 = (x: number) => Math.round(x * 1000) / 1000;
+const yes = (b: boolean) => (b ? "yes" : "no");
+
+/** Count SLaK-T at each Table 7 setting (224², no GPU). */
+export function table7Rows(): Table7Row[] {
+  return TABLE7.map((s) => {
+    const model = createModel("slak_tiny", { widthFactor: s.width }) as Module & Layer;
+    const density = 1 - s.sparsity;
+    const uniform = countModel(model, 224, { densities: uniformDensities(model, density) });
+    const ls = countModel(model, 224, { densities: layerScaleSnipDensities(model, density) });
+    const masked = uniform.layers.filter((l) => l.density < 1).reduce((a, l) => a + l.denseMacs, 0);
+    const implied = (Number(s.gflops) * 1e9 - (uniform.denseMacs - masked)) / masked;
+    const params = uniform.weightNonzeros / 1e6;
+    return {
+      sparsity: s.sparsity,
+      width: s.width,
+      params_M: Math.round(params * 100) / 100,
+      paper_params_M: s.params,
+      params_match: yes(matchesPaper(params, s.params)),
+      gflops_uniform: r3(uniform.macs / 1e9),
+      gflops_ls_snip: r3(ls.macs / 1e9),
+      paper_gflops: s.gflops,
+      gflops_match_uniform: yes(matchesPaper(uniform.macs / 1e9, s.gflops)),
+      gflops_match_ls_snip: yes(matchesPaper(ls.macs / 1e9, s.gflops)),
+      paper_implied_mac_density: r3(implied),
+      dense_params_M: Math.round(uniform.denseParams / 1e4) / 100,
+      dense_gflops: r3(uniform.denseMacs / 1e9),
+    };
+  });
+}
+
+/** Settings of the `--train` runs. */
+export interface TrainSettings {
+  model: string;
+  epochs: number;
+  trainSize: number;
+  valSize: number;
+  inputSize: number;
+  batchSize: number;
+  updateFrequency: number;
+  seed: number;
+  data?: string;
+  out: string;
+}
+
+/** One trained setting. */
+export interface TrainedRow {
+  [column: string]: number | string;
+  sparsity: number;
+  width: number;
+  model: string;
+  top1: number;
+  top5: number;
+  val_loss: number;
+  /** FLOPs (M MACs) of the trained model at its input size, from its final masks. */
+  mflops: number;
+  dense_mflops: number;
+  params_nonzero: number;
+  seconds: number;
+}
+
+/** Train every setting briefly with the official sparse recipe; needs a GPU adapter. */
+export async function trainSettings(t: TrainSettings): Promise<TrainedRow[]> {
+  const { initGpu } = await import("../ops/gpu.ts");
+  const { train } = await import("../train/trainer.ts");
+  const { presetConfig } = await import("../train/config.ts");
+  await initGpu();
+  const rows: TrainedRow[] = [];
+  for (const s of TABLE7) {
+    const out = `${t.out}/runs/s${s.sparsity}_w${s.width}`;
+    const started = performance.now();
+    const result = await train({
+      ...presetConfig("cpu"),
+      model: t.model,
+      data: t.data,
+      out,
+      epochs: t.epochs,
+      batchSize: t.batchSize,
+      inputSize: t.inputSize,
+      trainSize: t.trainSize,
+      valSize: t.valSize,
+      warmupEpochs: Math.min(0.5, t.epochs / 2),
+      seed: t.seed,
+      widthFactor: s.width,
+      sparse: true,
+      sparsity: s.sparsity,
+      sparseInit: "snip",
+      pruneRate: 0.3,
+      growth: "random",
+      updateFrequency: t.updateFrequency,
+    });
+    const last = result.history.at(-1)!;
+    const masks = await loadSafetensorsFile(`${out}/checkpoint-last/masks.safetensors`);
+    const model = createModel(t.model, { widthFactor: s.width, numClasses: 10 }) as
+      & Module
+      & Layer;
+    const c = countModel(model, t.inputSize, { densities: maskDensities(masks) });
+    rows.push({
+      sparsity: s.sparsity,
+      width: s.width,
+      model: t.model,
+      top1: last.top1,
+      top5: last.top5,
+      val_loss: last.val_loss,
+      mflops: r3(c.macs / 1e6),
+      dense_mflops: r3(c.denseMacs / 1e6),
+      params_nonzero: c.weightNonzeros,
+      seconds: Math.round((performance.now() - started) / 100) / 10,
+    });
+  }
+  return rows;
+}
+
+const HELP = `usage: deno run -A scripts/sparsity_width.ts [flags]
+
+SLaK Table 7 (SLaK-T: sparsity vs width at equal FLOPs): params and FLOPs next to the paper's;
+with --train, a short sparse run per setting and its accuracy. ${FLOPS_RULE}.
+
+  --out DIR             output folder (default out/sparsity_width/)
+  --train               also train each setting (GPU or llvmpipe)
+  --model NAME          model to train (default slak_cpu, a tiny SLaK)
+  --epochs N            epochs per run (default 1)
+  --train-size N        procedural training images (default 256)
+  --val-size N          procedural validation images (default 128)
+  --input-size N        image side (default 32)
+  --batch-size N        batch size (default 16)
+  -u, --update-frequency N  optimiser steps between prune-and-grow (default 4)
+  --data DIR            train on a dataset folder instead of the procedural one
+  --seed N              seed (default 0)`;
+
+async function main() {
+  const { values: v } = parseArgs({
+    args: Deno.args,
+    options: {
+      out: { type: "string", default: "out/sparsity_width" },
+      train: { type: "boolean" },
+      model: { type: "string", default: "slak_cpu" },
+      epochs: { type: "string", default: "1" },
+      "train-size": { type: "string", default: "256" },
+      "val-size": { type: "string", default: "128" },
+      "input-size": { type: "string", default: "32" },
+      "batch-size": { type: "string", default: "16" },
+      "update-frequency": { type: "string", short: "u", default: "4" },
+      data: { type: "string" },
+      seed: { type: "string", default: "0" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (v.help) {
+    console.log(HELP);
+    return;
+  }
+  const int = (flag: keyof typeof v, min: number) => {
+    const n = Number(v[flag]);
+    if (!Number.isInteger(n) || n < min) {
+      throw new Error(`--${flag}: expected an integer ≥ ${min}, got "${v[flag]}"`);
+    }
+    return n;
+  };
+  if (!MODEL_NAMES.includes(v.model!)) {
+    throw new Error(
+      `--model: unknown model "${v.model}" (expected one of ${MODEL_NAMES.join(", ")})`,
+    );
+  }
+  const out = v.out!.replace(/\/$/, "");
+  await Deno.mkdir(out, { recursive: true });
+  const rows = table7Rows();
+  await writeCsv(`${out}/sparsity_width.csv`, rows, {
+    comments: [
+      `${FLOPS_RULE}; SLaK-T at 224²; params = non-zeros of conv/linear weights (SLaK's count)`,
+      "gflops_uniform: every masked weight at 1 − sparsity; gflops_ls_snip: SNIP at init as " +
+      "LayerScale 1e-6 shapes it (non-block weights dense, blocks uniform)",
+    ],
+  });
+  console.log(`# SLaK Table 7 — ${FLOPS_RULE}`);
+  console.log(
+    "sparsity width  params M (paper)   GFLOPs uniform / LS-SNIP (paper)  implied density",
+  );
+  for (const r of rows) {
+    console.log(
+      `${r.sparsity.toFixed(2).padStart(8)} ${(r.width + "×").padStart(5)}  ${
+        r.params_M.toFixed(2).padStart(6)
+      } (${r.paper_params_M}) ${r.params_match.padEnd(3)}  ${r.gflops_uniform.toFixed(2)} ${
+        r.gflops_match_uniform.padEnd(3)
+      } / ${r.gflops_ls_snip.toFixed(2)} ${r.gflops_match_ls_snip.padEnd(3)} (${r.paper_gflops})` +
+        `   ${r.paper_implied_mac_density.toFixed(3)} vs ${(1 - r.sparsity).toFixed(2)}`,
+    );
+  }
+  const widths = rows.map((r) => r.width);
+  const panels: Panel[] = [{
+    title: "SLaK-T GFLOPs at 224² (labels: params)",
+    xLabel: "width factor",
+    yLabel: "GFLOPs",
+    xTicks: widths,
+    yDomain: [4, 6.5],
+    legend: "top-left",
+    series: [
+      { name: "paper", x: widths, y: rows.map((r) => Number(r.paper_gflops)), markers: true },
+      { name: "uniform densities", x: widths, y: rows.map((r) => r.gflops_uniform), dash: "6 3" },
+      {
+        name: "LayerScale-SNIP densities",
+        x: widths,
+        y: rows.map((r) => r.gflops_ls_snip),
+        markers: true,
+      },
+    ],
+    marks: rows.map((r): Mark => ({
+      x: r.width,
+      y: r.gflops_ls_snip,
+      label: `${r.params_M.toFixed(1)}M`,
+      below: true,
+    })),
+  }];
+  let trained: TrainedRow[] = [];
+  if (v.train) {
+    trained = await trainSettings({
+      model: v.model!,
+      epochs: int("epochs", 1),
+      trainSize: int("train-size", 1),
+      valSize: int("val-size", 1),
+      inputSize: int("input-size", 32),
+      batchSize: int("batch-size", 1),
+      updateFrequency: int("update-frequency", 1),
+      seed: int("seed", 0),
+      data: v.data,
+      out,
+    });
+    await writeCsv(`${out}/sparsity_width_train.csv`, trained, {
+      comments: [
+        `${FLOPS_RULE}; ${v.model} at ${v["input-size"]}², ${v.epochs} epoch(s), ` +
+        `SNIP + prune-and-grow (prune rate 0.3, random growth, -u ${v["update-frequency"]}); ` +
+        "mflops from the final masks",
+      ],
+    });
+    console.log(`\n# --train: ${v.model}, ${v.epochs} epoch(s) at ${v["input-size"]}²`);
+    console.log("sparsity width   top-1 %  MFLOPs (dense)  non-zero weights  seconds");
+    for (const r of trained) {
+      console.log(
+        `${r.sparsity.toFixed(2).padStart(8)} ${(r.width + "×").padStart(5)}  ${
+          r.top1.toFixed(2).padStart(7)
+        }  ${r.mflops.toFixed(2).padStart(6)} (${r.dense_mflops.toFixed(2)})  ${
+          String(r.params_nonzero).padStart(16)
+        }  ${r.seconds}`,
+      );
+    }
+    panels.push({
+      title: `${v.model} trained sparse: top-1 vs width (labels: MFLOPs)`,
+      xLabel: "width factor",
+      yLabel: "top-1 (%)",
+      xTicks: widths,
+      series: [{ name: "top-1", x: widths, y: trained.map((r) => r.top1), markers: true }],
+      marks: trained.map((r): Mark => ({
+        x: r.width,
+        y: r.top1,
+        label: `${r.mflops.toFixed(1)}M FLOPs`,
+      })),
+    });
+  }
+  await writeLineChart(`${out}/sparsity_width.png`, {
+    title: "Use sparse groups, expand more (SLaK Table 7)",
+    subtitle: "FLOPs = multiply-accumulates (fvcore)",
+    panels,
+    panelWidth: 560,
+  });
+  console.log(
+    `wrote ${out}/sparsity_width.csv${
+      v.train ? `, ${out}/sparsity_width_train.csv` : ""
+    }, ${out}/sparsity_width.png`,
+  );
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(`error: ${e instanceof Error ? e.message : e}`);
+    Deno.exit(1);
+  }
+}
