@@ -2,7 +2,12 @@
  * Dense (optionally grouped) 2-D convolution, NCHW, as PyTorch's `nn.Conv2d`
  * with zero padding, and its backward.
  *
- * Straightforward kernels: the forward runs one invocation per output value,
+ * Convolutions with `groups = 1` (1×1 and dense ones) run as implicit GEMMs
+ * on the tiled, register-blocked kernels of `gemm.ts`: the im2col
+ * addressing lives in the operand loaders, nothing is materialised. Grouped
+ * convolutions, and every convolution under `setGemmImpl("simple")` (the
+ * fallback and the test oracle), run straightforward kernels: the forward
+ * runs one invocation per output value,
  * the input gradient one invocation per input value gathering the outputs it
  * fed (a transposed convolution without atomics), the weight gradient one
  * workgroup per weight value reducing over `N·Ho·Wo` in workgroup memory,
@@ -22,6 +27,7 @@
  * @module
  */
 import { needsGrad, record } from "./autograd.ts";
+import { gemm, gemmImpl } from "./gemm.ts";
 import { flatMain, launch, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
@@ -144,15 +150,130 @@ export function conv2d(
 ): Tensor {
   const g = geometry(x, w, bias, opts);
   const y = Tensor.empty([g.n, g.cout, g.ho, g.wo]);
-  launch(forwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
+  // groups = 1 (1×1 and dense convolutions) run as implicit GEMMs with the tiled kernels.
+  const tiled = g.groups === 1 && gemmImpl() === "tiled";
+  if (tiled) gemmForward(x, w, bias, y, g);
+  else launch(forwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
   const inputs = bias ? [x, w, bias] : [x, w];
   const [wantX, wantW, wantBias] = [needsGrad(x), needsGrad(w), bias !== null && needsGrad(bias)];
   record("conv2d", inputs, y, [x, w], (gy, [sx, sw]) => [
-    wantX ? conv2dBackwardInput(gy, sw, g) : null,
-    wantW ? conv2dBackwardWeight(gy, sx, g) : null,
+    wantX ? (tiled ? gemmBackwardInput(gy, sw, g) : conv2dBackwardInput(gy, sw, g)) : null,
+    wantW ? (tiled ? gemmBackwardWeight(gy, sx, g) : conv2dBackwardWeight(gy, sx, g)) : null,
     wantBias ? channelSum(gy) : null,
   ]);
   return y;
+}
+
+// ---------------------------------------------------------------- implicit GEMM (groups = 1)
+
+/** True for the 1×1, stride-1, unpadded case, whose loaders need no im2col arithmetic. */
+const isPointwise = (g: Conv2dGeometry) =>
+  g.kh === 1 && g.kw === 1 && g.sh === 1 && g.sw === 1 && g.ph === 0 && g.pw === 0;
+
+/**
+ * WGSL statements binding `iy`, `ix` (i32) and `b`: the input pixel under
+ * tap `t` (`ky·KW + kx`) of output pixel `q` (`b·Ho·Wo + oy·Wo + ox`).
+ */
+function tapPixel(g: Conv2dGeometry, q: string, t: string): string {
+  return `let b = ${q} / ${g.ho * g.wo}u; let p = ${q} % ${g.ho * g.wo}u;
+  let iy = i32((p / ${g.wo}u) * ${g.sh}u + ${t} / ${g.kw}u) - ${g.ph};
+  let ix = i32((p % ${g.wo}u) * ${g.sw}u + ${t} % ${g.kw}u) - ${g.pw};`;
+}
+
+/** WGSL: return zero unless (iy, ix) lies in the input, else `x[b, ci, iy, ix]`. */
+function inputAt(g: Conv2dGeometry, ci: string): string {
+  return `if (iy < 0 || iy >= ${g.h} || ix < 0 || ix >= ${g.w}) { return 0.0; }
+  return x[((b * ${g.cin}u + ${ci}) * ${g.h}u + u32(iy)) * ${g.w}u + u32(ix)];`;
+}
+
+/**
+ * Forward as a GEMM: `y[co, (b, oy, ox)] = Σ_{(ci, ky, kx)} w[co, (ci, ky, kx)] · x[b, ci, oy·sh − ph + ky, ox·sw − pw + kx]`.
+ */
+function gemmForward(x: Tensor, w: Tensor, bias: Tensor | null, y: Tensor, g: Conv2dGeometry) {
+  const khw = g.kh * g.kw;
+  const howo = g.ho * g.wo;
+  gemm({
+    batch: 1,
+    m: g.cout,
+    n: g.n * howo,
+    k: g.cin * khw,
+    inputs: { w, x },
+    loadA: `return w[m * ${g.cin * khw}u + k];`,
+    aKFast: true,
+    loadB: isPointwise(g)
+      ? `return x[(n / ${howo}u * ${g.cin}u + k) * ${howo}u + n % ${howo}u];`
+      : `${tapPixel(g, "n", `(k % ${khw}u)`)}
+  ${inputAt(g, `k / ${khw}u`)}`,
+    bKFast: false,
+    outputs: bias ? { y, bias } : { y },
+    store: `y[(n / ${howo}u * ${g.cout}u + m) * ${howo}u + n % ${howo}u] = v${
+      bias ? " + bias[m]" : ""
+    };`,
+  });
+}
+
+/**
+ * Input gradient as a GEMM: `gx[ci, (b, iy, ix)] = Σ_{(co, ky, kx)} w[co, ci, ky, kx] · gy[b, co, oy, ox]`
+ * over the taps with `oy·sh = iy + ph − ky` (likewise x) inside the output; with a stride, taps
+ * that fall between outputs read zero.
+ */
+function gemmBackwardInput(gy: Tensor, w: Tensor, g: Conv2dGeometry): Tensor {
+  const gx = Tensor.empty([g.n, g.cin, g.h, g.w]);
+  const khw = g.kh * g.kw;
+  const hw = g.h * g.w;
+  const howo = g.ho * g.wo;
+  const strided = g.sh > 1 || g.sw > 1;
+  gemm({
+    batch: 1,
+    m: g.cin,
+    n: g.n * hw,
+    k: g.cout * khw,
+    inputs: { w, gy },
+    loadA: `return w[(k / ${khw}u * ${g.cin}u + m) * ${khw}u + k % ${khw}u];`,
+    aKFast: khw > 1,
+    loadB: isPointwise(g)
+      ? `return gy[(n / ${hw}u * ${g.cout}u + k) * ${howo}u + n % ${hw}u];`
+      : `let b = n / ${hw}u; let p = n % ${hw}u; let t = k % ${khw}u;
+  let sy = i32(p / ${g.w}u) + ${g.ph} - i32(t / ${g.kw}u);
+  let sx = i32(p % ${g.w}u) + ${g.pw} - i32(t % ${g.kw}u);
+  if (sy < 0 || sx < 0${
+        strided ? ` || sy % ${g.sh} != 0 || sx % ${g.sw} != 0` : ""
+      }) { return 0.0; }
+  let oy = u32(sy) / ${g.sh}u; let ox = u32(sx) / ${g.sw}u;
+  if (oy >= ${g.ho}u || ox >= ${g.wo}u) { return 0.0; }
+  return gy[((b * ${g.cout}u + k / ${khw}u) * ${g.ho}u + oy) * ${g.wo}u + ox];`,
+    bKFast: false,
+    outputs: { gx },
+    store: `gx[(n / ${hw}u * ${g.cin}u + m) * ${hw}u + n % ${hw}u] = v;`,
+  });
+  return gx;
+}
+
+/**
+ * Weight gradient as a GEMM (split over its long inner dimension):
+ * `gw[co, (ci, ky, kx)] = Σ_{(b, oy, ox)} gy[b, co, oy, ox] · x[b, ci, oy·sh − ph + ky, ox·sw − pw + kx]`.
+ */
+function gemmBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor {
+  const gw = Tensor.empty([g.cout, g.cin, g.kh, g.kw]);
+  const khw = g.kh * g.kw;
+  const howo = g.ho * g.wo;
+  gemm({
+    batch: 1,
+    m: g.cout,
+    n: g.cin * khw,
+    k: g.n * howo,
+    inputs: { gy, x },
+    loadA: `return gy[(k / ${howo}u * ${g.cout}u + m) * ${howo}u + k % ${howo}u];`,
+    aKFast: true,
+    loadB: isPointwise(g)
+      ? `return x[(k / ${howo}u * ${g.cin}u + n) * ${howo}u + k % ${howo}u];`
+      : `${tapPixel(g, "k", `(n % ${khw}u)`)}
+  ${inputAt(g, `n / ${khw}u`)}`,
+    bKFast: true,
+    outputs: { gw },
+    store: `gw[m * ${g.cin * khw}u + n] = v;`,
+  });
+  return gw;
 }
 
 /** WGSL: one invocation per output value, taps restricted to those inside the image. */

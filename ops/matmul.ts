@@ -4,10 +4,14 @@
  * transpose) and {@linkcode linear}, PyTorch's `nn.Linear` on the last axis
  * (ConvNeXt's pointwise convolutions on channels-last tensors, and the head).
  *
- * One kernel serves every case: each 16×16 workgroup computes a 16×16 tile
- * of the output, staging 16×8 slabs of both operands in workgroup memory.
- * A transposed operand is loaded in another element order so that
- * neighbouring threads still read neighbouring addresses.
+ * Products run the tiled, register-blocked kernels of `gemm.ts` (split
+ * over the inner dimension when the output is small, as weight gradients
+ * are). The simple kernel is kept as the fallback and the test oracle
+ * (`setGemmImpl("simple")`): each 16×16 workgroup computes a 16×16 tile of
+ * the output, one value per invocation, staging 16×8 slabs of both operands
+ * in workgroup memory. Either way a transposed operand is loaded in another
+ * element order so that neighbouring threads still read neighbouring
+ * addresses.
  *
  * @example
  * ```ts
@@ -25,6 +29,7 @@
  */
 import { record } from "./autograd.ts";
 import { sumAxes, sumToShape } from "./elementwise.ts";
+import { gemm, gemmImpl } from "./gemm.ts";
 import { launch, storage } from "./kernel.ts";
 import { grid1d, numel, Tensor } from "./tensor.ts";
 
@@ -91,8 +96,41 @@ interface Product {
   bOffset: string;
 }
 
-/** y[bt] = op(a[bt]) · op(b[bt]) (+ bias over columns), tiled in workgroup memory. */
+/**
+ * y[bt] = op(a[bt]) · op(b[bt]) (+ bias over columns): the register-blocked
+ * kernels of `gemm.ts`, or the simple one under `setGemmImpl("simple")`.
+ */
 function product(p: Product, a: Tensor, b: Tensor, bias: Tensor | null): Tensor {
+  return gemmImpl() === "tiled" ? tiledProduct(p, a, b, bias) : simpleProduct(p, a, b, bias);
+}
+
+/** {@linkcode product} through {@linkcode gemm}. */
+function tiledProduct(p: Product, a: Tensor, b: Tensor, bias: Tensor | null): Tensor {
+  const { m, k, n } = p;
+  const y = Tensor.empty([...p.batch, m, n]);
+  if (y.size === 0) return y;
+  if (k === 0) {
+    y.dispose();
+    return simpleProduct(p, a, b, bias);
+  }
+  gemm({
+    batch: numel(p.batch),
+    m,
+    n,
+    k,
+    inputs: { a, b },
+    loadA: `return a[${p.aOffset} + ${p.transA ? `k * ${m}u + m` : `m * ${k}u + k`}];`,
+    aKFast: !p.transA,
+    loadB: `return b[${p.bOffset} + ${p.transB ? `n * ${k}u + k` : `k * ${n}u + n`}];`,
+    bKFast: p.transB,
+    outputs: bias ? { y, bias } : { y },
+    store: `y[bt * ${m * n}u + m * ${n}u + n] = v${bias ? " + bias[n]" : ""};`,
+  });
+  return y;
+}
+
+/** y[bt] = op(a[bt]) · op(b[bt]) (+ bias over columns), one output per thread, 16×16 tiles. */
+function simpleProduct(p: Product, a: Tensor, b: Tensor, bias: Tensor | null): Tensor {
   const { m, k, n, transA, transB } = p;
   const y = Tensor.empty([...p.batch, m, n]);
   if (y.size === 0) return y;

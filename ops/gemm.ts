@@ -1,0 +1,352 @@
+/**
+ * A tiled, register-blocked matrix-product kernel generator (GEMM) for
+ * products whose operands are not plain matrices: each operand is read
+ * through a small WGSL loader function, so the same kernel serves batched
+ * and transposed matmuls, 1×1 convolutions on NCHW tensors, and any
+ * `groups = 1` convolution as an implicit GEMM (the im2col addressing lives
+ * in the loader, nothing is materialised).
+ *
+ * A workgroup owns a `bm × bn` output tile. Per `bk`-deep step it stages a
+ * `bm × bk` slab of A and a `bk × bn` slab of B in workgroup memory (zero
+ * outside the matrices), then every invocation accumulates a `tm × tn`
+ * register block of rows and columns taken four at a time (vec4 reads of
+ * workgroup memory), the blocks of neighbouring lanes interleaved so that
+ * they read and write neighbouring addresses; one staged value serves `tn`
+ * (or `tm`) multiply-adds. Products with few output tiles and a long
+ * inner dimension (weight gradients: `K = N·H·W`) split `K` over extra
+ * workgroups and sum the partial products in a second, small kernel that
+ * also applies the store (bias add, NCHW scatter).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { gemm } from "./gemm.ts";
+ * await initGpu();
+ * const a = Tensor.from([1, 2, 3, 4, 5, 6], [2, 3]);
+ * const b = Tensor.from([1, 0, 0, 1, 1, 1], [3, 2]);
+ * const y = Tensor.empty([2, 2]);
+ * gemm({
+ *   batch: 1, m: 2, n: 2, k: 3,
+ *   inputs: { a, b },
+ *   loadA: "return a[m * 3u + k];", aKFast: true,
+ *   loadB: "return b[k * 2u + n];", bKFast: false,
+ *   outputs: { y },
+ *   store: "y[m * 2u + n] = v;",
+ * });
+ * console.log(await y.read()); // Float32Array [4, 5, 10, 11]
+ * ```
+ * @module
+ */
+import { gpu } from "./gpu.ts";
+import { launch, storage } from "./kernel.ts";
+import { grid1d, Tensor } from "./tensor.ts";
+
+/** Tile shape of one {@linkcode gemm} launch. */
+export interface GemmConfig {
+  /** Output tile rows and columns per workgroup. */
+  bm: number;
+  bn: number;
+  /** Inner-dimension depth staged per step. */
+  bk: number;
+  /**
+   * Register block per invocation (rows × columns, multiples of 4); the workgroup is
+   * (bm/tm)·(bn/tn) invocations.
+   */
+  tm: number;
+  tn: number;
+  /** Split the inner dimension over this many workgroups (default: chosen from the shape). */
+  splits?: number;
+}
+
+/** One product for {@linkcode gemm}: `out[bt, m, n] = Σ_k A(bt, m, k) · B(bt, n, k)`. */
+export interface GemmSpec {
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  /** Tensors the loaders read, by their WGSL names. */
+  inputs: Record<string, Tensor>;
+  /** WGSL body of `fn ldA(bt: u32, m: u32, k: u32) -> f32`; called with m < M, k < K only. */
+  loadA: string;
+  /** True when consecutive k are (mostly) adjacent in memory for A: decides the load order. */
+  aKFast: boolean;
+  /** WGSL body of `fn ldB(bt: u32, n: u32, k: u32) -> f32`; called with n < N, k < K only. */
+  loadB: string;
+  bKFast: boolean;
+  /** Tensors the store writes or reads (output first), by WGSL name; the first is read-write. */
+  outputs: Record<string, Tensor>;
+  /** WGSL body of `fn st(bt: u32, m: u32, n: u32, v: f32)`: where the value goes. */
+  store: string;
+}
+
+/** Which kernels matmul, linear and groups = 1 conv2d run. */
+export type GemmImpl = "tiled" | "simple";
+
+let impl: GemmImpl = "tiled";
+let forced: GemmConfig | null = null;
+
+/**
+ * Choose the kernels of `matmul`, `linear` and `conv2d` (groups = 1):
+ * `"tiled"` (default: these register-blocked GEMM kernels) or `"simple"`
+ * (the plain kernels, kept as the fallback and as the test oracle).
+ *
+ * @example
+ * ```ts
+ * import { gemmImpl, setGemmImpl } from "./gemm.ts";
+ * setGemmImpl("simple");
+ * console.log(gemmImpl()); // "simple"
+ * setGemmImpl("tiled");
+ * ```
+ */
+export function setGemmImpl(which: GemmImpl): void {
+  if (which !== "tiled" && which !== "simple") {
+    throw new Error(`setGemmImpl: expected "tiled" or "simple", got "${which}"`);
+  }
+  impl = which;
+}
+
+/**
+ * The current choice of {@linkcode setGemmImpl}.
+ *
+ * @example
+ * ```ts
+ * import { gemmImpl } from "./gemm.ts";
+ * console.log(gemmImpl()); // "tiled"
+ * ```
+ */
+export function gemmImpl(): GemmImpl {
+  return impl;
+}
+
+/**
+ * Force one tile config for every product (tests use tiny tiles and splits
+ * to exercise partial tiles); `null` restores the heuristic.
+ *
+ * @example
+ * ```ts
+ * import { setGemmConfig } from "./gemm.ts";
+ * setGemmConfig({ bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 3 });
+ * setGemmConfig(null);
+ * ```
+ */
+export function setGemmConfig(cfg: GemmConfig | null): void {
+  if (cfg && !configValid(cfg)) throw new Error(`setGemmConfig: invalid ${JSON.stringify(cfg)}`);
+  forced = cfg;
+}
+
+function configValid(c: GemmConfig): boolean {
+  const ok = (v: number) => Number.isInteger(v) && v > 0;
+  return ok(c.bm) && ok(c.bn) && ok(c.bk) && ok(c.tm) && ok(c.tn) && c.tm % 4 === 0 &&
+    c.tn % 4 === 0 && c.bm % c.tm === 0 && c.bn % c.tn === 0 &&
+    (c.bm / c.tm) * (c.bn / c.tn) <= 256 &&
+    (c.splits === undefined || ok(c.splits));
+}
+
+/** Inner-dimension extent below which a split is not worth a second kernel. */
+const MIN_CHUNK = 256;
+
+/**
+ * The tile config {@linkcode gemm} uses for an `m × n × k` product over
+ * `batch` matrices: 128×128 tiles with 8×8 register blocks on big products
+ * of a hardware GPU, 64×64 with 4×4 on the others; on a software adapter
+ * 32×32 with 4×4 (llvmpipe compiles it in under a second, as fast to run
+ * there as larger tiles, whose workgroup arrays compile superlinearly
+ * slower). `k` is split when the output tiles alone would leave most of the
+ * GPU idle.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { gemmConfig } from "./gemm.ts";
+ * await initGpu();
+ * console.log(gemmConfig(1, 96, 384, 200704).splits! > 1); // true: a weight gradient
+ * ```
+ */
+export function gemmConfig(batch: number, m: number, n: number, k: number): GemmConfig {
+  const g = gpu();
+  let cfg: GemmConfig;
+  if (forced) cfg = { ...forced };
+  else if (!g.isFallback && m >= 128 && n >= 128) cfg = { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
+  else if (!g.isFallback) cfg = { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 };
+  else cfg = { bm: 32, bn: 32, bk: 8, tm: 4, tn: 4 };
+  if (cfg.splits === undefined) {
+    const tiles = Math.ceil(m / cfg.bm) * Math.ceil(n / cfg.bn) * batch;
+    // Enough workgroups to fill the GPU twice over (132 SMs on an H100; a few cores on llvmpipe).
+    const target = g.isFallback ? 8 : 264;
+    cfg.splits = tiles >= target
+      ? 1
+      : Math.max(1, Math.min(Math.ceil(target / tiles), Math.floor(k / MIN_CHUNK)));
+  }
+  return cfg;
+}
+
+/** Binding declarations for named tensors starting at `first`, the first one read-write when `write`. */
+function bindings(names: string[], first: number, writeFirst: boolean): string {
+  return storage(...names.map((n, i) => (i === 0 && writeFirst ? `${n}!` : n))).replace(
+    /@binding\((\d+)\)/g,
+    (_, i) => `@binding(${Number(i) + first})`,
+  );
+}
+
+/**
+ * Record the product described by `spec` (see {@linkcode GemmSpec}); no
+ * autograd. `cfg` defaults to {@linkcode gemmConfig}.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { gemm } from "./gemm.ts";
+ * await initGpu();
+ * // y = xᵀ·x for x [5, 3]: A(m, k) = x[k, m], B(n, k) = x[k, n].
+ * const x = Tensor.ones([5, 3]);
+ * const y = Tensor.empty([3, 3]);
+ * gemm({
+ *   batch: 1, m: 3, n: 3, k: 5, inputs: { x },
+ *   loadA: "return x[k * 3u + m];", aKFast: false,
+ *   loadB: "return x[k * 3u + n];", bKFast: false,
+ *   outputs: { y }, store: "y[m * 3u + n] = v;",
+ * });
+ * console.log(await y.read()); // Float32Array(9) [5, 5, 5, 5, 5, 5, 5, 5, 5]
+ * ```
+ */
+export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
+  const { batch, m, n, k } = spec;
+  if (batch * m * n === 0) return;
+  const c = cfg ?? gemmConfig(batch, m, n, k);
+  if (!configValid(c)) throw new Error(`gemm: invalid config ${JSON.stringify(c)}`);
+  const { bm, bn, bk, tm, tn } = c;
+  const chunk = Math.ceil(Math.ceil(k / (c.splits ?? 1)) / bk) * bk;
+  const splits = Math.max(1, Math.ceil(k / Math.max(chunk, 1)));
+  const tx = bn / tn;
+  const ty = bm / tm;
+  const threads = tx * ty;
+  const tilesM = Math.ceil(m / bm);
+  const tilesN = Math.ceil(n / bn);
+  const total = tilesM * tilesN * batch * splits;
+  // Workgroup-memory rows padded by 4 so that k-fast stores of 8 lanes land in distinct banks.
+  const sa = bm + (spec.aKFast ? 4 : 0);
+  const sb = bn + (spec.bKFast ? 4 : 0);
+  const inNames = Object.keys(spec.inputs);
+  const outNames = Object.keys(spec.outputs);
+  const inputs = Object.values(spec.inputs);
+  const partial = splits > 1 ? Tensor.empty([splits * batch * m * n]) : null;
+  const storeNames = partial ? ["part"] : outNames;
+  const mn = m * n;
+
+  const loadTile = (
+    which: "A" | "B",
+    rows: number,
+    stride: number,
+    kFast: boolean,
+    limit: number,
+  ) => {
+    const per = Math.ceil((rows * bk) / threads);
+    const r = which === "A" ? "m" : "n";
+    const lines: string[] = [];
+    for (let q = 0; q < per; q++) {
+      const e = `li + ${q * threads}u`;
+      const idx = kFast
+        ? `let kk${q} = (${e}) % ${bk}u; let rr${q} = (${e}) / ${bk}u;`
+        : `let rr${q} = (${e}) % ${rows}u; let kk${q} = (${e}) / ${rows}u;`;
+      const guard = (q + 1) * threads > rows * bk ? `if (${e} < ${rows * bk}u) ` : "";
+      lines.push(`${guard}{
+      ${idx}
+      let g${r} = ${r}0 + rr${q}; let gk = k0 + kk${q};
+      var v = 0.0;
+      if (g${r} < ${limit}u && gk < kEnd) { v = ld${which}(bt, g${r}, gk); }
+      let at${q} = kk${q} * ${stride}u + rr${q};
+      ${which}s[at${q} / 4u][at${q} % 4u] = v;
+    }`);
+    }
+    return lines.join("\n    ");
+  };
+  // Register block: rows (i4·ty + tyIdx)·4 + r and columns (j4·tx + txIdx)·4 + s, read from
+  // workgroup memory as vec4s (vec4 arrays also compile far faster than f32 ones on llvmpipe).
+  const C = ["x", "y", "z", "w"];
+  const accs: string[] = [];
+  const fmas: string[] = [];
+  const stores: string[] = [];
+  for (let i = 0; i < tm; i++) {
+    for (let j4 = 0; j4 < tn / 4; j4++) {
+      accs.push(`var c${i}_${j4} = vec4f(0.0);`);
+      fmas.push(`c${i}_${j4} = fma(vec4f(a${i >> 2}.${C[i & 3]}), b${j4}, c${i}_${j4});`);
+      const row = `m0 + (${(i >> 2) * ty}u + ty) * 4u + ${i & 3}u`;
+      const col = `n0 + (${j4 * tx}u + tx) * 4u`;
+      const put = (q: number) =>
+        partial
+          ? `part[(ks * ${batch}u + bt) * ${mn}u + row * ${n}u + col + ${q}u] = c${i}_${j4}.${
+            C[q]
+          };`
+          : `st(bt, row, col + ${q}u, c${i}_${j4}.${C[q]});`;
+      stores.push(`{ let row = ${row}; let col = ${col};
+    if (row < ${m}u) { ${
+        [0, 1, 2, 3].map((q) => `if (col + ${q}u < ${n}u) { ${put(q)} }`).join(" ")
+      } } }`);
+    }
+  }
+  const aLoads = Array.from(
+    { length: tm / 4 },
+    (_, i4) => `let a${i4} = As[o + ${i4 * ty}u + ty];`,
+  );
+  const bLoads = Array.from(
+    { length: tn / 4 },
+    (_, j4) => `let b${j4} = Bs[p + ${j4 * tx}u + tx];`,
+  );
+  const storeFn = `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`;
+  const code = `${storage(...inNames)}
+${bindings(storeNames, inNames.length, true)}
+fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
+fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
+${partial ? "" : storeFn}
+var<workgroup> As: array<vec4f, ${(bk * sa) / 4}>;
+var<workgroup> Bs: array<vec4f, ${(bk * sb) / 4}>;
+@compute @workgroup_size(${threads})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let g = wid.x + wid.y * nwg.x;
+  if (g >= ${total}u) { return; }
+  let m0 = ((g / ${tilesN}u) % ${tilesM}u) * ${bm}u;
+  let n0 = (g % ${tilesN}u) * ${bn}u;
+  let rest = g / ${tilesN * tilesM}u;
+  let bt = rest % ${batch}u;
+  let ks = rest / ${batch}u;
+  let kBegin = ks * ${chunk}u;
+  let kEnd = min(kBegin + ${chunk}u, ${k}u);
+  let tx = li % ${tx}u;
+  let ty = li / ${tx}u;
+  ${accs.join(" ")}
+  for (var k0 = kBegin; k0 < kEnd; k0 += ${bk}u) {
+    ${loadTile("A", bm, sa, spec.aKFast, m)}
+    ${loadTile("B", bn, sb, spec.bKFast, n)}
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${bk}u; kk++) {
+      let o = kk * ${sa / 4}u;
+      let p = kk * ${sb / 4}u;
+      ${aLoads.join(" ")}
+      ${bLoads.join(" ")}
+      ${fmas.join("\n      ")}
+    }
+    workgroupBarrier();
+  }
+  ${stores.join("\n  ")}
+}`;
+  const outputs = Object.values(spec.outputs);
+  launch(code, [...inputs, ...(partial ? [partial] : outputs)], grid1d(total, 1));
+  if (!partial) return;
+  // Sum the partial products over the splits and store them.
+  const sum = `${storage("part")}
+${bindings(outNames, 1, true)}
+${storeFn}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * (nwg.x * 256u);
+  if (i >= ${batch * mn}u) { return; }
+  var v = 0.0;
+  for (var s = 0u; s < ${splits}u; s++) { v += part[s * ${batch * mn}u + i]; }
+  st(i / ${mn}u, (i / ${n}u) % ${m}u, i % ${n}u, v);
+}`;
+  launch(sum, [partial, ...outputs], batch * mn);
+  partial.dispose();
+}

@@ -1,0 +1,114 @@
+/**
+ * The tiled GEMM kernels (ops/gemm.ts) against the simple ones they replace
+ * (themselves checked against the CPU in misc_ops_test.ts and conv_test.ts):
+ * matmul with every transpose and broadcast batches, linear with bias, and
+ * conv2d with groups = 1 as an implicit GEMM (1×1, stride 2, padding,
+ * rectangular kernels, kernels larger than the image), forward and every
+ * gradient, on odd sizes; once with the heuristic tiles and once with tiny
+ * forced tiles and a split inner dimension, so that partial tiles and the
+ * summing epilogue run on llvmpipe in seconds.
+ */
+import assert from "node:assert/strict";
+import { backward } from "../ops/autograd.ts";
+import { conv2d, type Conv2dOptions } from "../ops/conv.ts";
+import { type GemmConfig, gemmConfig, setGemmConfig, setGemmImpl } from "../ops/gemm.ts";
+import { linear, matmul, type MatmulOptions } from "../ops/matmul.ts";
+import { scope, Tensor } from "../ops/tensor.ts";
+import { randomArray, relError, setup } from "./harness.ts";
+
+await setup();
+
+const TINY: GemmConfig = { bm: 8, bn: 12, bk: 4, tm: 4, tn: 4, splits: 3 };
+
+/** Forward value and the gradients of every input, under the current implementation. */
+function run(
+  shapes: number[][],
+  fn: (...xs: Tensor[]) => Tensor,
+  seed: number,
+): Promise<Float32Array[]> {
+  return scope(async () => {
+    const xs = shapes.map((s, i) => {
+      const n = s.reduce((a, b) => a * b, 1);
+      const t = Tensor.from(Float32Array.from(randomArray(n, seed + i)), s);
+      t.requiresGrad = true;
+      return t;
+    });
+    const y = fn(...xs);
+    const n = y.size;
+    backward(y, Tensor.from(Float32Array.from(randomArray(n, seed + 99)), y.shape));
+    const out = [await y.read()];
+    for (const x of xs) out.push(await x.grad!.read());
+    return out;
+  });
+}
+
+/** Tiled (heuristic tiles, then tiny tiles with a split) vs simple: forward and gradients. */
+async function compare(
+  name: string,
+  shapes: number[][],
+  fn: (...xs: Tensor[]) => Tensor,
+  tol = 1e-5,
+): Promise<void> {
+  setGemmImpl("simple");
+  const want = await run(shapes, fn, 7);
+  for (const cfg of [null, TINY]) {
+    setGemmImpl("tiled");
+    setGemmConfig(cfg);
+    try {
+      const got = await run(shapes, fn, 7);
+      got.forEach((g, i) => {
+        const e = relError(g, want[i]);
+        const what = i === 0 ? "forward" : `grad ${i - 1}`;
+        console.log(
+          `op-error gemm ${name} ${cfg ? "tiny" : "default"} ${what} ${e.toExponential(2)}`,
+        );
+        assert.ok(e < tol, `${name} ${cfg ? "tiny tiles" : "default"}: ${what} error ${e}`);
+      });
+    } finally {
+      setGemmConfig(null);
+      setGemmImpl("tiled");
+    }
+  }
+}
+
+Deno.test("gemm: matmul with transposes and broadcast batches matches the simple kernel", async () => {
+  const cases: [string, number[], number[], MatmulOptions][] = [
+    ["plain 5x7·7x3", [5, 7], [7, 3], {}],
+    ["aT 33x37ᵀ·33x41", [33, 37], [33, 41], { transA: true }],
+    ["bT 3x45·19x45ᵀ", [3, 45], [19, 45], { transB: true }],
+    ["both batched", [2, 1, 9, 6], [3, 5, 9], { transA: true, transB: true }],
+  ];
+  for (const [name, a, b, opts] of cases) {
+    await compare(name, [a, b], (x, y) => matmul(x, y, opts));
+  }
+});
+
+Deno.test("gemm: linear with bias (long inner product split) matches the simple kernel", async () => {
+  await compare("linear", [[3, 5, 7, 11], [13, 11], [13]], (x, w, b) => linear(x, w, b));
+  await compare("linear long", [[300, 6], [5, 6], [5]], (x, w, b) => linear(x, w, b));
+});
+
+Deno.test("gemm: conv2d with groups = 1 as an implicit GEMM matches the simple kernels", async () => {
+  const cases: [string, number[], number[], boolean, Conv2dOptions][] = [
+    ["1x1", [2, 5, 7, 9], [6, 5, 1, 1], true, {}],
+    ["1x1 stride 2", [2, 5, 7, 9], [3, 5, 1, 1], false, { stride: 2 }],
+    ["3x3 stride 2 pad 1", [2, 3, 9, 7], [5, 3, 3, 3], true, { stride: 2, padding: 1 }],
+    ["1x5 rectangular", [1, 4, 6, 11], [3, 4, 1, 5], false, { padding: [0, 2] }],
+    ["5x5 > image", [2, 2, 3, 4], [3, 2, 5, 5], true, { padding: 2 }],
+    ["7x7 stride 2 pad 3", [1, 3, 13, 11], [4, 3, 7, 7], false, { stride: [2, 3], padding: 3 }],
+  ];
+  for (const [name, xs, ws, bias, opts] of cases) {
+    await compare(
+      name,
+      bias ? [xs, ws, [ws[0]]] : [xs, ws],
+      (x, w, b) => conv2d(x, w, b ?? null, opts),
+    );
+  }
+});
+
+Deno.test("gemm: small outputs with long inner products split the inner dimension", () => {
+  setGemmConfig(null);
+  const c = gemmConfig(1, 16, 24, 200704);
+  assert.ok((c.splits ?? 1) > 1, JSON.stringify(c));
+  assert.equal(gemmConfig(4, 4096, 4096, 64).splits, 1);
+});
