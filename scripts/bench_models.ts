@@ -1,0 +1,296 @@
+/**
+ * Whole-model speed: images/s for inference (eval mode, no autograd) and for
+ * a full training step (forward, softmax cross-entropy, backward, AdamW
+ * step, zeroing the gradients) of each model, plus the peak GPU memory held
+ * by the tensor pool, on random inputs and labels. The defaults are the
+ * issue's setting: ConvNeXt-T with 7-7-7-7 and 51-49-47-13 kernels, SLaK-T
+ * and RepLKNet-31B at batch 64, 224². Times are the median of `--steps`
+ * after `--warmup` untimed steps: wall clock around a flushed, drained queue
+ * (the headline, as PyTorch's anchor measures it) and GPU timestamps where
+ * the adapter offers them. Writes `bench_models.csv`, whose leading columns
+ * are those of the PyTorch anchor (`.device/torch_model_bench.py`:
+ * model,kernels,batch,res,params_m,infer_img_s,train_img_s,peak_gib), so
+ * that `--anchor` (or any join on `kernels`) lines the two up.
+ *
+ * A model is a registry name (`deno run -A scripts/model_table.ts` lists
+ * them), optionally with stage kernels after `@`: `convnext_tiny@51-49-47-13`.
+ *
+ * ```sh
+ * deno run -A scripts/bench_models.ts                       # the issue's four models, batch 64, 224²
+ * deno run -A scripts/bench_models.ts --models convnext_cpu --batch 2 --size 32 --steps 1
+ * deno run -A scripts/bench_models.ts --models convnext_tiny --anchor out/torch_models.csv
+ * ```
+ *
+ * @example
+ * ```ts
+ * import { parseModelSpec } from "./bench_models.ts";
+ * console.log(parseModelSpec("convnext_tiny@51-49-47-13"));
+ * // { name: "convnext_tiny", kernels: [51, 49, 47, 13] }
+ * ```
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { backward, noGrad } from "../ops/autograd.ts";
+import { timeGpu } from "../ops/depthwise_fast.ts";
+import { setDepthwiseImpl } from "../ops/depthwise.ts";
+import { setGemmImpl } from "../ops/gemm.ts";
+import { gpu, initGpu, runMain } from "../ops/gpu.ts";
+import { softmaxCrossEntropy } from "../ops/loss.ts";
+import { AdamW } from "../ops/optim.ts";
+import { poolStats, scope, Tensor, trimPool } from "../ops/tensor.ts";
+import { createModel, type Model, modelInfo } from "../models/registry.ts";
+import { seedInit } from "../models/module.ts";
+
+const HELP = `usage: deno run -A scripts/bench_models.ts [flags]
+
+Images/s for inference and a training step (AdamW) per model, and peak GPU memory.
+
+  --models LIST     registry names, each optionally @k1-k2-k3-k4 (default
+                    convnext_tiny,convnext_tiny@51-49-47-13,slak_tiny,replknet_31b)
+  --batch N         images per step (default 64)
+  --size S          input side (default 224)
+  --classes N       classifier outputs (default 1000)
+  --steps N         timed steps, median reported (default 5)
+  --warmup N        untimed steps first (default 2)
+  --pass LIST       infer, train (default infer,train)
+  --depthwise IMPL  auto, fast or generic depthwise kernels (default auto)
+  --gemm IMPL       tiled or simple matmul / conv kernels (default tiled)
+  --anchor FILE     PyTorch CSV of .device/torch_model_bench.py: print ratios (joined on kernels)
+  --out DIR         output folder (default out/bench_models/)
+  --help`;
+
+/** The model's stage kernels as "k1-k2-k3-k4" (what PyTorch's anchor joins on), or "". */
+function stageKernels(model: Model): string {
+  const c = (model as unknown as { config?: { kernels?: number[]; largeKernelSizes?: number[] } })
+    .config;
+  return (c?.kernels ?? c?.largeKernelSizes ?? []).slice(0, 4).join("-");
+}
+
+/**
+ * Split `name@k1-k2-k3-k4` into the registry name and the stage kernels.
+ *
+ * @example
+ * ```ts
+ * import { parseModelSpec } from "./bench_models.ts";
+ * console.log(parseModelSpec("slak_tiny")); // { name: "slak_tiny", kernels: undefined }
+ * ```
+ */
+export function parseModelSpec(spec: string): { name: string; kernels?: number[] } {
+  const [name, ks] = spec.split("@");
+  if (ks === undefined) return { name, kernels: undefined };
+  const kernels = ks.split("-").map(Number);
+  if (![4, 5].includes(kernels.length) || kernels.some((k) => !Number.isInteger(k) || k <= 0)) {
+    throw new Error(`--models: "${spec}": expected name@k1-k2-k3-k4 with positive integers`);
+  }
+  return { name, kernels };
+}
+
+function positive(flag: string, v: string, min = 1): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${flag}: expected an integer ≥ ${min}`);
+  return n;
+}
+
+/** One model's measurements. */
+export interface ModelBench {
+  inferMs: number | null;
+  inferGpuMs: number | null;
+  trainMs: number | null;
+  trainGpuMs: number | null;
+  timing: string;
+  peakBytes: number;
+}
+
+/**
+ * Time inference and training steps of `model` on a random batch of
+ * `batch` images of `size`², as {@linkcode timeGpu} does (median of `steps`
+ * after `warmup`), and report the tensor pool's size afterwards (the pool
+ * only grows until trimmed, so this is its peak).
+ *
+ * @example
+ * ```ts ignore
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { createModel } from "../models/registry.ts";
+ * import { benchModel } from "./bench_models.ts";
+ * await initGpu();
+ * const r = await benchModel(createModel("convnext_cpu", { numClasses: 10 }), {
+ *   batch: 2, size: 32, classes: 10, steps: 1, warmup: 0, passes: ["infer", "train"],
+ * });
+ * console.log(r.trainMs! > 0);
+ * ```
+ */
+export async function benchModel(
+  model: Model,
+  { batch, size, classes, steps, warmup, passes }: {
+    batch: number;
+    size: number;
+    classes: number;
+    steps: number;
+    warmup: number;
+    passes: string[];
+  },
+): Promise<ModelBench> {
+  const x = Tensor.randn([batch, 3, size, size], { seed: 7 });
+  const labels = Array.from({ length: batch }, (_, i) => (i * 7919) % classes);
+  const out: ModelBench = {
+    inferMs: null,
+    inferGpuMs: null,
+    trainMs: null,
+    trainGpuMs: null,
+    timing: "",
+    peakBytes: 0,
+  };
+  const params = model.parameters();
+  try {
+    if (passes.includes("infer")) {
+      model.eval();
+      const t = await timeGpu(() => noGrad(() => scope(() => void model.forward(x))), {
+        runs: steps,
+        warmup,
+      });
+      out.inferMs = t.wallMs;
+      out.inferGpuMs = t.method === "timestamp" ? t.ms : null;
+      out.timing = t.method;
+    }
+    if (passes.includes("train")) {
+      model.train();
+      const opt = new AdamW(params, { lr: 1e-4, weightDecay: 0.05 });
+      const step = () =>
+        scope(() => {
+          backward(softmaxCrossEntropy(model.forward(x), labels));
+          opt.step();
+          opt.zeroGrad();
+        });
+      try {
+        const t = await timeGpu(step, { runs: steps, warmup });
+        out.trainMs = t.wallMs;
+        out.trainGpuMs = t.method === "timestamp" ? t.ms : null;
+        out.timing = t.method;
+        await gpu().sync();
+        out.peakBytes = poolStats().allocatedBytes;
+      } finally {
+        opt.dispose();
+      }
+    }
+  } finally {
+    x.dispose();
+  }
+  out.peakBytes ||= poolStats().allocatedBytes;
+  return out;
+}
+
+function readCsv(text: string): Record<string, string>[] {
+  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
+  if (!lines.length) return [];
+  const head = lines[0].split(",");
+  return lines.slice(1).map((l) => Object.fromEntries(l.split(",").map((v, i) => [head[i], v])));
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      models: {
+        type: "string",
+        default: "convnext_tiny,convnext_tiny@51-49-47-13,slak_tiny,replknet_31b",
+      },
+      batch: { type: "string", default: "64" },
+      size: { type: "string", default: "224" },
+      classes: { type: "string", default: "1000" },
+      steps: { type: "string", default: "5" },
+      warmup: { type: "string", default: "2" },
+      pass: { type: "string", default: "infer,train" },
+      depthwise: { type: "string", default: "auto" },
+      gemm: { type: "string", default: "tiled" },
+      anchor: { type: "string" },
+      out: { type: "string", default: "out/bench_models/" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return;
+  }
+  const specs = values.models.split(",").filter(Boolean).map(parseModelSpec);
+  for (const s of specs) modelInfo(s.name); // unknown names fail before the GPU starts
+  const batch = positive("batch", values.batch);
+  const size = positive("size", values.size);
+  const classes = positive("classes", values.classes);
+  const steps = positive("steps", values.steps);
+  const warmup = positive("warmup", values.warmup, 0);
+  const passes = values.pass.split(",").filter(Boolean);
+  if (!passes.length || passes.some((p) => p !== "infer" && p !== "train")) {
+    throw new Error(`--pass: expected some of infer,train, got "${values.pass}"`);
+  }
+  const out = values.out.replace(/\/+$/, "");
+  const anchor = values.anchor ? readCsv(await Deno.readTextFile(values.anchor)) : [];
+
+  await initGpu();
+  setDepthwiseImpl(values.depthwise as "auto" | "fast" | "generic");
+  setGemmImpl(values.gemm as "tiled" | "simple");
+  const adapter = gpu().description;
+  console.log(`# adapter: ${adapter}; batch ${batch}, ${size}², fp32`);
+  const rows: Record<string, Cell>[] = [];
+  const comments = [
+    `adapter: ${adapter}`,
+    `median of ${steps} after ${warmup} warm-up; img/s from the wall clock around a drained queue` +
+    `, *_gpu_img_s from timestamps; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
+  ];
+  for (const { name, kernels } of specs) {
+    const info = modelInfo(name);
+    seedInit(0);
+    const model = createModel(name, { numClasses: classes, ...(kernels ? { kernels } : {}) });
+    const ks = stageKernels(model);
+    const t0 = performance.now();
+    let r: ModelBench;
+    try {
+      r = await benchModel(model, { batch, size, classes, steps, warmup, passes });
+    } catch (e) {
+      console.error(`${name}@${ks}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
+      continue;
+    } finally {
+      for (const [, p] of model.namedEntries()) {
+        if (p.materialised) {
+          p.tensor.grad?.dispose();
+          p.tensor.dispose();
+        }
+      }
+      trimPool();
+    }
+    const ips = (ms: number | null) => (ms ? Number((batch / (ms / 1e3)).toFixed(2)) : "");
+    const row: Record<string, Cell> = {
+      model: name,
+      kernels: ks,
+      batch,
+      res: size,
+      params_m: Number((model.numParams() / 1e6).toFixed(2)),
+      infer_img_s: ips(r.inferMs),
+      train_img_s: ips(r.trainMs),
+      peak_gib: Number((r.peakBytes / 2 ** 30).toPrecision(4)),
+      infer_gpu_img_s: ips(r.inferGpuMs),
+      train_gpu_img_s: ips(r.trainGpuMs),
+      infer_ms: r.inferMs === null ? "" : Number(r.inferMs.toFixed(2)),
+      train_ms: r.trainMs === null ? "" : Number(r.trainMs.toFixed(2)),
+      timing: r.timing,
+    };
+    rows.push(row);
+    const torch = info.family === "convnext"
+      ? anchor.find((a) => a.kernels === ks && Number(a.batch) === batch && Number(a.res) === size)
+      : undefined;
+    const ratio = (ours: Cell, theirs?: string) =>
+      typeof ours === "number" && theirs ? ` (${(ours / Number(theirs)).toFixed(2)}× PyTorch)` : "";
+    console.log(
+      `${name}@${ks}: infer ${row.infer_img_s} img/s${
+        ratio(row.infer_img_s, torch?.infer_img_s)
+      }, ` +
+        `train ${row.train_img_s} img/s${ratio(row.train_img_s, torch?.train_img_s)}, ` +
+        `peak ${row.peak_gib} GiB (${((performance.now() - t0) / 1e3).toFixed(1)} s)`,
+    );
+    await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
+  }
+  await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
+  console.log(`wrote ${out}/bench_models.csv`);
+}
+
+if (import.meta.main) await runMain(main);
