@@ -170,9 +170,8 @@ export async function trainSettings(t: TrainSettings): Promise<TrainedRow[]> {
     });
     const last = result.history.at(-1)!;
     const masks = await loadSafetensorsFile(`${out}/checkpoint-last/masks.safetensors`);
-    const model = createModel(t.model, { widthFactor: s.width, numClasses: 10 }) as
-      & Module
-      & Layer;
+    const state = JSON.parse(await Deno.readTextFile(`${out}/checkpoint-last/state.json`));
+    const model = createModel(t.model, state.modelArgs) as Module & Layer;
     const c = countModel(model, t.inputSize, { densities: maskDensities(masks) });
     rows.push({
       sparsity: s.sparsity,
