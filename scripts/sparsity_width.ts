@@ -322,7 +322,7 @@ async function main() {
       );
     }
     panels.push({
-      title: `${v.model} trained sparse: top-1 vs width (labels: MFLOPs)`,
+      title: `${v.model}, trained sparse: top-1 (labels: FLOPs)`,
       xLabel: "width factor",
       yLabel: "top-1 (%)",
       xTicks: widths,
@@ -330,7 +330,7 @@ async function main() {
       marks: trained.map((r): Mark => ({
         x: r.width,
         y: r.top1,
-        label: `${r.mflops.toFixed(1)}M FLOPs`,
+        label: `${r.mflops.toFixed(3)}M FLOPs`,
       })),
     });
   }
