@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# One device run for issue 7: the PyTorch anchors and our kernels side by side, on the same GPU.
+# Run on the GPU machine from the repository root, carrying [".device"]:
+#   bash .device/setup.sh && bash scripts/device_bench.sh
+# Writes into $OUT (default out/device_bench/), 7 files:
+#   torch_dwconv.csv    PyTorch 24-layer dwconv stack, N=64 C=384: R=32 K=3,7,13,31 and R=64 K=31
+#   latency.csv         ours, same columns (impl,pass,N,C,R,K,ms_per_stack): fast (tuned) + generic fwd
+#   latency_detail.csv  ours with wall ms, timing method, TFLOP/s, % of the FP32 peak, tile plans
+#   tune.csv            every tiling the autotuner timed
+#   torch_models.csv    timm ConvNeXt-T 7-7-7-7 and 51-49-47-13: inference/training img/s, batch 64, 224²
+#   bench_models.csv    ours: ConvNeXt-T (both), SLaK-T, RepLKNet-31B, same leading columns
+#   log.txt             everything printed, including the ratio tables
+# Each step has a time limit and a failed step does not stop the others; the whole run stays
+# under DEADLINE seconds (default 540). EXTRA_LAT / EXTRA_MODELS append flags to our two scripts
+# (a dry run on llvmpipe: EXTRA_LAT="--n 1 --c 8 --layers 2 --r 16 --k 3"
+# EXTRA_MODELS="--models convnext_cpu --batch 2 --size 32 --classes 10"). Redraw the chart afterwards, off the device:
+#   deno run -A scripts/latency.ts --plot-only --out <dir with latency.csv> --torch <torch_dwconv.csv>
+set -x
+OUT="${OUT:-out/device_bench}"
+DEADLINE="${DEADLINE:-540}"
+mkdir -p "$OUT"
+export PATH="/usr/local/bin:$PATH"
+tmp="$(mktemp -d)"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+
+# step LIMIT CMD...: run CMD for at most LIMIT seconds (less if the deadline is nearer).
+step() {
+  local limit=$1
+  shift
+  local left=$((DEADLINE - SECONDS - 5))
+  if [ "$left" -lt "$limit" ]; then limit=$left; fi
+  if [ "$limit" -le 10 ]; then
+    echo "device_bench: skipped (deadline): $*" >&2
+    return 1
+  fi
+  timeout -k 5 "$limit" "$@"
+  local rc=$?
+  [ "$rc" -eq 0 ] || echo "device_bench: step failed (rc=$rc, limit ${limit}s): $*" >&2
+  return 0
+}
+
+# csv_merge OUT FILES...: the first file whole, the data rows (no comments, no header) of the rest.
+csv_merge() {
+  local out=$1 first=$2
+  shift 2
+  [ -s "$first" ] || return 0
+  cp "$first" "$out"
+  for f in "$@"; do
+    [ -s "$f" ] && grep -v '^#' "$f" | tail -n +2 >> "$out"
+  done
+  return 0
+}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv || true
+deno --version | head -1
+
+# 1. PyTorch depthwise anchors (strict fp32).
+step 75 python3 .device/torch_dwconv_bench.py --r 32 --k 3,7,13,31 > "$tmp/torch32.csv"
+step 60 python3 .device/torch_dwconv_bench.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
+csv_merge "$OUT/torch_dwconv.csv" "$tmp/torch32.csv" "$tmp/torch64.csv"
+cat "$OUT/torch_dwconv.csv"
+anchor=()
+[ -s "$OUT/torch_dwconv.csv" ] && anchor=(--anchor "$OUT/torch_dwconv.csv")
+
+# 2. Ours: tuned fast kernels, and the generic forward as the baseline.
+step 130 deno run -A scripts/latency.ts --r 32 --k 3,7,13,31 --tune --impl fast,generic \
+  --generic-pass fwd "${anchor[@]}" --no-plot --out "$tmp/lat32" $EXTRA_LAT
+step 70 deno run -A scripts/latency.ts --r 64 --k 31 --tune --impl fast --runs 3 --warmup 1 \
+  "${anchor[@]}" --no-plot --out "$tmp/lat64" $EXTRA_LAT
+csv_merge "$OUT/latency.csv" "$tmp/lat32/latency.csv" "$tmp/lat64/latency.csv"
+csv_merge "$OUT/latency_detail.csv" "$tmp/lat32/latency_detail.csv" "$tmp/lat64/latency_detail.csv"
+csv_merge "$OUT/tune.csv" "$tmp/lat32/tune.csv" "$tmp/lat64/tune.csv"
+
+# 3. PyTorch whole-model anchor.
+step 75 python3 .device/torch_model_bench.py --kernels 7-7-7-7,51-49-47-13 > "$OUT/torch_models.csv"
+cat "$OUT/torch_models.csv"
+anchor=()
+grep -q '^convnext' "$OUT/torch_models.csv" && anchor=(--anchor "$OUT/torch_models.csv")
+
+# 4. Ours, whole models (the CSV is rewritten after each model, so a timeout keeps the finished ones).
+step 170 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 \
+  "${anchor[@]}" --out "$tmp/bm" $EXTRA_MODELS
+[ -s "$tmp/bm/bench_models.csv" ] && cp "$tmp/bm/bench_models.csv" "$OUT/"
+
+ls -la "$OUT"
+echo "device_bench: done in ${SECONDS}s"
