@@ -22,6 +22,7 @@ export * from "./ops/depthwise.ts";
 export * from "./ops/sparse_depthwise.ts";
 export * from "./ops/matmul.ts";
 export * from "./ops/gemm.ts";
+export * from "./ops/fused.ts";
 export * from "./ops/norm.ts";
 export * from "./ops/pool.ts";
 export * from "./ops/shape.ts";

@@ -78,6 +78,10 @@ export interface GemmSpec {
   outputs: Record<string, Tensor>;
   /** WGSL body of `fn st(bt: u32, m: u32, n: u32, v: f32)`: where the value goes. */
   store: string;
+  /** How many leading `outputs` the store writes (default 1); the rest are read-only. */
+  written?: number;
+  /** WGSL helpers the loaders or the store call (e.g. `erf_f32`). */
+  prelude?: string;
 }
 
 /** Which kernels matmul, linear and groups = 1 conv2d run. */
@@ -181,9 +185,9 @@ export function gemmConfig(batch: number, m: number, n: number, k: number): Gemm
   return cfg;
 }
 
-/** Binding declarations for named tensors starting at `first`, the first one read-write when `write`. */
-function bindings(names: string[], first: number, writeFirst: boolean): string {
-  return storage(...names.map((n, i) => (i === 0 && writeFirst ? `${n}!` : n))).replace(
+/** Binding declarations for named tensors starting at `first`, the first `written` read-write. */
+function bindings(names: string[], first: number, written: number): string {
+  return storage(...names.map((n, i) => (i < written ? `${n}!` : n))).replace(
     /@binding\((\d+)\)/g,
     (_, i) => `@binding(${Number(i) + first})`,
   );
@@ -234,6 +238,7 @@ export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
   const partial = splits > 1 ? Tensor.empty([splits * batch * m * n]) : null;
   const storeNames = partial ? ["part"] : outNames;
   const mn = m * n;
+  const written = spec.written ?? 1;
 
   const loadTile = (
     which: "A" | "B",
@@ -296,7 +301,8 @@ export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
   );
   const storeFn = `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`;
   const code = `${storage(...inNames)}
-${bindings(storeNames, inNames.length, true)}
+${bindings(storeNames, inNames.length, partial ? 1 : written)}
+${spec.prelude ?? ""}
 fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
 fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
 ${partial ? "" : storeFn}
@@ -337,7 +343,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (!partial) return;
   // Sum the partial products over the splits and store them.
   const sum = `${storage("part")}
-${bindings(outNames, 1, true)}
+${spec.prelude ?? ""}
+${bindings(outNames, 1, written)}
 ${storeFn}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {

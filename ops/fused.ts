@@ -1,0 +1,211 @@
+/**
+ * Fused cheap ops of the ConvNeXt-style block, each equal to a chain of
+ * unfused ops but with fewer passes over memory:
+ *
+ * - {@linkcode linearGelu}: `gelu(linear(x, w, b))` with the bias add and
+ *   the GELU applied in the GEMM's store (one kernel instead of two; the
+ *   pre-activation is kept for the backward, as the unfused chain keeps it);
+ * - {@linkcode layerScaleResidual}: `x + dropPath(permute(gamma · y))` with
+ *   `y` channels-last and `x` NCHW, in one kernel (the unfused chain runs
+ *   three or four), and its backward in two.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { layerScaleResidual, linearGelu } from "./fused.ts";
+ * await initGpu();
+ * const x = Tensor.randn([2, 4, 3, 3], { seed: 1 });       // NCHW residual
+ * const h = Tensor.randn([2, 3, 3, 4], { seed: 2 });       // channels-last branch
+ * const w1 = Tensor.randn([16, 4], { seed: 3 });
+ * const w2 = Tensor.randn([4, 16], { seed: 4 });
+ * const zeros = (n: number) => Tensor.zeros([n]);
+ * const { linear } = await import("./matmul.ts");
+ * const y = linear(linearGelu(h, w1, zeros(16)), w2, zeros(4));
+ * console.log(layerScaleResidual(x, y, Tensor.full([4], 1e-6), null).shape); // [2, 4, 3, 3]
+ * ```
+ * @module
+ */
+import { record } from "./autograd.ts";
+import { sumPerOutputKernel } from "./conv.ts";
+import { ERF_WGSL, gelu, sumAxes } from "./elementwise.ts";
+import { gemm, gemmImpl } from "./gemm.ts";
+import { elementwiseKernel, launch } from "./kernel.ts";
+import { linear, matmul } from "./matmul.ts";
+import { grid1d, Rng, Tensor } from "./tensor.ts";
+
+const GELU = "0.5 * hv * (1.0 + erf_f32(hv * 0.70710678118654752))";
+const GELU_GRAD =
+  "0.5 * (1.0 + erf_f32(hv * 0.70710678118654752)) + hv * 0.3989422804014327 * exp(-0.5 * hv * hv)";
+
+/**
+ * `gelu(linear(x, weight, bias))` (exact erf GELU, as `nn.GELU()`), with the
+ * bias and the activation applied where the product is stored. `x` is
+ * `[..., in]`, `weight` `[out, in]`, `bias` `[out]`; the result
+ * `[..., out]`. Differentiable in all three. Under `setGemmImpl("simple")`
+ * it runs the unfused chain.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { linearGelu } from "./fused.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, -1], [1, 2]);
+ * const y = linearGelu(x, Tensor.from([1, 0, 0, 1], [2, 2]), Tensor.zeros([2]));
+ * console.log(await y.read()); // ≈ [0.841, -0.159]
+ * ```
+ */
+export function linearGelu(x: Tensor, weight: Tensor, bias: Tensor): Tensor {
+  if (gemmImpl() !== "tiled") return gelu(linear(x, weight, bias));
+  if (weight.rank !== 2) {
+    throw new Error(`linearGelu: weight must be [out, in], got [${weight.shape}]`);
+  }
+  const [outF, inF] = weight.shape;
+  if (x.rank < 1 || x.shape[x.rank - 1] !== inF) {
+    throw new Error(`linearGelu: input [${x.shape}] does not end in ${inF} features`);
+  }
+  if (bias.rank !== 1 || bias.shape[0] !== outF) {
+    throw new Error(`linearGelu: bias must be [${outF}], got [${bias.shape}]`);
+  }
+  const rows = x.size / inF;
+  const shape = [...x.shape.slice(0, -1), outF];
+  const y = Tensor.empty(shape);
+  const h = Tensor.empty(shape);
+  gemm({
+    batch: 1,
+    m: rows,
+    n: outF,
+    k: inF,
+    inputs: { x, w: weight },
+    loadA: `return x[m * ${inF}u + k];`,
+    aKFast: true,
+    loadB: `return w[n * ${inF}u + k];`,
+    bKFast: true,
+    outputs: { y, h, bias },
+    written: 2,
+    prelude: ERF_WGSL,
+    store: `let hv = v + bias[n]; let at = m * ${outF}u + n; h[at] = hv; y[at] = ${GELU};`,
+  });
+  record("linearGelu", [x, weight, bias], y, [x, weight, h], (g, [sx, sw, sh]) => {
+    const gh = Tensor.empty([rows, outF]);
+    const body = `let hv = h[i]; y[i] = g[i] * (${GELU_GRAD});`;
+    launch(elementwiseKernel(gh.size, ["g", "h"], body, ERF_WGSL), [g, sh, gh], gh.size);
+    const gx = matmul(gh, sw).view(x.shape);
+    const gw = matmul(gh, sx.view([rows, inF]), { transA: true });
+    return [gx, gw, sumAxes(gh, [0]).view([outF])];
+  });
+  h.dispose();
+  return y;
+}
+
+/**
+ * The per-sample multipliers of timm's `drop_path` exactly as
+ * `dropPath(x, prob, { training: true, seed })` draws them: 0 with
+ * probability `prob`, else `1 / (1 − prob)`.
+ *
+ * @example
+ * ```ts
+ * import { dropPathScales } from "./fused.ts";
+ * console.log(dropPathScales(4, 0.5, 3)); // each 0 or 2
+ * ```
+ */
+export function dropPathScales(samples: number, prob: number, seed: number): Float32Array {
+  if (!(prob >= 0 && prob <= 1)) throw new Error(`dropPathScales: ${prob} is not in [0, 1]`);
+  const keep = 1 - prob;
+  const rng = new Rng(seed);
+  const out = new Float32Array(samples);
+  for (let k = 0; k < samples; k++) out[k] = rng.uniform() < keep ? 1 / keep : 0;
+  return out;
+}
+
+/**
+ * The end of a ConvNeXt block in one kernel:
+ * `out[n, c, h, w] = x[n, c, h, w] + s[n] · gamma[c] · y[n, h, w, c]`, i.e.
+ * `add(x, dropPath(permute(mul(y, gamma), [0, 3, 1, 2])))` with `x` NCHW,
+ * the branch `y` channels-last, LayerScale `gamma` [C] (or null: none) and
+ * per-sample drop-path multipliers `scales` (see {@linkcode dropPathScales};
+ * null: none). Differentiable in `x`, `y` and `gamma`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { dropPathScales, layerScaleResidual } from "./fused.ts";
+ * await initGpu();
+ * const x = Tensor.zeros([2, 3, 1, 1]);
+ * const y = Tensor.ones([2, 1, 1, 3]);
+ * const out = layerScaleResidual(x, y, Tensor.from([1, 2, 3]), Float32Array.from([0, 2]));
+ * console.log(await out.read()); // [0, 0, 0, 2, 4, 6]
+ * ```
+ */
+export function layerScaleResidual(
+  x: Tensor,
+  y: Tensor,
+  gamma: Tensor | null,
+  scales: Float32Array | null,
+): Tensor {
+  if (x.rank !== 4) throw new Error(`layerScaleResidual: x must be [N, C, H, W], got [${x.shape}]`);
+  const [n, c, hh, ww] = x.shape;
+  const hw = hh * ww;
+  if (
+    y.rank !== 4 || y.shape[0] !== n || y.shape[1] !== hh || y.shape[2] !== ww || y.shape[3] !== c
+  ) {
+    throw new Error(`layerScaleResidual: y must be [${n}, ${hh}, ${ww}, ${c}], got [${y.shape}]`);
+  }
+  if (gamma && (gamma.rank !== 1 || gamma.shape[0] !== c)) {
+    throw new Error(`layerScaleResidual: gamma must be [${c}], got [${gamma.shape}]`);
+  }
+  if (scales && scales.length !== n) {
+    throw new Error(`layerScaleResidual: ${scales.length} drop-path scales for ${n} samples`);
+  }
+  const s = scales ? Tensor.from(scales, [n]) : null;
+  const names = (
+    ...extra: string[]
+  ) => [...extra, ...(gamma ? ["gamma"] : []), ...(s ? ["s"] : [])];
+  const factor = [gamma ? "gamma[c]" : "", s ? "s[b]" : ""].filter(Boolean).join(" * ") || "1.0";
+  const index = `let p = i % ${hw}u; let c = (i / ${hw}u) % ${c}u; let b = i / ${c * hw}u;`;
+  const out = Tensor.empty(x.shape);
+  launch(
+    elementwiseKernel(
+      out.size,
+      names("x", "br"),
+      `${index} y[i] = x[i] + ${factor} * br[(b * ${hw}u + p) * ${c}u + c];`,
+    ),
+    [x, y, ...(gamma ? [gamma] : []), ...(s ? [s] : []), out],
+    out.size,
+  );
+  const saved = [y, ...(gamma ? [gamma] : []), ...(s ? [s] : [])];
+  record("layerScaleResidual", gamma ? [x, y, gamma] : [x, y], out, saved, (g, sv) => {
+    const [sy, sg, ss] = gamma ? sv : [sv[0], null, sv[1]];
+    const tensors = [...(sg ? [sg] : []), ...(ss ? [ss] : [])];
+    // gy in channels-last order: one invocation per gy element reads g across the channel planes.
+    const gy = Tensor.empty(y.shape);
+    const gyIndex = `let c = i % ${c}u; let p = (i / ${c}u) % ${hw}u; let b = i / ${c * hw}u;`;
+    launch(
+      elementwiseKernel(
+        gy.size,
+        names("g"),
+        `${gyIndex} y[i] = ${factor} * g[(b * ${c}u + c) * ${hw}u + p];`,
+      ),
+      [g, ...tensors, gy],
+      gy.size,
+    );
+    let gg: Tensor | null = null;
+    if (sg) {
+      gg = Tensor.empty([c]);
+      const code = sumPerOutputKernel({
+        buffers: ["g", "br", ...(ss ? ["s"] : []), "gg!"],
+        count: c,
+        terms: n * hw,
+        setup: "",
+        term: `let b = r / ${hw}u; let p = r % ${hw}u;
+    acc += ${ss ? "s[b] * " : ""}br[r * ${c}u + o] * g[(b * ${c}u + o) * ${hw}u + p];`,
+      });
+      launch(code, [g, sy, ...(ss ? [ss] : []), gg], grid1d(c, 1));
+    }
+    return [g.view(x.shape), gy, ...(sg ? [gg] : [])];
+  });
+  s?.dispose();
+  return out;
+}

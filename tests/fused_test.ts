@@ -1,0 +1,86 @@
+/**
+ * The fused ops (ops/fused.ts) against the chains of unfused ops they
+ * replace: forward and every gradient on odd shapes, with drop path and
+ * LayerScale on and off, and the fused GEMM store through the split
+ * inner-dimension epilogue too.
+ */
+import assert from "node:assert/strict";
+import { backward } from "../ops/autograd.ts";
+import { dropPath } from "../ops/drop_path.ts";
+import { add, gelu, mul } from "../ops/elementwise.ts";
+import { dropPathScales, layerScaleResidual, linearGelu } from "../ops/fused.ts";
+import { setGemmConfig } from "../ops/gemm.ts";
+import { linear } from "../ops/matmul.ts";
+import { permute } from "../ops/shape.ts";
+import { scope, Tensor } from "../ops/tensor.ts";
+import { randomArray, relError, setup } from "./harness.ts";
+
+await setup();
+
+/** Forward value and the gradients of every input. */
+function run(
+  shapes: number[][],
+  fn: (...xs: Tensor[]) => Tensor,
+  seed: number,
+): Promise<Float32Array[]> {
+  return scope(async () => {
+    const xs = shapes.map((s, i) => {
+      const n = s.reduce((a, b) => a * b, 1);
+      const t = Tensor.from(Float32Array.from(randomArray(n, seed + i)), s);
+      t.requiresGrad = true;
+      return t;
+    });
+    const y = fn(...xs);
+    backward(y, Tensor.from(Float32Array.from(randomArray(y.size, seed + 99)), y.shape));
+    const out = [await y.read()];
+    for (const x of xs) out.push(await x.grad!.read());
+    return out;
+  });
+}
+
+async function compare(
+  name: string,
+  shapes: number[][],
+  fused: (...xs: Tensor[]) => Tensor,
+  unfused: (...xs: Tensor[]) => Tensor,
+): Promise<void> {
+  const want = await run(shapes, unfused, 3);
+  const got = await run(shapes, fused, 3);
+  got.forEach((g, i) => {
+    const e = relError(g, want[i]);
+    const what = i === 0 ? "forward" : `grad ${i - 1}`;
+    console.log(`op-error fused ${name} ${what} ${e.toExponential(2)}`);
+    assert.ok(e < 2e-5, `${name}: ${what} error ${e}`);
+  });
+}
+
+Deno.test("linearGelu equals gelu(linear(...)), also through the split epilogue", async () => {
+  const shapes = [[2, 3, 5, 7], [13, 7], [13]];
+  const fused = (x: Tensor, w: Tensor, b: Tensor) => linearGelu(x, w, b);
+  const unfused = (x: Tensor, w: Tensor, b: Tensor) => gelu(linear(x, w, b));
+  await compare("linearGelu", shapes, fused, unfused);
+  setGemmConfig({ bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2 });
+  try {
+    await compare("linearGelu split", shapes, fused, unfused);
+  } finally {
+    setGemmConfig(null);
+  }
+});
+
+Deno.test("layerScaleResidual equals add(x, dropPath(permute(mul(y, gamma))))", async () => {
+  const [n, c, h, w] = [3, 5, 3, 7];
+  const seed = 11;
+  for (const [prob, withGamma] of [[0.5, true], [0, true], [0.4, false], [0, false]] as const) {
+    const scales = prob > 0 ? dropPathScales(n, prob, seed) : null;
+    const shapes = [[n, c, h, w], [n, h, w, c], ...(withGamma ? [[c]] : [])];
+    await compare(
+      `layerScaleResidual p=${prob} gamma=${withGamma}`,
+      shapes,
+      (x, y, g) => layerScaleResidual(x, y, g ?? null, scales),
+      (x, y, g) => {
+        const branch = permute(g ? mul(y, g) : y, [0, 3, 1, 2]);
+        return add(x, dropPath(branch, prob, { training: true, seed }));
+      },
+    );
+  }
+});
