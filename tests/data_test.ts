@@ -321,56 +321,92 @@ function localFeatures(px: Uint8Array, s: number): { centre: number[]; pooled: n
   };
 }
 
-Deno.test("procedural: the label is not decodable from local statistics", () => {
-  const k = 4;
-  const s = 32;
-  const data = new ProceduralDataset({
-    imageSize: s,
-    seed: 0,
-    trainSize: 2048,
-    valSize: 512,
-    numClasses: k,
-  });
-  const gather = (split: "train" | "val", n: number) => {
-    const centre: number[][] = [];
-    const pooled: number[][] = [];
-    const anchor: number[][] = [];
-    const labels: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const smp = data.sample(split, i);
-      const f = localFeatures(smp.pixels, s);
-      centre.push(f.centre);
-      pooled.push(f.pooled);
-      // One mark's absolute position (not a local feature: it needs the distance to the border).
-      const [ax, ay] = smp.anchor.map((v) => v / s - 0.5);
-      anchor.push([ax, ay, ax * ax, ay * ay, ax * ay, ax * ax * ax, ay * ay * ay]);
-      labels.push(smp.label);
+Deno.test("procedural: key colours repaint only the two key marks, white anchor and black target", () => {
+  const s = 48;
+  for (let i = 0; i < 16; i++) {
+    const plain = renderProcedural(3, "train", i, s, 4);
+    const keyed = renderProcedural(3, "train", i, s, 4, 12, true);
+    assert.equal(keyed.label, plain.label);
+    assert.deepEqual([keyed.anchor, keyed.target], [plain.anchor, plain.target]);
+    const r = Math.max(2.5, 0.09 * s);
+    for (let c = 0; c < 3; c++) {
+      for (let y = 0; y < s; y++) {
+        for (let x = 0; x < s; x++) {
+          const at = (c * s + y) * s + x;
+          if (keyed.pixels[at] === plain.pixels[at]) continue;
+          const near = [keyed.anchor, keyed.target].some(([mx, my]) =>
+            Math.hypot(x + 0.5 - mx, y + 0.5 - my) <= r + 1.5
+          );
+          assert.ok(near, `sample ${i}: pixel (${x}, ${y}) changed away from the key marks`);
+        }
+      }
+      // The disc's centre is solid black (plus the ±5% noise).
+      const [tx, ty] = keyed.target.map(Math.floor);
+      assert.ok(keyed.pixels[(c * s + ty) * s + tx] <= 14, `sample ${i}: target not black`);
     }
-    return { centre, pooled, anchor, labels };
-  };
-  const tr = gather("train", 2048);
-  const va = gather("val", 512);
-  const centreAcc = linearProbe(tr.centre, tr.labels, va.centre, va.labels, k);
-  const pooledAcc = linearProbe(tr.pooled, tr.labels, va.pooled, va.labels, k);
-  const both = (d: typeof tr) => d.centre.map((c, i) => [...c, ...d.pooled[i]]);
-  const bothAcc = linearProbe(both(tr), tr.labels, both(va), va.labels, k);
-  const anchorAcc = linearProbe(tr.anchor, tr.labels, va.anchor, va.labels, k);
-  console.log(
-    `procedural locality (chance 25%, val 512): centre 5×5 colour ${
-      (100 * centreAcc).toFixed(1)
-    }%, ` +
-      `pooled 5×5 features ${(100 * pooledAcc).toFixed(1)}%, both ${
-        (100 * bothAcc).toFixed(1)
-      }%; ` +
-      `anchor's absolute position alone ${
-        (100 * anchorAcc).toFixed(1)
-      }%, anchor→target vector 100%`,
-  );
-  // 4σ above chance at n = 512 is 0.25 + 4·0.019 ≈ 0.33.
-  for (const acc of [centreAcc, pooledAcc, bothAcc]) {
-    assert.ok(acc < 0.33, `local statistic decodes the label: ${acc}`);
   }
+  const fewer = new ProceduralDataset({ imageSize: s, seed: 3, distractors: 0, keyColours: true });
+  assert.equal(fewer.sample("train", 0).distractors, 0);
+  assert.equal(fewer.name, "procedural-compass4-keyed");
+  assert.throws(
+    () => new ProceduralDataset({ imageSize: s, seed: 3, distractors: 13 }),
+    /--distractors must be an integer in 0..12, got 13/,
+  );
 });
+
+for (const keyColours of [false, true]) {
+  Deno.test(`procedural${keyColours ? " (key colours)" : ""}: the label is not decodable from local statistics`, () => {
+    const k = 4;
+    const s = 32;
+    const data = new ProceduralDataset({
+      imageSize: s,
+      seed: 0,
+      trainSize: 2048,
+      valSize: 512,
+      numClasses: k,
+      keyColours,
+    });
+    const gather = (split: "train" | "val", n: number) => {
+      const centre: number[][] = [];
+      const pooled: number[][] = [];
+      const anchor: number[][] = [];
+      const labels: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const smp = data.sample(split, i);
+        const f = localFeatures(smp.pixels, s);
+        centre.push(f.centre);
+        pooled.push(f.pooled);
+        // One mark's absolute position (not a local feature: it needs the distance to the border).
+        const [ax, ay] = smp.anchor.map((v) => v / s - 0.5);
+        anchor.push([ax, ay, ax * ax, ay * ay, ax * ay, ax * ax * ax, ay * ay * ay]);
+        labels.push(smp.label);
+      }
+      return { centre, pooled, anchor, labels };
+    };
+    const tr = gather("train", 2048);
+    const va = gather("val", 512);
+    const centreAcc = linearProbe(tr.centre, tr.labels, va.centre, va.labels, k);
+    const pooledAcc = linearProbe(tr.pooled, tr.labels, va.pooled, va.labels, k);
+    const both = (d: typeof tr) => d.centre.map((c, i) => [...c, ...d.pooled[i]]);
+    const bothAcc = linearProbe(both(tr), tr.labels, both(va), va.labels, k);
+    const anchorAcc = linearProbe(tr.anchor, tr.labels, va.anchor, va.labels, k);
+    console.log(
+      `procedural locality (chance 25%, val 512): centre 5×5 colour ${
+        (100 * centreAcc).toFixed(1)
+      }%, ` +
+        `pooled 5×5 features ${(100 * pooledAcc).toFixed(1)}%, both ${
+          (100 * bothAcc).toFixed(1)
+        }%; ` +
+        `anchor's absolute position alone ${
+          (100 * anchorAcc).toFixed(1)
+        }%, anchor→target vector 100%`,
+    );
+    // 4σ above chance at n = 512 is 0.25 + 4·0.019 ≈ 0.33.
+    for (const acc of [centreAcc, pooledAcc, bothAcc]) {
+      assert.ok(acc < 0.33, `local statistic decodes the label: ${acc}`);
+    }
+  });
+}
 
 // ------------------------------------------------------------------ transforms
 

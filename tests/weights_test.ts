@@ -1,7 +1,7 @@
 /**
  * Weights I/O: safetensors read/write and the PyTorch `.pth` reader, against
  * hand-built files and the fixtures made by tests/fixtures/make_pth_fixtures.py.
- * Pure CPU: no GPU is touched.
+ * CPU only, except the last test, which loads a real PyTorch checkpoint into a model.
  */
 import assert from "node:assert/strict";
 import {
@@ -410,4 +410,53 @@ Deno.test("pth: truncated, non-zip and tampered files give one-line errors", asy
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+// ------------------------------------------------- files written by real PyTorch
+
+Deno.test("pth: views and dtypes written by real torch.save (PyTorch 2.11)", async () => {
+  // Made on the device machine by tests/fixtures/make_torch_fixtures.py.
+  const sd = readPth(await fixture("torch_views.pth")) as Map<string, PthTensor>;
+  const want = JSON.parse(
+    await Deno.readTextFile(fixturePath("torch_views_expected.json")),
+  ) as Record<
+    string,
+    { shape: number[]; values: number[] }
+  >;
+  assert.deepEqual([...sd.keys()].sort(), Object.keys(want).sort());
+  for (const [k, { shape, values }] of Object.entries(want)) {
+    const t = sd.get(k)!;
+    assert.deepEqual(t.shape, shape, `${k} shape`);
+    assertF32(t.toFloat32(), values, k);
+  }
+  assert.deepEqual(sd.get("transposed")!.stride, [1, 10]);
+  assert.ok(sd.get("offset")!.storageOffset > 0, "a view into its storage");
+});
+
+Deno.test("pth: a real torch.save'd SLaK-style checkpoint loads into slak_cpu by its key names", async () => {
+  const { createModel } = await import("../models/registry.ts");
+  const { parseNpy } = await import("../analysis/npy.ts");
+  const { setup } = await import("./harness.ts");
+  const weights = await loadPthFile(fixturePath("torch_slak_cpu.pth"), { skipUnknown: true });
+  const flat = parseNpy(await fixture("torch_slak_cpu_expected.npy")).data;
+  const keys = JSON.parse(await Deno.readTextFile(fixturePath("slak_cpu_keys.json"))) as [
+    string,
+    number[],
+  ][];
+  await setup();
+  const model = createModel("slak_cpu", { numClasses: 10 });
+  // The key list the fixture was made from is still our model's.
+  assert.deepEqual(keys, [...model.namedEntries()].map(([k, p]) => [k, [...p.shape]]));
+  const { missing, unexpected } = model.loadStateDict(weights);
+  assert.deepEqual([missing, unexpected], [[], []]);
+  assert.ok([...weights.keys()].some((k) => k.endsWith("num_batches_tracked")));
+  let offset = 0;
+  for (const [k, p] of model.namedEntries()) {
+    const got = await p.tensor.read();
+    const want = Array.from(flat.subarray(offset, offset + p.size));
+    assertF32(got, want, k);
+    offset += p.size;
+  }
+  assert.equal(offset, flat.length);
+  model.dispose();
 });

@@ -70,6 +70,10 @@ export interface TrainConfig {
   trainSize?: number;
   valSize?: number;
   numClasses?: number;
+  /** Procedural dataset: cap on distractor marks per image (fewer is easier). */
+  distractors?: number;
+  /** Procedural dataset: the anchor drawn white and the target black (easier). */
+  keyColours?: boolean;
   /** Micro-batches between loss read-backs (the only GPU syncs of an epoch). */
   logEvery: number;
   preset?: string;
@@ -107,9 +111,10 @@ export const PRESETS: Record<string, Partial<TrainConfig> & { model: string; abo
   cpu: {
     about: "small SLaK on the procedural dataset, a few minutes on llvmpipe (2 CPU cores)",
     model: "slak_cpu",
+    keyColours: true,
     epochs: 4,
     batchSize: 32,
-    lr: 3e-3,
+    lr: 1e-2,
     warmupEpochs: 0.5,
     dropPath: 0,
     layerScaleInit: 0.1,
@@ -123,6 +128,7 @@ export const PRESETS: Record<string, Partial<TrainConfig> & { model: string; abo
     about:
       "half-width SLaK-T (kernels 51-49-47-13, N=5) on the procedural dataset at 96², minutes on a real GPU",
     model: "slak_tiny",
+    keyColours: true,
     widthFactor: 0.5,
     epochs: 30,
     batchSize: 64,

@@ -76,6 +76,8 @@ const FLAGS = {
   "train-size": ["number", "procedural dataset: training images"],
   "val-size": ["number", "procedural dataset: validation images"],
   "num-classes": ["number", "procedural dataset: classes"],
+  distractors: ["number", "procedural dataset: most distractor marks per image (0-12)"],
+  "key-colours": ["boolean", "procedural dataset: white anchor, black target (easier)"],
   "log-every": ["number", "micro-batches between loss read-backs"],
   preset: ["string", "preset bundle (see below); flags override it"],
   help: ["boolean", "show this help"],
@@ -209,6 +211,7 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   set("trainSize", num("train-size", posInt, "a positive integer"));
   set("valSize", num("val-size", posInt, "a positive integer"));
   set("numClasses", num("num-classes", (n) => posInt(n) && n >= 2, "an integer ≥ 2"));
+  set("distractors", num("distractors", (n) => Number.isInteger(n) && n >= 0, "an integer ≥ 0"));
   set("logEvery", num("log-every", posInt, "a positive integer"));
   set("sparsity", num("sparsity", (n) => n >= 0 && n < 1, "a fraction in [0, 1)"));
   set("pruneRate", num("prune-rate", (n) => n >= 0 && n <= 1, "a fraction in [0, 1]"));
@@ -229,6 +232,7 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   if (v["only-L"]) cfg.onlyL = true;
   if (v.fix) cfg.fix = true;
   if (v["model-ema"]) cfg.modelEma = true;
+  if (v["key-colours"]) cfg.keyColours = true;
   if (v["auto-resume"]) cfg.autoResume = true;
   if (v["eval-only"]) cfg.evalOnly = true;
   if (v.out !== undefined) cfg.out = v.out as string;

@@ -150,6 +150,8 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     trainSize: cfg.trainSize,
     valSize: cfg.valSize,
     numClasses: cfg.numClasses,
+    distractors: cfg.distractors,
+    keyColours: cfg.keyColours,
   });
   const lastDir = `${cfg.out}/checkpoint-last`;
   const bestDir = `${cfg.out}/checkpoint-best`;

@@ -44,6 +44,10 @@ export interface DatasetSpec {
   trainSize?: number;
   valSize?: number;
   numClasses?: number;
+  /** Procedural dataset only: cap on distractor marks per image. */
+  distractors?: number;
+  /** Procedural dataset only: fixed key colours (the easier variant). */
+  keyColours?: boolean;
 }
 
 const EXPECTED =
@@ -68,6 +72,8 @@ export async function openDataset(spec: DatasetSpec): Promise<Dataset> {
       trainSize: spec.trainSize,
       valSize: spec.valSize,
       numClasses: spec.numClasses,
+      distractors: spec.distractors,
+      keyColours: spec.keyColours,
     });
   }
   const root = spec.data.length > 1 ? spec.data.replace(/\/+$/, "") : spec.data;
