@@ -31,6 +31,9 @@ import {
   type Value,
 } from "./layers.ts";
 import { type Init, Module, ModuleList, type Param } from "./module.ts";
+import { layerScaleResidual, linearGelu } from "../ops/fused.ts";
+import { permute as permuteOp } from "../ops/shape.ts";
+import { Tensor } from "../ops/tensor.ts";
 
 /** A block's spatial mixer: maps [N,C,H,W] to [N,C,H,W]. */
 export type Mixer = Module & Layer;
@@ -113,10 +116,22 @@ export class Block extends Module implements Layer {
   }
 
   forward<V extends Value>(x: V): V {
+    if (x instanceof Tensor) return this.#fused(x) as V;
     let y = permute(this.mixer.forward(x), [0, 2, 3, 1]);
     y = this.pwconv2.forward(gelu(this.pwconv1.forward(this.norm.forward(y))));
     if (this.gamma) y = mul(y, x instanceof Meta ? new Meta(this.gamma.shape) : this.gamma.tensor);
     return add(x, this.dropPath.forward(permute(y, [0, 3, 1, 2])));
+  }
+
+  /** The same on a tensor with fused kernels: linear + bias + GELU, LayerScale + drop path + residual. */
+  #fused(x: Tensor): Tensor {
+    const y = permuteOp(this.mixer.forward(x), [0, 2, 3, 1]);
+    const p1 = this.pwconv1;
+    const h = p1.bias
+      ? linearGelu(this.norm.forward(y), p1.weight.tensor, p1.bias.tensor)
+      : gelu(p1.forward(this.norm.forward(y)));
+    const z = this.pwconv2.forward(h);
+    return layerScaleResidual(x, z, this.gamma?.tensor ?? null, this.dropPath.scales(x.shape[0]));
   }
 }
 

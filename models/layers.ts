@@ -22,6 +22,7 @@ import { reshape } from "../ops/autograd.ts";
 import { conv2d } from "../ops/conv.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
 import { dropPath as dropPathOp } from "../ops/drop_path.ts";
+import { dropPathScales } from "../ops/fused.ts";
 import { linear } from "../ops/matmul.ts";
 import { batchNorm2d, layerNorm, layerNormChannelsFirst } from "../ops/norm.ts";
 import { maxPool2d as maxPoolOp, meanHW as meanHWOp } from "../ops/pool.ts";
@@ -359,9 +360,23 @@ export class DropPath extends Module {
   }
   forward<V extends Value>(x: V): V {
     if (isMeta(x) || !this.training || this.prob === 0) return x;
-    const seed = (Math.imul(forwardSeed ^ 0x5bd1e995, 0x27d4eb2d) + dropCalls++ * 0x9e3779b9) >>> 0;
-    return dropPathOp(x as Tensor, this.prob, { training: true, seed }) as V;
+    return dropPathOp(x as Tensor, this.prob, { training: true, seed: nextDropSeed() }) as V;
   }
+
+  /**
+   * The per-sample multipliers that `forward` on `samples` samples would
+   * apply now (drawing them as it would), or null where it is the identity:
+   * for fused ops that fold the drop path into another kernel.
+   */
+  scales(samples: number): Float32Array | null {
+    if (!this.training || this.prob === 0) return null;
+    return dropPathScales(samples, this.prob, nextDropSeed());
+  }
+}
+
+/** The seed of the next drop-path draw of this forward. */
+function nextDropSeed(): number {
+  return (Math.imul(forwardSeed ^ 0x5bd1e995, 0x27d4eb2d) + dropCalls++ * 0x9e3779b9) >>> 0;
 }
 
 /** `nn.MaxPool2d(kernel, stride, padding)`. */
