@@ -170,6 +170,27 @@ export function setDepthwiseConfig(
   forced = configs;
 }
 
+let seen: Map<string, DepthwiseShape> | null = null;
+
+/**
+ * Start collecting the stride-1 shapes that depthwise convolutions run on
+ * (`true`), or stop and return them (`false`): run one forward of a model
+ * in between to learn which shapes to {@linkcode tuneDepthwise}.
+ *
+ * @example
+ * ```ts
+ * import { collectDepthwiseShapes } from "./depthwise_fast.ts";
+ * collectDepthwiseShapes(true);
+ * // … model.forward(x) …
+ * console.log(collectDepthwiseShapes(false)); // [] when no depthwise conv ran
+ * ```
+ */
+export function collectDepthwiseShapes(on: boolean): DepthwiseShape[] {
+  const out = seen ? [...seen.values()] : [];
+  seen = on ? new Map() : null;
+  return out;
+}
+
 /** The kernels chosen for one shape; null where the plain kernel of `depthwise.ts` runs. */
 export interface DepthwisePlan {
   forward: ForwardConfig | null;
@@ -223,6 +244,10 @@ function transposedShape(s: DepthwiseShape): DepthwiseShape {
  */
 export function depthwisePlan(s: DepthwiseShape, stride: number): DepthwisePlan | null {
   if (impl === "generic" || stride !== 1) return null;
+  if (seen) {
+    const { n, c, h, w, kh, kw, ph, pw, ho, wo } = s;
+    seen.set(shapeKey(s), { n, c, h, w, kh, kw, ph, pw, ho, wo });
+  }
   // llvmpipe compiles a large unrolled tile kernel for minutes (a 31×31 forward: ~75 s) and runs
   // tiny shapes about as fast with the plain kernels, so "auto" keeps software adapters on those.
   if (impl === "auto" && gpu().isFallback) return null;

@@ -32,7 +32,7 @@
 import { parseArgs } from "node:util";
 import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
-import { timeGpu } from "../ops/depthwise_fast.ts";
+import { collectDepthwiseShapes, timeGpu, tuneDepthwise } from "../ops/depthwise_fast.ts";
 import { setDepthwiseImpl } from "../ops/depthwise.ts";
 import { setGemmImpl } from "../ops/gemm.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
@@ -56,6 +56,8 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
   --pass LIST       infer, train (default infer,train)
   --depthwise IMPL  auto, fast or generic depthwise kernels (default auto)
   --gemm IMPL       tiled or simple matmul / conv kernels (default tiled)
+  --tune            autotune the tiles of every depthwise shape of a model before timing it
+  --tune-max N      candidates per kernel when tuning (default 6)
   --anchor FILE     PyTorch CSV of .device/torch_model_bench.py: print ratios (joined on kernels)
   --out DIR         output folder (default out/bench_models/)
   --help`;
@@ -180,6 +182,20 @@ export async function benchModel(
   return out;
 }
 
+/** The stride-1 depthwise shapes one forward of `model` runs (one eval forward, no autograd). */
+async function depthwiseShapes(model: Model, batch: number, size: number) {
+  const x = Tensor.randn([batch, 3, size, size], { seed: 7 });
+  collectDepthwiseShapes(true);
+  try {
+    model.eval();
+    noGrad(() => scope(() => void model.forward(x)));
+    await gpu().sync();
+  } finally {
+    x.dispose();
+  }
+  return collectDepthwiseShapes(false);
+}
+
 function readCsv(text: string): Record<string, string>[] {
   const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
   if (!lines.length) return [];
@@ -203,6 +219,8 @@ async function main(): Promise<void> {
       pass: { type: "string", default: "infer,train" },
       depthwise: { type: "string", default: "auto" },
       gemm: { type: "string", default: "tiled" },
+      tune: { type: "boolean", default: false },
+      "tune-max": { type: "string", default: "6" },
       anchor: { type: "string" },
       out: { type: "string", default: "out/bench_models/" },
       help: { type: "boolean", short: "h" },
@@ -219,6 +237,7 @@ async function main(): Promise<void> {
   const classes = positive("classes", values.classes);
   const steps = positive("steps", values.steps);
   const warmup = positive("warmup", values.warmup, 0);
+  const tuneMax = positive("tune-max", values["tune-max"]);
   const passes = values.pass.split(",").filter(Boolean);
   if (!passes.length || passes.some((p) => p !== "infer" && p !== "train")) {
     throw new Error(`--pass: expected some of infer,train, got "${values.pass}"`);
@@ -245,6 +264,16 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     let r: ModelBench;
     try {
+      if (values.tune) {
+        const tt = performance.now();
+        const shapes = await depthwiseShapes(model, batch, size);
+        for (const s of shapes) await tuneDepthwise(s, { maxCandidates: tuneMax });
+        console.log(
+          `${name}@${ks}: tuned ${shapes.length} depthwise shapes in ${
+            ((performance.now() - tt) / 1e3).toFixed(1)
+          } s`,
+        );
+      }
       r = await benchModel(model, { batch, size, classes, steps, warmup, passes });
     } catch (e) {
       console.error(`${name}@${ks}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);

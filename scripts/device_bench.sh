@@ -77,8 +77,10 @@ cat "$OUT/torch_models.csv"
 anchor=()
 grep -q '^convnext' "$OUT/torch_models.csv" && anchor=(--anchor "$OUT/torch_models.csv")
 
-# 4. Ours, whole models (the CSV is rewritten after each model, so a timeout keeps the finished ones).
-step 170 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 \
+# 4. Ours, whole models, depthwise tiles tuned per shape first (the CSV is rewritten after each
+#    model, so a timeout keeps the finished ones; the targets come first).
+step 170 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 4 \
+  --models convnext_tiny@51-49-47-13,convnext_tiny,slak_tiny,replknet_31b \
   "${anchor[@]}" --out "$tmp/bm" $EXTRA_MODELS
 [ -s "$tmp/bm/bench_models.csv" ] && cp "$tmp/bm/bench_models.csv" "$OUT/"
 
