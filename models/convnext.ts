@@ -31,8 +31,7 @@ import {
   type Value,
 } from "./layers.ts";
 import { type Init, Module, ModuleList, type Param } from "./module.ts";
-import { layerScaleResidual, linearGelu } from "../ops/fused.ts";
-import { permute as permuteOp } from "../ops/shape.ts";
+import { layerNormToChannelsLast, layerScaleResidual, linearGelu } from "../ops/fused.ts";
 import { Tensor } from "../ops/tensor.ts";
 
 /** A block's spatial mixer: maps [N,C,H,W] to [N,C,H,W]. */
@@ -123,13 +122,20 @@ export class Block extends Module implements Layer {
     return add(x, this.dropPath.forward(permute(y, [0, 3, 1, 2])));
   }
 
-  /** The same on a tensor with fused kernels: linear + bias + GELU, LayerScale + drop path + residual. */
+  /**
+   * The same on a tensor with fused kernels: permute + LayerNorm, linear + bias + GELU, and
+   * LayerScale + drop path + residual (+ permute back).
+   */
   #fused(x: Tensor): Tensor {
-    const y = permuteOp(this.mixer.forward(x), [0, 2, 3, 1]);
+    const n = this.norm;
+    const y = layerNormToChannelsLast(
+      this.mixer.forward(x),
+      n.weight.tensor,
+      n.bias.tensor,
+      n.eps,
+    );
     const p1 = this.pwconv1;
-    const h = p1.bias
-      ? linearGelu(this.norm.forward(y), p1.weight.tensor, p1.bias.tensor)
-      : gelu(p1.forward(this.norm.forward(y)));
+    const h = p1.bias ? linearGelu(y, p1.weight.tensor, p1.bias.tensor) : gelu(p1.forward(y));
     const z = this.pwconv2.forward(h);
     return layerScaleResidual(x, z, this.gamma?.tensor ?? null, this.dropPath.scales(x.shape[0]));
   }

@@ -5,6 +5,9 @@
  * - {@linkcode linearGelu}: `gelu(linear(x, w, b))` with the bias add and
  *   the GELU applied in the GEMM's store (one kernel instead of two; the
  *   pre-activation is kept for the backward, as the unfused chain keeps it);
+ * - {@linkcode layerNormToChannelsLast}: `layerNorm(permute(x, [0, 2, 3, 1]))`
+ *   in one kernel reading NCHW and writing NHWC (the unfused chain runs
+ *   three), its backward writing the NCHW gradient directly;
  * - {@linkcode layerScaleResidual}: `x + dropPath(permute(gamma · y))` with
  *   `y` channels-last and `x` NCHW, in one kernel (the unfused chain runs
  *   three or four), and its backward in two.
@@ -30,9 +33,9 @@ import { record } from "./autograd.ts";
 import { sumPerOutputKernel } from "./conv.ts";
 import { ERF_WGSL, gelu, sumAxes } from "./elementwise.ts";
 import { gemm, gemmImpl } from "./gemm.ts";
-import { elementwiseKernel, launch } from "./kernel.ts";
+import { elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
 import { linear, matmul } from "./matmul.ts";
-import { grid1d, Rng, Tensor } from "./tensor.ts";
+import { f32, grid1d, Rng, Tensor } from "./tensor.ts";
 
 const GELU = "0.5 * hv * (1.0 + erf_f32(hv * 0.70710678118654752))";
 const GELU_GRAD =
@@ -208,4 +211,109 @@ export function layerScaleResidual(
   });
   s?.dispose();
   return out;
+}
+
+/**
+ * `layerNorm(permute(x, [0, 2, 3, 1]), weight, bias, { eps })` in one pass:
+ * `x` is NCHW, the result channels-last `[N, H, W, C]`, normalised over C at
+ * each pixel (biased variance) with affine `weight`/`bias` [C], as the start
+ * of a ConvNeXt block. One invocation per pixel; differentiable in all three.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { layerNormToChannelsLast } from "./fused.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 2, 3, 4, 0, 0], [1, 3, 1, 2]);
+ * const y = layerNormToChannelsLast(x, Tensor.ones([3]), Tensor.zeros([3]));
+ * console.log(y.shape, await y.read()); // [1, 1, 2, 3] ≈ [-1.22, 0, 1.22, 1.41, -0.71, -0.71]
+ * ```
+ */
+export function layerNormToChannelsLast(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor,
+  eps = 1e-6,
+): Tensor {
+  if (x.rank !== 4) {
+    throw new Error(`layerNormToChannelsLast: x must be [N, C, H, W], got [${x.shape}]`);
+  }
+  const [n, c, hh, ww] = x.shape;
+  for (const [what, t] of [["weight", weight], ["bias", bias]] as const) {
+    if (t.rank !== 1 || t.shape[0] !== c) {
+      throw new Error(`layerNormToChannelsLast: ${what} must be [${c}], got [${t.shape}]`);
+    }
+  }
+  const hw = hh * ww;
+  const positions = n * hw;
+  const y = Tensor.empty([n, hh, ww, c]);
+  const mean = Tensor.empty([positions]);
+  const rstd = Tensor.empty([positions]);
+  // Position i = b·HW + p: channel k of x at xb + k·HW, of y at i·C + k.
+  const at = `let xb = (i / ${hw}u) * ${c * hw}u + i % ${hw}u;`;
+  const code = `${storage("x", "w", "b", "y!", "mean!", "rstd!")}
+${flatMain(positions)}
+  ${at}
+  var s = 0.0;
+  for (var k = 0u; k < ${c}u; k++) { s += x[xb + k * ${hw}u]; }
+  let m = s / ${f32(c)};
+  var q = 0.0;
+  for (var k = 0u; k < ${c}u; k++) {
+    let d = x[xb + k * ${hw}u] - m;
+    q += d * d;
+  }
+  let r = 1.0 / sqrt(q / ${f32(c)} + ${f32(eps)});
+  mean[i] = m;
+  rstd[i] = r;
+  for (var k = 0u; k < ${c}u; k++) {
+    y[i * ${c}u + k] = (x[xb + k * ${hw}u] - m) * r * w[k] + b[k];
+  }
+}`;
+  launch(code, [x, weight, bias, y, mean, rstd], positions);
+  record("layerNormToChannelsLast", [x, weight, bias], y, [x, weight, mean, rstd], (g, sv) => {
+    const [sx, sw, sm, sr] = sv;
+    const gx = Tensor.empty(x.shape);
+    const gxCode = `${storage("g", "x", "w", "mean", "rstd", "gx!")}
+${flatMain(positions)}
+  ${at}
+  let m = mean[i];
+  let r = rstd[i];
+  var acc = vec2f(0.0);
+  for (var k = 0u; k < ${c}u; k++) {
+    let gh = g[i * ${c}u + k] * w[k];
+    acc += vec2f(gh, gh * (x[xb + k * ${hw}u] - m) * r);
+  }
+  let avg = acc / ${f32(c)};
+  for (var k = 0u; k < ${c}u; k++) {
+    let e = xb + k * ${hw}u;
+    gx[e] = r * (g[i * ${c}u + k] * w[k] - avg.x - (x[e] - m) * r * avg.y);
+  }
+}`;
+    launch(gxCode, [g, sx, sw, sm, sr, gx], positions);
+    // Weight and bias gradients: per channel o, sums over the positions r.
+    const gw = Tensor.empty([c]);
+    const gb = Tensor.empty([c]);
+    const wCode = sumPerOutputKernel({
+      buffers: ["g", "x", "mean", "rstd", "gw!"],
+      count: c,
+      terms: positions,
+      setup: "",
+      term: `let e = (r / ${hw}u) * ${c * hw}u + o * ${hw}u + r % ${hw}u;
+    acc += g[r * ${c}u + o] * (x[e] - mean[r]) * rstd[r];`,
+    });
+    launch(wCode, [g, sx, sm, sr, gw], grid1d(c, 1));
+    const bCode = sumPerOutputKernel({
+      buffers: ["g", "gb!"],
+      count: c,
+      terms: positions,
+      setup: "",
+      term: `acc += g[r * ${c}u + o];`,
+    });
+    launch(bCode, [g, gb], grid1d(c, 1));
+    return [gx, gw, gb];
+  });
+  mean.dispose();
+  rstd.dispose();
+  return y;
 }

@@ -8,7 +8,13 @@ import assert from "node:assert/strict";
 import { backward } from "../ops/autograd.ts";
 import { dropPath } from "../ops/drop_path.ts";
 import { add, gelu, mul } from "../ops/elementwise.ts";
-import { dropPathScales, layerScaleResidual, linearGelu } from "../ops/fused.ts";
+import {
+  dropPathScales,
+  layerNormToChannelsLast,
+  layerScaleResidual,
+  linearGelu,
+} from "../ops/fused.ts";
+import { layerNorm } from "../ops/norm.ts";
 import { setGemmConfig } from "../ops/gemm.ts";
 import { linear } from "../ops/matmul.ts";
 import { permute } from "../ops/shape.ts";
@@ -81,6 +87,18 @@ Deno.test("layerScaleResidual equals add(x, dropPath(permute(mul(y, gamma))))", 
         const branch = permute(g ? mul(y, g) : y, [0, 3, 1, 2]);
         return add(x, dropPath(branch, prob, { training: true, seed }));
       },
+    );
+  }
+});
+
+Deno.test("layerNormToChannelsLast equals layerNorm(permute(x, [0, 2, 3, 1]))", async () => {
+  for (const shape of [[2, 5, 3, 7], [1, 33, 1, 1], [3, 1, 2, 2]]) {
+    const c = shape[1];
+    await compare(
+      `layerNormToChannelsLast [${shape}]`,
+      [shape, [c], [c]],
+      (x, w, b) => layerNormToChannelsLast(x, w, b, 1e-6),
+      (x, w, b) => layerNorm(permute(x, [0, 2, 3, 1]), w, b, { eps: 1e-6 }),
     );
   }
 });
