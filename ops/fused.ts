@@ -30,12 +30,11 @@
  * @module
  */
 import { record } from "./autograd.ts";
-import { sumPerOutputKernel } from "./conv.ts";
-import { ERF_WGSL, gelu, sumAxes } from "./elementwise.ts";
-import { gemm, gemmImpl } from "./gemm.ts";
+import { ERF_WGSL, gelu } from "./elementwise.ts";
+import { columnReduce, gemm, gemmImpl } from "./gemm.ts";
 import { elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
-import { linear, matmul } from "./matmul.ts";
-import { f32, grid1d, Rng, Tensor } from "./tensor.ts";
+import { biasGrad, linear, matmul } from "./matmul.ts";
+import { f32, Rng, Tensor } from "./tensor.ts";
 
 const GELU = "0.5 * hv * (1.0 + erf_f32(hv * 0.70710678118654752))";
 const GELU_GRAD =
@@ -96,7 +95,7 @@ export function linearGelu(x: Tensor, weight: Tensor, bias: Tensor): Tensor {
     launch(elementwiseKernel(gh.size, ["g", "h"], body, ERF_WGSL), [g, sh, gh], gh.size);
     const gx = matmul(gh, sw).view(x.shape);
     const gw = matmul(gh, sx.view([rows, inF]), { transA: true });
-    return [gx, gw, sumAxes(gh, [0]).view([outF])];
+    return [gx, gw, biasGrad(gh, rows, outF)];
   });
   h.dispose();
   return y;
@@ -197,15 +196,14 @@ export function layerScaleResidual(
     let gg: Tensor | null = null;
     if (sg) {
       gg = Tensor.empty([c]);
-      const code = sumPerOutputKernel({
-        buffers: ["g", "br", ...(ss ? ["s"] : []), "gg!"],
-        count: c,
-        terms: n * hw,
-        setup: "",
-        term: `let b = r / ${hw}u; let p = r % ${hw}u;
-    acc += ${ss ? "s[b] * " : ""}br[r * ${c}u + o] * g[(b * ${c}u + o) * ${hw}u + p];`,
-      });
-      launch(code, [g, sy, ...(ss ? [ss] : []), gg], grid1d(c, 1));
+      columnReduce({
+        rows: n * hw,
+        cols: c,
+        inputs: { g, br: sy, ...(ss ? { s: ss } : {}) },
+        term: `${
+          ss ? `s[r / ${hw}u] * ` : ""
+        }br[r * ${c}u + c] * g[((r / ${hw}u) * ${c}u + c) * ${hw}u + r % ${hw}u]`,
+      }, gg);
     }
     return [g.view(x.shape), gy, ...(sg ? [gg] : [])];
   });
@@ -291,26 +289,18 @@ ${flatMain(positions)}
   }
 }`;
     launch(gxCode, [g, sx, sw, sm, sr, gx], positions);
-    // Weight and bias gradients: per channel o, sums over the positions r.
+    // Weight and bias gradients: per channel c, sums over the positions r.
     const gw = Tensor.empty([c]);
     const gb = Tensor.empty([c]);
-    const wCode = sumPerOutputKernel({
-      buffers: ["g", "x", "mean", "rstd", "gw!"],
-      count: c,
-      terms: positions,
-      setup: "",
-      term: `let e = (r / ${hw}u) * ${c * hw}u + o * ${hw}u + r % ${hw}u;
-    acc += g[r * ${c}u + o] * (x[e] - mean[r]) * rstd[r];`,
-    });
-    launch(wCode, [g, sx, sm, sr, gw], grid1d(c, 1));
-    const bCode = sumPerOutputKernel({
-      buffers: ["g", "gb!"],
-      count: c,
-      terms: positions,
-      setup: "",
-      term: `acc += g[r * ${c}u + o];`,
-    });
-    launch(bCode, [g, gb], grid1d(c, 1));
+    columnReduce({
+      rows: positions,
+      cols: c,
+      inputs: { g, x: sx, mean: sm, rstd: sr },
+      term: `g[r * ${c}u + c] * (x[(r / ${hw}u) * ${
+        c * hw
+      }u + c * ${hw}u + r % ${hw}u] - mean[r]) * rstd[r]`,
+    }, gw);
+    columnReduce({ rows: positions, cols: c, inputs: { g }, term: `g[r * ${c}u + c]` }, gb);
     return [gx, gw, gb];
   });
   mean.dispose();

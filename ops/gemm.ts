@@ -357,3 +357,76 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   launch(sum, [partial, ...outputs], batch * mn);
   partial.dispose();
 }
+
+/** Threads that fill the GPU a few times over: what {@linkcode columnReduce} aims its split at. */
+function targetThreads(): number {
+  return gpu().isFallback ? 4096 : 1 << 18;
+}
+
+/**
+ * Column sums `out[c] = Σ_{r < rows} term(r, c)` for `c < cols`, where
+ * `term` is a WGSL expression in `r`, `c` and the named `inputs` (not named
+ * `group`, `strip`, `acc`, `r0` or `r1`, the kernel's own locals): bias,
+ * LayerNorm-affine and LayerScale gradients of channels-last tensors.
+ * Neighbouring invocations take neighbouring columns (coalesced reads of
+ * row-major `[rows, cols]` data), each summing a strip of rows; a second
+ * small kernel adds the strips. No autograd.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { columnReduce } from "./gemm.ts";
+ * await initGpu();
+ * const g = Tensor.from([1, 2, 3, 4, 5, 6], [3, 2]);
+ * const out = Tensor.empty([2]);
+ * columnReduce({ rows: 3, cols: 2, inputs: { g }, term: "g[r * 2u + c]" }, out);
+ * console.log(await out.read()); // Float32Array [9, 12]
+ * ```
+ */
+export function columnReduce(
+  spec: { rows: number; cols: number; inputs: Record<string, Tensor>; term: string },
+  out: Tensor,
+): void {
+  const { rows, cols } = spec;
+  if (cols === 0) return;
+  const names = Object.keys(spec.inputs);
+  const inputs = Object.values(spec.inputs);
+  const strips = Math.max(
+    1,
+    Math.min(Math.ceil(rows / 32), Math.ceil(targetThreads() / Math.max(cols, 1))),
+  );
+  const per = Math.ceil(rows / strips);
+  const stripsUsed = Math.max(1, Math.ceil(rows / Math.max(per, 1)));
+  const partial = stripsUsed > 1 ? Tensor.empty([stripsUsed * cols]) : null;
+  const wg = 64;
+  const colGroups = Math.ceil(cols / wg);
+  const code = `${storage(...names, partial ? "part!" : "out!")}
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let group = wid.x + wid.y * nwg.x;
+  if (group >= ${colGroups * stripsUsed}u) { return; }
+  let c = (group % ${colGroups}u) * ${wg}u + li;
+  let strip = group / ${colGroups}u;
+  if (c >= ${cols}u) { return; }
+  let r0 = strip * ${per}u;
+  let r1 = min(r0 + ${per}u, ${rows}u);
+  var acc = 0.0;
+  for (var r = r0; r < r1; r++) { acc += ${spec.term}; }
+  ${partial ? `part[strip * ${cols}u + c] = acc;` : "out[c] = acc;"}
+}`;
+  launch(code, [...inputs, partial ?? out], grid1d(colGroups * stripsUsed, 1));
+  if (!partial) return;
+  const sum = `${storage("part", "out!")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let c = gid.x + gid.y * (nwg.x * 64u);
+  if (c >= ${cols}u) { return; }
+  var acc = 0.0;
+  for (var s = 0u; s < ${stripsUsed}u; s++) { acc += part[s * ${cols}u + c]; }
+  out[c] = acc;
+}`;
+  launch(sum, [partial, out], grid1d(cols, 64));
+  partial.dispose();
+}

@@ -29,7 +29,7 @@
  */
 import { record } from "./autograd.ts";
 import { sumAxes, sumToShape } from "./elementwise.ts";
-import { gemm, gemmImpl } from "./gemm.ts";
+import { columnReduce, gemm, gemmImpl } from "./gemm.ts";
 import { launch, storage } from "./kernel.ts";
 import { grid1d, numel, Tensor } from "./tensor.ts";
 
@@ -308,7 +308,27 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
     const g2 = g.view([rows, outF]);
     const gx = matmul(g2, sw).view(x.shape);
     const gw = matmul(g2, sx.view([rows, inF]), { transA: true });
-    return bias ? [gx, gw, sumAxes(g2, [0]).view([outF])] : [gx, gw];
+    return bias ? [gx, gw, biasGrad(g2, rows, outF)] : [gx, gw];
   });
   return y;
+}
+
+/**
+ * The bias gradient of a linear layer: column sums of `g` [rows, out], with
+ * coalesced strips under the tiled kernels (else `sumAxes`).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { biasGrad } from "./matmul.ts";
+ * await initGpu();
+ * console.log(await biasGrad(Tensor.from([1, 2, 3, 4], [2, 2]), 2, 2).read()); // [4, 6]
+ * ```
+ */
+export function biasGrad(g: Tensor, rows: number, cols: number): Tensor {
+  if (gemmImpl() !== "tiled") return sumAxes(g.view([rows, cols]), [0]).view([cols]);
+  const gb = Tensor.empty([cols]);
+  columnReduce({ rows, cols, inputs: { g }, term: `g[r * ${cols}u + c]` }, gb);
+  return gb;
 }
