@@ -22,6 +22,8 @@ export class GpuUnavailableError extends Error {
 
 /** Submit on our own after this many recorded dispatches. */
 const AUTO_FLUSH_DISPATCHES = 8192;
+/** Bytes of one uniform arena (256 dispatches at the usual 256-byte offset alignment). */
+const UNIFORM_ARENA_BYTES = 1 << 16;
 
 /** Features we use when the adapter offers them; nothing depends on them. */
 const OPTIONAL_FEATURES = ["timestamp-query", "shader-f16", "subgroups"] as const;
@@ -54,6 +56,14 @@ export class Gpu {
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
   #pipelines = new Map<string, GPUComputePipeline>();
+  #layouts = new Map<GPUComputePipeline, GPUBindGroupLayout>();
+  /**
+   * Uniform arena of the work being recorded: one mapped buffer holds every
+   * dispatch's uniform block at aligned offsets (a buffer per dispatch cost
+   * more than the dispatch itself); unmapped and retired at the next submit.
+   */
+  #arena: { buffer: GPUBuffer; bytes: Uint8Array; used: number } | null = null;
+  #arenasToUnmap: GPUBuffer[] = [];
   /** Buffers to destroy once the work recorded so far has been submitted. */
   #afterSubmit: GPUBuffer[] = [];
   /** Dispatches recorded since the last submit (for tests and statistics). */
@@ -127,18 +137,10 @@ export class Gpu {
       binding: i,
       resource: { buffer },
     }));
-    if (uniforms) {
-      const ub = this.device.createBuffer({
-        size: Math.max(16, Math.ceil(uniforms.byteLength / 16) * 16),
-        usage: GPUBufferUsage.UNIFORM,
-        mappedAtCreation: true,
-      });
-      new Uint8Array(ub.getMappedRange()).set(new Uint8Array(uniforms));
-      ub.unmap();
-      entries.push({ binding: buffers.length, resource: { buffer: ub } });
-      this.#afterSubmit.push(ub);
-    }
-    const group = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    if (uniforms) entries.push({ binding: buffers.length, resource: this.#uniformSlot(uniforms) });
+    let layout = this.#layouts.get(pipeline);
+    if (!layout) this.#layouts.set(pipeline, layout = pipeline.getBindGroupLayout(0));
+    const group = this.device.createBindGroup({ layout, entries });
     const pass = this.#ensurePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
@@ -150,6 +152,27 @@ export class Gpu {
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
     // Bound the recorded work (and its transient uniform buffers) of long loops that never sync.
     if (++this.dispatchesSinceSubmit >= AUTO_FLUSH_DISPATCHES) this.flush();
+  }
+
+  /** A slot of the uniform arena holding `data` (a new arena when the current one is full). */
+  #uniformSlot(data: ArrayBuffer): GPUBufferBinding {
+    const size = Math.max(16, Math.ceil(data.byteLength / 16) * 16);
+    const align = this.limits.minUniformBufferOffsetAlignment;
+    const slot = Math.ceil(size / align) * align;
+    if (!this.#arena || this.#arena.used + slot > this.#arena.bytes.byteLength) {
+      const buffer = this.device.createBuffer({
+        size: Math.max(UNIFORM_ARENA_BYTES, slot),
+        usage: GPUBufferUsage.UNIFORM,
+        mappedAtCreation: true,
+      });
+      this.#arenasToUnmap.push(buffer);
+      this.#afterSubmit.push(buffer);
+      this.#arena = { buffer, bytes: new Uint8Array(buffer.getMappedRange()), used: 0 };
+    }
+    const offset = this.#arena.used;
+    this.#arena.bytes.set(new Uint8Array(data), offset);
+    this.#arena.used += slot;
+    return { buffer: this.#arena.buffer, offset, size };
   }
 
   /**
@@ -179,6 +202,9 @@ export class Gpu {
       this.#pass.end();
       this.#pass = null;
     }
+    for (const b of this.#arenasToUnmap) b.unmap();
+    this.#arenasToUnmap = [];
+    this.#arena = null;
     if (this.#encoder) {
       this.device.queue.submit([this.#encoder.finish()]);
       this.#encoder = null;
