@@ -71,6 +71,16 @@ Deno.test("CLI: official snake_case flags and multi-value --kernel_size are unde
     "slak_tiny",
     "real GPU → gpu preset",
   );
+  // On/off flags turn off too, so a preset's `true` can be overridden.
+  assert.equal((parseTrainArgs([], true) as { keyColours: boolean }).keyColours, true);
+  for (const off of [["--no-key-colours"], ["--key_colours", "false"], ["--key-colours=false"]]) {
+    const c = parseTrainArgs(off, true);
+    assert.ok(c !== "help");
+    assert.equal(c.keyColours, false, off.join(" "));
+  }
+  const ema = parseTrainArgs(["--model_ema", "true", "--distractors", "2"], true);
+  assert.ok(ema !== "help");
+  assert.deepEqual([ema.modelEma, ema.distractors], [true, 2]);
 });
 
 Deno.test("CLI: bad values give one-line errors naming the flag", () => {

@@ -113,7 +113,7 @@ export function normaliseArgs(argv: string[]): string[] {
       const next = value ?? argv[i + 1];
       if (/^(true|false)$/i.test(next ?? "")) {
         if (value === undefined) i++;
-        if (next.toLowerCase() === "true") out.push(`--${name}`);
+        out.push(next.toLowerCase() === "true" ? `--${name}` : `--no-${name}`);
         continue;
       }
     }
@@ -139,6 +139,7 @@ function help(): string {
   lines.push(
     "",
     "With no --preset, `cpu` runs on a software adapter (llvmpipe) and `gpu` on a real GPU.",
+    "Every on/off flag turns off as --no-FLAG (or --FLAG false), e.g. --no-key-colours.",
   );
   return lines.join("\n");
 }
@@ -155,6 +156,7 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
         ) => [k, { type: type === "boolean" ? "boolean" : "string" }]),
       ),
       strict: true,
+      allowNegative: true,
       allowPositionals: false,
     });
   } catch (e) {
@@ -228,13 +230,13 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   set("sparseInit", choice("sparse-init", SPARSE_INITS));
   set("growth", choice("growth", GROWTH_MODES));
   set("sparseType", choice("sparse-type", SPARSE_TYPES));
-  if (v.sparse) cfg.sparse = true;
-  if (v["only-L"]) cfg.onlyL = true;
-  if (v.fix) cfg.fix = true;
-  if (v["model-ema"]) cfg.modelEma = true;
-  if (v["key-colours"]) cfg.keyColours = true;
-  if (v["auto-resume"]) cfg.autoResume = true;
-  if (v["eval-only"]) cfg.evalOnly = true;
+  if (v.sparse !== undefined) cfg.sparse = v.sparse as boolean;
+  if (v["only-L"] !== undefined) cfg.onlyL = v["only-L"] as boolean;
+  if (v.fix !== undefined) cfg.fix = v.fix as boolean;
+  if (v["model-ema"] !== undefined) cfg.modelEma = v["model-ema"] as boolean;
+  if (v["key-colours"] !== undefined) cfg.keyColours = v["key-colours"] as boolean;
+  if (v["auto-resume"] !== undefined) cfg.autoResume = v["auto-resume"] as boolean;
+  if (v["eval-only"] !== undefined) cfg.evalOnly = v["eval-only"] as boolean;
   if (v.out !== undefined) cfg.out = v.out as string;
   if (v.resume !== undefined) cfg.resume = v.resume as string;
   if (v["kernel-size"] !== undefined) {
