@@ -336,7 +336,12 @@ export function renderProcedural(
   // Key marks and distractors are painted in a random interleaving, each with its own colour.
   const all: { x: number; y: number; sdf: Sdf; colour?: number[] }[] = [
     { x: ax, y: ay, sdf: ring(r), colour: keyColours ? ANCHOR_COLOUR : undefined },
-    { x: target[0], y: target[1], sdf: disc(0.85 * r), colour: keyColours ? TARGET_COLOUR : undefined },
+    {
+      x: target[0],
+      y: target[1],
+      sdf: disc(0.85 * r),
+      colour: keyColours ? TARGET_COLOUR : undefined,
+    },
     ...marks,
   ];
   for (let i = all.length - 1; i > 0; i--) {
