@@ -21,6 +21,7 @@ import { add as addOp, gelu as geluOp, mul as mulOp, relu as reluOp } from "../o
 import { reshape } from "../ops/autograd.ts";
 import { conv2d } from "../ops/conv.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
+import { depthwiseMaybeSparse, type SparseDepthwisePlan } from "../ops/sparse_depthwise.ts";
 import { dropPath as dropPathOp } from "../ops/drop_path.ts";
 import { dropPathScales } from "../ops/fused.ts";
 import { linear } from "../ops/matmul.ts";
@@ -157,6 +158,12 @@ export class Conv2d extends Module {
   readonly stride: number;
   readonly padding: [number, number];
   readonly groups: number;
+  /**
+   * Compacted active taps of a masked depthwise kernel (set by
+   * `sparse/masks.ts`): below the measured density threshold the forward and
+   * backward visit only these taps.
+   */
+  sparsePlan: SparseDepthwisePlan | null = null;
 
   constructor(
     readonly inChannels: number,
@@ -221,10 +228,10 @@ export class Conv2d extends Module {
     const t = x as Tensor;
     const bias = this.bias?.tensor ?? null;
     if (this.isDepthwise && (this.stride === 1 || this.stride === 2)) {
-      return depthwiseConv2d(t, this.weight.tensor, bias, {
-        stride: this.stride,
-        padding: this.padding,
-      }) as V;
+      const opts = { stride: this.stride as 1 | 2, padding: this.padding };
+      return (this.sparsePlan
+        ? depthwiseMaybeSparse(t, this.weight.tensor, this.sparsePlan, bias, opts)
+        : depthwiseConv2d(t, this.weight.tensor, bias, opts)) as V;
     }
     return conv2d(t, this.weight.tensor, bias, {
       stride: this.stride,

@@ -32,6 +32,8 @@ import { launch, storage } from "../ops/kernel.ts";
 import type { Optimizer } from "../ops/optim.ts";
 import { keep, Rng, Tensor } from "../ops/tensor.ts";
 import type { Module, Param } from "../models/module.ts";
+import { Conv2d } from "../models/layers.ts";
+import { SparseDepthwisePlan } from "../ops/sparse_depthwise.ts";
 
 /** Mask granularity: single weights, or whole output filters (ShiftwiseConv's `magnitude_sum`). */
 export type Granularity = "weight" | "filter";
@@ -175,6 +177,23 @@ export class Masking {
       if (m[u]) full.fill(1, u * l.unitSize, (u + 1) * l.unitSize);
     }
     gpu().upload(l.gpu.buffer, full);
+    // A depthwise conv runs only its active taps once sparse enough: keep its plan in step.
+    const conv = this.#depthwiseOf(key);
+    if (conv) {
+      if (conv.sparsePlan) conv.sparsePlan.update(full);
+      else conv.sparsePlan = SparseDepthwisePlan.fromMask(full, l.param.shape);
+    }
+  }
+
+  /** The stride-1 depthwise `Conv2d` whose weight is `key`, if it is one. */
+  #depthwiseOf(key: string): Conv2d | null {
+    if (!key.endsWith(".weight")) return null;
+    const path = key.slice(0, -".weight".length);
+    for (const [name, m] of this.model.namedModules()) {
+      if (name !== path) continue;
+      return m instanceof Conv2d && m.isDepthwise && m.stride === 1 ? m : null;
+    }
+    return null;
   }
 
   /** The layer of `key` (throws if it is not masked). */
@@ -235,7 +254,12 @@ export class Masking {
 
   /** Free the GPU masks. */
   dispose(): void {
-    for (const l of this.layers.values()) l.gpu.dispose();
+    for (const l of this.layers.values()) {
+      l.gpu.dispose();
+      const conv = this.#depthwiseOf(l.key);
+      conv?.sparsePlan?.dispose();
+      if (conv) conv.sparsePlan = null;
+    }
     this.layers.clear();
   }
 }

@@ -293,3 +293,45 @@ Deno.test("FLOPs from actual masks; SLaK Table 7 params at the paper's rounding"
   assert.deepEqual(rows.map((r) => r.params_match), ["yes", "yes", "yes", "yes", "yes"]);
   assert.deepEqual(rows.map((r) => Math.round(r.params_M)), [29, 30, 30, 32, 32]);
 });
+
+Deno.test("masked depthwise convs run the sparse taps path, with the dense result, and follow mask changes", async () => {
+  const { slak, SLAK_PRESETS } = await import("../models/slak.ts");
+  const { Conv2d } = await import("../models/layers.ts");
+  const { Masking } = await import("../sparse/masks.ts");
+  const { uniformDensities } = await import("../sparse/density.ts");
+  const { seedInit } = await import("../models/module.ts");
+  const { noGrad } = await import("../ops/autograd.ts");
+  seedInit(3);
+  const model = slak({ ...SLAK_PRESETS.slak_cpu, numClasses: 3 });
+  model.eval();
+  const masking = new Masking(model, uniformDensities(model, 0.4), { seed: 5 });
+  masking.apply();
+  const convs = [...model.namedModules()]
+    .filter(([k, m]) => m instanceof Conv2d && m.isDepthwise && masking.layers.has(`${k}.weight`))
+    .map(([k, m]) => [k, m as InstanceType<typeof Conv2d>] as const);
+  assert.ok(convs.length >= 8, `masked depthwise convs: ${convs.length}`);
+  for (const [k, c] of convs) {
+    assert.ok(c.sparsePlan, `${k} has a sparse plan`);
+    assert.ok(Math.abs(c.sparsePlan!.density - 0.4) < 0.02, `${k} plan density`);
+  }
+  const x = Tensor.randn([2, 3, 32, 32], { seed: 9 });
+  const run = () => noGrad(() => scope(async () => await model.forward(x).read()));
+  const sparse = await run();
+  const plans = convs.map(([, c]) => c.sparsePlan);
+  for (const [, c] of convs) c.sparsePlan = null;
+  const dense = await run();
+  convs.forEach(([, c], i) => (c.sparsePlan = plans[i]));
+  for (let i = 0; i < dense.length; i++) {
+    assert.ok(Math.abs(sparse[i] - dense[i]) <= 1e-4 * (1 + Math.abs(dense[i])), `logit ${i}`);
+  }
+  // A new mask reaches the plan.
+  const [key0, conv0] = convs[0];
+  const l = masking.layer(`${key0}.weight`);
+  l.mask.fill(1);
+  masking.upload(l.key);
+  assert.equal(conv0.sparsePlan!.density, 1);
+  x.dispose();
+  masking.dispose();
+  assert.equal(conv0.sparsePlan, null);
+  model.dispose();
+});
