@@ -102,6 +102,19 @@ export interface ModelBench {
   trainGpuMs: number | null;
   timing: string;
   peakBytes: number;
+  /** CPU milliseconds to record one step (the GPU idles meanwhile unless work is queued). */
+  inferRecordMs: number | null;
+  trainRecordMs: number | null;
+}
+
+/** CPU milliseconds that `record` takes to record its work; then waits for the GPU. */
+async function recordMs(record: () => void): Promise<number> {
+  await gpu().sync();
+  const t0 = performance.now();
+  record();
+  const ms = performance.now() - t0;
+  await gpu().sync();
+  return ms;
 }
 
 /**
@@ -142,15 +155,16 @@ export async function benchModel(
     trainGpuMs: null,
     timing: "",
     peakBytes: 0,
+    inferRecordMs: null,
+    trainRecordMs: null,
   };
   const params = model.parameters();
   try {
     if (passes.includes("infer")) {
       model.eval();
-      const t = await timeGpu(() => noGrad(() => scope(() => void model.forward(x))), {
-        runs: steps,
-        warmup,
-      });
+      const infer = () => noGrad(() => scope(() => void model.forward(x)));
+      const t = await timeGpu(infer, { runs: steps, warmup });
+      out.inferRecordMs = await recordMs(infer);
       out.inferMs = t.wallMs;
       out.inferGpuMs = t.method === "timestamp" ? t.ms : null;
       out.timing = t.method;
@@ -169,7 +183,7 @@ export async function benchModel(
         out.trainMs = t.wallMs;
         out.trainGpuMs = t.method === "timestamp" ? t.ms : null;
         out.timing = t.method;
-        await gpu().sync();
+        out.trainRecordMs = await recordMs(step);
         out.peakBytes = poolStats().allocatedBytes;
       } finally {
         opt.dispose();
@@ -254,7 +268,7 @@ async function main(): Promise<void> {
   const comments = [
     `adapter: ${adapter}`,
     `median of ${steps} after ${warmup} warm-up; img/s from the wall clock around a drained queue` +
-    `, *_gpu_img_s from timestamps; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
+    `, *_gpu_img_s from timestamps, *_record_ms = CPU time to record one step; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
   ];
   for (const { name, kernels } of specs) {
     const info = modelInfo(name);
@@ -301,6 +315,8 @@ async function main(): Promise<void> {
       train_gpu_img_s: ips(r.trainGpuMs),
       infer_ms: r.inferMs === null ? "" : Number(r.inferMs.toFixed(2)),
       train_ms: r.trainMs === null ? "" : Number(r.trainMs.toFixed(2)),
+      infer_record_ms: r.inferRecordMs === null ? "" : Number(r.inferRecordMs.toFixed(2)),
+      train_record_ms: r.trainRecordMs === null ? "" : Number(r.trainRecordMs.toFixed(2)),
       timing: r.timing,
     };
     rows.push(row);

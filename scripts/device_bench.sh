@@ -2,17 +2,19 @@
 # One device run for issue 7: the PyTorch anchors and our kernels side by side, on the same GPU.
 # Run on the GPU machine from the repository root, carrying [".device"]:
 #   bash .device/setup.sh && bash scripts/device_bench.sh
-# Writes into $OUT (default out/device_bench/), 7 files:
+# Writes into $OUT (default out/device_bench/), 8 files:
 #   torch_dwconv.csv    PyTorch 24-layer dwconv stack, N=64 C=384: R=32 K=3,7,13,31 and R=64 K=31
 #   latency.csv         ours, same columns (impl,pass,N,C,R,K,ms_per_stack): fast (tuned) + generic fwd
 #   latency_detail.csv  ours with wall ms, timing method, TFLOP/s, % of the FP32 peak, tile plans
 #   tune.csv            every tiling the autotuner timed
 #   torch_models.csv    timm ConvNeXt-T 7-7-7-7 and 51-49-47-13: inference/training img/s, batch 64, 224²
+#   bench_gemm.csv      our tiled vs simple matrix products (GFLOP/s, % of FP32 peak) on layer shapes
 #   bench_models.csv    ours: ConvNeXt-T (both), SLaK-T, RepLKNet-31B, same leading columns
 #   log.txt             everything printed, including the ratio tables
 # Each step has a time limit and a failed step does not stop the others; the whole run stays
-# under DEADLINE seconds (default 540). EXTRA_LAT / EXTRA_MODELS append flags to our two scripts
+# under DEADLINE seconds (default 540). EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
 # (a dry run on llvmpipe: EXTRA_LAT="--n 1 --c 8 --layers 2 --r 16 --k 3"
+# EXTRA_GEMM="--n 1 --set convnext --runs 1"
 # EXTRA_MODELS="--models convnext_cpu --batch 2 --size 32 --classes 10"). Redraw the chart afterwards, off the device:
 #   deno run -A scripts/latency.ts --plot-only --out <dir with latency.csv> --torch <torch_dwconv.csv>
 set -x
@@ -77,9 +79,13 @@ cat "$OUT/torch_models.csv"
 anchor=()
 grep -q '^convnext' "$OUT/torch_models.csv" && anchor=(--anchor "$OUT/torch_models.csv")
 
-# 4. Ours, whole models, depthwise tiles tuned per shape first (the CSV is rewritten after each
+# 4. Our matrix products, tiled vs simple, on ConvNeXt-T / ResNet-101 layer shapes at batch 64.
+step 45 deno run -A scripts/bench_gemm.ts --n 64 --runs 3 --out "$tmp/gemm" $EXTRA_GEMM
+[ -s "$tmp/gemm/bench_gemm.csv" ] && cp "$tmp/gemm/bench_gemm.csv" "$OUT/"
+
+# 5. Ours, whole models, depthwise tiles tuned per shape first (the CSV is rewritten after each
 #    model, so a timeout keeps the finished ones; the issue's targets come first).
-step 170 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 4 \
+step 250 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
   --models convnext_tiny@51-49-47-13,convnext_tiny,slak_tiny,replknet_31b \
   "${anchor[@]}" --out "$tmp/bm" $EXTRA_MODELS
 [ -s "$tmp/bm/bench_models.csv" ] && cp "$tmp/bm/bench_models.csv" "$OUT/"
