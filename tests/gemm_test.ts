@@ -106,6 +106,22 @@ Deno.test("gemm: conv2d with groups = 1 as an implicit GEMM matches the simple k
   }
 });
 
+Deno.test("gemm: the big-product tiles (64×64, 8×8 blocks) match the simple kernels", async () => {
+  // Heuristic tiles of big products on llvmpipe; a GPU's 128×128 tiles share the same generator.
+  setGemmImpl("simple");
+  const shapes = [[2, 5, 19, 13], [67, 5, 3, 3]];
+  const fn = (x: Tensor, w: Tensor) => conv2d(x, w, null, { padding: 1 });
+  const want = await run(shapes, fn, 5);
+  setGemmImpl("tiled");
+  setGemmConfig({ bm: 64, bn: 64, bk: 8, tm: 8, tn: 8 });
+  try {
+    const got = await run(shapes, fn, 5);
+    got.forEach((g, i) => assert.ok(relError(g, want[i]) < 1e-5, `output ${i}`));
+  } finally {
+    setGemmConfig(null);
+  }
+});
+
 Deno.test("gemm: small outputs with long inner products split the inner dimension", () => {
   setGemmConfig(null);
   const c = gemmConfig(1, 16, 24, 200704);
