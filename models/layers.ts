@@ -290,7 +290,8 @@ export class BatchNorm2d extends Module {
   constructor(
     readonly channels: number,
     readonly eps = 1e-5,
-    readonly momentum = 0.1,
+    /** Weight of the newest batch in the running statistics (changeable, e.g. to calibrate). */
+    public momentum = 0.1,
     weightInit: Init = { kind: "ones" },
   ) {
     super();

@@ -17,6 +17,7 @@ import { Rng, scope, Tensor } from "../ops/tensor.ts";
 import {
   type AreaRatio,
   areaRatios,
+  calibrateBatchNorm,
   ERF_THRESHOLDS,
   ErfAccumulator,
   type FeatureModel,
@@ -33,6 +34,8 @@ import sharp from "sharp";
 
 const MEAN = [0.485, 0.456, 0.406];
 const STD = [0.229, 0.224, 0.225];
+/** Images whose BatchNorm statistics random weights get (see calibrateBatchNorm). */
+const CALIBRATION_IMAGES = 4;
 const IMAGE_EXT = /\.(jpe?g|png|webp|bmp|tiff?)$/i;
 
 const HELP = `usage: deno run -A scripts/erf.ts [flags]
@@ -44,7 +47,8 @@ Effective receptive field as RepLKNet Appendix B / SLaK Sec. 5.
   --kernels LIST    stage kernels for every model that has them, e.g. 31,29,27,13 (ConvNeXt variants)
   --weights LIST    comma-separated weights (.safetensors or official .pth), one per model; random
                     init (seeded) otherwise, with LayerScale 1 (the 1e-6 training init would hide
-                    every block behind its residual)
+                    every block behind its residual) and BatchNorm statistics calibrated on the
+                    first 4 images (the init statistics leave a deep ResNet unnormalised)
   --images DIR      JPEG/PNG images, resized to --size (bicubic), ImageNet normalisation; default: a
                     built-in deterministic set of synthetic natural-like (1/f noise) images
   --num N           images per model (default 50)
@@ -231,6 +235,18 @@ async function main() {
     };
     const model = createModel(name, overrides) as unknown as FeatureModel;
     if (weights[mi]) model.loadStateDict(await loadWeightsFile(weights[mi]), { strict: false });
+    else {
+      // Random weights: BatchNorm statistics of the images themselves (see calibrateBatchNorm).
+      const calib = [];
+      for (let k = 0; k < Math.min(num, CALIBRATION_IMAGES); k++) {
+        const img = files
+          ? await loadImage(files[k], size)
+          : syntheticImage(size, seed * 100003 + k);
+        if (img) calib.push(Tensor.from(normalise(img, size), [1, 3, size, size]));
+      }
+      await calibrateBatchNorm(model, calib);
+      calib.forEach((t) => t.dispose());
+    }
     const acc = new ErfAccumulator(size, size);
     const bar = new ProgressBar(`ERF ${name}`, num);
     let used = 0, failed = 0;
