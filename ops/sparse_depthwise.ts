@@ -23,13 +23,24 @@
  * the same time (the tap range is a workgroup-uniform bound that already skips
  * lines falling wholly in the zero padding), so the "is this tap active" branch
  * is uniform: inactive taps cost a test, not `bu·bv` FMAs.
+ * Tuner options ({@linkcode SparseForwardConfig}): `pre` loads the next
+ * line's segment, weights and pattern before the current line's taps (the
+ * uniform branches otherwise keep the compiler from hoisting them, exposing a
+ * workgroup-memory latency per line); `lz` visits only the set bits of a
+ * line's pattern (`countTrailingZeros`, clear the lowest bit, a switch on the
+ * tap), so an empty line costs one test and a line of `a` active taps `a`
+ * dispatches; `so` writes the output tile through workgroup memory so that
+ * consecutive invocations store consecutive image columns (the direct stores
+ * of the horizontal orientation, long axis along x, are strided by a row).
  *
  * **Filter gradient**: gw[c, ku, kv] = Σ_{n,u,v} gy·x, for active taps only
  * (zero elsewhere, as the masked gradient would be). A workgroup owns a
  * channel, a group of planes and `groups` chunks of `ck` tap lines; each chunk
  * is worked by its own `lanes` invocations (a warp for `lanes` = 32), which
  * split the planes' output blocks between them and keep `ck·KV` accumulators;
- * inactive taps are skipped by a branch uniform across the chunk. Partial sums
+ * inactive taps are skipped by a branch uniform across the chunk (`acc` > 1
+ * splits each tap's `bu·bv` FMAs over `acc` accumulators: shorter dependency
+ * chains inside a branch the compiler cannot schedule across). Partial sums
  * go across the lanes in workgroup memory, then across plane groups in a
  * second pass.
  *
@@ -301,6 +312,12 @@ export interface SparseForwardConfig {
   planes: number;
   nub: number;
   nvb: number;
+  /** Load each tap line's input segment, weights and pattern one line ahead (hides their latency). */
+  pre?: boolean;
+  /** Visit only the set bits of each line's pattern (countTrailingZeros loop): empty lines cost one test. */
+  lz?: boolean;
+  /** Write the output tile through workgroup memory, image rows contiguous (coalesced stores). */
+  so?: boolean;
 }
 
 /**
@@ -318,6 +335,8 @@ export interface SparseFilterConfig {
   ck: number;
   groups: number;
   planesPerGroup: number;
+  /** Partial sums per tap (1 or `bu`): `acc` independent FMA chains instead of one of `bu·bv`. */
+  acc?: number;
 }
 
 /** The three configs for a shape; null where the kernel does not fit (dense fallback). */
@@ -429,6 +448,8 @@ interface FwdLayout {
   NW: number;
   tilesU: number;
   tilesV: number;
+  /** Output staging row stride (vec4s, odd) when `so`. */
+  OS: number;
   bytes: number;
 }
 
@@ -442,6 +463,9 @@ function fwdLayout(s: VShape, c: SparseForwardConfig): FwdLayout {
   const WR = s.KU + c.bu - 1;
   const wsv = ceilDiv(s.KV, 4);
   const NW = ceilDiv(s.KV, 32);
+  const OS = TV / 4 + ((TV / 4) % 2 === 0 ? 1 : 0);
+  // One line more of input, weights and patterns when loading a line ahead (read, never used).
+  const extra = c.pre ? 1 : 0;
   return {
     TU,
     TV,
@@ -455,27 +479,32 @@ function fwdLayout(s: VShape, c: SparseForwardConfig): FwdLayout {
     NW,
     tilesU: ceilDiv(s.UO, TU),
     tilesV: ceilDiv(s.VO, TV),
-    bytes: 16 * (c.planes * PS + WR * wsv) + 4 * WR * NW,
+    OS,
+    bytes: 16 * (c.planes * PS + extra * XVV + (WR + extra) * wsv) + 4 * (WR + extra) * NW,
   };
 }
 
 function fwdFits(s: VShape, c: SparseForwardConfig): boolean {
   const ok = [c.bu, c.bv, c.planes, c.nub, c.nvb].every((v) => Number.isInteger(v) && v > 0) &&
-    c.bv % 4 === 0;
+    c.bv % 4 === 0 && (!c.lz || s.KV <= 32);
   if (!ok) return false;
   const L = fwdLayout(s, c);
+  if (c.so && L.TU * L.OS > L.PS) return false;
   return L.T <= threadLimit() && L.bytes <= sharedLimit();
 }
 
 /** Heuristic forward tiling with register block bu×bv, ~`threads` invocations, ≤ `maxTU` rows. */
 function fitFwd(
   s: VShape,
-  { bu, bv, threads = 128, lanes = 32, maxTU = 32 }: {
+  { bu, bv, threads = 128, lanes = 32, maxTU = 32, pre, lz, so }: {
     bu: number;
     bv: number;
     threads?: number;
     lanes?: number;
     maxTU?: number;
+    pre?: boolean;
+    lz?: boolean;
+    so?: boolean;
   },
 ): SparseForwardConfig {
   const nvb = Math.max(1, Math.min(ceilDiv(s.VO, bv), Math.floor(64 / bv)));
@@ -490,19 +519,27 @@ function fitFwd(
       ),
     );
   let nub = nubFor();
-  const cfg = () => ({ bu, bv, planes, nub, nvb });
+  const flags = {
+    ...(pre ? { pre: true } : {}),
+    ...(lz && s.KV <= 32 ? { lz: true } : {}),
+    ...(so ? { so: true } : {}),
+  };
+  const cfg = (): SparseForwardConfig => ({ bu, bv, planes, nub, nvb, ...flags });
   while (!fwdFits(s, cfg()) && planes > 1) {
     planes = Math.max(1, planes >> 1);
     nub = nubFor();
   }
   while (!fwdFits(s, cfg()) && nub > 1) nub = Math.max(1, nub >> 1);
+  // A tile too small to stage its output: store directly.
+  if (!fwdFits(s, cfg()) && flags.so) delete flags.so;
   return cfg();
 }
 
 function defaultFwd(s: VShape): SparseForwardConfig {
   if (gpu().isFallback) {
     // Small unrolled bodies: llvmpipe's compile time grows with them.
-    return fitFwd(s, { bu: 2, bv: 4, threads: 16, lanes: 8, maxTU: 4 });
+    // Loading a line ahead measured ~12% faster there (n 4, c 16, 48², 21×5).
+    return fitFwd(s, { bu: 2, bv: 4, threads: 16, lanes: 8, maxTU: 4, pre: true });
   }
   return fitFwd(s, { bu: 4, bv: s.VO >= 24 && s.KV <= 16 ? 8 : 4 });
 }
@@ -563,7 +600,8 @@ function fltFits(s: VShape, c: SparseFilterConfig): boolean {
   const ok =
     [c.bu, c.bv, c.planes, c.nub, c.nvb, c.ck, c.groups, c.planesPerGroup].every((v) =>
       Number.isInteger(v) && v > 0
-    ) && c.bv % 4 === 0 && c.ck * s.KV <= 96;
+    ) && c.bv % 4 === 0 && c.ck * s.KV <= 96 &&
+    (c.acc === undefined || (Number.isInteger(c.acc) && c.acc >= 1 && c.ck * s.KV * c.acc <= 128));
   if (!ok) return false;
   const L = fltLayout(s, c);
   return L.T <= threadLimit() && L.bytes <= sharedLimit();
@@ -571,13 +609,14 @@ function fltFits(s: VShape, c: SparseFilterConfig): boolean {
 
 function fitFlt(
   s: VShape,
-  { bu, bv, ck, lanes = 32, threads = 128, planesPerGroup = 8 }: {
+  { bu, bv, ck, lanes = 32, threads = 128, planesPerGroup = 8, acc }: {
     bu: number;
     bv: number;
     ck: number;
     lanes?: number;
     threads?: number;
     planesPerGroup?: number;
+    acc?: number;
   },
 ): SparseFilterConfig {
   ck = Math.max(1, Math.min(ck, s.KU, Math.floor(96 / s.KV)));
@@ -595,6 +634,7 @@ function fitFlt(
     ck,
     groups,
     planesPerGroup: Math.max(planes, Math.min(s.n, planesPerGroup)),
+    ...(acc && acc > 1 ? { acc: Math.min(acc, bu) } : {}),
   });
   while (!fltFits(s, cfg()) && groups > 1) groups--;
   while (!fltFits(s, cfg()) && ck > 1) ck--;
@@ -676,14 +716,16 @@ function forwardKernel(
 ): string {
   const Ly = fwdLayout(s, cfg);
   const { bu, bv, planes: P, nvb } = cfg;
-  const { TU, TV, T, nv, XVV, ROWS, PS, WR, wsv, NW } = Ly;
+  const { TU, TV, T, nv, XVV, ROWS, PS, WR, wsv, NW, OS } = Ly;
   const { n: N, c: C, KU, KV, PU, PV, U, V, UO, VO } = s;
+  const pre = cfg.pre === true;
+  const extra = pre ? 1 : 0;
   const out: string[] = [];
   const e = (l: string) => out.push(l);
   e(storage(...(opts.bias ? ["x", "w", "pat:u32", "b", "y!"] : ["x", "w", "pat:u32", "y!"])));
-  e(`var<workgroup> xt: array<vec4<f32>, ${P * PS}>;`);
-  e(`var<workgroup> wt: array<vec4<f32>, ${WR * wsv}>;`);
-  e(`var<workgroup> pt: array<u32, ${WR * NW}>;`);
+  e(`var<workgroup> xt: array<vec4<f32>, ${P * PS + extra * XVV}>;`);
+  e(`var<workgroup> wt: array<vec4<f32>, ${(WR + extra) * wsv}>;`);
+  e(`var<workgroup> pt: array<u32, ${(WR + extra) * NW}>;`);
   e(`@compute @workgroup_size(${T})`);
   e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
   e(`  let c = wid.y;`);
@@ -755,28 +797,112 @@ function forwardKernel(
       e(`  var s${r}_${v} = ${r < bu - 1 ? `xt[xb + ${r * XVV + v}u]` : "vec4<f32>(0.0)"};`);
     }
   }
+  /** FMAs of tap `kv` of tap line `i` of the step (weights `w…`). */
+  const fmas = (i: number, kv: number, ind: string) => {
+    for (let b = 0; b < bu; b++) {
+      const sl = `s${(b + i) % bu}_`;
+      for (let j = 0; j < bv; j++) {
+        e(`${ind}a${b}_${j} = fma(${lane("w", kv)}, ${lane(sl, j + kv)}, a${b}_${j});`);
+      }
+    }
+  };
+  /** The taps of line `i`: a test per tap, or (lz) a loop over the set bits of `word0`. */
+  const lineTaps = (i: number, word: (k: number) => string) => {
+    if (cfg.lz) {
+      e(`      var m = ${word(0)};`);
+      e(`      loop {`);
+      e(`        if (m == 0u) { break; }`);
+      e(`        let kv = countTrailingZeros(m);`);
+      e(`        m &= m - 1u;`);
+      e(`        switch kv {`);
+      for (let kv = 0; kv < KV; kv++) {
+        e(`          case ${kv}u: {`);
+        fmas(i, kv, "            ");
+        e(`          }`);
+      }
+      e(`          default: {}`);
+      e(`        }`);
+      e(`      }`);
+      return;
+    }
+    for (let kv = 0; kv < KV; kv++) {
+      e(`      if (((${word(kv >> 5)} >> ${kv & 31}u) & 1u) != 0u) {`);
+      fmas(i, kv, "        ");
+      e(`      }`);
+    }
+  };
+  if (pre) {
+    // The next line's segment, weights and pattern words, loaded before the current line's taps.
+    for (let v = 0; v < nv; v++) e(`  var nx${v} = xt[xb + ${(bu - 1) * XVV + v}u];`);
+    for (let v = 0; v < wsv; v++) e(`  var nw${v} = wt[${v}u];`);
+    for (let k = 0; k < NW; k++) e(`  var np${k} = pt[${k}u];`);
+  }
   e(`  for (var st = 0; st < steps; st++) {`);
   e(`    let sb = xb + u32(st * ${bu}) * ${XVV}u;`);
   e(`    let kb = u32(st * ${bu});`);
   for (let i = 0; i < bu; i++) {
     const slot = (bu - 1 + i) % bu;
+    if (pre) {
+      for (let v = 0; v < nv; v++) e(`    s${slot}_${v} = nx${v};`);
+      e(`    {`);
+      for (let v = 0; v < wsv; v++) e(`      let w${v} = nw${v};`);
+      for (let k = 0; k < NW; k++) e(`      let p${k} = np${k};`);
+      e(`      let kn = kb + ${i + 1}u;`);
+      for (let v = 0; v < nv; v++) e(`      nx${v} = xt[sb + ${(bu + i) * XVV + v}u];`);
+      for (let v = 0; v < wsv; v++) e(`      nw${v} = wt[kn * ${wsv}u + ${v}u];`);
+      for (let k = 0; k < NW; k++) e(`      np${k} = pt[kn * ${NW}u + ${k}u];`);
+      lineTaps(i, (k) => `p${k}`);
+      e(`    }`);
+      continue;
+    }
     for (let v = 0; v < nv; v++) e(`    s${slot}_${v} = xt[sb + ${(bu - 1 + i) * XVV + v}u];`);
     e(`    {`);
     e(`      let kl = kb + ${i}u;`);
     for (let v = 0; v < wsv; v++) e(`      let w${v} = wt[kl * ${wsv}u + ${v}u];`);
-    for (let kv = 0; kv < KV; kv++) {
-      e(`      if (${bit("pt", `kl * ${NW}u`, kv)}) {`);
-      for (let b = 0; b < bu; b++) {
-        const sl = `s${(b + i) % bu}_`;
-        for (let j = 0; j < bv; j++) {
-          e(`        a${b}_${j} = fma(${lane("w", kv)}, ${lane(sl, j + kv)}, a${b}_${j});`);
-        }
+    if (cfg.lz) lineTaps(i, (k) => `pt[kl * ${NW}u + ${k}u]`);
+    else {
+      for (let kv = 0; kv < KV; kv++) {
+        e(`      if (${bit("pt", `kl * ${NW}u`, kv)}) {`);
+        fmas(i, kv, "        ");
+        e(`      }`);
       }
-      e(`      }`);
     }
     e(`    }`);
   }
   e(`  }`);
+  if (cfg.so) {
+    // Through workgroup memory: [plane][u][v] (vec4s along v, odd row stride), then stored
+    // with the image's x fastest across invocations.
+    e(`  workgroupBarrier();`);
+    e(`  let ob = p * ${TU * OS}u + rb * ${bu * OS}u + q * ${bv / 4}u;`);
+    for (let b = 0; b < bu; b++) {
+      for (let v = 0; v < bv / 4; v++) {
+        e(`  xt[ob + ${b * OS + v}u] = vec4<f32>(${
+          [0, 1, 2, 3].map((k) => `a${b}_${v * 4 + k}`).join(", ")
+        });`);
+      }
+    }
+    e(`  workgroupBarrier();`);
+    e(`  for (var i = tid; i < ${P * TU * TV}u; i += ${T}u) {`);
+    if (s.vertical) {
+      e(`    let tv = i % ${TV}u;`);
+      e(`    let tu = (i / ${TV}u) % ${TU}u;`);
+    } else {
+      e(`    let tu = i % ${TU}u;`);
+      e(`    let tv = (i / ${TU}u) % ${TV}u;`);
+    }
+    e(`    let n = n0 + i / ${TU * TV}u;`);
+    e(`    let ou = u32(uT) + tu;`);
+    e(`    let ov = u32(vT) + tv;`);
+    e(`    if (n < ${N}u && ou < ${UO}u && ov < ${VO}u) {`);
+    e(`      y[(n * ${C}u + c) * ${UO * VO}u + ${gidx(s, "ou", "ov", s.wo)}] = xt[(i / ${
+      TU * TV
+    }u) * ${TU * OS}u + tu * ${OS}u + tv / 4u][tv % 4u];`);
+    e(`    }`);
+    e(`  }`);
+    e(`}`);
+    return out.join("\n");
+  }
   // Store the block.
   e(`  let n = n0 + p;`);
   e(`  if (n < ${N}u) {`);
@@ -855,7 +981,14 @@ function filterKernel(s: VShape, cfg: SparseFilterConfig, direct: boolean): stri
   e(`  }`);
   e(`  var anyC = 0u;`);
   e(`  for (var i = 0u; i < ${CK * NW}u; i++) { anyC |= pt[gi * ${CK * NW}u + i]; }`);
-  for (let t = 0; t < CK; t++) for (let kv = 0; kv < KV; kv++) e(`  var a${t}_${kv} = 0.0;`);
+  const R = cfg.acc ?? 1;
+  // Accumulator r of tap (t, kv): partial sums over the block rows b ≡ r (mod R).
+  const acc = (t: number, kv: number, r: number) => R === 1 ? `a${t}_${kv}` : `a${t}_${kv}_${r}`;
+  for (let t = 0; t < CK; t++) {
+    for (let kv = 0; kv < KV; kv++) {
+      for (let r = 0; r < R; r++) e(`  var ${acc(t, kv, r)} = 0.0;`);
+    }
+  }
   e(`  if (anyW != 0u) {`);
   e(`  for (var pi = 0u; pi < ${NPG}u; pi += ${P}u) {`);
   e(`    let n0 = pg * ${NPG}u + pi;`);
@@ -930,9 +1063,9 @@ function filterKernel(s: VShape, cfg: SparseFilterConfig, direct: boolean): stri
       e(`          if (${bit("pt", `${t * NW}u + gi * ${CK * NW}u`, kv)}) {`);
       for (let b = 0; b < bu; b++) {
         for (let j = 0; j < bv; j++) {
-          e(`            a${t}_${kv} = fma(${lane(`g${b}_`, j)}, ${
+          e(`            ${acc(t, kv, b % R)} = fma(${lane(`g${b}_`, j)}, ${
             lane(`x${b + t}_`, j + kv)
-          }, a${t}_${kv});`);
+          }, ${acc(t, kv, b % R)});`);
         }
       }
       e(`          }`);
@@ -945,7 +1078,10 @@ function filterKernel(s: VShape, cfg: SparseFilterConfig, direct: boolean): stri
   e(`  }`);
   // Sum over the chunk's lanes.
   for (let t = 0; t < CK; t++) {
-    for (let kv = 0; kv < KV; kv++) e(`  red[${(t * KV + kv) * T}u + tid] = a${t}_${kv};`);
+    for (let kv = 0; kv < KV; kv++) {
+      const sum = Array.from({ length: R }, (_, r) => acc(t, kv, r)).join(" + ");
+      e(`  red[${(t * KV + kv) * T}u + tid] = ${sum};`);
+    }
   }
   e(`  workgroupBarrier();`);
   e(`  for (var i = tid; i < ${G * NACC}u; i += ${T}u) {`);
@@ -1248,7 +1384,16 @@ function dedupe<T>(list: T[]): T[] {
 function forwardCandidates(v: VShape): SparseForwardConfig[] {
   const d = defaultFwd(v);
   if (gpu().isFallback) return [d];
+  // First the earlier winner and its variants with the look-ahead loads (pre), set-bit loops (lz),
+  // staged coalesced stores (so) and whole-image-height tiles (maxTU 64); then the older ones.
   const variants = [
+    { bu: 4, bv: 4, threads: 256 },
+    { bu: 4, bv: 4, threads: 256, pre: true, so: true },
+    { bu: 4, bv: 4, threads: 256, pre: true, lz: true, so: true },
+    { bu: 8, bv: 4, pre: true, so: true },
+    { bu: 4, bv: 4, threads: 256, lanes: 16, maxTU: 64, pre: true, so: true },
+    { bu: 4, bv: 8, pre: true, lz: true, so: true },
+    { bu: 4, bv: 4, threads: 256, so: true },
     { bu: 4, bv: 8 },
     { bu: 4, bv: 4 },
     { bu: 8, bv: 4 },
@@ -1259,6 +1404,9 @@ function forwardCandidates(v: VShape): SparseForwardConfig[] {
     { bu: 4, bv: 4, threads: 256 },
     { bu: 4, bv: 8, threads: 64 },
     { bu: 8, bv: 4, maxTU: 64 },
+    { bu: 4, bv: 4, threads: 256, lz: true },
+    { bu: 8, bv: 8, pre: true, so: true },
+    { bu: 2, bv: 8, threads: 256, pre: true, lz: true, so: true },
   ];
   return dedupe([d, ...variants.map((x) => fitFwd(v, x))].filter((c) => fwdFits(v, c)));
 }
@@ -1266,7 +1414,15 @@ function forwardCandidates(v: VShape): SparseForwardConfig[] {
 function filterCandidates(v: VShape): SparseFilterConfig[] {
   const d = defaultFlt(v);
   if (gpu().isFallback) return [d];
+  // The earlier winner, then split accumulators (acc: `acc` FMA chains per tap), then the older ones.
   const variants = [
+    { bu: 4, bv: 4, ck: 2 },
+    { bu: 4, bv: 4, ck: 2, acc: 4 },
+    { bu: 4, bv: 4, ck: 4, acc: 4 },
+    { bu: 4, bv: 8, ck: 2, acc: 4 },
+    { bu: 4, bv: 4, ck: 4, threads: 256, acc: 4 },
+    { bu: 4, bv: 4, ck: 2, acc: 2 },
+    { bu: 8, bv: 4, ck: 2, acc: 4 },
     { bu: 4, bv: 8, ck: 4 },
     { bu: 2, bv: 8, ck: 4 },
     { bu: 4, bv: 4, ck: 8 },

@@ -167,6 +167,27 @@ Deno.test("sparse depthwise: GPU-sized register blocks, multi-word patterns", as
   });
 });
 
+Deno.test("sparse depthwise: look-ahead loads, set-bit loops, staged stores, split sums", async () => {
+  // The flags the tuner can pick, forced on tiny shapes: partial tiles, both orientations, bias.
+  const flt = { bu: 2, bv: 4, planes: 2, nub: 1, nvb: 2, ck: 2, groups: 2, planesPerGroup: 2 };
+  await compare("7x3 pre so d0.6", [3, 2, 10, 9], [7, 3], 0.6, true, {}, {
+    forward: { ...fwd(2, 4, 2, 2, 2), pre: true, so: true },
+    filter: { ...flt, acc: 2 },
+  });
+  await compare("3x7 pre lz so d0.4", [3, 2, 9, 10], [3, 7], 0.4, false, {}, {
+    forward: { ...fwd(3, 4, 2, 2, 2), pre: true, lz: true, so: true },
+    filter: { ...flt, bu: 3, acc: 3 },
+  });
+  await compare("9x5 lz d0.3 (empty lines)", [2, 3, 8, 11], [9, 5], 0.3, true, {}, {
+    forward: { ...fwd(2, 4, 1, 3, 2), lz: true },
+    filter: { ...flt, acc: 2 },
+  });
+  await compare("5x9 so d1", [2, 2, 11, 7], [5, 9], 1, true, {}, {
+    forward: { ...fwd(2, 4, 2, 2, 1), so: true },
+    filter: { ...flt, ck: 3, acc: 2 },
+  });
+});
+
 Deno.test("sparse depthwise: backward against finite differences of the CPU reference", async () => {
   const xShape = [2, 2, 6, 5];
   const [kh, kw] = [5, 3];
