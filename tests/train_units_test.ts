@@ -66,9 +66,10 @@ Deno.test("CLI: official snake_case flags and multi-value --kernel_size are unde
   assert.equal(cfg.labelSmoothing, 0.2);
   assert.equal(cfg.epochs, 2);
   assert.equal(cfg.model, "slak_cpu", "software adapter → cpu preset");
-  assert.equal(
-    (parseTrainArgs([], false) as { model: string }).model,
-    "slak_tiny",
+  const onGpu = parseTrainArgs([], false) as { model: string; widthFactor: number; epochs: number };
+  assert.deepEqual(
+    [onGpu.model, onGpu.widthFactor, onGpu.epochs],
+    ["slak_cpu", 2, 12],
     "real GPU → gpu preset",
   );
   // On/off flags turn off too, so a preset's `true` can be overridden.
