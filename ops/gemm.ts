@@ -157,7 +157,7 @@ const MIN_CHUNK = 256;
  * 64×64 with 8×8 blocks of 64 invocations for big products (about twice as
  * fast there as 32×32 with 4×4, ~1.3 s to compile cold) and 32×32 with 4×4
  * for small ones (~0.6 s; larger workgroup arrays compile superlinearly
- * slower on llvmpipe). `k` is split when the output tiles alone would leave
+ * slower on llvmpipe); products of at most 16 rows get tiles of 4 or 16 rows. `k` is split when the output tiles alone would leave
  * most of the GPU idle.
  *
  * @example
@@ -172,6 +172,9 @@ export function gemmConfig(batch: number, m: number, n: number, k: number): Gemm
   const g = gpu();
   let cfg: GemmConfig;
   if (forced) cfg = { ...forced };
+  // Few rows (the late stages of a small input, batch 1): a tile as short as the product, not
+  // 32–128 rows of which all but m are padding (a 1024→4096 linear on 4 rows took 230 ms on llvmpipe).
+  else if (m <= 16) cfg = { bm: m <= 4 ? 4 : 16, bn: 64, bk: 8, tm: 4, tn: 4 };
   else if (!g.isFallback && m >= 128 && n >= 128) cfg = { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
   else if (!g.isFallback) cfg = { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 };
   else if (m >= 64 && n >= 64 && m * n * k >= 1 << 22) {

@@ -73,17 +73,18 @@ import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
 
 /**
  * Density (active taps / all taps of a kernel) below which
- * {@linkcode depthwiseMaybeSparse} runs the sparse kernels. A conservative
- * guess until measured on the target GPU (`scripts/sparse_speed.ts` prints the
- * measured crossover).
+ * {@linkcode depthwiseMaybeSparse} runs the sparse kernels. Measured with
+ * `scripts/sparse_speed.ts` on an H100 (SLaK-T stage 1: 64×124×56², 51×5 and
+ * 5×51, both tuned): the sparse path wins below density ≈ 0.91 forward and
+ * forward+backward (×1.32 / ×1.28 at density 0.6, dense 8.3 / 30.4 ms).
  *
  * @example
  * ```ts
  * import { SPARSE_DEPTHWISE_THRESHOLD } from "./sparse_depthwise.ts";
- * console.log(SPARSE_DEPTHWISE_THRESHOLD); // 0.7
+ * console.log(SPARSE_DEPTHWISE_THRESHOLD); // 0.9
  * ```
  */
-export const SPARSE_DEPTHWISE_THRESHOLD = 0.7;
+export const SPARSE_DEPTHWISE_THRESHOLD = 0.9;
 
 // ---------------------------------------------------------------- plan
 

@@ -104,3 +104,38 @@ Deno.test("ERF of a single depthwise k×k conv is exactly the k×k square", asyn
     model.dispose();
   }
 });
+
+Deno.test("calibrateBatchNorm: running statistics become the calibration images' (cumulative average)", async () => {
+  const { createModel } = await import("../models/registry.ts");
+  const { calibrateBatchNorm } = await import("../analysis/erf.ts");
+  const { BatchNorm2d } = await import("../models/layers.ts");
+  const { noGrad } = await import("../ops/autograd.ts");
+  const model = createModel("resnet_cpu") as unknown as Module & {
+    conv1: Conv2d;
+    bn1: InstanceType<typeof BatchNorm2d>;
+  };
+  const batches = [1, 2].map((seed) => Tensor.randn([2, 3, 32, 32], { seed, mean: seed - 1 }));
+  await calibrateBatchNorm(model as never, batches);
+  assert.equal(model.training, false);
+  assert.equal(model.bn1.momentum, 0.1, "momentum restored");
+  // bn1's mean = the average over both batches of conv1's per-channel means.
+  const c = model.bn1.channels;
+  const want = new Float64Array(c);
+  for (const x of batches) {
+    const y = await noGrad(() => model.conv1.forward(x)).read();
+    const plane = y.length / (2 * c);
+    for (let n = 0; n < 2; n++) {
+      for (let ch = 0; ch < c; ch++) {
+        for (let i = 0; i < plane; i++) want[ch] += y[(n * c + ch) * plane + i] / (2 * plane * 2);
+      }
+    }
+  }
+  const got = await model.bn1.runningMean.tensor.read();
+  for (let ch = 0; ch < c; ch++) {
+    assert.ok(Math.abs(got[ch] - want[ch]) < 1e-4 * (1 + Math.abs(want[ch])), `channel ${ch}`);
+  }
+  const vars = await model.bn1.runningVar.tensor.read();
+  assert.ok(vars.some((v) => Math.abs(v - 1) > 1e-3), "running_var left at its init");
+  batches.forEach((t) => t.dispose());
+  model.dispose();
+});
