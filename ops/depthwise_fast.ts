@@ -898,8 +898,17 @@ function filterKernel(s: DepthwiseShape, cfg: FilterConfig, direct: boolean): st
   return out.join("\n");
 }
 
-/** WGSL: gw[i] = Σ_g part[g, i], one invocation per tap. */
-function sumGroupsKernel(count: number, groups: number): string {
+/**
+ * WGSL: gw[i] = Σ_g part[g, i] over `groups` partial filter gradients of
+ * `count` taps, one invocation per tap (also used by the sparse kernels).
+ *
+ * @example
+ * ```ts
+ * import { sumGroupsKernel } from "./depthwise_fast.ts";
+ * console.log(sumGroupsKernel(10, 4).includes("@compute")); // true
+ * ```
+ */
+export function sumGroupsKernel(count: number, groups: number): string {
   return `${storage("part", "gw!")}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {

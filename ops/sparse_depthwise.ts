@@ -65,7 +65,7 @@
 import { needsGrad, record } from "./autograd.ts";
 import { channelSum } from "./conv.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "./depthwise.ts";
-import { type DepthwiseShape, timeGpu } from "./depthwise_fast.ts";
+import { type DepthwiseShape, sumGroupsKernel, timeGpu } from "./depthwise_fast.ts";
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
 import { launch, storage } from "./kernel.ts";
@@ -1100,19 +1100,6 @@ function filterKernel(s: VShape, cfg: SparseFilterConfig, direct: boolean): stri
   e(`  }`);
   e(`}`);
   return out.join("\n");
-}
-
-/** WGSL: gw[i] = Σ_g part[g, i]. */
-function sumGroupsKernel(count: number, groups: number): string {
-  return `${storage("part", "gw!")}
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * 256u);
-  if (i >= ${count}u) { return; }
-  var acc = 0.0;
-  for (var g = 0u; g < ${groups}u; g++) { acc += part[g * ${count}u + i]; }
-  gw[i] = acc;
-}`;
 }
 
 function launchFilter(
