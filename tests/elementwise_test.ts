@@ -63,3 +63,25 @@ Deno.test("sum and sumAxes against CPU", async () => {
     },
   });
 });
+
+Deno.test("sum of a large tensor (two-pass path) against CPU, gradient all ones", async () => {
+  const { Tensor } = await import("../ops/tensor.ts");
+  const { backward } = await import("../ops/autograd.ts");
+  const assert = (await import("node:assert/strict")).default;
+  for (const n of [1 << 20, 3 * (1 << 18)]) {
+    const a = Float32Array.from({ length: n }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5);
+    const want = a.reduce((s, v) => s + v, 0);
+    const x = Tensor.from(a, [n]);
+    x.requiresGrad = true;
+    const s = sum(x);
+    const got = (await s.read())[0];
+    assert.ok(
+      Math.abs(got - want) <= 1e-5 * Math.max(1, Math.abs(want)),
+      `${n}: ${got} vs ${want}`,
+    );
+    backward(s);
+    assert.ok((await x.grad!.read()).every((v) => v === 1));
+    x.grad!.dispose();
+    x.dispose();
+  }
+});
