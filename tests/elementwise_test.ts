@@ -1,4 +1,7 @@
 import { add, gelu, mul, relu, scale, sigmoid, sub, sum, sumAxes } from "../ops/elementwise.ts";
+import assert from "node:assert/strict";
+import { backward } from "../ops/autograd.ts";
+import { Tensor } from "../ops/tensor.ts";
 import { checkOp, setup } from "./harness.ts";
 import { erf } from "./reference.ts";
 
@@ -65,9 +68,6 @@ Deno.test("sum and sumAxes against CPU", async () => {
 });
 
 Deno.test("sum of a large tensor (two-pass path) against CPU, gradient all ones", async () => {
-  const { Tensor } = await import("../ops/tensor.ts");
-  const { backward } = await import("../ops/autograd.ts");
-  const assert = (await import("node:assert/strict")).default;
   for (const n of [1 << 20, 3 * (1 << 18)]) {
     const a = Float32Array.from({ length: n }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5);
     const want = a.reduce((s, v) => s + v, 0);
