@@ -59,6 +59,25 @@ export * from "./models/replknet.ts";
 export * from "./models/resnet.ts";
 export * from "./models/shiftwise.ts";
 export * from "./models/registry.ts";
+// train: the trainer behind `deno task train`, its presets and datasets
+export {
+  type EpochRow,
+  evaluate,
+  NonFiniteLossError,
+  train,
+  type TrainHooks,
+  type TrainResult,
+} from "./train/trainer.ts";
+export { defaultConfig, presetConfig, PRESETS, type TrainConfig } from "./train/config.ts";
+export {
+  type Batch,
+  type Dataset,
+  type DatasetSpec,
+  ImageFolderDataset,
+  mixupBatch,
+  openDataset,
+  ProceduralDataset,
+} from "./train/data/mod.ts";
 // sparse: masks, layer-wise densities, prune-and-grow (SLaK and ShiftwiseConv recipes)
 export * from "./sparse/density.ts";
 export * from "./sparse/masks.ts";
