@@ -1083,6 +1083,36 @@ function dedupe<T>(list: T[]): T[] {
   });
 }
 
+/**
+ * Time `run` on each candidate config (GPU ms, see {@linkcode timeGpu}),
+ * append every timing to `results` and return the fastest config (null when
+ * there are no candidates): the loop of both depthwise autotuners.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { fastestConfig } from "./depthwise_fast.ts";
+ * await initGpu();
+ * const results: { kernel: "forward"; config: number; ms: number }[] = [];
+ * console.log(await fastestConfig("forward", [1, 2], () => {}, 1, results), results.length); // 1 2 (or 2 2)
+ * ```
+ */
+export async function fastestConfig<K extends string, C>(
+  kernel: K,
+  candidates: C[],
+  run: (cfg: C) => void,
+  runs: number,
+  results: { kernel: K; config: C; ms: number }[],
+): Promise<C | null> {
+  let best: [number, C] | null = null;
+  for (const cfg of candidates) {
+    const t = await timeGpu(() => run(cfg), { runs });
+    results.push({ kernel, config: cfg, ms: t.ms });
+    if (!best || t.ms < best[0]) best = [t.ms, cfg];
+  }
+  return best ? best[1] : null;
+}
+
 /** One timed candidate of {@linkcode tuneDepthwise}. */
 export interface TuneResult {
   kernel: "forward" | "backwardInput" | "filter";
@@ -1123,15 +1153,14 @@ export async function tuneDepthwise(
   try {
     for (const kernel of kernels) {
       if (kernel === "filter") {
-        let best: [number, FilterConfig] | null = null;
-        for (const cfg of filterCandidates(s).slice(0, maxCandidates)) {
-          const t = await timeGpu(() => depthwiseBackwardFilterFast(gy, x, s, cfg).dispose(), {
-            runs,
-          });
-          results.push({ kernel, config: cfg, ms: t.ms });
-          if (!best || t.ms < best[0]) best = [t.ms, cfg];
-        }
-        if (best) entry.filter = best[1];
+        const best = await fastestConfig(
+          kernel,
+          filterCandidates(s).slice(0, maxCandidates),
+          (cfg) => depthwiseBackwardFilterFast(gy, x, s, cfg).dispose(),
+          runs,
+          results as { kernel: typeof kernel; config: FilterConfig; ms: number }[],
+        );
+        if (best) entry.filter = best;
       } else if (
         kernel === "backwardInput" && entry.forward && kernels.includes("forward") &&
         shapeKey(transposedShape(s)) === shapeKey(s)
@@ -1140,16 +1169,17 @@ export async function tuneDepthwise(
         entry.backwardInput = entry.forward;
       } else {
         const shape = kernel === "forward" ? s : transposedShape(s);
-        let best: [number, ForwardConfig] | null = null;
-        for (const cfg of forwardCandidates(shape).slice(0, maxCandidates)) {
-          const run = kernel === "forward"
-            ? () => depthwiseForwardFast(x, w, null, s, cfg).dispose()
-            : () => depthwiseBackwardInputFast(gy, w, s, cfg).dispose();
-          const t = await timeGpu(run, { runs });
-          results.push({ kernel, config: cfg, ms: t.ms });
-          if (!best || t.ms < best[0]) best = [t.ms, cfg];
-        }
-        if (best) entry[kernel] = best[1];
+        const best = await fastestConfig(
+          kernel,
+          forwardCandidates(shape).slice(0, maxCandidates),
+          (cfg) =>
+            (kernel === "forward"
+              ? depthwiseForwardFast(x, w, null, s, cfg)
+              : depthwiseBackwardInputFast(gy, w, s, cfg)).dispose(),
+          runs,
+          results as { kernel: typeof kernel; config: ForwardConfig; ms: number }[],
+        );
+        if (best) entry[kernel] = best;
       }
     }
   } finally {

@@ -65,7 +65,7 @@
 import { needsGrad, record } from "./autograd.ts";
 import { channelSum } from "./conv.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "./depthwise.ts";
-import { type DepthwiseShape, sumGroupsKernel, timeGpu } from "./depthwise_fast.ts";
+import { type DepthwiseShape, fastestConfig, sumGroupsKernel } from "./depthwise_fast.ts";
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
 import { launch, storage } from "./kernel.ts";
@@ -1466,28 +1466,27 @@ export async function tuneSparseDepthwise(
   try {
     for (const kernel of kernels) {
       if (kernel === "filter") {
-        let best: [number, SparseFilterConfig] | null = null;
-        for (const cfg of filterCandidates(virt(s, plan.vertical)).slice(0, maxCandidates)) {
-          const t = await timeGpu(
-            () => sparseDepthwiseBackwardFilter(gy, x, plan, s, cfg).dispose(),
-            { runs },
-          );
-          results.push({ kernel, config: cfg, ms: t.ms });
-          if (!best || t.ms < best[0]) best = [t.ms, cfg];
-        }
-        if (best) entry.filter = best[1];
+        const best = await fastestConfig(
+          kernel,
+          filterCandidates(virt(s, plan.vertical)).slice(0, maxCandidates),
+          (cfg) => sparseDepthwiseBackwardFilter(gy, x, plan, s, cfg).dispose(),
+          runs,
+          results as { kernel: typeof kernel; config: SparseFilterConfig; ms: number }[],
+        );
+        if (best) entry.filter = best;
       } else {
         const shape = kernel === "forward" ? s : transposed(s);
-        let best: [number, SparseForwardConfig] | null = null;
-        for (const cfg of forwardCandidates(virt(shape, plan.vertical)).slice(0, maxCandidates)) {
-          const run = kernel === "forward"
-            ? () => sparseDepthwiseForward(x, w, plan, null, s, cfg).dispose()
-            : () => sparseDepthwiseBackwardInput(gy, w, plan, s, cfg).dispose();
-          const t = await timeGpu(run, { runs });
-          results.push({ kernel, config: cfg, ms: t.ms });
-          if (!best || t.ms < best[0]) best = [t.ms, cfg];
-        }
-        if (best) entry[kernel] = best[1];
+        const best = await fastestConfig(
+          kernel,
+          forwardCandidates(virt(shape, plan.vertical)).slice(0, maxCandidates),
+          (cfg) =>
+            (kernel === "forward"
+              ? sparseDepthwiseForward(x, w, plan, null, s, cfg)
+              : sparseDepthwiseBackwardInput(gy, w, plan, s, cfg)).dispose(),
+          runs,
+          results as { kernel: typeof kernel; config: SparseForwardConfig; ms: number }[],
+        );
+        if (best) entry[kernel] = best;
       }
     }
   } finally {
