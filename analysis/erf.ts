@@ -8,6 +8,14 @@
  * reports the high-contribution area ratio r(t): the smallest centred square
  * of odd side 2i + 1 (i = 1, 2, …) holding more than t of the total.
  *
+ * Random weights need three choices the papers (trained weights only) never
+ * make, all here and all documented where they are made: BatchNorm
+ * statistics ({@linkcode calibrateBatchNorm}), LayerScale
+ * ({@linkcode calibrateLayerScale}) and the map's transform
+ * ({@linkcode ErfTransform}: log10(A + 1) is not scale-free, and the scale of
+ * a random network's gradients is an artefact of its init); see
+ * {@linkcode erfSettings} for the defaults.
+ *
  * @example
  * ```ts
  * import { areaRatios } from "./erf.ts";
@@ -18,12 +26,13 @@
  * @module
  */
 import { backward, noGrad, record } from "../ops/autograd.ts";
-import { relu, sum, sumAxes } from "../ops/elementwise.ts";
+import { mul, relu, scale, sub, sum, sumAxes } from "../ops/elementwise.ts";
 import { elementwiseKernel, launch } from "../ops/kernel.ts";
+import { concat } from "../ops/shape.ts";
 import { keep, scope, Tensor } from "../ops/tensor.ts";
 import { accumulate } from "../ops/autograd.ts";
-import type { Module } from "../models/module.ts";
-import { BatchNorm2d } from "../models/layers.ts";
+import { type Module, Param } from "../models/module.ts";
+import { BatchNorm2d, DropPath } from "../models/layers.ts";
 import { gpu } from "../ops/gpu.ts";
 
 /** The thresholds of SLaK Table 6 / RepLKNet Table 10. */
@@ -37,11 +46,34 @@ export interface AreaRatio {
 }
 
 /**
- * Preprocess as the official analysis: log10(A + 1), then divide by the
- * maximum. Returns a new array.
+ * What the contribution map A goes through before the area ratios.
+ *
+ * - `log`: the official analysis (`analyze_erf.py`), log10(A + 1) / max. Not
+ *   scale-free: A ≫ 1 is compressed, which widens r(t), A ≪ 1 is left nearly
+ *   linear. The papers' trained weights come with the scale training gave
+ *   them; use it for them.
+ * - `linear`: A / max, i.e. r(t) of A itself (Luo et al. 2016's ERF, and the
+ *   A ≪ 1 limit of `log`). Invariant to the scale of A, which for random
+ *   weights is only an artefact of each family's init: at 256² a random
+ *   ResNet-101's A peaks at ~6·10³ against ConvNeXt-T's ~1.5, and the log
+ *   alone moved ResNet-101's r(20%) from 8.6 % to 17.5 %.
  */
-export function normalizeErf(a: ArrayLike<number>): Float64Array {
-  const out = Float64Array.from(a, (v) => Math.log10(v + 1));
+export type ErfTransform = "log" | "linear";
+
+/**
+ * Preprocess as the official analysis: log10(A + 1), then divide by the
+ * maximum (`transform` "log", the default), or only divide by the maximum
+ * ("linear", see {@linkcode ErfTransform}). Returns a new array.
+ *
+ * @example
+ * ```ts
+ * import { normalizeErf } from "./erf.ts";
+ * console.log([...normalizeErf([0, 9, 99])]); // [0, 0.5, 1]
+ * console.log([...normalizeErf([0, 9, 99], "linear")]); // [0, 0.0909…, 1]
+ * ```
+ */
+export function normalizeErf(a: ArrayLike<number>, transform: ErfTransform = "log"): Float64Array {
+  const out = Float64Array.from(a, transform === "log" ? (v) => Math.log10(v + 1) : (v) => v);
   let max = 0;
   for (const v of out) if (v > max) max = v;
   if (max > 0) { for (let i = 0; i < out.length; i++) out[i] /= max; }
@@ -209,4 +241,157 @@ export async function calibrateBatchNorm(model: FeatureModel, batches: Tensor[])
     norms.forEach((m, i) => (m.momentum = momenta[i]));
     model.eval();
   }
+}
+
+/** A residual block with LayerScale: `forward(x) = x + drop_path(gamma ⊙ branch(x))`, NCHW. */
+interface LayerScaleBlock extends Module {
+  gamma: Param;
+  forward(x: Tensor): Tensor;
+}
+
+/**
+ * The model's LayerScale blocks (ConvNeXt's and SLaK's `Block`,
+ * ShiftwiseConv's `SWBlock`): the residual modules (with a drop path) that
+ * have a per-channel `gamma` parameter, in forward order (GRN's `gamma` is
+ * not LayerScale). Empty for families without LayerScale (ResNet, RepLKNet).
+ *
+ * @example
+ * ```ts
+ * import { createModel } from "../models/registry.ts";
+ * import { layerScaleBlocks } from "./erf.ts";
+ * console.log(layerScaleBlocks(createModel("convnext_cpu")).length); // 4
+ * console.log(layerScaleBlocks(createModel("resnet_cpu")).length); // 0
+ * ```
+ */
+export function layerScaleBlocks(model: Module): Module[] {
+  return [...model.namedModules()].map(([, m]) => m).filter((m) => {
+    const { gamma, dropPath } = m as { gamma?: unknown; dropPath?: unknown };
+    return gamma instanceof Param && gamma.shape.length === 1 && dropPath instanceof DropPath;
+  });
+}
+
+/**
+ * Set every LayerScale `gamma` (per channel) so that the block's residual
+ * branch, measured on `batches` with every earlier block already set, has
+ * unit RMS per channel: gamma_c = 1 / RMS(branch_c). Random weights only.
+ *
+ * Why: the official init `layer_scale_init_value = 1e-6` scales every
+ * ConvNeXt/SLaK branch to ~1e-6 of the identity, so a random network's ERF is
+ * only the patchify stem and downsampling layers' 32×32 patch, whatever the
+ * kernels (ConvNeXt-T at 128²: r(20%) 5.1 % against 22.7 % calibrated). Even
+ * gamma = 1 leaves the branches at 2–50 % of the identity's RMS (measured on
+ * ConvNeXt-T; pwconv1 · GELU · pwconv2 at trunc_normal(0.02) has a gain of
+ * ~0.04). Unit RMS per channel is what a calibrated ResNet's last BatchNorm
+ * (`bn3`, weight 1) gives its branch, so every family is measured with
+ * branches of the same strength and the ERF shows the kernels.
+ * (ShiftwiseConv's branch ends in a BatchNorm too, but at random init its
+ * input variance, ~1e-6, is under that BatchNorm's eps; its gammas come out
+ * 1–2.5.) Trained weights bring their own gammas and need none of this.
+ *
+ * Runs one forward pass over all `batches` together (eval mode, every
+ * block's branch run twice); calibrate BatchNorm first with gamma 1 and
+ * again afterwards (SLaK's kernel BatchNorms see the new inputs). Returns the
+ * number of blocks set (0: the model has no LayerScale).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { createModel } from "../models/registry.ts";
+ * import { calibrateLayerScale } from "./erf.ts";
+ * await initGpu();
+ * const model = createModel("convnext_cpu", { layerScaleInit: 1 });
+ * console.log(await calibrateLayerScale(model, [Tensor.randn([2, 3, 64, 64], { seed: 1 })])); // 4
+ * ```
+ */
+export async function calibrateLayerScale(model: FeatureModel, batches: Tensor[]): Promise<number> {
+  const blocks = layerScaleBlocks(model) as LayerScaleBlock[];
+  if (!blocks.length || !batches.length) return 0;
+  model.eval();
+  const patched = blocks.map((block) => {
+    const forward = block.forward.bind(block);
+    const c = block.gamma.shape[0];
+    const rsqrt = elementwiseKernel(c, ["m"], "y[i] = select(1.0, inverseSqrt(m[i]), m[i] > 0.0);");
+    // Sequential calls the instance's own `forward`: set gamma from this input, then go on.
+    block.forward = (x: Tensor) => {
+      if (x.rank !== 4 || x.shape[1] !== c) {
+        throw new Error(`calibrateLayerScale: block input [${x.shape}] is not [N, ${c}, H, W]`);
+      }
+      block.gamma.set(Tensor.ones([c]));
+      scope(() => {
+        const d = sub(forward(x), x);
+        const meanSquare = scale(sumAxes(mul(d, d), [0, 2, 3]), c / d.size);
+        const g = Tensor.empty([c]);
+        launch(rsqrt, [meanSquare, g], c);
+        block.gamma.set(g);
+      });
+      return forward(x);
+    };
+    return block;
+  });
+  try {
+    noGrad(() =>
+      scope(() => {
+        const x = batches.length === 1 ? batches[0] : concat(batches, 0);
+        void model.features(x);
+      })
+    );
+    await gpu().sync();
+  } finally {
+    for (const block of patched) delete (block as { forward?: unknown }).forward;
+  }
+  return blocks.length;
+}
+
+/** How an ERF run treats LayerScale: calibrated, one constant for every gamma, or the checkpoint's. */
+export type LayerScaleChoice = "calibrate" | "checkpoint" | number;
+
+/** The resolved choices of an ERF run. */
+export interface ErfSettings {
+  layerScale: LayerScaleChoice;
+  transform: ErfTransform;
+}
+
+/**
+ * Defaults and checks of an ERF run's choices (`scripts/erf.ts`'s
+ * `--layer-scale` and `--transform`). With trained weights: the checkpoint's
+ * gammas (no `--layer-scale` allowed) and the official `log` transform.
+ * With random weights: `calibrate` (see {@linkcode calibrateLayerScale}; a
+ * positive number instead sets every gamma to it, e.g. 1e-6, the training
+ * init) and `linear` (see {@linkcode ErfTransform}). Bad values throw a
+ * one-line error naming the flag.
+ *
+ * @example
+ * ```ts
+ * import { erfSettings } from "./erf.ts";
+ * console.log(erfSettings({ weights: false })); // { layerScale: "calibrate", transform: "linear" }
+ * console.log(erfSettings({ weights: true })); // { layerScale: "checkpoint", transform: "log" }
+ * console.log(erfSettings({ weights: false, layerScale: "1e-6", transform: "log" }).layerScale); // 0.000001
+ * ```
+ */
+export function erfSettings(
+  o: { weights: boolean; layerScale?: string; transform?: string },
+): ErfSettings {
+  const transform = o.transform ?? (o.weights ? "log" : "linear");
+  if (transform !== "log" && transform !== "linear") {
+    throw new Error(`--transform: expected log or linear, got "${transform}"`);
+  }
+  if (o.weights) {
+    if (o.layerScale !== undefined) {
+      throw new Error(
+        "--layer-scale: applies to random weights only (a checkpoint has its gammas)",
+      );
+    }
+    return { layerScale: "checkpoint", transform };
+  }
+  if (o.layerScale === undefined || o.layerScale === "calibrate") {
+    return { layerScale: "calibrate", transform };
+  }
+  const v = Number(o.layerScale);
+  if (o.layerScale.trim() === "" || !Number.isFinite(v) || v <= 0) {
+    throw new Error(
+      `--layer-scale: expected calibrate or a positive number, got "${o.layerScale}"`,
+    );
+  }
+  return { layerScale: v, transform };
 }

@@ -46,8 +46,17 @@
  * ```
  * @module
  */
+import {
+  fftCandidates,
+  type FftConfig,
+  fftDepthwiseBackwardFilter,
+  fftDepthwiseBackwardInput,
+  fftDepthwiseForward,
+  fftFits,
+  isFftConfig,
+} from "./depthwise_fft.ts";
 import { gpu } from "./gpu.ts";
-import { launch, storage } from "./kernel.ts";
+import { launch, memoKernel, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- shapes and configs
@@ -148,9 +157,19 @@ export function depthwiseImpl(): DepthwiseImpl {
 }
 
 /** Configs forced for every shape (tests); null restores tuned/heuristic choices. */
-let forced:
-  | { forward?: ForwardConfig; backwardInput?: ForwardConfig; filter?: FilterConfig }
-  | null = null;
+/** A forward / input-gradient tiling: direct tiles or FFT tiles. */
+export type ConvConfig = ForwardConfig | FftConfig;
+/** A filter-gradient tiling: direct or FFT. */
+export type WeightGradConfig = FilterConfig | FftConfig;
+
+/** The configs of the three kernels of one shape. */
+export interface DepthwiseConfigs {
+  forward?: ConvConfig;
+  backwardInput?: ConvConfig;
+  filter?: WeightGradConfig;
+}
+
+let forced: DepthwiseConfigs | null = null;
 
 /**
  * Force tile configs for every shape (tests use tiny tiles to exercise
@@ -164,9 +183,7 @@ let forced:
  * setDepthwiseConfig(null);
  * ```
  */
-export function setDepthwiseConfig(
-  configs: { forward?: ForwardConfig; backwardInput?: ForwardConfig; filter?: FilterConfig } | null,
-): void {
+export function setDepthwiseConfig(configs: DepthwiseConfigs | null): void {
   forced = configs;
 }
 
@@ -193,9 +210,9 @@ export function collectDepthwiseShapes(on: boolean): DepthwiseShape[] {
 
 /** The kernels chosen for one shape; null where the plain kernel of `depthwise.ts` runs. */
 export interface DepthwisePlan {
-  forward: ForwardConfig | null;
-  backwardInput: ForwardConfig | null;
-  filter: FilterConfig | null;
+  forward: ConvConfig | null;
+  backwardInput: ConvConfig | null;
+  filter: WeightGradConfig | null;
 }
 
 const tuned = new Map<string, Partial<DepthwisePlan>>();
@@ -258,10 +275,12 @@ export function depthwisePlan(s: DepthwiseShape, stride: number): DepthwisePlan 
   const backwardInput = forced?.backwardInput ?? forced?.forward ?? t.backwardInput ??
     defaultForwardConfig(ts);
   const filter = forced?.filter ?? t.filter ?? defaultFilterConfig(s);
+  const convFits = (sh: DepthwiseShape, c: ConvConfig) =>
+    isFftConfig(c) ? fftFits(sh, c) : forwardFits(sh, c);
   return {
-    forward: forwardFits(s, forward) ? forward : null,
-    backwardInput: forwardFits(ts, backwardInput) ? backwardInput : null,
-    filter: filterFits(s, filter) ? filter : null,
+    forward: convFits(s, forward) ? forward : null,
+    backwardInput: convFits(ts, backwardInput) ? backwardInput : null,
+    filter: (isFftConfig(filter) ? fftFits(s, filter) : filterFits(s, filter)) ? filter : null,
   };
 }
 
@@ -450,12 +469,13 @@ function fitForward(
   return cfg();
 }
 
+const forwardKernel = memoKernel(forwardKernelSource);
 /**
  * WGSL of the forward tile kernel: y = corr(x, w) (+ bias) with top/left
  * padding (ph, pw), or with `flip` the correlation with the filter rotated by
  * 180° (the input gradient).
  */
-function forwardKernel(
+function forwardKernelSource(
   s: DepthwiseShape,
   cfg: ForwardConfig,
   opts: { flip: boolean; bias: boolean },
@@ -625,8 +645,9 @@ export function depthwiseForwardFast(
   w: Tensor,
   bias: Tensor | null,
   s: DepthwiseShape,
-  cfg: ForwardConfig,
+  cfg: ConvConfig,
 ): Tensor {
+  if (isFftConfig(cfg)) return fftDepthwiseForward(x, w, bias, s, cfg);
   const y = Tensor.empty([s.n, s.c, s.ho, s.wo]);
   launchForward(s, cfg, false, x, w, bias, y);
   return y;
@@ -653,8 +674,9 @@ export function depthwiseBackwardInputFast(
   gy: Tensor,
   w: Tensor,
   s: DepthwiseShape,
-  cfg: ForwardConfig,
+  cfg: ConvConfig,
 ): Tensor {
+  if (isFftConfig(cfg)) return fftDepthwiseBackwardInput(gy, w, s, cfg);
   const gx = Tensor.empty([s.n, s.c, s.h, s.w]);
   launchForward(transposedShape(s), cfg, true, gy, w, null, gx);
   return gx;
@@ -774,8 +796,9 @@ export function defaultFilterConfig(s: DepthwiseShape): FilterConfig {
   });
 }
 
+const filterKernel = memoKernel(filterKernelSource);
 /** WGSL of the filter-gradient partial sums: partial[g, c, ky, kx] over plane group g. */
-function filterKernel(s: DepthwiseShape, cfg: FilterConfig, direct: boolean): string {
+function filterKernelSource(s: DepthwiseShape, cfg: FilterConfig, direct: boolean): string {
   const L = filterLayout(s, cfg);
   const { tbh, tbw, u, lanes, planesPerGroup: NPG, bandRows: BR } = cfg;
   const { nkx, nkyW, threads: T, nCh, nvx, xrsv, gRows, grsv, nBands } = L;
@@ -941,8 +964,9 @@ export function depthwiseBackwardFilterFast(
   gy: Tensor,
   x: Tensor,
   s: DepthwiseShape,
-  cfg: FilterConfig,
+  cfg: WeightGradConfig,
 ): Tensor {
+  if (isFftConfig(cfg)) return fftDepthwiseBackwardFilter(gy, x, s, cfg);
   const L = filterLayout(s, cfg);
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   const grid = [L.groups, s.c, cfg.kySplit];
@@ -964,7 +988,10 @@ export function depthwiseBackwardFilterFast(
  * of `runs` after `warmup` runs: timestamp queries around the recorded
  * dispatches where the adapter offers `timestamp-query` (and they look sane),
  * else the wall clock around a sync. `record` only records work (it must not
- * read back).
+ * read back). With `minMs`, each timed run records the work back to back as
+ * many times (`reps`) as it takes to last that long, and the times are per
+ * recording: a GPU left idle between short runs drops to a low clock (the
+ * H100 sat at 345 MHz instead of 1980 MHz, timing kernels up to 5× slow).
  *
  * @example
  * ```ts
@@ -978,12 +1005,29 @@ export function depthwiseBackwardFilterFast(
  */
 export async function timeGpu(
   record: () => void,
-  { runs = 5, warmup = 1 }: { runs?: number; warmup?: number } = {},
-): Promise<{ ms: number; wallMs: number; method: "timestamp" | "wall"; all: number[] }> {
+  { runs = 5, warmup = 1, minMs = 0 }: { runs?: number; warmup?: number; minMs?: number } = {},
+): Promise<
+  { ms: number; wallMs: number; method: "timestamp" | "wall"; all: number[]; reps: number }
+> {
   const g = gpu();
   for (let i = 0; i < warmup; i++) {
     record();
     await g.sync();
+  }
+  let reps = 1;
+  if (minMs > 0) {
+    // Back to back until a timed run lasts minMs: the GPU stays busy, so it runs at its
+    // working clock (see TUNE_MIN_MS).
+    const probe = await timeGpu(record, { runs: 1, warmup: 0 });
+    reps = Math.max(1, Math.min(256, Math.ceil(minMs / Math.max(probe.ms, 1e-3))));
+    if (reps > 1) {
+      const once = record;
+      record = () => {
+        for (let i = 0; i < reps; i++) once();
+      };
+      record();
+      await g.sync();
+    }
   }
   const useTs = g.features.has("timestamp-query");
   const qs = useTs ? g.device.createQuerySet({ type: "timestamp", count: 2 }) : null;
@@ -1019,16 +1063,16 @@ export async function timeGpu(
   }
   qs?.destroy();
   resolve?.destroy();
-  const median = (v: number[]) => [...v].sort((p, q) => p - q)[Math.floor(v.length / 2)];
+  const median = (v: number[]) => [...v].sort((p, q) => p - q)[Math.floor(v.length / 2)] / reps;
   const wallMs = median(walls);
   if (ts.length) {
     const tsMs = median(ts);
     // Guard against adapters whose timestamps are coarse or meaningless.
     if (tsMs > 0 && tsMs <= wallMs * 1.05) {
-      return { ms: tsMs, wallMs, method: "timestamp", all: ts };
+      return { ms: tsMs, wallMs, method: "timestamp", all: ts.map((t) => t / reps), reps };
     }
   }
-  return { ms: wallMs, wallMs, method: "wall", all: walls };
+  return { ms: wallMs, wallMs, method: "wall", all: walls.map((t) => t / reps), reps };
 }
 
 /** Forward/input-gradient candidates: the heuristic first, then variations of one knob each. */
@@ -1084,7 +1128,17 @@ function dedupe<T>(list: T[]): T[] {
 }
 
 /**
- * Time `run` on each candidate config (GPU ms, see {@linkcode timeGpu}),
+ * GPU milliseconds a timed run of a tuning candidate lasts at least (the
+ * candidate runs back to back as often as needed). A lone millisecond-long
+ * launch after an idle gap can run at a low clock: on the H100 single FFT
+ * launches timed up to ~4× slower than the same kernel inside a 24-layer
+ * stack, enough to make the tuner pick the wrong algorithm.
+ */
+export const TUNE_MIN_MS = 15;
+
+/**
+ * Time `run` on each candidate config (GPU ms per run, repeated back to back
+ * for at least {@linkcode TUNE_MIN_MS} per timing, see {@linkcode timeGpu}),
  * append every timing to `results` and return the fastest config (null when
  * there are no candidates): the loop of both depthwise autotuners.
  *
@@ -1106,9 +1160,10 @@ export async function fastestConfig<K extends string, C>(
 ): Promise<C | null> {
   let best: [number, C] | null = null;
   for (const cfg of candidates) {
-    const t = await timeGpu(() => run(cfg), { runs });
-    results.push({ kernel, config: cfg, ms: t.ms });
-    if (!best || t.ms < best[0]) best = [t.ms, cfg];
+    const t = await timeGpu(() => run(cfg), { runs, warmup: 1, minMs: TUNE_MIN_MS });
+    const ms = t.ms;
+    results.push({ kernel, config: cfg, ms });
+    if (!best || ms < best[0]) best = [ms, cfg];
   }
   return best ? best[1] : null;
 }
@@ -1116,7 +1171,7 @@ export async function fastestConfig<K extends string, C>(
 /** One timed candidate of {@linkcode tuneDepthwise}. */
 export interface TuneResult {
   kernel: "forward" | "backwardInput" | "filter";
-  config: ForwardConfig | FilterConfig;
+  config: ConvConfig | WeightGradConfig;
   ms: number;
 }
 
@@ -1155,10 +1210,10 @@ export async function tuneDepthwise(
       if (kernel === "filter") {
         const best = await fastestConfig(
           kernel,
-          filterCandidates(s).slice(0, maxCandidates),
+          [...filterCandidates(s).slice(0, maxCandidates), ...fftCandidates(s)],
           (cfg) => depthwiseBackwardFilterFast(gy, x, s, cfg).dispose(),
           runs,
-          results as { kernel: typeof kernel; config: FilterConfig; ms: number }[],
+          results as { kernel: typeof kernel; config: WeightGradConfig; ms: number }[],
         );
         if (best) entry.filter = best;
       } else if (
@@ -1171,13 +1226,13 @@ export async function tuneDepthwise(
         const shape = kernel === "forward" ? s : transposedShape(s);
         const best = await fastestConfig(
           kernel,
-          forwardCandidates(shape).slice(0, maxCandidates),
+          [...forwardCandidates(shape).slice(0, maxCandidates), ...fftCandidates(shape)],
           (cfg) =>
             (kernel === "forward"
               ? depthwiseForwardFast(x, w, null, s, cfg)
               : depthwiseBackwardInputFast(gy, w, s, cfg)).dispose(),
           runs,
-          results as { kernel: typeof kernel; config: ForwardConfig; ms: number }[],
+          results as { kernel: typeof kernel; config: ConvConfig; ms: number }[],
         );
         if (best) entry[kernel] = best;
       }

@@ -59,6 +59,8 @@ export interface GemmConfig {
   splits?: number;
 }
 
+const gemmSources = new Map<string, string>();
+
 /** One product for {@linkcode gemm}: `out[bt, m, n] = Σ_k A(bt, m, k) · B(bt, n, k)`. */
 export interface GemmSpec {
   batch: number;
@@ -246,23 +248,47 @@ export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
   const mn = m * n;
   const written = spec.written ?? 1;
 
-  const loadTile = (
-    which: "A" | "B",
-    rows: number,
-    stride: number,
-    kFast: boolean,
-    limit: number,
-  ) => {
-    const per = Math.ceil((rows * bk) / threads);
-    const r = which === "A" ? "m" : "n";
-    const lines: string[] = [];
-    for (let q = 0; q < per; q++) {
-      const e = `li + ${q * threads}u`;
-      const idx = kFast
-        ? `let kk${q} = (${e}) % ${bk}u; let rr${q} = (${e}) / ${bk}u;`
-        : `let rr${q} = (${e}) % ${rows}u; let kk${q} = (${e}) / ${rows}u;`;
-      const guard = (q + 1) * threads > rows * bk ? `if (${e} < ${rows * bk}u) ` : "";
-      lines.push(`${guard}{
+  const storeFn = `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`;
+  // Generating the source costs more CPU than recording the dispatch: cache it per product.
+  const key = JSON.stringify([
+    batch,
+    m,
+    n,
+    k,
+    spec.loadA,
+    spec.aKFast,
+    spec.loadB,
+    spec.bKFast,
+    spec.store,
+    written,
+    spec.prelude ?? "",
+    inNames,
+    storeNames,
+    c,
+  ]);
+  let code = gemmSources.get(key);
+  if (code === undefined) {
+    code = gemmSource();
+    gemmSources.set(key, code);
+  }
+  function gemmSource(): string {
+    const loadTile = (
+      which: "A" | "B",
+      rows: number,
+      stride: number,
+      kFast: boolean,
+      limit: number,
+    ) => {
+      const per = Math.ceil((rows * bk) / threads);
+      const r = which === "A" ? "m" : "n";
+      const lines: string[] = [];
+      for (let q = 0; q < per; q++) {
+        const e = `li + ${q * threads}u`;
+        const idx = kFast
+          ? `let kk${q} = (${e}) % ${bk}u; let rr${q} = (${e}) / ${bk}u;`
+          : `let rr${q} = (${e}) % ${rows}u; let kk${q} = (${e}) / ${rows}u;`;
+        const guard = (q + 1) * threads > rows * bk ? `if (${e} < ${rows * bk}u) ` : "";
+        lines.push(`${guard}{
       ${idx}
       let g${r} = ${r}0 + rr${q}; let gk = k0 + kk${q};
       var v = 0.0;
@@ -270,43 +296,42 @@ export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
       let at${q} = kk${q} * ${stride}u + rr${q};
       ${which}s[at${q} / 4u][at${q} % 4u] = v;
     }`);
-    }
-    return lines.join("\n    ");
-  };
-  // Register block: rows (i4·ty + tyIdx)·4 + r and columns (j4·tx + txIdx)·4 + s, read from
-  // workgroup memory as vec4s (vec4 arrays also compile far faster than f32 ones on llvmpipe).
-  const C = ["x", "y", "z", "w"];
-  const accs: string[] = [];
-  const fmas: string[] = [];
-  const stores: string[] = [];
-  for (let i = 0; i < tm; i++) {
-    for (let j4 = 0; j4 < tn / 4; j4++) {
-      accs.push(`var c${i}_${j4} = vec4f(0.0);`);
-      fmas.push(`c${i}_${j4} = fma(vec4f(a${i >> 2}.${C[i & 3]}), b${j4}, c${i}_${j4});`);
-      const row = `m0 + (${(i >> 2) * ty}u + ty) * 4u + ${i & 3}u`;
-      const col = `n0 + (${j4 * tx}u + tx) * 4u`;
-      const put = (q: number) =>
-        partial
-          ? `part[(ks * ${batch}u + bt) * ${mn}u + row * ${n}u + col + ${q}u] = c${i}_${j4}.${
-            C[q]
-          };`
-          : `st(bt, row, col + ${q}u, c${i}_${j4}.${C[q]});`;
-      stores.push(`{ let row = ${row}; let col = ${col};
+      }
+      return lines.join("\n    ");
+    };
+    // Register block: rows (i4·ty + tyIdx)·4 + r and columns (j4·tx + txIdx)·4 + s, read from
+    // workgroup memory as vec4s (vec4 arrays also compile far faster than f32 ones on llvmpipe).
+    const C = ["x", "y", "z", "w"];
+    const accs: string[] = [];
+    const fmas: string[] = [];
+    const stores: string[] = [];
+    for (let i = 0; i < tm; i++) {
+      for (let j4 = 0; j4 < tn / 4; j4++) {
+        accs.push(`var c${i}_${j4} = vec4f(0.0);`);
+        fmas.push(`c${i}_${j4} = fma(vec4f(a${i >> 2}.${C[i & 3]}), b${j4}, c${i}_${j4});`);
+        const row = `m0 + (${(i >> 2) * ty}u + ty) * 4u + ${i & 3}u`;
+        const col = `n0 + (${j4 * tx}u + tx) * 4u`;
+        const put = (q: number) =>
+          partial
+            ? `part[(ks * ${batch}u + bt) * ${mn}u + row * ${n}u + col + ${q}u] = c${i}_${j4}.${
+              C[q]
+            };`
+            : `st(bt, row, col + ${q}u, c${i}_${j4}.${C[q]});`;
+        stores.push(`{ let row = ${row}; let col = ${col};
     if (row < ${m}u) { ${
-        [0, 1, 2, 3].map((q) => `if (col + ${q}u < ${n}u) { ${put(q)} }`).join(" ")
-      } } }`);
+          [0, 1, 2, 3].map((q) => `if (col + ${q}u < ${n}u) { ${put(q)} }`).join(" ")
+        } } }`);
+      }
     }
-  }
-  const aLoads = Array.from(
-    { length: tm / 4 },
-    (_, i4) => `let a${i4} = As[o + ${i4 * ty}u + ty];`,
-  );
-  const bLoads = Array.from(
-    { length: tn / 4 },
-    (_, j4) => `let b${j4} = Bs[p + ${j4 * tx}u + tx];`,
-  );
-  const storeFn = `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`;
-  const code = `${storage(...inNames)}
+    const aLoads = Array.from(
+      { length: tm / 4 },
+      (_, i4) => `let a${i4} = As[o + ${i4 * ty}u + ty];`,
+    );
+    const bLoads = Array.from(
+      { length: tn / 4 },
+      (_, j4) => `let b${j4} = Bs[p + ${j4 * tx}u + tx];`,
+    );
+    return `${storage(...inNames)}
 ${bindings(storeNames, inNames.length, partial ? 1 : written)}
 ${spec.prelude ?? ""}
 fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
@@ -344,6 +369,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   ${stores.join("\n  ")}
 }`;
+  }
   const outputs = Object.values(spec.outputs);
   launch(code, [...inputs, ...(partial ? [partial] : outputs)], grid1d(total, 1));
   if (!partial) return;

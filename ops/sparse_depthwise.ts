@@ -68,7 +68,7 @@ import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "./depthwise
 import { type DepthwiseShape, fastestConfig, sumGroupsKernel } from "./depthwise_fast.ts";
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
-import { launch, storage } from "./kernel.ts";
+import { launch, memoKernel, storage } from "./kernel.ts";
 import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
 
 /**
@@ -705,12 +705,13 @@ function bit(pt: string, base: string, kv: number): string {
 
 // ---------------------------------------------------------------- forward kernel
 
+const forwardKernel = memoKernel(forwardKernelSource);
 /**
  * WGSL of the sparse forward tile kernel on virtual shape `s` (x of real dims
  * h×w → y of ho×wo); `flip` reads the filter rotated by 180° (input gradient,
  * with the flipped patterns bound).
  */
-function forwardKernel(
+function forwardKernelSource(
   s: VShape,
   cfg: SparseForwardConfig,
   opts: { flip: boolean; bias: boolean },
@@ -946,7 +947,8 @@ function launchForward(
 
 // ---------------------------------------------------------------- filter-gradient kernel
 
-function filterKernel(s: VShape, cfg: SparseFilterConfig, direct: boolean): string {
+const filterKernel = memoKernel(filterKernelSource);
+function filterKernelSource(s: VShape, cfg: SparseFilterConfig, direct: boolean): string {
   const Ly = fltLayout(s, cfg);
   const { bu, bv, planes: P, nvb, ck: CK, groups: G, planesPerGroup: NPG } = cfg;
   const { TU, TV, L, T, nvx, XR, XVV, GVV, PSX, PSG, NW, NACC } = Ly;

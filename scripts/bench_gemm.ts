@@ -147,7 +147,7 @@ async function main(): Promise<void> {
       const { tensors, run } = c.make();
       for (const impl of impls) {
         setGemmImpl(impl);
-        const t = await timeGpu(() => noGrad(() => scope(run)), { runs, warmup: 1 });
+        const t = await timeGpu(() => noGrad(() => scope(run)), { runs, warmup: 1, minMs: 20 });
         const gflops = (2 * c.m * c.n * c.k) / (t.ms * 1e6);
         rows.push({
           impl,

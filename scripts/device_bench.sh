@@ -2,17 +2,20 @@
 # One device run for issue 7: the PyTorch anchors and our kernels side by side, on the same GPU.
 # Run on the GPU machine from the repository root, carrying [".device"]:
 #   bash .device/setup.sh && bash scripts/device_bench.sh
-# Writes into $OUT (default out/device_bench/), 8 files:
+# Writes into $OUT (default out/device_bench/), 9 files:
 #   torch_dwconv.csv    PyTorch 24-layer dwconv stack, N=64 C=384: R=32 K=3,7,13,31 and R=64 K=31
 #   latency.csv         ours, same columns (impl,pass,N,C,R,K,ms_per_stack): fast (tuned) + generic fwd
 #   latency_detail.csv  ours with wall ms, timing method, TFLOP/s, % of the FP32 peak, tile plans
 #   tune.csv            every tiling the autotuner timed
+#   check.csv           fast (direct tiles, FFT 32/64) vs generic outputs at R=32, N=3, C=4
 #   torch_models.csv    timm ConvNeXt-T 7-7-7-7 and 51-49-47-13: inference/training img/s, batch 64, 224²
 #   bench_gemm.csv      our tiled vs simple matrix products (GFLOP/s, % of FP32 peak) on layer shapes
 #   bench_models.csv    ours: ConvNeXt-T (both), SLaK-T, RepLKNet-31B, same leading columns
 #   log.txt             everything printed, including the ratio tables
 # Each step has a time limit and a failed step does not stop the others; the whole run stays
-# under DEADLINE seconds (default 540). EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
+# under DEADLINE seconds (default 540). PART=1 runs steps 1-2 (depthwise), PART=2 steps 3-5
+# (models), default both: the device tool allows 600 s per command, so run the parts as two
+# commands back to back on the same machine. EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
 # (a dry run on llvmpipe: EXTRA_LAT="--n 1 --c 8 --layers 2 --r 16 --k 3"
 # EXTRA_GEMM="--n 1 --set convnext --runs 1"
 # EXTRA_MODELS="--models convnext_cpu --batch 2 --size 32 --classes 10"). Redraw the chart afterwards, off the device:
@@ -20,6 +23,7 @@
 set -x
 OUT="${OUT:-out/device_bench}"
 DEADLINE="${DEADLINE:-540}"
+PART="${PART:-all}"
 mkdir -p "$OUT"
 export PATH="/usr/local/bin:$PATH"
 tmp="$(mktemp -d)"
@@ -56,6 +60,7 @@ csv_merge() {
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 deno --version | head -1
 
+if [ "$PART" != 2 ]; then
 # 1. PyTorch depthwise anchors (strict fp32).
 step 75 python3 .device/torch_dwconv_bench.py --r 32 --k 3,7,13,31 > "$tmp/torch32.csv"
 step 60 python3 .device/torch_dwconv_bench.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
@@ -65,13 +70,17 @@ anchor=()
 [ -s "$OUT/torch_dwconv.csv" ] && anchor=(--anchor "$OUT/torch_dwconv.csv")
 
 # 2. Ours: tuned fast kernels, and the generic forward as the baseline.
-step 130 deno run -A scripts/latency.ts --r 32 --k 3,7,13,31 --tune --impl fast,generic \
+step 230 deno run -A scripts/latency.ts --r 32 --k 3,7,13,31 --tune --check --impl fast,generic \
   --generic-pass fwd "${anchor[@]}" --no-plot --out "$tmp/lat32" $EXTRA_LAT
-step 70 deno run -A scripts/latency.ts --r 64 --k 31 --tune --impl fast --runs 3 --warmup 1 \
-  "${anchor[@]}" --no-plot --out "$tmp/lat64" $EXTRA_LAT
+step 150 deno run -A scripts/latency.ts --r 64 --k 31 --tune --tune-max 3 --impl fast --runs 3 \
+  --warmup 1 "${anchor[@]}" --no-plot --out "$tmp/lat64" $EXTRA_LAT
 csv_merge "$OUT/latency.csv" "$tmp/lat32/latency.csv" "$tmp/lat64/latency.csv"
 csv_merge "$OUT/latency_detail.csv" "$tmp/lat32/latency_detail.csv" "$tmp/lat64/latency_detail.csv"
 csv_merge "$OUT/tune.csv" "$tmp/lat32/tune.csv" "$tmp/lat64/tune.csv"
+[ -s "$tmp/lat32/check.csv" ] && cp "$tmp/lat32/check.csv" "$OUT/"
+fi
+
+if [ "$PART" != 1 ]; then
 
 # 3. PyTorch whole-model anchor.
 step 75 python3 .device/torch_model_bench.py --kernels 7-7-7-7,51-49-47-13 > "$OUT/torch_models.csv"
@@ -85,10 +94,11 @@ step 45 deno run -A scripts/bench_gemm.ts --n 64 --runs 3 --out "$tmp/gemm" $EXT
 
 # 5. Ours, whole models, depthwise tiles tuned per shape first (the CSV is rewritten after each
 #    model, so a timeout keeps the finished ones; the issue's targets come first).
-step 250 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
+step 400 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
   --models convnext_tiny@51-49-47-13,convnext_tiny,slak_tiny,replknet_31b \
   "${anchor[@]}" --out "$tmp/bm" $EXTRA_MODELS
 [ -s "$tmp/bm/bench_models.csv" ] && cp "$tmp/bm/bench_models.csv" "$OUT/"
+fi
 
 ls -la "$OUT"
 echo "device_bench: done in ${SECONDS}s"

@@ -4,6 +4,11 @@
  * high-contribution area ratios r(t) for t = 20/30/50/99% (a CSV row per
  * model), a heatmap PNG per model, and one side-by-side figure.
  *
+ * Random weights (no `--weights`) get BatchNorm statistics and LayerScale
+ * calibrated on the first images and r(t) of the map A itself (`--transform
+ * linear`); trained weights the official log10(A + 1) analysis. `--help` and
+ * `analysis/erf.ts` (`erfSettings`) say why.
+ *
  * @example
  * ```sh
  * deno run -A scripts/erf.ts --model resnet101,convnext_tiny,slak_tiny --num 2 --size 256
@@ -18,9 +23,13 @@ import {
   type AreaRatio,
   areaRatios,
   calibrateBatchNorm,
+  calibrateLayerScale,
   ERF_THRESHOLDS,
   ErfAccumulator,
+  erfSettings,
+  type ErfTransform,
   type FeatureModel,
+  layerScaleBlocks,
   normalizeErf,
 } from "../analysis/erf.ts";
 import { parseNpy, serializeNpy } from "../analysis/npy.ts";
@@ -34,9 +43,14 @@ import sharp from "sharp";
 
 const MEAN = [0.485, 0.456, 0.406];
 const STD = [0.229, 0.224, 0.225];
-/** Images whose BatchNorm statistics random weights get (see calibrateBatchNorm). */
+/** Images whose BatchNorm statistics and LayerScale random weights get (see calibrateBatchNorm). */
 const CALIBRATION_IMAGES = 4;
 const IMAGE_EXT = /\.(jpe?g|png|webp|bmp|tiff?)$/i;
+/** What the heatmaps show, per transform. */
+const CAPTIONS: Record<ErfTransform, string> = {
+  log: "log10(A + 1) / max",
+  linear: "A / max (linear: random weights)",
+};
 
 const HELP = `usage: deno run -A scripts/erf.ts [flags]
 
@@ -46,9 +60,18 @@ Effective receptive field as RepLKNet Appendix B / SLaK Sec. 5.
                     ${MODEL_NAMES.join(", ")}
   --kernels LIST    stage kernels for every model that has them, e.g. 31,29,27,13 (ConvNeXt variants)
   --weights LIST    comma-separated weights (.safetensors or official .pth), one per model; random
-                    init (seeded) otherwise, with LayerScale 1 (the 1e-6 training init would hide
-                    every block behind its residual) and BatchNorm statistics calibrated on the
-                    first 4 images (the init statistics leave a deep ResNet unnormalised)
+                    init (seeded) otherwise, with BatchNorm statistics calibrated on the first 4
+                    images (the init statistics leave a deep ResNet unnormalised)
+  --layer-scale V   random weights only: the LayerScale gammas of ConvNeXt/SLaK/ShiftwiseConv blocks.
+                    calibrate (default): per channel, so each residual branch has unit RMS on the
+                    calibration images, as a calibrated ResNet's last BatchNorm gives its branch; a
+                    number sets every gamma to it (1e-6 = the training init, which scales every
+                    branch to ~1e-6 of the identity, so the ERF is only the stem's 32×32 patch;
+                    1 still leaves the branches at 2-50% of the identity: trunc_normal(0.02) init)
+  --transform T     log: the official log10(A + 1) / max (default with --weights and --analyze);
+                    linear: A / max (default for random weights). log10(A + 1) is not scale-free,
+                    and a random network's scale is its init's: ResNet-101's A peaks ~4000x higher
+                    than ConvNeXt-T's, and the log alone doubles its r(20%) (8.6 -> 17.5% at 256²)
   --images DIR      JPEG/PNG images, resized to --size (bicubic), ImageNet normalisation; default: a
                     built-in deterministic set of synthetic natural-like (1/f noise) images
   --num N           images per model (default 50)
@@ -151,6 +174,8 @@ async function main() {
       num: { type: "string" },
       size: { type: "string" },
       seed: { type: "string" },
+      "layer-scale": { type: "string" },
+      transform: { type: "string" },
       analyze: { type: "string" },
       out: { type: "string" },
       help: { type: "boolean" },
@@ -170,6 +195,8 @@ async function main() {
   };
 
   if (v.analyze) {
+    if (v["layer-scale"] !== undefined) throw new Error("--layer-scale: no network with --analyze");
+    const { transform } = erfSettings({ weights: true, transform: v.transform });
     let bytes: Uint8Array;
     try {
       bytes = await Deno.readFile(v.analyze);
@@ -181,9 +208,9 @@ async function main() {
       throw new Error(`--analyze: ${v.analyze} has shape [${a.shape}], expected a 2-D matrix`);
     }
     const [h, w] = a.shape;
-    const norm = normalizeErf(a.data);
+    const norm = normalizeErf(a.data, transform);
     const name = v.analyze.replace(/^.*\//, "").replace(/\.npy$/, "");
-    const row = tableRow(name, areaRatios(norm, h, w), { size: h, file: v.analyze });
+    const row = tableRow(name, areaRatios(norm, h, w), { size: h, transform, file: v.analyze });
     console.log(toCsv([row]).trim());
     await writeFileAtomic(`${out}/${name}_analysis.csv`, toCsv([row]));
     await writeHeatmapFigure(`${out}/${name}.png`, [{
@@ -192,7 +219,7 @@ async function main() {
       height: h,
       width: w,
     }], {
-      caption: "log10(A + 1) / max",
+      caption: CAPTIONS[transform],
     });
     return;
   }
@@ -211,6 +238,11 @@ async function main() {
       `--weights: ${weights.length} files for ${models.length} models (give one per model)`,
     );
   }
+  const settings = erfSettings({
+    weights: weights.length > 0,
+    layerScale: v["layer-scale"],
+    transform: v.transform,
+  });
   const kernels = v.kernels?.split(",").map(Number);
   if (kernels && (kernels.length < 4 || kernels.some((k) => !Number.isInteger(k) || k < 1))) {
     throw new Error(`--kernels: expected 4 (or 5) positive integers, got "${v.kernels}"`);
@@ -222,18 +254,29 @@ async function main() {
   const num = posInt("num", v.num, 50);
   const seed = Number(v.seed ?? 0);
   const files = v.images ? await imageFiles(v.images) : null;
+  console.error(
+    weights.length
+      ? `trained weights: their own BatchNorm statistics and LayerScale; transform ${settings.transform}`
+      : `random weights (seed ${seed}): BatchNorm statistics calibrated, LayerScale ${
+        settings.layerScale === "calibrate"
+          ? "calibrated (unit-RMS residual branches)"
+          : `= ${settings.layerScale}`
+      }, transform ${settings.transform} (see --help)`,
+  );
 
   const rows: Record<string, string | number>[] = [];
   const panels = [];
   for (const [mi, name] of models.entries()) {
     seedInit(seed);
-    // Random weights: LayerScale 1, not the training init 1e-6, which makes every residual branch
-    // vanish so the ERF would only show the stem's patch (trained gammas are of order 0.1–1).
+    // Random weights: gammas 1 while BatchNorm is calibrated, then calibrated themselves (or the
+    // --layer-scale constant); see calibrateLayerScale for why not the training init 1e-6.
+    const ls = settings.layerScale;
     const overrides = {
       ...(kernels ? { kernels } : {}),
-      ...(weights[mi] ? {} : { layerScaleInit: 1 }),
+      ...(ls === "checkpoint" ? {} : { layerScaleInit: ls === "calibrate" ? 1 : ls }),
     };
     const model = createModel(name, overrides) as unknown as FeatureModel;
+    const hasLayerScale = layerScaleBlocks(model).length > 0;
     if (weights[mi]) model.loadStateDict(await loadWeightsFile(weights[mi]), { strict: false });
     else {
       // Random weights: BatchNorm statistics of the images themselves (see calibrateBatchNorm).
@@ -245,6 +288,10 @@ async function main() {
         if (img) calib.push(Tensor.from(normalise(img, size), [1, 3, size, size]));
       }
       await calibrateBatchNorm(model, calib);
+      // BatchNorm again afterwards: SLaK's kernel BatchNorms see the blocks' new inputs.
+      if (ls === "calibrate" && await calibrateLayerScale(model, calib)) {
+        await calibrateBatchNorm(model, calib);
+      }
       calib.forEach((t) => t.dispose());
     }
     const acc = new ErfAccumulator(size, size);
@@ -269,20 +316,22 @@ async function main() {
     acc.dispose();
     model.dispose();
     await writeFileAtomic(`${out}/${name}.npy`, serializeNpy(mean, [size, size]));
-    const norm = normalizeErf(mean);
+    const norm = normalizeErf(mean, settings.transform);
     const ratios = areaRatios(norm, size, size, ERF_THRESHOLDS);
     const row = tableRow(name, ratios, {
       size,
       images: used,
       source: files ? v.images! : "synthetic",
       weights: weights[mi] ?? `random (seed ${seed})`,
+      layer_scale: !hasLayerScale ? "none" : ls === "calibrate" ? "calibrated" : String(ls),
+      transform: settings.transform,
     });
     rows.push(row);
     const subtitle = ratios.map((r) => `${Math.round(r.t * 100)}%: ${(100 * r.ratio).toFixed(1)}`)
       .join("  ");
     panels.push({ title: name, subtitle, data: norm, height: size, width: size });
     await writeHeatmapFigure(`${out}/${name}.png`, [panels.at(-1)!], {
-      caption: "log10(A + 1) / max",
+      caption: CAPTIONS[settings.transform],
     });
     console.log(
       `${name}: r(t) % = ${
@@ -293,7 +342,9 @@ async function main() {
   await writeFileAtomic(`${out}/erf_table.csv`, toCsv(rows));
   await writeHeatmapFigure(`${out}/erf_compare.png`, panels, {
     title: `Effective receptive field at ${size}² (${rows[0]?.source}, ${num} images)`,
-    caption: "log10(A + 1) / max; below each map: area ratio r(t) in % for t = 20/30/50/99%",
+    caption: `${
+      CAPTIONS[settings.transform]
+    }; below each map: area ratio r(t) in % for t = 20/30/50/99%`,
     side: Math.min(320, Math.max(200, Math.floor(1200 / panels.length))),
   });
   console.log(toCsv(rows).trim());

@@ -4,7 +4,8 @@
  * [N, C, R, R] fp32 tensor, forward and forward+backward (input and filter
  * gradients of every layer, loss = sum of the output), for every R and K
  * asked for, timed on the GPU (timestamp queries where the adapter offers
- * them, else the wall clock around a sync), median of `--runs` after
+ * them, else the wall clock around a sync; stacks back to back for at least
+ * {@linkcode STACK_MIN_MS} per timed run, see there), median of `--runs` after
  * `--warmup` runs. Writes `latency.csv` with the columns of the PyTorch
  * anchor (`.device/torch_dwconv_bench.py`: impl,pass,N,C,R,K,ms_per_stack)
  * so the two join, `latency_detail.csv` (timing method, TFLOP/s and % of
@@ -34,11 +35,13 @@ import {
   type DepthwisePlan,
   depthwisePlan,
   type DepthwiseShape,
+  setDepthwiseConfig,
   setDepthwiseImpl,
   setTunedPlan,
   timeGpu,
   tuneDepthwise,
 } from "../ops/depthwise_fast.ts";
+import { fftFits } from "../ops/depthwise_fft.ts";
 import { sum } from "../ops/elementwise.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { scope, Tensor, trimPool } from "../ops/tensor.ts";
@@ -62,7 +65,8 @@ RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
   --tune            time candidate tilings per shape first (tuneDepthwise) and use the fastest
   --tune-max N      candidates per kernel when tuning (default 6)
   --tuned FILE      reuse tilings from a tuned.json written by --tune
-  --check           first compare fast and generic outputs per (R, K) on N=2, C=4
+  --check           first compare fast (direct tiles, and the FFT path of each size that
+                    fits) and generic outputs per (R, K) on N=3, C=4
   --peak-tflops X   FP32 peak for "% of peak" (default 67, H100 SXM)
   --torch FILE      PyTorch anchor CSV: print ratios, add its lines to the chart
   --anchor FILE     same as --torch
@@ -114,7 +118,7 @@ export async function timeStack(
   filters: Tensor[],
   pass: "fwd" | "fwdbwd",
   { runs = 5, warmup = 2 } = {},
-): Promise<{ ms: number; wallMs: number; method: string }> {
+): Promise<{ ms: number; wallMs: number; method: string; all: number[]; reps: number }> {
   const leaves = [x, ...filters];
   for (const t of leaves) t.requiresGrad = pass === "fwdbwd";
   const forward = () => {
@@ -132,8 +136,16 @@ export async function timeStack(
           t.grad = null;
         }
       });
-  return await timeGpu(record, { runs, warmup });
+  return await timeGpu(record, { runs, warmup, minMs: STACK_MIN_MS });
 }
+
+/**
+ * GPU milliseconds each timed run lasts at least: stacks run back to back, so
+ * the GPU stays at its working clock as it does under PyTorch's asynchronous
+ * launches (a GPU that idles between runs while we record can stay at its
+ * idle clock; see `timeGpu`).
+ */
+export const STACK_MIN_MS = 100;
 
 /** Max |a − b| / max |b|. */
 function relErr(a: Float32Array, b: Float32Array): number {
@@ -146,12 +158,20 @@ function relErr(a: Float32Array, b: Float32Array): number {
   return Number.isFinite(num) ? num / den : Infinity;
 }
 
-/** Fast vs generic on [2, 4, R, R]: forward, input gradient, filter gradient errors. */
-async function checkShape(r: number, k: number): Promise<number[]> {
+/**
+ * Fast vs generic on [3, 4, R, R] (an odd batch: the FFT path's last plane pair is half empty):
+ * forward, input gradient, filter gradient errors, with the direct tiles (`fft` null) or the
+ * FFT path of size `fft` forced.
+ */
+async function checkShape(r: number, k: number, fft: number | null): Promise<number[]> {
   const runImpl = (which: "fast" | "generic") =>
     scope(async () => {
       setDepthwiseImpl(which);
-      const x = Tensor.randn([2, 4, r, r], { seed: 11 });
+      const f = { fft: fft ?? 0, pairs: 1 };
+      setDepthwiseConfig(
+        which === "fast" && fft ? { forward: f, backwardInput: f, filter: f } : null,
+      );
+      const x = Tensor.randn([3, 4, r, r], { seed: 11 });
       const w = Tensor.randn([4, 1, k, k], { seed: 12, std: 1 / k });
       x.requiresGrad = true;
       w.requiresGrad = true;
@@ -165,6 +185,7 @@ async function checkShape(r: number, k: number): Promise<number[]> {
   const want = await runImpl("generic");
   const got = await runImpl("fast");
   setDepthwiseImpl("auto");
+  setDepthwiseConfig(null);
   return got.map((g, i) => relErr(g, want[i]));
 }
 
@@ -300,13 +321,18 @@ async function main(): Promise<void> {
   if (values.check) {
     for (const r of rList) {
       for (const k of kList) {
-        const [fwd, gx, gw] = await checkShape(r, k);
-        console.log(
-          `check R=${r} K=${k}: forward ${fwd.toExponential(2)} input-grad ${
-            gx.toExponential(2)
-          } filter-grad ${gw.toExponential(2)}`,
-        );
-        checks.push({ R: r, K: k, forward: fwd, input_grad: gx, filter_grad: gw });
+        const s = layerShape(3, 4, r, k);
+        const ffts = [32, 64].filter((f) => fftFits(s, { fft: f, pairs: 1 }));
+        for (const fft of [null, ...ffts]) {
+          const [fwd, gx, gw] = await checkShape(r, k, fft);
+          const path = fft ? `fft${fft}` : "direct";
+          console.log(
+            `check R=${r} K=${k} ${path}: forward ${fwd.toExponential(2)} input-grad ${
+              gx.toExponential(2)
+            } filter-grad ${gw.toExponential(2)}`,
+          );
+          checks.push({ R: r, K: k, path, forward: fwd, input_grad: gx, filter_grad: gw });
+        }
       }
     }
     await writeFileAtomic(`${out}/check.csv`, toCsv(checks));
@@ -387,6 +413,7 @@ async function main(): Promise<void> {
           detail.push({
             ...row,
             wall_ms: Number(t.wallMs.toFixed(3)),
+            stacks_per_run: t.reps,
             timing: t.method,
             tflops: Number(tflops.toPrecision(4)),
             pct_fp32_peak: Number((100 * tflops / peak).toPrecision(3)),

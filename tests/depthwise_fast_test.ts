@@ -10,10 +10,9 @@ import assert from "node:assert/strict";
 import { backward } from "../ops/autograd.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
 import {
+  type DepthwiseConfigs,
   depthwisePlan,
   type DepthwiseShape,
-  type FilterConfig,
-  type ForwardConfig,
   setDepthwiseConfig,
   setDepthwiseImpl,
 } from "../ops/depthwise_fast.ts";
@@ -70,7 +69,7 @@ async function compare(
   k: number[],
   bias: boolean,
   opts: DepthwiseOptions,
-  configs: { forward?: ForwardConfig; backwardInput?: ForwardConfig; filter?: FilterConfig } | null,
+  configs: DepthwiseConfigs | null,
 ): Promise<void> {
   setDepthwiseImpl("generic");
   const want = await runOnce(xShape, k, bias, opts, 7);
@@ -135,6 +134,23 @@ Deno.test("fast depthwise = generic: 1×k, k×1, even and explicit padding", asy
 
 Deno.test("fast depthwise = generic: default configs of this adapter", async () => {
   await compare("31x31 on 9x10 defaults", [2, 3, 9, 10], [31, 31], false, {}, null);
+});
+
+Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pairs", async () => {
+  const fft = (f: number, pairs: number) => ({
+    forward: { fft: f, pairs },
+    backwardInput: { fft: f, pairs },
+    filter: { fft: f, pairs },
+  });
+  // 7×7 with F = 8: 2×2-output tiles (5×5 of them), 3 planes = a pair and a half.
+  await compare("fft 7x7 F8", [3, 2, 9, 10], [7, 7], true, {}, fft(8, 1));
+  // Kernel larger than the image, 2×2 tiles of 4×4 outputs, 2 pairs per workgroup over 3 pairs.
+  await compare("fft 13x13 on 5x6 F16", [5, 2, 5, 6], [13, 13], false, {}, fft(16, 2));
+  // Rectangular, explicit padding smaller than "same"; even kernel with "same" padding.
+  await compare("fft 5x3 pad[1,2] F8", [2, 3, 8, 7], [5, 3], true, { padding: [1, 2] }, fft(8, 1));
+  await compare("fft 4x6 same F8", [2, 3, 5, 7], [4, 6], false, {}, fft(8, 4));
+  // F = 32 and 64 (radices 8·4 and 8·8) take llvmpipe minutes to compile; scripts/latency.ts
+  // checks them against the direct kernels on the real shapes on a GPU.
 });
 
 Deno.test("fast depthwise: stride 2 and the generic switch run the plain kernels", () => {

@@ -1,14 +1,18 @@
 import assert from "node:assert/strict";
 import {
   areaRatios,
+  calibrateBatchNorm,
+  calibrateLayerScale,
   centerPoint,
   ErfAccumulator,
+  erfSettings,
   type FeatureModel,
+  layerScaleBlocks,
   normalizeErf,
 } from "../analysis/erf.ts";
 import { parseNpy, serializeNpy } from "../analysis/npy.ts";
 import { Conv2d } from "../models/layers.ts";
-import { Module } from "../models/module.ts";
+import { Module, type Param, seedInit } from "../models/module.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { checkOp, setup } from "./harness.ts";
 
@@ -35,9 +39,45 @@ Deno.test("areaRatios: hand-made matrices with known answers", () => {
   assert.equal(ru[2].ratio, 1);
 });
 
-Deno.test("normalizeErf: log10(A+1) scaled by the maximum", () => {
+Deno.test("normalizeErf: log10(A+1) scaled by the maximum, or linear", () => {
   const n = normalizeErf([0, 9, 99]);
   assert.deepEqual([...n], [0, 0.5, 1]);
+  assert.deepEqual([...normalizeErf([0, 9, 99], "linear")], [0, 9 / 99, 1]);
+});
+
+Deno.test("ERF transform: linear r(t) is scale-free, the official log is not", () => {
+  // A Gaussian blob (σ = 5) on 41×41, at two scales of A (random inits differ by ~1e4 in scale).
+  const h = 41;
+  const blob = Float64Array.from(
+    { length: h * h },
+    (_, i) => Math.exp(-((Math.floor(i / h) - 20) ** 2 + ((i % h) - 20) ** 2) / 50),
+  );
+  const sides = (a: Float64Array, t: "log" | "linear") =>
+    areaRatios(normalizeErf(a, t), h, h, [0.2, 0.5]).map((r) => r.side);
+  const big = blob.map((v) => v * 1e4);
+  assert.deepEqual(sides(blob, "linear"), sides(big, "linear"));
+  const [small, large] = [sides(blob.map((v) => v * 1e-3), "log"), sides(big, "log")];
+  assert.deepEqual(small, sides(blob, "linear"), "log10(A+1) ≈ A/ln10 for A ≪ 1");
+  assert.ok(
+    large[0] > small[0] && large[1] > small[1],
+    `log widens a large A: ${large} vs ${small}`,
+  );
+});
+
+Deno.test("erfSettings: random weights calibrate LayerScale and analyse A linearly; checkpoints as the papers", () => {
+  assert.deepEqual(erfSettings({ weights: false }), {
+    layerScale: "calibrate",
+    transform: "linear",
+  });
+  assert.deepEqual(erfSettings({ weights: true }), { layerScale: "checkpoint", transform: "log" });
+  assert.deepEqual(erfSettings({ weights: false, layerScale: "1e-6", transform: "log" }), {
+    layerScale: 1e-6,
+    transform: "log",
+  });
+  assert.throws(() => erfSettings({ weights: true, layerScale: "1" }), /--layer-scale: applies/);
+  assert.throws(() => erfSettings({ weights: false, layerScale: "0" }), /--layer-scale: expected/);
+  assert.throws(() => erfSettings({ weights: false, layerScale: "" }), /--layer-scale: expected/);
+  assert.throws(() => erfSettings({ weights: false, transform: "sqrt" }), /--transform: expected/);
 });
 
 Deno.test(".npy: NumPy-written float32/float64 fixtures read exactly; our files round-trip", async () => {
@@ -107,7 +147,6 @@ Deno.test("ERF of a single depthwise k×k conv is exactly the k×k square", asyn
 
 Deno.test("calibrateBatchNorm: running statistics become the calibration images' (cumulative average)", async () => {
   const { createModel } = await import("../models/registry.ts");
-  const { calibrateBatchNorm } = await import("../analysis/erf.ts");
   const { BatchNorm2d } = await import("../models/layers.ts");
   const { noGrad } = await import("../ops/autograd.ts");
   const model = createModel("resnet_cpu") as unknown as Module & {
@@ -138,4 +177,86 @@ Deno.test("calibrateBatchNorm: running statistics become the calibration images'
   assert.ok(vars.some((v) => Math.abs(v - 1) > 1e-3), "running_var left at its init");
   batches.forEach((t) => t.dispose());
   model.dispose();
+});
+
+/** A ConvNeXt's stages, for checking block by block. */
+type ConvNeXtLike = FeatureModel & {
+  downsampleLayers: { items: { forward(x: Tensor): Tensor }[] };
+  stages: { items: { layers: (Module & { forward(x: Tensor): Tensor; gamma: Param })[] }[] };
+};
+
+Deno.test("calibrateLayerScale: every ConvNeXt/SLaK residual branch gets unit RMS per channel", async () => {
+  const { createModel } = await import("../models/registry.ts");
+  const { concat } = await import("../ops/shape.ts");
+  const { noGrad } = await import("../ops/autograd.ts");
+  const { scope } = await import("../ops/tensor.ts");
+  const { mul, sub, sumAxes } = await import("../ops/elementwise.ts");
+  assert.equal(layerScaleBlocks(createModel("resnet_cpu")).length, 0);
+  for (const name of ["convnext_cpu", "slak_cpu"]) {
+    seedInit(3);
+    const model = createModel(name, { layerScaleInit: 1 }) as unknown as ConvNeXtLike;
+    const batches = [1, 2].map((seed) => Tensor.randn([1, 3, 64, 64], { seed }));
+    await calibrateBatchNorm(model, batches);
+    assert.equal(await calibrateLayerScale(model, batches), 4);
+    // Walk the network with the calibrated gammas: each block's x + gamma ⊙ branch(x) has
+    // branch part of RMS 1 per channel, on the calibration images together.
+    let x = concat(batches, 0);
+    for (let s = 0; s < 4; s++) {
+      x = noGrad(() => model.downsampleLayers.items[s].forward(x));
+      for (const block of model.stages.items[s].layers) {
+        assert.ok(!Object.hasOwn(block, "forward"), "forward restored");
+        const ms = await noGrad(() =>
+          scope(() => {
+            const d = sub(block.forward(x), x);
+            return sumAxes(mul(d, d), [0, 2, 3]);
+          })
+        ).read();
+        const count = x.size / x.shape[1];
+        for (const [c, v] of ms.entries()) {
+          assert.ok(Math.abs(Math.sqrt(v / count) - 1) < 2e-3, `${name} stage ${s} ch ${c}: ${v}`);
+        }
+        const g = await block.gamma.tensor.read();
+        assert.ok(g.some((v) => Math.abs(v - 1) > 0.1), "gammas moved from 1");
+        x = noGrad(() => block.forward(x));
+      }
+    }
+    batches.forEach((t) => t.dispose());
+    model.dispose();
+  }
+});
+
+Deno.test("random ConvNeXt ERF: LayerScale 1e-6 shows only the stem's patch; calibrated, the 7×7 blocks widen it", async () => {
+  const { createModel } = await import("../models/registry.ts");
+  const size = 96; // last map 3×3: its centre sees rows/cols 32–63 through stem + downsampling
+  const x = Tensor.randn([1, 3, size, size], { seed: 5 });
+  const erf = async (layerScale: number | "calibrate") => {
+    seedInit(0);
+    const model = createModel("convnext_cpu", {
+      layerScaleInit: layerScale === "calibrate" ? 1 : layerScale,
+    }) as unknown as FeatureModel;
+    if (layerScale === "calibrate") await calibrateLayerScale(model, [x]);
+    const acc = new ErfAccumulator(size, size);
+    acc.add(model, x);
+    const m = await acc.mean();
+    acc.dispose();
+    model.dispose();
+    let inside = 0, total = 0;
+    for (let y = 0; y < size; y++) {
+      for (let xx = 0; xx < size; xx++) {
+        total += m[y * size + xx];
+        if (y >= 32 && y < 64 && xx >= 32 && xx < 64) inside += m[y * size + xx];
+      }
+    }
+    const r = areaRatios(normalizeErf(m, "linear"), size, size, [0.2, 0.5]);
+    return { outside: 1 - inside / total, r: r.map((q) => q.ratio) };
+  };
+  const tiny = await erf(1e-6);
+  const calibrated = await erf("calibrate");
+  assert.ok(tiny.outside < 1e-3, `1e-6: ${tiny.outside} of the ERF outside the stem's patch`);
+  assert.ok(calibrated.outside > 0.1, `calibrated: only ${calibrated.outside} outside the patch`);
+  assert.ok(
+    calibrated.r[0] > tiny.r[0] && calibrated.r[1] > tiny.r[1],
+    `r(20%), r(50%): ${calibrated.r} vs ${tiny.r}`,
+  );
+  x.dispose();
 });
