@@ -56,7 +56,7 @@ import {
   isFftConfig,
 } from "./depthwise_fft.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoKernel, storage } from "./kernel.ts";
+import { launch, memoize, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- shapes and configs
@@ -352,7 +352,8 @@ interface ForwardLayout {
   sharedBytes: number;
 }
 
-function forwardLayout(s: DepthwiseShape, cfg: ForwardConfig): ForwardLayout {
+const forwardLayout = memoize(forwardLayoutOf);
+function forwardLayoutOf(s: DepthwiseShape, cfg: ForwardConfig): ForwardLayout {
   const { bw, bh, planes, tileH, tileW } = cfg;
   const nx = tileW / bw;
   const ny = tileH / bh;
@@ -469,7 +470,7 @@ function fitForward(
   return cfg();
 }
 
-const forwardKernel = memoKernel(forwardKernelSource);
+const forwardKernel = memoize(forwardKernelSource);
 /**
  * WGSL of the forward tile kernel: y = corr(x, w) (+ bias) with top/left
  * padding (ph, pw), or with `flip` the correlation with the filter rotated by
@@ -700,7 +701,8 @@ interface FilterLayout {
   sharedBytes: number;
 }
 
-function filterLayout(s: DepthwiseShape, cfg: FilterConfig): FilterLayout {
+const filterLayout = memoize(filterLayoutOf);
+function filterLayoutOf(s: DepthwiseShape, cfg: FilterConfig): FilterLayout {
   const { tbh, tbw, u, lanes, bandRows, planesPerGroup, kySplit } = cfg;
   const nkx = ceilDiv(s.kw, tbw);
   const nky = ceilDiv(s.kh, tbh);
@@ -796,7 +798,7 @@ export function defaultFilterConfig(s: DepthwiseShape): FilterConfig {
   });
 }
 
-const filterKernel = memoKernel(filterKernelSource);
+const filterKernel = memoize(filterKernelSource);
 /** WGSL of the filter-gradient partial sums: partial[g, c, ky, kx] over plane group g. */
 function filterKernelSource(s: DepthwiseShape, cfg: FilterConfig, direct: boolean): string {
   const L = filterLayout(s, cfg);

@@ -44,7 +44,7 @@
  */
 import type { DepthwiseShape } from "./depthwise_fast.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoKernel, storage } from "./kernel.ts";
+import { launch, memoize, storage } from "./kernel.ts";
 import { Tensor } from "./tensor.ts";
 
 /** The FFT path's tiling: transform size F (a power of two) and plane pairs per workgroup. */
@@ -416,7 +416,7 @@ const windowRows = (L: Layout, pt: number, h: number) => ({
 
 // ---------------------------------------------------------------- kernels
 
-const spectrumKernel = memoKernel(spectrumKernelSource);
+const spectrumKernel = memoize(spectrumKernelSource);
 /** Filter → conj(FFT(zero-padded filter)) / F², per channel, in the transform's order. */
 function spectrumKernelSource(s: DepthwiseShape, L: Layout, flip: boolean): string {
   const { kh: KH, kw: KW } = s;
@@ -449,7 +449,7 @@ function spectrumKernelSource(s: DepthwiseShape, L: Layout, flip: boolean): stri
   return out.join("\n");
 }
 
-const convKernel = memoKernel(convKernelSource);
+const convKernel = memoize(convKernelSource);
 /**
  * The overlap-save convolution of shape `s` with a precomputed spectrum:
  * workgroup = (tile, channel, group of plane pairs).
@@ -510,7 +510,7 @@ function convKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig, bias: bo
   return out.join("\n");
 }
 
-const filterPartKernel = memoKernel(filterPartKernelSource);
+const filterPartKernel = memoize(filterPartKernelSource);
 /**
  * Filter-gradient partial spectra: workgroup = (channel, group of plane
  * pairs); Σ over its pairs and all tiles of conj(FFT(gy tile)) · FFT(x window).
@@ -571,7 +571,7 @@ function filterPartKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): s
   return out.join("\n");
 }
 
-const filterFinishKernel = memoKernel(filterFinishKernelSource);
+const filterFinishKernel = memoize(filterFinishKernelSource);
 /** Sum the partial spectra of a channel, invert, keep the real KH×KW corner / F². */
 function filterFinishKernelSource(s: DepthwiseShape, L: Layout, groups: number): string {
   const { c: C, kh: KH, kw: KW } = s;

@@ -41,31 +41,33 @@ export function storage(...names: string[]): string {
 }
 
 /**
- * Memoise a WGSL generator on its arguments (compared as JSON). Generating
- * an unrolled tile kernel takes 1–2.5 ms of CPU (a 31×31 depthwise forward:
- * 23 KB of source), far more than recording its dispatch, and a training
- * step launches the same few hundred kernels every time. The cached string
- * is also the same object each call, so the pipeline lookup hashes it once.
+ * Memoise a pure function of JSON-serialisable arguments (compared as
+ * JSON); callers must not mutate what it returns. Used for the WGSL
+ * generators and tile layouts that every launch would otherwise redo:
+ * generating an unrolled tile kernel takes 1–2.5 ms of CPU (a 31×31
+ * depthwise forward: 23 KB of source) and a depthwise layout's bank-conflict
+ * search ~0.3 ms, far more than recording the dispatch, while a training
+ * step launches the same few hundred kernels every time. A cached source
+ * string is also the same object each call, so the pipeline lookup hashes it
+ * once.
  *
  * @example
  * ```ts
- * import { memoKernel } from "./kernel.ts";
+ * import { memoize } from "./kernel.ts";
  * let calls = 0;
- * const gen = memoKernel((n: number) => { calls++; return `// ${n}`; });
+ * const gen = memoize((n: number) => { calls++; return `// ${n}`; });
  * gen(3);
  * gen(3);
  * console.log(calls); // 1
  * ```
  */
-export function memoKernel<A extends unknown[]>(
-  generate: (...args: A) => string,
-): (...args: A) => string {
-  const cache = new Map<string, string>();
+export function memoize<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => R {
+  const cache = new Map<string, R>();
   return (...args: A) => {
     const key = JSON.stringify(args);
-    let code = cache.get(key);
-    if (code === undefined) cache.set(key, code = generate(...args));
-    return code;
+    let value = cache.get(key);
+    if (value === undefined) cache.set(key, value = fn(...args));
+    return value;
   };
 }
 

@@ -68,7 +68,7 @@ import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "./depthwise
 import { type DepthwiseShape, fastestConfig, sumGroupsKernel } from "./depthwise_fast.ts";
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoKernel, storage } from "./kernel.ts";
+import { launch, memoize, storage } from "./kernel.ts";
 import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
 
 /**
@@ -454,7 +454,8 @@ interface FwdLayout {
   bytes: number;
 }
 
-function fwdLayout(s: VShape, c: SparseForwardConfig): FwdLayout {
+const fwdLayout = memoize(fwdLayoutOf);
+function fwdLayoutOf(s: VShape, c: SparseForwardConfig): FwdLayout {
   const TU = c.bu * c.nub;
   const TV = c.bv * c.nvb;
   const XVV = ceilDiv(TV + s.KV - 1, 4);
@@ -565,7 +566,8 @@ interface FltLayout {
   bytes: number;
 }
 
-function fltLayout(s: VShape, c: SparseFilterConfig): FltLayout {
+const fltLayout = memoize(fltLayoutOf);
+function fltLayoutOf(s: VShape, c: SparseFilterConfig): FltLayout {
   const TU = c.bu * c.nub;
   const TV = c.bv * c.nvb;
   const L = c.nvb * c.planes * c.nub;
@@ -705,7 +707,7 @@ function bit(pt: string, base: string, kv: number): string {
 
 // ---------------------------------------------------------------- forward kernel
 
-const forwardKernel = memoKernel(forwardKernelSource);
+const forwardKernel = memoize(forwardKernelSource);
 /**
  * WGSL of the sparse forward tile kernel on virtual shape `s` (x of real dims
  * h×w → y of ho×wo); `flip` reads the filter rotated by 180° (input gradient,
@@ -947,7 +949,7 @@ function launchForward(
 
 // ---------------------------------------------------------------- filter-gradient kernel
 
-const filterKernel = memoKernel(filterKernelSource);
+const filterKernel = memoize(filterKernelSource);
 function filterKernelSource(s: VShape, cfg: SparseFilterConfig, direct: boolean): string {
   const Ly = fltLayout(s, cfg);
   const { bu, bv, planes: P, nvb, ck: CK, groups: G, planesPerGroup: NPG } = cfg;
