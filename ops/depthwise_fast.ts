@@ -55,26 +55,18 @@ import {
   fftFits,
   isFftConfig,
 } from "./depthwise_fft.ts";
+import {
+  type DepthwiseShape,
+  transposedShape,
+  workgroupMemoryLimit as sharedLimit,
+} from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
 import { launch, memoize, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- shapes and configs
 
-/** A stride-1 depthwise convolution: x [n, c, h, w] → y [n, c, ho, wo], padding top/left. */
-export interface DepthwiseShape {
-  n: number;
-  c: number;
-  h: number;
-  w: number;
-  kh: number;
-  kw: number;
-  /** Top and left zero padding (bottom/right follow from ho, wo). */
-  ph: number;
-  pw: number;
-  ho: number;
-  wo: number;
-}
+export type { DepthwiseShape };
 
 /**
  * Tiling of the forward / input-gradient kernel. Threads per workgroup:
@@ -219,27 +211,6 @@ const tuned = new Map<string, Partial<DepthwisePlan>>();
 
 function shapeKey(s: DepthwiseShape): string {
   return [s.n, s.c, s.h, s.w, s.kh, s.kw, s.ph, s.pw, s.ho, s.wo].join(",");
-}
-
-/** Workgroup memory we plan for: the adapter's limit, at most 48 KiB (NVIDIA's Vulkan limit). */
-function sharedLimit(): number {
-  return Math.min(gpu().limits.maxComputeWorkgroupStorageSize, 48 * 1024);
-}
-
-/** The input-gradient convolution of a shape: gy [n,c,ho,wo] → gx [n,c,h,w], mirrored padding. */
-function transposedShape(s: DepthwiseShape): DepthwiseShape {
-  return {
-    n: s.n,
-    c: s.c,
-    h: s.ho,
-    w: s.wo,
-    kh: s.kh,
-    kw: s.kw,
-    ph: s.kh - 1 - s.ph,
-    pw: s.kw - 1 - s.pw,
-    ho: s.h,
-    wo: s.w,
-  };
 }
 
 /**

@@ -42,7 +42,7 @@
  * ```
  * @module
  */
-import type { DepthwiseShape } from "./depthwise_fast.ts";
+import { type DepthwiseShape, transposedShape, workgroupMemoryLimit } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
 import { launch, memoize, storage } from "./kernel.ts";
 import { Tensor } from "./tensor.ts";
@@ -123,9 +123,8 @@ export function fftFits(s: DepthwiseShape, c: FftConfig): boolean {
   if (!Number.isInteger(c.pairs) || c.pairs < 1) return false;
   if (f < s.kh || f < s.kw || s.ph >= s.kh || s.pw >= s.kw) return false;
   const bytes = 8 * (f * (f + 1) + f);
-  const limits = gpu().limits;
-  return bytes <= Math.min(limits.maxComputeWorkgroupStorageSize, 48 * 1024) &&
-    layout(s, f).threads <= limits.maxComputeInvocationsPerWorkgroup;
+  return bytes <= workgroupMemoryLimit() &&
+    layout(s, f).threads <= gpu().limits.maxComputeInvocationsPerWorkgroup;
 }
 
 /**
@@ -692,18 +691,7 @@ export function fftDepthwiseBackwardInput(
   s: DepthwiseShape,
   cfg: FftConfig,
 ): Tensor {
-  const t: DepthwiseShape = {
-    n: s.n,
-    c: s.c,
-    h: s.ho,
-    w: s.wo,
-    kh: s.kh,
-    kw: s.kw,
-    ph: s.kh - 1 - s.ph,
-    pw: s.kw - 1 - s.pw,
-    ho: s.h,
-    wo: s.w,
-  };
+  const t = transposedShape(s);
   return convolve(t, cfg, gy, w, true, null);
 }
 

@@ -65,7 +65,12 @@
 import { needsGrad, record } from "./autograd.ts";
 import { channelSum } from "./conv.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "./depthwise.ts";
-import { type DepthwiseShape, fastestConfig, sumGroupsKernel } from "./depthwise_fast.ts";
+import { fastestConfig, sumGroupsKernel } from "./depthwise_fast.ts";
+import {
+  type DepthwiseShape,
+  transposedShape,
+  workgroupMemoryLimit as sharedLimit,
+} from "./depthwise_shape.ts";
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
 import { launch, memoize, storage } from "./kernel.ts";
@@ -409,29 +414,10 @@ function virt(s: DepthwiseShape, vertical: boolean): VShape {
   };
 }
 
-/** The input-gradient convolution: gy [n,c,ho,wo] → gx [n,c,h,w], mirrored padding. */
-function transposed(s: DepthwiseShape): DepthwiseShape {
-  return {
-    n: s.n,
-    c: s.c,
-    h: s.ho,
-    w: s.wo,
-    kh: s.kh,
-    kw: s.kw,
-    ph: s.kh - 1 - s.ph,
-    pw: s.kw - 1 - s.pw,
-    ho: s.h,
-    wo: s.w,
-  };
-}
-
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 const COMP = ["x", "y", "z", "w"];
 const lane = (name: string, m: number) => `${name}${m >> 2}.${COMP[m & 3]}`;
 
-function sharedLimit(): number {
-  return Math.min(gpu().limits.maxComputeWorkgroupStorageSize, 48 * 1024);
-}
 function threadLimit(): number {
   return Math.min(256, gpu().limits.maxComputeInvocationsPerWorkgroup);
 }
@@ -672,7 +658,7 @@ function shapeKey(s: DepthwiseShape): string {
 export function sparseDepthwiseConfigs(s: DepthwiseShape): SparseDepthwiseConfigs {
   const vertical = s.kh >= s.kw;
   const v = virt(s, vertical);
-  const vt = virt(transposed(s), vertical);
+  const vt = virt(transposedShape(s), vertical);
   const t = tunedConfigs.get(shapeKey(s)) ?? {};
   const forward = forcedConfigs?.forward ?? t.forward ?? defaultFwd(v);
   const backwardInput = forcedConfigs?.backwardInput ?? forcedConfigs?.forward ??
@@ -1199,7 +1185,7 @@ export function sparseDepthwiseBackwardInput(
 ): Tensor {
   checkPlan(plan, s);
   const gx = Tensor.empty([s.n, s.c, s.h, s.w]);
-  launchForward(transposed(s), plan.vertical, cfg, true, gy, w, plan.flipped, null, gx);
+  launchForward(transposedShape(s), plan.vertical, cfg, true, gy, w, plan.flipped, null, gx);
   return gx;
 }
 
@@ -1316,7 +1302,7 @@ export function sparseDepthwiseConv2d(
       let gx: Tensor | null = null;
       if (wantX) {
         gx = Tensor.empty([s.n, s.c, s.h, s.w]);
-        launchForward(transposed(s), vertical, backwardInput, true, gy, sw, flip, null, gx);
+        launchForward(transposedShape(s), vertical, backwardInput, true, gy, sw, flip, null, gx);
       }
       return [
         gx,
@@ -1479,7 +1465,7 @@ export async function tuneSparseDepthwise(
         );
         if (best) entry.filter = best;
       } else {
-        const shape = kernel === "forward" ? s : transposed(s);
+        const shape = kernel === "forward" ? s : transposedShape(s);
         const best = await fastestConfig(
           kernel,
           forwardCandidates(virt(shape, plan.vertical)).slice(0, maxCandidates),
