@@ -149,6 +149,8 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
   // Rectangular, explicit padding smaller than "same"; even kernel with "same" padding.
   await compare("fft 5x3 pad[1,2] F8", [2, 3, 8, 7], [5, 3], true, { padding: [1, 2] }, fft(8, 1));
   await compare("fft 4x6 same F8", [2, 3, 5, 7], [4, 6], false, {}, fft(8, 4));
+  // One plane (an empty imaginary half), a tall image, an even×narrow kernel: 3 tiles of 8 rows.
+  await compare("fft 9x2 N1 F16", [1, 2, 20, 5], [9, 2], true, {}, fft(16, 2));
   // F = 32 and 64 (radices 8·4 and 8·8) take llvmpipe minutes to compile; scripts/latency.ts
   // checks them against the direct kernels on the real shapes on a GPU.
 });
