@@ -31,7 +31,9 @@ import {
   depthwiseBackwardInputFast,
   depthwiseForwardFast,
   depthwisePlan,
+  fusedBackwardConfig,
 } from "./depthwise_fast.ts";
+import { fftDepthwiseBackward } from "./depthwise_fft.ts";
 export { depthwiseImpl, setDepthwiseImpl } from "./depthwise_fast.ts";
 
 /**
@@ -153,19 +155,25 @@ export function depthwiseConv2d(
   }
   const inputs = bias ? [x, w, bias] : [x, w];
   const [wantX, wantW, wantBias] = [needsGrad(x), needsGrad(w), bias !== null && needsGrad(bias)];
-  record("depthwiseConv2d", inputs, y, [x, w], (gy, [sx, sw]) => [
-    wantX
-      ? fast?.backwardInput
-        ? depthwiseBackwardInputFast(gy, sw, g, fast.backwardInput)
-        : backwardInput(gy, sw, g)
-      : null,
-    wantW
-      ? fast?.filter
-        ? depthwiseBackwardFilterFast(gy, sx, g, fast.filter)
-        : backwardFilter(gy, sx, g)
-      : null,
-    wantBias ? channelSum(gy) : null,
-  ]);
+  record("depthwiseConv2d", inputs, y, [x, w], (gy, [sx, sw]) => {
+    const gb = wantBias ? channelSum(gy) : null;
+    // Both gradients through FFTs, one tile per plane: one kernel shares the gy transforms.
+    const fused = fast && wantX && wantW ? fusedBackwardConfig(fast, g) : null;
+    if (fused) return [...fftDepthwiseBackward(gy, sx, sw, g, fused), gb];
+    return [
+      wantX
+        ? fast?.backwardInput
+          ? depthwiseBackwardInputFast(gy, sw, g, fast.backwardInput)
+          : backwardInput(gy, sw, g)
+        : null,
+      wantW
+        ? fast?.filter
+          ? depthwiseBackwardFilterFast(gy, sx, g, fast.filter)
+          : backwardFilter(gy, sx, g)
+        : null,
+      gb,
+    ];
+  });
   return y;
 }
 

@@ -53,6 +53,7 @@ import {
   fftDepthwiseBackwardInput,
   fftDepthwiseForward,
   fftFits,
+  fftFusedBackwardFits,
   isFftConfig,
 } from "./depthwise_fft.ts";
 import {
@@ -253,6 +254,26 @@ export function depthwisePlan(s: DepthwiseShape, stride: number): DepthwisePlan 
     backwardInput: convFits(ts, backwardInput) ? backwardInput : null,
     filter: (isFftConfig(filter) ? fftFits(s, filter) : filterFits(s, filter)) ? filter : null,
   };
+}
+
+/**
+ * The FFT config under which one kernel computes both gradients of shape
+ * `s` (see `fftDepthwiseBackward`): where the plan runs both the input and
+ * the filter gradient through FFTs of one size and one tile covers a plane;
+ * null otherwise.
+ *
+ * @example
+ * ```ts
+ * import { fusedBackwardConfig } from "./depthwise_fast.ts";
+ * const s = { n: 2, c: 4, h: 8, w: 8, kh: 3, kw: 3, ph: 1, pw: 1, ho: 8, wo: 8 };
+ * const direct = { bw: 4, bh: 2, planes: 1, tileH: 8, tileW: 8, kc: 3 };
+ * console.log(fusedBackwardConfig({ forward: direct, backwardInput: direct, filter: null }, s)); // null
+ * ```
+ */
+export function fusedBackwardConfig(plan: DepthwisePlan, s: DepthwiseShape): FftConfig | null {
+  const { backwardInput: bi, filter: fl } = plan;
+  if (!isFftConfig(bi) || !isFftConfig(fl) || bi.fft !== fl.fft) return null;
+  return fftFusedBackwardFits(s, fl) ? fl : null;
 }
 
 // ---------------------------------------------------------------- small helpers

@@ -570,9 +570,92 @@ function filterPartKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): s
   return out.join("\n");
 }
 
+const fusedBackwardKernel = memoize(fusedBackwardKernelSource);
+/**
+ * Both gradients at once where one tile covers a plane (forward and input
+ * gradient): workgroup = (channel, group of plane pairs). Per pair, FFT(x
+ * window) and FFT(gy window as the input gradient places it) give the input
+ * gradient (× the flipped filter's spectrum, inverse) and the filter
+ * gradient's partial spectrum conj(FFT(gy)) · FFT(x): three transforms
+ * instead of the four of the two separate kernels. The gy window sits
+ * (PT', PL') = (KH − 1 − PT, KW − 1 − PL) further down and right than the
+ * filter kernel places it, a circular shift the finish kernel undoes.
+ */
+function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): string {
+  const { n: N, c: C, h: HIN, w: WIN, ph: PT, pw: PL, ho: HO, wo: WO } = s;
+  const t = transposedShape(s);
+  const f = L.f;
+  const out: string[] = [];
+  const e = (line: string) => out.push(line);
+  e(storage("gy", "x", "spec:vec2<f32>", "gx!", "part:vec2<f32>!"));
+  e(prelude(L));
+  e(`@compute @workgroup_size(${L.threads})`);
+  e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
+  e(`  let c = wid.x;`);
+  loadTwiddles(L, e);
+  const M = middleCount(L);
+  for (let q = 0; q < M.items; q++) {
+    const it = `min(tid + ${q * L.threads}u, ${M.total - 1}u)`;
+    for (let k = 0; k < M.r; k++) {
+      e(`  let s${q}_${k} = spec[c * ${
+        f * f
+      }u + ((${it} / ${f}u) * ${M.r}u + ${k}u) * ${f}u + ${it} % ${f}u];`);
+      e(`  var a${q}_${k} = vec2<f32>(0.0);`);
+    }
+  }
+  e(`  for (var pp = 0u; pp < ${cfg.pairs}u; pp++) {`);
+  e(`  let n0 = (wid.y * ${cfg.pairs}u + pp) * 2u;`);
+  e(`  if (n0 >= ${N}u) { break; }`);
+  e(`  workgroupBarrier();`);
+  loadPair(L, e, { src: "x", n: N, c: C, h: HIN, w: WIN, oy0: `${-PT}`, ox0: `${-PL}` });
+  e(`  workgroupBarrier();`);
+  transform2d(L, false, e, { lo: `${Math.min(PT, f)}u`, hi: `${Math.min(HIN + PT, f)}u` });
+  for (let q = 0; q < M.items; q++) {
+    for (let k = 0; k < M.r; k++) e(`  var x${q}_${k} = vec2<f32>(0.0);`);
+  }
+  middleStage(L, e, true, (q, v) => v!.forEach((name, k) => e(`    x${q}_${k} = ${name};`)));
+  loadPair(L, e, { src: "gy", n: N, c: C, h: HO, w: WO, oy0: `${-t.ph}`, ox0: `${-t.pw}` });
+  e(`  workgroupBarrier();`);
+  transform2d(L, false, e, { lo: `${Math.min(t.ph, f)}u`, hi: `${Math.min(HO + t.ph, f)}u` });
+  middleStage(L, e, true, (q, v) =>
+    v!.map((name, k) => {
+      e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`);
+      e(`    let p${k} = cmul(${name}, s${q}_${k});`);
+      return `p${k}`;
+    }));
+  transform2d(L, true, e, { lo: "0u", hi: `${HIN}u` });
+  e(`  for (var k = 0u; k < ${(f * f) / L.threads}u; k++) {`);
+  e(`    let el = tid + k * ${L.threads}u;`);
+  e(`    let u = el / ${f}u;`);
+  e(`    let v = el % ${f}u;`);
+  e(`    if (u < ${HIN}u && v < ${WIN}u) {`);
+  e(`      let r = z[u * ${L.stride}u + v];`);
+  e(`      let at = (n0 * ${C}u + c) * ${HIN * WIN}u + u * ${WIN}u + v;`);
+  e(`      gx[at] = r.x;`);
+  e(`      if (n0 + 1u < ${N}u) { gx[at + ${C * HIN * WIN}u] = r.y; }`);
+  e(`    }`);
+  e(`  }`);
+  e(`  }`);
+  middleStage(L, e, false, (q, _v, elem) => {
+    for (let k = 0; k < M.r; k++) {
+      e(`    part[(wid.y * ${C}u + c) * ${f * f}u + ${elem(k)}] = a${q}_${k};`);
+    }
+  });
+  e(`}`);
+  return out.join("\n");
+}
+
 const filterFinishKernel = memoize(filterFinishKernelSource);
-/** Sum the partial spectra of a channel, invert, keep the real KH×KW corner / F². */
-function filterFinishKernelSource(s: DepthwiseShape, L: Layout, groups: number): string {
+/**
+ * Sum the partial spectra of a channel, invert, keep the real KH×KW corner / F²
+ * (shifted by `shift` rows and columns, circularly, after the fused backward).
+ */
+function filterFinishKernelSource(
+  s: DepthwiseShape,
+  L: Layout,
+  groups: number,
+  shift: [number, number] = [0, 0],
+): string {
   const { c: C, kh: KH, kw: KW } = s;
   const f = L.f;
   const out: string[] = [];
@@ -594,11 +677,13 @@ function filterFinishKernelSource(s: DepthwiseShape, L: Layout, groups: number):
       return `acc${k}`;
     });
   });
-  transform2d(L, true, e, { lo: "0u", hi: `${KH}u` });
+  // Tap (a, b) sits at ((a − sy) mod F, (b − sx) mod F) when the gy windows were shifted.
+  const [sy, sx] = shift;
+  transform2d(L, true, e, sy === 0 ? { lo: "0u", hi: `${KH}u` } : undefined);
   e(`  for (var i = tid; i < ${KH * KW}u; i += ${L.threads}u) {`);
-  e(`    gw[c * ${KH * KW}u + i] = z[(i / ${KW}u) * ${L.stride}u + i % ${KW}u].x * ${
-    lit(1 / (f * f))
-  };`);
+  e(`    let a = (i / ${KW}u + ${f - sy}u) % ${f}u;`);
+  e(`    let b = (i % ${KW}u + ${f - sx}u) % ${f}u;`);
+  e(`    gw[c * ${KH * KW}u + i] = z[a * ${L.stride}u + b].x * ${lit(1 / (f * f))};`);
   e(`  }`);
   e(`}`);
   return out.join("\n");
@@ -693,6 +778,70 @@ export function fftDepthwiseBackwardInput(
 ): Tensor {
   const t = transposedShape(s);
   return convolve(t, cfg, gy, w, true, null);
+}
+
+/**
+ * Whether {@linkcode fftDepthwiseBackward} can fuse both gradients of shape
+ * `s` with config `c`: one tile covers a plane, in the forward and in the
+ * input-gradient convolution.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { fftFusedBackwardFits } from "./depthwise_fft.ts";
+ * await initGpu();
+ * const s = { n: 2, c: 4, h: 32, w: 32, kh: 31, kw: 31, ph: 15, pw: 15, ho: 32, wo: 32 };
+ * console.log(fftFusedBackwardFits(s, { fft: 64, pairs: 2 })); // true where F = 64 fits
+ * ```
+ */
+export function fftFusedBackwardFits(s: DepthwiseShape, c: FftConfig): boolean {
+  const t = transposedShape(s);
+  if (!fftFits(s, c) || !fftFits(t, c)) return false;
+  const [a, b] = [layout(s, c.fft), layout(t, c.fft)];
+  return a.tilesX * a.tilesY === 1 && b.tilesX * b.tilesY === 1;
+}
+
+/**
+ * Input and filter gradients at once through FFTs (see
+ * {@linkcode fftFusedBackwardFits}): three transforms per plane pair instead
+ * of four. Returns [gx, gw].
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { fftDepthwiseBackward } from "./depthwise_fft.ts";
+ * await initGpu();
+ * const s = { n: 2, c: 1, h: 4, w: 4, kh: 3, kw: 3, ph: 1, pw: 1, ho: 4, wo: 4 };
+ * const [gx, gw] = fftDepthwiseBackward(Tensor.ones([2, 1, 4, 4]), Tensor.ones([2, 1, 4, 4]),
+ *   Tensor.ones([1, 1, 3, 3]), s, { fft: 8, pairs: 1 });
+ * console.log(Math.round((await gx.read())[0]), Math.round((await gw.read())[4])); // 4 32
+ * ```
+ */
+export function fftDepthwiseBackward(
+  gy: Tensor,
+  x: Tensor,
+  w: Tensor,
+  s: DepthwiseShape,
+  cfg: FftConfig,
+): [Tensor, Tensor] {
+  if (!fftFusedBackwardFits(s, cfg)) {
+    throw new Error(
+      `depthwise FFT: {fft: ${cfg.fft}} does not cover a ${s.h}×${s.w} plane in one tile`,
+    );
+  }
+  const L = layout(s, cfg.fft);
+  const t = transposedShape(s);
+  const spec = spectrum(t, L, w, true);
+  const groups = ceilDiv(ceilDiv(s.n, 2), cfg.pairs);
+  const part = Tensor.empty([groups, s.c, L.f, L.f, 2]);
+  const gx = Tensor.empty([s.n, s.c, s.h, s.w]);
+  launch(fusedBackwardKernel(s, L, cfg), [gy, x, spec, gx, part], [s.c, groups, 1]);
+  spec.dispose();
+  const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
+  launch(filterFinishKernel(s, L, groups, [t.ph, t.pw]), [part, gw], [s.c, 1, 1]);
+  part.dispose();
+  return [gx, gw];
 }
 
 /**

@@ -13,6 +13,7 @@ import {
   type DepthwiseConfigs,
   depthwisePlan,
   type DepthwiseShape,
+  fusedBackwardConfig,
   setDepthwiseConfig,
   setDepthwiseImpl,
 } from "../ops/depthwise_fast.ts";
@@ -151,6 +152,30 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
   await compare("fft 4x6 same F8", [2, 3, 5, 7], [4, 6], false, {}, fft(8, 4));
   // One plane (an empty imaginary half), a tall image, an even×narrow kernel: 3 tiles of 8 rows.
   await compare("fft 9x2 N1 F16", [1, 2, 20, 5], [9, 2], true, {}, fft(16, 2));
+  // One tile per plane: both gradients from one fused kernel (odd batch, even kernel, explicit
+  // padding: the gy window shift differs per axis).
+  const fuses = (x: number[], k: number[], opts: DepthwiseOptions, f: number) => {
+    setDepthwiseImpl("fast");
+    setDepthwiseConfig(fft(f, 1));
+    const s = shapeOf(x, k, opts);
+    const fused = fusedBackwardConfig(depthwisePlan(s, 1)!, s) !== null;
+    setDepthwiseConfig(null);
+    setDepthwiseImpl("auto");
+    return fused;
+  };
+  assert.ok(!fuses([3, 2, 9, 10], [7, 7], {}, 8), "many tiles: separate kernels");
+  assert.ok(fuses([3, 2, 6, 7], [5, 5], {}, 16) && fuses([2, 3, 5, 7], [4, 6], {}, 16));
+  assert.ok(fuses([3, 2, 4, 5], [5, 3], { padding: [1, 2] }, 16));
+  await compare("fft fused 5x5 F16", [3, 2, 6, 7], [5, 5], true, {}, fft(16, 2));
+  await compare("fft fused 4x6 same F16", [2, 3, 5, 7], [4, 6], false, {}, fft(16, 1));
+  await compare(
+    "fft fused 5x3 pad[1,2]",
+    [3, 2, 4, 5],
+    [5, 3],
+    false,
+    { padding: [1, 2] },
+    fft(16, 1),
+  );
   // F = 32 and 64 (radices 8·4 and 8·8) take llvmpipe minutes to compile; scripts/latency.ts
   // checks them against the direct kernels on the real shapes on a GPU.
 });
