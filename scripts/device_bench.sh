@@ -15,7 +15,8 @@
 # Each step has a time limit and a failed step does not stop the others; the whole run stays
 # under DEADLINE seconds (default 540). PART=1 runs steps 1-2 (depthwise), PART=2 steps 3-5
 # (models), default both: the device tool allows 600 s per command, so run the parts as two
-# commands back to back on the same machine. EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
+# commands back to back on the same machine. PART=3 (only when asked): sparse vs dense speed
+# (sparse_speed.csv) and the ERF at 1024² (erf_table.csv, erf_compare.png). EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
 # (a dry run on llvmpipe: EXTRA_LAT="--n 1 --c 8 --layers 2 --r 16 --k 3"
 # EXTRA_GEMM="--n 1 --set convnext --runs 1"
 # EXTRA_MODELS="--models convnext_cpu --batch 2 --size 32 --classes 10"). Redraw the chart afterwards, off the device:
@@ -98,6 +99,19 @@ step 400 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-
   --models convnext_tiny@51-49-47-13,convnext_tiny,slak_tiny,replknet_31b \
   "${anchor[@]}" --out "$tmp/bm" $EXTRA_MODELS
 [ -s "$tmp/bm/bench_models.csv" ] && cp "$tmp/bm/bench_models.csv" "$OUT/"
+fi
+
+if [ "$PART" = 3 ]; then
+# 6. Sparse vs dense depthwise on SLaK-T's stage 1 (issue 6), both tuned, back to back.
+step 240 deno run -A scripts/sparse_speed.ts --out "$tmp/sparse"
+[ -s "$tmp/sparse/sparse_speed.csv" ] && cp "$tmp/sparse/sparse_speed.csv" "$OUT/"
+# 7. ERF at 1024² × 50 images, random weights (issue 4). The PNGs need sharp, which the device
+#    cannot download: carry a copy of node_modules as .devnm (without the musl libvips .so files,
+#    to stay under the carry limit).
+if [ -d .devnm ]; then rm -rf node_modules && cp -a .devnm node_modules; fi
+step 330 deno run -A scripts/erf.ts --model resnet101,convnext_tiny,slak_tiny --num 50 \
+  --size 1024 --out "$tmp/erf"
+for f in erf_table.csv erf_compare.png; do [ -s "$tmp/erf/$f" ] && cp "$tmp/erf/$f" "$OUT/"; done
 fi
 
 ls -la "$OUT"
