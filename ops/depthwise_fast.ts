@@ -49,6 +49,7 @@
 import {
   fftCandidates,
   type FftConfig,
+  fftDepthwiseBackward,
   fftDepthwiseBackwardFilter,
   fftDepthwiseBackwardInput,
   fftDepthwiseForward,
@@ -149,7 +150,6 @@ export function depthwiseImpl(): DepthwiseImpl {
   return impl;
 }
 
-/** Configs forced for every shape (tests); null restores tuned/heuristic choices. */
 /** A forward / input-gradient tiling: direct tiles or FFT tiles. */
 export type ConvConfig = ForwardConfig | FftConfig;
 /** A filter-gradient tiling: direct or FFT. */
@@ -160,8 +160,11 @@ export interface DepthwiseConfigs {
   forward?: ConvConfig;
   backwardInput?: ConvConfig;
   filter?: WeightGradConfig;
+  /** Both gradients from one FFT kernel where it applies (see {@linkcode fusedBackwardConfig}). */
+  fuseBackward?: boolean;
 }
 
+/** Configs forced for every shape (tests); null restores tuned/heuristic choices. */
 let forced: DepthwiseConfigs | null = null;
 
 /**
@@ -206,6 +209,8 @@ export interface DepthwisePlan {
   forward: ConvConfig | null;
   backwardInput: ConvConfig | null;
   filter: WeightGradConfig | null;
+  /** Run both gradients in one FFT kernel (set by the tuner where it was faster). */
+  fuseBackward?: boolean;
 }
 
 const tuned = new Map<string, Partial<DepthwisePlan>>();
@@ -253,26 +258,29 @@ export function depthwisePlan(s: DepthwiseShape, stride: number): DepthwisePlan 
     forward: convFits(s, forward) ? forward : null,
     backwardInput: convFits(ts, backwardInput) ? backwardInput : null,
     filter: (isFftConfig(filter) ? fftFits(s, filter) : filterFits(s, filter)) ? filter : null,
+    fuseBackward: forced?.fuseBackward ?? t.fuseBackward ?? false,
   };
 }
 
 /**
  * The FFT config under which one kernel computes both gradients of shape
- * `s` (see `fftDepthwiseBackward`): where the plan runs both the input and
- * the filter gradient through FFTs of one size and one tile covers a plane;
- * null otherwise.
+ * `s` (see `fftDepthwiseBackward`): where the plan asks for it
+ * (`fuseBackward`, which the tuner sets when it timed faster), runs both the
+ * input and the filter gradient through FFTs of one size, and one tile
+ * covers a plane; null otherwise.
  *
  * @example
  * ```ts
  * import { fusedBackwardConfig } from "./depthwise_fast.ts";
  * const s = { n: 2, c: 4, h: 8, w: 8, kh: 3, kw: 3, ph: 1, pw: 1, ho: 8, wo: 8 };
  * const direct = { bw: 4, bh: 2, planes: 1, tileH: 8, tileW: 8, kc: 3 };
- * console.log(fusedBackwardConfig({ forward: direct, backwardInput: direct, filter: null }, s)); // null
+ * const plan = { forward: direct, backwardInput: direct, filter: null, fuseBackward: true };
+ * console.log(fusedBackwardConfig(plan, s)); // null: the gradients are not FFTs
  * ```
  */
 export function fusedBackwardConfig(plan: DepthwisePlan, s: DepthwiseShape): FftConfig | null {
   const { backwardInput: bi, filter: fl } = plan;
-  if (!isFftConfig(bi) || !isFftConfig(fl) || bi.fft !== fl.fft) return null;
+  if (!plan.fuseBackward || !isFftConfig(bi) || !isFftConfig(fl) || bi.fft !== fl.fft) return null;
   return fftFusedBackwardFits(s, fl) ? fl : null;
 }
 
@@ -1164,7 +1172,8 @@ export async function fastestConfig<K extends string, C>(
 
 /** One timed candidate of {@linkcode tuneDepthwise}. */
 export interface TuneResult {
-  kernel: "forward" | "backwardInput" | "filter";
+  /** `fusedBackward`: both gradients by one FFT kernel (config: the FFT's), vs `separateBackward`. */
+  kernel: "forward" | "backwardInput" | "filter" | "fusedBackward" | "separateBackward";
   config: ConvConfig | WeightGradConfig;
   ms: number;
 }
@@ -1230,6 +1239,28 @@ export async function tuneDepthwise(
         );
         if (best) entry[kernel] = best;
       }
+    }
+    // Both gradients through FFTs of one size, one tile per plane: one kernel or two?
+    const fft = fusedBackwardConfig(
+      { forward: null, ...entry, fuseBackward: true } as DepthwisePlan,
+      s,
+    );
+    if (fft) {
+      const fused = await timeGpu(
+        () => fftDepthwiseBackward(gy, x, w, s, fft).forEach((t) => t.dispose()),
+        {
+          runs,
+          warmup: 1,
+          minMs: TUNE_MIN_MS,
+        },
+      );
+      const separate = await timeGpu(() => {
+        depthwiseBackwardInputFast(gy, w, s, entry.backwardInput!).dispose();
+        depthwiseBackwardFilterFast(gy, x, s, entry.filter!).dispose();
+      }, { runs, warmup: 1, minMs: TUNE_MIN_MS });
+      results.push({ kernel: "fusedBackward", config: fft, ms: fused.ms });
+      results.push({ kernel: "separateBackward", config: fft, ms: separate.ms });
+      entry.fuseBackward = fused.ms < separate.ms;
     }
   } finally {
     x.dispose();

@@ -138,10 +138,11 @@ Deno.test("fast depthwise = generic: default configs of this adapter", async () 
 });
 
 Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pairs", async () => {
-  const fft = (f: number, pairs: number) => ({
+  const fft = (f: number, pairs: number, fuseBackward = true) => ({
     forward: { fft: f, pairs },
     backwardInput: { fft: f, pairs },
     filter: { fft: f, pairs },
+    fuseBackward,
   });
   // 7×7 with F = 8: 2×2-output tiles (5×5 of them), 3 planes = a pair and a half.
   await compare("fft 7x7 F8", [3, 2, 9, 10], [7, 7], true, {}, fft(8, 1));
@@ -154,9 +155,9 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
   await compare("fft 9x2 N1 F16", [1, 2, 20, 5], [9, 2], true, {}, fft(16, 2));
   // One tile per plane: both gradients from one fused kernel (odd batch, even kernel, explicit
   // padding: the gy window shift differs per axis).
-  const fuses = (x: number[], k: number[], opts: DepthwiseOptions, f: number) => {
+  const fuses = (x: number[], k: number[], opts: DepthwiseOptions, f: number, fuse = true) => {
     setDepthwiseImpl("fast");
-    setDepthwiseConfig(fft(f, 1));
+    setDepthwiseConfig(fft(f, 1, fuse));
     const s = shapeOf(x, k, opts);
     const fused = fusedBackwardConfig(depthwisePlan(s, 1)!, s) !== null;
     setDepthwiseConfig(null);
@@ -166,6 +167,7 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
   assert.ok(!fuses([3, 2, 9, 10], [7, 7], {}, 8), "many tiles: separate kernels");
   assert.ok(fuses([3, 2, 6, 7], [5, 5], {}, 16) && fuses([2, 3, 5, 7], [4, 6], {}, 16));
   assert.ok(fuses([3, 2, 4, 5], [5, 3], { padding: [1, 2] }, 16));
+  assert.ok(!fuses([3, 2, 6, 7], [5, 5], {}, 16, false), "fusion off: separate kernels");
   await compare("fft fused 5x5 F16", [3, 2, 6, 7], [5, 5], true, {}, fft(16, 2));
   await compare("fft fused 4x6 same F16", [2, 3, 5, 7], [4, 6], false, {}, fft(16, 1));
   await compare(
