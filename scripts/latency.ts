@@ -379,7 +379,13 @@ async function main(): Promise<void> {
         console.log(
           `tune R=${r} K=${k} (${((performance.now() - t0) / 1e3).toFixed(1)} s): forward ${
             best("forward")
-          }, input-grad ${best("backwardInput")}, filter-grad ${best("filter")} per layer`,
+          }, input-grad ${best("backwardInput")}, filter-grad ${best("filter")} per layer${
+            results.some((t) => t.kernel === "fusedBackward")
+              ? `; both gradients in one FFT kernel ${best("fusedBackward")} vs two ${
+                best("separateBackward")
+              }`
+              : ""
+          }`,
         );
       }
       const x = Tensor.randn([n, c, r, r], { seed: 1 });
