@@ -576,19 +576,21 @@ function filterPartKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): s
 
 const fusedBackwardKernel = memoize(fusedBackwardKernelSource);
 /**
- * Both gradients at once where one tile covers a plane (forward and input
- * gradient): workgroup = (channel, group of plane pairs). Per pair, FFT(x
- * window) and FFT(gy window as the input gradient places it) give the input
- * gradient (× the flipped filter's spectrum, inverse) and the filter
- * gradient's partial spectrum conj(FFT(gy)) · FFT(x): three transforms
- * instead of the four of the two separate kernels. The gy window sits
- * (PT', PL') = (KH − 1 − PT, KW − 1 − PL) further down and right than the
- * filter kernel places it, a circular shift the finish kernel undoes.
+ * Both gradients at once: workgroup = (channel, group of plane pairs). Per
+ * pair and output tile, FFT(x window) and FFT(gy tile) give the filter
+ * gradient's partial spectrum conj(FFT(gy)) · FFT(x), as in the filter
+ * kernel, and — times the flipped filter's spectrum, inverted — the gy tile's
+ * whole contribution to the input gradient (overlap-add: F rows and columns
+ * of gx around the tile, the rows above it wrapped to the end). Every
+ * invocation keeps its own gx pixels of the pair in registers and adds the
+ * contributions of every tile. Three transforms per tile and pair instead of
+ * the four of the two separate kernels.
  */
 function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): string {
-  const { n: N, c: C, h: HIN, w: WIN, ph: PT, pw: PL, ho: HO, wo: WO } = s;
+  const { n: N, c: C, h: HIN, w: WIN, kh: KH, kw: KW, ph: PT, pw: PL, ho: HO, wo: WO } = s;
   const t = transposedShape(s);
   const f = L.f;
+  const px = ceilDiv(HIN * WIN, L.threads);
   const out: string[] = [];
   const e = (line: string) => out.push(line);
   e(storage("gy", "x", "spec:vec2<f32>", "gx!", "part:vec2<f32>!"));
@@ -610,35 +612,61 @@ function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig)
   e(`  for (var pp = 0u; pp < ${cfg.pairs}u; pp++) {`);
   e(`  let n0 = (wid.y * ${cfg.pairs}u + pp) * 2u;`);
   e(`  if (n0 >= ${N}u) { break; }`);
+  for (let j = 0; j < px; j++) e(`  var g${j} = vec2<f32>(0.0);`);
+  e(`  for (var t = 0u; t < ${L.tilesX * L.tilesY}u; t++) {`);
+  e(`  let oy = i32(t / ${L.tilesX}u) * ${L.th};`);
+  e(`  let ox = i32(t % ${L.tilesX}u) * ${L.tw};`);
   e(`  workgroupBarrier();`);
-  loadPair(L, e, { src: "x", n: N, c: C, h: HIN, w: WIN, oy0: `${-PT}`, ox0: `${-PL}` });
+  loadPair(L, e, { src: "x", n: N, c: C, h: HIN, w: WIN, oy0: `oy - ${PT}`, ox0: `ox - ${PL}` });
   e(`  workgroupBarrier();`);
-  transform2d(L, false, e, { lo: `${Math.min(PT, f)}u`, hi: `${Math.min(HIN + PT, f)}u` });
+  transform2d(L, false, e, windowRows(L, PT, HIN));
   for (let q = 0; q < M.items; q++) {
     for (let k = 0; k < M.r; k++) e(`  var x${q}_${k} = vec2<f32>(0.0);`);
   }
   middleStage(L, e, true, (q, v) => v!.forEach((name, k) => e(`    x${q}_${k} = ${name};`)));
-  loadPair(L, e, { src: "gy", n: N, c: C, h: HO, w: WO, oy0: `${-t.ph}`, ox0: `${-t.pw}` });
+  loadPair(L, e, {
+    src: "gy",
+    n: N,
+    c: C,
+    h: HO,
+    w: WO,
+    oy0: "oy",
+    ox0: "ox",
+    limU: L.th,
+    limV: L.tw,
+  });
   e(`  workgroupBarrier();`);
-  transform2d(L, false, e, { lo: `${Math.min(t.ph, f)}u`, hi: `${Math.min(HO + t.ph, f)}u` });
+  transform2d(L, false, e, { lo: "0u", hi: `u32(clamp(${HO} - oy, 0, ${L.th}))` });
   middleStage(L, e, true, (q, v) =>
     v!.map((name, k) => {
       e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`);
       e(`    let p${k} = cmul(${name}, s${q}_${k});`);
       return `p${k}`;
     }));
-  transform2d(L, true, e, { lo: "0u", hi: `${HIN}u` });
-  e(`  for (var k = 0u; k < ${(f * f) / L.threads}u; k++) {`);
-  e(`    let el = tid + k * ${L.threads}u;`);
-  e(`    let u = el / ${f}u;`);
-  e(`    let v = el % ${f}u;`);
-  e(`    if (u < ${HIN}u && v < ${WIN}u) {`);
-  e(`      let r = z[u * ${L.stride}u + v];`);
-  e(`      let at = (n0 * ${C}u + c) * ${HIN * WIN}u + u * ${WIN}u + v;`);
-  e(`      gx[at] = r.x;`);
-  e(`      if (n0 + 1u < ${N}u) { gx[at + ${C * HIN * WIN}u] = r.y; }`);
-  e(`    }`);
+  transform2d(L, true, e);
+  // Entry m of the inverse (m < 0 wrapped to m + F) is gx row oy + PT' + m, m in [1 − KH, TH).
+  for (let j = 0; j < px; j++) {
+    const guard = (j + 1) * L.threads > HIN * WIN ? `el < ${HIN * WIN}u && ` : "";
+    e(`  {`);
+    e(`    let el = tid + ${j * L.threads}u;`);
+    e(`    let my = i32(el / ${WIN}u) - oy - ${t.ph};`);
+    e(`    let mx = i32(el % ${WIN}u) - ox - ${t.pw};`);
+    e(`    if (${guard}my > ${-KH} && my < ${L.th} && mx > ${-KW} && mx < ${L.tw}) {`);
+    e(`      g${j} += z[u32((my + ${f}) % ${f}) * ${L.stride}u + u32((mx + ${f}) % ${f})];`);
+    e(`    }`);
+    e(`  }`);
+  }
   e(`  }`);
+  for (let j = 0; j < px; j++) {
+    e(`  {`);
+    e(`    let el = tid + ${j * L.threads}u;`);
+    e(`    if (el < ${HIN * WIN}u) {`);
+    e(`      let at = (n0 * ${C}u + c) * ${HIN * WIN}u + el;`);
+    e(`      gx[at] = g${j}.x;`);
+    e(`      if (n0 + 1u < ${N}u) { gx[at + ${C * HIN * WIN}u] = g${j}.y; }`);
+    e(`    }`);
+    e(`  }`);
+  }
   e(`  }`);
   middleStage(L, e, false, (q, _v, elem) => {
     for (let k = 0; k < M.r; k++) {
@@ -650,16 +678,8 @@ function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig)
 }
 
 const filterFinishKernel = memoize(filterFinishKernelSource);
-/**
- * Sum the partial spectra of a channel, invert, keep the real KH×KW corner / F²
- * (shifted by `shift` rows and columns, circularly, after the fused backward).
- */
-function filterFinishKernelSource(
-  s: DepthwiseShape,
-  L: Layout,
-  groups: number,
-  shift: [number, number] = [0, 0],
-): string {
+/** Sum the partial spectra of a channel, invert, keep the real KH×KW corner / F². */
+function filterFinishKernelSource(s: DepthwiseShape, L: Layout, groups: number): string {
   const { c: C, kh: KH, kw: KW } = s;
   const f = L.f;
   const out: string[] = [];
@@ -681,13 +701,11 @@ function filterFinishKernelSource(
       return `acc${k}`;
     });
   });
-  // Tap (a, b) sits at ((a − sy) mod F, (b − sx) mod F) when the gy windows were shifted.
-  const [sy, sx] = shift;
-  transform2d(L, true, e, sy === 0 ? { lo: "0u", hi: `${KH}u` } : undefined);
+  transform2d(L, true, e, { lo: "0u", hi: `${KH}u` });
   e(`  for (var i = tid; i < ${KH * KW}u; i += ${L.threads}u) {`);
-  e(`    let a = (i / ${KW}u + ${f - sy}u) % ${f}u;`);
-  e(`    let b = (i % ${KW}u + ${f - sx}u) % ${f}u;`);
-  e(`    gw[c * ${KH * KW}u + i] = z[a * ${L.stride}u + b].x * ${lit(1 / (f * f))};`);
+  e(`    gw[c * ${KH * KW}u + i] = z[(i / ${KW}u) * ${L.stride}u + i % ${KW}u].x * ${
+    lit(1 / (f * f))
+  };`);
   e(`  }`);
   e(`}`);
   return out.join("\n");
@@ -785,9 +803,10 @@ export function fftDepthwiseBackwardInput(
 }
 
 /**
- * Whether {@linkcode fftDepthwiseBackward} can fuse both gradients of shape
- * `s` with config `c`: one tile covers a plane, in the forward and in the
- * input-gradient convolution.
+ * Whether {@linkcode fftDepthwiseBackward} can compute both gradients of
+ * shape `s` with config `c`: the FFT fits both convolutions and an input
+ * plane has at most 16 pixels per invocation (64×64 for F = 32 and 64),
+ * which the kernel keeps in registers while it adds the tiles' contributions.
  *
  * @example
  * ```ts
@@ -795,20 +814,21 @@ export function fftDepthwiseBackwardInput(
  * import { fftFusedBackwardFits } from "./depthwise_fft.ts";
  * await initGpu();
  * const s = { n: 2, c: 4, h: 32, w: 32, kh: 31, kw: 31, ph: 15, pw: 15, ho: 32, wo: 32 };
- * console.log(fftFusedBackwardFits(s, { fft: 64, pairs: 2 })); // true where F = 64 fits
+ * console.log(fftFusedBackwardFits(s, { fft: 64, pairs: 2 })); // true where F = 64 fits (a GPU)
  * ```
  */
 export function fftFusedBackwardFits(s: DepthwiseShape, c: FftConfig): boolean {
-  const t = transposedShape(s);
-  if (!fftFits(s, c) || !fftFits(t, c)) return false;
-  const [a, b] = [layout(s, c.fft), layout(t, c.fft)];
-  return a.tilesX * a.tilesY === 1 && b.tilesX * b.tilesY === 1;
+  if (!fftFits(s, c) || !fftFits(transposedShape(s), c)) return false;
+  return s.h * s.w <= FUSED_PIXELS_PER_INVOCATION * layout(s, c.fft).threads;
 }
+
+/** Input-gradient pixels of a plane pair each invocation of the fused backward keeps in registers. */
+const FUSED_PIXELS_PER_INVOCATION = 16;
 
 /**
  * Input and filter gradients at once through FFTs (see
- * {@linkcode fftFusedBackwardFits}): three transforms per plane pair instead
- * of four. Returns [gx, gw].
+ * {@linkcode fftFusedBackwardFits}): three transforms per tile and plane
+ * pair instead of four. Returns [gx, gw].
  *
  * @example
  * ```ts
@@ -831,19 +851,18 @@ export function fftDepthwiseBackward(
 ): [Tensor, Tensor] {
   if (!fftFusedBackwardFits(s, cfg)) {
     throw new Error(
-      `depthwise FFT: {fft: ${cfg.fft}} does not cover a ${s.h}×${s.w} plane in one tile`,
+      `depthwise FFT: no fused backward with {fft: ${cfg.fft}} for ${s.kh}×${s.kw} on ${s.h}×${s.w}`,
     );
   }
   const L = layout(s, cfg.fft);
-  const t = transposedShape(s);
-  const spec = spectrum(t, L, w, true);
+  const spec = spectrum(s, L, w, true);
   const groups = ceilDiv(ceilDiv(s.n, 2), cfg.pairs);
   const part = Tensor.empty([groups, s.c, L.f, L.f, 2]);
   const gx = Tensor.empty([s.n, s.c, s.h, s.w]);
   launch(fusedBackwardKernel(s, L, cfg), [gy, x, spec, gx, part], [s.c, groups, 1]);
   spec.dispose();
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
-  launch(filterFinishKernel(s, L, groups, [t.ph, t.pw]), [part, gw], [s.c, 1, 1]);
+  launch(filterFinishKernel(s, L, groups), [part, gw], [s.c, 1, 1]);
   part.dispose();
   return [gx, gw];
 }

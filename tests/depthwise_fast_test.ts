@@ -138,12 +138,13 @@ Deno.test("fast depthwise = generic: default configs of this adapter", async () 
 });
 
 Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pairs", async () => {
-  const fft = (f: number, pairs: number, fuseBackward = true) => ({
+  const fft = (f: number, pairs: number, fuseBackward = false) => ({
     forward: { fft: f, pairs },
     backwardInput: { fft: f, pairs },
     filter: { fft: f, pairs },
     fuseBackward,
   });
+  // Separate input- and filter-gradient kernels.
   // 7×7 with F = 8: 2×2-output tiles (5×5 of them), 3 planes = a pair and a half.
   await compare("fft 7x7 F8", [3, 2, 9, 10], [7, 7], true, {}, fft(8, 1));
   // Kernel larger than the image, 2×2 tiles of 4×4 outputs, 2 pairs per workgroup over 3 pairs.
@@ -153,8 +154,15 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
   await compare("fft 4x6 same F8", [2, 3, 5, 7], [4, 6], false, {}, fft(8, 4));
   // One plane (an empty imaginary half), a tall image, an even×narrow kernel: 3 tiles of 8 rows.
   await compare("fft 9x2 N1 F16", [1, 2, 20, 5], [9, 2], true, {}, fft(16, 2));
-  // One tile per plane: both gradients from one fused kernel (odd batch, even kernel, explicit
-  // padding: the gy window shift differs per axis).
+});
+
+Deno.test("FFT depthwise = generic: both gradients from one kernel (overlap-add)", async () => {
+  const fft = (f: number, pairs: number, fuseBackward = true) => ({
+    forward: { fft: f, pairs },
+    backwardInput: { fft: f, pairs },
+    filter: { fft: f, pairs },
+    fuseBackward,
+  });
   const fuses = (x: number[], k: number[], opts: DepthwiseOptions, f: number, fuse = true) => {
     setDepthwiseImpl("fast");
     setDepthwiseConfig(fft(f, 1, fuse));
@@ -164,22 +172,19 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
     setDepthwiseImpl("auto");
     return fused;
   };
-  assert.ok(!fuses([3, 2, 9, 10], [7, 7], {}, 8), "many tiles: separate kernels");
-  assert.ok(fuses([3, 2, 6, 7], [5, 5], {}, 16) && fuses([2, 3, 5, 7], [4, 6], {}, 16));
-  assert.ok(fuses([3, 2, 4, 5], [5, 3], { padding: [1, 2] }, 16));
-  assert.ok(!fuses([3, 2, 6, 7], [5, 5], {}, 16, false), "fusion off: separate kernels");
-  await compare("fft fused 5x5 F16", [3, 2, 6, 7], [5, 5], true, {}, fft(16, 2));
-  await compare("fft fused 4x6 same F16", [2, 3, 5, 7], [4, 6], false, {}, fft(16, 1));
-  await compare(
-    "fft fused 5x3 pad[1,2]",
-    [3, 2, 4, 5],
-    [5, 3],
-    false,
-    { padding: [1, 2] },
-    fft(16, 1),
-  );
+  assert.ok(fuses([3, 2, 9, 10], [7, 7], {}, 8));
+  assert.ok(!fuses([3, 2, 9, 10], [7, 7], {}, 8, false), "fusion off: separate kernels");
+  assert.ok(!fuses([1, 1, 20, 20], [3, 3], {}, 8), "400 pixels > 16 per invocation × 16");
+  // Many tiles (5×5 of 2×2 outputs), odd batch, bias.
+  await compare("fused 7x7 F8", [3, 2, 9, 10], [7, 7], true, {}, fft(8, 1));
+  // One tile per plane, 2 pairs per workgroup; an even kernel; explicit padding (the input
+  // gradient's padding differs per axis); one plane and a tall image (3 tiles along y).
+  await compare("fused 5x5 F16", [3, 2, 6, 7], [5, 5], true, {}, fft(16, 2));
+  await compare("fused 4x6 same F16", [2, 3, 5, 7], [4, 6], false, {}, fft(16, 1));
+  await compare("fused 5x3 pad[1,2]", [3, 2, 4, 5], [5, 3], false, { padding: [1, 2] }, fft(16, 1));
+  await compare("fused 9x2 N1 F16", [1, 2, 20, 5], [9, 2], false, {}, fft(16, 2));
   // F = 32 and 64 (radices 8·4 and 8·8) take llvmpipe minutes to compile; scripts/latency.ts
-  // checks them against the direct kernels on the real shapes on a GPU.
+  // --check compares them with the generic kernels on a GPU.
 });
 
 Deno.test("fast depthwise: stride 2 and the generic switch run the plain kernels", () => {
