@@ -600,14 +600,10 @@ function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig)
   e(`  let c = wid.x;`);
   loadTwiddles(L, e);
   const M = middleCount(L);
+  // The filter spectrum is read in the middle stage (from cache), not held: this kernel already
+  // keeps the partial spectra, the x spectrum and the gx pixels in registers.
   for (let q = 0; q < M.items; q++) {
-    const it = `min(tid + ${q * L.threads}u, ${M.total - 1}u)`;
-    for (let k = 0; k < M.r; k++) {
-      e(`  let s${q}_${k} = spec[c * ${
-        f * f
-      }u + ((${it} / ${f}u) * ${M.r}u + ${k}u) * ${f}u + ${it} % ${f}u];`);
-      e(`  var a${q}_${k} = vec2<f32>(0.0);`);
-    }
+    for (let k = 0; k < M.r; k++) e(`  var a${q}_${k} = vec2<f32>(0.0);`);
   }
   e(`  for (var pp = 0u; pp < ${cfg.pairs}u; pp++) {`);
   e(`  let n0 = (wid.y * ${cfg.pairs}u + pp) * 2u;`);
@@ -637,10 +633,10 @@ function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig)
   });
   e(`  workgroupBarrier();`);
   transform2d(L, false, e, { lo: "0u", hi: `u32(clamp(${HO} - oy, 0, ${L.th}))` });
-  middleStage(L, e, true, (q, v) =>
+  middleStage(L, e, true, (q, v, elem) =>
     v!.map((name, k) => {
       e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`);
-      e(`    let p${k} = cmul(${name}, s${q}_${k});`);
+      e(`    let p${k} = cmul(${name}, spec[c * ${f * f}u + ${elem(k)}]);`);
       return `p${k}`;
     }));
   transform2d(L, true, e);
