@@ -27,7 +27,17 @@
  *
  * Each pass gives every invocation radix-8/4 butterflies on whole rows or
  * whole columns of the F×(F+1) workgroup array. The odd row stride keeps
- * both row and column passes free of bank conflicts.
+ * both row and column passes free of bank conflicts. Rows that are all zero
+ * (forward) or not wanted (inverse) are skipped, and the last forward stage,
+ * the product with the spectrum and the first inverse stage run together in
+ * registers.
+ *
+ * **Both gradients in one kernel** ({@linkcode fftDepthwiseBackward}): per
+ * tile, the gy tile's spectrum serves the filter gradient and, times the
+ * flipped filter's spectrum, gives the tile's whole contribution to the
+ * input gradient (overlap-add), which each invocation adds to its own gx
+ * pixels in registers: three transforms per tile instead of four. The
+ * autotuner decides per shape whether that beats the separate kernels.
  *
  * @example
  * ```ts
