@@ -428,10 +428,21 @@ function loadPair(
   e(`  }`);
 }
 
-/** Rows of a window starting at image row `oy − pt` that fall inside an image of `h` rows. */
-const windowRows = (L: Layout, pt: number, h: number) => ({
-  lo: `u32(clamp(${pt} - oy, 0, ${L.f}))`,
-  hi: `u32(clamp(${h + pt} - oy, 0, ${L.f}))`,
+/**
+ * Rows of a window starting at image row `oy − pt` that fall inside an image
+ * of `h` rows; constants when one tile spans the plane's height (oy = 0), so
+ * the row passes divide by a constant.
+ */
+const windowRows = (L: Layout, pt: number, h: number) =>
+  L.tilesY === 1 ? { lo: `${Math.min(pt, L.f)}u`, hi: `${Math.min(h + pt, L.f)}u` } : {
+    lo: `u32(clamp(${pt} - oy, 0, ${L.f}))`,
+    hi: `u32(clamp(${h + pt} - oy, 0, ${L.f}))`,
+  };
+
+/** Rows [0, hi) of the tile at oy in an output of `ho` rows (constants for one tile). */
+const tileRows = (L: Layout, ho: number) => ({
+  lo: "0u",
+  hi: L.tilesY === 1 ? `${Math.min(ho, L.th)}u` : `u32(clamp(${ho} - oy, 0, ${L.th}))`,
 });
 
 // ---------------------------------------------------------------- kernels
@@ -510,7 +521,7 @@ function convKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig, bias: bo
       return `p${k}`;
     });
   });
-  transform2d(L, true, e, { lo: "0u", hi: `u32(clamp(${HO} - oy, 0, ${L.th}))` });
+  transform2d(L, true, e, tileRows(L, HO));
   const init = bias ? " + b[c]" : "";
   e(`  for (var k = 0u; k < ${L.per}u; k++) {`);
   e(`    let el = tid + k * ${L.threads}u;`);
@@ -576,7 +587,7 @@ function filterPartKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): s
     limV: L.tw,
   });
   e(`  workgroupBarrier();`);
-  transform2d(L, false, e, { lo: "0u", hi: `u32(clamp(${HO} - oy, 0, ${L.th}))` });
+  transform2d(L, false, e, tileRows(L, HO));
   middleStage(L, e, true, (q, v) => {
     v!.forEach((name, k) => e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`));
   });
@@ -649,7 +660,7 @@ function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig)
     limV: L.tw,
   });
   e(`  workgroupBarrier();`);
-  transform2d(L, false, e, { lo: "0u", hi: `u32(clamp(${HO} - oy, 0, ${L.th}))` });
+  transform2d(L, false, e, tileRows(L, HO));
   middleStage(L, e, true, (q, v, elem) =>
     v!.map((name, k) => {
       e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`);
