@@ -289,11 +289,13 @@ function transform2d(
     e(`  {`);
     if (dim === "row" && rows) {
       // Only rows [lo, hi) matter: the others are zero (forward) or not wanted (inverse).
+      // it / nl by a multiply and a shift (exact for it < 4096, nl ≤ 128), not a division per item.
       e(`  let lo = ${rows.lo};`);
       e(`  let nl = max(${rows.hi}, lo) - lo;`);
+      e(`  let mg = (1048576u + nl - 1u) / max(nl, 1u);`);
       e(`  for (var it = tid; it < nl * ${f / st.r}u; it += ${L.threads}u) {`);
-      e(`    let line = lo + it % nl;`);
-      e(`    let j = it / nl;`);
+      e(`    let j = (it * mg) >> 20u;`);
+      e(`    let line = lo + it - j * nl;`);
     } else {
       e(`  for (var it = tid; it < ${(f * f) / st.r}u; it += ${L.threads}u) {`);
       e(`    let line = it % ${f}u;`);
