@@ -41,7 +41,7 @@ import {
   timeGpu,
   tuneDepthwise,
 } from "../ops/depthwise_fast.ts";
-import { fftFits } from "../ops/depthwise_fft.ts";
+import { fftFits, fftFusedBackwardFits } from "../ops/depthwise_fft.ts";
 import { sum } from "../ops/elementwise.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { scope, Tensor, trimPool } from "../ops/tensor.ts";
@@ -66,7 +66,8 @@ RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
   --tune-max N      candidates per kernel when tuning (default 6)
   --tuned FILE      reuse tilings from a tuned.json written by --tune
   --check           first compare fast (direct tiles, and the FFT path of each size that
-                    fits) and generic outputs per (R, K) on N=3, C=4
+                    fits, with separate and fused gradients) and generic outputs per (R, K) on
+                    N=3, C=4
   --peak-tflops X   FP32 peak for "% of peak" (default 67, H100 SXM)
   --torch FILE      PyTorch anchor CSV: print ratios, add its lines to the chart
   --anchor FILE     same as --torch
@@ -163,13 +164,18 @@ function relErr(a: Float32Array, b: Float32Array): number {
  * forward, input gradient, filter gradient errors, with the direct tiles (`fft` null) or the
  * FFT path of size `fft` forced.
  */
-async function checkShape(r: number, k: number, fft: number | null): Promise<number[]> {
+async function checkShape(
+  r: number,
+  k: number,
+  fft: number | null,
+  fuseBackward = false,
+): Promise<number[]> {
   const runImpl = (which: "fast" | "generic") =>
     scope(async () => {
       setDepthwiseImpl(which);
       const f = { fft: fft ?? 0, pairs: 1 };
       setDepthwiseConfig(
-        which === "fast" && fft ? { forward: f, backwardInput: f, filter: f } : null,
+        which === "fast" && fft ? { forward: f, backwardInput: f, filter: f, fuseBackward } : null,
       );
       const x = Tensor.randn([3, 4, r, r], { seed: 11 });
       const w = Tensor.randn([4, 1, k, k], { seed: 12, std: 1 / k });
@@ -323,9 +329,14 @@ async function main(): Promise<void> {
       for (const k of kList) {
         const s = layerShape(3, 4, r, k);
         const ffts = [32, 64].filter((f) => fftFits(s, { fft: f, pairs: 1 }));
-        for (const fft of [null, ...ffts]) {
-          const [fwd, gx, gw] = await checkShape(r, k, fft);
-          const path = fft ? `fft${fft}` : "direct";
+        const paths: [number | null, boolean][] = [[null, false]];
+        for (const f of ffts) {
+          paths.push([f, false]);
+          if (fftFusedBackwardFits(s, { fft: f, pairs: 1 })) paths.push([f, true]);
+        }
+        for (const [fft, fused] of paths) {
+          const [fwd, gx, gw] = await checkShape(r, k, fft, fused);
+          const path = fft ? `fft${fft}${fused ? "-fused" : ""}` : "direct";
           console.log(
             `check R=${r} K=${k} ${path}: forward ${fwd.toExponential(2)} input-grad ${
               gx.toExponential(2)
