@@ -65,7 +65,15 @@ export interface FftConfig {
   pairs: number;
 }
 
-/** Whether a depthwise tiling is an {@linkcode FftConfig}. */
+/**
+ * Whether a depthwise tiling is an {@linkcode FftConfig} (not a direct tile config).
+ *
+ * @example
+ * ```ts
+ * import { isFftConfig } from "./depthwise_fft.ts";
+ * console.log(isFftConfig({ fft: 64, pairs: 2 }), isFftConfig({ bw: 4 })); // true false
+ * ```
+ */
 export function isFftConfig(c: unknown): c is FftConfig {
   return typeof c === "object" && c !== null && "fft" in c;
 }
