@@ -551,95 +551,43 @@ function convKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig, bias: bo
   return out.join("\n");
 }
 
-const filterPartKernel = memoize(filterPartKernelSource);
+const backwardKernel = memoize(backwardKernelSource);
 /**
- * Filter-gradient partial spectra: workgroup = (channel, group of plane
- * pairs); Σ over its pairs and all tiles of conj(FFT(gy tile)) · FFT(x window).
+ * The filter gradient's partial spectra — workgroup = (channel, group of
+ * plane pairs); Σ over its pairs and all tiles of conj(FFT(gy tile)) ·
+ * FFT(x window) — and, `withInput`, the input gradient too: the gy tile's
+ * spectrum times the flipped filter's, inverted, is that tile's whole
+ * contribution to the input gradient (overlap-add: F rows and columns of gx
+ * around the tile, the rows above it wrapped to the end). Every invocation
+ * keeps its own gx pixels of the pair in registers and adds every tile's
+ * contribution: three transforms per tile and pair instead of the four of
+ * separate input- and filter-gradient kernels.
  */
-function filterPartKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): string {
-  const { n: N, c: C, h: HIN, w: WIN, ph: PT, pw: PL, ho: HO, wo: WO } = s;
-  const f = L.f;
-  const out: string[] = [];
-  const e = (line: string) => out.push(line);
-  e(storage("gy", "x", "part:vec2<f32>!"));
-  e(prelude(L));
-  e(`@compute @workgroup_size(${L.threads})`);
-  e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
-  e(`  let c = wid.x;`);
-  loadTwiddles(L, e);
-  const M = middleCount(L);
-  for (let q = 0; q < M.items; q++) {
-    for (let k = 0; k < M.r; k++) e(`  var a${q}_${k} = vec2<f32>(0.0);`);
-  }
-  e(`  for (var pp = 0u; pp < ${cfg.pairs}u; pp++) {`);
-  e(`  let n0 = (wid.y * ${cfg.pairs}u + pp) * 2u;`);
-  e(`  if (n0 >= ${N}u) { break; }`);
-  e(`  for (var t = 0u; t < ${L.tilesX * L.tilesY}u; t++) {`);
-  e(`  let oy = i32(t / ${L.tilesX}u) * ${L.th};`);
-  e(`  let ox = i32(t % ${L.tilesX}u) * ${L.tw};`);
-  e(`  workgroupBarrier();`);
-  loadPair(L, e, { src: "x", n: N, c: C, h: HIN, w: WIN, oy0: `oy - ${PT}`, ox0: `ox - ${PL}` });
-  e(`  workgroupBarrier();`);
-  transform2d(L, false, e, windowRows(L, PT, HIN));
-  for (let q = 0; q < M.items; q++) {
-    for (let k = 0; k < M.r; k++) e(`  var x${q}_${k} = vec2<f32>(0.0);`);
-  }
-  middleStage(L, e, true, (q, v) => v!.forEach((name, k) => e(`    x${q}_${k} = ${name};`)));
-  loadPair(L, e, {
-    src: "gy",
-    n: N,
-    c: C,
-    h: HO,
-    w: WO,
-    oy0: "oy",
-    ox0: "ox",
-    limU: L.th,
-    limV: L.tw,
-  });
-  e(`  workgroupBarrier();`);
-  transform2d(L, false, e, tileRows(L, HO));
-  middleStage(L, e, true, (q, v) => {
-    v!.forEach((name, k) => e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`));
-  });
-  e(`  }`);
-  e(`  }`);
-  middleStage(L, e, false, (q, _v, elem) => {
-    for (let k = 0; k < M.r; k++) {
-      e(`    part[(wid.y * ${C}u + c) * ${f * f}u + ${elem(k)}] = a${q}_${k};`);
-    }
-  });
-  e(`}`);
-  return out.join("\n");
-}
-
-const fusedBackwardKernel = memoize(fusedBackwardKernelSource);
-/**
- * Both gradients at once: workgroup = (channel, group of plane pairs). Per
- * pair and output tile, FFT(x window) and FFT(gy tile) give the filter
- * gradient's partial spectrum conj(FFT(gy)) · FFT(x), as in the filter
- * kernel, and — times the flipped filter's spectrum, inverted — the gy tile's
- * whole contribution to the input gradient (overlap-add: F rows and columns
- * of gx around the tile, the rows above it wrapped to the end). Every
- * invocation keeps its own gx pixels of the pair in registers and adds the
- * contributions of every tile. Three transforms per tile and pair instead of
- * the four of the two separate kernels.
- */
-function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig): string {
+function backwardKernelSource(
+  s: DepthwiseShape,
+  L: Layout,
+  cfg: FftConfig,
+  withInput: boolean,
+): string {
   const { n: N, c: C, h: HIN, w: WIN, kh: KH, kw: KW, ph: PT, pw: PL, ho: HO, wo: WO } = s;
   const t = transposedShape(s);
   const f = L.f;
-  const px = ceilDiv(HIN * WIN, L.threads);
+  const px = withInput ? ceilDiv(HIN * WIN, L.threads) : 0;
   const out: string[] = [];
   const e = (line: string) => out.push(line);
-  e(storage("gy", "x", "spec:vec2<f32>", "gx!", "part:vec2<f32>!"));
+  e(storage(
+    ...(withInput
+      ? ["gy", "x", "spec:vec2<f32>", "gx!", "part:vec2<f32>!"]
+      : ["gy", "x", "part:vec2<f32>!"]),
+  ));
   e(prelude(L));
   e(`@compute @workgroup_size(${L.threads})`);
   e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
   e(`  let c = wid.x;`);
   loadTwiddles(L, e);
   const M = middleCount(L);
-  // The filter spectrum is read in the middle stage (from cache), not held: this kernel already
-  // keeps the partial spectra, the x spectrum and the gx pixels in registers.
+  // The filter spectrum is read in the middle stage (from cache), not held: the partial spectra,
+  // the x spectrum and the gx pixels already take the registers.
   for (let q = 0; q < M.items; q++) {
     for (let k = 0; k < M.r; k++) e(`  var a${q}_${k} = vec2<f32>(0.0);`);
   }
@@ -671,24 +619,28 @@ function fusedBackwardKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig)
   });
   e(`  workgroupBarrier();`);
   transform2d(L, false, e, tileRows(L, HO));
-  middleStage(L, e, true, (q, v, elem) =>
-    v!.map((name, k) => {
-      e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`);
+  middleStage(L, e, true, (q, v, elem) => {
+    v!.forEach((name, k) => e(`    a${q}_${k} += cmulConj(x${q}_${k}, ${name});`));
+    if (!withInput) return;
+    return v!.map((name, k) => {
       e(`    let p${k} = cmul(${name}, spec[c * ${f * f}u + ${elem(k)}]);`);
       return `p${k}`;
-    }));
-  transform2d(L, true, e);
-  // Entry m of the inverse (m < 0 wrapped to m + F) is gx row oy + PT' + m, m in [1 − KH, TH).
-  for (let j = 0; j < px; j++) {
-    const guard = (j + 1) * L.threads > HIN * WIN ? `el < ${HIN * WIN}u && ` : "";
-    e(`  {`);
-    e(`    let el = tid + ${j * L.threads}u;`);
-    e(`    let my = i32(el / ${WIN}u) - oy - ${t.ph};`);
-    e(`    let mx = i32(el % ${WIN}u) - ox - ${t.pw};`);
-    e(`    if (${guard}my > ${-KH} && my < ${L.th} && mx > ${-KW} && mx < ${L.tw}) {`);
-    e(`      g${j} += z[u32((my + ${f}) % ${f}) * ${L.stride}u + u32((mx + ${f}) % ${f})];`);
-    e(`    }`);
-    e(`  }`);
+    });
+  });
+  if (withInput) {
+    transform2d(L, true, e);
+    // Entry m of the inverse (m < 0 wrapped to m + F) is gx row oy + PT' + m, m in [1 − KH, TH).
+    for (let j = 0; j < px; j++) {
+      const guard = (j + 1) * L.threads > HIN * WIN ? `el < ${HIN * WIN}u && ` : "";
+      e(`  {`);
+      e(`    let el = tid + ${j * L.threads}u;`);
+      e(`    let my = i32(el / ${WIN}u) - oy - ${t.ph};`);
+      e(`    let mx = i32(el % ${WIN}u) - ox - ${t.pw};`);
+      e(`    if (${guard}my > ${-KH} && my < ${L.th} && mx > ${-KW} && mx < ${L.tw}) {`);
+      e(`      g${j} += z[u32((my + ${f}) % ${f}) * ${L.stride}u + u32((mx + ${f}) % ${f})];`);
+      e(`    }`);
+      e(`  }`);
+    }
   }
   e(`  }`);
   for (let j = 0; j < px; j++) {
@@ -893,7 +845,7 @@ export function fftDepthwiseBackward(
   const groups = ceilDiv(ceilDiv(s.n, 2), cfg.pairs);
   const part = Tensor.empty([groups, s.c, L.f, L.f, 2]);
   const gx = Tensor.empty([s.n, s.c, s.h, s.w]);
-  launch(fusedBackwardKernel(s, L, cfg), [gy, x, spec, gx, part], [s.c, groups, 1]);
+  launch(backwardKernel(s, L, cfg, true), [gy, x, spec, gx, part], [s.c, groups, 1]);
   spec.dispose();
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   launch(filterFinishKernel(s, L, groups), [part, gw], [s.c, 1, 1]);
@@ -928,7 +880,7 @@ export function fftDepthwiseBackwardFilter(
   const L = layout(s, cfg.fft);
   const groups = ceilDiv(ceilDiv(s.n, 2), cfg.pairs);
   const part = Tensor.empty([groups, s.c, L.f, L.f, 2]);
-  launch(filterPartKernel(s, L, cfg), [gy, x, part], [s.c, groups, 1]);
+  launch(backwardKernel(s, L, cfg, false), [gy, x, part], [s.c, groups, 1]);
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   launch(filterFinishKernel(s, L, groups), [part, gw], [s.c, 1, 1]);
   part.dispose();

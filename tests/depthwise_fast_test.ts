@@ -137,13 +137,17 @@ Deno.test("fast depthwise = generic: default configs of this adapter", async () 
   await compare("31x31 on 9x10 defaults", [2, 3, 9, 10], [31, 31], false, {}, null);
 });
 
-Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pairs", async () => {
-  const fft = (f: number, pairs: number, fuseBackward = false) => ({
+/** The FFT path of size f for all three kernels, both gradients from one kernel or not. */
+function fft(f: number, pairs: number, fuseBackward = false): DepthwiseConfigs {
+  return {
     forward: { fft: f, pairs },
     backwardInput: { fft: f, pairs },
     filter: { fft: f, pairs },
     fuseBackward,
-  });
+  };
+}
+
+Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pairs", async () => {
   // Separate input- and filter-gradient kernels.
   // 7×7 with F = 8: 2×2-output tiles (5×5 of them), 3 planes = a pair and a half.
   await compare("fft 7x7 F8", [3, 2, 9, 10], [7, 7], true, {}, fft(8, 1));
@@ -157,12 +161,6 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
 });
 
 Deno.test("FFT depthwise = generic: both gradients from one kernel (overlap-add)", async () => {
-  const fft = (f: number, pairs: number, fuseBackward = true) => ({
-    forward: { fft: f, pairs },
-    backwardInput: { fft: f, pairs },
-    filter: { fft: f, pairs },
-    fuseBackward,
-  });
   const fuses = (x: number[], k: number[], opts: DepthwiseOptions, f: number, fuse = true) => {
     setDepthwiseImpl("fast");
     setDepthwiseConfig(fft(f, 1, fuse));
@@ -176,13 +174,20 @@ Deno.test("FFT depthwise = generic: both gradients from one kernel (overlap-add)
   assert.ok(!fuses([3, 2, 9, 10], [7, 7], {}, 8, false), "fusion off: separate kernels");
   assert.ok(!fuses([1, 1, 20, 20], [3, 3], {}, 8), "400 pixels > 16 per invocation × 16");
   // Many tiles (5×5 of 2×2 outputs), odd batch, bias.
-  await compare("fused 7x7 F8", [3, 2, 9, 10], [7, 7], true, {}, fft(8, 1));
+  await compare("fused 7x7 F8", [3, 2, 9, 10], [7, 7], true, {}, fft(8, 1, true));
   // One tile per plane, 2 pairs per workgroup; an even kernel; explicit padding (the input
   // gradient's padding differs per axis); one plane and a tall image (3 tiles along y).
-  await compare("fused 5x5 F16", [3, 2, 6, 7], [5, 5], true, {}, fft(16, 2));
-  await compare("fused 4x6 same F16", [2, 3, 5, 7], [4, 6], false, {}, fft(16, 1));
-  await compare("fused 5x3 pad[1,2]", [3, 2, 4, 5], [5, 3], false, { padding: [1, 2] }, fft(16, 1));
-  await compare("fused 9x2 N1 F16", [1, 2, 20, 5], [9, 2], false, {}, fft(16, 2));
+  await compare("fused 5x5 F16", [3, 2, 6, 7], [5, 5], true, {}, fft(16, 2, true));
+  await compare("fused 4x6 same F16", [2, 3, 5, 7], [4, 6], false, {}, fft(16, 1, true));
+  await compare(
+    "fused 5x3 pad[1,2]",
+    [3, 2, 4, 5],
+    [5, 3],
+    false,
+    { padding: [1, 2] },
+    fft(16, 1, true),
+  );
+  await compare("fused 9x2 N1 F16", [1, 2, 20, 5], [9, 2], false, {}, fft(16, 2, true));
   // F = 32 and 64 (radices 8·4 and 8·8) take llvmpipe minutes to compile; scripts/latency.ts
   // --check compares them with the generic kernels on a GPU.
 });
