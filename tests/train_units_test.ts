@@ -79,6 +79,11 @@ Deno.test("CLI: official snake_case flags and multi-value --kernel_size are unde
     assert.ok(c !== "help");
     assert.equal(c.keyColours, false, off.join(" "));
   }
+  // Kernel tuning (cudnn.benchmark's role) is on unless switched off.
+  const tuned = parseTrainArgs([], false);
+  const untuned = parseTrainArgs(["--no-tune-kernels"], false);
+  assert.ok(tuned !== "help" && untuned !== "help");
+  assert.deepEqual([tuned.tuneKernels !== false, untuned.tuneKernels], [true, false]);
   const ema = parseTrainArgs(["--model_ema", "true", "--distractors", "2"], true);
   assert.ok(ema !== "help");
   assert.deepEqual([ema.modelEma, ema.distractors], [true, 2]);

@@ -17,6 +17,7 @@
  * ```
  * @module
  */
+import type { DepthwisePlan, DepthwiseShape } from "../ops/depthwise_fast.ts";
 import { loadSafetensorsFile, saveSafetensorsFile, type Weights } from "../models/safetensors.ts";
 import type { Module } from "../models/module.ts";
 import type { OptimizerState } from "../ops/optim.ts";
@@ -45,6 +46,17 @@ export interface TrainState {
   savedAt: string;
   /** Sparse runs: density of every masked layer and overall, at the save. */
   sparse?: { densities: Record<string, number>; overallDensity: number };
+  /**
+   * GPU runs: the depthwise tilings tuned at the start (`--tune-kernels`), restored on resume
+   * so that a resumed run computes with the same kernels, bit for bit.
+   */
+  kernelPlans?: KernelPlan[];
+}
+
+/** A tuned depthwise plan and the shape it is for. */
+export interface KernelPlan {
+  shape: DepthwiseShape;
+  plan: DepthwisePlan;
 }
 
 /** What a loaded checkpoint holds. */

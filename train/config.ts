@@ -76,6 +76,11 @@ export interface TrainConfig {
   keyColours?: boolean;
   /** Micro-batches between loss read-backs (the only GPU syncs of an epoch). */
   logEvery: number;
+  /**
+   * On a GPU, time the depthwise kernels' tilings (direct tiles, FFT) for every layer shape
+   * before training and keep the fastest, as `cudnn.benchmark` does (default on).
+   */
+  tuneKernels?: boolean;
   preset?: string;
 }
 

@@ -79,6 +79,10 @@ const FLAGS = {
   distractors: ["number", "procedural dataset: most distractor marks per image (0-12)"],
   "key-colours": ["boolean", "procedural dataset: white anchor, black target (easier)"],
   "log-every": ["number", "micro-batches between loss read-backs"],
+  "tune-kernels": [
+    "boolean",
+    "GPU: time depthwise tilings (direct, FFT) per layer shape first, as cudnn.benchmark (default on)",
+  ],
   preset: ["string", "preset bundle (see below); flags override it"],
   help: ["boolean", "show this help"],
 } as const;
@@ -235,6 +239,7 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   if (v.fix !== undefined) cfg.fix = v.fix as boolean;
   if (v["model-ema"] !== undefined) cfg.modelEma = v["model-ema"] as boolean;
   if (v["key-colours"] !== undefined) cfg.keyColours = v["key-colours"] as boolean;
+  if (v["tune-kernels"] !== undefined) cfg.tuneKernels = v["tune-kernels"] as boolean;
   if (v["auto-resume"] !== undefined) cfg.autoResume = v["auto-resume"] as boolean;
   if (v["eval-only"] !== undefined) cfg.evalOnly = v["eval-only"] as boolean;
   if (v.out !== undefined) cfg.out = v.out as string;

@@ -20,6 +20,12 @@
  * @module
  */
 import { accumulate, backward, noGrad } from "../ops/autograd.ts";
+import {
+  collectDepthwiseShapes,
+  depthwisePlan,
+  setTunedPlan,
+  tuneDepthwise,
+} from "../ops/depthwise_fast.ts";
 import { gpu } from "../ops/gpu.ts";
 import { accuracyCounts, softmaxCrossEntropy } from "../ops/loss.ts";
 import { AdamW, decayGroups } from "../ops/optim.ts";
@@ -35,6 +41,7 @@ import type { Batch, Dataset } from "./data/types.ts";
 import { mixupBatch } from "./data/mixup.ts";
 import {
   checkpointExists,
+  type KernelPlan,
   loadCheckpoint,
   moduleWeights,
   saveCheckpoint,
@@ -141,6 +148,48 @@ export interface TrainHooks {
 }
 
 /** Train (or with `evalOnly`, evaluate) as configured; see {@linkcode TrainConfig}. */
+/**
+ * On a GPU, time the depthwise tilings of every stride-1 depthwise shape that
+ * a training micro-batch runs (one forward of random images collects them)
+ * and keep the fastest per shape (`tuneDepthwise`), as `cudnn.benchmark`
+ * does. A software adapter keeps the plain kernels, so it skips this.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { buildModel, presetConfig } from "./config.ts";
+ * import { tuneKernels } from "./trainer.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), batchSize: 2, inputSize: 32 };
+ * console.log((await tuneKernels(buildModel(cfg, 4).model, cfg)).length); // 0 on llvmpipe
+ * ```
+ */
+export async function tuneKernels(model: Classifier, cfg: TrainConfig): Promise<KernelPlan[]> {
+  if (gpu().isFallback) return [];
+  const t0 = performance.now();
+  const x = Tensor.randn([cfg.batchSize, 3, cfg.inputSize, cfg.inputSize], { seed: cfg.seed });
+  collectDepthwiseShapes(true);
+  try {
+    noGrad(() => scope(() => void model.forward(x)));
+    await gpu().sync();
+  } finally {
+    x.dispose();
+  }
+  const shapes = collectDepthwiseShapes(false);
+  const plans: KernelPlan[] = [];
+  for (const shape of shapes) {
+    await tuneDepthwise(shape, { maxCandidates: 4 });
+    const plan = depthwisePlan(shape, 1);
+    if (plan) plans.push({ shape, plan });
+  }
+  console.error(
+    `tuned the depthwise kernels of ${shapes.length} layer shapes in ${
+      ((performance.now() - t0) / 1e3).toFixed(1)
+    } s (--no-tune-kernels skips this)`,
+  );
+  return plans;
+}
+
 export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<TrainResult> {
   await Deno.mkdir(cfg.out, { recursive: true });
   const data = await openDataset({
@@ -212,6 +261,16 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
         );
       }
       console.error(`resumed from ${resumeFrom}: epoch ${state.epoch}, step ${state.step}`);
+    }
+  }
+
+  if (cfg.tuneKernels !== false && !cfg.evalOnly) {
+    // A resumed run keeps the plans it was tuned with: another timing could pick other kernels,
+    // whose rounding differs, and the run would no longer continue bit for bit.
+    if (state.kernelPlans) { for (const k of state.kernelPlans) setTunedPlan(k.shape, k.plan); }
+    else {
+      const plans = await tuneKernels(model, cfg);
+      if (plans.length) state.kernelPlans = plans;
     }
   }
 
