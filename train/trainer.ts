@@ -178,7 +178,7 @@ export async function tuneKernels(model: Classifier, cfg: TrainConfig): Promise<
   const shapes = collectDepthwiseShapes(false);
   const plans: KernelPlan[] = [];
   for (const shape of shapes) {
-    await tuneDepthwise(shape, { maxCandidates: 4 });
+    await tuneDepthwise(shape, { maxCandidates: 3 });
     const plan = depthwisePlan(shape, 1);
     if (plan) plans.push({ shape, plan });
   }
