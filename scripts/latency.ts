@@ -63,6 +63,7 @@ RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
   --runs N          timed runs, median reported (default 5)
   --warmup N        untimed runs first (default 2)
   --tune            time candidate tilings per shape first (tuneDepthwise) and use the fastest
+                    (default on a GPU without --tuned; --no-tune turns it off)
   --tune-max N      candidates per kernel when tuning (default 6)
   --tuned FILE      reuse tilings from a tuned.json written by --tune
   --check           first compare fast (direct tiles, and the FFT path of each size that
@@ -268,7 +269,8 @@ async function main(): Promise<void> {
       "generic-pass": { type: "string" },
       runs: { type: "string", default: "5" },
       warmup: { type: "string", default: "2" },
-      tune: { type: "boolean", default: false },
+      tune: { type: "boolean" },
+      "no-tune": { type: "boolean", default: false },
       "tune-max": { type: "string", default: "6" },
       tuned: { type: "string" },
       check: { type: "boolean", default: false },
@@ -312,6 +314,8 @@ async function main(): Promise<void> {
     : passes;
 
   await initGpu();
+  // Tune on a GPU unless told not to (or given --tuned); llvmpipe would compile candidates for minutes.
+  const tune = !values["no-tune"] && (values.tune ?? (!gpu().isFallback && !values.tuned));
   const adapter = gpu().description;
   console.log(`# adapter: ${adapter}; N=${n} C=${c} layers=${layers}; FLOPs = 2 per MAC`);
   if (values.tuned) {
@@ -368,7 +372,7 @@ async function main(): Promise<void> {
   for (const r of rList) {
     for (const k of kList) {
       const shape = layerShape(n, c, r, k);
-      if (values.tune && impls.includes("fast")) {
+      if (tune && impls.includes("fast")) {
         setDepthwiseImpl("fast");
         const t0 = performance.now();
         const results = await tuneDepthwise(shape, { maxCandidates: tuneMax });
