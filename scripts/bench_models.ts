@@ -57,6 +57,7 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
   --depthwise IMPL  auto, fast or generic depthwise kernels (default auto)
   --gemm IMPL       tiled or simple matmul / conv kernels (default tiled)
   --tune            autotune the tiles of every depthwise shape of a model before timing it
+                    (default on a GPU; --no-tune turns it off)
   --tune-max N      candidates per kernel when tuning (default 6)
   --anchor FILE     PyTorch CSV of .device/torch_model_bench.py: print ratios (joined on kernels)
   --out DIR         output folder (default out/bench_models/)
@@ -242,7 +243,8 @@ async function main(): Promise<void> {
       pass: { type: "string", default: "infer,train" },
       depthwise: { type: "string", default: "auto" },
       gemm: { type: "string", default: "tiled" },
-      tune: { type: "boolean", default: false },
+      tune: { type: "boolean" },
+      "no-tune": { type: "boolean", default: false },
       "tune-max": { type: "string", default: "6" },
       anchor: { type: "string" },
       out: { type: "string", default: "out/bench_models/" },
@@ -269,6 +271,8 @@ async function main(): Promise<void> {
   const anchor = values.anchor ? readCsv(await Deno.readTextFile(values.anchor)) : [];
 
   await initGpu();
+  // Tune on a GPU unless told not to (as the trainer does); llvmpipe runs the plain kernels.
+  const tune = !values["no-tune"] && (values.tune ?? !gpu().isFallback);
   setDepthwiseImpl(values.depthwise as "auto" | "fast" | "generic");
   setGemmImpl(values.gemm as "tiled" | "simple");
   const adapter = gpu().description;
@@ -287,7 +291,7 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     let r: ModelBench;
     try {
-      if (values.tune) {
+      if (tune) {
         const tt = performance.now();
         const shapes = await depthwiseShapes(model, batch, size);
         for (const s of shapes) await tuneDepthwise(s, { maxCandidates: tuneMax });
