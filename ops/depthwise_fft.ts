@@ -124,7 +124,8 @@ function layout(s: DepthwiseShape, f: number): Layout {
 /**
  * Whether the FFT path can run shape `s` with config `c`: F a power of two
  * from 4 up, covering the filter, with its workgroup array within the
- * adapter's workgroup memory.
+ * adapter's workgroup memory and the filter gradient's partial spectra within
+ * one storage buffer.
  *
  * @example
  * ```ts
@@ -141,8 +142,12 @@ export function fftFits(s: DepthwiseShape, c: FftConfig): boolean {
   if (!Number.isInteger(c.pairs) || c.pairs < 1) return false;
   if (f < s.kh || f < s.kw || s.ph >= s.kh || s.pw >= s.kw) return false;
   const bytes = 8 * (f * (f + 1) + f);
+  const limits = gpu().limits;
+  // The filter gradient's partial spectra: one F×F complex plane per channel and pair group.
+  const partBytes = ceilDiv(ceilDiv(s.n, 2), c.pairs) * s.c * f * f * 8;
   return bytes <= workgroupMemoryLimit() &&
-    layout(s, f).threads <= gpu().limits.maxComputeInvocationsPerWorkgroup;
+    layout(s, f).threads <= limits.maxComputeInvocationsPerWorkgroup &&
+    partBytes <= Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
 }
 
 /** Taps (KH·KW) from which {@linkcode fftCandidates} offers the FFT path. */
