@@ -157,7 +157,8 @@ export function depthwiseConv2d(
   const [wantX, wantW, wantBias] = [needsGrad(x), needsGrad(w), bias !== null && needsGrad(bias)];
   record("depthwiseConv2d", inputs, y, [x, w], (gy, [sx, sw]) => {
     const gb = wantBias ? channelSum(gy) : null;
-    // Both gradients through FFTs, one tile per plane: one kernel shares the gy transforms.
+    // Both gradients through FFTs, where the tuner found it faster: one kernel shares the gy
+    // transforms.
     const fused = fast && wantX && wantW ? fusedBackwardConfig(fast, g) : null;
     if (fused) return [...fftDepthwiseBackward(gy, sx, sw, g, fused), gb];
     return [

@@ -46,6 +46,7 @@
  * ```
  * @module
  */
+import { noGrad } from "./autograd.ts";
 import {
   fftCandidates,
   type FftConfig,
@@ -64,7 +65,7 @@ import {
 } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
 import { launch, memoize, storage } from "./kernel.ts";
-import { grid1d, Tensor } from "./tensor.ts";
+import { grid1d, scope, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- shapes and configs
 
@@ -266,8 +267,8 @@ export function depthwisePlan(s: DepthwiseShape, stride: number): DepthwisePlan 
  * The FFT config under which one kernel computes both gradients of shape
  * `s` (see `fftDepthwiseBackward`): where the plan asks for it
  * (`fuseBackward`, which the tuner sets when it timed faster), runs both the
- * input and the filter gradient through FFTs of one size, and one tile
- * covers a plane; null otherwise.
+ * input and the filter gradient through FFTs of one size, and the fused
+ * kernel fits the shape (`fftFusedBackwardFits`); null otherwise.
  *
  * @example
  * ```ts
@@ -1162,8 +1163,7 @@ export async function fastestConfig<K extends string, C>(
 ): Promise<C | null> {
   let best: [number, C] | null = null;
   for (const cfg of candidates) {
-    const t = await timeGpu(() => run(cfg), { runs, warmup: 1, minMs: TUNE_MIN_MS });
-    const ms = t.ms;
+    const { ms } = await timeGpu(() => run(cfg), { runs, warmup: 1, minMs: TUNE_MIN_MS });
     results.push({ kernel, config: cfg, ms });
     if (!best || ms < best[0]) best = [ms, cfg];
   }
@@ -1240,24 +1240,21 @@ export async function tuneDepthwise(
         if (best) entry[kernel] = best;
       }
     }
-    // Both gradients through FFTs of one size, one tile per plane: one kernel or two?
+    // Both gradients through FFTs of one size: one kernel or two?
     const fft = fusedBackwardConfig(
       { forward: null, ...entry, fuseBackward: true } as DepthwisePlan,
       s,
     );
     if (fft) {
+      const opts = { runs, warmup: 1, minMs: TUNE_MIN_MS };
       const fused = await timeGpu(
         () => fftDepthwiseBackward(gy, x, w, s, fft).forEach((t) => t.dispose()),
-        {
-          runs,
-          warmup: 1,
-          minMs: TUNE_MIN_MS,
-        },
+        opts,
       );
       const separate = await timeGpu(() => {
         depthwiseBackwardInputFast(gy, w, s, entry.backwardInput!).dispose();
         depthwiseBackwardFilterFast(gy, x, s, entry.filter!).dispose();
-      }, { runs, warmup: 1, minMs: TUNE_MIN_MS });
+      }, opts);
       results.push({ kernel: "fusedBackward", config: fft, ms: fused.ms });
       results.push({ kernel: "separateBackward", config: fft, ms: separate.ms });
       entry.fuseBackward = fused.ms < separate.ms;
@@ -1269,6 +1266,46 @@ export async function tuneDepthwise(
   }
   tuned.set(shapeKey(s), entry);
   return results;
+}
+
+/**
+ * Tune every stride-1 depthwise shape that `forward` runs on a random input
+ * of `inputShape` (one forward without autograd collects them; see
+ * {@linkcode collectDepthwiseShapes}) with {@linkcode tuneDepthwise}, as
+ * `cudnn.benchmark` does for a model. Returns the shapes tuned.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { depthwiseConv2d } from "./depthwise.ts";
+ * import { tuneDepthwiseOf } from "./depthwise_fast.ts";
+ * await initGpu();
+ * const w = Tensor.randn([2, 1, 3, 3], { seed: 1 });
+ * const shapes = await tuneDepthwiseOf((x) => depthwiseConv2d(x, w, null), [1, 2, 8, 8], {
+ *   maxCandidates: 1,
+ *   kernels: ["forward"],
+ * });
+ * console.log(shapes.length); // 1 on a GPU, 0 on llvmpipe ("auto" runs the plain kernels there)
+ * ```
+ */
+export async function tuneDepthwiseOf(
+  forward: (x: Tensor) => unknown,
+  inputShape: number[],
+  opts: Parameters<typeof tuneDepthwise>[1] = {},
+): Promise<DepthwiseShape[]> {
+  const x = Tensor.randn(inputShape, { seed: 7 });
+  collectDepthwiseShapes(true);
+  let shapes: DepthwiseShape[];
+  try {
+    noGrad(() => scope(() => void forward(x)));
+    await gpu().sync();
+  } finally {
+    shapes = collectDepthwiseShapes(false);
+    x.dispose();
+  }
+  for (const shape of shapes) await tuneDepthwise(shape, opts);
+  return shapes;
 }
 
 /**

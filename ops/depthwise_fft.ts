@@ -61,7 +61,7 @@ import { Tensor } from "./tensor.ts";
 export interface FftConfig {
   /** Transform size F: tiles are (F−KH+1)×(F−KW+1) outputs. */
   fft: number;
-  /** Plane pairs one workgroup handles (it keeps the filter spectrum in registers). */
+  /** Plane pairs one workgroup handles (the forward keeps the filter spectrum in registers across them). */
   pairs: number;
 }
 
@@ -79,6 +79,10 @@ export function isFftConfig(c: unknown): c is FftConfig {
 }
 
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
+
+/** Workgroups along the batch: groups of `cfg.pairs` plane pairs. */
+const pairGroups = (s: DepthwiseShape, cfg: FftConfig): number =>
+  ceilDiv(ceilDiv(s.n, 2), cfg.pairs);
 
 /** Radices of the stages of an F-point transform: eights, then fours (no radix-2 tail). */
 function radices(f: number): number[] {
@@ -144,7 +148,7 @@ export function fftFits(s: DepthwiseShape, c: FftConfig): boolean {
   const bytes = 8 * (f * (f + 1) + f);
   const limits = gpu().limits;
   // The filter gradient's partial spectra: one F×F complex plane per channel and pair group.
-  const partBytes = ceilDiv(ceilDiv(s.n, 2), c.pairs) * s.c * f * f * 8;
+  const partBytes = pairGroups(s, c) * s.c * f * f * 8;
   return bytes <= workgroupMemoryLimit() &&
     layout(s, f).threads <= limits.maxComputeInvocationsPerWorkgroup &&
     partBytes <= Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
@@ -253,9 +257,19 @@ function twiddleTable(f: number): string {
   return `const TWIDDLES = array<vec2<f32>, ${f}>(${vals.join(", ")});`;
 }
 
-/** Declarations every FFT kernel shares: the workgroup array, the twiddles and the complex product. */
-function prelude(L: Layout): string {
-  return `${twiddleTable(L.f)}
+/**
+ * The opening every FFT kernel shares: bindings, the twiddle table, the
+ * workgroup array, the complex products, `main` with `c` (the channel) taken
+ * from `channel`, and the twiddles copied into workgroup memory.
+ */
+function kernelHead(
+  L: Layout,
+  e: (line: string) => void,
+  bindings: string[],
+  channel: "wid.x" | "wid.y",
+): void {
+  e(storage(...bindings));
+  e(`${twiddleTable(L.f)}
 var<workgroup> z: array<vec2<f32>, ${L.f * L.stride}>;
 var<workgroup> tw: array<vec2<f32>, ${L.f}>;
 fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
@@ -263,7 +277,11 @@ fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 }
 fn cmulConj(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
   return vec2(a.x * b.x + a.y * b.y, a.y * b.x - a.x * b.y);
-}`;
+}`);
+  e(`@compute @workgroup_size(${L.threads})`);
+  e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
+  e(`  let c = ${channel};`);
+  e(`  for (var i = tid; i < ${L.f}u; i += ${L.threads}u) { tw[i] = TWIDDLES[i]; }`);
 }
 
 /**
@@ -398,15 +416,10 @@ function middleCount(L: Layout): { items: number; r: number; total: number } {
   return { items: ceilDiv(total, L.threads), r, total };
 }
 
-/** Statements copying the twiddle table into workgroup memory. */
-function loadTwiddles(L: Layout, e: (line: string) => void): void {
-  e(`  for (var i = tid; i < ${L.f}u; i += ${L.threads}u) { tw[i] = TWIDDLES[i]; }`);
-}
-
 /**
  * Statements loading an F×F window of a plane pair: element (u, v) is
- * `src[plane n0 / n0+1, row oy0 + u, col ox0 + v]` when inside `rows`×`cols`
- * (and `u < lim.u`, `v < lim.v`, `oy0 + u < lim.h`, …), else zero.
+ * `src[plane n0 / n0+1, row oy0 + u, col ox0 + v]` when that is inside the
+ * h×w image (and u < limU, v < limV), else zero.
  */
 function loadPair(
   L: Layout,
@@ -469,12 +482,7 @@ function spectrumKernelSource(s: DepthwiseShape, L: Layout, flip: boolean): stri
   const f = L.f;
   const out: string[] = [];
   const e = (line: string) => out.push(line);
-  e(storage("w", "spec:vec2<f32>!"));
-  e(prelude(L));
-  e(`@compute @workgroup_size(${L.threads})`);
-  e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
-  e(`  let c = wid.x;`);
-  loadTwiddles(L, e);
+  kernelHead(L, e, ["w", "spec:vec2<f32>!"], "wid.x");
   e(`  for (var k = 0u; k < ${L.per}u; k++) {`);
   e(`    let el = tid + k * ${L.threads}u;`);
   e(`    let u = el / ${f}u;`);
@@ -505,14 +513,10 @@ function convKernelSource(s: DepthwiseShape, L: Layout, cfg: FftConfig, bias: bo
   const f = L.f;
   const out: string[] = [];
   const e = (line: string) => out.push(line);
-  e(storage(...(bias ? ["x", "spec:vec2<f32>", "b", "y!"] : ["x", "spec:vec2<f32>", "y!"])));
-  e(prelude(L));
-  e(`@compute @workgroup_size(${L.threads})`);
-  e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
-  e(`  let c = wid.y;`);
+  const bindings = bias ? ["x", "spec:vec2<f32>", "b", "y!"] : ["x", "spec:vec2<f32>", "y!"];
+  kernelHead(L, e, bindings, "wid.y");
   e(`  let oy = i32(wid.x / ${L.tilesX}u) * ${L.th};`);
   e(`  let ox = i32(wid.x % ${L.tilesX}u) * ${L.tw};`);
-  loadTwiddles(L, e);
   // The filter spectrum at the entries this invocation's middle-stage items produce.
   const M = middleCount(L);
   for (let q = 0; q < M.items; q++) {
@@ -580,16 +584,10 @@ function backwardKernelSource(
   const px = withInput ? ceilDiv(HIN * WIN, L.threads) : 0;
   const out: string[] = [];
   const e = (line: string) => out.push(line);
-  e(storage(
-    ...(withInput
-      ? ["gy", "x", "spec:vec2<f32>", "gx!", "part:vec2<f32>!"]
-      : ["gy", "x", "part:vec2<f32>!"]),
-  ));
-  e(prelude(L));
-  e(`@compute @workgroup_size(${L.threads})`);
-  e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
-  e(`  let c = wid.x;`);
-  loadTwiddles(L, e);
+  const bindings = withInput
+    ? ["gy", "x", "spec:vec2<f32>", "gx!", "part:vec2<f32>!"]
+    : ["gy", "x", "part:vec2<f32>!"];
+  kernelHead(L, e, bindings, "wid.x");
   const M = middleCount(L);
   // The filter spectrum is read in the middle stage (from cache), not held: the partial spectra,
   // the x spectrum and the gx pixels already take the registers.
@@ -675,12 +673,7 @@ function filterFinishKernelSource(s: DepthwiseShape, L: Layout, groups: number):
   const f = L.f;
   const out: string[] = [];
   const e = (line: string) => out.push(line);
-  e(storage("part:vec2<f32>", "gw!"));
-  e(prelude(L));
-  e(`@compute @workgroup_size(${L.threads})`);
-  e(`fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) tid: u32) {`);
-  e(`  let c = wid.x;`);
-  loadTwiddles(L, e);
+  kernelHead(L, e, ["part:vec2<f32>", "gw!"], "wid.x");
   // Sum the groups' partial spectra, run the first inverse stage on them, store.
   middleStage(L, e, false, (_q, _v, elem) => {
     const r = middleCount(L).r;
@@ -733,7 +726,7 @@ function convolve(
   launch(convKernel(s, L, cfg, bias !== null), bias ? [x, spec, bias, y] : [x, spec, y], [
     L.tilesX * L.tilesY,
     s.c,
-    ceilDiv(ceilDiv(s.n, 2), cfg.pairs),
+    pairGroups(s, cfg),
   ]);
   spec.dispose();
   return y;
@@ -845,17 +838,8 @@ export function fftDepthwiseBackward(
       `depthwise FFT: no fused backward with {fft: ${cfg.fft}} for ${s.kh}×${s.kw} on ${s.h}×${s.w}`,
     );
   }
-  const L = layout(s, cfg.fft);
-  const spec = spectrum(s, L, w, true);
-  const groups = ceilDiv(ceilDiv(s.n, 2), cfg.pairs);
-  const part = Tensor.empty([groups, s.c, L.f, L.f, 2]);
   const gx = Tensor.empty([s.n, s.c, s.h, s.w]);
-  launch(backwardKernel(s, L, cfg, true), [gy, x, spec, gx, part], [s.c, groups, 1]);
-  spec.dispose();
-  const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
-  launch(filterFinishKernel(s, L, groups), [part, gw], [s.c, 1, 1]);
-  part.dispose();
-  return [gx, gw];
+  return [gx, backward(s, cfg, gy, x, { w, gx })];
 }
 
 /**
@@ -882,10 +866,31 @@ export function fftDepthwiseBackwardFilter(
   cfg: FftConfig,
 ): Tensor {
   checkConfig(s, cfg);
+  return backward(s, cfg, gy, x, null);
+}
+
+/**
+ * The filter gradient through partial spectra per pair group (then one
+ * inverse per channel) and, with `input`, the input gradient into `input.gx`
+ * from the same kernel; returns gw.
+ */
+function backward(
+  s: DepthwiseShape,
+  cfg: FftConfig,
+  gy: Tensor,
+  x: Tensor,
+  input: { w: Tensor; gx: Tensor } | null,
+): Tensor {
   const L = layout(s, cfg.fft);
-  const groups = ceilDiv(ceilDiv(s.n, 2), cfg.pairs);
+  const groups = pairGroups(s, cfg);
   const part = Tensor.empty([groups, s.c, L.f, L.f, 2]);
-  launch(backwardKernel(s, L, cfg, false), [gy, x, part], [s.c, groups, 1]);
+  if (input) {
+    const spec = spectrum(s, L, input.w, true);
+    launch(backwardKernel(s, L, cfg, true), [gy, x, spec, input.gx, part], [s.c, groups, 1]);
+    spec.dispose();
+  } else {
+    launch(backwardKernel(s, L, cfg, false), [gy, x, part], [s.c, groups, 1]);
+  }
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   launch(filterFinishKernel(s, L, groups), [part, gw], [s.c, 1, 1]);
   part.dispose();

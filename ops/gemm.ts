@@ -159,8 +159,9 @@ const MIN_CHUNK = 256;
  * 64×64 with 8×8 blocks of 64 invocations for big products (about twice as
  * fast there as 32×32 with 4×4, ~1.3 s to compile cold) and 32×32 with 4×4
  * for small ones (~0.6 s; larger workgroup arrays compile superlinearly
- * slower on llvmpipe); products of at most 16 rows get tiles of 4 or 16 rows. `k` is split when the output tiles alone would leave
- * most of the GPU idle.
+ * slower on llvmpipe); products of at most 16 rows get tiles of 4 or 16
+ * rows. `k` is split when the output tiles alone would leave most of the GPU
+ * idle.
  *
  * @example
  * ```ts

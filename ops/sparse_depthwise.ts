@@ -81,7 +81,9 @@ import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
  * {@linkcode depthwiseMaybeSparse} runs the sparse kernels. Measured with
  * `scripts/sparse_speed.ts` on an H100 (SLaK-T stage 1: 64×124×56², 51×5 and
  * 5×51, both tuned): the sparse path wins below density ≈ 0.91 forward and
- * forward+backward (×1.32 / ×1.28 at density 0.6, dense 8.3 / 30.4 ms).
+ * forward+backward (×1.32 / ×1.28 at density 0.6, dense 8.3 / 30.4 ms). Those
+ * runs synced after every repetition, which can leave the GPU at its idle clock
+ * (see `timeGpu`'s `minMs`); re-measure back to back before relying on it.
  *
  * @example
  * ```ts

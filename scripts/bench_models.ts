@@ -32,7 +32,7 @@
 import { parseArgs } from "node:util";
 import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
-import { collectDepthwiseShapes, timeGpu, tuneDepthwise } from "../ops/depthwise_fast.ts";
+import { timeGpu, tuneDepthwiseOf } from "../ops/depthwise_fast.ts";
 import { setDepthwiseImpl } from "../ops/depthwise.ts";
 import { setGemmImpl } from "../ops/gemm.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
@@ -206,20 +206,6 @@ export async function benchModel(
   return out;
 }
 
-/** The stride-1 depthwise shapes one forward of `model` runs (one eval forward, no autograd). */
-async function depthwiseShapes(model: Model, batch: number, size: number) {
-  const x = Tensor.randn([batch, 3, size, size], { seed: 7 });
-  collectDepthwiseShapes(true);
-  try {
-    model.eval();
-    noGrad(() => scope(() => void model.forward(x)));
-    await gpu().sync();
-  } finally {
-    x.dispose();
-  }
-  return collectDepthwiseShapes(false);
-}
-
 function readCsv(text: string): Record<string, string>[] {
   const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
   if (!lines.length) return [];
@@ -293,8 +279,10 @@ async function main(): Promise<void> {
     try {
       if (tune) {
         const tt = performance.now();
-        const shapes = await depthwiseShapes(model, batch, size);
-        for (const s of shapes) await tuneDepthwise(s, { maxCandidates: tuneMax });
+        model.eval();
+        const shapes = await tuneDepthwiseOf((x) => model.forward(x), [batch, 3, size, size], {
+          maxCandidates: tuneMax,
+        });
         console.log(
           `${name}@${ks}: tuned ${shapes.length} depthwise shapes in ${
             ((performance.now() - tt) / 1e3).toFixed(1)

@@ -120,7 +120,7 @@ export async function timeStack(
   filters: Tensor[],
   pass: "fwd" | "fwdbwd",
   { runs = 5, warmup = 2 } = {},
-): Promise<{ ms: number; wallMs: number; method: string; all: number[]; reps: number }> {
+): ReturnType<typeof timeGpu> {
   const leaves = [x, ...filters];
   for (const t of leaves) t.requiresGrad = pass === "fwdbwd";
   const forward = () => {
@@ -163,7 +163,7 @@ function relErr(a: Float32Array, b: Float32Array): number {
 /**
  * Fast vs generic on [3, 4, R, R] (an odd batch: the FFT path's last plane pair is half empty):
  * forward, input gradient, filter gradient errors, with the direct tiles (`fft` null) or the
- * FFT path of size `fft` forced.
+ * FFT path of size `fft` forced (both gradients from one kernel with `fuseBackward`).
  */
 async function checkShape(
   r: number,

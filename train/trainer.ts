@@ -20,12 +20,7 @@
  * @module
  */
 import { accumulate, backward, noGrad } from "../ops/autograd.ts";
-import {
-  collectDepthwiseShapes,
-  depthwisePlan,
-  setTunedPlan,
-  tuneDepthwise,
-} from "../ops/depthwise_fast.ts";
+import { depthwisePlan, setTunedPlan, tuneDepthwiseOf } from "../ops/depthwise_fast.ts";
 import { gpu } from "../ops/gpu.ts";
 import { accuracyCounts, softmaxCrossEntropy } from "../ops/loss.ts";
 import { AdamW, decayGroups } from "../ops/optim.ts";
@@ -147,7 +142,6 @@ export interface TrainHooks {
   onEpochEnd?: (row: EpochRow) => void;
 }
 
-/** Train (or with `evalOnly`, evaluate) as configured; see {@linkcode TrainConfig}. */
 /**
  * On a GPU, time the depthwise tilings of every stride-1 depthwise shape that
  * a training micro-batch runs (one forward of random images collects them)
@@ -167,18 +161,10 @@ export interface TrainHooks {
 export async function tuneKernels(model: Classifier, cfg: TrainConfig): Promise<KernelPlan[]> {
   if (gpu().isFallback) return [];
   const t0 = performance.now();
-  const x = Tensor.randn([cfg.batchSize, 3, cfg.inputSize, cfg.inputSize], { seed: cfg.seed });
-  collectDepthwiseShapes(true);
-  try {
-    noGrad(() => scope(() => void model.forward(x)));
-    await gpu().sync();
-  } finally {
-    x.dispose();
-  }
-  const shapes = collectDepthwiseShapes(false);
+  const input = [cfg.batchSize, 3, cfg.inputSize, cfg.inputSize];
+  const shapes = await tuneDepthwiseOf((x) => model.forward(x), input, { maxCandidates: 3 });
   const plans: KernelPlan[] = [];
   for (const shape of shapes) {
-    await tuneDepthwise(shape, { maxCandidates: 3 });
     const plan = depthwisePlan(shape, 1);
     if (plan) plans.push({ shape, plan });
   }
@@ -190,6 +176,7 @@ export async function tuneKernels(model: Classifier, cfg: TrainConfig): Promise<
   return plans;
 }
 
+/** Train (or with `evalOnly`, evaluate) as configured; see {@linkcode TrainConfig}. */
 export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<TrainResult> {
   await Deno.mkdir(cfg.out, { recursive: true });
   const data = await openDataset({
