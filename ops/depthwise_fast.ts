@@ -995,6 +995,8 @@ export function depthwiseBackwardFilterFast(
  * many times (`reps`) as it takes to last that long, and the times are per
  * recording: a GPU left idle between short runs drops to a low clock (the
  * H100 sat at 345 MHz instead of 1980 MHz, timing kernels up to 5× slow).
+ * `warmupMs` keeps the GPU busy for about that long right before the timed
+ * runs, so that they start at the working clock.
  *
  * @example
  * ```ts
@@ -1008,7 +1010,12 @@ export function depthwiseBackwardFilterFast(
  */
 export async function timeGpu(
   record: () => void,
-  { runs = 5, warmup = 1, minMs = 0 }: { runs?: number; warmup?: number; minMs?: number } = {},
+  { runs = 5, warmup = 1, minMs = 0, warmupMs = 0 }: {
+    runs?: number;
+    warmup?: number;
+    minMs?: number;
+    warmupMs?: number;
+  } = {},
 ): Promise<
   { ms: number; wallMs: number; method: "timestamp" | "wall"; all: number[]; reps: number }
 > {
@@ -1031,6 +1038,14 @@ export async function timeGpu(
       record();
       await g.sync();
     }
+  }
+  if (warmupMs > 0) {
+    // Keep the GPU busy before the timed runs (one submit, no idle gaps) so that its clock has
+    // ramped up; the probe may have run slow, so this errs on the long side.
+    const probe = await timeGpu(record, { runs: 1, warmup: 0 });
+    const times = Math.min(1024, Math.ceil(warmupMs / Math.max(probe.ms, 1e-3)));
+    for (let i = 0; i < times; i++) record();
+    await g.sync();
   }
   const useTs = g.features.has("timestamp-query");
   const qs = useTs ? g.device.createQuerySet({ type: "timestamp", count: 2 }) : null;
@@ -1140,6 +1155,15 @@ function dedupe<T>(list: T[]): T[] {
 export const TUNE_MIN_MS = 15;
 
 /**
+ * GPU milliseconds of back-to-back work right before each tuning candidate is
+ * timed: on the H100 the tuner's per-layer times were still ~2.6× the same
+ * kernel's inside a 24-layer stack with only {@linkcode TUNE_MIN_MS} (the
+ * clock falls while the next candidate compiles), and a ranking taken at a
+ * ramping clock is noise (direct vs FFT filter gradient: 4.65 vs 4.68 ms).
+ */
+export const TUNE_WARMUP_MS = 60;
+
+/**
  * Time `run` on each candidate config (GPU ms per run, repeated back to back
  * for at least {@linkcode TUNE_MIN_MS} per timing, see {@linkcode timeGpu}),
  * append every timing to `results` and return the fastest config (null when
@@ -1163,7 +1187,12 @@ export async function fastestConfig<K extends string, C>(
 ): Promise<C | null> {
   let best: [number, C] | null = null;
   for (const cfg of candidates) {
-    const { ms } = await timeGpu(() => run(cfg), { runs, warmup: 1, minMs: TUNE_MIN_MS });
+    const { ms } = await timeGpu(() => run(cfg), {
+      runs,
+      warmup: 1,
+      minMs: TUNE_MIN_MS,
+      warmupMs: TUNE_WARMUP_MS,
+    });
     results.push({ kernel, config: cfg, ms });
     if (!best || ms < best[0]) best = [ms, cfg];
   }
@@ -1240,24 +1269,28 @@ export async function tuneDepthwise(
         if (best) entry[kernel] = best;
       }
     }
-    // Both gradients through FFTs of one size: one kernel or two?
-    const fft = fusedBackwardConfig(
-      { forward: null, ...entry, fuseBackward: true } as DepthwisePlan,
-      s,
-    );
-    if (fft) {
-      const opts = { runs, warmup: 1, minMs: TUNE_MIN_MS };
-      const fused = await timeGpu(
-        () => fftDepthwiseBackward(gy, x, w, s, fft).forEach((t) => t.dispose()),
-        opts,
-      );
+    // Both gradients from one FFT kernel (three transforms per tile instead of four) against
+    // the fastest two kernels, whichever algorithms those are: a fused kernel can win even where
+    // neither FFT gradient alone does.
+    const fusable = fftCandidates(s).filter((c) => fftFusedBackwardFits(s, c));
+    if (fusable.length && entry.backwardInput && entry.filter) {
+      const opts = { runs, warmup: 1, minMs: TUNE_MIN_MS, warmupMs: TUNE_WARMUP_MS };
       const separate = await timeGpu(() => {
         depthwiseBackwardInputFast(gy, w, s, entry.backwardInput!).dispose();
         depthwiseBackwardFilterFast(gy, x, s, entry.filter!).dispose();
       }, opts);
-      results.push({ kernel: "fusedBackward", config: fft, ms: fused.ms });
-      results.push({ kernel: "separateBackward", config: fft, ms: separate.ms });
-      entry.fuseBackward = fused.ms < separate.ms;
+      results.push({ kernel: "separateBackward", config: entry.filter, ms: separate.ms });
+      const first = results.length;
+      const fused = await fastestConfig(
+        "fusedBackward",
+        fusable,
+        (cfg) => fftDepthwiseBackward(gy, x, w, s, cfg).forEach((t) => t.dispose()),
+        runs,
+        results as { kernel: "fusedBackward"; config: FftConfig; ms: number }[],
+      );
+      const fusedMs = Math.min(...results.slice(first).map((r) => r.ms));
+      entry.fuseBackward = fused !== null && fusedMs < separate.ms;
+      if (entry.fuseBackward) entry.backwardInput = entry.filter = fused!;
     }
   } finally {
     x.dispose();

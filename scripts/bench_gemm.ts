@@ -22,7 +22,7 @@ import { parseArgs } from "node:util";
 import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { noGrad } from "../ops/autograd.ts";
 import { conv2d } from "../ops/conv.ts";
-import { timeGpu } from "../ops/depthwise_fast.ts";
+import { timeGpu, TUNE_WARMUP_MS } from "../ops/depthwise_fast.ts";
 import { setGemmImpl } from "../ops/gemm.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { matmul } from "../ops/matmul.ts";
@@ -147,7 +147,12 @@ async function main(): Promise<void> {
       const { tensors, run } = c.make();
       for (const impl of impls) {
         setGemmImpl(impl);
-        const t = await timeGpu(() => noGrad(() => scope(run)), { runs, warmup: 1, minMs: 20 });
+        const t = await timeGpu(() => noGrad(() => scope(run)), {
+          runs,
+          warmup: 1,
+          minMs: 20,
+          warmupMs: TUNE_WARMUP_MS,
+        });
         const gflops = (2 * c.m * c.n * c.k) / (t.ms * 1e6);
         rows.push({
           impl,

@@ -34,6 +34,7 @@ import {
   depthwisePlan,
   type DepthwiseShape,
   timeGpu,
+  TUNE_WARMUP_MS,
   tuneDepthwise,
 } from "../ops/depthwise_fast.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
@@ -124,7 +125,7 @@ async function timeConv(
       }
     });
   // Back to back for 20 ms per timed run: a GPU idling between short runs drops its clock.
-  const t = await timeGpu(record, { ...opts, minMs: 20 });
+  const t = await timeGpu(record, { ...opts, minMs: 20, warmupMs: TUNE_WARMUP_MS });
   x.requiresGrad = w.requiresGrad = false;
   return { ms: t.ms, method: t.method };
 }
