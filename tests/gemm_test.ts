@@ -11,7 +11,17 @@
 import assert from "node:assert/strict";
 import { backward } from "../ops/autograd.ts";
 import { conv2d, type Conv2dOptions } from "../ops/conv.ts";
-import { type GemmConfig, gemmConfig, setGemmConfig, setGemmImpl } from "../ops/gemm.ts";
+import {
+  type GemmConfig,
+  gemmConfig,
+  gemmPlans,
+  setGemmCandidates,
+  setGemmConfig,
+  setGemmImpl,
+  setGemmPlans,
+  tuneGemm,
+} from "../ops/gemm.ts";
+import { gpu } from "../ops/gpu.ts";
 import { linear, matmul, type MatmulOptions } from "../ops/matmul.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { randomArray, relError, setup } from "./harness.ts";
@@ -19,6 +29,8 @@ import { randomArray, relError, setup } from "./harness.ts";
 await setup();
 
 const TINY: GemmConfig = { bm: 8, bn: 12, bk: 4, tm: 4, tn: 4, splits: 3 };
+/** Tiny tiles with the next slabs fetched during the arithmetic (odd chunks end the pipeline). */
+const TINY_PREFETCH: GemmConfig = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, prefetch: true };
 
 /** Forward value and the gradients of every input, under the current implementation. */
 function run(
@@ -42,6 +54,9 @@ function run(
   });
 }
 
+const label = (cfg: GemmConfig | null) =>
+  cfg === null ? "default" : cfg.prefetch ? "tiny prefetch" : "tiny";
+
 /** Tiled (heuristic tiles, then tiny tiles with a split) vs simple: forward and gradients. */
 async function compare(
   name: string,
@@ -51,7 +66,7 @@ async function compare(
 ): Promise<void> {
   setGemmImpl("simple");
   const want = await run(shapes, fn, 7);
-  for (const cfg of [null, TINY]) {
+  for (const cfg of [null, TINY, TINY_PREFETCH]) {
     setGemmImpl("tiled");
     setGemmConfig(cfg);
     try {
@@ -60,9 +75,9 @@ async function compare(
         const e = relError(g, want[i]);
         const what = i === 0 ? "forward" : `grad ${i - 1}`;
         console.log(
-          `op-error gemm ${name} ${cfg ? "tiny" : "default"} ${what} ${e.toExponential(2)}`,
+          `op-error gemm ${name} ${label(cfg)} ${what} ${e.toExponential(2)}`,
         );
-        assert.ok(e < tol, `${name} ${cfg ? "tiny tiles" : "default"}: ${what} error ${e}`);
+        assert.ok(e < tol, `${name} ${label(cfg)}: ${what} error ${e}`);
       });
     } finally {
       setGemmConfig(null);
@@ -127,4 +142,59 @@ Deno.test("gemm: small outputs with long inner products split the inner dimensio
   const c = gemmConfig(1, 16, 24, 200704);
   assert.ok((c.splits ?? 1) > 1, JSON.stringify(c));
   assert.equal(gemmConfig(4, 4096, 4096, 64).splits, 1);
+});
+
+Deno.test("gemm: the autotuner times every candidate inside real work, then keeps the fastest", async () => {
+  const shapes = [[2, 3, 9, 7], [5, 3, 3, 3]];
+  const fn = (x: Tensor, w: Tensor) => conv2d(x, w, null, { padding: 1 });
+  const want = await run(shapes, fn, 3);
+  const [x, w] = shapes.map((s, i) => {
+    const t = Tensor.from(Float32Array.from(randomArray(s.reduce((a, b) => a * b, 1), 3 + i)), s);
+    t.requiresGrad = true;
+    return t;
+  });
+  const gy = Tensor.from(Float32Array.from(randomArray(want[0].length, 3 + 99)), [2, 5, 9, 7]);
+  const rounds: Tensor[][] = [];
+  // One round: forward and both gradients (three products), kept for checking.
+  const record = () => {
+    const y = fn(x, w);
+    backward(y, gy);
+    rounds.push([y, x.grad!, w.grad!]);
+    x.grad = null;
+    w.grad = null;
+  };
+  // Two small candidates besides the heuristic's tiles, so that llvmpipe compiles them in seconds.
+  setGemmCandidates([TINY, TINY_PREFETCH]);
+  const g = gpu();
+  try {
+    const rows = await tuneGemm(record, { rounds: 10 });
+    if (!g.features.has("timestamp-query")) {
+      assert.equal(rows.length, 0);
+      return;
+    }
+    assert.equal(rows.length, 3, JSON.stringify(rows));
+    for (const r of rows) assert.ok(r.bestMs > 0 && r.bestMs <= r.heuristicMs, JSON.stringify(r));
+    // Three candidates, two timings each: six rounds, one launch of each product per round.
+    assert.equal(rounds.length, 6);
+    // Tuning again times nothing: every product is decided (and none is reported twice).
+    assert.deepEqual(await tuneGemm(record, { rounds: 1 }), []);
+    // Decided: the next round runs the chosen tiles and compiles nothing new.
+    const compiled = g.pipelineCount;
+    record();
+    assert.equal(g.pipelineCount, compiled);
+    // The plans a checkpoint keeps: one per product; restoring others switches the tiles.
+    const plans = gemmPlans();
+    assert.equal(plans.length, 3);
+    setGemmPlans(plans.map((p) => ({ ...p, config: TINY_PREFETCH })));
+    assert.deepEqual(gemmPlans().map((p) => p.config), [0, 1, 2].map(() => TINY_PREFETCH));
+    record();
+    for (const r of rounds) {
+      for (const [i, t] of r.entries()) {
+        assert.ok(relError(await t.read(), want[i]) < 1e-5, `output ${i}`);
+      }
+    }
+  } finally {
+    setGemmCandidates(null);
+    for (const t of [x, w, gy, ...rounds.flat()]) t.dispose();
+  }
 });
