@@ -33,6 +33,7 @@ import { parseArgs } from "node:util";
 import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { timeGpu, tuneDepthwiseOf } from "../ops/depthwise_fast.ts";
+import { describeGemmTuning, type GemmTuned, tuneGemm } from "../ops/gemm.ts";
 import { setDepthwiseImpl } from "../ops/depthwise.ts";
 import { setGemmImpl } from "../ops/gemm.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
@@ -41,6 +42,13 @@ import { AdamW } from "../ops/optim.ts";
 import { poolStats, scope, Tensor, trimPool } from "../ops/tensor.ts";
 import { createModel, type Model, modelInfo } from "../models/registry.ts";
 import { seedInit } from "../models/module.ts";
+
+/**
+ * Steps per pass, at most, that tune the matrix products (each launch of an
+ * undecided product times one candidate; most are decided within 4 steps,
+ * the stem and downsampling products, launched once per step, take longest).
+ */
+const TUNE_GEMM_STEPS = 12;
 
 const HELP = `usage: deno run -A scripts/bench_models.ts [flags]
 
@@ -56,8 +64,9 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
   --pass LIST       infer, train (default infer,train)
   --depthwise IMPL  auto, fast or generic depthwise kernels (default auto)
   --gemm IMPL       tiled or simple matmul / conv kernels (default tiled)
-  --tune            autotune the tiles of every depthwise shape of a model before timing it
-                    (default on a GPU; --no-tune turns it off)
+  --tune            autotune the tiles of every depthwise shape of a model before timing it,
+                    and its matrix products over its first steps (gemm_tune.csv); default on
+                    a GPU, --no-tune turns it off
   --tune-max N      candidates per kernel when tuning (default 6)
   --anchor FILE     PyTorch CSV of .device/torch_model_bench.py: print ratios (joined on kernels)
   --out DIR         output folder (default out/bench_models/)
@@ -108,6 +117,8 @@ export interface ModelBench {
   trainRecordMs: number | null;
   /** Wall ms per training step over `steps` steps recorded back to back with one sync at the end. */
   trainPipelinedMs: number | null;
+  /** Matrix products tuned before timing (`tuneGemmSteps`): heuristic vs chosen GPU ms. */
+  gemmTuned: GemmTuned;
 }
 
 /** CPU milliseconds that `record` takes to record its work; then waits for the GPU. */
@@ -140,13 +151,15 @@ async function recordMs(record: () => void): Promise<number> {
  */
 export async function benchModel(
   model: Model,
-  { batch, size, classes, steps, warmup, passes }: {
+  { batch, size, classes, steps, warmup, passes, tuneGemmSteps = 0 }: {
     batch: number;
     size: number;
     classes: number;
     steps: number;
     warmup: number;
     passes: string[];
+    /** Steps of each pass spent autotuning the matrix products first (see `tuneGemm`); 0: none. */
+    tuneGemmSteps?: number;
   },
 ): Promise<ModelBench> {
   const x = Tensor.randn([batch, 3, size, size], { seed: 7 });
@@ -161,12 +174,14 @@ export async function benchModel(
     inferRecordMs: null,
     trainRecordMs: null,
     trainPipelinedMs: null,
+    gemmTuned: [],
   };
   const params = model.parameters();
   try {
     if (passes.includes("infer")) {
       model.eval();
       const infer = () => noGrad(() => scope(() => void model.forward(x)));
+      if (tuneGemmSteps) out.gemmTuned.push(...await tuneGemm(infer, { rounds: tuneGemmSteps }));
       const t = await timeGpu(infer, { runs: steps, warmup });
       out.inferRecordMs = await recordMs(infer);
       out.inferMs = t.wallMs;
@@ -183,6 +198,7 @@ export async function benchModel(
           opt.zeroGrad();
         });
       try {
+        if (tuneGemmSteps) out.gemmTuned.push(...await tuneGemm(step, { rounds: tuneGemmSteps }));
         const t = await timeGpu(step, { runs: steps, warmup });
         out.trainMs = t.wallMs;
         out.trainGpuMs = t.method === "timestamp" ? t.ms : null;
@@ -264,6 +280,7 @@ async function main(): Promise<void> {
   const adapter = gpu().description;
   console.log(`# adapter: ${adapter}; batch ${batch}, ${size}², fp32`);
   const rows: Record<string, Cell>[] = [];
+  const gemmRows: Record<string, Cell>[] = [];
   const comments = [
     `adapter: ${adapter}`,
     `median of ${steps} after ${warmup} warm-up; img/s from the wall clock around a drained queue` +
@@ -289,7 +306,28 @@ async function main(): Promise<void> {
           } s`,
         );
       }
-      r = await benchModel(model, { batch, size, classes, steps, warmup, passes });
+      r = await benchModel(model, {
+        batch,
+        size,
+        classes,
+        steps,
+        warmup,
+        passes,
+        tuneGemmSteps: tune ? TUNE_GEMM_STEPS : 0,
+      });
+      for (const t of r.gemmTuned) {
+        gemmRows.push({
+          model: name,
+          kernels: ks,
+          product: t.size,
+          heuristic_ms: Number(t.heuristicMs.toFixed(4)),
+          best_ms: Number(t.bestMs.toFixed(4)),
+          config: JSON.stringify(t.best),
+        });
+      }
+      if (r.gemmTuned.length) {
+        console.log(`${name}@${ks}: tuned ${describeGemmTuning(r.gemmTuned)}`);
+      }
     } catch (e) {
       console.error(`${name}@${ks}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
       continue;
@@ -338,9 +376,14 @@ async function main(): Promise<void> {
         `peak ${row.peak_gib} GiB (${((performance.now() - t0) / 1e3).toFixed(1)} s)`,
     );
     await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
+    if (gemmRows.length) await writeFileAtomic(`${out}/gemm_tune.csv`, toCsv(gemmRows));
   }
   await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
   console.log(`wrote ${out}/bench_models.csv`);
+  if (gemmRows.length) {
+    await writeFileAtomic(`${out}/gemm_tune.csv`, toCsv(gemmRows));
+    console.log(`wrote ${out}/gemm_tune.csv`);
+  }
 }
 
 if (import.meta.main) await runMain(main);

@@ -4,10 +4,14 @@
  * checkpoint, and bad input is a one-line error.
  */
 import assert from "node:assert/strict";
-import { train } from "../train/trainer.ts";
-import { presetConfig, type TrainConfig } from "../train/config.ts";
+import { train, tuneModelGemm } from "../train/trainer.ts";
+import { buildModel, presetConfig, type TrainConfig } from "../train/config.ts";
 import { loadSafetensorsFile } from "../models/safetensors.ts";
-import { setup } from "./harness.ts";
+import { noGrad } from "../ops/autograd.ts";
+import { gemmPlans, setGemmCandidates } from "../ops/gemm.ts";
+import { gpu } from "../ops/gpu.ts";
+import { Tensor } from "../ops/tensor.ts";
+import { relError, setup } from "./harness.ts";
 
 await setup();
 
@@ -204,4 +208,30 @@ Deno.test("sparse resume: masks, densities and weights equal an uninterrupted sp
     /holds a sparse run .*add --sparse/,
   );
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("kernel tuning: the matrix products of a training pass are tuned without touching the model", async () => {
+  const cfg = tiny("out/test_tune_gemm");
+  const { model } = buildModel(cfg, 4);
+  const x = Tensor.randn([2, 3, 32, 32], { seed: 5 });
+  model.eval();
+  const before = await noGrad(() => model.forward(x)).read();
+  // A second candidate besides the heuristic's tiles, so that llvmpipe tunes (it has one otherwise).
+  setGemmCandidates([{ bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, prefetch: true }]);
+  try {
+    const rows = await tuneModelGemm(model, [2, 3, 32, 32], 4);
+    if (gpu().features.has("timestamp-query")) {
+      assert.ok(rows.length > 3, `${rows.length} products`);
+    }
+    assert.ok(model.parameters().every((p) => p.grad === null), "gradients left behind");
+    assert.equal(model.training, true);
+    model.eval();
+    // Same weights, other tiles: equal up to the rounding of a different summation order.
+    const after = await noGrad(() => model.forward(x)).read();
+    assert.ok(relError(after, before) < 1e-5, `forward changed: ${relError(after, before)}`);
+    assert.ok(gemmPlans().length >= rows.length);
+  } finally {
+    setGemmCandidates(null);
+    x.dispose();
+  }
 });

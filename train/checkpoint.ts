@@ -18,6 +18,7 @@
  * @module
  */
 import type { DepthwisePlan, DepthwiseShape } from "../ops/depthwise_fast.ts";
+import type { GemmConfig } from "../ops/gemm.ts";
 import { loadSafetensorsFile, saveSafetensorsFile, type Weights } from "../models/safetensors.ts";
 import type { Module } from "../models/module.ts";
 import type { OptimizerState } from "../ops/optim.ts";
@@ -51,6 +52,8 @@ export interface TrainState {
    * so that a resumed run computes with the same kernels, bit for bit.
    */
   kernelPlans?: KernelPlan[];
+  /** GPU runs: the matrix-product tiles tuned at the start (`gemmPlans`), restored on resume. */
+  gemmPlans?: { product: string; config: GemmConfig }[];
 }
 
 /** A tuned depthwise plan and the shape it is for. */
