@@ -16,7 +16,8 @@
 # under DEADLINE seconds (default 540). PART=1 runs steps 1-2 (depthwise), PART=2 steps 3-5
 # (models), default both: the device tool allows 600 s per command, so run the parts as two
 # commands back to back on the same machine. PART=3 (only when asked): sparse vs dense speed
-# (sparse_speed.csv) and the ERF at 1024² (erf_table.csv, erf_compare.png). EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
+# (sparse_speed.csv) and the ERF at 1024² (erf_table.csv, erf_compare.png). PART=4: the closest
+# targets again (ConvNeXt-T both, K=31 stacks at R=32 and 64), with gemm_tune.csv. EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
 # (a dry run on llvmpipe: EXTRA_LAT="--n 1 --c 8 --layers 2 --r 16 --k 3"
 # EXTRA_GEMM="--n 1 --set convnext --runs 1"
 # EXTRA_MODELS="--models convnext_cpu --batch 2 --size 32 --classes 10"). Redraw the chart afterwards, off the device:
@@ -61,7 +62,7 @@ csv_merge() {
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv || true
 deno --version | head -1
 
-if [ "$PART" != 2 ]; then
+if [ "$PART" = all ] || [ "$PART" = 1 ]; then
 # 1. PyTorch depthwise anchors (strict fp32).
 step 75 python3 .device/torch_dwconv_bench.py --r 32 --k 3,7,13,31 > "$tmp/torch32.csv"
 step 60 python3 .device/torch_dwconv_bench.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
@@ -81,7 +82,7 @@ csv_merge "$OUT/tune.csv" "$tmp/lat32/tune.csv" "$tmp/lat64/tune.csv"
 [ -s "$tmp/lat32/check.csv" ] && cp "$tmp/lat32/check.csv" "$OUT/"
 fi
 
-if [ "$PART" != 1 ]; then
+if [ "$PART" = all ] || [ "$PART" = 2 ]; then
 
 # 3. PyTorch whole-model anchor.
 step 75 python3 .device/torch_model_bench.py --kernels 7-7-7-7,51-49-47-13 > "$OUT/torch_models.csv"
@@ -112,6 +113,36 @@ if [ -d .devnm ]; then rm -rf node_modules && cp -a .devnm node_modules; fi
 step 330 deno run -A scripts/erf.ts --model resnet101,convnext_tiny,slak_tiny --num 50 \
   --size 1024 --out "$tmp/erf"
 for f in erf_table.csv erf_compare.png; do [ -s "$tmp/erf/$f" ] && cp "$tmp/erf/$f" "$OUT/"; done
+fi
+
+if [ "$PART" = 4 ]; then
+# A re-measure of the closest targets in one command, most doubtful first: ConvNeXt-T 7-7-7-7
+# training (0.7× PyTorch), the K=31 forward+backward stacks (15×), ConvNeXt-T 51-49-47-13 (2×).
+step 50 python3 .device/torch_model_bench.py --kernels 7-7-7-7,51-49-47-13 > "$OUT/torch_models.csv"
+cat "$OUT/torch_models.csv"
+anchor=()
+grep -q '^convnext' "$OUT/torch_models.csv" && anchor=(--anchor "$OUT/torch_models.csv")
+step 110 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
+  --models convnext_tiny "${anchor[@]}" --out "$tmp/bm7" $EXTRA_MODELS
+step 40 python3 .device/torch_dwconv_bench.py --r 32 --k 31 > "$tmp/torch32.csv"
+step 40 python3 .device/torch_dwconv_bench.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
+csv_merge "$OUT/torch_dwconv.csv" "$tmp/torch32.csv" "$tmp/torch64.csv"
+cat "$OUT/torch_dwconv.csv"
+anchor=()
+[ -s "$OUT/torch_dwconv.csv" ] && anchor=(--anchor "$OUT/torch_dwconv.csv")
+step 70 deno run -A scripts/latency.ts --r 32 --k 31 --tune --impl fast "${anchor[@]}" --no-plot \
+  --out "$tmp/lat32" $EXTRA_LAT
+step 120 deno run -A scripts/latency.ts --r 64 --k 31 --tune --tune-max 3 --impl fast --runs 3 \
+  --warmup 1 "${anchor[@]}" --no-plot --out "$tmp/lat64" $EXTRA_LAT
+csv_merge "$OUT/latency.csv" "$tmp/lat32/latency.csv" "$tmp/lat64/latency.csv"
+csv_merge "$OUT/latency_detail.csv" "$tmp/lat32/latency_detail.csv" "$tmp/lat64/latency_detail.csv"
+csv_merge "$OUT/tune.csv" "$tmp/lat32/tune.csv" "$tmp/lat64/tune.csv"
+anchor=()
+grep -q '^convnext' "$OUT/torch_models.csv" && anchor=(--anchor "$OUT/torch_models.csv")
+step 110 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
+  --models convnext_tiny@51-49-47-13 "${anchor[@]}" --out "$tmp/bm51" $EXTRA_MODELS
+csv_merge "$OUT/bench_models.csv" "$tmp/bm7/bench_models.csv" "$tmp/bm51/bench_models.csv"
+csv_merge "$OUT/gemm_tune.csv" "$tmp/bm7/gemm_tune.csv" "$tmp/bm51/gemm_tune.csv"
 fi
 
 ls -la "$OUT"
