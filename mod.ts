@@ -88,3 +88,4 @@ export * from "./analysis/plot.ts";
 export * from "./analysis/npy.ts";
 export * from "./analysis/erf.ts";
 export * from "./analysis/heatmap.ts";
+export * from "./analysis/fonts.ts";

@@ -29,6 +29,7 @@
  */
 // Pinned inline so the first run (or `deno install`) fetches it without an import map entry.
 import sharp from "sharp";
+import { useBundledFonts } from "./fonts.ts";
 import { writeFileAtomic } from "./csv.ts";
 
 /** Colour-blind-safe series colours (Okabe–Ito). */
@@ -405,6 +406,8 @@ export function lineChartSvg(chart: Chart): string {
 
 /** Render an SVG document to PNG bytes (`scale` 2 = twice the SVG's pixel size). */
 export async function svgToPng(svg: string, opts: { scale?: number } = {}): Promise<Uint8Array> {
+  // Text needs a font even where the system has none.
+  useBundledFonts();
   const density = 72 * (opts.scale ?? 2);
   const buf = await sharp(new TextEncoder().encode(svg), { density }).png().toBuffer();
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);

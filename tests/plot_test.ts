@@ -86,3 +86,42 @@ Deno.test("csv: quoting, column union, comments; atomic write replaces the file"
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("text is drawn with the bundled font on a machine without fonts", async () => {
+  // fontconfig reads FONTCONFIG_FILE once per process: each case runs in a fresh one, with a
+  // configuration that knows no font at all, as on a bare container.
+  const dir = await Deno.makeTempDir();
+  const empty = `${dir}/empty.conf`;
+  await Deno.writeTextFile(
+    empty,
+    `<?xml version="1.0"?><fontconfig><cachedir>${dir}/cache</cachedir></fontconfig>`,
+  );
+  // Prints whether two different words render to the same pixels (boxes do; letters do not).
+  const script = (render: string) => `
+    import sharp from "sharp";
+    import { svgToPng } from "./analysis/plot.ts";
+    const svg = (t) => '<svg xmlns="http://www.w3.org/2000/svg" width="120" height="30" ' +
+      'font-family="DejaVu Sans, sans-serif"><rect width="120" height="30" fill="white"/>' +
+      '<text x="4" y="22" font-size="18">' + t + '</text></svg>';
+    const pixels = async (t) => [...(await sharp(${render}).raw().toBuffer())].join(",");
+    console.log(JSON.stringify({ same: (await pixels("AAAA")) === (await pixels("BxBx")) }));`;
+  const run = async (render: string) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=js", script(render)],
+      cwd: new URL("..", import.meta.url),
+      env: { FONTCONFIG_FILE: empty },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout).trim();
+    assert.ok(out.success, new TextDecoder().decode(out.stderr));
+    return JSON.parse(text.split("\n").at(-1)!).same as boolean;
+  };
+  try {
+    // Without the bundled font every letter is the same box: the case this test is about.
+    assert.equal(await run("new TextEncoder().encode(svg(t))"), true);
+    assert.equal(await run("await svgToPng(svg(t), { scale: 1 })"), false);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
