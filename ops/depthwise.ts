@@ -34,6 +34,7 @@ import {
   fusedBackwardConfig,
 } from "./depthwise_fast.ts";
 import { fftDepthwiseBackward } from "./depthwise_fft.ts";
+import type { DepthwiseShape } from "./depthwise_shape.ts";
 export { depthwiseImpl, setDepthwiseImpl } from "./depthwise_fast.ts";
 
 /**
@@ -59,20 +60,8 @@ export function samePadding(kh: number, kw: number): [number, number] {
   return [Math.floor(kh / 2), Math.floor(kw / 2)];
 }
 
-/** Everything a depthwise kernel bakes in as constants. */
-interface DepthwiseGeometry {
-  n: number;
-  c: number;
-  h: number;
-  w: number;
-  kh: number;
-  kw: number;
-  stride: number;
-  ph: number;
-  pw: number;
-  ho: number;
-  wo: number;
-}
+/** Everything a depthwise kernel bakes in as constants: the shape, and the stride. */
+type DepthwiseGeometry = DepthwiseShape & { stride: number };
 
 function geometry(
   x: Tensor,

@@ -250,10 +250,6 @@ export function gemmCandidates(batch: number, m: number, n: number, k: number): 
   const base = gemmConfig(batch, m, n, k);
   if (forcedCandidates) return [base, ...forcedCandidates];
   if (forced || gpu().isFallback) return [base];
-  const withSplits = (c: GemmConfig): GemmConfig => ({
-    ...c,
-    splits: splitsFor(c, batch, m, n, k),
-  });
   const out: GemmConfig[] = [base, { ...base, prefetch: true }];
   if (k >= 16) out.push({ ...base, bk: 16 }, { ...base, bk: 16, prefetch: true });
   if (m > 16) {
@@ -267,7 +263,8 @@ export function gemmCandidates(batch: number, m: number, n: number, k: number): 
       if (t.bm === base.bm && t.bn === base.bn) continue;
       // A tile twice the product's size is mostly padding.
       if (t.bm > 2 * m || t.bn > 2 * n) continue;
-      out.push(withSplits({ ...t, bk: 8, prefetch: true }));
+      const c = { ...t, bk: 8, prefetch: true };
+      out.push({ ...c, splits: splitsFor(c, batch, m, n, k) });
     }
   }
   if ((base.splits ?? 1) > 1) out.push({ ...base, prefetch: true, splits: base.splits! * 2 });
@@ -317,44 +314,41 @@ function tunedConfig(
   n: number,
   k: number,
 ): [GemmConfig, number] {
-  let t = forced ? undefined : tunings.get(product);
-  if (!t && !forced && restoredPlans.size) {
-    // A plan restored from a checkpoint: decided without timing.
-    const best = restoredPlans.get(productId(product));
-    if (best) {
-      t = {
-        size: `${batch}×${m}×${n}×${k}`,
-        candidates: [best],
-        samples: [[]],
-        pending: [0],
-        best,
-      };
-      tunings.set(product, t);
-    }
-  }
+  if (forced) return [gemmConfig(batch, m, n, k), -1];
+  let t = tunings.get(product);
+  // A plan restored from a checkpoint: decided without timing.
+  const restored = !t && restoredPlans.size ? restoredPlans.get(productId(product)) : undefined;
+  if (restored) tunings.set(product, t = tuningOf([restored], batch, m, n, k));
   if (t?.best) return [t.best, -1];
-  if (!tuner || forced || tuner.slots.length >= TUNE_SLOTS) {
-    return [gemmConfig(batch, m, n, k), -1];
+  if (!tuner || tuner.slots.length >= TUNE_SLOTS) return [gemmConfig(batch, m, n, k), -1];
+  if (!t) {
+    tunings.set(product, t = tuningOf(gemmCandidates(batch, m, n, k), batch, m, n, k));
+    if (t.best) return [t.best, -1];
   }
-  let tuning = t;
-  if (!tuning) {
-    const candidates = gemmCandidates(batch, m, n, k);
-    tuning = {
-      size: `${batch}×${m}×${n}×${k}`,
-      candidates,
-      samples: candidates.map(() => []),
-      pending: candidates.map(() => 0),
-      best: candidates.length === 1 ? candidates[0] : null,
-    };
-    tunings.set(product, tuning);
-    if (tuning.best) return [tuning.best, -1];
-  }
+  const tuning = t;
   const counts = tuning.samples.map((v, i) => v.length + tuning.pending[i]);
   const i = counts.indexOf(Math.min(...counts));
   tuning.pending[i]++;
   tuner.slots.push([tuning, i]);
   tuner.timed.add(tuning);
   return [tuning.candidates[i], tuner.slots.length - 1];
+}
+
+/** A fresh tuning of a product among `candidates`; decided at once when there is one. */
+function tuningOf(
+  candidates: GemmConfig[],
+  batch: number,
+  m: number,
+  n: number,
+  k: number,
+): ProductTuning {
+  return {
+    size: `${batch}×${m}×${n}×${k}`,
+    candidates,
+    samples: candidates.map(() => []),
+    pending: candidates.map(() => 0),
+    best: candidates.length === 1 ? candidates[0] : null,
+  };
 }
 
 /** A short, stable id of a product key (two 32-bit FNV-1a hashes): what checkpoints store. */
@@ -655,7 +649,8 @@ export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
 
   const storeFn = `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`;
   // Generating the source costs more CPU than recording the dispatch: cache it per product.
-  const key = JSON.stringify([product, storeNames, c]);
+  // `product` is already JSON: append to it rather than stringify (and escape) it again.
+  const key = product + JSON.stringify([storeNames, c]);
   let code = gemmSources.get(key);
   if (code === undefined) {
     code = gemmSource();

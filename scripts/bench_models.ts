@@ -380,10 +380,8 @@ async function main(): Promise<void> {
   }
   await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
   console.log(`wrote ${out}/bench_models.csv`);
-  if (gemmRows.length) {
-    await writeFileAtomic(`${out}/gemm_tune.csv`, toCsv(gemmRows));
-    console.log(`wrote ${out}/gemm_tune.csv`);
-  }
+  // Written after each model, with bench_models.csv.
+  if (gemmRows.length) console.log(`wrote ${out}/gemm_tune.csv`);
 }
 
 if (import.meta.main) await runMain(main);
