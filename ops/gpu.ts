@@ -15,6 +15,13 @@
  * @module
  */
 
+import {
+  checkWorkgroupBounds,
+  WORKGROUP_CHECK_BYTES,
+  WORKGROUP_CHECK_GROUP,
+  workgroupCheckRequested,
+} from "./workgroup_check.ts";
+
 /** Thrown when no WebGPU implementation or no adapter is available. */
 export class GpuUnavailableError extends Error {
   override name = "GpuUnavailableError";
@@ -84,8 +91,22 @@ export class Gpu {
   submits = 0;
   /** True from a sync until the next submit: the GPU is waiting for work. */
   #idle = true;
+  /**
+   * Workgroup-memory bounds checking (`LARGEKERNEL_CHECK_WORKGROUP=1`, see
+   * workgroup_check.ts): the counter buffer, the bind group of each checked
+   * pipeline, and the sources by kernel id for the error message.
+   */
+  #wgCheck: {
+    counter: GPUBuffer;
+    groups: Map<GPUComputePipeline, GPUBindGroup>;
+    sources: string[];
+  } | null = null;
 
-  constructor(device: GPUDevice, info: GPUAdapterInfo) {
+  constructor(
+    device: GPUDevice,
+    info: GPUAdapterInfo,
+    checkWorkgroup: boolean = workgroupCheckRequested(),
+  ) {
     this.device = device;
     this.description = info.description ||
       [info.vendor, info.architecture].filter(Boolean).join(" ") ||
@@ -97,17 +118,39 @@ export class Gpu {
       );
     this.features = new Set(device.features);
     this.limits = device.limits;
+    if (checkWorkgroup) {
+      this.#wgCheck = {
+        counter: device.createBuffer({
+          size: WORKGROUP_CHECK_BYTES,
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+        }),
+        groups: new Map(),
+        sources: [],
+      };
+    }
   }
 
   /** The compiled pipeline for `code`, compiled once per distinct source. */
   pipeline(code: string): GPUComputePipeline {
     let p = this.#pipelines.get(code);
     if (!p) {
-      const module = this.device.createShaderModule({ code });
+      const check = this.#wgCheck;
+      const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
+      const module = this.device.createShaderModule({ code: source });
       p = this.device.createComputePipeline({
         layout: "auto",
         compute: { module, entryPoint: "main" },
       });
+      if (check && source !== code) {
+        check.sources.push(code);
+        check.groups.set(
+          p,
+          this.device.createBindGroup({
+            layout: p.getBindGroupLayout(WORKGROUP_CHECK_GROUP),
+            entries: [{ binding: 0, resource: { buffer: check.counter } }],
+          }),
+        );
+      }
       this.#pipelines.set(code, p);
     }
     return p;
@@ -184,6 +227,8 @@ export class Gpu {
     const pass = this.#ensurePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
+    const checkGroup = this.#wgCheck?.groups.get(pipeline);
+    if (checkGroup) pass.setBindGroup(WORKGROUP_CHECK_GROUP, checkGroup);
     const [x, y = 1, z = 1] = workgroups;
     const max = this.limits.maxComputeWorkgroupsPerDimension;
     if (x > max || y > max || z > max) {
@@ -271,7 +316,32 @@ export class Gpu {
     const out = staging.getMappedRange().slice(0, size);
     staging.unmap();
     staging.destroy();
+    if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
     return out;
+  }
+
+  /** With workgroup checking on: throw if a kernel indexed past a workgroup array, then reset. */
+  async #throwOnWorkgroupOverrun(): Promise<void> {
+    const check = this.#wgCheck!;
+    const staging = this.device.createBuffer({
+      size: WORKGROUP_CHECK_BYTES,
+      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
+    });
+    const encoder = this.device.createCommandEncoder();
+    encoder.copyBufferToBuffer(check.counter, 0, staging, 0, WORKGROUP_CHECK_BYTES);
+    encoder.clearBuffer(check.counter);
+    this.device.queue.submit([encoder.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const [count, kernel, index] = new Uint32Array(staging.getMappedRange().slice(0));
+    staging.unmap();
+    staging.destroy();
+    if (count === 0) return;
+    const source = check.sources[kernel - 1] ?? "?";
+    const decls = source.split("\n").filter((l) => l.includes("var<workgroup>")).join(" ");
+    throw new Error(
+      `workgroup memory overrun: ${count} out-of-range index(es), up to ${index}, in kernel ` +
+        `#${kernel - 1} (${decls.trim()}); kernel source:\n${source}`,
+    );
   }
 
   /** Wait until the GPU has finished everything submitted (flushes first). */
@@ -279,6 +349,7 @@ export class Gpu {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
     this.#idle = true;
+    if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
   }
 }
 
@@ -290,6 +361,11 @@ export interface InitGpuOptions {
   /** The WebGPU entry point; `navigator.gpu` by default (tests pass a fake). */
   gpu?: GPU | undefined;
   powerPreference?: GPUPowerPreference;
+  /**
+   * Check every index into workgroup memory (see workgroup_check.ts); slower.
+   * Default: on when the environment has `LARGEKERNEL_CHECK_WORKGROUP=1`.
+   */
+  checkWorkgroup?: boolean;
 }
 
 /**
@@ -320,7 +396,7 @@ export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
   device.addEventListener?.("uncapturederror", (e) => {
     console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
-  return new Gpu(device, adapter.info);
+  return new Gpu(device, adapter.info, options.checkWorkgroup ?? workgroupCheckRequested());
 }
 
 /** Initialise the process-wide GPU context once; later calls return it. */

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { createGpu, gpu, GpuUnavailableError } from "../ops/gpu.ts";
+import { checkWorkgroupBounds } from "../ops/workgroup_check.ts";
 import { keep, poolStats, Rng, scope, sizeClass, Tensor } from "../ops/tensor.ts";
 import { backward, clearTape, noGrad, reshape, tapeLength } from "../ops/autograd.ts";
 import { add, gelu, mul, sum } from "../ops/elementwise.ts";
@@ -153,4 +154,41 @@ Deno.test("memory: 100 forward/backward steps do not grow the pool", async () =>
   assert.equal(after.allocatedBytes, warm.allocatedBytes);
   assert.equal(after.liveTensors, warm.liveTensors);
   w.dispose();
+});
+
+Deno.test("workgroup bounds check: indices rewritten, an overrun is reported at the next read-back", async () => {
+  const code = `@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+var<workgroup> s: array<f32, 16>;
+var<workgroup> t: array<vec4<f32>, 4>;
+@compute @workgroup_size(1) fn main() {
+  for (var i = 0u; i < N; i++) { s[i] = 2.0; t[i / 4u][i % 4u] = 1.0; }
+  workgroupBarrier();
+  a[0] = s[15] + t[u32(s[0u])][0];
+}`;
+  const checked = checkWorkgroupBounds(code, 3);
+  assert.ok(checked.includes("s[_lk_wg(u32(i), 16u, 3u)] = 2.0"));
+  assert.ok(checked.includes("t[_lk_wg(u32(i / 4u), 4u, 3u)][i % 4u]"));
+  // Nested indices are checked too, and a kernel without workgroup arrays is left alone.
+  assert.ok(checked.includes("t[_lk_wg(u32(u32(s[_lk_wg(u32(0u), 16u, 3u)])), 4u, 3u)]"));
+  assert.equal(checkWorkgroupBounds("fn main() {}", 0), "fn main() {}");
+
+  const g = await createGpu({ checkWorkgroup: true });
+  const a = g.device.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+  });
+  const kernel = (n: number) =>
+    code.replace("i < N", `i < ${n}u`).replace("t[u32(s[0u])]", "t[3u]");
+  g.dispatch(kernel(16), [a], [1]);
+  assert.equal(new Float32Array(await g.readBytes(a, 4))[0], 3);
+  // 4 past the end of s (i = 16…19) and t[4] four times; the counter resets after the report.
+  g.dispatch(kernel(20), [a], [1]);
+  await assert.rejects(
+    () => g.readBytes(a, 4),
+    /workgroup memory overrun: 8 out-of-range index\(es\), up to 19, in kernel #1/,
+  );
+  g.dispatch(kernel(16), [a], [1]);
+  await g.sync();
+  a.destroy();
+  g.device.destroy();
 });
