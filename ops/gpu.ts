@@ -304,6 +304,13 @@ export class Gpu {
 
   /** Read `size` bytes of `src` from `offset` back to the CPU (a sync point). */
   async readBytes(src: GPUBuffer, size: number, offset = 0): Promise<ArrayBuffer> {
+    const out = await this.#read(src, size, offset);
+    if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
+    return out;
+  }
+
+  /** {@linkcode readBytes} without the workgroup check (which reads its counter through it). */
+  async #read(src: GPUBuffer, size: number, offset: number): Promise<ArrayBuffer> {
     const padded = Math.ceil(size / 4) * 4;
     const staging = this.device.createBuffer({
       size: Math.max(4, padded),
@@ -316,25 +323,17 @@ export class Gpu {
     const out = staging.getMappedRange().slice(0, size);
     staging.unmap();
     staging.destroy();
-    if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
     return out;
   }
 
   /** With workgroup checking on: throw if a kernel indexed past a workgroup array, then reset. */
   async #throwOnWorkgroupOverrun(): Promise<void> {
     const check = this.#wgCheck!;
-    const staging = this.device.createBuffer({
-      size: WORKGROUP_CHECK_BYTES,
-      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
-    });
-    const encoder = this.device.createCommandEncoder();
-    encoder.copyBufferToBuffer(check.counter, 0, staging, 0, WORKGROUP_CHECK_BYTES);
-    encoder.clearBuffer(check.counter);
-    this.device.queue.submit([encoder.finish()]);
-    await staging.mapAsync(GPUMapMode.READ);
-    const [count, kernel, index] = new Uint32Array(staging.getMappedRange().slice(0));
-    staging.unmap();
-    staging.destroy();
+    const [count, kernel, index] = new Uint32Array(
+      await this.#read(check.counter, WORKGROUP_CHECK_BYTES, 0),
+    );
+    // Recorded before any later dispatch, so the next read-back counts only what follows.
+    this.encoderForCopy().clearBuffer(check.counter);
     if (count === 0) return;
     const source = check.sources[kernel - 1] ?? "?";
     const decls = source.split("\n").filter((l) => l.includes("var<workgroup>")).join(" ");
@@ -396,7 +395,7 @@ export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
   device.addEventListener?.("uncapturederror", (e) => {
     console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
-  return new Gpu(device, adapter.info, options.checkWorkgroup ?? workgroupCheckRequested());
+  return new Gpu(device, adapter.info, options.checkWorkgroup);
 }
 
 /** Initialise the process-wide GPU context once; later calls return it. */
