@@ -18,7 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
-import { Rng, scope, Tensor } from "../ops/tensor.ts";
+import { scope, Tensor } from "../ops/tensor.ts";
 import {
   type AreaRatio,
   areaRatios,
@@ -39,10 +39,9 @@ import { createModel, MODEL_NAMES } from "../models/registry.ts";
 import { seedInit } from "../models/module.ts";
 import { loadWeightsFile } from "../train/weights.ts";
 import { ProgressBar } from "../train/progress.ts";
+import { naturalLikeImage, normaliseImageNet } from "../train/data/natural.ts";
 import sharp from "sharp";
 
-const MEAN = [0.485, 0.456, 0.406];
-const STD = [0.229, 0.224, 0.225];
 /** Images whose BatchNorm statistics and LayerScale random weights get (see calibrateBatchNorm). */
 const CALIBRATION_IMAGES = 4;
 const IMAGE_EXT = /\.(jpe?g|png|webp|bmp|tiff?)$/i;
@@ -81,47 +80,6 @@ Effective receptive field as RepLKNet Appendix B / SLaK Sec. 5.
   --analyze FILE    skip the network: analyse a saved matrix (.npy, float32/float64)
   --out DIR         output folder (default out/erf)
   --help`;
-
-/** A deterministic natural-like image: 1/f noise (sum of octaves of smooth noise) per channel, in [0, 1]. */
-export function syntheticImage(size: number, seed: number): Float32Array {
-  const rng = new Rng(seed);
-  const out = new Float32Array(3 * size * size);
-  for (let c = 0; c < 3; c++) {
-    const plane = new Float32Array(size * size);
-    let amp = 1;
-    for (let cells = 2; cells <= size / 2; cells *= 2) {
-      const g = Float32Array.from({ length: (cells + 1) * (cells + 1) }, () => rng.uniform() - 0.5);
-      const step = size / cells;
-      for (let y = 0; y < size; y++) {
-        const fy = y / step, y0 = Math.floor(fy), ty = fy - y0;
-        const sy = ty * ty * (3 - 2 * ty);
-        for (let x = 0; x < size; x++) {
-          const fx = x / step, x0 = Math.floor(fx), tx = fx - x0;
-          const sx = tx * tx * (3 - 2 * tx);
-          const a = g[y0 * (cells + 1) + x0], b = g[y0 * (cells + 1) + x0 + 1];
-          const d = g[(y0 + 1) * (cells + 1) + x0], e = g[(y0 + 1) * (cells + 1) + x0 + 1];
-          plane[y * size + x] += amp *
-            ((a * (1 - sx) + b * sx) * (1 - sy) + (d * (1 - sx) + e * sx) * sy);
-        }
-      }
-      amp *= 0.5; // halving per octave: a 1/f amplitude spectrum, like natural images
-    }
-    for (let i = 0; i < plane.length; i++) {
-      out[c * size * size + i] = Math.min(1, Math.max(0, 0.5 + plane[i]));
-    }
-  }
-  return out;
-}
-
-/** Normalise an RGB [3, S, S] image in [0, 1] with ImageNet statistics, in place. */
-function normalise(img: Float32Array, size: number): Float32Array {
-  for (let c = 0; c < 3; c++) {
-    for (let i = 0; i < size * size; i++) {
-      img[c * size * size + i] = (img[c * size * size + i] - MEAN[c]) / STD[c];
-    }
-  }
-  return img;
-}
 
 async function loadImage(path: string, size: number): Promise<Float32Array | null> {
   try {
@@ -284,8 +242,8 @@ async function main() {
       for (let k = 0; k < Math.min(num, CALIBRATION_IMAGES); k++) {
         const img = files
           ? await loadImage(files[k], size)
-          : syntheticImage(size, seed * 100003 + k);
-        if (img) calib.push(Tensor.from(normalise(img, size), [1, 3, size, size]));
+          : naturalLikeImage(size, seed * 100003 + k);
+        if (img) calib.push(Tensor.from(normaliseImageNet(img, size), [1, 3, size, size]));
       }
       await calibrateBatchNorm(model, calib);
       // BatchNorm again afterwards: SLaK's kernel BatchNorms see the blocks' new inputs.
@@ -298,12 +256,14 @@ async function main() {
     const bar = new ProgressBar(`ERF ${name}`, num);
     let used = 0, failed = 0;
     for (let k = 0; used < num && k < (files ? files.length : num); k++) {
-      const img = files ? await loadImage(files[k], size) : syntheticImage(size, seed * 100003 + k);
+      const img = files
+        ? await loadImage(files[k], size)
+        : naturalLikeImage(size, seed * 100003 + k);
       if (!img) {
         failed++;
         continue;
       }
-      scope(() => acc.add(model, Tensor.from(normalise(img, size), [1, 3, size, size])));
+      scope(() => acc.add(model, Tensor.from(normaliseImageNet(img, size), [1, 3, size, size])));
       gpu().flush();
       used++;
       if (used % 5 === 0 || used === num) await gpu().sync();

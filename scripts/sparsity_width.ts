@@ -13,10 +13,16 @@
  * `ls_snip` (SNIP at initialisation as LayerScale 1e-6 shapes it: weights
  * outside the blocks dense, the blocks uniform — see
  * `layerScaleSnipDensities`), and the MAC-weighted density the paper's
- * value implies. The paper's densities came from SNIP on one ImageNet batch.
+ * value implies. The paper's densities came from SNIP on one ImageNet batch:
+ * `--snip` runs that procedure (official `SNIP()`: |w·g| of every masked
+ * weight on one training batch of 128 images, one global top-k) on SLaK-T at
+ * 224² for each setting and counts the layout it gives — on natural-like
+ * images by default, or on a dataset folder (`--snip-data`, ImageNet layout)
+ * for the paper's own input. It needs a GPU (about 5 min on an H100).
  *
  * ```sh
  * deno run -A scripts/sparsity_width.ts                       # table, CSV, PNG
+ * deno run -A scripts/sparsity_width.ts --snip --snip-micro-batch 32   # + measured SNIP (GPU)
  * deno run -A scripts/sparsity_width.ts --train --epochs 1    # + a short sparse run per setting
  * ```
  *
@@ -30,13 +36,22 @@
  */
 import { parseArgs } from "node:util";
 import { writeCsv } from "../analysis/csv.ts";
-import { countModel, FLOPS_RULE, maskDensities, uniformDensities } from "../analysis/flops.ts";
+import {
+  countModel,
+  FLOPS_RULE,
+  maskDensities,
+  maskedParams,
+  nonzerosAt,
+  uniformDensities,
+} from "../analysis/flops.ts";
 import { type Mark, type Panel, writeLineChart } from "../analysis/plot.ts";
 import type { Layer } from "../models/layers.ts";
 import type { Module } from "../models/module.ts";
 import { createModel, MODEL_NAMES } from "../models/registry.ts";
 import { loadSafetensorsFile } from "../models/safetensors.ts";
 import { layerScaleSnipDensities } from "../sparse/density.ts";
+import type { Batch, Dataset } from "../train/data/types.ts";
+import { naturalLikeBatch, openDataset } from "../train/data/mod.ts";
 
 /** The paper's settings and values (params M, GFLOPs, as printed). */
 export const TABLE7: readonly {
@@ -106,6 +121,156 @@ export function table7Rows(): Table7Row[] {
       dense_gflops: r3(uniform.denseMacs / 1e9),
     };
   });
+}
+
+/** How `--snip` measures SNIP (the official `SNIP()`: one training batch, global top-k). */
+export interface SnipSettings {
+  /** Images SNIP scores: the first training batch (official: the per-GPU batch, 128 for SLaK-T). */
+  batchSize: number;
+  /**
+   * Images per forward/backward; the gradients add up over the micro-batches
+   * (the same gradient up to a constant, except that BatchNorm normalises
+   * each micro-batch by its own statistics). Divides `batchSize`.
+   */
+  microBatch: number;
+  /** Stochastic depth during the scoring pass (official SLaK-T: `--drop_path 0.1`). */
+  dropPath: number;
+  seed: number;
+  /** Model preset, widened per setting (default `slak_tiny`, the paper's). */
+  model?: string;
+  /** The (sparsity, width) settings to score (default all of {@linkcode TABLE7}). */
+  settings?: typeof TABLE7;
+}
+
+/** One setting's measured SNIP layout. */
+export interface SnipRow {
+  [column: string]: number | string;
+  sparsity: number;
+  width: number;
+  data: string;
+  batch: number;
+  micro_batch: number;
+  seed: number;
+  params_M: number;
+  /** Non-zeros of the conv and linear weights (SLaK's params count), exactly. */
+  weight_nonzeros: number;
+  gflops_snip: number;
+  paper_gflops: string;
+  gflops_match_snip: string;
+  /** MAC-weighted density of the layers that keep a mask, over every masked-candidate layer. */
+  mac_density: number;
+  /** Density of the block weights of each stage, `stage0/…/stage3`. */
+  stage_densities: string;
+  /** Weights outside the blocks (stem, downsampling, head) kept, of all of them. */
+  outside_density: number;
+  seconds: number;
+}
+
+/**
+ * The first training batch of `data`, as the trainer takes it for SNIP (and
+ * the official `next(iter(train_loader))`): epoch 0, shuffled, augmented.
+ */
+export async function firstTrainingBatch(
+  data: Dataset,
+  batchSize: number,
+  seed: number,
+): Promise<Batch> {
+  if (data.batchesPerEpoch("train", batchSize, true) < 1) {
+    throw new Error(
+      `--snip-batch: ${batchSize} is more than the ${data.trainSize} training images of ${data.name}`,
+    );
+  }
+  for await (const b of data.batches("train", { batchSize, epoch: 0, seed, train: true })) return b;
+  throw new Error(`${data.name}: no training batch`);
+}
+
+/**
+ * SNIP measured on SLaK-T at each Table 7 setting: the official procedure
+ * (|w ⊙ g| of every masked weight on one batch, one global top-k, layers
+ * left at density ≥ 0.99 dense) on `batch` (N×3×224×224), then the params
+ * and FLOPs (at the batch's image size) of that layout. Needs a GPU adapter; SLaK-T at 224² is heavy
+ * for llvmpipe (minutes per image at width 2.5).
+ */
+export async function snipRows(
+  batch: Batch,
+  dataName: string,
+  s: SnipSettings,
+  onRow: (row: SnipRow) => void | Promise<void> = () => {},
+): Promise<SnipRow[]> {
+  const { initGpu } = await import("../ops/gpu.ts");
+  const { Tensor } = await import("../ops/tensor.ts");
+  const { softmaxCrossEntropy } = await import("../ops/loss.ts");
+  const { setForwardSeed } = await import("../models/layers.ts");
+  const { DynamicSparsity } = await import("../sparse/prune_grow.ts");
+  await initGpu();
+  const n = batch.labels.length;
+  const size = Math.round(Math.sqrt(batch.x.length / (3 * n)));
+  if (n % s.microBatch !== 0) {
+    throw new Error(`--snip-micro-batch: ${s.microBatch} does not divide the batch of ${n}`);
+  }
+  const per = 3 * size * size;
+  const rows: SnipRow[] = [];
+  for (const t of s.settings ?? TABLE7) {
+    const started = performance.now();
+    const model = createModel(s.model ?? "slak_tiny", {
+      widthFactor: t.width,
+      dropPath: s.dropPath,
+    });
+    model.train();
+    setForwardSeed(s.seed);
+    const losses = [];
+    for (let i = 0; i < n; i += s.microBatch) {
+      const x = batch.x.subarray(i * per, (i + s.microBatch) * per);
+      const labels = batch.labels.subarray(i, i + s.microBatch);
+      losses.push(() =>
+        softmaxCrossEntropy(model.forward(Tensor.from(x, [s.microBatch, 3, size, size])), labels)
+      );
+    }
+    const sparse = await DynamicSparsity.create(model, {
+      sparsity: t.sparsity,
+      init: "snip",
+      pruneRate: 0.3,
+      updateFrequency: 100,
+      totalSteps: 1,
+      seed: s.seed,
+    }, losses);
+    const densities = sparse.densities();
+    sparse.dispose();
+    const c = countModel(model, size, { densities });
+    const masked = maskedParams(model).map(([k, p]) => [k, p.size] as const);
+    model.dispose();
+    const stage = (k: string) => /^stages\.(\d+)\./.exec(k)?.[1] ?? "outside";
+    const kept = new Map<string, [number, number]>();
+    for (const [k, size] of masked) {
+      const [nz, all] = kept.get(stage(k)) ?? [0, 0];
+      kept.set(stage(k), [nz + nonzerosAt(size, densities.get(k) ?? 1), all + size]);
+    }
+    const share = (g: string) => {
+      const [nz, all] = kept.get(g) ?? [0, 1];
+      return nz / all;
+    };
+    const candidates = c.layers.filter((l) => l.kind === "conv" || l.kind === "linear");
+    const denseCandidates = candidates.reduce((a, l) => a + l.denseMacs, 0);
+    rows.push({
+      sparsity: t.sparsity,
+      width: t.width,
+      data: dataName,
+      batch: n,
+      micro_batch: s.microBatch,
+      seed: s.seed,
+      params_M: Math.round(c.weightNonzeros / 1e4) / 100,
+      weight_nonzeros: c.weightNonzeros,
+      gflops_snip: r3(c.macs / 1e9),
+      paper_gflops: t.gflops,
+      gflops_match_snip: yes(matchesPaper(c.macs / 1e9, t.gflops)),
+      mac_density: r3(candidates.reduce((a, l) => a + l.macs, 0) / denseCandidates),
+      stage_densities: [0, 1, 2, 3].map((i) => share(String(i)).toFixed(3)).join("/"),
+      outside_density: r3(share("outside")),
+      seconds: Math.round((performance.now() - started) / 100) / 10,
+    });
+    await onRow(rows.at(-1)!);
+  }
+  return rows;
 }
 
 /** Settings of the `--train` runs. */
@@ -203,8 +368,16 @@ with --train, a short sparse run per setting and its accuracy. ${FLOPS_RULE}.
   --input-size N        image side (default 32)
   --batch-size N        batch size (default 16)
   -u, --update-frequency N  optimiser steps between prune-and-grow (default 4)
-  --data DIR            train on a dataset folder instead of the procedural one
-  --seed N              seed (default 0)`;
+  --data DIR            train (and --snip) on a dataset folder instead of the procedural one
+  --seed N              seed (default 0)
+  --snip                also measure SNIP as the official code does: SLaK-T at 224², one
+                        training batch, global top-k of |w·g|; GPU (hours on llvmpipe)
+  --snip-data SRC       that batch: natural (default: natural-like 1/f images, the offline
+                        stand-in for ImageNet), procedural, or a dataset folder (ImageNet
+                        layout, as the paper; first training batch, augmented)
+  --snip-batch N        images in that batch (default 128, SLaK-T's per-GPU batch)
+  --snip-micro-batch N  images per forward/backward, gradients summed (default: --snip-batch)
+  --snip-drop-path P    stochastic depth while scoring (default 0.1, as SLaK-T's run)`;
 
 async function main() {
   const { values: v } = parseArgs({
@@ -221,6 +394,11 @@ async function main() {
       "update-frequency": { type: "string", short: "u", default: "4" },
       data: { type: "string" },
       seed: { type: "string", default: "0" },
+      snip: { type: "boolean" },
+      "snip-data": { type: "string", default: "natural" },
+      "snip-batch": { type: "string", default: "128" },
+      "snip-micro-batch": { type: "string" },
+      "snip-drop-path": { type: "string", default: "0.1" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -289,6 +467,82 @@ async function main() {
       below: true,
     })),
   }];
+  if (v.snip) {
+    const batchSize = int("snip-batch", 1);
+    const microBatch = v["snip-micro-batch"] === undefined ? batchSize : int("snip-micro-batch", 1);
+    const dropPath = Number(v["snip-drop-path"]);
+    if (!(dropPath >= 0 && dropPath < 1)) {
+      throw new Error(
+        `--snip-drop-path: expected a number in [0, 1), got "${v["snip-drop-path"]}"`,
+      );
+    }
+    if (batchSize % microBatch !== 0) {
+      throw new Error(
+        `--snip-micro-batch: ${microBatch} does not divide --snip-batch ${batchSize}`,
+      );
+    }
+    const seed = int("seed", 0);
+    const source = v["snip-data"]!;
+    let batch: Batch;
+    let dataName = `natural-like (seed ${seed})`;
+    if (source === "natural") batch = naturalLikeBatch(batchSize, 224, seed);
+    else {
+      const data = await openDataset({
+        data: source === "procedural" ? undefined : source,
+        inputSize: 224,
+        seed,
+        trainSize: Math.max(256, batchSize),
+        valSize: 16,
+      }).catch((e) => {
+        throw new Error(`--snip-data: ${e instanceof Error ? e.message : e}`);
+      });
+      if (data.numClasses > 1000) {
+        throw new Error(`--snip-data: ${source} has ${data.numClasses} classes; SLaK-T has 1000`);
+      }
+      batch = await firstTrainingBatch(data, batchSize, seed);
+      dataName = data.name;
+    }
+    const comments = [
+      `${FLOPS_RULE}; SLaK-T at 224², SNIP measured as the official SNIP(): |w·g| on one ` +
+      `training batch of ${dataName} (${batchSize} images, micro-batches of ${microBatch}, ` +
+      `drop path ${dropPath}), one global top-k, layers at density ≥ 0.99 left dense`,
+      "stage_densities: kept share of the block weights per stage; outside_density: of the " +
+      "stem, downsampling and head weights; mac_density: MAC-weighted, conv and linear layers",
+    ];
+    // Written after every setting: a long GPU run that fails late keeps what it measured.
+    const partial: SnipRow[] = [];
+    const snip = await snipRows(
+      batch,
+      dataName,
+      { batchSize, microBatch, dropPath, seed },
+      async (r) => {
+        console.error(`snip: (${r.sparsity}, ${r.width}×) scored in ${r.seconds} s`);
+        await writeCsv(`${out}/sparsity_width_snip.csv`, [...partial, r], { comments });
+        partial.push(r);
+      },
+    );
+    console.log(`\n# --snip: measured on one batch of ${dataName} (${batchSize} images, 224²)`);
+    console.log("sparsity width  params M  GFLOPs (paper)  stage densities 0/1/2/3  outside");
+    for (const r of snip) {
+      console.log(
+        `${r.sparsity.toFixed(2).padStart(8)} ${(r.width + "×").padStart(5)}  ${
+          r.params_M.toFixed(2).padStart(8)
+        }  ${r.gflops_snip.toFixed(3)} ${
+          r.gflops_match_snip.padEnd(3)
+        } (${r.paper_gflops})  ${r.stage_densities}  ${r.outside_density.toFixed(3)}`,
+      );
+    }
+    panels[0] = {
+      ...panels[0],
+      series: [...panels[0].series, {
+        name: `SNIP on ${dataName}`,
+        x: widths,
+        y: snip.map((r) => r.gflops_snip),
+        markers: true,
+        dash: "2 2",
+      }],
+    };
+  }
   let trained: TrainedRow[] = [];
   if (v.train) {
     trained = await trainSettings({
@@ -341,7 +595,7 @@ async function main() {
     panelWidth: 560,
   });
   console.log(
-    `wrote ${out}/sparsity_width.csv${
+    `wrote ${out}/sparsity_width.csv${v.snip ? `, ${out}/sparsity_width_snip.csv` : ""}${
       v.train ? `, ${out}/sparsity_width_train.csv` : ""
     }, ${out}/sparsity_width.png`,
   );

@@ -14,6 +14,7 @@ import { Rng, scope, Tensor } from "../ops/tensor.ts";
 import {
   dropDenseLayers,
   erkDensities,
+  kthLargestNonNegative,
   maskedParams,
   snipDensities,
   uniformLayerDensities,
@@ -87,6 +88,26 @@ Deno.test("ERK and SNIP densities match hand-computed examples", () => {
   assert.deepEqual(dropDenseLayers(snipDensities(scores, 0.5)), new Map([["a", 0.25], ["c", 0]]));
   assert.deepEqual(uniformLayerDensities(shapes, 0.3).get("c"), 0.3);
   assert.throws(() => erkDensities(shapes, 0), /density 0 is not in \(0, 1\]/);
+});
+
+Deno.test("SNIP's threshold (radix select) is the k-th largest, as sorting gives it", () => {
+  const rng = new Rng(7);
+  for (let trial = 0; trial < 60; trial++) {
+    const n = 1 + rng.int(500);
+    // Uniform values, heavy ties with zeros, tiny magnitudes (one high-bits bucket), huge spread.
+    const draw = [
+      () => rng.uniform(),
+      () => rng.int(4),
+      () => (rng.uniform() < 0.3 ? 0 : 1e-30 * (1 + rng.uniform())),
+      () => Math.exp(40 * (rng.uniform() - 0.5)),
+    ][trial % 4];
+    const values = Float32Array.from({ length: n }, draw);
+    const sorted = Float32Array.from(values).sort();
+    for (const k of [1, n, 1 + rng.int(n)]) {
+      assert.equal(kthLargestNonNegative(values, k), sorted[n - k], `trial ${trial}, k=${k}`);
+    }
+  }
+  assert.throws(() => kthLargestNonNegative(Float32Array.of(1, 2), 3), /k=3 is not in 1\.\.2/);
 });
 
 Deno.test("masked parameters and layouts follow the official selection", () => {
@@ -292,6 +313,45 @@ Deno.test("FLOPs from actual masks; SLaK Table 7 params at the paper's rounding"
   const rows = table7Rows();
   assert.deepEqual(rows.map((r) => r.params_match), ["yes", "yes", "yes", "yes", "yes"]);
   assert.deepEqual(rows.map((r) => Math.round(r.params_M)), [29, 30, 30, 32, 32]);
+});
+
+Deno.test("--snip: measured SNIP layouts keep the global budget; natural-like batches are seeded", async () => {
+  const { snipRows } = await import("../scripts/sparsity_width.ts");
+  const { naturalLikeBatch } = await import("../train/data/natural.ts");
+  const { createModel } = await import("../models/registry.ts");
+  const { maskedParams } = await import("../sparse/density.ts");
+  const batch = naturalLikeBatch(4, 32, 5);
+  assert.deepEqual(naturalLikeBatch(4, 32, 5), batch);
+  assert.notDeepEqual(naturalLikeBatch(4, 32, 6).x, batch.x);
+  assert.equal(batch.x.length, 4 * 3 * 32 * 32);
+  assert.ok(batch.labels.every((l) => l >= 0 && l < 1000));
+  // Normalised [0, 1] pixels: inside (0 − mean)/std … (1 − mean)/std of every channel.
+  assert.ok(batch.x.every((v) => v >= -2.2 && v <= 2.7));
+  const setting = { sparsity: 0.4, width: 1.3, params: "-", gflops: "-" };
+  const [row] = await snipRows(batch, "natural", {
+    batchSize: 4,
+    microBatch: 2,
+    dropPath: 0,
+    seed: 0,
+    model: "slak_cpu",
+    settings: [setting],
+  });
+  // The global top-k keeps int(0.6 · total) scores (fewer on ties at the threshold; a few more
+  // where a layer at density ≥ 0.99 is left dense).
+  const m = createModel("slak_cpu", { widthFactor: 1.3 });
+  const total = maskedParams(m).reduce((a, [, p]) => a + p.size, 0);
+  const kept = row.weight_nonzeros;
+  assert.ok(Math.abs(kept - Math.floor(0.6 * total)) < 0.01 * total, `${kept} of ${total}`);
+  const stages = String(row.stage_densities).split("/").map(Number);
+  assert.equal(stages.length, 4);
+  assert.ok([...stages, row.outside_density].every((d) => d >= 0 && d <= 1));
+  assert.ok(row.mac_density > 0 && row.mac_density < 1);
+  assert.equal(row.batch, 4);
+  // Micro-batches must split the batch evenly.
+  await assert.rejects(
+    () => snipRows(batch, "natural", { batchSize: 4, microBatch: 3, dropPath: 0, seed: 0 }),
+    /--snip-micro-batch: 3 does not divide the batch of 4/,
+  );
 });
 
 Deno.test("masked depthwise convs run the sparse taps path, with the dense result, and follow mask changes", async () => {

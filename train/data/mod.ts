@@ -24,6 +24,7 @@ import { findCifar10Dir, openCifar10 } from "./cifar.ts";
 export type { Batch, BatchOptions, Dataset } from "./types.ts";
 export { mixupBatch, type MixupOptions, type MixupResult } from "./mixup.ts";
 export { ProceduralDataset } from "./procedural.ts";
+export { naturalLikeBatch, naturalLikeImage, normaliseImageNet } from "./natural.ts";
 export { ImageFolderDataset, openImageFolder } from "./image_folder.ts";
 export { Cifar10Dataset, openCifar10 } from "./cifar.ts";
 
