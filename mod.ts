@@ -75,6 +75,8 @@ export {
   type DatasetSpec,
   ImageFolderDataset,
   mixupBatch,
+  naturalLikeBatch,
+  naturalLikeImage,
   openDataset,
   ProceduralDataset,
 } from "./train/data/mod.ts";

@@ -157,7 +157,7 @@ export interface SnipRow {
   gflops_snip: number;
   paper_gflops: string;
   gflops_match_snip: string;
-  /** MAC-weighted density of the layers that keep a mask, over every masked-candidate layer. */
+  /** MACs of the conv and linear layers after sparsity, over their dense MACs. */
   mac_density: number;
   /** Density of the block weights of each stage, `stage0/…/stage3`. */
   stage_densities: string;
@@ -188,8 +188,8 @@ export async function firstTrainingBatch(
  * SNIP measured on SLaK-T at each Table 7 setting: the official procedure
  * (|w ⊙ g| of every masked weight on one batch, one global top-k, layers
  * left at density ≥ 0.99 dense) on `batch` (N×3×224×224), then the params
- * and FLOPs (at the batch's image size) of that layout. Needs a GPU adapter; SLaK-T at 224² is heavy
- * for llvmpipe (minutes per image at width 2.5).
+ * and FLOPs (at the batch's image size) of that layout. Needs a GPU
+ * adapter: on llvmpipe one setting takes ~3.5 min for 2 images.
  */
 export async function snipRows(
   batch: Batch,
@@ -241,9 +241,9 @@ export async function snipRows(
     model.dispose();
     const stage = (k: string) => /^stages\.(\d+)\./.exec(k)?.[1] ?? "outside";
     const kept = new Map<string, [number, number]>();
-    for (const [k, size] of masked) {
+    for (const [k, count] of masked) {
       const [nz, all] = kept.get(stage(k)) ?? [0, 0];
-      kept.set(stage(k), [nz + nonzerosAt(size, densities.get(k) ?? 1), all + size]);
+      kept.set(stage(k), [nz + nonzerosAt(count, densities.get(k) ?? 1), all + count]);
     }
     const share = (g: string) => {
       const [nz, all] = kept.get(g) ?? [0, 1];
@@ -368,7 +368,7 @@ with --train, a short sparse run per setting and its accuracy. ${FLOPS_RULE}.
   --input-size N        image side (default 32)
   --batch-size N        batch size (default 16)
   -u, --update-frequency N  optimiser steps between prune-and-grow (default 4)
-  --data DIR            train (and --snip) on a dataset folder instead of the procedural one
+  --data DIR            train on a dataset folder instead of the procedural one
   --seed N              seed (default 0)
   --snip                also measure SNIP as the official code does: SLaK-T at 224², one
                         training batch, global top-k of |w·g|; GPU (hours on llvmpipe)

@@ -61,9 +61,10 @@ export function normaliseImageNet(img: Float32Array, size: number): Float32Array
 
 /**
  * A batch of `n` natural-like images (image `b` drawn with seed
- * `seed·1000 + b`), ImageNet-normalised, with labels drawn uniformly from
- * `numClasses` by `new Rng(seed)`: the stand-in for one ImageNet training
- * batch where only the images' statistics matter.
+ * `seed·1000 + b`, so seeds draw disjoint images while `n` ≤ 1000),
+ * ImageNet-normalised, with labels drawn uniformly from `numClasses` by
+ * `new Rng(seed)`: the stand-in for one ImageNet training batch where only
+ * the images' statistics matter.
  */
 export function naturalLikeBatch(n: number, size: number, seed: number, numClasses = 1000): Batch {
   const per = 3 * size * size;
