@@ -50,8 +50,8 @@ import type { Module } from "../models/module.ts";
 import { createModel, MODEL_NAMES } from "../models/registry.ts";
 import { loadSafetensorsFile } from "../models/safetensors.ts";
 import { layerScaleSnipDensities } from "../sparse/density.ts";
-import type { Batch, Dataset } from "../train/data/types.ts";
-import { naturalLikeBatch, openDataset } from "../train/data/mod.ts";
+import type { Batch } from "../train/data/types.ts";
+import { firstTrainingBatch, naturalLikeBatch, openDataset } from "../train/data/mod.ts";
 
 /** The paper's settings and values (params M, GFLOPs, as printed). */
 export const TABLE7: readonly {
@@ -164,24 +164,6 @@ export interface SnipRow {
   /** Weights outside the blocks (stem, downsampling, head) kept, of all of them. */
   outside_density: number;
   seconds: number;
-}
-
-/**
- * The first training batch of `data`, as the trainer takes it for SNIP (and
- * the official `next(iter(train_loader))`): epoch 0, shuffled, augmented.
- */
-export async function firstTrainingBatch(
-  data: Dataset,
-  batchSize: number,
-  seed: number,
-): Promise<Batch> {
-  if (data.batchesPerEpoch("train", batchSize, true) < 1) {
-    throw new Error(
-      `--snip-batch: ${batchSize} is more than the ${data.trainSize} training images of ${data.name}`,
-    );
-  }
-  for await (const b of data.batches("train", { batchSize, epoch: 0, seed, train: true })) return b;
-  throw new Error(`${data.name}: no training batch`);
 }
 
 /**
@@ -499,7 +481,9 @@ async function main() {
       if (data.numClasses > 1000) {
         throw new Error(`--snip-data: ${source} has ${data.numClasses} classes; SLaK-T has 1000`);
       }
-      batch = await firstTrainingBatch(data, batchSize, seed);
+      batch = await firstTrainingBatch(data, batchSize, seed).catch((e) => {
+        throw new Error(`--snip-batch: ${e instanceof Error ? e.message : e}`);
+      });
       dataName = data.name;
     }
     const comments = [

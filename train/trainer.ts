@@ -38,7 +38,7 @@ import { seedInit } from "../models/module.ts";
 import type { Module } from "../models/module.ts";
 import type { Value } from "../models/layers.ts";
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
-import { openDataset } from "./data/mod.ts";
+import { firstTrainingBatch, openDataset } from "./data/mod.ts";
 import type { Batch, Dataset } from "./data/types.ts";
 import { mixupBatch } from "./data/mixup.ts";
 import {
@@ -599,23 +599,13 @@ async function setupSparse(
     }
     return sparse;
   }
-  let batch: Batch | null = null;
-  if (opts.init === "snip") {
-    const it = data.batches("train", {
-      batchSize: cfg.batchSize,
-      epoch: 0,
-      seed: cfg.seed,
-      train: true,
-    });
-    for await (const b of it) {
-      batch = b;
-      break;
-    }
-  }
+  const batch = opts.init === "snip"
+    ? await firstTrainingBatch(data, cfg.batchSize, cfg.seed)
+    : null;
   setForwardSeed(mixSeed(cfg.seed, 0x5319));
   const lossFns = batch
     ? [() => {
-      const b = batch!;
+      const b = batch;
       const x = Tensor.from(b.x, [b.labels.length, 3, data.imageSize, data.imageSize]);
       return softmaxCrossEntropy(model.forward(x), b.labels);
     }]

@@ -16,7 +16,7 @@
  * ```
  * @module
  */
-import type { Dataset } from "./types.ts";
+import type { Batch, Dataset } from "./types.ts";
 import { ProceduralDataset } from "./procedural.ts";
 import { openImageFolder } from "./image_folder.ts";
 import { findCifar10Dir, openCifar10 } from "./cifar.ts";
@@ -94,4 +94,22 @@ export async function openDataset(spec: DatasetSpec): Promise<Dataset> {
   }
   if (hasTrain) return await openImageFolder(root, spec.inputSize);
   throw new Error(`${root}: has neither train/ nor data_batch_1.bin (${EXPECTED})`);
+}
+
+/**
+ * The first training batch of `data` (epoch 0, shuffled, augmented): the
+ * batch SNIP scores, as the official `next(iter(train_loader))`.
+ */
+export async function firstTrainingBatch(
+  data: Dataset,
+  batchSize: number,
+  seed: number,
+): Promise<Batch> {
+  if (data.batchesPerEpoch("train", batchSize, true) < 1) {
+    throw new Error(
+      `a batch of ${batchSize} is more than the ${data.trainSize} training images of ${data.name}`,
+    );
+  }
+  for await (const b of data.batches("train", { batchSize, epoch: 0, seed, train: true })) return b;
+  throw new Error(`${data.name}: no training batch`);
 }

@@ -73,6 +73,6 @@ export function naturalLikeBatch(n: number, size: number, seed: number, numClass
     x.set(normaliseImageNet(naturalLikeImage(size, seed * 1000 + b), size), b * per);
   }
   const rng = new Rng(seed);
-  const labels = Int32Array.from({ length: n }, () => Math.floor(rng.uniform() * numClasses));
+  const labels = Int32Array.from({ length: n }, () => rng.int(numClasses));
   return { x, labels };
 }
