@@ -68,6 +68,7 @@ export {
   type TrainHooks,
   type TrainResult,
 } from "./train/trainer.ts";
+export { type Replicas, singleProcess } from "./train/parallel.ts";
 export { defaultConfig, presetConfig, PRESETS, type TrainConfig } from "./train/config.ts";
 export {
   type Batch,

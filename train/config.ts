@@ -12,9 +12,13 @@
  * @module
  */
 import { createModel } from "../models/registry.ts";
-import type { Classifier } from "./trainer.ts";
+import type { Module } from "../models/module.ts";
+import type { Value } from "../models/layers.ts";
 import type { SparseInit } from "../sparse/density.ts";
 import type { Growth, SparseType } from "../sparse/prune_grow.ts";
+
+/** A model the trainer can drive: a module whose `forward` maps images to logits. */
+export type Classifier = Module & { forward<V extends Value>(x: V): V };
 
 /** Every setting of a training run. */
 export interface TrainConfig {

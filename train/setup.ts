@@ -1,0 +1,161 @@
+/**
+ * Everything a training run needs before its first step, built once and
+ * passed to each part of the engine: the data, the model (and its EMA), the
+ * optimiser and schedule, the run state (fresh or resumed), the sparsity and
+ * the kernel plans.
+ *
+ * @example
+ * ```ts ignore
+ * // What train() does first; see train/trainer.ts.
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
+ * ```
+ * @module
+ */
+import { seedInit } from "../models/module.ts";
+import type { Weights } from "../models/safetensors.ts";
+import { AdamW, decayGroups } from "../ops/optim.ts";
+import type { Tensor } from "../ops/tensor.ts";
+import type { DynamicSparsity } from "../sparse/prune_grow.ts";
+import type { TrainState } from "./checkpoint.ts";
+import { buildModel, type Classifier, type TrainConfig } from "./config.ts";
+import { openDataset } from "./data/mod.ts";
+import type { Dataset } from "./data/types.ts";
+import { ModelEma } from "./ema.ts";
+import { planKernels } from "./kernel_plans.ts";
+import type { Replicas } from "./parallel.ts";
+import { resumeFrom, resumeSource } from "./resume.ts";
+import { cosineSchedule } from "./schedule.ts";
+import { setupSparse } from "./sparse_setup.ts";
+
+/** One training run: what every part of the engine reads and updates. */
+export interface TrainRun {
+  cfg: TrainConfig;
+  data: Dataset;
+  model: Classifier;
+  ema: ModelEma | null;
+  optimizer: AdamW;
+  /** What checkpoints save: progress, metrics, plans. */
+  state: TrainState;
+  replicas: Replicas;
+  /** The masks of the checkpoint resumed from (sparse runs). */
+  resumeMasks: Weights | null;
+  /** Filled by {@linkcode setupTraining}: micro-batches per epoch. */
+  microPerEpoch: number;
+  /** Filled by {@linkcode setupTraining}: the learning rate at each optimiser step. */
+  lrAt: (step: number) => number;
+  /** Filled by {@linkcode setupTraining}: dynamic sparsity, for sparse runs. */
+  sparse: DynamicSparsity | null;
+  lastDir: string;
+  bestDir: string;
+}
+
+/**
+ * The data, model, EMA, optimiser and state of a run, resumed when asked:
+ * enough to evaluate (`--eval-only`) or to go on with {@linkcode setupTraining}.
+ *
+ * @example
+ * ```ts ignore
+ * const run = await setupModel(cfg, singleProcess());
+ * ```
+ */
+export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<TrainRun> {
+  await Deno.mkdir(cfg.out, { recursive: true });
+  const data = await openRunDataset(cfg);
+  const from = await resumeSource(cfg);
+  seedInit(cfg.seed);
+  const { model, args: modelArgs } = buildModel(cfg, data.numClasses);
+  const ema = cfg.modelEma
+    ? new ModelEma(model, buildModel(cfg, data.numClasses).model, cfg.modelEmaDecay)
+    : null;
+  const named = [...model.namedParameters()].map(([k, p]) => [k, p.tensor] as [string, Tensor]);
+  const optimizer = new AdamW(decayGroups(named, cfg.weightDecay), { lr: cfg.lr });
+  let state = freshState(cfg, modelArgs);
+  let resumeMasks: Weights | null = null;
+  if (from) {
+    const r = await resumeFrom(from, { cfg, model, modelArgs, ema, optimizer });
+    if (r.state) state = r.state;
+    resumeMasks = r.masks;
+  }
+  return {
+    cfg,
+    data,
+    model,
+    ema,
+    optimizer,
+    state,
+    replicas,
+    resumeMasks,
+    microPerEpoch: 0,
+    lrAt: () => cfg.lr,
+    sparse: null,
+    lastDir: `${cfg.out}/checkpoint-last`,
+    bestDir: `${cfg.out}/checkpoint-best`,
+  };
+}
+
+/**
+ * The schedule, the sparsity (after the weights are final, so SNIP scores
+ * them) and then the kernel plans (after the sparsity, so that the sparse
+ * kernels that will run are the ones planned).
+ *
+ * @example
+ * ```ts ignore
+ * await setupTraining(run);
+ * ```
+ */
+export async function setupTraining(run: TrainRun): Promise<void> {
+  const { cfg, data } = run;
+  run.microPerEpoch = data.batchesPerEpoch("train", cfg.batchSize, true);
+  if (run.microPerEpoch < cfg.updateFreq) {
+    throw new Error(
+      `--batch-size ${cfg.batchSize} × --update-freq ${cfg.updateFreq} exceeds the ${data.trainSize} training images`,
+    );
+  }
+  const stepsPerEpoch = Math.floor(run.microPerEpoch / cfg.updateFreq);
+  run.lrAt = cosineSchedule({
+    base: cfg.lr,
+    final: cfg.minLr,
+    epochs: cfg.epochs,
+    stepsPerEpoch,
+    warmupEpochs: cfg.warmupEpochs,
+    warmupSteps: cfg.warmupSteps,
+  });
+  if (cfg.sparse) {
+    const total = stepsPerEpoch * cfg.epochs;
+    run.sparse = await setupSparse(cfg, run.model, data, total, run.resumeMasks, run.state.step);
+  }
+  await planKernels(run.model, cfg, run.state);
+}
+
+/** The run's dataset: the configured folder, or the procedural set with the configured sizes. */
+function openRunDataset(cfg: TrainConfig): Promise<Dataset> {
+  return openDataset({
+    data: cfg.data,
+    inputSize: cfg.inputSize,
+    seed: cfg.seed,
+    trainSize: cfg.trainSize,
+    valSize: cfg.valSize,
+    numClasses: cfg.numClasses,
+    distractors: cfg.distractors,
+    keyColours: cfg.keyColours,
+  });
+}
+
+/** The state of a run that has not taken a step. */
+function freshState(cfg: TrainConfig, modelArgs: Record<string, unknown>): TrainState {
+  return {
+    version: 1,
+    model: cfg.model,
+    modelArgs,
+    epoch: 0,
+    batchInEpoch: 0,
+    step: 0,
+    bestTop1: -1,
+    partial: { lossSum: 0, samples: 0 },
+    config: { ...cfg },
+    history: [],
+    optimizerStep: 0,
+    savedAt: "",
+  };
+}
