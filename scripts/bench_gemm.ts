@@ -1,13 +1,18 @@
 /**
  * Matrix-product speed: the tiled GEMM kernels (ops/gemm.ts) against the
- * simple ones on the products of real layers: ConvNeXt-T's pointwise
- * linears (forward, input gradient, weight gradient) at batch `--n`, 224²,
- * and ResNet-101's 1×1 / 3×3 / stem convolutions (forward) at `--n`, 256²
- * (the ERF setting). Prints and writes `bench_gemm.csv`:
- * impl,case,m,n,k,ms,gflop_s,pct_fp32_peak (FLOPs = 2 per multiply-add).
+ * simple ones on the products of real layers: ConvNeXt-T's and SLaK-T's
+ * pointwise linears (forwards, input gradient, weight gradients) at batch
+ * `--n`, 224², and ResNet-101's 1×1 / 3×3 / stem convolutions (forward) at
+ * `--n`, 256² (the ERF setting). Prints and writes `bench_gemm.csv`:
+ * impl,case,m,n,k,ms,gflop_s,pct_fp32_peak,timing (FLOPs = 2 per
+ * multiply-add). `--with-pytorch` first runs `bench/pytorch/matmul.py`
+ * (`torch.matmul`, TF32 off, on the same `convnext` and `slak` cases), then
+ * prints ours beside it with the ratio (ours ÷ PyTorch GFLOP/s) and writes
+ * `bench_gemm_vs_pytorch.csv`.
  *
  * ```sh
  * deno run -A scripts/bench_gemm.ts --n 64                    # on a GPU
+ * deno run -A scripts/bench_gemm.ts --n 64 --set convnext,slak --impl tiled --with-pytorch
  * deno run -A scripts/bench_gemm.ts --n 1 --set resnet --runs 1   # llvmpipe
  * ```
  *
@@ -27,6 +32,18 @@ import { setGemmImpl } from "../ops/gemm.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { matmul } from "../ops/matmul.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
+import { CONVNEXT_PRESETS } from "../models/convnext.ts";
+import { SLAK_PRESETS, widenDims } from "../models/slak.ts";
+import {
+  anchorScript,
+  csvComments,
+  type CsvRow,
+  formatTable,
+  GEMM_JOIN,
+  joinAnchor,
+  parseCsv,
+  runAnchor,
+} from "./pytorch_anchor.ts";
 
 /** One timed product: build its operands, then `run` records it. */
 export interface GemmCase {
@@ -34,6 +51,12 @@ export interface GemmCase {
   m: number;
   n: number;
   k: number;
+  /**
+   * How the operands are stored: "nn" (A [m, k], B [k, n]), "tn" (A stored
+   * [k, m] and read transposed, as a weight gradient reads the activations),
+   * or "conv" (a convolution lowered to a product).
+   */
+  layout: "nn" | "tn" | "conv";
   make(): { tensors: Tensor[]; run: () => void };
 }
 
@@ -43,6 +66,7 @@ function mm(name: string, m: number, n: number, k: number, transA = false): Gemm
     m,
     n,
     k,
+    layout: transA ? "tn" : "nn",
     make() {
       const a = Tensor.randn(transA ? [k, m] : [m, k], { seed: 1 });
       const b = Tensor.randn([k, n], { seed: 2 });
@@ -67,6 +91,7 @@ function conv(
     m: cout,
     n: batch * out * out,
     k: cin * kernel * kernel,
+    layout: "conv",
     make() {
       const x = Tensor.randn([batch, cin, size, size], { seed: 1 });
       const w = Tensor.randn([cout, cin, kernel, kernel], { seed: 2 });
@@ -79,29 +104,53 @@ function conv(
 }
 
 /**
- * The cases of a set: `convnext` (stage-1 and stage-3 pointwise linears of
- * ConvNeXt-T: forward, input gradient, weight gradient) or `resnet`
- * (ResNet-101 convolutions at 256²), for `batch` images.
+ * The channel widths of the models whose pointwise products the `convnext`
+ * and `slak` sets time: ConvNeXt-T, and SLaK-T (ConvNeXt-T's widths × 1.3,
+ * truncated as the official code does).
+ */
+export const POINTWISE_DIMS: Record<string, number[]> = {
+  convnext: CONVNEXT_PRESETS.convnext_tiny.dims,
+  slak: widenDims(SLAK_PRESETS.slak_tiny.dims, SLAK_PRESETS.slak_tiny.widthFactor),
+};
+
+/**
+ * The products of one block's two pointwise linears (dim → 4·dim → dim) on
+ * `rows` pixels: both forwards, the input gradient of the first and both
+ * weight gradients. The second linear's input gradient has the first's
+ * forward shape (rows × 4·dim × dim), so it is not timed twice.
+ */
+function pointwiseCases(prefix: string, rows: number, dim: number): GemmCase[] {
+  return [
+    mm(`${prefix} fc1 fwd`, rows, 4 * dim, dim),
+    mm(`${prefix} fc2 fwd`, rows, dim, 4 * dim),
+    mm(`${prefix} fc1 dgrad`, rows, dim, 4 * dim),
+    mm(`${prefix} fc1 wgrad`, 4 * dim, dim, rows, true),
+    mm(`${prefix} fc2 wgrad`, dim, 4 * dim, rows, true),
+  ];
+}
+
+/**
+ * The cases of a set: `convnext` or `slak` (the pointwise linears of every
+ * stage of ConvNeXt-T or SLaK-T at 224², see {@linkcode POINTWISE_DIMS}:
+ * forward, input gradient, weight gradients), or `resnet` (ResNet-101
+ * convolutions at 256²), for `batch` images. `bench/pytorch/matmul.py`
+ * lists the same `convnext` and `slak` cases under the same names.
  *
  * @example
  * ```ts
  * import { gemmCases } from "./bench_gemm.ts";
  * console.log(gemmCases("resnet", 1).map((c) => c.name)[0]); // "resnet 1x1 256->64 @64"
+ * const [c] = gemmCases("slak", 64);
+ * console.log(c.name, c.m, c.n, c.k, c.layout); // "slak s1 fc1 fwd" 200704 496 124 "nn"
  * ```
  */
 export function gemmCases(set: string, batch: number): GemmCase[] {
-  if (set === "convnext") {
-    const out: GemmCase[] = [];
-    for (const [stage, dim, side] of [[1, 96, 56], [3, 384, 14]]) {
-      const rows = batch * side * side;
-      out.push(
-        mm(`convnext s${stage} fc1 fwd`, rows, 4 * dim, dim),
-        mm(`convnext s${stage} fc2 fwd`, rows, dim, 4 * dim),
-        mm(`convnext s${stage} fc1 dgrad`, rows, dim, 4 * dim),
-        mm(`convnext s${stage} fc1 wgrad`, 4 * dim, dim, rows, true),
-      );
-    }
-    return out;
+  const dims = POINTWISE_DIMS[set];
+  if (dims) {
+    // Stage s works on (224 / 4 / 2^s)² pixels per image.
+    return dims.flatMap((dim, s) =>
+      pointwiseCases(`${set} s${s + 1}`, batch * (56 >> s) ** 2, dim)
+    );
   }
   if (set === "resnet") {
     return [
@@ -112,40 +161,95 @@ export function gemmCases(set: string, batch: number): GemmCase[] {
       conv("resnet 7x7/2 3->64 @256", batch, 3, 64, 256, 7, 2),
     ];
   }
-  throw new Error(`--set: expected convnext or resnet, got "${set}"`);
+  throw new Error(`--set: expected convnext, slak or resnet, got "${set}"`);
+}
+
+const HELP = `usage: deno run -A scripts/bench_gemm.ts [flags]
+
+GFLOP/s of our matrix products on the products of real layers.
+
+  --set LIST          convnext, slak (pointwise linears of ConvNeXt-T / SLaK-T at 224²),
+                      resnet (ResNet-101 convolutions at 256²) (default convnext,slak,resnet)
+  --n N               batch (default 64)
+  --impl LIST         tiled, simple (default tiled,simple)
+  --runs N            timed runs, median reported (default 5)
+  --peak-tflops T     FP32 peak for pct_fp32_peak (default 67, an H200)
+  --with-pytorch      run bench/pytorch/matmul.py first (torch.matmul, TF32 off, on the
+                      convnext and slak cases), then print ours beside it with the ratios and
+                      write bench_gemm_vs_pytorch.csv
+  --python CMD        the Python that runs the anchor (default python3)
+  --out DIR           output folder (default out/bench_gemm/)
+  --help`;
+
+/** The columns of the side-by-side table, and their headers. */
+const SIDE_BY_SIDE: Record<string, string> = {
+  impl: "impl",
+  case: "case",
+  m: "m",
+  n: "n",
+  k: "k",
+  tflop_s: "TFLOP/s",
+  pytorch_tflop_s: "torch.matmul",
+  gflop_s_ratio: "ratio",
+};
+
+function positive(flag: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag}: expected an integer ≥ 1`);
+  return n;
 }
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
     options: {
-      set: { type: "string", default: "convnext,resnet" },
+      set: { type: "string", default: "convnext,slak,resnet" },
       n: { type: "string", default: "64" },
       impl: { type: "string", default: "tiled,simple" },
       runs: { type: "string", default: "5" },
       "peak-tflops": { type: "string", default: "67" },
       out: { type: "string", default: "out/bench_gemm/" },
+      "with-pytorch": { type: "boolean", default: false },
+      python: { type: "string", default: "python3" },
       help: { type: "boolean", short: "h" },
     },
   });
   if (values.help) {
-    console.log(
-      "usage: deno run -A scripts/bench_gemm.ts [--set convnext,resnet] [--n 64] [--impl tiled,simple] [--runs 5] [--out DIR]",
-    );
+    console.log(HELP);
     return;
   }
-  const batch = Number(values.n);
-  const runs = Number(values.runs);
+  const batch = positive("n", values.n);
+  const runs = positive("runs", values.runs);
   const peak = Number(values["peak-tflops"]);
-  const impls = values.impl.split(",") as ("tiled" | "simple")[];
+  if (!(peak > 0)) throw new Error(`--peak-tflops: expected a positive number`);
+  const impls = values.impl.split(",").filter(Boolean);
+  if (!impls.length || impls.some((i) => i !== "tiled" && i !== "simple")) {
+    throw new Error(`--impl: expected some of tiled,simple, got "${values.impl}"`);
+  }
+  const sets = values.set.split(",").filter(Boolean);
+  for (const set of sets) gemmCases(set, 1); // unknown sets fail before the GPU starts
   const out = values.out.replace(/\/+$/, "");
+  let anchor: CsvRow[] = [];
+  let anchorText = "";
+  if (values["with-pytorch"]) {
+    const torchSets = sets.filter((s) => s in POINTWISE_DIMS);
+    if (!torchSets.length) {
+      throw new Error(`--with-pytorch: bench/pytorch/matmul.py times the convnext and slak sets`);
+    }
+    anchorText = await runAnchor(values.python, anchorScript("matmul.py"), [
+      ...["--set", torchSets.join(","), "--n", `${batch}`, "--runs", `${runs}`],
+      ...["--peak-tflops", `${peak}`],
+    ], "--with-pytorch");
+    anchor = parseCsv(anchorText);
+    if (anchorText.trim()) await writeFileAtomic(`${out}/pytorch_matmul.csv`, anchorText);
+  }
   await initGpu();
   console.log(`# adapter: ${gpu().description}; FLOPs = 2 per multiply-add`);
   const rows: Record<string, Cell>[] = [];
-  for (const set of values.set.split(",")) {
+  for (const set of sets) {
     for (const c of gemmCases(set, batch)) {
       const { tensors, run } = c.make();
-      for (const impl of impls) {
+      for (const impl of impls as ("tiled" | "simple")[]) {
         setGemmImpl(impl);
         const t = await timeGpu(() => noGrad(() => scope(run)), {
           runs,
@@ -177,6 +281,23 @@ async function main(): Promise<void> {
     }
   }
   console.log(`wrote ${out}/bench_gemm.csv`);
+  if (anchor.length) {
+    const joined = joinAnchor(rows, anchor, GEMM_JOIN);
+    for (const r of joined) {
+      r.tflop_s = typeof r.gflop_s === "number" ? Number((r.gflop_s / 1e3).toFixed(2)) : "";
+      r.pytorch_tflop_s = typeof r.pytorch_gflop_s === "number"
+        ? Number((r.pytorch_gflop_s / 1e3).toFixed(2))
+        : "";
+    }
+    console.log(`\nours ÷ torch.matmul (TF32 off), GFLOP/s: above 1 is faster`);
+    console.log(formatTable(joined, Object.keys(SIDE_BY_SIDE), SIDE_BY_SIDE));
+    const comments = [
+      `adapter: ${gpu().description}; FLOPs = 2 per multiply-add`,
+      ...csvComments(anchorText).map((c) => `PyTorch: ${c}`),
+    ];
+    await writeFileAtomic(`${out}/bench_gemm_vs_pytorch.csv`, toCsv(joined, { comments }));
+    console.log(`wrote ${out}/bench_gemm_vs_pytorch.csv`);
+  }
 }
 
 if (import.meta.main) await runMain(main);

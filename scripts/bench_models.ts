@@ -8,9 +8,14 @@
  * after `--warmup` untimed steps: wall clock around a flushed, drained queue
  * (the headline, as PyTorch's anchor measures it) and GPU timestamps where
  * the adapter offers them. Writes `bench_models.csv`, whose leading columns
- * are those of the PyTorch anchor (`.device/torch_model_bench.py`:
- * model,kernels,batch,res,params_m,infer_img_s,train_img_s,peak_gib), so
- * that `--anchor` (or any join on `kernels`) lines the two up.
+ * are those of the PyTorch anchors (`bench/pytorch/convnext.py` and
+ * `official_models.py`: model,kernels,batch,res,params_m,infer_img_s,
+ * train_img_s,peak_gib), so that a join on model, kernels, batch and res
+ * lines the two up. `--with-pytorch` runs the anchors first, in the same
+ * command (timm's ConvNeXt-T; the official SLaK-T and RepLKNet-31B given
+ * their files), then prints ours beside PyTorch with the ratios (ours ÷
+ * PyTorch) and writes them to `bench_models_vs_pytorch.csv`; `--anchor FILE`
+ * does the same with an anchor CSV measured before.
  *
  * A model is a registry name (`deno run -A scripts/model_table.ts` lists
  * them), optionally with stage kernels after `@`: `convnext_tiny@51-49-47-13`.
@@ -19,6 +24,7 @@
  * deno run -A scripts/bench_models.ts                       # the issue's four models, batch 64, 224²
  * deno run -A scripts/bench_models.ts --models convnext_cpu --batch 2 --size 32 --steps 1
  * deno run -A scripts/bench_models.ts --models convnext_tiny --anchor out/torch_models.csv
+ * deno run -A scripts/bench_models.ts --with-pytorch --official-dir .device/anchors   # one GPU command
  * ```
  *
  * @example
@@ -41,6 +47,17 @@ import { AdamW } from "../ops/optim.ts";
 import { poolStats, scope, Tensor, trimPool } from "../ops/tensor.ts";
 import { createModel, type Model, modelInfo } from "../models/registry.ts";
 import { seedInit } from "../models/module.ts";
+import {
+  anchorScript,
+  csvComments,
+  type CsvRow,
+  formatTable,
+  joinAnchor,
+  MODEL_JOIN,
+  modelAnchorRuns,
+  parseCsv,
+  runAnchor,
+} from "./pytorch_anchor.ts";
 
 /**
  * Steps per pass, at most, that tune the matrix products (each launch of an
@@ -67,7 +84,16 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
                     and its matrix products over its first steps (gemm_tune.csv); default on
                     a GPU, --no-tune turns it off
   --tune-max N      candidates per kernel when tuning (default 6)
-  --anchor FILE     PyTorch CSV of .device/torch_model_bench.py: print ratios (joined on kernels)
+  --with-pytorch    run the PyTorch anchors first (python3 bench/pytorch/convnext.py, and
+                    official_models.py for slak_tiny / replknet_31b), then print ours beside
+                    them with ratios and write bench_models_vs_pytorch.csv
+  --official-dir D  folder holding the official SLaK.py and replknet.py (for --with-pytorch)
+  --slak-py FILE    the official SLaK.py (overrides --official-dir)
+  --replknet-py F   the official replknet.py (overrides --official-dir)
+  --python CMD      the Python that runs the anchors (default python3)
+  --anchor FILE     a PyTorch anchor CSV measured before (bench/pytorch/convnext.py or
+                    official_models.py output): print the ratios too (joined on model, kernels,
+                    batch and res)
   --out DIR         output folder (default out/bench_models/)
   --help`;
 
@@ -221,11 +247,72 @@ export async function benchModel(
   return out;
 }
 
-function readCsv(text: string): Record<string, string>[] {
-  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
-  if (!lines.length) return [];
-  const head = lines[0].split(",");
-  return lines.slice(1).map((l) => Object.fromEntries(l.split(",").map((v, i) => [head[i], v])));
+/** The columns of the side-by-side table, and their headers. */
+const SIDE_BY_SIDE: Record<string, string> = {
+  model: "model",
+  kernels: "kernels",
+  batch: "batch",
+  res: "res",
+  infer_img_s: "infer img/s",
+  pytorch_infer_img_s: "PyTorch",
+  infer_img_s_ratio: "ratio",
+  train_img_s: "train img/s",
+  pytorch_train_img_s: "PyTorch",
+  train_img_s_ratio: "ratio",
+  peak_gib: "peak GiB",
+  pytorch_peak_gib: "PyTorch",
+  peak_gib_ratio: "ratio",
+  pytorch_impl: "PyTorch model",
+};
+
+/**
+ * Run the PyTorch anchors of `specs` (see `modelAnchorRuns`) before our
+ * GPU work starts, and return their CSV output, one header per anchor.
+ */
+async function runModelAnchors(
+  specs: { name: string; kernels?: number[] }[],
+  o: {
+    batch: number;
+    size: number;
+    classes: number;
+    steps: number;
+    warmup: number;
+    passes: string[];
+    officialDir?: string;
+    slakPy?: string;
+    replknetPy?: string;
+    python: string;
+  },
+): Promise<string> {
+  const dir = o.officialDir?.replace(/\/+$/, "");
+  const files = {
+    "slak-py": o.slakPy ?? (dir ? `${dir}/SLaK.py` : undefined),
+    "replknet-py": o.replknetPy ?? (dir ? `${dir}/replknet.py` : undefined),
+  };
+  for (const [flag, file] of Object.entries(files)) {
+    if (file === undefined) continue;
+    const given = flag === "slak-py" ? o.slakPy : o.replknetPy;
+    const from = given !== undefined ? `--${flag}` : "--official-dir";
+    const stat = await Deno.stat(file).catch(() => null);
+    if (!stat?.isFile) throw new Error(`${from}: ${file}: no such file (the official model file)`);
+  }
+  const models = specs.map(({ name, kernels }) => {
+    const model = createModel(name, { ...(kernels ? { kernels } : {}) });
+    const slakConfig = (model as unknown as { slakConfig?: { smallKernel: number | null } })
+      .slakConfig;
+    return { name, kernels: stageKernels(model), smallKernel: slakConfig?.smallKernel };
+  });
+  const plan = modelAnchorRuns(models, {
+    ...o,
+    slakPy: files["slak-py"],
+    replknetPy: files["replknet-py"],
+  });
+  for (const s of plan.skipped) console.log(`# no PyTorch anchor: ${s}`);
+  let text = "";
+  for (const run of plan.runs) {
+    text += await runAnchor(o.python, anchorScript(run.script), run.args, "--with-pytorch");
+  }
+  return text;
 }
 
 async function main(): Promise<void> {
@@ -248,6 +335,11 @@ async function main(): Promise<void> {
       "no-tune": { type: "boolean", default: false },
       "tune-max": { type: "string", default: "6" },
       anchor: { type: "string" },
+      "with-pytorch": { type: "boolean", default: false },
+      "official-dir": { type: "string" },
+      "slak-py": { type: "string" },
+      "replknet-py": { type: "string" },
+      python: { type: "string", default: "python3" },
       out: { type: "string", default: "out/bench_models/" },
       help: { type: "boolean", short: "h" },
     },
@@ -269,7 +361,32 @@ async function main(): Promise<void> {
     throw new Error(`--pass: expected some of infer,train, got "${values.pass}"`);
   }
   const out = values.out.replace(/\/+$/, "");
-  const anchor = values.anchor ? readCsv(await Deno.readTextFile(values.anchor)) : [];
+  const anchorText = values.anchor ? await Deno.readTextFile(values.anchor) : "";
+  const anchorComments = csvComments(anchorText);
+  // Rows measured in this run come first: the first anchor row of a model wins the join.
+  const anchor: CsvRow[] = [];
+  if (values["with-pytorch"]) {
+    const text = await runModelAnchors(specs, {
+      batch,
+      size,
+      classes,
+      steps,
+      warmup,
+      passes,
+      officialDir: values["official-dir"],
+      slakPy: values["slak-py"],
+      replknetPy: values["replknet-py"],
+      python: values.python,
+    });
+    anchor.push(...parseCsv(text));
+    anchorComments.unshift(...csvComments(text));
+    if (text.trim()) await writeFileAtomic(`${out}/pytorch_models.csv`, text);
+  } else {
+    for (const flag of ["official-dir", "slak-py", "replknet-py"] as const) {
+      if (values[flag] !== undefined) throw new Error(`--${flag}: only used with --with-pytorch`);
+    }
+  }
+  anchor.push(...parseCsv(anchorText));
 
   await initGpu();
   // Tune on a GPU unless told not to (as the trainer does); llvmpipe runs the plain kernels.
@@ -286,7 +403,6 @@ async function main(): Promise<void> {
     `, *_gpu_img_s from timestamps, *_record_ms = CPU time to record one step, train_pipelined_img_s = steps back to back with one sync; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
   ];
   for (const { name, kernels } of specs) {
-    const info = modelInfo(name);
     seedInit(0);
     const model = createModel(name, { numClasses: classes, ...(kernels ? { kernels } : {}) });
     const ks = stageKernels(model);
@@ -359,18 +475,18 @@ async function main(): Promise<void> {
       timing: r.timing,
     };
     rows.push(row);
-    const torch = info.family === "convnext"
-      ? anchor.find((a) => a.kernels === ks && Number(a.batch) === batch && Number(a.res) === size)
-      : undefined;
-    const ratio = (ours: Cell, theirs?: string) =>
-      typeof ours === "number" && theirs ? ` (${(ours / Number(theirs)).toFixed(2)}× PyTorch)` : "";
+    const torch = joinAnchor([row], anchor, MODEL_JOIN)[0];
+    const ratio = (ours: Cell, theirs: Cell) =>
+      typeof ours === "number" && typeof theirs === "number"
+        ? ` (${(ours / theirs).toFixed(2)}× PyTorch)`
+        : "";
     console.log(
       `${name}@${ks}: infer ${row.infer_img_s} img/s${
-        ratio(row.infer_img_s, torch?.infer_img_s)
+        ratio(row.infer_img_s, torch.pytorch_infer_img_s)
       }, ` +
-        `train ${row.train_img_s} img/s${ratio(row.train_img_s, torch?.train_img_s)} ` +
+        `train ${row.train_img_s} img/s${ratio(row.train_img_s, torch.pytorch_train_img_s)} ` +
         `(back to back ${row.train_pipelined_img_s}${
-          ratio(row.train_pipelined_img_s, torch?.train_img_s)
+          ratio(row.train_pipelined_img_s, torch.pytorch_train_img_s)
         }, GPU-only ${row.train_gpu_img_s}), ` +
         `peak ${row.peak_gib} GiB (${((performance.now() - t0) / 1e3).toFixed(1)} s)`,
     );
@@ -379,6 +495,16 @@ async function main(): Promise<void> {
   }
   await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
   console.log(`wrote ${out}/bench_models.csv`);
+  if (anchor.length) {
+    const joined = joinAnchor(rows, anchor, MODEL_JOIN);
+    console.log(`\nours ÷ PyTorch (img/s: above 1 is faster; peak_gib: above 1 holds more)`);
+    console.log(formatTable(joined, Object.keys(SIDE_BY_SIDE), SIDE_BY_SIDE));
+    await writeFileAtomic(
+      `${out}/bench_models_vs_pytorch.csv`,
+      toCsv(joined, { comments: [...comments, ...anchorComments.map((c) => `PyTorch: ${c}`)] }),
+    );
+    console.log(`wrote ${out}/bench_models_vs_pytorch.csv`);
+  }
   // Written after each model, with bench_models.csv.
   if (gemmRows.length) console.log(`wrote ${out}/gemm_tune.csv`);
 }
