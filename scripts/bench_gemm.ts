@@ -284,9 +284,9 @@ async function main(): Promise<void> {
   if (anchor.length) {
     const joined = joinAnchor(rows, anchor, GEMM_JOIN);
     for (const r of joined) {
-      r.tflop_s = typeof r.gflop_s === "number" ? Number((r.gflop_s / 1e3).toFixed(2)) : "";
+      r.tflop_s = typeof r.gflop_s === "number" ? Number((r.gflop_s / 1e3).toPrecision(3)) : "";
       r.pytorch_tflop_s = typeof r.pytorch_gflop_s === "number"
-        ? Number((r.pytorch_gflop_s / 1e3).toFixed(2))
+        ? Number((r.pytorch_gflop_s / 1e3).toPrecision(3))
         : "";
     }
     console.log(`\nours ÷ torch.matmul (TF32 off), GFLOP/s: above 1 is faster`);

@@ -267,7 +267,7 @@ const SIDE_BY_SIDE: Record<string, string> = {
 
 /**
  * Run the PyTorch anchors of `specs` (see `modelAnchorRuns`) before our
- * GPU work starts, and return their CSV output, one header per anchor.
+ * GPU work starts, and return their rows and comment lines.
  */
 async function runModelAnchors(
   specs: { name: string; kernels?: number[] }[],
@@ -283,7 +283,7 @@ async function runModelAnchors(
     replknetPy?: string;
     python: string;
   },
-): Promise<string> {
+): Promise<{ rows: CsvRow[]; comments: string[] }> {
   const dir = o.officialDir?.replace(/\/+$/, "");
   const files = {
     "slak-py": o.slakPy ?? (dir ? `${dir}/SLaK.py` : undefined),
@@ -308,11 +308,14 @@ async function runModelAnchors(
     replknetPy: files["replknet-py"],
   });
   for (const s of plan.skipped) console.log(`# no PyTorch anchor: ${s}`);
-  let text = "";
+  const rows: CsvRow[] = [];
+  const comments: string[] = [];
   for (const run of plan.runs) {
-    text += await runAnchor(o.python, anchorScript(run.script), run.args, "--with-pytorch");
+    const text = await runAnchor(o.python, anchorScript(run.script), run.args, "--with-pytorch");
+    rows.push(...parseCsv(text));
+    comments.push(...csvComments(text));
   }
-  return text;
+  return { rows, comments };
 }
 
 async function main(): Promise<void> {
@@ -366,7 +369,7 @@ async function main(): Promise<void> {
   // Rows measured in this run come first: the first anchor row of a model wins the join.
   const anchor: CsvRow[] = [];
   if (values["with-pytorch"]) {
-    const text = await runModelAnchors(specs, {
+    const torch = await runModelAnchors(specs, {
       batch,
       size,
       classes,
@@ -378,9 +381,14 @@ async function main(): Promise<void> {
       replknetPy: values["replknet-py"],
       python: values.python,
     });
-    anchor.push(...parseCsv(text));
-    anchorComments.unshift(...csvComments(text));
-    if (text.trim()) await writeFileAtomic(`${out}/pytorch_models.csv`, text);
+    anchor.push(...torch.rows);
+    anchorComments.unshift(...torch.comments);
+    if (torch.rows.length) {
+      await writeFileAtomic(
+        `${out}/pytorch_models.csv`,
+        toCsv(torch.rows, { comments: torch.comments }),
+      );
+    }
   } else {
     for (const flag of ["official-dir", "slak-py", "replknet-py"] as const) {
       if (values[flag] !== undefined) throw new Error(`--${flag}: only used with --with-pytorch`);

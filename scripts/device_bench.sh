@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# One device run for issue 7: the PyTorch anchors and our kernels side by side, on the same GPU.
-# Run on the GPU machine from the repository root, carrying [".device"]:
+# One device run: the PyTorch anchors (bench/pytorch/) and our kernels side by side, on the same
+# GPU. Run on the GPU machine from the repository root, carrying [".device"]:
 #   bash .device/setup.sh && bash scripts/device_bench.sh
-# Writes into $OUT (default out/device_bench/), 9 files:
+# Writes into $OUT (default out/device_bench/):
 #   torch_dwconv.csv    PyTorch 24-layer dwconv stack, N=64 C=384: R=32 K=3,7,13,31 and R=64 K=31
 #   latency.csv         ours, same columns (impl,pass,N,C,R,K,ms_per_stack): fast (tuned) + generic fwd
 #   latency_detail.csv  ours with wall ms, timing method, TFLOP/s, % of the FP32 peak, tile plans
 #   tune.csv            every tiling the autotuner timed
 #   check.csv           fast (direct tiles, FFT 32/64) vs generic outputs at R=32, N=3, C=4
-#   torch_models.csv    timm ConvNeXt-T 7-7-7-7 and 51-49-47-13: inference/training img/s, batch 64, 224²
-#   bench_gemm.csv      our tiled vs simple matrix products (GFLOP/s, % of FP32 peak) on layer shapes
-#   bench_models.csv    ours: ConvNeXt-T (both), SLaK-T, RepLKNet-31B, same leading columns
+#   bench_gemm_vs_pytorch.csv  our tiled matrix products beside torch.matmul (TF32 off), per shape
+#   bench_models_vs_pytorch.csv  ours beside PyTorch: img/s, peak GiB and the ratios per model
+#   bench_models.csv    ours, every column; pytorch_models.csv the anchors' own CSV
 #   log.txt             everything printed, including the ratio tables
 # Each step has a time limit and a failed step does not stop the others; the whole run stays
-# under DEADLINE seconds (default 540). PART=1 runs steps 1-2 (depthwise), PART=2 steps 3-5
-# (models), default both: the device tool allows 600 s per command, so run the parts as two
-# commands back to back on the same machine. PART=3 (only when asked): sparse vs dense speed
+# under DEADLINE seconds (default 540). PART=1 runs steps 1-2 (depthwise), PART=2 steps 3-4
+# (matrix products, ConvNeXt-T with 7-7-7-7 and 51-49-47-13 kernels), PART=5 (SLaK-T and
+# RepLKNet-31B against the official model files in .device/anchors/), default 1 and 2: the
+# device tool allows 600 s per command, so run the parts as separate commands back to back on
+# the same machine. PART=3 (only when asked): sparse vs dense speed
 # (sparse_speed.csv) and the ERF at 1024² (erf_table.csv, erf_compare.png). PART=4: the closest
-# targets again (ConvNeXt-T both, K=31 stacks at R=32 and 64), with gemm_tune.csv. EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
+# targets again (ConvNeXt-T both, K=31 stacks at R=32 and 64), with gemm_tune.csv.
+# OFFICIAL (default .device/anchors) is the folder of the official SLaK.py and replknet.py.
+# EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
 # (a dry run on llvmpipe: EXTRA_LAT="--n 1 --c 8 --layers 2 --r 16 --k 3"
 # EXTRA_GEMM="--n 1 --set convnext --runs 1"
 # EXTRA_MODELS="--models convnext_cpu --batch 2 --size 32 --classes 10"). Redraw the chart afterwards, off the device:
@@ -26,6 +30,7 @@ set -x
 OUT="${OUT:-out/device_bench}"
 DEADLINE="${DEADLINE:-540}"
 PART="${PART:-all}"
+OFFICIAL="${OFFICIAL:-.device/anchors}"
 mkdir -p "$OUT"
 export PATH="/usr/local/bin:$PATH"
 tmp="$(mktemp -d)"
@@ -64,8 +69,8 @@ deno --version | head -1
 
 if [ "$PART" = all ] || [ "$PART" = 1 ]; then
 # 1. PyTorch depthwise anchors (strict fp32).
-step 75 python3 .device/torch_dwconv_bench.py --r 32 --k 3,7,13,31 > "$tmp/torch32.csv"
-step 60 python3 .device/torch_dwconv_bench.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
+step 75 python3 bench/pytorch/dwconv.py --r 32 --k 3,7,13,31 > "$tmp/torch32.csv"
+step 60 python3 bench/pytorch/dwconv.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
 csv_merge "$OUT/torch_dwconv.csv" "$tmp/torch32.csv" "$tmp/torch64.csv"
 cat "$OUT/torch_dwconv.csv"
 anchor=()
@@ -84,22 +89,31 @@ fi
 
 if [ "$PART" = all ] || [ "$PART" = 2 ]; then
 
-# 3. PyTorch whole-model anchor.
-step 75 python3 .device/torch_model_bench.py --kernels 7-7-7-7,51-49-47-13 > "$OUT/torch_models.csv"
-cat "$OUT/torch_models.csv"
-anchor=()
-grep -q '^convnext' "$OUT/torch_models.csv" && anchor=(--anchor "$OUT/torch_models.csv")
+# 3. Our tiled matrix products beside torch.matmul (TF32 off) on ConvNeXt-T's and SLaK-T's
+#    pointwise products at batch 64 (the anchor runs first, in the same command), and ResNet-101's.
+step 120 deno run -A scripts/bench_gemm.ts --n 64 --impl tiled --runs 3 --with-pytorch \
+  --out "$tmp/gemm" $EXTRA_GEMM
+for f in bench_gemm.csv bench_gemm_vs_pytorch.csv; do
+  [ -s "$tmp/gemm/$f" ] && cp "$tmp/gemm/$f" "$OUT/"
+done
 
-# 4. Our matrix products, tiled vs simple, on ConvNeXt-T / ResNet-101 layer shapes at batch 64.
-step 45 deno run -A scripts/bench_gemm.ts --n 64 --runs 3 --out "$tmp/gemm" $EXTRA_GEMM
-[ -s "$tmp/gemm/bench_gemm.csv" ] && cp "$tmp/gemm/bench_gemm.csv" "$OUT/"
-
-# 5. Ours, whole models, depthwise tiles tuned per shape first (the CSV is rewritten after each
-#    model, so a timeout keeps the finished ones; the issue's targets come first).
+# 4. ConvNeXt-T, 7-7-7-7 and 51-49-47-13: timm first, then ours with the depthwise tiles tuned
+#    per shape (the CSV is rewritten after each model, so a timeout keeps the finished ones).
 step 400 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
-  --models convnext_tiny@51-49-47-13,convnext_tiny,slak_tiny,replknet_31b \
-  "${anchor[@]}" --out "$tmp/bm" $EXTRA_MODELS
-[ -s "$tmp/bm/bench_models.csv" ] && cp "$tmp/bm/bench_models.csv" "$OUT/"
+  --models convnext_tiny@51-49-47-13,convnext_tiny --with-pytorch --out "$tmp/bm" $EXTRA_MODELS
+for f in bench_models.csv bench_models_vs_pytorch.csv pytorch_models.csv; do
+  [ -s "$tmp/bm/$f" ] && cp "$tmp/bm/$f" "$OUT/"
+done
+fi
+
+if [ "$PART" = 5 ]; then
+# 5. SLaK-T and RepLKNet-31B against the official model files, the same way.
+step 530 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
+  --models slak_tiny,replknet_31b --with-pytorch --official-dir "$OFFICIAL" --out "$tmp/bm" \
+  $EXTRA_MODELS
+for f in bench_models.csv bench_models_vs_pytorch.csv pytorch_models.csv; do
+  [ -s "$tmp/bm/$f" ] && cp "$tmp/bm/$f" "$OUT/"
+done
 fi
 
 if [ "$PART" = 3 ]; then
@@ -118,14 +132,15 @@ fi
 if [ "$PART" = 4 ]; then
 # A re-measure of the closest targets in one command, most doubtful first: ConvNeXt-T 7-7-7-7
 # training (0.7× PyTorch), the K=31 forward+backward stacks (15×), ConvNeXt-T 51-49-47-13 (2×).
-step 50 python3 .device/torch_model_bench.py --kernels 7-7-7-7,51-49-47-13 > "$OUT/torch_models.csv"
+step 50 python3 bench/pytorch/convnext.py --kernels 7-7-7-7,51-49-47-13 --steps 3 --warmup 1 \
+  > "$OUT/torch_models.csv"
 cat "$OUT/torch_models.csv"
 anchor=()
 grep -q '^convnext' "$OUT/torch_models.csv" && anchor=(--anchor "$OUT/torch_models.csv")
 step 110 deno run -A scripts/bench_models.ts --steps 3 --warmup 1 --tune --tune-max 3 \
   --models convnext_tiny "${anchor[@]}" --out "$tmp/bm7" $EXTRA_MODELS
-step 40 python3 .device/torch_dwconv_bench.py --r 32 --k 31 > "$tmp/torch32.csv"
-step 40 python3 .device/torch_dwconv_bench.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
+step 40 python3 bench/pytorch/dwconv.py --r 32 --k 31 > "$tmp/torch32.csv"
+step 40 python3 bench/pytorch/dwconv.py --r 64 --k 31 --runs 3 > "$tmp/torch64.csv"
 csv_merge "$OUT/torch_dwconv.csv" "$tmp/torch32.csv" "$tmp/torch64.csv"
 cat "$OUT/torch_dwconv.csv"
 anchor=()

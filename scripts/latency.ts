@@ -7,7 +7,7 @@
  * them, else the wall clock around a sync; stacks back to back for at least
  * {@linkcode STACK_MIN_MS} per timed run, see there), median of `--runs` after
  * `--warmup` runs. Writes `latency.csv` with the columns of the PyTorch
- * anchor (`.device/torch_dwconv_bench.py`: impl,pass,N,C,R,K,ms_per_stack)
+ * anchor (`bench/pytorch/dwconv.py`: impl,pass,N,C,R,K,ms_per_stack)
  * so the two join, `latency_detail.csv` (timing method, TFLOP/s and % of
  * the FP32 peak, the tile configs), and `latency.png` (ms vs K, a panel per
  * pass and R, a line per implementation). FLOPs here are 2 per

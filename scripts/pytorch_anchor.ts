@@ -20,7 +20,8 @@ export type CsvRow = Record<string, string>;
 
 /**
  * Rows of a CSV text (RFC 4180 quoting), skipping blank lines and `#`
- * comment lines; the first other line is the header. Cells a row lacks are "".
+ * comment lines; the first other line is the header, and lines equal to it
+ * later (CSV outputs concatenated) are skipped too. Cells a row lacks are "".
  *
  * @example
  * ```ts
@@ -32,7 +33,8 @@ export function parseCsv(text: string): CsvRow[] {
   const lines = text.split(/\r?\n/).filter((l) => l.trim() && !l.startsWith("#"));
   if (!lines.length) return [];
   const head = splitCsvLine(lines[0]);
-  return lines.slice(1).map((line) => {
+  // A line equal to the header is the header of a second CSV appended to the first.
+  return lines.slice(1).filter((line) => line !== lines[0]).map((line) => {
     const cells = splitCsvLine(line);
     return Object.fromEntries(head.map((h, i) => [h, cells[i] ?? ""]));
   });

@@ -25,6 +25,11 @@ Deno.test("parseCsv skips comments and blank lines, unquotes cells, fills missin
   const rows = parseCsv('# a comment\n\na,b,c\n1,"x,""y""",\n2\n');
   assert.deepEqual(rows, [{ a: "1", b: 'x,"y"', c: "" }, { a: "2", b: "", c: "" }]);
   assert.deepEqual(parseCsv("# only a comment\n"), []);
+  // Two anchors' outputs one after the other: the second header is not a row.
+  assert.deepEqual(parseCsv("# torch\na,b\n1,2\n# torch\na,b\n3,4\n"), [
+    { a: "1", b: "2" },
+    { a: "3", b: "4" },
+  ]);
   assert.deepEqual(csvComments(TORCH_MODELS), ["torch 2.11.0 timm 1.0.20 NVIDIA H200"]);
 });
 
