@@ -226,7 +226,7 @@ export function formatTable(
 
 /** The path of an anchor script in `bench/pytorch/` (beside this repository's scripts). */
 export function anchorScript(name: string): string {
-  return `${import.meta.dirname}/../bench/pytorch/${name}`;
+  return decodeURIComponent(new URL(`../bench/pytorch/${name}`, import.meta.url).pathname);
 }
 
 /**

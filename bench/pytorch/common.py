@@ -22,12 +22,17 @@ def fail(message):
     sys.exit(MISSING)
 
 
+def first_line(error):
+    """An exception's message, first line only (the anchors fail with one line)."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 def require(name, script):
     """Import a package by name, or fail with one line naming it."""
     try:
         return importlib.import_module(name)
     except ImportError as e:
-        fail(f"{script}: cannot import {name} ({e}); install it (pip install {name}) and run again")
+        fail(f"{script}: cannot import {name} ({first_line(e)}); install it (pip install {name}) and run again")
 
 
 def load_file(path, flag, script):
@@ -37,10 +42,11 @@ def load_file(path, flag, script):
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"anchor_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as a plain import does, for code that looks itself up
     try:
         spec.loader.exec_module(module)
     except ImportError as e:
-        fail(f"{script}: {flag} {path}: its imports failed ({e})")
+        fail(f"{script}: {flag} {path}: its imports failed ({first_line(e)})")
     return module
 
 
