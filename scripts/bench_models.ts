@@ -410,6 +410,16 @@ async function main(): Promise<void> {
     `median of ${steps} after ${warmup} warm-up; img/s from the wall clock around a drained queue` +
     `, *_gpu_img_s from timestamps, *_record_ms = CPU time to record one step, train_pipelined_img_s = steps back to back with one sync; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
   ];
+  // Rewritten after each model too, so that a run cut short keeps the finished comparisons.
+  const writeSideBySide = async () => {
+    const joined = joinAnchor(rows, anchor, MODEL_JOIN);
+    const notes = [...comments, ...anchorComments.map((c) => `PyTorch: ${c}`)];
+    await writeFileAtomic(
+      `${out}/bench_models_vs_pytorch.csv`,
+      toCsv(joined, { comments: notes }),
+    );
+    return joined;
+  };
   for (const { name, kernels } of specs) {
     seedInit(0);
     const model = createModel(name, { numClasses: classes, ...(kernels ? { kernels } : {}) });
@@ -500,17 +510,13 @@ async function main(): Promise<void> {
     );
     await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
     if (gemmRows.length) await writeFileAtomic(`${out}/gemm_tune.csv`, toCsv(gemmRows));
+    if (anchor.length) await writeSideBySide();
   }
   await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
   console.log(`wrote ${out}/bench_models.csv`);
   if (anchor.length) {
-    const joined = joinAnchor(rows, anchor, MODEL_JOIN);
     console.log(`\nours ÷ PyTorch (img/s: above 1 is faster; peak_gib: above 1 holds more)`);
-    console.log(formatTable(joined, Object.keys(SIDE_BY_SIDE), SIDE_BY_SIDE));
-    await writeFileAtomic(
-      `${out}/bench_models_vs_pytorch.csv`,
-      toCsv(joined, { comments: [...comments, ...anchorComments.map((c) => `PyTorch: ${c}`)] }),
-    );
+    console.log(formatTable(await writeSideBySide(), Object.keys(SIDE_BY_SIDE), SIDE_BY_SIDE));
     console.log(`wrote ${out}/bench_models_vs_pytorch.csv`);
   }
   // Written after each model, with bench_models.csv.
