@@ -10,6 +10,7 @@ import {
   MODEL_JOIN,
   modelAnchorRuns,
   parseCsv,
+  runAnchor,
 } from "../scripts/pytorch_anchor.ts";
 import { gemmCases } from "../scripts/bench_gemm.ts";
 
@@ -257,4 +258,27 @@ Deno.test({
     assert.equal(missing.stderr.trim().split("\n").length, 1);
     assert.match(missing.stderr, /--slak-py \/nonexistent\/SLaK\.py: no such file/);
   },
+});
+
+Deno.test("runAnchor returns the anchor's CSV, fails on status 2, keeps the rows of a crash", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const script = `${dir}/anchor.sh`;
+    // The "Python" is sh; the script's first argument says how it ends.
+    await Deno.writeTextFile(script, 'echo "# fake"; echo "a,b"; echo "1,2"; exit "$1"\n');
+    const ok = await runAnchor("sh", script, ["0"], "--with-pytorch");
+    assert.deepEqual(parseCsv(ok), [{ a: "1", b: "2" }]);
+    const crashed = await runAnchor("sh", script, ["1"], "--with-pytorch");
+    assert.deepEqual(parseCsv(crashed), [{ a: "1", b: "2" }]);
+    await assert.rejects(
+      () => runAnchor("sh", script, ["2"], "--with-pytorch"),
+      /^Error: --with-pytorch: .*exited with status 2/,
+    );
+    await assert.rejects(
+      () => runAnchor(`${dir}/no-such-python`, script, [], "--with-pytorch"),
+      /--python names the Python/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
