@@ -18,6 +18,7 @@
  * deno run -A scripts/latency.ts --r 32 --k 3,7,13,31 --pass fwd,fwdbwd --impl fast
  * deno run -A scripts/latency.ts --r 32 --k 31 --tune --torch out/torch.csv   # tune, join PyTorch
  * deno run -A scripts/latency.ts --plot-only --torch out/torch.csv            # redraw the PNG
+ * deno run -A scripts/latency.ts --r 32 --k 3,7,13,31 --with-pytorch          # PyTorch first, same command
  * ```
  *
  * @example
@@ -45,6 +46,7 @@ import { fftFits, fftFusedBackwardFits } from "../ops/depthwise_fft.ts";
 import { sum } from "../ops/elementwise.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { scope, Tensor, trimPool } from "../ops/tensor.ts";
+import { anchorScript, parseCsv, runAnchor } from "./pytorch_anchor.ts";
 
 const HELP = `usage: deno run -A scripts/latency.ts [flags]
 
@@ -72,6 +74,9 @@ RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
   --peak-tflops X   FP32 peak for "% of peak" (default 67, H100 SXM)
   --torch FILE      PyTorch anchor CSV: print ratios, add its lines to the chart
   --anchor FILE     same as --torch
+  --with-pytorch    run the PyTorch anchor (python3 bench/pytorch/dwconv.py) on the same
+                    stacks first, in this command, and use it as --torch does (torch_dwconv.csv)
+  --python CMD      the Python that runs it (default python3)
   --no-plot         skip the PNG (sharp is then never loaded)
   --plot-only       redraw the PNG from --out/latency.csv (and --torch), no GPU
   --out DIR         output folder (default out/latency/)
@@ -206,15 +211,8 @@ interface Row {
   ms_per_stack: number;
 }
 
-function readCsv(text: string): Record<string, string>[] {
-  const lines = text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"));
-  if (!lines.length) return [];
-  const head = lines[0].split(",");
-  return lines.slice(1).map((l) => Object.fromEntries(l.split(",").map((v, i) => [head[i], v])));
-}
-
 function readRows(text: string): Row[] {
-  return readCsv(text).filter((r) => r.ms_per_stack !== undefined).map((r) => ({
+  return parseCsv(text).filter((r) => r.ms_per_stack).map((r) => ({
     impl: r.impl,
     pass: r.pass,
     N: Number(r.N),
@@ -277,6 +275,8 @@ async function main(): Promise<void> {
       "peak-tflops": { type: "string", default: "67" },
       torch: { type: "string" },
       anchor: { type: "string" },
+      "with-pytorch": { type: "boolean", default: false },
+      python: { type: "string", default: "python3" },
       "no-plot": { type: "boolean", default: false },
       "plot-only": { type: "boolean", default: false },
       out: { type: "string", default: "out/latency/" },
@@ -312,6 +312,16 @@ async function main(): Promise<void> {
   const gPass = values["generic-pass"]
     ? parseChoice("generic-pass", values["generic-pass"], ["fwd", "fwdbwd"])
     : passes;
+  if (values["with-pytorch"]) {
+    // Before our GPU work starts, so the two never share the GPU.
+    const text = await runAnchor(values.python, anchorScript("dwconv.py"), [
+      ...["--n", `${n}`, "--c", `${c}`, "--r", rList.join(","), "--k", kList.join(",")],
+      ...["--layers", `${layers}`, "--runs", `${runs}`, "--warmup", `${warmup}`],
+      ...["--pass", passes.join(",")],
+    ], "--with-pytorch");
+    torchRows.push(...readRows(text));
+    if (text.trim()) await writeFileAtomic(`${out}/torch_dwconv.csv`, text);
+  }
 
   await initGpu();
   // Tune on a GPU unless told not to (or given --tuned); llvmpipe would compile candidates for minutes.
