@@ -15,9 +15,10 @@
 # Each step has a time limit and a failed step does not stop the others; the whole run stays
 # under DEADLINE seconds (default 540). PART=1 runs steps 1-2 (depthwise), PART=2 steps 3-4
 # (matrix products, ConvNeXt-T with 7-7-7-7 and 51-49-47-13 kernels), PART=5 (SLaK-T and
-# RepLKNet-31B against the official model files in .device/anchors/), default 1 and 2: the
-# device tool allows 600 s per command, so run the parts as separate commands back to back on
-# the same machine. PART=3 (only when asked): sparse vs dense speed
+# RepLKNet-31B against the official model files in .device/anchors/; EXTRA_MODELS="--models
+# slak_tiny" or "--models replknet_31b" runs one of them, should both not fit), default 1 and 2:
+# the device tool allows 600 s per command, so run the parts as separate commands back to back
+# on the same machine. PART=3 (only when asked): sparse vs dense speed
 # (sparse_speed.csv) and the ERF at 1024² (erf_table.csv, erf_compare.png). PART=4: the closest
 # targets again (ConvNeXt-T both, K=31 stacks at R=32 and 64), with gemm_tune.csv.
 # OFFICIAL (default .device/anchors) is the folder of the official SLaK.py and replknet.py.
