@@ -23,8 +23,64 @@
  * ```
  * @module
  */
-import { inflateRawSync } from "node:zlib";
 import { decodeFloat32, type Dtype, dtypeBytes, type Weights } from "./safetensors.ts";
+import { quoteName, ZipArchive } from "./zip.ts";
+import { dangerousGlobal } from "./pickle_globals.ts";
+
+/**
+ * Every way a `.pth` file can be refused: malformed, truncated, over a limit
+ * or naming a refused global. The message is one line naming the file, the
+ * record (and byte) at fault and, for a limit, the limit.
+ *
+ * @example
+ * ```ts
+ * import { PthFormatError, readPth } from "./pth.ts";
+ * try {
+ *   readPth(new Uint8Array([1, 2, 3]), { source: "x.pth" });
+ * } catch (e) {
+ *   console.log(e instanceof PthFormatError, (e as Error).message); // true "cannot read x.pth: not a torch.save zip archive …"
+ * }
+ * ```
+ */
+export class PthFormatError extends Error {
+  override name = "PthFormatError";
+}
+
+/**
+ * Limits of the `.pth` reader, enforced before the memory they guard is
+ * allocated. They are far above what real checkpoints need.
+ *
+ * @example
+ * ```ts
+ * import { PTH_LIMITS } from "./pth.ts";
+ * console.log(PTH_LIMITS.maxStack); // 1048576
+ * ```
+ */
+export const PTH_LIMITS = {
+  /** Bytes of `data.pkl` (the pickle; tensor data lives in other records). */
+  maxPickleBytes: 64 << 20,
+  /** Bytes of one LONG1/LONG4 integer (Python refuses ints of over 4300 digits; 2 KiB is 4932). */
+  maxLongBytes: 2048,
+  /** Digits of a text INT/LONG, Python's own default limit. */
+  maxIntDigits: 4300,
+  /** Values on the pickle stack at once. */
+  maxStack: 1 << 20,
+  /** Memo entries. */
+  maxMemo: 1 << 20,
+  /** Items of one list, dict or set. */
+  maxItems: 1 << 23,
+  /** Estimated heap bytes of the objects a pickle builds: this, plus {@link PTH_LIMITS.heapPerFileByte} per byte of the file. */
+  baseHeapBytes: 32 << 20,
+  heapPerFileByte: 32,
+  /** Dimensions of a tensor. */
+  maxRank: 64,
+  /**
+   * f32 bytes all tensors of a state dict may decode to, per byte of the
+   * storage records they view (plus 1 MiB): a u8 storage widens 4×, and a
+   * storage may back a few tensors (tied weights), but not thousands.
+   */
+  outputPerStorageByte: 8,
+} as const;
 
 // ---------------------------------------------------------------- values
 
@@ -134,6 +190,8 @@ export class PthStorage {
     readonly littleEndian: boolean,
     /** Fetches (and for DEFLATE entries inflates) the raw record. */
     readonly bytes: () => Uint8Array,
+    /** The file it comes from, for error messages. */
+    readonly source = "PyTorch checkpoint",
   ) {}
 }
 
@@ -165,32 +223,30 @@ export class PthTensor {
   /** Dense row-major values converted to f32 (a new array each call). */
   toFloat32(): Float32Array {
     const { storage, shape, stride, storageOffset } = this;
-    if (storage.dtype === null) {
-      throw new Error(`cannot decode a tensor of ${storage.typeName}`);
-    }
-    let count = 1;
-    for (const d of shape) count *= d;
+    const fail = (why: string): never => {
+      throw new PthFormatError(`cannot read ${storage.source}: ${why}`);
+    };
+    if (storage.dtype === null) fail(`cannot decode a tensor of ${storage.typeName}`);
+    const dtype = storage.dtype!;
+    const extent = viewExtent(shape, stride, storageOffset);
+    if (typeof extent === "string") fail(`tensor view ${extent}`);
+    const { count, last } = extent as ViewExtent;
     if (count === 0) return new Float32Array(0);
-    let last = storageOffset;
-    for (let d = 0; d < shape.length; d++) last += (shape[d] - 1) * stride[d];
-    if (storageOffset < 0 || last >= storage.numel) {
-      throw new Error(
-        `tensor [${shape}] (offset ${storageOffset}, stride [${stride}]) reaches past its storage of ${storage.numel} elements`,
-      );
-    }
-    const size = dtypeBytes(storage.dtype);
+    const where = viewOutsideStorage(extent as ViewExtent, storage.numel);
+    if (where) fail(`tensor [${shape}] (offset ${storageOffset}, stride [${stride}]) ${where}`);
+    const size = dtypeBytes(dtype);
     const raw = storage.bytes();
     if (raw.byteLength < storage.numel * size) {
-      throw new Error(
-        `storage data/${storage.key} holds ${raw.byteLength} bytes, ${
+      fail(
+        `storage record data/${storage.key} holds ${raw.byteLength} bytes, its ${storage.numel} elements need ${
           storage.numel * size
-        } expected`,
+        }`,
       );
     }
     const span = last - storageOffset + 1;
     const src = decodeFloat32(
       raw.subarray(storageOffset * size, (last + 1) * size),
-      storage.dtype,
+      dtype,
       span,
       storage.littleEndian,
     );
@@ -222,6 +278,60 @@ function isContiguous(shape: readonly number[], stride: readonly number[]): bool
     expected *= shape[d];
   }
   return true;
+}
+
+/** Elements of a view and the last storage element it reads (offset - 1 when empty). */
+interface ViewExtent {
+  count: number;
+  last: number;
+}
+
+/**
+ * The extent of a strided view, or why it is invalid: dimensions, strides
+ * and offset must be non-negative safe integers, and every index computed
+ * from them must stay a safe integer (no silent rounding past 2^53).
+ */
+function viewExtent(
+  shape: readonly number[],
+  stride: readonly number[],
+  offset: number,
+): ViewExtent | string {
+  if (shape.length > PTH_LIMITS.maxRank) {
+    return `has ${shape.length} dimensions (limit ${PTH_LIMITS.maxRank})`;
+  }
+  if (shape.length !== stride.length) {
+    return `size [${shape}] and stride [${stride}] differ in length`;
+  }
+  const bad = (v: number) => !Number.isSafeInteger(v) || v < 0;
+  if (shape.some(bad)) return `size [${shape}] is not all non-negative integers`;
+  if (stride.some(bad)) return `stride [${stride}] is not all non-negative integers`;
+  if (bad(offset)) return `storage offset ${offset} is not a non-negative integer`;
+  if (shape.includes(0)) return { count: 0, last: offset - 1 };
+  let count = 1;
+  let last = offset;
+  for (let d = 0; d < shape.length; d++) {
+    count *= shape[d];
+    last += (shape[d] - 1) * stride[d];
+    if (count > Number.MAX_SAFE_INTEGER || last > Number.MAX_SAFE_INTEGER) {
+      return `size [${shape}] / stride [${stride}] overflow 2^53 elements`;
+    }
+  }
+  return { count, last };
+}
+
+/**
+ * Why a non-empty view does not fit its storage of `numel` elements, or null.
+ * A view may not hold more elements than its storage: overlapping strides
+ * (such as 0) would let a few stored bytes fill any amount of memory.
+ */
+function viewOutsideStorage(extent: ViewExtent, numel: number): string | null {
+  if (extent.last >= numel) {
+    return `reaches element ${extent.last} of a storage of ${numel} elements`;
+  }
+  if (extent.count > numel) {
+    return `has ${extent.count} elements, more than its storage's ${numel} (overlapping strides such as 0 are refused)`;
+  }
+  return null;
 }
 
 // ---------------------------------------------------------------- options
@@ -266,131 +376,6 @@ export interface PthStateDictOptions extends PthOptions {
   stripPrefix?: string;
 }
 
-// ---------------------------------------------------------------- zip
-
-interface ZipEntry {
-  name: string;
-  method: number;
-  flags: number;
-  compressedSize: number;
-  size: number;
-  headerOffset: number;
-}
-
-const U16_MAX = 0xffff;
-const U32_MAX = 0xffffffff;
-
-function u64(view: DataView, at: number): number {
-  const v = view.getBigUint64(at, true);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError(`zip64 field ${v} too large`);
-  return Number(v);
-}
-
-/** Central directory of a zip archive (zip64 aware). */
-function readZipDirectory(bytes: Uint8Array, fail: (why: string) => never): Map<string, ZipEntry> {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const len = bytes.byteLength;
-  let eocd = -1;
-  for (let p = len - 22; p >= Math.max(0, len - 22 - U16_MAX); p--) {
-    if (view.getUint32(p, true) === 0x06054b50) {
-      eocd = p;
-      break;
-    }
-  }
-  if (eocd < 0) fail("truncated or not a zip archive (no end-of-central-directory record)");
-  let count = view.getUint16(eocd + 10, true);
-  let cdSize = view.getUint32(eocd + 12, true);
-  let cdOffset = view.getUint32(eocd + 16, true);
-  if (eocd >= 20 && view.getUint32(eocd - 20, true) === 0x07064b50) {
-    const at = u64(view, eocd - 20 + 8);
-    if (at + 56 > len || view.getUint32(at, true) !== 0x06064b50) {
-      fail("corrupt zip64 end-of-central-directory record");
-    }
-    count = u64(view, at + 32);
-    cdSize = u64(view, at + 40);
-    cdOffset = u64(view, at + 48);
-  } else if (count === U16_MAX || cdSize === U32_MAX || cdOffset === U32_MAX) {
-    fail("corrupt zip (zip64 sizes without a zip64 record)");
-  }
-  if (cdOffset + cdSize > len) {
-    fail("truncated zip (central directory lies past the end of the file)");
-  }
-  const entries = new Map<string, ZipEntry>();
-  const names = new TextDecoder();
-  let p = cdOffset;
-  for (let i = 0; i < count; i++) {
-    if (p + 46 > cdOffset + cdSize || view.getUint32(p, true) !== 0x02014b50) {
-      fail(`corrupt zip central directory (entry ${i})`);
-    }
-    const nameLen = view.getUint16(p + 28, true);
-    const extraLen = view.getUint16(p + 30, true);
-    const commentLen = view.getUint16(p + 32, true);
-    const entry: ZipEntry = {
-      name: names.decode(bytes.subarray(p + 46, p + 46 + nameLen)),
-      flags: view.getUint16(p + 8, true),
-      method: view.getUint16(p + 10, true),
-      compressedSize: view.getUint32(p + 20, true),
-      size: view.getUint32(p + 24, true),
-      headerOffset: view.getUint32(p + 42, true),
-    };
-    // Zip64 extended information: only the saturated fields are present, in this order.
-    let e = p + 46 + nameLen;
-    const extraEnd = e + extraLen;
-    while (e + 4 <= extraEnd) {
-      const id = view.getUint16(e, true);
-      const size = view.getUint16(e + 2, true);
-      if (id === 0x0001) {
-        let f = e + 4;
-        if (entry.size === U32_MAX) (entry.size = u64(view, f)), (f += 8);
-        if (entry.compressedSize === U32_MAX) (entry.compressedSize = u64(view, f)), (f += 8);
-        if (entry.headerOffset === U32_MAX) entry.headerOffset = u64(view, f);
-      }
-      e += 4 + size;
-    }
-    entries.set(entry.name, entry);
-    p = extraEnd + commentLen;
-  }
-  return entries;
-}
-
-/** The uncompressed bytes of one zip entry (a view into `bytes` when STORED). */
-function zipEntryData(
-  bytes: Uint8Array,
-  entry: ZipEntry,
-  fail: (why: string) => never,
-): Uint8Array {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const h = entry.headerOffset;
-  if (h + 30 > bytes.byteLength || view.getUint32(h, true) !== 0x04034b50) {
-    fail(`corrupt zip (bad local header for ${entry.name})`);
-  }
-  if (entry.flags & 1) fail(`zip entry ${entry.name} is encrypted`);
-  const start = h + 30 + view.getUint16(h + 26, true) + view.getUint16(h + 28, true);
-  const end = start + entry.compressedSize;
-  if (end > bytes.byteLength) {
-    fail(`truncated: zip entry ${entry.name} runs past the end of the file`);
-  }
-  const raw = bytes.subarray(start, end);
-  let data: Uint8Array;
-  if (entry.method === 0) {
-    data = raw;
-  } else if (entry.method === 8) {
-    try {
-      data = new Uint8Array(inflateRawSync(raw));
-    } catch (e) {
-      fail(`corrupt DEFLATE data in ${entry.name} (${e instanceof Error ? e.message : e})`);
-    }
-  } else {
-    fail(`zip entry ${entry.name} uses unsupported compression method ${entry.method}`);
-  }
-  if (data!.byteLength !== entry.size) {
-    fail(
-      `corrupt zip entry ${entry.name}: ${data!.byteLength} bytes, directory says ${entry.size}`,
-    );
-  }
-  return data!;
-}
-
 // ---------------------------------------------------------------- pickle VM
 
 const STORAGE_DTYPES: Record<string, Dtype> = {
@@ -421,6 +406,9 @@ const MARK = Symbol("mark");
 
 type Stackable = PickleValue | typeof MARK;
 
+/** Estimated heap bytes of the objects the VM builds (measured on V8, rounded up). */
+const HEAP_COST = { map: 200, set: 160, array: 32, item: 8, entry: 32, object: 200, string: 32 };
+
 function typeOf(v: unknown): string {
   if (v === null) return "None";
   if (v instanceof Map) return "dict";
@@ -445,33 +433,65 @@ function toInt(v: unknown, what: string): number {
 
 function toIntList(v: unknown, what: string): number[] {
   if (!Array.isArray(v)) throw new Error(`${what} is ${typeOf(v)}, not a tuple`);
+  if (v.length > PTH_LIMITS.maxRank) {
+    throw new Error(`${what} has ${v.length} entries (limit ${PTH_LIMITS.maxRank} dimensions)`);
+  }
   return v.map((x, i) => toInt(x, `${what}[${i}]`));
 }
 
+/** What the VM needs from the archive around the pickle. */
+interface UnpicklerContext {
+  /** Record name for messages, e.g. "archive/data.pkl". */
+  record: string;
+  skipUnknown: boolean;
+  /** Estimated heap bytes the pickle's objects may take. */
+  heapBudget: number;
+  persistentLoad: (pid: PickleValue) => PickleValue;
+  fail: (why: string) => never;
+}
+
+/**
+ * A pickle virtual machine that builds values and never calls anything:
+ * whitelisted globals are interpreted, others refused or kept inert. Every
+ * opcode argument, the stack, the memo, each container and the estimated
+ * heap of all values built are bounded before they grow.
+ */
 class Unpickler {
   #data: Uint8Array;
   #view: DataView;
   #pos = 0;
+  /** Start of the opcode being run, for messages. */
+  #at = 0;
   #stack: Stackable[] = [];
   #memo = new Map<number, Stackable>();
-  #skipUnknown: boolean;
-  #persistentLoad: (pid: PickleValue) => PickleValue;
+  #ctx: UnpicklerContext;
+  #heapLeft: number;
   #text = new TextDecoder();
 
-  constructor(
-    data: Uint8Array,
-    skipUnknown: boolean,
-    persistentLoad: (pid: PickleValue) => PickleValue,
-  ) {
+  constructor(data: Uint8Array, ctx: UnpicklerContext) {
     this.#data = data;
     this.#view = new DataView(data.buffer, data.byteOffset, data.byteLength);
-    this.#skipUnknown = skipUnknown;
-    this.#persistentLoad = persistentLoad;
+    this.#ctx = ctx;
+    this.#heapLeft = ctx.heapBudget;
+  }
+
+  /** A one-line error naming the record, the opcode's byte and why. */
+  #fail(why: string): never {
+    return this.#ctx.fail(`${this.#ctx.record} (opcode at byte ${this.#at}): ${why}`);
+  }
+
+  #charge(bytes: number): void {
+    this.#heapLeft -= bytes;
+    if (this.#heapLeft < 0) {
+      this.#fail(
+        `the pickle builds more than ${this.#ctx.heapBudget} bytes of objects (limit ${PTH_LIMITS.baseHeapBytes} + ${PTH_LIMITS.heapPerFileByte} per byte of the file)`,
+      );
+    }
   }
 
   #need(n: number): number {
     if (!(n >= 0) || this.#pos + n > this.#data.byteLength) {
-      throw new Error(`truncated pickle (needs ${n} bytes at byte ${this.#pos})`);
+      this.#fail(`truncated pickle (needs ${n} bytes at byte ${this.#pos})`);
     }
     const at = this.#pos;
     this.#pos += n;
@@ -485,7 +505,7 @@ class Unpickler {
   #u64 = (): number => {
     const v = this.#view.getBigUint64(this.#need(8), true);
     if (v > BigInt(this.#data.byteLength)) {
-      throw new Error(`truncated pickle (length ${v} at byte ${this.#pos - 8})`);
+      this.#fail(`truncated pickle (length ${v} at byte ${this.#pos - 8})`);
     }
     return Number(v);
   };
@@ -495,47 +515,86 @@ class Unpickler {
     return this.#data.subarray(at, at + n);
   }
 
-  #line(): string {
-    const end = this.#data.indexOf(0x0a, this.#pos);
-    if (end < 0) throw new Error(`truncated pickle (unterminated line at byte ${this.#pos})`);
-    const s = this.#text.decode(this.#data.subarray(this.#pos, end));
-    this.#pos = end + 1;
+  /** A newline-terminated argument of at most `max` bytes. */
+  #line(max = 1024): string {
+    const end = this.#data.subarray(this.#pos, this.#pos + max + 1).indexOf(0x0a);
+    if (end < 0) {
+      this.#fail(
+        this.#pos + max + 1 > this.#data.byteLength
+          ? `truncated pickle (unterminated line at byte ${this.#pos})`
+          : `text argument longer than ${max} bytes`,
+      );
+    }
+    const s = this.#text.decode(this.#data.subarray(this.#pos, this.#pos + end));
+    this.#pos += end + 1;
+    this.#charge(HEAP_COST.string + s.length);
     return s;
   }
 
   #str(n: number): string {
-    return this.#text.decode(this.#bytes(n));
+    const s = this.#text.decode(this.#bytes(n));
+    this.#charge(HEAP_COST.string + 2 * s.length);
+    return s;
+  }
+
+  #byteString(n: number): Uint8Array {
+    this.#charge(HEAP_COST.object + n);
+    return this.#bytes(n).slice();
   }
 
   #push(v: Stackable): void {
+    if (this.#stack.length >= PTH_LIMITS.maxStack) {
+      this.#fail(`stack deeper than ${PTH_LIMITS.maxStack} values`);
+    }
     this.#stack.push(v);
   }
 
   #pop(): PickleValue {
     const v = this.#stack.pop();
-    if (v === undefined) throw new Error("corrupt pickle (stack underflow)");
-    if (v === MARK) throw new Error("corrupt pickle (unexpected MARK)");
-    return v;
+    if (v === undefined) this.#fail("corrupt pickle (stack underflow)");
+    if (v === MARK) this.#fail("corrupt pickle (unexpected MARK)");
+    return v as PickleValue;
   }
 
   #top(): PickleValue {
     const v = this.#stack[this.#stack.length - 1];
-    if (v === undefined || v === MARK) throw new Error("corrupt pickle (no object on the stack)");
-    return v;
+    if (v === undefined || v === MARK) this.#fail("corrupt pickle (no object on the stack)");
+    return v as PickleValue;
   }
 
   #popMark(): PickleValue[] {
     const at = this.#stack.lastIndexOf(MARK);
-    if (at < 0) throw new Error("corrupt pickle (no MARK)");
+    if (at < 0) this.#fail("corrupt pickle (no MARK)");
     const items = this.#stack.splice(at) as PickleValue[];
     items.shift();
     return items;
   }
 
-  #long(bytes: Uint8Array): number | bigint {
-    let v = 0n;
-    for (let i = bytes.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[i]);
-    if (bytes.length && bytes[bytes.length - 1] & 0x80) v -= 1n << BigInt(8 * bytes.length);
+  #tuple(items: PickleValue[]): PickleValue[] {
+    this.#charge(HEAP_COST.array + HEAP_COST.item * items.length);
+    return items;
+  }
+
+  #memoize(index: number): void {
+    if (!this.#memo.has(index) && this.#memo.size >= PTH_LIMITS.maxMemo) {
+      this.#fail(`memo holds more than ${PTH_LIMITS.maxMemo} entries`);
+    }
+    this.#charge(HEAP_COST.entry);
+    this.#memo.set(index, this.#top());
+  }
+
+  /** Two's-complement little-endian integer, decoded in linear time through hex. */
+  #long(n: number): number | bigint {
+    if (n > PTH_LIMITS.maxLongBytes) {
+      this.#fail(`integer of ${n} bytes (limit ${PTH_LIMITS.maxLongBytes})`);
+    }
+    const bytes = this.#bytes(n);
+    if (n === 0) return 0;
+    let hex = "";
+    for (let i = n - 1; i >= 0; i--) hex += bytes[i].toString(16).padStart(2, "0");
+    let v = BigInt(`0x${hex}`);
+    if (bytes[n - 1] & 0x80) v -= 1n << BigInt(8 * n);
+    this.#charge(HEAP_COST.string + n);
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER)
       ? Number(v)
       : v;
@@ -543,57 +602,91 @@ class Unpickler {
 
   #global(module: string, name: string): PickleGlobal {
     const full = `${module}.${name}`;
+    this.#charge(HEAP_COST.object);
     if (CALLABLES.has(full) || full in STORAGE_DTYPES) return new PickleGlobal(module, name, true);
-    if (this.#skipUnknown) return new PickleGlobal(module, name, false);
-    throw new Error(
-      `refused the file: its pickle names the global "${full}", which is not on the weights whitelist (nothing in the file was executed; pass { skipUnknown: true } to read it with such objects as inert placeholders)`,
+    const danger = dangerousGlobal(module, name);
+    if (danger) {
+      this.#fail(
+        `refused the file: its pickle names the global ${
+          quoteName(full)
+        } (${danger}), which no checkpoint needs; nothing in the file was executed`,
+      );
+    }
+    if (this.#ctx.skipUnknown) return new PickleGlobal(module, name, false);
+    this.#fail(
+      `refused the file: its pickle names the global ${
+        quoteName(full)
+      }, which is not on the weights whitelist (nothing in the file was executed; pass { skipUnknown: true } to read it with such objects as inert placeholders)`,
     );
   }
 
   #call(fn: PickleValue, args: PickleValue[]): PickleValue {
-    if (!(fn instanceof PickleGlobal)) throw new Error(`corrupt pickle (calls a ${typeOf(fn)})`);
-    if (!fn.known) return new PickleObject(fn.fullName, args);
-    switch (fn.fullName) {
+    if (!(fn instanceof PickleGlobal)) this.#fail(`corrupt pickle (calls a ${typeOf(fn)})`);
+    const global = fn as PickleGlobal;
+    this.#charge(HEAP_COST.object);
+    if (!global.known) return new PickleObject(global.fullName, args);
+    switch (global.fullName) {
       case "collections.OrderedDict": {
         const d = new Map<PickleValue, PickleValue>();
         const init = args[0];
         if (Array.isArray(init)) {
           for (const kv of init) if (Array.isArray(kv) && kv.length === 2) d.set(kv[0], kv[1]);
         }
+        this.#charge(HEAP_COST.map + HEAP_COST.entry * d.size);
         return d;
       }
       case "torch._utils._rebuild_tensor":
-      case "torch._utils._rebuild_tensor_v2": {
-        const [storage, offset, size, stride] = args;
-        if (!(storage instanceof PthStorage)) {
-          throw new Error(`${fn.fullName}: expected a storage, got ${typeOf(storage)}`);
-        }
-        const shape = toIntList(size, "tensor size");
-        const strides = toIntList(stride, "tensor stride");
-        if (
-          shape.length !== strides.length || shape.some((d) => d < 0) || strides.some((s) => s < 0)
-        ) {
-          throw new Error(`${fn.fullName}: invalid size [${shape}] / stride [${strides}]`);
-        }
-        return new PthTensor(storage, toInt(offset, "storage offset"), shape, strides);
-      }
+      case "torch._utils._rebuild_tensor_v2":
+        return this.#rebuildTensor(global.fullName, args);
       case "torch._utils._rebuild_parameter":
       case "torch._utils._rebuild_parameter_with_state":
         if (!(args[0] instanceof PthTensor)) {
-          throw new Error(`${fn.fullName}: expected a tensor, got ${typeOf(args[0])}`);
+          this.#fail(`${global.fullName}: expected a tensor, got ${typeOf(args[0])}`);
         }
         return args[0];
       case "_codecs.encode": {
         const [s, enc] = args;
-        if (typeof s !== "string") throw new Error(`_codecs.encode of ${typeOf(s)}`);
+        if (typeof s !== "string") this.#fail(`_codecs.encode of ${typeOf(s)}`);
+        const text = s as string;
+        this.#charge(HEAP_COST.object + 3 * text.length);
         if (enc === "latin1" || enc === "latin-1") {
-          return Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff);
+          return Uint8Array.from(text, (c) => c.charCodeAt(0) & 0xff);
         }
-        return new TextEncoder().encode(s);
+        return new TextEncoder().encode(text);
       }
       default:
-        throw new Error(`${fn.fullName} cannot be called`);
+        this.#fail(`${global.fullName} cannot be called`);
     }
+  }
+
+  /** A tensor view, checked against the elements its storage really has. */
+  #rebuildTensor(name: string, args: PickleValue[]): PthTensor {
+    const [storage, offset, size, stride] = args;
+    if (!(storage instanceof PthStorage)) {
+      this.#fail(`${name}: expected a storage, got ${typeOf(storage)}`);
+    }
+    const s = storage as PthStorage;
+    let shape: number[] = [];
+    let strides: number[] = [];
+    let start = 0;
+    try {
+      shape = toIntList(size, "tensor size");
+      strides = toIntList(stride, "tensor stride");
+      start = toInt(offset, "storage offset");
+    } catch (e) {
+      this.#fail(`${name}: ${(e as Error).message}`);
+    }
+    const extent = viewExtent(shape, strides, start);
+    if (typeof extent === "string") this.#fail(`${name}: tensor view ${extent}`);
+    const outside = (extent as ViewExtent).count > 0 &&
+      viewOutsideStorage(extent as ViewExtent, s.numel);
+    if (outside) {
+      this.#fail(
+        `tensor [${shape}] (offset ${start}, stride [${strides}]) on storage data/${s.key} ${outside}`,
+      );
+    }
+    this.#charge(HEAP_COST.object);
+    return new PthTensor(s, start, shape, strides);
   }
 
   #setItems(target: PickleValue, items: PickleValue[]): void {
@@ -602,8 +695,13 @@ class Unpickler {
       : target instanceof PickleObject
       ? target.dictItems
       : null;
-    if (!dict) throw new Error(`corrupt pickle (SETITEM on a ${typeOf(target)})`);
-    for (let i = 0; i + 1 < items.length; i += 2) dict.set(items[i], items[i + 1]);
+    if (!dict) this.#fail(`corrupt pickle (SETITEM on a ${typeOf(target)})`);
+    const d = dict as Map<PickleValue, PickleValue>;
+    if (d.size + items.length / 2 > PTH_LIMITS.maxItems) {
+      this.#fail(`a dict grows past ${PTH_LIMITS.maxItems} items`);
+    }
+    this.#charge(HEAP_COST.entry * (items.length >> 1));
+    for (let i = 0; i + 1 < items.length; i += 2) d.set(items[i], items[i + 1]);
   }
 
   #append(target: PickleValue, items: PickleValue[]): void {
@@ -612,19 +710,46 @@ class Unpickler {
       : target instanceof PickleObject
       ? target.listItems
       : null;
-    if (!list) throw new Error(`corrupt pickle (APPEND on a ${typeOf(target)})`);
-    list.push(...items);
+    if (!list) this.#fail(`corrupt pickle (APPEND on a ${typeOf(target)})`);
+    const l = list as PickleValue[];
+    if (l.length + items.length > PTH_LIMITS.maxItems) {
+      this.#fail(`a list grows past ${PTH_LIMITS.maxItems} items`);
+    }
+    this.#charge(HEAP_COST.item * items.length);
+    // One push per item: spreading a long list into push() overflows the JS call stack.
+    for (const v of items) l.push(v);
+  }
+
+  #addItems(target: PickleValue, items: PickleValue[]): void {
+    if (!(target instanceof Set)) this.#fail(`corrupt pickle (ADDITEMS on a ${typeOf(target)})`);
+    const s = target as Set<PickleValue>;
+    if (s.size + items.length > PTH_LIMITS.maxItems) {
+      this.#fail(`a set grows past ${PTH_LIMITS.maxItems} items`);
+    }
+    this.#charge(HEAP_COST.entry * items.length);
+    for (const v of items) s.add(v);
   }
 
   run(): PickleValue {
+    try {
+      return this.#run();
+    } catch (e) {
+      if (e instanceof PthFormatError) throw e;
+      // Errors of the helpers (persistent ids, integer checks) get the record and byte too.
+      this.#fail(e instanceof Error ? e.message.split("\n")[0] : String(e));
+    }
+  }
+
+  #run(): PickleValue {
     const data = this.#data;
     while (this.#pos < data.byteLength) {
       const at = this.#pos;
+      this.#at = at;
       const op = data[this.#pos++];
       switch (op) {
         case 0x80: { // PROTO
           const v = this.#u8();
-          if (v > 5) throw new Error(`unsupported pickle protocol ${v}`);
+          if (v > 5) this.#fail(`unsupported pickle protocol ${v}`);
           break;
         }
         case 0x95: // FRAME: framing only groups opcodes; the data is all in memory already
@@ -664,18 +789,18 @@ class Unpickler {
           this.#push(this.#u16());
           break;
         case 0x8a: // LONG1
-          this.#push(this.#long(this.#bytes(this.#u8())));
+          this.#push(this.#long(this.#u8()));
           break;
         case 0x8b: // LONG4
-          this.#push(this.#long(this.#bytes(this.#i32())));
+          this.#push(this.#long(this.#i32()));
           break;
         case 0x49: { // INT (text); "00"/"01" are protocol 0 booleans
-          const s = this.#line();
+          const s = this.#line(PTH_LIMITS.maxIntDigits + 2);
           this.#push(s === "00" ? false : s === "01" ? true : this.#parseInt(s));
           break;
         }
         case 0x4c: // LONG (text)
-          this.#push(this.#parseInt(this.#line().replace(/L$/, "")));
+          this.#push(this.#parseInt(this.#line(PTH_LIMITS.maxIntDigits + 2).replace(/L$/, "")));
           break;
         case 0x46: // FLOAT (text)
           this.#push(Number.parseFloat(this.#line()));
@@ -699,59 +824,64 @@ class Unpickler {
           this.#push(this.#str(this.#u8()));
           break;
         case 0x42: // BINBYTES
-          this.#push(this.#bytes(this.#u32()).slice());
+          this.#push(this.#byteString(this.#u32()));
           break;
         case 0x43: // SHORT_BINBYTES
-          this.#push(this.#bytes(this.#u8()).slice());
+          this.#push(this.#byteString(this.#u8()));
           break;
         case 0x8e: // BINBYTES8
         case 0x96: // BYTEARRAY8
-          this.#push(this.#bytes(this.#u64()).slice());
+          this.#push(this.#byteString(this.#u64()));
           break;
         case 0x29: // EMPTY_TUPLE
-          this.#push([]);
+          this.#push(this.#tuple([]));
           break;
         case 0x74: // TUPLE
         case 0x6c: // LIST
-          this.#push(this.#popMark());
+          this.#push(this.#tuple(this.#popMark()));
           break;
         case 0x85: // TUPLE1
-          this.#push([this.#pop()]);
+          this.#push(this.#tuple([this.#pop()]));
           break;
         case 0x86: { // TUPLE2
           const b = this.#pop();
-          this.#push([this.#pop(), b]);
+          this.#push(this.#tuple([this.#pop(), b]));
           break;
         }
         case 0x87: { // TUPLE3
           const c = this.#pop();
           const b = this.#pop();
-          this.#push([this.#pop(), b, c]);
+          this.#push(this.#tuple([this.#pop(), b, c]));
           break;
         }
         case 0x5d: // EMPTY_LIST
-          this.#push([]);
+          this.#push(this.#tuple([]));
           break;
         case 0x7d: // EMPTY_DICT
+          this.#charge(HEAP_COST.map);
           this.#push(new Map());
           break;
         case 0x64: { // DICT
+          this.#charge(HEAP_COST.map);
           const d = new Map<PickleValue, PickleValue>();
           this.#setItems(d, this.#popMark());
           this.#push(d);
           break;
         }
         case 0x8f: // EMPTY_SET
+          this.#charge(HEAP_COST.set);
           this.#push(new Set());
           break;
-        case 0x91: // FROZENSET
-          this.#push(new Set(this.#popMark()));
+        case 0x91: { // FROZENSET
+          this.#charge(HEAP_COST.set);
+          const s = new Set<PickleValue>();
+          this.#addItems(s, this.#popMark());
+          this.#push(s);
           break;
+        }
         case 0x90: { // ADDITEMS
           const items = this.#popMark();
-          const s = this.#top();
-          if (!(s instanceof Set)) throw new Error(`corrupt pickle (ADDITEMS on a ${typeOf(s)})`);
-          for (const v of items) s.add(v);
+          this.#addItems(this.#top(), items);
           break;
         }
         case 0x61: { // APPEND
@@ -776,16 +906,16 @@ class Unpickler {
           break;
         }
         case 0x71: // BINPUT
-          this.#memo.set(this.#u8(), this.#top());
+          this.#memoize(this.#u8());
           break;
         case 0x72: // LONG_BINPUT
-          this.#memo.set(this.#u32(), this.#top());
+          this.#memoize(this.#u32());
           break;
         case 0x70: // PUT (text)
-          this.#memo.set(this.#parseIndex(this.#line()), this.#top());
+          this.#memoize(this.#parseIndex(this.#line(20)));
           break;
         case 0x94: // MEMOIZE
-          this.#memo.set(this.#memo.size, this.#top());
+          this.#memoize(this.#memo.size);
           break;
         case 0x68: // BINGET
           this.#push(this.#get(this.#u8()));
@@ -794,7 +924,7 @@ class Unpickler {
           this.#push(this.#get(this.#u32()));
           break;
         case 0x67: // GET (text)
-          this.#push(this.#get(this.#parseIndex(this.#line())));
+          this.#push(this.#get(this.#parseIndex(this.#line(20))));
           break;
         case 0x63: { // GLOBAL
           const module = this.#line();
@@ -805,9 +935,9 @@ class Unpickler {
           const name = this.#pop();
           const module = this.#pop();
           if (typeof module !== "string" || typeof name !== "string") {
-            throw new Error("corrupt pickle (STACK_GLOBAL needs two strings)");
+            this.#fail("corrupt pickle (STACK_GLOBAL needs two strings)");
           }
-          this.#push(this.#global(module, name));
+          this.#push(this.#global(module as string, name as string));
           break;
         }
         case 0x69: { // INST: class named inline, arguments since the MARK
@@ -825,18 +955,18 @@ class Unpickler {
           const args = this.#pop();
           const fn = this.#pop();
           if (!Array.isArray(args)) {
-            throw new Error(`corrupt pickle (REDUCE arguments are a ${typeOf(args)})`);
+            this.#fail(`corrupt pickle (REDUCE arguments are a ${typeOf(args)})`);
           }
-          this.#push(this.#call(fn, args));
+          this.#push(this.#call(fn, args as PickleValue[]));
           break;
         }
         case 0x81: { // NEWOBJ: cls.__new__(cls, *args)
           const args = this.#pop();
           const cls = this.#pop();
           if (!Array.isArray(args)) {
-            throw new Error(`corrupt pickle (NEWOBJ arguments are a ${typeOf(args)})`);
+            this.#fail(`corrupt pickle (NEWOBJ arguments are a ${typeOf(args)})`);
           }
-          this.#push(this.#call(cls, args));
+          this.#push(this.#call(cls, args as PickleValue[]));
           break;
         }
         case 0x92: { // NEWOBJ_EX: keyword arguments are kept only on placeholders
@@ -844,9 +974,9 @@ class Unpickler {
           const args = this.#pop();
           const cls = this.#pop();
           if (!Array.isArray(args)) {
-            throw new Error(`corrupt pickle (NEWOBJ_EX arguments are a ${typeOf(args)})`);
+            this.#fail(`corrupt pickle (NEWOBJ_EX arguments are a ${typeOf(args)})`);
           }
-          const obj = this.#call(cls, args);
+          const obj = this.#call(cls, args as PickleValue[]);
           if (obj instanceof PickleObject) obj.state = kwargs;
           this.#push(obj);
           break;
@@ -858,31 +988,31 @@ class Unpickler {
           break;
         }
         case 0x51: // BINPERSID
-          this.#push(this.#persistentLoad(this.#pop()));
+          this.#push(this.#ctx.persistentLoad(this.#pop()));
           break;
         case 0x50: // PERSID (text id)
-          this.#push(this.#persistentLoad(this.#line()));
+          this.#push(this.#ctx.persistentLoad(this.#line()));
           break;
         default:
-          throw new Error(
+          this.#fail(
             `unsupported pickle opcode 0x${op.toString(16).padStart(2, "0")} (${
               JSON.stringify(String.fromCharCode(op))
-            }) at byte ${at}`,
+            })`,
           );
       }
     }
-    throw new Error("truncated pickle (no STOP)");
+    this.#fail("truncated pickle (no STOP)");
   }
 
   #get(i: number): Stackable {
     const v = this.#memo.get(i);
-    if (v === undefined) throw new Error(`corrupt pickle (memo ${i} is not set)`);
-    return v;
+    if (v === undefined) this.#fail(`corrupt pickle (memo ${i} is not set)`);
+    return v as Stackable;
   }
 
   #parseInt(s: string): number | bigint {
     if (!/^[+-]?\d+$/.test(s.trim())) {
-      throw new Error(`corrupt pickle (bad integer ${JSON.stringify(s)})`);
+      this.#fail(`corrupt pickle (bad integer ${quoteName(s)})`);
     }
     const v = BigInt(s.trim());
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER)
@@ -892,17 +1022,28 @@ class Unpickler {
 
   #parseIndex(s: string): number {
     const v = this.#parseInt(s);
-    if (typeof v !== "number" || v < 0) throw new Error(`corrupt pickle (bad memo index ${s})`);
-    return v;
+    if (typeof v !== "number" || v < 0) {
+      this.#fail(`corrupt pickle (bad memo index ${quoteName(s)})`);
+    }
+    return v as number;
   }
 }
 
 // ---------------------------------------------------------------- public API
 
+/** `s` with line breaks escaped, so a message naming it stays one line. */
+function oneLine(s: string): string {
+  return s.replace(/[\r\n]/g, (c) => (c === "\n" ? "\\n" : "\\r"));
+}
+
 /**
  * Read a `torch.save` checkpoint and return the saved top-level object, with
- * tensors as lazily decoded {@link PthTensor}s. Refuses (throws, naming the
- * global) any pickle global outside the whitelist unless `skipUnknown` is set.
+ * tensors as lazily decoded {@link PthTensor}s. Refuses (throws a
+ * {@link PthFormatError}, naming the global) any pickle global outside the
+ * whitelist unless `skipUnknown` is set, and globals that could only serve
+ * an attack (`os.system`, `builtins.eval`, …) even then. Every size the file
+ * declares is checked against {@link PTH_LIMITS} and the bytes present
+ * before memory is allocated for it.
  *
  * @example
  * ```ts
@@ -915,19 +1056,20 @@ class Unpickler {
  * ```
  */
 export function readPth(bytes: Uint8Array, opts: PthOptions = {}): PickleValue {
-  const source = opts.source ?? "PyTorch checkpoint";
+  const source = oneLine(opts.source ?? "PyTorch checkpoint");
   try {
     return readPthUnchecked(bytes, source, opts.skipUnknown ?? false);
   } catch (e) {
-    const msg = e instanceof Error ? e.message : String(e);
-    if (msg.startsWith(`cannot read ${source}: `)) throw e;
-    throw new Error(`cannot read ${source}: ${msg}`);
+    if (e instanceof PthFormatError) throw e;
+    // A last line of defence: whatever slipped past the checks still leaves as one line.
+    const msg = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    throw new PthFormatError(`cannot read ${source}: ${msg}`);
   }
 }
 
 function readPthUnchecked(bytes: Uint8Array, source: string, skipUnknown: boolean): PickleValue {
   const fail: (why: string) => never = (why) => {
-    throw new Error(`cannot read ${source}: ${why}`);
+    throw new PthFormatError(`cannot read ${source}: ${why}`);
   };
   if (
     bytes.byteLength < 4 || bytes[0] !== 0x50 || bytes[1] !== 0x4b || bytes[2] !== 0x03 ||
@@ -940,7 +1082,8 @@ function readPthUnchecked(bytes: Uint8Array, source: string, skipUnknown: boolea
     }
     fail("not a torch.save zip archive (no zip signature at the start)");
   }
-  const entries = readZipDirectory(bytes, fail);
+  const zip = new ZipArchive(bytes, fail);
+  const entries = zip.entries;
   const names = [...entries.keys()];
   if (
     names.some((n) => /(^|\/)constants\.pkl$/.test(n)) && names.some((n) => /(^|\/)code\//.test(n))
@@ -954,54 +1097,90 @@ function readPthUnchecked(bytes: Uint8Array, source: string, skipUnknown: boolea
     : names.find((n) => /^[^/]+\/data\.pkl$/.test(n));
   if (!pkl) fail("no <archive>/data.pkl record");
   const prefix = pkl.slice(0, -"data.pkl".length);
-  const record = (name: string): Uint8Array => {
-    const e = entries.get(prefix + name);
-    if (!e) fail(`missing record ${prefix + name}`);
-    return zipEntryData(bytes, e, fail);
-  };
+  const record = (name: string): Uint8Array => zip.read(prefix + name);
   let littleEndian = true;
   if (entries.has(`${prefix}byteorder`)) {
+    if (entries.get(`${prefix}byteorder`)!.size > 16) fail(`${prefix}byteorder is too long`);
     const order = new TextDecoder().decode(record("byteorder")).trim();
-    if (order !== "little" && order !== "big") fail(`unknown byteorder ${JSON.stringify(order)}`);
+    if (order !== "little" && order !== "big") fail(`unknown byteorder ${quoteName(order)}`);
     littleEndian = order === "little";
+  }
+  const pickleSize = entries.get(pkl)!.size;
+  if (pickleSize > PTH_LIMITS.maxPickleBytes) {
+    fail(`${pkl} is ${pickleSize} bytes (limit ${PTH_LIMITS.maxPickleBytes})`);
   }
   const storages = new Map<string, PthStorage>();
   const persistentLoad = (pid: PickleValue): PickleValue => {
     if (!Array.isArray(pid) || pid[0] !== "storage" || pid.length < 5) {
       throw new Error(`corrupt pickle (unknown persistent id ${typeOf(pid)})`);
     }
-    const [, type, key, location, numel] = pid;
-    if (!(type instanceof PickleGlobal)) {
+    const [, type, key, location, numelValue] = pid;
+    if (!(type instanceof PickleGlobal) || !/Storage$/.test(type.name)) {
       throw new Error(`corrupt pickle (storage type is a ${typeOf(type)})`);
     }
     if (typeof key !== "string") {
       throw new Error(`corrupt pickle (storage key is a ${typeOf(key)})`);
     }
-    const cached = storages.get(key);
-    if (cached) return cached;
+    const numel = toInt(numelValue, "storage size");
     const name = `data/${key}`;
-    if (!entries.has(prefix + name)) fail(`missing record ${prefix + name}`);
+    const cached = storages.get(key);
+    if (cached) {
+      if (cached.typeName !== type.fullName || cached.numel !== numel) {
+        throw new Error(
+          `storage ${
+            quoteName(name)
+          } is declared twice, as ${cached.numel} × ${cached.typeName} and ${numel} × ${type.fullName}`,
+        );
+      }
+      return cached;
+    }
+    const entry = entries.get(prefix + name);
+    if (!entry) throw new Error(`missing record ${quoteName(prefix + name)}`);
+    const dtype = STORAGE_DTYPES[type.fullName] ?? null;
+    if (numel < 0) throw new Error(`storage ${quoteName(name)} has ${numel} elements`);
+    // The record's size is known from the directory: check it before anything is read.
+    if (dtype !== null && entry.size < numel * dtypeBytes(dtype)) {
+      throw new Error(
+        `storage ${quoteName(name)} declares ${numel} × ${type.fullName} (${
+          numel * dtypeBytes(dtype)
+        } bytes) but its record holds ${entry.size} bytes`,
+      );
+    }
     let raw: Uint8Array | null = null;
     const storage = new PthStorage(
       key,
-      STORAGE_DTYPES[type.fullName] ?? null,
+      dtype,
       type.fullName,
-      String(location),
-      toInt(numel, "storage size"),
+      String(location).slice(0, 64),
+      numel,
       littleEndian,
       () => (raw ??= record(name)),
+      source,
     );
     storages.set(key, storage);
     return storage;
   };
-  return new Unpickler(record("data.pkl"), skipUnknown, persistentLoad).run();
+  return new Unpickler(record("data.pkl"), {
+    record: pkl,
+    skipUnknown,
+    heapBudget: PTH_LIMITS.baseHeapBytes + PTH_LIMITS.heapPerFileByte * bytes.byteLength,
+    persistentLoad,
+    fail,
+  }).run();
+}
+
+/** A dict key for a message: strings quoted, other values by type. */
+function describeKey(k: PickleValue): string {
+  return typeof k === "string" ? quoteName(k) : typeOf(k);
 }
 
 /**
  * Read a `torch.save` checkpoint as f32 weights: the state dict found under
  * `model`, `state_dict` or `model_ema` (first present, or `opts.entry`), or
  * the top-level dict itself, with a leading `module.` stripped from keys.
- * Non-tensor entries are skipped.
+ * Non-tensor entries are skipped. The tensors together may decode to at most
+ * {@link PTH_LIMITS}`.outputPerStorageByte` f32 bytes per byte of the
+ * storages they view (plus 1 MiB), checked before any is decoded.
  *
  * @example
  * ```ts
@@ -1012,25 +1191,30 @@ function readPthUnchecked(bytes: Uint8Array, source: string, skipUnknown: boolea
  * ```
  */
 export function pthStateDict(bytes: Uint8Array, opts: PthStateDictOptions = {}): Weights {
-  const source = opts.source ?? "PyTorch checkpoint";
+  const source = oneLine(opts.source ?? "PyTorch checkpoint");
   const fail: (why: string) => never = (why) => {
-    throw new Error(`cannot read ${source}: ${why}`);
+    throw new PthFormatError(`cannot read ${source}: ${why}`);
   };
-  const top = readPth(bytes, opts);
+  const top = readPth(bytes, { ...opts, source });
   if (!(top instanceof Map)) fail(`the saved object is a ${typeOf(top)}, not a dict`);
-  let dict: Map<PickleValue, PickleValue> = top;
+  let dict: Map<PickleValue, PickleValue> = top as Map<PickleValue, PickleValue>;
   let where = "the top-level dict";
   if (opts.entry !== undefined) {
-    const v = top.get(opts.entry);
+    const v = dict.get(opts.entry);
     if (!(v instanceof Map)) {
-      const keys = [...top.keys()].map((k) => JSON.stringify(k)).join(", ");
-      fail(`no dict under "${opts.entry}" (top-level keys: ${keys})`);
+      const keys = [...dict.keys()];
+      const shown = keys.slice(0, 20).map(describeKey).join(", ");
+      fail(
+        `no dict under ${quoteName(opts.entry)} (top-level keys: ${shown}${
+          keys.length > 20 ? `, … ${keys.length} in all` : ""
+        })`,
+      );
     }
-    dict = v;
-    where = `"${opts.entry}"`;
+    dict = v as Map<PickleValue, PickleValue>;
+    where = quoteName(opts.entry);
   } else {
     for (const key of ["model", "state_dict", "model_ema"]) {
-      const v = top.get(key);
+      const v = dict.get(key);
       if (v instanceof Map) {
         dict = v;
         where = `"${key}"`;
@@ -1039,18 +1223,42 @@ export function pthStateDict(bytes: Uint8Array, opts: PthStateDictOptions = {}):
     }
   }
   const strip = opts.stripPrefix ?? "module.";
-  const out: Weights = new Map();
+  const tensors: [string, string, PthTensor][] = [];
+  const names = new Set<string>();
+  const storages = new Set<PthStorage>();
+  let outputBytes = 0;
   for (const [k, v] of dict) {
     if (!(v instanceof PthTensor)) continue;
-    const name = strip && String(k).startsWith(strip) ? String(k).slice(strip.length) : String(k);
-    if (out.has(name)) fail(`duplicate key "${name}" after removing the prefix "${strip}"`);
+    if (typeof k !== "string") fail(`a tensor in ${where} has a ${typeOf(k)} key, not a string`);
+    const key = k as string;
+    const name = strip && key.startsWith(strip) ? key.slice(strip.length) : key;
+    if (names.has(name)) {
+      fail(`duplicate key ${quoteName(name)} after removing the prefix ${quoteName(strip)}`);
+    }
+    names.add(name);
+    tensors.push([key, name, v]);
+    storages.add(v.storage);
+    outputBytes += 4 * v.shape.reduce((a, b) => a * b, 1);
+  }
+  if (tensors.length === 0) fail(`no tensors in ${where}`);
+  let storageBytes = 0;
+  for (const s of storages) storageBytes += s.dtype ? s.numel * dtypeBytes(s.dtype) : 0;
+  const allowed = PTH_LIMITS.outputPerStorageByte * storageBytes + (1 << 20);
+  if (outputBytes > allowed) {
+    fail(
+      `the tensors of ${where} would decode to ${outputBytes} bytes from ${storageBytes} bytes of storage (limit ${PTH_LIMITS.outputPerStorageByte}× + 1 MiB: views repeat one storage too often)`,
+    );
+  }
+  const out: Weights = new Map();
+  const prefix = `cannot read ${source}: `;
+  for (const [key, name, t] of tensors) {
     try {
-      out.set(name, { shape: [...v.shape], data: v.toFloat32() });
+      out.set(name, { shape: [...t.shape], data: t.toFloat32() });
     } catch (e) {
-      fail(`tensor "${k}": ${e instanceof Error ? e.message : e}`);
+      const msg = e instanceof Error ? e.message.split("\n")[0] : String(e);
+      fail(`tensor ${quoteName(key)}: ${msg.startsWith(prefix) ? msg.slice(prefix.length) : msg}`);
     }
   }
-  if (out.size === 0) fail(`no tensors in ${where}`);
   return out;
 }
 
@@ -1066,5 +1274,9 @@ export function pthStateDict(bytes: Uint8Array, opts: PthStateDictOptions = {}):
  * ```
  */
 export async function loadPthFile(path: string, opts: PthStateDictOptions = {}): Promise<Weights> {
+  // A device or pipe would be read without end; checkpoints are regular files.
+  if (!(await Deno.stat(path)).isFile) {
+    throw new PthFormatError(`cannot read ${oneLine(path)}: not a regular file`);
+  }
   return pthStateDict(await Deno.readFile(path), { source: path, ...opts });
 }

@@ -14,7 +14,15 @@ import {
   type Weights,
   writeSafetensors,
 } from "../models/safetensors.ts";
-import { loadPthFile, PickleObject, pthStateDict, PthTensor, readPth } from "../models/pth.ts";
+import {
+  loadPthFile,
+  PickleObject,
+  PthFormatError,
+  pthStateDict,
+  PthTensor,
+  readPth,
+} from "../models/pth.ts";
+import { fixCrc32 } from "./zip_tools.ts";
 
 const fixture = (name: string) => Deno.readFile(new URL(`./fixtures/${name}`, import.meta.url));
 const fixturePath = (name: string) => new URL(`./fixtures/${name}`, import.meta.url).pathname;
@@ -294,7 +302,7 @@ Deno.test("pth: SLaK-style checkpoint with args/optimizer needs skipUnknown", as
   const bytes = await fixture("checkpoint.pth");
   throwsLine(
     () => pthStateDict(bytes, { source: "slak.pth" }),
-    /^cannot read slak\.pth: refused/,
+    /^cannot read slak\.pth: archive\/data\.pkl \(opcode at byte \d+\): refused/,
     /"argparse\.Namespace"/,
     /nothing in the file was executed/,
   );
@@ -363,7 +371,7 @@ Deno.test("pth: a pickle calling os.system or builtins.eval is refused, never ex
   ) {
     throwsLine(
       read,
-      /^cannot read evil\.pth: refused the file/,
+      /^cannot read evil\.pth: archive\/data\.pkl \(opcode at byte \d+\): refused the file/,
       /global "os\.system"/,
       /nothing in the file was executed/,
     );
@@ -374,12 +382,24 @@ Deno.test("pth: a pickle calling os.system or builtins.eval is refused, never ex
     /refused the file/,
     /global "builtins\.eval"/,
   );
-  // With skipUnknown the call becomes an inert record and the weights next to it are still readable.
-  const top = readPth(evil, { skipUnknown: true }) as Map<string, unknown>;
-  const payload = top.get("payload") as PickleObject;
-  assert.ok(payload instanceof PickleObject);
-  assert.deepEqual([payload.global, payload.args], ["os.system", [`touch ${marker}`]]);
-  assertWeights(pthStateDict(evil, { skipUnknown: true }), { w: { shape: [2], data: [1, 2] } });
+  // skipUnknown keeps unknown data classes as placeholders, but never a global that runs commands.
+  for (const [file, global] of [[evil, "os\\.system"], [evilEval, "builtins\\.eval"]] as const) {
+    for (
+      const read of [
+        () => readPth(file, { skipUnknown: true }),
+        () => pthStateDict(file, { skipUnknown: true }),
+      ]
+    ) {
+      assert.throws(read, (e: Error) => {
+        assert.ok(e instanceof PthFormatError, String(e));
+        assert.match(
+          e.message,
+          new RegExp(`global "${global}" \\(.*\\), which no checkpoint needs`),
+        );
+        return true;
+      });
+    }
+  }
   const exists = await Deno.lstat(marker).then(() => true, () => false);
   assert.ok(existed || !exists, "the payload must not have run");
 });
@@ -397,6 +417,12 @@ Deno.test("pth: truncated, non-zip and tampered files give one-line errors", asy
   const at = new TextDecoder("latin1").decode(tampered).indexOf("collections\nOrderedDict");
   assert.ok(at > 0);
   tampered[at + "collections\nOrderedDic".length] = "X".charCodeAt(0);
+  throwsLine(
+    () => readPth(tampered),
+    /corrupt zip entry "state_dict\/data\.pkl": CRC-32 0x[0-9a-f]{8} of its data/,
+  );
+  // With its CRC-32 fixed up as well, the near miss is still refused by the whitelist.
+  fixCrc32(tampered, "state_dict/data.pkl");
   throwsLine(() => readPth(tampered), /global "collections\.OrderedDicX"/);
   // Through the file helper, the error names the file.
   const dir = await Deno.makeTempDir();
