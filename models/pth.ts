@@ -24,7 +24,8 @@
  * @module
  */
 import { decodeFloat32, type Dtype, dtypeBytes, type Weights } from "./safetensors.ts";
-import { quoteName, ZipArchive } from "./zip.ts";
+import { ZipArchive } from "./zip.ts";
+import { oneLine, quoteName } from "./quote.ts";
 import { dangerousGlobal } from "./pickle_globals.ts";
 
 /**
@@ -1030,11 +1031,6 @@ class Unpickler {
 }
 
 // ---------------------------------------------------------------- public API
-
-/** `s` with line breaks escaped, so a message naming it stays one line. */
-function oneLine(s: string): string {
-  return s.replace(/[\r\n]/g, (c) => (c === "\n" ? "\\n" : "\\r"));
-}
 
 /**
  * Read a `torch.save` checkpoint and return the saved top-level object, with

@@ -16,8 +16,35 @@
  * const bytes = writeSafetensors(weights, { format: "pt" });
  * console.log(readSafetensors(bytes).get("fc.weight")?.data); // Float32Array [1, 2, 3, 4]
  * ```
+ * Reading trusts nothing in the file: the header length is bounded and
+ * checked against the file's size, the header must be one JSON object with
+ * no key twice, every dtype known, every shape non-negative safe integers
+ * whose byte size is a safe integer, and the data offsets must tile the data
+ * section exactly, in order, without gaps or overlaps. Violations throw a
+ * {@link SafetensorsFormatError} naming the file, the tensor and the limit.
+ *
  * @module
  */
+import { duplicateJsonKey } from "./json_keys.ts";
+import { oneLine, quoteName } from "./quote.ts";
+
+/**
+ * A safetensors file that is truncated, malformed or over a limit. The
+ * message is one line naming the file and what is wrong.
+ *
+ * @example
+ * ```ts
+ * import { readSafetensors, SafetensorsFormatError } from "./safetensors.ts";
+ * try {
+ *   readSafetensors(new Uint8Array(3), "x.safetensors");
+ * } catch (e) {
+ *   console.log(e instanceof SafetensorsFormatError); // true
+ * }
+ * ```
+ */
+export class SafetensorsFormatError extends Error {
+  override name = "SafetensorsFormatError";
+}
 
 /**
  * Named f32 tensors, row-major: what `Module.loadStateDict` takes.
@@ -202,8 +229,9 @@ export function readSafetensorsHeader(
   bytes: Uint8Array,
   source = "safetensors data",
 ): { metadata: Record<string, string>; tensors: SafetensorsEntry[]; dataStart: number } {
+  const file = oneLine(source);
   const fail: (why: string) => never = (why) => {
-    throw new Error(`cannot read ${source}: ${why}`);
+    throw new SafetensorsFormatError(`cannot read ${file}: ${why}`);
   };
   if (bytes.byteLength < 8) {
     fail(`truncated: ${bytes.byteLength} bytes, shorter than the 8-byte header length`);
@@ -211,51 +239,74 @@ export function readSafetensorsHeader(
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = view.getBigUint64(0, true);
   if (headerLen > BigInt(MAX_HEADER_BYTES)) {
-    fail(`corrupt: header length ${headerLen} exceeds ${MAX_HEADER_BYTES} bytes`);
+    fail(`corrupt: header length ${headerLen} exceeds the limit of ${MAX_HEADER_BYTES} bytes`);
   }
   const n = Number(headerLen);
   if (8 + n > bytes.byteLength) {
     fail(`truncated: header needs ${n} bytes but only ${bytes.byteLength - 8} follow the length`);
   }
+  let text = "";
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + n)));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + n));
+    header = JSON.parse(text);
   } catch (e) {
-    fail(`corrupt header (${e instanceof Error ? e.message.split("\n")[0] : e})`);
+    fail(`corrupt header (${e instanceof Error ? e.message.split("\n")[0].slice(0, 200) : e})`);
   }
   if (typeof header !== "object" || header === null || Array.isArray(header)) {
     fail("corrupt header: not a JSON object");
   }
+  const twice = duplicateJsonKey(text);
+  if (twice !== null) {
+    fail(`corrupt header: the key ${quoteName(twice)} appears twice in one object`);
+  }
   const metadata: Record<string, string> = {};
   const tensors: SafetensorsEntry[] = [];
   for (const [name, info] of Object.entries(header as Record<string, unknown>)) {
+    const q = quoteName(name);
     if (name === "__metadata__") {
       if (typeof info !== "object" || info === null || Array.isArray(info)) {
         fail("corrupt header: __metadata__ is not an object");
       }
       for (const [k, v] of Object.entries(info as Record<string, unknown>)) {
-        if (typeof v !== "string") fail(`corrupt header: __metadata__.${k} is not a string`);
-        metadata[k] = v as string;
+        if (typeof v !== "string") {
+          fail(`corrupt header: __metadata__.${quoteName(k)} is not a string`);
+        }
+        // defineProperty: a key named "__proto__" stays a plain entry.
+        Object.defineProperty(metadata, k, {
+          value: v,
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
       }
       continue;
     }
     const t = info as { dtype?: unknown; shape?: unknown; data_offsets?: unknown } | null;
-    if (typeof t !== "object" || t === null) {
-      fail(`corrupt header: entry "${name}" is not an object`);
+    if (typeof t !== "object" || t === null || Array.isArray(t)) {
+      fail(`corrupt header: entry ${q} is not an object`);
     }
     if (!isDtype(t.dtype)) {
-      fail(`tensor "${name}" has unsupported dtype ${JSON.stringify(t.dtype)}`);
+      fail(`tensor ${q} has unsupported dtype ${excerpt(t.dtype)}`);
     }
     const shape = t.shape;
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      fail(`corrupt header: tensor "${name}" has invalid shape ${JSON.stringify(shape)}`);
+      fail(
+        `corrupt header: tensor ${q} has invalid shape ${
+          excerpt(shape)
+        } (expected non-negative integers)`,
+      );
+    }
+    const size = byteSize(shape as number[], t.dtype as Dtype);
+    if (size === null) {
+      fail(`corrupt header: tensor ${q} of shape ${excerpt(shape)} would need over 2^53 bytes`);
     }
     const offs = t.data_offsets;
     if (
       !Array.isArray(offs) || offs.length !== 2 ||
       !offs.every((o) => Number.isSafeInteger(o) && o >= 0) || offs[1] < offs[0]
     ) {
-      fail(`corrupt header: tensor "${name}" has invalid data_offsets ${JSON.stringify(offs)}`);
+      fail(`corrupt header: tensor ${q} has invalid data_offsets ${excerpt(offs)}`);
     }
     tensors.push({
       name,
@@ -273,18 +324,44 @@ export function readSafetensorsHeader(
   let end = 0;
   for (const t of tensors) {
     const [b, e] = t.dataOffsets;
-    if (b !== end) fail(`corrupt header: tensor "${t.name}" starts at byte ${b}, expected ${end}`);
-    const want = numelOf(t.shape) * DTYPE_BYTES[t.dtype];
-    if (e - b !== want) {
+    const q = quoteName(t.name);
+    if (b !== end) {
       fail(
-        `corrupt header: tensor "${t.name}" spans ${e - b} bytes, its shape and dtype need ${want}`,
+        `corrupt header: tensor ${q} starts at byte ${b}, expected ${end} (${
+          b < end ? "it overlaps the tensor before it" : "a gap before it"
+        })`,
+      );
+    }
+    const want = byteSize(t.shape, t.dtype)!;
+    if (e - b !== want) {
+      fail(`corrupt header: tensor ${q} spans ${e - b} bytes, its shape and dtype need ${want}`);
+    }
+    if (e > dataLen) {
+      fail(
+        `truncated: tensor data needs ${e} bytes (through tensor ${q}), only ${dataLen} present`,
       );
     }
     end = e;
   }
-  if (end > dataLen) fail(`truncated: tensor data needs ${end} bytes, only ${dataLen} present`);
   if (end < dataLen) fail(`corrupt: ${dataLen - end} unexpected bytes after the last tensor`);
   return { metadata, tensors, dataStart };
+}
+
+/** Bytes of a tensor of `shape` and `dtype`, or null past 2^53. */
+function byteSize(shape: readonly number[], dtype: Dtype): number | null {
+  if (shape.includes(0)) return 0;
+  let n = DTYPE_BYTES[dtype];
+  for (const d of shape) {
+    n *= d;
+    if (n > Number.MAX_SAFE_INTEGER) return null;
+  }
+  return n;
+}
+
+/** A JSON value from a header, shortened for a one-line message. */
+function excerpt(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 80 ? `${s.slice(0, 80)}…` : s;
 }
 
 /**
@@ -386,6 +463,10 @@ export function writeSafetensors(weights: Weights, metadata?: Record<string, str
  * ```
  */
 export async function loadSafetensorsFile(path: string): Promise<Weights> {
+  // A device or pipe would be read without end; weights are regular files.
+  if (!(await Deno.stat(path)).isFile) {
+    throw new SafetensorsFormatError(`cannot read ${oneLine(path)}: not a regular file`);
+  }
   return readSafetensors(await Deno.readFile(path), path);
 }
 

@@ -24,6 +24,7 @@
  * @module
  */
 import { crc32, inflateRawSync } from "node:zlib";
+import { quoteName } from "./quote.ts";
 
 /**
  * Most bytes all DEFLATE entries of one archive may inflate to, per byte of
@@ -72,22 +73,6 @@ const U32_MAX = 0xffffffff;
 const CENTRAL_RECORD = 46;
 /** Fixed part of a local file header. */
 const LOCAL_HEADER = 30;
-
-/**
- * `s` quoted for a one-line message: JSON escapes (no raw newlines), at most
- * `max` characters of it.
- *
- * @example
- * ```ts
- * import { quoteName } from "./zip.ts";
- * console.log(quoteName("a\nb")); // "a\nb" with the newline escaped
- * console.log(quoteName("x".repeat(500)).length < 100); // true
- * ```
- */
-export function quoteName(s: string, max = 80): string {
-  const cut = s.length > max ? `${s.slice(0, max)}…` : s;
-  return JSON.stringify(cut);
-}
 
 /**
  * A zip archive held in memory; see the module documentation for what is
