@@ -11,51 +11,213 @@
  * @module
  */
 
+import { oneLine, quoteName } from "../models/quote.ts";
+
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // \x93NUMPY
 
-/** A parsed array: values widened to float64, its shape and its stored dtype. */
+/**
+ * Longest header accepted, NumPy's own default (`np.load(max_header_size=10000)`):
+ * a float array's header is under 200 bytes.
+ *
+ * @example
+ * ```ts
+ * import { NPY_MAX_HEADER_BYTES } from "./npy.ts";
+ * console.log(NPY_MAX_HEADER_BYTES); // 10000
+ * ```
+ */
+export const NPY_MAX_HEADER_BYTES = 10_000;
+
+/**
+ * A `.npy` file that is truncated, malformed or not a float array in C
+ * order. The message is one line naming the file and what is wrong.
+ *
+ * @example
+ * ```ts
+ * import { NpyFormatError, parseNpy } from "./npy.ts";
+ * try {
+ *   parseNpy(new Uint8Array(20), "x.npy");
+ * } catch (e) {
+ *   console.log(e instanceof NpyFormatError, (e as Error).message); // true "x.npy: not a .npy file (bad magic)"
+ * }
+ * ```
+ */
+export class NpyFormatError extends Error {
+  override name = "NpyFormatError";
+}
+
+/**
+ * A parsed array: values widened to float64, its shape and its stored dtype.
+ *
+ * @example
+ * ```ts
+ * import { type NpyArray, parseNpy, serializeNpy } from "./npy.ts";
+ * const a: NpyArray = parseNpy(serializeNpy([1, 2], [2], "<f4"));
+ * console.log(a.dtype, a.data); // "<f4" Float64Array [1, 2]
+ * ```
+ */
 export interface NpyArray {
   data: Float64Array;
   shape: number[];
   dtype: "<f4" | "<f8" | ">f4" | ">f8";
 }
 
-/** Parse `.npy` bytes holding a float32 or float64 array in C order. */
+const DTYPES: Record<string, NpyArray["dtype"]> = {
+  "<f4": "<f4",
+  "<f8": "<f8",
+  ">f4": ">f4",
+  ">f8": ">f8",
+};
+
+/** The header dictionary, as NumPy writes it. */
+interface NpyHeader {
+  descr: string;
+  fortran_order: boolean;
+  shape: number[];
+}
+
+/**
+ * Parse the header's Python literal `{'descr': '<f8', 'fortran_order': False,
+ * 'shape': (3, 4), }` strictly: exactly those three keys, each once, a
+ * string, a boolean and a tuple of non-negative integers. Returns why not.
+ */
+function parseHeader(text: string): NpyHeader | string {
+  let i = 0;
+  const space = () => {
+    while (i < text.length && " \t\n\r".includes(text[i])) i++;
+  };
+  const eat = (c: string): boolean => {
+    space();
+    if (text[i] !== c) return false;
+    i++;
+    return true;
+  };
+  const str = (): string | null => {
+    space();
+    const q = text[i];
+    if (q !== "'" && q !== '"') return null;
+    const end = text.indexOf(q, i + 1);
+    if (end < 0) return null;
+    const s = text.slice(i + 1, end);
+    if (s.includes("\\")) return null;
+    i = end + 1;
+    return s;
+  };
+  const fields: Record<string, unknown> = {};
+  if (!eat("{")) return "the header is not a dict";
+  while (!eat("}")) {
+    const key = str();
+    if (key === null) return "a header key is not a string";
+    if (!["descr", "fortran_order", "shape"].includes(key)) {
+      return `unknown header key ${quoteName(key)}`;
+    }
+    if (Object.hasOwn(fields, key)) return `header key ${quoteName(key)} appears twice`;
+    if (!eat(":")) return `no ':' after header key ${quoteName(key)}`;
+    space();
+    if (key === "descr") {
+      const d = str();
+      if (d === null) return "descr is not a string";
+      fields.descr = d;
+    } else if (key === "fortran_order") {
+      const m = /^(True|False)/.exec(text.slice(i, i + 5));
+      if (!m) return "fortran_order is not True or False";
+      fields.fortran_order = m[1] === "True";
+      i += m[1].length;
+    } else {
+      if (!eat("(")) return "shape is not a tuple";
+      const dims: number[] = [];
+      while (!eat(")")) {
+        space();
+        const m = /^\d{1,16}/.exec(text.slice(i, i + 17));
+        if (!m) {
+          return `shape entry ${quoteName(text.slice(i, i + 12))} is not a non-negative integer`;
+        }
+        const d = Number(m[0]);
+        if (!Number.isSafeInteger(d)) return `shape entry ${m[0]} is too large`;
+        dims.push(d);
+        i += m[0].length;
+        if (!eat(",")) {
+          if (!eat(")")) return "shape tuple is malformed";
+          break;
+        }
+      }
+      fields.shape = dims;
+    }
+    if (!eat(",")) {
+      if (!eat("}")) return "header dict is malformed";
+      break;
+    }
+  }
+  space();
+  if (i !== text.length) return "bytes after the header dict";
+  for (const key of ["descr", "fortran_order", "shape"]) {
+    if (!Object.hasOwn(fields, key)) return `header has no ${quoteName(key)}`;
+  }
+  return fields as unknown as NpyHeader;
+}
+
+/**
+ * Parse `.npy` bytes (format 1.0–3.0) holding a float32 or float64 array in
+ * C order. Everything is checked before the array is allocated: magic,
+ * version, header length (at most {@link NPY_MAX_HEADER_BYTES}, inside the
+ * file), the header dict, and a shape whose element count fits the data
+ * present. Throws an {@link NpyFormatError} naming `source`.
+ *
+ * @example
+ * ```ts
+ * import { parseNpy, serializeNpy } from "./npy.ts";
+ * const a = parseNpy(serializeNpy([1, 2, 3, 4, 5, 6], [2, 3]), "m.npy");
+ * console.log(a.shape, a.data[5]); // [2, 3] 6
+ * ```
+ */
 export function parseNpy(bytes: Uint8Array, source = ".npy data"): NpyArray {
+  const file = oneLine(source);
+  const fail = (why: string): never => {
+    throw new NpyFormatError(`${file}: ${why}`);
+  };
   if (bytes.length < 10 || MAGIC.some((b, i) => bytes[i] !== b)) {
-    throw new Error(`${source}: not a .npy file (bad magic)`);
+    fail("not a .npy file (bad magic)");
   }
   const major = bytes[6];
+  const minor = bytes[7];
+  if (major < 1 || major > 3 || minor !== 0) {
+    fail(`unsupported .npy format version ${major}.${minor} (expected 1.0, 2.0 or 3.0)`);
+  }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLen = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
   const start = major === 1 ? 10 : 12;
-  const header = new TextDecoder(major === 3 ? "utf-8" : "latin1").decode(
-    bytes.subarray(start, start + headerLen),
-  );
-  const descr = /'descr':\s*'([^']+)'/.exec(header)?.[1];
-  const fortran = /'fortran_order':\s*(True|False)/.exec(header)?.[1];
-  const shapeText = /'shape':\s*\(([^)]*)\)/.exec(header)?.[1];
-  if (!descr || !fortran || shapeText === undefined) {
-    throw new Error(`${source}: malformed .npy header`);
+  if (bytes.length < start) fail(`truncated (${bytes.length} bytes, the preamble needs ${start})`);
+  const headerLen = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+  if (headerLen > NPY_MAX_HEADER_BYTES) {
+    fail(`header of ${headerLen} bytes is over the limit of ${NPY_MAX_HEADER_BYTES}`);
   }
-  if (fortran === "True") {
-    throw new Error(`${source}: Fortran-order arrays are not supported (save with C order)`);
+  if (start + headerLen > bytes.length) {
+    fail(`truncated (the header needs ${headerLen} bytes, ${bytes.length - start} follow)`);
   }
-  const dtypes: Record<string, NpyArray["dtype"]> = {
-    "<f4": "<f4",
-    "<f8": "<f8",
-    ">f4": ">f4",
-    ">f8": ">f8",
-    "|f4": "<f4",
-  };
-  const dtype = dtypes[descr];
-  if (!dtype) throw new Error(`${source}: dtype ${descr} is not float32 or float64`);
-  const shape = shapeText.split(",").map((s) => s.trim()).filter(Boolean).map(Number);
-  const n = shape.reduce((a, b) => a * b, 1);
+  let text: string;
+  try {
+    text = new TextDecoder(major === 3 ? "utf-8" : "latin1", { fatal: true }).decode(
+      bytes.subarray(start, start + headerLen),
+    );
+  } catch {
+    return fail("the header is not valid UTF-8");
+  }
+  const header = parseHeader(text);
+  if (typeof header === "string") return fail(`malformed .npy header (${header})`);
+  if (header.fortran_order) fail("Fortran-order arrays are not supported (save with C order)");
+  const dtype = DTYPES[header.descr === "|f4" ? "<f4" : header.descr];
+  if (!dtype) fail(`dtype ${quoteName(header.descr)} is not float32 or float64`);
+  const { shape } = header;
   const width = dtype.endsWith("8") ? 8 : 4;
   const offset = start + headerLen;
-  if (bytes.length < offset + n * width) {
-    throw new Error(`${source}: truncated (${n} values of ${width} bytes expected)`);
+  const present = bytes.length - offset;
+  let n = 1;
+  for (const d of shape) n *= d;
+  // Checked before allocating: n·width bytes must really be there (n may have overflowed to a huge value).
+  if (!(n * width <= present)) {
+    fail(
+      `truncated (shape (${shape.join(", ")}) needs ${
+        n * width
+      } bytes of data, ${present} present)`,
+    );
   }
   const little = dtype.startsWith("<");
   const data = new Float64Array(n);
@@ -66,7 +228,16 @@ export function parseNpy(bytes: Uint8Array, source = ".npy data"): NpyArray {
   return { data, shape, dtype };
 }
 
-/** Serialise values as a little-endian `.npy` (float64 unless `dtype` is "<f4"), format 1.0. */
+/**
+ * Serialise values as a little-endian `.npy` (float64 unless `dtype` is "<f4"), format 1.0.
+ *
+ * @example
+ * ```ts
+ * import { serializeNpy } from "./npy.ts";
+ * const bytes = serializeNpy([0.5, 1.5], [1, 2], "<f4");
+ * console.log(bytes.length); // 64-byte header + 8 bytes of data = 72
+ * ```
+ */
 export function serializeNpy(
   values: ArrayLike<number>,
   shape: number[],
