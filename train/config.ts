@@ -78,6 +78,8 @@ export interface TrainConfig {
   distractors?: number;
   /** Procedural dataset: the anchor drawn white and the target black (easier). */
   keyColours?: boolean;
+  /** Image folders: fail on the first unreadable or corrupt image instead of skipping it. */
+  strictData?: boolean;
   /** Micro-batches between loss read-backs (the only GPU syncs of an epoch). */
   logEvery: number;
   /**

@@ -78,6 +78,10 @@ const FLAGS = {
   "num-classes": ["number", "procedural dataset: classes"],
   distractors: ["number", "procedural dataset: most distractor marks per image (0-12)"],
   "key-colours": ["boolean", "procedural dataset: white anchor, black target (easier)"],
+  "strict-data": [
+    "boolean",
+    "image folders: fail on the first unreadable or corrupt image (default: skip and count it)",
+  ],
   "log-every": ["number", "micro-batches between loss read-backs"],
   "tune-kernels": [
     "boolean",
@@ -239,6 +243,7 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   if (v.fix !== undefined) cfg.fix = v.fix as boolean;
   if (v["model-ema"] !== undefined) cfg.modelEma = v["model-ema"] as boolean;
   if (v["key-colours"] !== undefined) cfg.keyColours = v["key-colours"] as boolean;
+  if (v["strict-data"] !== undefined) cfg.strictData = v["strict-data"] as boolean;
   if (v["tune-kernels"] !== undefined) cfg.tuneKernels = v["tune-kernels"] as boolean;
   if (v["auto-resume"] !== undefined) cfg.autoResume = v["auto-resume"] as boolean;
   if (v["eval-only"] !== undefined) cfg.evalOnly = v["eval-only"] as boolean;

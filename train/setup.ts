@@ -139,6 +139,7 @@ function openRunDataset(cfg: TrainConfig): Promise<Dataset> {
     numClasses: cfg.numClasses,
     distractors: cfg.distractors,
     keyColours: cfg.keyColours,
+    strictData: cfg.strictData,
   });
 }
 

@@ -80,10 +80,38 @@ interface Records {
   pixels: Uint8Array;
 }
 
+/**
+ * Records in each official batch file; a bigger file is not a CIFAR-10 batch.
+ *
+ * @example
+ * ```ts
+ * import { CIFAR10_RECORD, CIFAR10_RECORDS_PER_FILE } from "./cifar.ts";
+ * console.log(CIFAR10_RECORDS_PER_FILE * CIFAR10_RECORD); // 30730000 bytes in data_batch_1.bin
+ * ```
+ */
+export const CIFAR10_RECORDS_PER_FILE = 10000;
+
+/** The bytes of one batch file, its size checked before it is read. */
+async function readBatchFile(p: string): Promise<Uint8Array> {
+  const max = CIFAR10_RECORDS_PER_FILE * CIFAR10_RECORD;
+  try {
+    const info = await Deno.stat(p);
+    if (!info.isFile) throw new Error("not a regular file");
+    if (info.size > max) {
+      throw new Error(
+        `${info.size} bytes is more than the ${CIFAR10_RECORDS_PER_FILE} records (${max} bytes) of a CIFAR-10 batch file`,
+      );
+    }
+    return await Deno.readFile(p);
+  } catch (e) {
+    throw new Error(`${p}: ${(e instanceof Error ? e.message : String(e)).split("\n")[0]}`);
+  }
+}
+
 async function readRecords(paths: string[]): Promise<Records> {
   const chunks: Uint8Array[] = [];
   for (const p of paths) {
-    const bytes = await Deno.readFile(p);
+    const bytes = await readBatchFile(p);
     if (bytes.length === 0 || bytes.length % CIFAR10_RECORD !== 0) {
       throw new Error(
         `${p}: ${bytes.length} bytes is not a whole number of ${CIFAR10_RECORD}-byte CIFAR-10 records`,
@@ -144,6 +172,8 @@ export async function openCifar10(dir: string, inputSize: number): Promise<Cifar
   }
   let classes: string[] = [...CIFAR10_CLASSES];
   try {
+    // Ten short names: a larger file is not CIFAR-10's and is not read into memory.
+    if ((await Deno.stat(`${found}/batches.meta.txt`)).size > 4096) throw new Error("too large");
     const names = (await Deno.readTextFile(`${found}/batches.meta.txt`)).split("\n").map((l) =>
       l.trim()
     ).filter((l) => l);

@@ -15,9 +15,17 @@
  *
  * Batches are decoded ahead of the consumer: up to {@linkcode IMAGE_FOLDER_PREFETCH}
  * batches in flight, at most {@linkcode decodeConcurrency} images decoding
- * at once. An image that cannot be read or decoded is left out of its batch
- * (the batch is one row shorter) and counted; the count is reported once per
- * pass over a split; if nothing at all decodes, the pass fails.
+ * at once. An image that cannot be read or decoded (not a regular file, over
+ * {@linkcode MAX_IMAGE_BYTES} or {@linkcode MAX_IMAGE_PIXELS}, truncated,
+ * corrupt) is left out of its batch (the batch is one row shorter) and
+ * counted; the count is reported once per pass over a split, naming the
+ * first bad file; if nothing at all decodes, the pass fails. With
+ * `strictData` the first such image fails the pass instead.
+ *
+ * Listing follows symbolic links, as torchvision does, but walks every real
+ * directory once per class folder: a link back to a folder above it (a
+ * cycle) is an error naming the link, and a folder reached through two
+ * links is listed once.
  *
  * @example
  * ```ts
@@ -89,6 +97,31 @@ export function decodeConcurrency(): number {
   return Math.max(2, navigator.hardwareConcurrency || 2);
 }
 
+/**
+ * Largest image file read (bytes): a photo is a few MB; a path that is a
+ * device or an enormous file would otherwise be read whole.
+ *
+ * @example
+ * ```ts
+ * import { MAX_IMAGE_BYTES } from "./image_folder.ts";
+ * console.log(MAX_IMAGE_BYTES / 2 ** 20); // 256 (MiB)
+ * ```
+ */
+export const MAX_IMAGE_BYTES = 256 << 20;
+
+/**
+ * Largest image decoded (width × height): PIL's decompression-bomb limit
+ * (twice its 89.5-megapixel warning), so a tiny file claiming a huge canvas
+ * is refused before decoding.
+ *
+ * @example
+ * ```ts
+ * import { MAX_IMAGE_PIXELS } from "./image_folder.ts";
+ * console.log(MAX_IMAGE_PIXELS); // 178956970
+ * ```
+ */
+export const MAX_IMAGE_PIXELS = 178_956_970;
+
 /** Passes that have failed this many images without decoding one give up early. */
 const ALL_FAIL_PROBE = 64;
 
@@ -121,18 +154,32 @@ function byCodePoint(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** Image files under `dir`, recursively (following symlinks), sorted by path. */
+/**
+ * Image files under `dir`, recursively (following symlinks), sorted by path.
+ * Each real directory is walked once: a link into a folder being walked
+ * (a cycle, which would never end) is an error naming it, and one reached
+ * again through another link is skipped (links could otherwise multiply
+ * the walk exponentially).
+ */
 async function imageFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
-  const walk = async (d: string) => {
+  const visited = new Set<string>();
+  const walk = async (d: string, ancestors: string[]) => {
+    const real = await Deno.realPath(d);
+    if (ancestors.includes(real)) {
+      throw new Error(`${d}: symbolic link cycle (it leads back to ${real}, a folder above it)`);
+    }
+    if (visited.has(real)) return;
+    visited.add(real);
     for await (const e of Deno.readDir(d)) {
       if (e.name.startsWith(".")) continue;
       const path = `${d}/${e.name}`;
-      if (e.isDirectory || (e.isSymlink && (await isDirectory(path)))) await walk(path);
-      else if (isImageFile(e.name)) out.push(path);
+      if (e.isDirectory || (e.isSymlink && (await isDirectory(path)))) {
+        await walk(path, [...ancestors, real]);
+      } else if (isImageFile(e.name)) out.push(path);
     }
   };
-  await walk(dir);
+  await walk(dir, []);
   return out.sort(byCodePoint);
 }
 
@@ -227,12 +274,21 @@ interface Decoded {
  */
 export async function decodeImage(path: string, size: number, rng: Rng | null): Promise<Decoded> {
   const sharp = await loadSharp();
+  const file = await Deno.stat(path);
+  if (!file.isFile) throw new Error("not a regular file");
+  if (file.size > MAX_IMAGE_BYTES) {
+    throw new Error(`${file.size} bytes, over the ${MAX_IMAGE_BYTES}-byte limit for an image`);
+  }
   const bytes = await Deno.readFile(path);
   // failOn "error": truncated files fail (as PIL does), harmless libjpeg warnings do not.
-  const meta = await sharp(bytes, { failOn: "error" }).metadata();
+  const options = { failOn: "error", limitInputPixels: MAX_IMAGE_PIXELS } as const;
+  const meta = await sharp(bytes, options).metadata();
   const { width, height } = meta;
   if (!width || !height) throw new Error("no image dimensions");
-  let pipeline = sharp(bytes, { failOn: "error" });
+  if (width * height > MAX_IMAGE_PIXELS) {
+    throw new Error(`${width}×${height} pixels, over the ${MAX_IMAGE_PIXELS}-pixel limit`);
+  }
+  let pipeline = sharp(bytes, options);
   let flip = false;
   if (rng) {
     const box = randomResizedCropBox(width, height, rng);
@@ -270,6 +326,11 @@ export interface ImageFolderOptions {
   prefetch?: number;
   /** Images decoding at once (default {@linkcode decodeConcurrency}). */
   concurrency?: number;
+  /**
+   * Fail on the first image that cannot be read or decoded, naming it
+   * (default false: skip it and report the count once per pass).
+   */
+  strictData?: boolean;
 }
 
 /**
@@ -309,6 +370,7 @@ export class ImageFolderDataset implements Dataset {
   #splits: { train: SplitFiles; val: SplitFiles };
   #prefetch: number;
   #gate: Semaphore;
+  #strict: boolean;
   #decodedAny = { train: false, val: false };
 
   constructor(
@@ -332,6 +394,7 @@ export class ImageFolderDataset implements Dataset {
     this.#splits = { train, val };
     this.#prefetch = opts.prefetch ?? IMAGE_FOLDER_PREFETCH;
     this.#gate = new Semaphore(opts.concurrency ?? decodeConcurrency());
+    this.#strict = opts.strictData ?? false;
   }
 
   /** Path and label of sample `index` of `split`. */
@@ -364,6 +427,12 @@ export class ImageFolderDataset implements Dataset {
         attempted += r.attempted;
         skipped += r.failures.length;
         first ??= r.failures[0];
+        if (this.#strict && first) {
+          failed = true;
+          throw new Error(
+            `${first.path}: cannot be decoded (${first.reason}); without --strict-data such images are skipped and counted`,
+          );
+        }
         if (r.batch) {
           this.#decodedAny[split] = true;
           yield r.batch;

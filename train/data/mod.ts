@@ -49,6 +49,11 @@ export interface DatasetSpec {
   distractors?: number;
   /** Procedural dataset only: fixed key colours (the easier variant). */
   keyColours?: boolean;
+  /**
+   * Image folders: fail on the first image that cannot be read or decoded
+   * (default: skip it and count it, reported once per pass).
+   */
+  strictData?: boolean;
 }
 
 const EXPECTED =
@@ -92,7 +97,7 @@ export async function openDataset(spec: DatasetSpec): Promise<Dataset> {
   } catch {
     // neither layout
   }
-  if (hasTrain) return await openImageFolder(root, spec.inputSize);
+  if (hasTrain) return await openImageFolder(root, spec.inputSize, { strictData: spec.strictData });
   throw new Error(`${root}: has neither train/ nor data_batch_1.bin (${EXPECTED})`);
 }
 
