@@ -213,10 +213,12 @@ export function parseNpy(bytes: Uint8Array, source = ".npy data"): NpyArray {
   for (const d of shape) n *= d;
   // Checked before allocating: n·width bytes must really be there (n may have overflowed to a huge value).
   if (!(n * width <= present)) {
+    const dims = shape.join(", ");
+    const need = Number.isSafeInteger(n * width) ? String(n * width) : "over 2^53";
     fail(
-      `truncated (shape (${shape.join(", ")}) needs ${
-        n * width
-      } bytes of data, ${present} present)`,
+      `truncated (shape (${
+        dims.length > 80 ? `${dims.slice(0, 80)}…` : dims
+      }) needs ${need} bytes of data, ${present} present)`,
     );
   }
   const little = dtype.startsWith("<");

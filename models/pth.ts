@@ -64,6 +64,13 @@ export const PTH_LIMITS = {
   maxLongBytes: 2048,
   /** Digits of a text INT/LONG, Python's own default limit. */
   maxIntDigits: 4300,
+  /**
+   * Opcodes run: this, plus {@link PTH_LIMITS.opsPerFileByte} per byte of the
+   * file. A stored pickle runs at most one per byte; the budget bounds the
+   * time a small file with a highly compressed pickle can take.
+   */
+  baseOps: 1 << 22,
+  opsPerFileByte: 2,
   /** Values on the pickle stack at once. */
   maxStack: 1 << 20,
   /** Memo entries. */
@@ -447,6 +454,8 @@ interface UnpicklerContext {
   skipUnknown: boolean;
   /** Estimated heap bytes the pickle's objects may take. */
   heapBudget: number;
+  /** Opcodes the pickle may run. */
+  opBudget: number;
   persistentLoad: (pid: PickleValue) => PickleValue;
   fail: (why: string) => never;
 }
@@ -464,7 +473,9 @@ class Unpickler {
   /** Start of the opcode being run, for messages. */
   #at = 0;
   #stack: Stackable[] = [];
-  #memo = new Map<number, Stackable>();
+  /** Memo by index (an array: dense in practice, and faster than a Map). */
+  #memo: Stackable[] = [];
+  #memoCount = 0;
   #ctx: UnpicklerContext;
   #heapLeft: number;
   #text = new TextDecoder();
@@ -526,14 +537,22 @@ class Unpickler {
           : `text argument longer than ${max} bytes`,
       );
     }
-    const s = this.#text.decode(this.#data.subarray(this.#pos, this.#pos + end));
+    const s = this.#decode(this.#data.subarray(this.#pos, this.#pos + end));
     this.#pos += end + 1;
     this.#charge(HEAP_COST.string + s.length);
     return s;
   }
 
+  /** UTF-8 text; short ASCII (most keys and names) without the decoder's per-call cost. */
+  #decode(bytes: Uint8Array): string {
+    if (bytes.length <= 64 && bytes.every((b) => b < 0x80)) {
+      return String.fromCharCode(...bytes);
+    }
+    return this.#text.decode(bytes);
+  }
+
   #str(n: number): string {
-    const s = this.#text.decode(this.#bytes(n));
+    const s = this.#decode(this.#bytes(n));
     this.#charge(HEAP_COST.string + 2 * s.length);
     return s;
   }
@@ -577,11 +596,14 @@ class Unpickler {
   }
 
   #memoize(index: number): void {
-    if (!this.#memo.has(index) && this.#memo.size >= PTH_LIMITS.maxMemo) {
-      this.#fail(`memo holds more than ${PTH_LIMITS.maxMemo} entries`);
+    if (this.#memo[index] === undefined) {
+      if (this.#memoCount >= PTH_LIMITS.maxMemo) {
+        this.#fail(`memo holds more than ${PTH_LIMITS.maxMemo} entries`);
+      }
+      this.#memoCount++;
+      this.#charge(HEAP_COST.entry);
     }
-    this.#charge(HEAP_COST.entry);
-    this.#memo.set(index, this.#top());
+    this.#memo[index] = this.#top();
   }
 
   /** Two's-complement little-endian integer, decoded in linear time through hex. */
@@ -743,9 +765,15 @@ class Unpickler {
 
   #run(): PickleValue {
     const data = this.#data;
+    let opsLeft = this.#ctx.opBudget;
     while (this.#pos < data.byteLength) {
       const at = this.#pos;
       this.#at = at;
+      if (--opsLeft < 0) {
+        this.#fail(
+          `more than ${this.#ctx.opBudget} opcodes (limit ${PTH_LIMITS.baseOps} + ${PTH_LIMITS.opsPerFileByte} per byte of the file)`,
+        );
+      }
       const op = data[this.#pos++];
       switch (op) {
         case 0x80: { // PROTO
@@ -916,7 +944,7 @@ class Unpickler {
           this.#memoize(this.#parseIndex(this.#line(20)));
           break;
         case 0x94: // MEMOIZE
-          this.#memoize(this.#memo.size);
+          this.#memoize(this.#memoCount);
           break;
         case 0x68: // BINGET
           this.#push(this.#get(this.#u8()));
@@ -1006,16 +1034,16 @@ class Unpickler {
   }
 
   #get(i: number): Stackable {
-    const v = this.#memo.get(i);
+    const v = this.#memo[i];
     if (v === undefined) this.#fail(`corrupt pickle (memo ${i} is not set)`);
     return v as Stackable;
   }
 
   #parseInt(s: string): number | bigint {
-    if (!/^[+-]?\d+$/.test(s.trim())) {
-      this.#fail(`corrupt pickle (bad integer ${quoteName(s)})`);
-    }
-    const v = BigInt(s.trim());
+    const t = s.trim();
+    if (!/^[+-]?\d+$/.test(t)) this.#fail(`corrupt pickle (bad integer ${quoteName(s)})`);
+    if (t.length <= 15) return Number(t);
+    const v = BigInt(t);
     return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER)
       ? Number(v)
       : v;
@@ -1160,6 +1188,7 @@ function readPthUnchecked(bytes: Uint8Array, source: string, skipUnknown: boolea
     record: pkl,
     skipUnknown,
     heapBudget: PTH_LIMITS.baseHeapBytes + PTH_LIMITS.heapPerFileByte * bytes.byteLength,
+    opBudget: PTH_LIMITS.baseOps + PTH_LIMITS.opsPerFileByte * bytes.byteLength,
     persistentLoad,
     fail,
   }).run();

@@ -111,12 +111,15 @@ export function makePth(
 
 /** Pickle assembler: bytes, opcode letters and little-endian integers, concatenated. */
 export class Pickle {
-  #parts: number[] = [];
+  #parts: Uint8Array[] = [];
 
   /** Raw bytes or a latin1 string of opcodes and arguments. */
   raw(x: string | Uint8Array | number[]): this {
-    if (typeof x === "string") { for (const c of x) this.#parts.push(c.charCodeAt(0) & 0xff); }
-    else for (const b of x) this.#parts.push(b);
+    if (typeof x === "string") {
+      const b = new Uint8Array(x.length);
+      for (let i = 0; i < x.length; i++) b[i] = x.charCodeAt(i) & 0xff;
+      this.#parts.push(b);
+    } else this.#parts.push(Uint8Array.from(x));
     return this;
   }
 
@@ -171,9 +174,15 @@ export class Pickle {
 
   /** The assembled bytes, with PROTO 2 in front and STOP at the end unless told otherwise. */
   bytes(opts: { proto?: boolean; stop?: boolean } = {}): Uint8Array {
-    const head = opts.proto === false ? [] : [0x80, 2];
-    const tail = opts.stop === false ? [] : [0x2e];
-    return Uint8Array.from([...head, ...this.#parts, ...tail]);
+    const parts = [
+      ...(opts.proto === false ? [] : [Uint8Array.of(0x80, 2)]),
+      ...this.#parts,
+      ...(opts.stop === false ? [] : [Uint8Array.of(0x2e)]),
+    ];
+    const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+    let at = 0;
+    for (const p of parts) out.set(p, at), (at += p.length);
+    return out;
   }
 }
 
