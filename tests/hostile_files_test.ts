@@ -5,7 +5,6 @@
  * without a large allocation (CASE_LIMITS). CPU only.
  */
 import assert from "node:assert/strict";
-import { deflateRawSync } from "node:zlib";
 import { PTH_LIMITS, PthFormatError, pthStateDict, readPth } from "../models/pth.ts";
 import { readSafetensors, SafetensorsFormatError } from "../models/safetensors.ts";
 import { NPY_MAX_HEADER_BYTES, NpyFormatError, parseNpy } from "../analysis/npy.ts";
