@@ -13,6 +13,17 @@
  * (`os.system`, `builtins.eval`, `argparse.Namespace`, …) makes it refuse the
  * file, unless `{ skipUnknown: true }` is passed, in which case such globals
  * become inert {@link PickleObject} placeholders; they are never called.
+ * Globals that could only serve an attack (running commands, loading code,
+ * reaching attributes by name: see `pickle_globals.ts`) are refused even then.
+ *
+ * The file is untrusted: the zip layer (`zip.ts`) checks every entry's
+ * CRC-32 and caps inflation; the virtual machine bounds opcode arguments,
+ * the stack, the memo, each container, the estimated heap of what it builds
+ * and the opcodes it runs ({@link PTH_LIMITS}); every tensor view is checked
+ * against the bytes its storage record really holds (no negative, overlapping
+ * or overflowing strides), and a state dict against the bytes all its views
+ * would decode to, all before allocating. Every refusal is a
+ * {@link PthFormatError}: one line naming the file, the record and the limit.
  *
  * @example
  * ```ts
