@@ -231,6 +231,24 @@ export function parseNpy(bytes: Uint8Array, source = ".npy data"): NpyArray {
 }
 
 /**
+ * Read and parse a `.npy` file (see {@link parseNpy}); a path that is not a
+ * regular file (a device, a pipe, a folder) is refused before reading.
+ *
+ * @example
+ * ```ts
+ * import { loadNpyFile } from "./npy.ts";
+ * const a = await loadNpyFile("tests/fixtures/erf_f32.npy");
+ * console.log(a.shape); // [3, 4]
+ * ```
+ */
+export async function loadNpyFile(path: string): Promise<NpyArray> {
+  if (!(await Deno.stat(path)).isFile) {
+    throw new NpyFormatError(`${oneLine(path)}: not a regular file`);
+  }
+  return parseNpy(await Deno.readFile(path), path);
+}
+
+/**
  * Serialise values as a little-endian `.npy` (float64 unless `dtype` is "<f4"), format 1.0.
  *
  * @example

@@ -32,7 +32,7 @@ import {
   layerScaleBlocks,
   normalizeErf,
 } from "../analysis/erf.ts";
-import { parseNpy, serializeNpy } from "../analysis/npy.ts";
+import { loadNpyFile, type NpyArray, NpyFormatError, serializeNpy } from "../analysis/npy.ts";
 import { writeHeatmapFigure } from "../analysis/heatmap.ts";
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { createModel, MODEL_NAMES } from "../models/registry.ts";
@@ -155,13 +155,13 @@ async function main() {
   if (v.analyze) {
     if (v["layer-scale"] !== undefined) throw new Error("--layer-scale: no network with --analyze");
     const { transform } = erfSettings({ weights: true, transform: v.transform });
-    let bytes: Uint8Array;
+    let a: NpyArray;
     try {
-      bytes = await Deno.readFile(v.analyze);
-    } catch {
+      a = await loadNpyFile(v.analyze);
+    } catch (e) {
+      if (e instanceof NpyFormatError) throw new Error(`--analyze: ${e.message}`);
       throw new Error(`--analyze: cannot read ${v.analyze}`);
     }
-    const a = parseNpy(bytes, v.analyze);
     if (a.shape.length !== 2) {
       throw new Error(`--analyze: ${v.analyze} has shape [${a.shape}], expected a 2-D matrix`);
     }
