@@ -4,8 +4,8 @@
  *
  * Every size the file declares is checked against the bytes really there
  * before anything is allocated: directory records stay inside the directory,
- * entry data inside the file, the local header names the same entry as the
- * directory, names are unique, a STORED entry is exactly as long as declared,
+ * entry data inside the file, entries do not overlap one another, the local
+ * header names the same entry as the directory, names are unique, a STORED entry is exactly as long as declared,
  * a DEFLATE entry inflates into a buffer capped at its declared size (so a
  * "zip bomb" stops at the cap instead of filling memory), and all inflation
  * from one archive together stays within {@link ZIP_INFLATE_RATIO} times the
@@ -198,7 +198,36 @@ export class ZipArchive {
       entries.set(entry.name, entry);
       p = extraEnd + commentLen;
     }
+    this.#checkNoOverlap([...entries.values()], cdOffset);
     return entries;
+  }
+
+  /**
+   * Entries (local header + data) must not overlap each other or the
+   * directory: overlapping entries let one stretch of bytes count as many
+   * files (a non-recursive zip bomb).
+   */
+  #checkNoOverlap(entries: ZipEntry[], cdOffset: number): void {
+    const view = this.#view;
+    const spans = entries.map((e) => {
+      const h = e.headerOffset;
+      if (h + LOCAL_HEADER > this.#bytes.byteLength) {
+        this.#fail(`corrupt zip (the local header of ${quoteName(e.name)} lies past the end)`);
+      }
+      const end = h + LOCAL_HEADER + view.getUint16(h + 26, true) + view.getUint16(h + 28, true) +
+        e.compressedSize;
+      return { name: e.name, start: h, end };
+    }).sort((a, b) => a.start - b.start);
+    for (let i = 0; i < spans.length; i++) {
+      const limit = i + 1 < spans.length ? spans[i + 1].start : cdOffset;
+      if (spans[i].end > limit) {
+        this.#fail(
+          `corrupt zip: entry ${quoteName(spans[i].name)} overlaps ${
+            i + 1 < spans.length ? `entry ${quoteName(spans[i + 1].name)}` : "the central directory"
+          }`,
+        );
+      }
+    }
   }
 
   /**

@@ -262,6 +262,23 @@ Deno.test("hostile .pth: zip structure lies (CRC, names, sizes, duplicates)", ()
     stateDict(short),
     /(record holds 4 bytes|stored with 24 bytes, directory says 4)/,
   );
+  // Two directory entries sharing one stretch of bytes (a non-recursive zip bomb's trick).
+  const shared = makeZip([
+    { name: "archive/data.pkl", data: pickle },
+    { name: "archive/data/0", data: F32x6 },
+    { name: "archive/data/1", data: F32x6 },
+  ]);
+  const sv = new DataView(shared.buffer);
+  const centrals: number[] = [];
+  for (let p = 0; p + 4 <= shared.length; p++) {
+    if (sv.getUint32(p, true) === 0x02014b50) centrals.push(p);
+  }
+  sv.setUint32(centrals[2] + 42, sv.getUint32(centrals[1] + 42, true), true);
+  refusedPth(
+    "overlapping entries",
+    whole(shared),
+    /entry "archive\/data\/[01]" overlaps entry "archive\/data\/[01]"/,
+  );
   // An end record claiming more entries than its directory can hold.
   const many = makePth(pickle, { "0": F32x6 });
   new DataView(many.buffer).setUint16(many.length - 12, 0xfffe, true);
