@@ -1272,6 +1272,9 @@ export function pthStateDict(bytes: Uint8Array, opts: PthStateDictOptions = {}):
       fail(`duplicate key ${quoteName(name)} after removing the prefix ${quoteName(strip)}`);
     }
     names.add(name);
+    if (v.dtype === null) {
+      fail(`tensor ${quoteName(key)}: cannot decode a tensor of ${v.storage.typeName}`);
+    }
     tensors.push([key, name, v]);
     storages.add(v.storage);
     outputBytes += 4 * v.shape.reduce((a, b) => a * b, 1);

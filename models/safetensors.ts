@@ -245,6 +245,10 @@ export function readSafetensorsHeader(
   if (8 + n > bytes.byteLength) {
     fail(`truncated: header needs ${n} bytes but only ${bytes.byteLength - 8} follow the length`);
   }
+  // As the reference reader: the header is a JSON object from its first byte.
+  if (n > 0 && bytes[8] !== 0x7b) {
+    fail(`corrupt header: not a JSON object (its first byte is ${bytes[8]}, not "{")`);
+  }
   let text = "";
   let header: unknown;
   try {
