@@ -89,8 +89,8 @@ export const PTH_LIMITS = {
   /** Items of one list, dict or set. */
   maxItems: 1 << 23,
   /** Estimated heap bytes of the objects a pickle builds: this, plus {@link PTH_LIMITS.heapPerFileByte} per byte of the file. */
-  baseHeapBytes: 32 << 20,
-  heapPerFileByte: 32,
+  baseHeapBytes: 16 << 20,
+  heapPerFileByte: 16,
   /** Dimensions of a tensor. */
   maxRank: 64,
   /**
@@ -425,8 +425,11 @@ const MARK = Symbol("mark");
 
 type Stackable = PickleValue | typeof MARK;
 
-/** Estimated heap bytes of the objects the VM builds (measured on V8, rounded up). */
-const HEAP_COST = { map: 200, set: 160, array: 32, item: 8, entry: 32, object: 200, string: 32 };
+/**
+ * Estimated heap bytes of the objects the VM builds: measured on V8, doubled
+ * for what growing containers leave behind before the collector runs.
+ */
+const HEAP_COST = { map: 300, set: 240, array: 64, item: 16, entry: 96, object: 300, string: 48 };
 
 function typeOf(v: unknown): string {
   if (v === null) return "None";

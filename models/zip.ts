@@ -34,10 +34,10 @@ import { quoteName } from "./quote.ts";
  * @example
  * ```ts
  * import { ZIP_INFLATE_RATIO } from "./zip.ts";
- * console.log(ZIP_INFLATE_RATIO); // 32
+ * console.log(ZIP_INFLATE_RATIO); // 16
  * ```
  */
-export const ZIP_INFLATE_RATIO = 32;
+export const ZIP_INFLATE_RATIO = 16;
 
 /** Inflation any archive may use, however small it is. */
 const INFLATE_ALLOWANCE = 1 << 20;
@@ -292,7 +292,8 @@ export class ZipArchive {
     let data: Uint8Array;
     try {
       // The cap makes zlib stop as soon as the output outgrows the declared size.
-      data = new Uint8Array(inflateRawSync(raw, { maxOutputLength: Math.max(1, entry.size) }));
+      const out = inflateRawSync(raw, { maxOutputLength: Math.max(1, entry.size) });
+      data = new Uint8Array(out.buffer, out.byteOffset, out.byteLength); // a view, not a copy
     } catch (e) {
       const why = e instanceof Error ? e.message.split("\n")[0] : String(e);
       if (/larger than/i.test(why)) {
