@@ -95,10 +95,11 @@ export const PTH_LIMITS = {
   maxRank: 64,
   /**
    * f32 bytes all tensors of a state dict may decode to, per byte of the
-   * storage records they view (plus 1 MiB): a u8 storage widens 4×, and a
-   * storage may back a few tensors (tied weights), but not thousands.
+   * storage records they view (plus 1 MiB): an f32 storage may back up to
+   * four tensors (tied weights), a u8 one a single full view (it widens 4×),
+   * but no storage thousands of views.
    */
-  outputPerStorageByte: 8,
+  outputPerStorageByte: 4,
 } as const;
 
 // ---------------------------------------------------------------- values

@@ -133,7 +133,7 @@ Deno.test("hostile .pth: many views of one storage are refused before decoding",
   refusedPth(
     "shared storage",
     stateDict(bytes),
-    /would decode to 5243928576 bytes from 1048576 bytes of storage \(limit 8×/,
+    /would decode to 5243928576 bytes from 1048576 bytes of storage \(limit 4×/,
   );
 });
 
