@@ -139,6 +139,9 @@ export function decodeFloat32(
   count: number,
   littleEndian = true,
 ): Float32Array {
+  if (!Number.isSafeInteger(count) || count < 0 || !isDtype(dtype)) {
+    throw new RangeError(`decodeFloat32: cannot decode ${count} values of ${dtype}`);
+  }
   const need = count * DTYPE_BYTES[dtype];
   if (bytes.byteLength < need) {
     throw new Error(`need ${need} bytes for ${count} ${dtype} values, have ${bytes.byteLength}`);
