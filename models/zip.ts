@@ -18,7 +18,7 @@
  *   throw new Error(why);
  * };
  * const zip = new ZipArchive(await Deno.readFile("tests/fixtures/state_dict.pth"), fail);
- * console.log([...zip.entries.keys()][0]); // "state_dict/data.pkl"
+ * console.log(zip.entries.has("state_dict/data.pkl")); // true
  * console.log(zip.read("state_dict/byteorder").length); // 6 ("little")
  * ```
  * @module
