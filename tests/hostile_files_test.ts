@@ -243,8 +243,15 @@ Deno.test("hostile .pth: zip structure lies (CRC, names, sizes, duplicates)", ()
   refusedPth(
     "storage CRC",
     stateDict(badCrc),
-    /tensor "w": corrupt zip entry "archive\/data\/0": CRC-32 0x[0-9a-f]{8} of its data, directory says 0x12345678/,
+    /^cannot read hostile\.pth: corrupt zip entry "archive\/data\/0": CRC-32 0x[0-9a-f]{8} of its data, directory says 0x12345678/,
   );
+  // Every stored entry is checked, also one the reader would never use.
+  const unused = makeZip([
+    { name: "archive/data.pkl", data: pickle },
+    { name: "archive/data/0", data: F32x6 },
+    { name: "archive/data/9", data: F32x6, crc: 1 },
+  ]);
+  refusedPth("unused entry CRC", whole(unused), /corrupt zip entry "archive\/data\/9": CRC-32/);
   const twice = makeZip([
     { name: "archive/data.pkl", data: pickle },
     { name: "archive/data/0", data: F32x6 },
