@@ -163,6 +163,18 @@ function randomOpcode(p: Pickle, rng: SeededRandom): void {
     () => p.raw(`L${rng.pick(["12L", "-1", "1".repeat(4400)])}\n`),
     () => p.raw(`F${rng.pick(["1.5", "nan", "1e999", ""])}\n`),
     () => p.raw(`g${rng.int(4)}\n`),
+    () => p.raw("\x95").u32(small()).u32(0),
+    () => p.raw("G").raw(Array.from({ length: 8 }, () => rng.int(256))),
+    () => p.raw("C").u8(rng.int(4)).raw("abcd"),
+    () => p.raw("U").u8(rng.int(4)).raw("abcd"),
+    () => p.raw("T").u32(small()),
+    () => p.raw("\x8d").u32(small()).u32(0),
+    () => p.raw("\x96").u32(small()).u32(0),
+    () => p.raw(`P${rng.pick(["0", "storage", ""])}\n`),
+    () =>
+      p.raw(`i${rng.pick(["argparse\nNamespace", "os\nsystem", "collections\nOrderedDict"])}\n`),
+    () => p.raw("\x80").u8(rng.int(8)),
+    () => p.u8(rng.pick([0x82, 0x83, 0x84, 0x97, 0x98, 0xff, 0x00, 0x41])),
     () => p.raw(`p${rng.pick(["0", "-1", "99999999999999999999"])}\n`),
     () => {
       const [module, name] = rng.pick(GLOBALS);
