@@ -774,7 +774,7 @@ class Unpickler {
     } catch (e) {
       if (e instanceof PthFormatError) throw e;
       // Errors of the helpers (persistent ids, integer checks) get the record and byte too.
-      this.#fail(e instanceof Error ? e.message.split("\n")[0] : String(e));
+      this.#fail(oneLine((e instanceof Error ? e.message : String(e)).slice(0, 300)));
     }
   }
 
@@ -1040,7 +1040,7 @@ class Unpickler {
         default:
           this.#fail(
             `unsupported pickle opcode 0x${op.toString(16).padStart(2, "0")} (${
-              JSON.stringify(String.fromCharCode(op))
+              quoteName(String.fromCharCode(op))
             })`,
           );
       }
@@ -1101,7 +1101,7 @@ export function readPth(bytes: Uint8Array, opts: PthOptions = {}): PickleValue {
   } catch (e) {
     if (e instanceof PthFormatError) throw e;
     // A last line of defence: whatever slipped past the checks still leaves as one line.
-    const msg = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    const msg = oneLine((e instanceof Error ? e.message : String(e)).slice(0, 300));
     throw new PthFormatError(`cannot read ${source}: ${msg}`);
   }
 }
@@ -1298,7 +1298,7 @@ export function pthStateDict(bytes: Uint8Array, opts: PthStateDictOptions = {}):
     try {
       out.set(name, { shape: [...t.shape], data: t.toFloat32() });
     } catch (e) {
-      const msg = e instanceof Error ? e.message.split("\n")[0] : String(e);
+      const msg = oneLine(e instanceof Error ? e.message : String(e));
       fail(`tensor ${quoteName(key)}: ${msg.startsWith(prefix) ? msg.slice(prefix.length) : msg}`);
     }
   }

@@ -23,11 +23,13 @@
  */
 export function quoteName(s: string, max = 80): string {
   const cut = s.length > max ? `${s.slice(0, max)}…` : s;
-  return JSON.stringify(cut);
+  // JSON escapes C0 controls; DEL, C1 controls (NEL breaks lines) and U+2028/9 need oneLine too.
+  return oneLine(JSON.stringify(cut));
 }
 
 /**
- * `s` (a file name) with line breaks escaped, so a message naming it stays one line.
+ * `s` (a file name, or text from a file) with line breaks and other control
+ * characters escaped, so a message holding it stays one line.
  *
  * @example
  * ```ts
@@ -36,5 +38,14 @@ export function quoteName(s: string, max = 80): string {
  * ```
  */
 export function oneLine(s: string): string {
-  return s.replace(/[\r\n]/g, (c) => (c === "\n" ? "\\n" : "\\r"));
+  // Control characters and Unicode line separators would break or garble the line.
+  return s.replace(
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) =>
+      c === "\n"
+        ? "\\n"
+        : c === "\r"
+        ? "\\r"
+        : `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
 }

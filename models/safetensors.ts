@@ -258,7 +258,7 @@ export function readSafetensorsHeader(
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + n));
     header = JSON.parse(text);
   } catch (e) {
-    fail(`corrupt header (${e instanceof Error ? e.message.split("\n")[0].slice(0, 200) : e})`);
+    fail(`corrupt header (${oneLine((e instanceof Error ? e.message : String(e)).slice(0, 200))})`);
   }
   if (typeof header !== "object" || header === null || Array.isArray(header)) {
     fail("corrupt header: not a JSON object");
@@ -367,7 +367,7 @@ function byteSize(shape: readonly number[], dtype: Dtype): number | null {
 
 /** A JSON value from a header, shortened for a one-line message. */
 function excerpt(v: unknown): string {
-  const s = JSON.stringify(v) ?? String(v);
+  const s = oneLine(JSON.stringify(v) ?? String(v));
   return s.length > 80 ? `${s.slice(0, 80)}…` : s;
 }
 

@@ -134,7 +134,10 @@ export function expectReaderOutcome<T>(
       `${label}: threw ${(e as Error)?.name}: ${(e as Error)?.message}, not ${ErrorClass.name}`,
     );
     const msg = (e as Error).message;
-    assert.ok(!/[\r\n]/.test(msg), `${label}: multi-line message ${JSON.stringify(msg)}`);
+    assert.ok(
+      !/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(msg),
+      `${label}: a line break or control character in ${JSON.stringify(msg)}`,
+    );
     assert.ok(msg.startsWith(prefix), `${label}: message does not name the file: ${msg}`);
     assert.ok(msg.length < 1000, `${label}: message of ${msg.length} characters`);
     outcome = { error: e as Error };

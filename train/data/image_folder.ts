@@ -40,6 +40,7 @@
  * @module
  */
 import { Rng } from "../../ops/tensor.ts";
+import { oneLine } from "../../models/quote.ts";
 import type { Batch, BatchOptions, Dataset } from "./types.ts";
 import {
   allocBatch,
@@ -167,7 +168,9 @@ async function imageFiles(dir: string): Promise<string[]> {
   const walk = async (d: string, ancestors: string[]) => {
     const real = await Deno.realPath(d);
     if (ancestors.includes(real)) {
-      throw new Error(`${d}: symbolic link cycle (it leads back to ${real}, a folder above it)`);
+      throw new Error(
+        `${oneLine(d)}: symbolic link cycle (it leads back to ${oneLine(real)}, a folder above it)`,
+      );
     }
     if (visited.has(real)) return;
     visited.add(real);
@@ -430,7 +433,9 @@ export class ImageFolderDataset implements Dataset {
         if (this.#strict && first) {
           failed = true;
           throw new Error(
-            `${first.path}: cannot be decoded (${first.reason}); without --strict-data such images are skipped and counted`,
+            `${oneLine(first.path)}: cannot be decoded (${
+              oneLine(first.reason)
+            }); without --strict-data such images are skipped and counted`,
           );
         }
         if (r.batch) {
@@ -449,7 +454,7 @@ export class ImageFolderDataset implements Dataset {
       if (skipped > 0 && !failed) {
         console.warn(
           `warning: ${dir}: skipped ${skipped} of ${attempted} images this pass that could not be decoded ` +
-            `(first: ${first!.path}: ${first!.reason})`,
+            `(first: ${oneLine(first!.path)}: ${oneLine(first!.reason)})`,
         );
       }
     }
@@ -504,6 +509,6 @@ export class ImageFolderDataset implements Dataset {
 }
 
 function allFailed(dir: string, n: number, first: Failure | undefined): Error {
-  const example = first ? ` (first: ${first.path}: ${first.reason})` : "";
+  const example = first ? ` (first: ${oneLine(first.path)}: ${oneLine(first.reason)})` : "";
   return new Error(`${dir}: none of the ${n} images tried could be decoded${example}`);
 }
