@@ -4,7 +4,8 @@
  * from the project's writers and fixtures are mutated, and pickles and
  * headers are also generated from their grammar; each case must parse or
  * throw the reader's own one-line error within the bounds of CASE_LIMITS.
- * CPU only, a few seconds.
+ * CPU only, a few seconds. LARGEKERNEL_FUZZ_SCALE=20 LARGEKERNEL_FUZZ_SEED=7 runs a longer
+ * campaign with other cases.
  */
 import assert from "node:assert/strict";
 import { PthFormatError, pthStateDict, readPth } from "../models/pth.ts";
@@ -18,6 +19,13 @@ import {
 import { NpyFormatError, parseNpy, serializeNpy } from "../analysis/npy.ts";
 import { makePth, Pickle } from "./zip_tools.ts";
 import { expectReaderOutcome, mutate, SeededRandom } from "./hostile.ts";
+
+/**
+ * Longer campaigns: LARGEKERNEL_FUZZ_SCALE multiplies the cases, LARGEKERNEL_FUZZ_SEED shifts
+ * every seed (the suite runs scale 1, seed 0).
+ */
+const SCALE = Math.max(1, Math.floor(Number(Deno.env.get("LARGEKERNEL_FUZZ_SCALE") ?? 1) || 1));
+const SEED = Math.floor(Number(Deno.env.get("LARGEKERNEL_FUZZ_SEED") ?? 0) || 0);
 
 const fixture = (name: string) => Deno.readFile(new URL(`./fixtures/${name}`, import.meta.url));
 
@@ -66,14 +74,14 @@ function checkPth(label: string, bytes: Uint8Array, skipUnknown = true): void {
 }
 
 Deno.test("fuzz .pth: mutated zip structure of every fixture", async () => {
-  const rng = new SeededRandom(18);
+  const rng = new SeededRandom(18 + SEED);
   let refused = 0;
   let total = 0;
   for (const name of ["state_dict.pth", "deflate.pth", "checkpoint.pth", "torch_views.pth"]) {
     const good = await fixture(name);
     // Aim most mutations at the central directory and end records, where the sizes live.
     const tail: [number, number] = [Math.max(0, good.length - 600), good.length];
-    for (let i = 0; i < 150; i++) {
+    for (let i = 0; i < 150 * SCALE; i++) {
       const bad = mutate(good, rng, i % 3 === 0 ? [0, good.length] : tail);
       total++;
       try {
@@ -88,10 +96,10 @@ Deno.test("fuzz .pth: mutated zip structure of every fixture", async () => {
 });
 
 Deno.test("fuzz .pth: mutated pickles of every fixture, zipped with valid CRCs", async () => {
-  const rng = new SeededRandom(1806);
+  const rng = new SeededRandom(1806 + SEED);
   for (const name of ["state_dict.pth", "deflate.pth", "checkpoint.pth", "torch_views.pth"]) {
     const { pickle, storages } = await pthParts(name);
-    for (let i = 0; i < 150; i++) {
+    for (let i = 0; i < 150 * SCALE; i++) {
       let bad = pickle;
       for (let k = 1 + rng.int(3); k > 0; k--) bad = mutate(bad, rng);
       checkPth(
@@ -200,10 +208,10 @@ function randomOpcode(p: Pickle, rng: SeededRandom): void {
 }
 
 Deno.test("fuzz .pth: random opcode programs from the pickle grammar", () => {
-  const rng = new SeededRandom(4004);
+  const rng = new SeededRandom(4004 + SEED);
   const f32 = new Uint8Array(new Float32Array([1, 2, 3, 4, 5, 6]).buffer);
   let parsed = 0;
-  for (let i = 0; i < 500; i++) {
+  for (let i = 0; i < 500 * SCALE; i++) {
     const p = new Pickle();
     for (let n = 1 + rng.int(30); n > 0; n--) randomOpcode(p, rng);
     const bytes = makePth(p.bytes(), { "0": f32, "1": f32.subarray(0, 8), "2": new Uint8Array() });
@@ -235,7 +243,7 @@ function checkSafetensors(label: string, bytes: Uint8Array): void {
 }
 
 Deno.test("fuzz safetensors: mutated files from the writer, mostly in the header", () => {
-  const rng = new SeededRandom(2026);
+  const rng = new SeededRandom(2026 + SEED);
   const weights: Weights = new Map([
     ["a.weight", { shape: [3, 4], data: Float32Array.from({ length: 12 }, (_, i) => i - 5) }],
     ["b", { shape: [], data: new Float32Array([7]) }],
@@ -244,7 +252,7 @@ Deno.test("fuzz safetensors: mutated files from the writer, mostly in the header
   ]);
   const good = writeSafetensors(weights, { format: "pt", epoch: "3" });
   const headerEnd = 8 + Number(new DataView(good.buffer).getBigUint64(0, true));
-  for (let i = 0; i < 400; i++) {
+  for (let i = 0; i < 400 * SCALE; i++) {
     checkSafetensors(
       `mutation ${i}`,
       mutate(good, rng, i % 4 === 0 ? [0, good.length] : [0, headerEnd]),
@@ -278,9 +286,9 @@ function randomJson(rng: SeededRandom, depth = 0): unknown {
 }
 
 Deno.test("fuzz safetensors: headers generated from the format's grammar", () => {
-  const rng = new SeededRandom(77);
+  const rng = new SeededRandom(77 + SEED);
   let parsed = 0;
-  for (let i = 0; i < 400; i++) {
+  for (let i = 0; i < 400 * SCALE; i++) {
     const entries: string[] = [];
     let offset = 0;
     for (let t = rng.int(4); t > 0; t--) {
@@ -313,14 +321,14 @@ Deno.test("fuzz safetensors: headers generated from the format's grammar", () =>
 // ---------------------------------------------------------------- .npy
 
 Deno.test("fuzz .npy: mutated NumPy fixtures and our own files", async () => {
-  const rng = new SeededRandom(1234);
+  const rng = new SeededRandom(1234 + SEED);
   const files = [
     await fixture("erf_f32.npy"),
     await fixture("erf_f64.npy"),
     serializeNpy([1, 2, 3, 4, 5, 6], [2, 3]),
     serializeNpy([0.5], [1], "<f4"),
   ];
-  for (let i = 0; i < 600; i++) {
+  for (let i = 0; i < 600 * SCALE; i++) {
     const good = rng.pick(files);
     const bad = mutate(good, rng, i % 4 === 0 ? [0, good.length] : [0, 80]);
     const out = expectReaderOutcome(
