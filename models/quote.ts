@@ -40,6 +40,7 @@ export function quoteName(s: string, max = 80): string {
 export function oneLine(s: string): string {
   // Control characters and Unicode line separators would break or garble the line.
   return s.replace(
+    // deno-lint-ignore no-control-regex -- matching control characters is the point
     /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
     (c) =>
       c === "\n"

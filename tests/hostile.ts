@@ -135,6 +135,7 @@ export function expectReaderOutcome<T>(
     );
     const msg = (e as Error).message;
     assert.ok(
+      // deno-lint-ignore no-control-regex -- matching control characters is the point
       !/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/.test(msg),
       `${label}: a line break or control character in ${JSON.stringify(msg)}`,
     );
