@@ -9,7 +9,7 @@
  * @example
  * ```ts
  * import { dangerousGlobal } from "./pickle_globals.ts";
- * console.log(dangerousGlobal("os", "system")); // "runs commands or touches files"
+ * console.log(dangerousGlobal("os", "system")); // "its module can run code or reach the system"
  * console.log(dangerousGlobal("argparse", "Namespace")); // null
  * ```
  * @module
@@ -162,6 +162,22 @@ const SAFE_BUILTINS = new Set([
 ]);
 
 /**
+ * Names inside refused modules that ordinary pickles use for plain data
+ * (old-protocol objects, namespaces, partially applied layers in saved
+ * configs); as placeholders they are as inert as any other.
+ */
+const DATA_EXCEPTIONS = new Set([
+  "copyreg._reconstructor",
+  "copy_reg._reconstructor",
+  "copyreg.__newobj__",
+  "copyreg.__newobj_ex__",
+  "types.SimpleNamespace",
+  "functools.partial",
+  "builtins.object",
+  "__builtin__.object",
+]);
+
+/**
  * Why the global `module.name` must be refused even as an inert
  * placeholder, or null when it may be kept as one.
  *
@@ -171,16 +187,18 @@ const SAFE_BUILTINS = new Set([
  * console.log(dangerousGlobal("builtins", "eval") !== null); // true
  * console.log(dangerousGlobal("builtins", "set")); // null
  * console.log(dangerousGlobal("argparse", "_os.system") !== null); // true (reaches os through an attribute)
+ * console.log(dangerousGlobal("functools", "partial")); // null (saved configs hold partial layers)
  * ```
  */
 export function dangerousGlobal(module: string, name: string): string | null {
+  if (DATA_EXCEPTIONS.has(`${module}.${name}`)) return null;
   const top = module.split(".")[0];
   if (top === "builtins" || top === "__builtin__") {
     return module === top && SAFE_BUILTINS.has(name)
       ? null
       : "a Python builtin other than a data type";
   }
-  if (DANGEROUS_MODULES.has(top)) return "runs commands or touches files";
+  if (DANGEROUS_MODULES.has(top)) return "its module can run code or reach the system";
   if (DANGEROUS_PREFIXES.some((p) => module === p || module.startsWith(`${p}.`))) {
     return "loads or runs code";
   }

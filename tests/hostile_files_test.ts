@@ -212,7 +212,9 @@ Deno.test("hostile .pth: globals that run code are refused even with skipUnknown
       ["torch.hub", "load"],
       ["numpy.testing._private.utils", "runstring"],
       ["pickle", "loads"],
-      ["functools", "partial"],
+      ["functools", "reduce"],
+      ["operator", "attrgetter"],
+      ["types", "CodeType"],
     ]
   ) {
     refusedPth(
@@ -224,12 +226,19 @@ Deno.test("hostile .pth: globals that run code are refused even with skipUnknown
   // STACK_GLOBAL with a newline in the name: still one line, still refused.
   const stacked = new Pickle().str("os").str("system\nX").raw("\x93").bytes();
   refusedPth("stack global with newline", whole(makePth(stacked), true), /"os\.system\\nX"/);
-  // A harmless unknown class stays an inert placeholder.
-  const ns = new Pickle().global("argparse", "Namespace").raw(")R").bytes();
-  assert.equal(
-    (readPth(makePth(ns), { skipUnknown: true }) as { global: string }).global,
-    "argparse.Namespace",
-  );
+  // Harmless data classes, also from refused modules, stay inert placeholders.
+  for (
+    const [module, name] of [
+      ["argparse", "Namespace"],
+      ["functools", "partial"],
+      ["copyreg", "_reconstructor"],
+      ["types", "SimpleNamespace"],
+    ]
+  ) {
+    const obj = new Pickle().global(module, name).raw(")R").bytes();
+    const top = readPth(makePth(obj), { skipUnknown: true }) as { global: string };
+    assert.equal(top.global, `${module}.${name}`);
+  }
 });
 
 Deno.test("hostile .pth: zip structure lies (CRC, names, sizes, duplicates)", () => {
