@@ -98,7 +98,7 @@ export const CASE_LIMITS = {
   /**
    * A hang guard (the quadratic LONG4 decoder took 45 s), generous for a
    * shared CPU under a parallel test run: cases take milliseconds, the
-   * million-opcode ones a few hundred. scripts/bench_readers.ts measures them.
+   * million-opcode ones a few hundred. tests/bench_readers.ts measures them.
    */
   ms: 5000,
   /** Resident memory growth while one case runs. */

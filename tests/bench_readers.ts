@@ -7,8 +7,8 @@
  *
  * @example
  * ```sh
- * deno run -A scripts/bench_readers.ts            # all cases, a table on stdout
- * deno run -A scripts/bench_readers.ts --case stride0
+ * deno run -A tests/bench_readers.ts            # all cases, a table on stdout
+ * deno run -A tests/bench_readers.ts --case stride0
  * ```
  * @module
  */
@@ -17,7 +17,7 @@ import { runMain } from "../ops/gpu.ts";
 import { pthStateDict, readPth } from "../models/pth.ts";
 import { readSafetensors } from "../models/safetensors.ts";
 import { parseNpy } from "../analysis/npy.ts";
-import { makePth, makeZip, Pickle, stateDictPickle } from "../tests/zip_tools.ts";
+import { makePth, makeZip, Pickle, stateDictPickle } from "./zip_tools.ts";
 
 const F32x6 = new Uint8Array(new Float32Array([1, 2, 3, 4, 5, 6]).buffer);
 
@@ -168,7 +168,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      `usage: deno run -A scripts/bench_readers.ts [--case NAME]\ncases: ${
+      `usage: deno run -A tests/bench_readers.ts [--case NAME]\ncases: ${
         Object.keys(CASES).join(", ")
       }`,
     );
