@@ -3,7 +3,7 @@
  * with zero padding, and its backward.
  *
  * Convolutions with `groups = 1` (1×1 and dense ones) run as implicit GEMMs
- * on the tiled, register-blocked kernels of `gemm.ts`: the im2col
+ * on the tiled, register-blocked kernels of `gemm_kernel.ts`: the im2col
  * addressing lives in the operand loaders, nothing is materialised. Grouped
  * convolutions, and every convolution under `setGemmImpl("simple")` (the
  * fallback and the test oracle), run straightforward kernels: the forward
@@ -27,7 +27,8 @@
  * @module
  */
 import { needsGrad, record } from "./autograd.ts";
-import { gemm, gemmImpl } from "./gemm.ts";
+import { gemm } from "./gemm_kernel.ts";
+import { gemmImpl } from "./gemm_plan.ts";
 import { flatMain, launch, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 

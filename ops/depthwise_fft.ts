@@ -1,7 +1,7 @@
 /**
  * Depthwise convolution through 2-D FFTs in workgroup memory: forward, input
  * gradient and filter gradient of a stride-1 depthwise convolution, for large
- * kernels (13×13 … 31×31) where the direct kernels of `depthwise_fast.ts`
+ * kernels (13×13 … 31×31) where the direct kernels of `depthwise_direct.ts`
  * spend `KH·KW` FMAs per output and an F×F transform costs `O(log F)`.
  *
  * **Overlap-save tiles.** An output tile of `(F−KH+1)×(F−KW+1)` needs an

@@ -1,6 +1,6 @@
 /**
  * The shape of a stride-1 depthwise convolution, shared by its fast kernels
- * (`depthwise_fast.ts`, `depthwise_fft.ts`, `sparse_depthwise.ts`): the
+ * (`depthwise_direct.ts`, `depthwise_fft.ts`, `sparse_depthwise.ts`): the
  * forward's shape, the input gradient's (transposed) shape, and the
  * workgroup memory the kernels plan for.
  *

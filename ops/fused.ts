@@ -31,7 +31,8 @@
  */
 import { record } from "./autograd.ts";
 import { ERF_WGSL, gelu } from "./elementwise.ts";
-import { columnReduce, gemm, gemmImpl } from "./gemm.ts";
+import { columnReduce, gemm } from "./gemm_kernel.ts";
+import { gemmImpl } from "./gemm_plan.ts";
 import { elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
 import { biasGrad, linear, matmul } from "./matmul.ts";
 import { f32, Rng, Tensor } from "./tensor.ts";

@@ -68,6 +68,11 @@ export class Gpu {
   readonly device: GPUDevice;
   /** Adapter description, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15…)". */
   readonly description: string;
+  /**
+   * The adapter's identity as the driver reports it: what kernel plans are
+   * keyed by, since a plan timed on one GPU or driver says nothing about another.
+   */
+  readonly adapter: { vendor: string; architecture: string; description: string };
   /** True on a software adapter (llvmpipe): presets and benchmarks shrink. */
   readonly isFallback: boolean;
   readonly features: ReadonlySet<string>;
@@ -111,6 +116,11 @@ export class Gpu {
     this.description = info.description ||
       [info.vendor, info.architecture].filter(Boolean).join(" ") ||
       "unknown adapter";
+    this.adapter = {
+      vendor: info.vendor ?? "",
+      architecture: info.architecture ?? "",
+      description: info.description ?? "",
+    };
     // deno-lint-ignore no-explicit-any
     this.isFallback = Boolean((info as any).isFallbackAdapter) ||
       /llvmpipe|lavapipe|swiftshader/i.test(

@@ -4,7 +4,7 @@
  * transpose) and {@linkcode linear}, PyTorch's `nn.Linear` on the last axis
  * (ConvNeXt's pointwise convolutions on channels-last tensors, and the head).
  *
- * Products run the tiled, register-blocked kernels of `gemm.ts` (split
+ * Products run the tiled, register-blocked kernels of `gemm_kernel.ts` (split
  * over the inner dimension when the output is small, as weight gradients
  * are). The simple kernel is kept as the fallback and the test oracle
  * (`setGemmImpl("simple")`): each 16×16 workgroup computes a 16×16 tile of
@@ -29,7 +29,8 @@
  */
 import { record } from "./autograd.ts";
 import { sumAxes, sumToShape } from "./elementwise.ts";
-import { columnReduce, gemm, gemmImpl } from "./gemm.ts";
+import { columnReduce, gemm } from "./gemm_kernel.ts";
+import { gemmImpl } from "./gemm_plan.ts";
 import { launch, storage } from "./kernel.ts";
 import { grid1d, numel, Tensor } from "./tensor.ts";
 
@@ -98,7 +99,7 @@ interface Product {
 
 /**
  * y[bt] = op(a[bt]) · op(b[bt]) (+ bias over columns): the register-blocked
- * kernels of `gemm.ts`, or the simple one under `setGemmImpl("simple")`.
+ * kernels of `gemm_kernel.ts`, or the simple one under `setGemmImpl("simple")`.
  */
 function product(p: Product, a: Tensor, b: Tensor, bias: Tensor | null): Tensor {
   return gemmImpl() === "tiled" ? tiledProduct(p, a, b, bias) : simpleProduct(p, a, b, bias);

@@ -65,7 +65,14 @@
 import { needsGrad, record } from "./autograd.ts";
 import { channelSum } from "./conv.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "./depthwise.ts";
-import { fastestConfig, sumGroupsKernel } from "./depthwise_fast.ts";
+import { sumGroupsKernel } from "./depthwise_direct.ts";
+import {
+  plainDepthwiseBackwardFilter,
+  plainDepthwiseBackwardInput,
+  plainDepthwiseForward,
+} from "./depthwise_plain.ts";
+import { depthwiseShapeKey } from "./depthwise_plan.ts";
+import { type CandidateOptions, type PlanJob, planner } from "./planner.ts";
 import {
   type DepthwiseShape,
   transposedShape,
@@ -354,24 +361,6 @@ export interface SparseDepthwiseConfigs {
   filter: SparseFilterConfig | null;
 }
 
-let forcedConfigs: Partial<SparseDepthwiseConfigs> | null = null;
-const tunedConfigs = new Map<string, Partial<SparseDepthwiseConfigs>>();
-
-/**
- * Force configs for every shape (tests use small tiles); `null` restores the
- * tuned or heuristic ones.
- *
- * @example
- * ```ts
- * import { setSparseDepthwiseConfig } from "./sparse_depthwise.ts";
- * setSparseDepthwiseConfig({ forward: { bu: 2, bv: 4, planes: 1, nub: 2, nvb: 2 } });
- * setSparseDepthwiseConfig(null);
- * ```
- */
-export function setSparseDepthwiseConfig(c: Partial<SparseDepthwiseConfigs> | null): void {
-  forcedConfigs = c;
-}
-
 /** Virtual geometry: u along the kernel's long axis, v along the short one. */
 interface VShape {
   n: number;
@@ -639,14 +628,24 @@ function defaultFlt(s: VShape): SparseFilterConfig {
   return fitFlt(s, { bu: 4, bv: 4, ck: 4 });
 }
 
-function shapeKey(s: DepthwiseShape): string {
-  return [s.n, s.c, s.h, s.w, s.kh, s.kw, s.ph, s.pw, s.ho, s.wo].join(",");
-}
+const isFwdConfig = (c: unknown): c is SparseForwardConfig =>
+  typeof c === "object" && c !== null &&
+  ["bu", "bv", "planes", "nub", "nvb"].every((k) => Number.isInteger((c as never)[k])) &&
+  ["pre", "lz", "so"].every((k) => ["boolean", "undefined"].includes(typeof (c as never)[k]));
+
+const isFltConfig = (c: unknown): c is SparseFilterConfig =>
+  typeof c === "object" && c !== null &&
+  ["bu", "bv", "planes", "nub", "nvb", "ck", "groups", "planesPerGroup"].every((k) =>
+    Number.isInteger((c as never)[k])
+  ) && ["number", "undefined"].includes(typeof (c as SparseFilterConfig).acc);
 
 /**
- * The sparse kernels' configs for a stride-1 shape: forced, else tuned
- * ({@linkcode tuneSparseDepthwise}), else heuristic; null where a kernel's
- * tiles do not fit (that kernel then runs the dense path on masked weights).
+ * The sparse kernels' configs for a stride-1 shape: the planner's (forced or
+ * planned, under the keys `sparse.forward|shape`, `sparse.backwardInput|shape`
+ * and `sparse.filter|shape`; forcing `sparse.forward` forces the input
+ * gradient too), else the heuristic's; null where a kernel's tiles do not
+ * fit (that kernel then runs the dense path on masked weights). `density` is
+ * the mask's, for the planner's own test masks.
  *
  * @example
  * ```ts
@@ -657,15 +656,22 @@ function shapeKey(s: DepthwiseShape): string {
  * console.log(sparseDepthwiseConfigs(s).forward !== null); // true
  * ```
  */
-export function sparseDepthwiseConfigs(s: DepthwiseShape): SparseDepthwiseConfigs {
+export function sparseDepthwiseConfigs(s: DepthwiseShape, density = 0.5): SparseDepthwiseConfigs {
   const vertical = s.kh >= s.kw;
   const v = virt(s, vertical);
   const vt = virt(transposedShape(s), vertical);
-  const t = tunedConfigs.get(shapeKey(s)) ?? {};
-  const forward = forcedConfigs?.forward ?? t.forward ?? defaultFwd(v);
-  const backwardInput = forcedConfigs?.backwardInput ?? forcedConfigs?.forward ??
-    t.backwardInput ?? defaultFwd(vt);
-  const filter = forcedConfigs?.filter ?? t.filter ?? defaultFlt(v);
+  const p = planner();
+  const key = depthwiseShapeKey(s);
+  const forward = p.choose("sparse.forward", key, isFwdConfig, () => forwardJob(s, density)) ??
+    defaultFwd(v);
+  const forcedForward = p.forced("sparse.forward");
+  const backwardInput =
+    (p.forced("sparse.backwardInput") === undefined && forcedForward
+      ? forcedForward as SparseForwardConfig
+      : p.choose("sparse.backwardInput", key, isFwdConfig, () => backwardInputJob(s, density))) ??
+      defaultFwd(vt);
+  const filter = p.choose("sparse.filter", key, isFltConfig, () => filterJob(s, density)) ??
+    defaultFlt(v);
   return {
     forward: forward && fwdFits(v, forward) ? forward : null,
     backwardInput: backwardInput && fwdFits(vt, backwardInput) ? backwardInput : null,
@@ -1284,7 +1290,7 @@ export function sparseDepthwiseConv2d(
 ): Tensor {
   const s = shapeOf(x, w, opts);
   checkPlan(plan, s);
-  const cfgs = s.stride === 1 ? sparseDepthwiseConfigs(s) : null;
+  const cfgs = s.stride === 1 ? sparseDepthwiseConfigs(s, plan.density) : null;
   if (!cfgs?.forward || !cfgs.backwardInput || !cfgs.filter) {
     return depthwiseConv2d(x, mul(w, plan.mask), bias, opts);
   }
@@ -1349,6 +1355,8 @@ export function depthwiseMaybeSparse(
   return depthwiseConv2d(x, w, bias, opts);
 }
 
+// ---------------------------------------------------------------- plan jobs
+
 // ---------------------------------------------------------------- tuning
 
 function dedupe<T>(list: T[]): T[] {
@@ -1361,9 +1369,10 @@ function dedupe<T>(list: T[]): T[] {
   });
 }
 
-function forwardCandidates(v: VShape): SparseForwardConfig[] {
+function forwardCandidates(v: VShape, { software }: CandidateOptions): SparseForwardConfig[] {
   const d = defaultFwd(v);
-  if (gpu().isFallback) return [d];
+  // A software adapter: the heuristic and the same without the look-ahead loads (small kernels).
+  if (software) return dedupe([d, { ...d, pre: !d.pre }].filter((c) => fwdFits(v, c)));
   // First the earlier winner and its variants with the look-ahead loads (pre), set-bit loops (lz),
   // staged coalesced stores (so) and whole-image-height tiles (maxTU 64); then the older ones.
   const variants = [
@@ -1391,9 +1400,13 @@ function forwardCandidates(v: VShape): SparseForwardConfig[] {
   return dedupe([d, ...variants.map((x) => fitFwd(v, x))].filter((c) => fwdFits(v, c)));
 }
 
-function filterCandidates(v: VShape): SparseFilterConfig[] {
+function filterCandidates(v: VShape, { software }: CandidateOptions): SparseFilterConfig[] {
   const d = defaultFlt(v);
-  if (gpu().isFallback) return [d];
+  if (software) {
+    // The heuristic and the same with half as many planes per group (a second summing pass).
+    const half = { ...d, planesPerGroup: Math.max(1, d.planesPerGroup >> 1) };
+    return dedupe([d, half].filter((c) => fltFits(v, c)));
+  }
   // The earlier winner, then split accumulators (acc: `acc` FMA chains per tap), then the older ones.
   const variants = [
     { bu: 4, bv: 4, ck: 2 },
@@ -1416,76 +1429,67 @@ function filterCandidates(v: VShape): SparseFilterConfig[] {
   return dedupe([d, ...variants.map((x) => fitFlt(v, x))].filter((c) => fltFits(v, c)));
 }
 
-/** One timed candidate of {@linkcode tuneSparseDepthwise}. */
-export interface SparseTuneResult {
-  kernel: "forward" | "backwardInput" | "filter";
-  config: SparseForwardConfig | SparseFilterConfig;
-  ms: number;
-}
-
-/**
- * Time candidate tilings of the three sparse kernels for one stride-1 shape
- * and mask (random data) and remember the fastest for this shape. A sync
- * point: before a benchmark or a training run, never inside a step.
- *
- * @example
- * ```ts
- * import { initGpu } from "./gpu.ts";
- * import { SparseDepthwisePlan, tuneSparseDepthwise } from "./sparse_depthwise.ts";
- * await initGpu();
- * const s = { n: 1, c: 2, h: 8, w: 8, kh: 5, kw: 3, ph: 2, pw: 1, ho: 8, wo: 8 };
- * const plan = SparseDepthwisePlan.fromMask(SparseDepthwisePlan.randomMask(2, 5, 3, 0.5), [2, 1, 5, 3]);
- * const r = await tuneSparseDepthwise(s, plan, { maxCandidates: 1, kernels: ["forward"] });
- * console.log(r.length); // 1
- * plan.dispose();
- * ```
- */
-export async function tuneSparseDepthwise(
-  s: DepthwiseShape,
-  plan: SparseDepthwisePlan,
-  { maxCandidates = 8, runs = 3, kernels = ["forward", "backwardInput", "filter"] }: {
-    maxCandidates?: number;
-    runs?: number;
-    kernels?: ("forward" | "backwardInput" | "filter")[];
-  } = {},
-): Promise<SparseTuneResult[]> {
-  checkPlan(plan, s);
-  const results: SparseTuneResult[] = [];
+/** A random mask of `density` for shape `s`, with random x, w and gy. */
+function benchInputs(s: DepthwiseShape, density: number) {
+  const plan = SparseDepthwisePlan.fromMask(
+    SparseDepthwisePlan.randomMask(s.c, s.kh, s.kw, density, 5),
+    [s.c, 1, s.kh, s.kw],
+  );
   const x = Tensor.randn([s.n, s.c, s.h, s.w], { seed: 1 });
   const w = Tensor.randn([s.c, 1, s.kh, s.kw], { seed: 2 });
   const gy = Tensor.randn([s.n, s.c, s.ho, s.wo], { seed: 3 });
-  const entry = tunedConfigs.get(shapeKey(s)) ?? {};
-  try {
-    for (const kernel of kernels) {
-      if (kernel === "filter") {
-        const best = await fastestConfig(
-          kernel,
-          filterCandidates(virt(s, plan.vertical)).slice(0, maxCandidates),
-          (cfg) => sparseDepthwiseBackwardFilter(gy, x, plan, s, cfg).dispose(),
-          runs,
-          results as { kernel: typeof kernel; config: SparseFilterConfig; ms: number }[],
-        );
-        if (best) entry.filter = best;
-      } else {
-        const shape = kernel === "forward" ? s : transposedShape(s);
-        const best = await fastestConfig(
-          kernel,
-          forwardCandidates(virt(shape, plan.vertical)).slice(0, maxCandidates),
-          (cfg) =>
-            (kernel === "forward"
-              ? sparseDepthwiseForward(x, w, plan, null, s, cfg)
-              : sparseDepthwiseBackwardInput(gy, w, plan, s, cfg)).dispose(),
-          runs,
-          results as { kernel: typeof kernel; config: SparseForwardConfig; ms: number }[],
-        );
-        if (best) entry[kernel] = best;
-      }
-    }
-  } finally {
-    x.dispose();
-    w.dispose();
-    gy.dispose();
-  }
-  tunedConfigs.set(shapeKey(s), entry);
-  return results;
+  const masked = mul(w, plan.mask);
+  const g = { ...s, stride: 1 };
+  const dispose = () => {
+    for (const t of [x, w, gy, masked]) t.dispose();
+    plan.dispose();
+  };
+  return { plan, x, w, gy, masked, g, dispose };
+}
+
+function forwardJob(s: DepthwiseShape, density: number): PlanJob<SparseForwardConfig> {
+  return {
+    candidates: (o) => forwardCandidates(virt(s, s.kh >= s.kw), o),
+    bench: () => {
+      const t = benchInputs(s, density);
+      return {
+        run: (c) => [sparseDepthwiseForward(t.x, t.w, t.plan, null, s, c)],
+        reference: () => [plainDepthwiseForward(t.x, t.masked, null, t.g)],
+        dispose: t.dispose,
+      };
+    },
+  };
+}
+
+function backwardInputJob(s: DepthwiseShape, density: number): PlanJob<SparseForwardConfig> {
+  return {
+    candidates: (o) => forwardCandidates(virt(transposedShape(s), s.kh >= s.kw), o),
+    bench: () => {
+      const t = benchInputs(s, density);
+      return {
+        run: (c) => [sparseDepthwiseBackwardInput(t.gy, t.w, t.plan, s, c)],
+        reference: () => [plainDepthwiseBackwardInput(t.gy, t.masked, t.g)],
+        dispose: t.dispose,
+      };
+    },
+  };
+}
+
+function filterJob(s: DepthwiseShape, density: number): PlanJob<SparseFilterConfig> {
+  return {
+    candidates: (o) => filterCandidates(virt(s, s.kh >= s.kw), o),
+    bench: () => {
+      const t = benchInputs(s, density);
+      return {
+        run: (c) => [sparseDepthwiseBackwardFilter(t.gy, t.x, t.plan, s, c)],
+        reference: () => {
+          const dense = plainDepthwiseBackwardFilter(t.gy, t.x, t.g);
+          const gw = mul(dense, t.plan.mask);
+          dense.dispose();
+          return [gw];
+        },
+        dispose: t.dispose,
+      };
+    },
+  };
 }

@@ -17,8 +17,7 @@
  * ```
  * @module
  */
-import type { DepthwisePlan, DepthwiseShape } from "../ops/depthwise_fast.ts";
-import type { GemmConfig } from "../ops/gemm.ts";
+import type { SavedPlans } from "../ops/planner.ts";
 import { loadSafetensorsFile, saveSafetensorsFile, type Weights } from "../models/safetensors.ts";
 import type { Module } from "../models/module.ts";
 import type { OptimizerState } from "../ops/optim.ts";
@@ -48,18 +47,13 @@ export interface TrainState {
   /** Sparse runs: density of every masked layer and overall, at the save. */
   sparse?: { densities: Record<string, number>; overallDensity: number };
   /**
-   * GPU runs: the depthwise tilings tuned at the start (`--tune-kernels`), restored on resume
-   * so that a resumed run computes with the same kernels, bit for bit.
+   * The kernel plans of the kernels this run's model runs (dense and sparse
+   * depthwise, matrix products), planned at the start (`--tune-kernels`) and
+   * restored on resume, so that a resumed run computes with the same
+   * kernels, bit for bit. Checkpoints written before plans had one field
+   * carry none here: their runs plan again on resume.
    */
-  kernelPlans?: KernelPlan[];
-  /** GPU runs: the matrix-product tiles tuned at the start (`gemmPlans`), restored on resume. */
-  gemmPlans?: { product: string; config: GemmConfig }[];
-}
-
-/** A tuned depthwise plan and the shape it is for. */
-export interface KernelPlan {
-  shape: DepthwiseShape;
-  plan: DepthwisePlan;
+  plans?: SavedPlans;
 }
 
 /** What a loaded checkpoint holds. */

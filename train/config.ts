@@ -83,10 +83,20 @@ export interface TrainConfig {
   /** Micro-batches between loss read-backs (the only GPU syncs of an epoch). */
   logEvery: number;
   /**
-   * On a GPU, time the depthwise kernels' tilings (direct tiles, FFT) for every layer shape
-   * before training and keep the fastest, as `cudnn.benchmark` does (default on).
+   * On a GPU, plan the kernels of one training step before training (time the candidate
+   * tilings of every depthwise, sparse depthwise and matrix-product kernel and keep the
+   * fastest), as `cudnn.benchmark` does (default on; nothing to plan on llvmpipe).
    */
   tuneKernels?: boolean;
+  /** Read and write the plan cache in the user's cache folder (default on). */
+  planCache?: boolean;
+  /** Plan again the kernels that the plan cache already holds. */
+  retune?: boolean;
+  /**
+   * Plan on a software adapter too, with 2 candidates per key, the sparse kernels only
+   * (compiling every matrix product's candidates takes llvmpipe minutes): tests; no flag.
+   */
+  planSoftware?: boolean;
   preset?: string;
 }
 

@@ -1,110 +1,80 @@
 /**
- * The kernels a run computes with: on a GPU, timed per layer shape before
- * training as `cudnn.benchmark` does, and kept in checkpoints so that a
- * resumed run computes with the same kernels, bit for bit.
+ * Kernel plans of a training run: plan every kernel of one training
+ * micro-step of the model as it will train (after sparsity is set up, so
+ * the sparse kernels get plans too), with the persistent plan cache; keep the
+ * plans in the checkpoint state and restore them on resume without timing
+ * anything again.
  *
  * @example
  * ```ts
  * import { initGpu } from "../ops/gpu.ts";
  * import { buildModel, presetConfig } from "./config.ts";
- * import { tuneKernels } from "./kernel_plans.ts";
+ * import { planTrainingKernels } from "./kernel_plans.ts";
  * await initGpu();
  * const cfg = { ...presetConfig("cpu"), batchSize: 2, inputSize: 32 };
- * console.log((await tuneKernels(buildModel(cfg, 4).model, cfg)).depthwise.length); // 0 on llvmpipe
+ * const r = await planTrainingKernels(buildModel(cfg, 4).model, [2, 3, 32, 32], { cache: false });
+ * console.log(r.planned.length); // 0 on llvmpipe: planning there only when asked (`software`)
  * ```
  * @module
  */
 import { backward } from "../ops/autograd.ts";
-import { depthwisePlan, setTunedPlan, tuneDepthwiseOf } from "../ops/depthwise_fast.ts";
-import {
-  describeGemmTuning,
-  gemmPlans,
-  type GemmTuned,
-  setGemmPlans,
-  tuneGemm,
-} from "../ops/gemm.ts";
 import { gpu } from "../ops/gpu.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
+import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
+import { planner, type PlanReport, type SavedPlans } from "../ops/planner.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
-import type { KernelPlan, TrainState } from "./checkpoint.ts";
+import type { TrainState } from "./checkpoint.ts";
 import type { Classifier, TrainConfig } from "./config.ts";
 
-/**
- * On a GPU, time the depthwise tilings of every stride-1 depthwise shape that
- * a training micro-batch runs (one forward of random images collects them)
- * and keep the fastest per shape (`tuneDepthwise`), as `cudnn.benchmark`
- * does; then tune the tiles of every matrix product of a forward and backward
- * pass (`tuneGemm`: a few passes on random images in eval mode, so that no
- * BatchNorm statistic or random stream moves; the gradients are dropped).
- * Returns the plans for the checkpoint; none on llvmpipe.
- *
- * @example
- * ```ts
- * import { initGpu } from "../ops/gpu.ts";
- * import { buildModel, presetConfig } from "./config.ts";
- * import { tuneKernels } from "./kernel_plans.ts";
- * await initGpu();
- * const cfg = { ...presetConfig("cpu"), batchSize: 2, inputSize: 32 };
- * console.log((await tuneKernels(buildModel(cfg, 4).model, cfg)).gemm.length); // 0 on llvmpipe
- * ```
- */
-export async function tuneKernels(
-  model: Classifier,
-  cfg: TrainConfig,
-): Promise<{ depthwise: KernelPlan[]; gemm: ReturnType<typeof gemmPlans> }> {
-  if (gpu().isFallback) return { depthwise: [], gemm: [] };
-  const t0 = performance.now();
-  const input = [cfg.batchSize, 3, cfg.inputSize, cfg.inputSize];
-  const shapes = await tuneDepthwiseOf((x) => model.forward(x), input, { maxCandidates: 3 });
-  const depthwise: KernelPlan[] = [];
-  for (const shape of shapes) {
-    const plan = depthwisePlan(shape, 1);
-    if (plan) depthwise.push({ shape, plan });
-  }
-  const t1 = performance.now();
-  const tuned = await tuneModelGemm(model, input);
-  console.error(
-    `tuned the depthwise kernels of ${shapes.length} layer shapes in ${
-      ((t1 - t0) / 1e3).toFixed(1)
-    } s, then ${describeGemmTuning(tuned)} in ${
-      ((performance.now() - t1) / 1e3).toFixed(1)
-    } s (--no-tune-kernels skips this)`,
-  );
-  return { depthwise, gemm: gemmPlans() };
+/** Options of {@linkcode planTrainingKernels}. */
+export interface TrainingPlanOptions {
+  /** Read and write the plan cache in the user's cache folder (`--no-plan-cache`: false). */
+  cache?: boolean;
+  /** Plan again the keys the cache already holds (`--retune`). */
+  retune?: boolean;
+  /** Plan on a software adapter too, with 2 candidates per key (tests). */
+  software?: boolean;
+  /** The cache file (default: {@linkcode planCachePath}). */
+  cachePath?: string | null;
 }
 
-/** Forward and backward passes, at most, that tune the matrix products (see `tuneGemm`). */
-const TUNE_GEMM_PASSES = 12;
+/** Direct-kernel candidates per depthwise key on a GPU: what start-up time allows. */
+const TRAIN_MAX_CANDIDATES = 3;
 
 /**
- * Tune the tiles of every matrix product of a forward and backward pass of
- * `model` on random images of `input` shape (`tuneGemm`): in eval
- * mode, so that no BatchNorm statistic or random stream moves, and with the
- * gradients dropped afterwards; the model is left in train mode. Returns the
- * tuned products (none on llvmpipe, whose candidates are the heuristic's alone).
+ * Plan the kernels of one forward and backward pass of `model` on random
+ * images of `input` shape, as the run will train: in eval mode, so that no
+ * BatchNorm statistic or random stream moves, with the gradients dropped
+ * afterwards and the model left in train mode. Sparse layers run their
+ * sparse kernels, so call it after sparsity is set up. Keys the cache holds
+ * are not timed again (unless `retune`). Prints one line on what it did.
  *
  * @example
- * ```ts
- * import { initGpu } from "../ops/gpu.ts";
- * import { buildModel, presetConfig } from "./config.ts";
- * import { tuneModelGemm } from "./kernel_plans.ts";
- * await initGpu();
- * const model = buildModel({ ...presetConfig("cpu") }, 4).model;
- * console.log((await tuneModelGemm(model, [2, 3, 32, 32])).length); // 0 on llvmpipe
+ * ```ts ignore
+ * const report = await planTrainingKernels(model, [64, 3, 224, 224], { cache: true });
  * ```
  */
-export async function tuneModelGemm(
+export async function planTrainingKernels(
   model: Classifier,
   input: number[],
-  rounds = TUNE_GEMM_PASSES,
-): Promise<GemmTuned> {
+  opts: TrainingPlanOptions = {},
+): Promise<PlanReport> {
+  const t0 = performance.now();
   const x = Tensor.randn(input, { seed: 7 });
   const labels = Array.from({ length: input[0] }, () => 0);
+  const cachePath = opts.cache === false ? null : opts.cachePath ?? planCachePath();
   model.eval();
+  let report: PlanReport;
   try {
-    return await tuneGemm(
+    report = await planWithCache(
+      planner(),
       () => scope(() => backward(softmaxCrossEntropy(model.forward(x), labels))),
-      { rounds },
+      {
+        cachePath,
+        retune: opts.retune,
+        software: opts.software,
+        maxCandidates: gpu().isFallback ? 2 : TRAIN_MAX_CANDIDATES,
+      },
     );
   } finally {
     x.dispose();
@@ -114,13 +84,60 @@ export async function tuneModelGemm(
     }
     model.train();
   }
+  if (!report.skipped) {
+    const fromCache = report.reused ? `, ${report.reused} from the plan cache` : "";
+    console.error(
+      `planned ${report.planned.length} of ${report.keys.length} kernel keys${fromCache} in ${
+        ((performance.now() - t0) / 1e3).toFixed(1)
+      } s (--no-tune-kernels skips this, --retune plans again, --no-plan-cache leaves ${
+        cachePath ?? "the cache"
+      } alone)`,
+    );
+  }
+  return report;
 }
 
 /**
- * Choose the run's kernels: a resumed run keeps the plans it was tuned with
+ * The plans a checkpoint keeps: those of the keys `report` ran (this
+ * adapter's), or undefined when none were planned.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { checkpointPlans } from "./kernel_plans.ts";
+ * await initGpu();
+ * console.log(checkpointPlans({ keys: [], planned: [], reused: 0 })); // undefined
+ * ```
+ */
+export function checkpointPlans(report: PlanReport): SavedPlans | undefined {
+  const saved = planner().toJSON(report.keys);
+  return saved.plans.length ? saved : undefined;
+}
+
+/**
+ * Restore the plans a checkpoint kept; returns how many are for this
+ * adapter (0 when the run resumes on another GPU or driver: then it plans
+ * again).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { restorePlans } from "./kernel_plans.ts";
+ * await initGpu();
+ * console.log(restorePlans({ version: 1, plans: [] })); // 0
+ * ```
+ */
+export function restorePlans(saved: SavedPlans): number {
+  return planner().load(saved);
+}
+
+/**
+ * Choose the run's kernels once the model and its sparsity are set up: a
+ * resumed run restores the plans its checkpoint kept and times nothing
  * (another timing could pick other kernels, whose rounding differs, and the
- * run would no longer continue bit for bit); a new one tunes and records its
- * plans in `state`. Does nothing with `--no-tune-kernels`.
+ * run would no longer continue bit for bit); a new run plans one training
+ * micro-step (see {@linkcode planTrainingKernels}) and records the plans in
+ * `state`. Does nothing with `--no-tune-kernels`.
  *
  * @example
  * ```ts ignore
@@ -134,12 +151,16 @@ export async function planKernels(
   state: TrainState,
 ): Promise<void> {
   if (cfg.tuneKernels === false) return;
-  if (state.kernelPlans || state.gemmPlans) {
-    for (const k of state.kernelPlans ?? []) setTunedPlan(k.shape, k.plan);
-    setGemmPlans(state.gemmPlans ?? []);
-    return;
-  }
-  const plans = await tuneKernels(model, cfg);
-  if (plans.depthwise.length) state.kernelPlans = plans.depthwise;
-  if (plans.gemm.length) state.gemmPlans = plans.gemm;
+  if (state.plans && restorePlans(state.plans) > 0) return;
+  const report = await planTrainingKernels(
+    model,
+    [cfg.batchSize, 3, cfg.inputSize, cfg.inputSize],
+    {
+      cache: cfg.planCache !== false,
+      retune: cfg.retune === true,
+      software: cfg.planSoftware === true,
+    },
+  );
+  const plans = checkpointPlans(report);
+  if (plans) state.plans = plans;
 }

@@ -85,8 +85,13 @@ const FLAGS = {
   "log-every": ["number", "micro-batches between loss read-backs"],
   "tune-kernels": [
     "boolean",
-    "GPU: time depthwise tilings (direct, FFT) per layer shape first, as cudnn.benchmark (default on)",
+    "GPU: plan the kernels of one training step first (depthwise, sparse, GEMM tiles), as cudnn.benchmark (default on)",
   ],
+  "plan-cache": [
+    "boolean",
+    "keep kernel plans in $XDG_CACHE_HOME/largekernel/plans.json (default on; --no-plan-cache)",
+  ],
+  retune: ["boolean", "plan the kernels again even where the plan cache has them"],
   preset: ["string", "preset bundle (see below); flags override it"],
   help: ["boolean", "show this help"],
 } as const;
@@ -245,6 +250,8 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   if (v["key-colours"] !== undefined) cfg.keyColours = v["key-colours"] as boolean;
   if (v["strict-data"] !== undefined) cfg.strictData = v["strict-data"] as boolean;
   if (v["tune-kernels"] !== undefined) cfg.tuneKernels = v["tune-kernels"] as boolean;
+  if (v["plan-cache"] !== undefined) cfg.planCache = v["plan-cache"] as boolean;
+  if (v.retune !== undefined) cfg.retune = v.retune as boolean;
   if (v["auto-resume"] !== undefined) cfg.autoResume = v["auto-resume"] as boolean;
   if (v["eval-only"] !== undefined) cfg.evalOnly = v["eval-only"] as boolean;
   if (v.out !== undefined) cfg.out = v.out as string;

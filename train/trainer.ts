@@ -26,7 +26,7 @@ import { setupModel, setupTraining, type TrainRun } from "./setup.ts";
 
 export { evaluate, NonFiniteLossError } from "./engine.ts";
 export type { EpochRow } from "./checkpointing.ts";
-export { tuneKernels, tuneModelGemm } from "./kernel_plans.ts";
+export { planKernels, planTrainingKernels } from "./kernel_plans.ts";
 export { mixSeed } from "./seeds.ts";
 export type { Classifier } from "./config.ts";
 

@@ -1,0 +1,484 @@
+/**
+ * A tiled, register-blocked matrix-product kernel generator (GEMM) for
+ * products whose operands are not plain matrices: each operand is read
+ * through a small WGSL loader function, so the same kernel serves batched
+ * and transposed matmuls, 1×1 convolutions on NCHW tensors, and any
+ * `groups = 1` convolution as an implicit GEMM (the im2col addressing lives
+ * in the loader, nothing is materialised).
+ *
+ * A workgroup owns a `bm × bn` output tile. Per `bk`-deep step it stages a
+ * `bm × bk` slab of A and a `bk × bn` slab of B in workgroup memory (zero
+ * outside the matrices), then every invocation accumulates a `tm × tn`
+ * register block of rows and columns taken four at a time (vec4 reads of
+ * workgroup memory), the blocks of neighbouring lanes interleaved so that
+ * they read and write neighbouring addresses; one staged value serves `tn`
+ * (or `tm`) multiply-adds. Products with few output tiles and a long
+ * inner dimension (weight gradients: `K = N·H·W`) split `K` over extra
+ * workgroups and sum the partial products in a second, small kernel that
+ * also applies the store (bias add, NCHW scatter).
+ *
+ * The tiles are the planner's choice for the product (see `planner.ts`),
+ * else the heuristic's (`gemmConfig` in `gemm_plan.ts`). The planner checks
+ * every candidate against {@linkcode gemmReference}, a plain kernel that
+ * runs the same loaders and store. On the H100 tuned tiles took the 38
+ * distinct products of a ConvNeXt-T training step from 63.3 to 37.5 ms (one
+ * launch of each).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { gemm } from "./gemm_kernel.ts";
+ * await initGpu();
+ * const a = Tensor.from([1, 2, 3, 4, 5, 6], [2, 3]);
+ * const b = Tensor.from([1, 0, 0, 1, 1, 1], [3, 2]);
+ * const y = Tensor.empty([2, 2]);
+ * gemm({
+ *   batch: 1, m: 2, n: 2, k: 3,
+ *   inputs: { a, b },
+ *   loadA: "return a[m * 3u + k];", aKFast: true,
+ *   loadB: "return b[k * 2u + n];", bKFast: false,
+ *   outputs: { y },
+ *   store: "y[m * 2u + n] = v;",
+ * });
+ * console.log(await y.read()); // Float32Array [4, 5, 10, 11]
+ * ```
+ * @module
+ */
+import { gpu } from "./gpu.ts";
+import { launch, storage } from "./kernel.ts";
+import {
+  gemmCandidates,
+  type GemmConfig,
+  gemmConfig,
+  isGemmConfig,
+  withSplits,
+} from "./gemm_plan.ts";
+import { type PlanJob, planner } from "./planner.ts";
+import { grid1d, Tensor } from "./tensor.ts";
+
+export type { GemmConfig };
+
+const gemmSources = new Map<string, string>();
+
+/** One product for {@linkcode gemm}: `out[bt, m, n] = Σ_k A(bt, m, k) · B(bt, n, k)`. */
+export interface GemmSpec {
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  /** Tensors the loaders read, by their WGSL names. */
+  inputs: Record<string, Tensor>;
+  /** WGSL body of `fn ldA(bt: u32, m: u32, k: u32) -> f32`; called with m < M, k < K only. */
+  loadA: string;
+  /** True when consecutive k are (mostly) adjacent in memory for A: decides the load order. */
+  aKFast: boolean;
+  /** WGSL body of `fn ldB(bt: u32, n: u32, k: u32) -> f32`; called with n < N, k < K only. */
+  loadB: string;
+  bKFast: boolean;
+  /** Tensors the store writes or reads (output first), by WGSL name; the first is read-write. */
+  outputs: Record<string, Tensor>;
+  /** WGSL body of `fn st(bt: u32, m: u32, n: u32, v: f32)`: where the value goes. */
+  store: string;
+  /** How many leading `outputs` the store writes (default 1); the rest are read-only. */
+  written?: number;
+  /** WGSL helpers the loaders or the store call (e.g. `erf_f32`). */
+  prelude?: string;
+}
+
+/** A short, stable id of a product's loaders and store (two 32-bit FNV-1a hashes). */
+function productId(product: string): string {
+  let a = 0x811c9dc5;
+  let b = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < product.length; i++) {
+    const c = product.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193);
+    b = Math.imul(b ^ c, 0x01000193) ^ (b >>> 15);
+  }
+  return (a >>> 0).toString(16).padStart(8, "0") + (b >>> 0).toString(16).padStart(8, "0");
+}
+
+/** The planner's tiles for a product (a forced config gets the heuristic's split), else the heuristic's. */
+function plannedConfig(spec: GemmSpec, product: string): GemmConfig {
+  const { batch, m, n, k } = spec;
+  const key = `${batch}x${m}x${n}x${k}:${productId(product)}`;
+  const c = planner().choose("gemm", key, isGemmConfig, () => gemmJob(spec));
+  return c ? withSplits(c, batch, m, n, k) : gemmConfig(batch, m, n, k);
+}
+
+/**
+ * What the planner needs to plan a product: its candidates, and random
+ * operands of the spec's shapes on which a candidate and
+ * {@linkcode gemmReference} run (written outputs start from the same values
+ * each run, since a store may read them).
+ */
+function gemmJob(spec: GemmSpec): PlanJob<GemmConfig> {
+  const shapes = (r: Record<string, Tensor>): [string, readonly number[]][] =>
+    Object.entries(r).map(([name, t]) => [name, [...t.shape]]);
+  const inShapes = shapes(spec.inputs);
+  const outShapes = shapes(spec.outputs);
+  const written = spec.written ?? 1;
+  const randn = (list: [string, readonly number[]][], seed: number): [string, Tensor][] =>
+    list.map(([name, s], i) => [name, Tensor.randn(s, { seed: seed + i })]);
+  return {
+    candidates: (o) => gemmCandidates(spec.batch, spec.m, spec.n, spec.k, o),
+    bench: () => {
+      const inputs = Object.fromEntries(randn(inShapes, 1));
+      const kept = randn(outShapes.slice(written), 50);
+      const runWith = (record: (s: GemmSpec) => void): Tensor[] => {
+        const fresh = randn(outShapes.slice(0, written), 20);
+        record({ ...spec, inputs, outputs: Object.fromEntries([...fresh, ...kept]) });
+        return fresh.map(([, t]) => t);
+      };
+      return {
+        run: (c) => runWith((s) => gemm(s, c)),
+        reference: () => runWith(gemmReference),
+        dispose: () => {
+          for (const t of Object.values(inputs)) t.dispose();
+          for (const [, t] of kept) t.dispose();
+        },
+      };
+    },
+  };
+}
+
+/**
+ * The product of `spec` by a plain kernel: one invocation per output
+ * element walks the whole inner dimension through the spec's loaders and
+ * calls its store. The reference that the planner checks tiled candidates
+ * against.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { gemmReference } from "./gemm_kernel.ts";
+ * await initGpu();
+ * const a = Tensor.from([1, 2, 3, 4], [2, 2]);
+ * const y = Tensor.empty([2, 2]);
+ * gemmReference({
+ *   batch: 1, m: 2, n: 2, k: 2, inputs: { a },
+ *   loadA: "return a[m * 2u + k];", aKFast: true,
+ *   loadB: "return a[k * 2u + n];", bKFast: false,
+ *   outputs: { y }, store: "y[m * 2u + n] = v;",
+ * });
+ * console.log(await y.read()); // Float32Array [7, 10, 15, 22]
+ * ```
+ */
+export function gemmReference(spec: GemmSpec): void {
+  const { batch, m, n, k } = spec;
+  const total = batch * m * n;
+  if (total === 0) return;
+  const inNames = Object.keys(spec.inputs);
+  const outNames = Object.keys(spec.outputs);
+  const code = `${storage(...inNames)}
+${bindings(outNames, inNames.length, spec.written ?? 1)}
+${spec.prelude ?? ""}
+fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
+fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
+fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * (nwg.x * 256u);
+  if (i >= ${total}u) { return; }
+  let row = (i / ${n}u) % ${m}u;
+  let col = i % ${n}u;
+  let bt = i / ${m * n}u;
+  var acc = 0.0;
+  for (var kk = 0u; kk < ${k}u; kk++) { acc = fma(ldA(bt, row, kk), ldB(bt, col, kk), acc); }
+  st(bt, row, col, acc);
+}`;
+  launch(code, [...Object.values(spec.inputs), ...Object.values(spec.outputs)], total);
+}
+
+/** Binding declarations for named tensors starting at `first`, the first `written` read-write. */
+function bindings(names: string[], first: number, written: number): string {
+  return storage(...names.map((n, i) => (i < written ? `${n}!` : n))).replace(
+    /@binding\((\d+)\)/g,
+    (_, i) => `@binding(${Number(i) + first})`,
+  );
+}
+
+/**
+ * Record the product described by `spec` (see {@linkcode GemmSpec}); no
+ * autograd. `cfg` defaults to the planner's choice for the product, else the
+ * heuristic's (`gemmConfig`).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { gemm } from "./gemm_kernel.ts";
+ * await initGpu();
+ * // y = xᵀ·x for x [5, 3]: A(m, k) = x[k, m], B(n, k) = x[k, n].
+ * const x = Tensor.ones([5, 3]);
+ * const y = Tensor.empty([3, 3]);
+ * gemm({
+ *   batch: 1, m: 3, n: 3, k: 5, inputs: { x },
+ *   loadA: "return x[k * 3u + m];", aKFast: false,
+ *   loadB: "return x[k * 3u + n];", bKFast: false,
+ *   outputs: { y }, store: "y[m * 3u + n] = v;",
+ * });
+ * console.log(await y.read()); // Float32Array(9) [5, 5, 5, 5, 5, 5, 5, 5, 5]
+ * ```
+ */
+export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
+  const { batch, m, n, k } = spec;
+  if (batch * m * n === 0) return;
+  const written = spec.written ?? 1;
+  const inNames = Object.keys(spec.inputs);
+  const outNames = Object.keys(spec.outputs);
+  // What the product is, apart from its tiles: the key of its tuning and (with the tiles) its source.
+  const product = JSON.stringify([
+    batch,
+    m,
+    n,
+    k,
+    spec.loadA,
+    spec.aKFast,
+    spec.loadB,
+    spec.bKFast,
+    spec.store,
+    written,
+    spec.prelude ?? "",
+    inNames,
+    outNames,
+  ]);
+  const c = cfg ?? plannedConfig(spec, product);
+  if (!isGemmConfig(c)) throw new Error(`gemm: invalid config ${JSON.stringify(c)}`);
+  const { bm, bn, bk, tm, tn } = c;
+  const chunk = Math.ceil(Math.ceil(k / (c.splits ?? 1)) / bk) * bk;
+  const splits = Math.max(1, Math.ceil(k / Math.max(chunk, 1)));
+  const tx = bn / tn;
+  const ty = bm / tm;
+  const threads = tx * ty;
+  const tilesM = Math.ceil(m / bm);
+  const tilesN = Math.ceil(n / bn);
+  const total = tilesM * tilesN * batch * splits;
+  // Workgroup-memory rows padded by 4 so that k-fast stores of 8 lanes land in distinct banks.
+  const sa = bm + (spec.aKFast ? 4 : 0);
+  const sb = bn + (spec.bKFast ? 4 : 0);
+  const inputs = Object.values(spec.inputs);
+  const partial = splits > 1 ? Tensor.empty([splits * batch * m * n]) : null;
+  const storeNames = partial ? ["part"] : outNames;
+  const mn = m * n;
+
+  const storeFn = `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`;
+  // Generating the source costs more CPU than recording the dispatch: cache it per product.
+  // `product` is already JSON: append to it rather than stringify (and escape) it again.
+  const key = product + JSON.stringify([storeNames, c]);
+  let code = gemmSources.get(key);
+  if (code === undefined) {
+    code = gemmSource();
+    gemmSources.set(key, code);
+  }
+  function gemmSource(): string {
+    // Each invocation moves `per` elements of each slab: fetched from global memory into
+    // registers (rA0.., rB0..), then put into workgroup memory. The element → (row, k) split
+    // depends on the invocation only, so it is computed once, outside the k loop.
+    const slab = (
+      which: "A" | "B",
+      rows: number,
+      stride: number,
+      kFast: boolean,
+      limit: number,
+    ) => {
+      const per = Math.ceil((rows * bk) / threads);
+      const r = which === "A" ? "m" : "n";
+      const decl: string[] = [];
+      const fetch: string[] = [];
+      const put: string[] = [];
+      for (let q = 0; q < per; q++) {
+        const e = `li + ${q * threads}u`;
+        const id = `${which}${q}`;
+        decl.push(
+          kFast
+            ? `let kk${id} = (${e}) % ${bk}u; let rr${id} = (${e}) / ${bk}u;`
+            : `let rr${id} = (${e}) % ${rows}u; let kk${id} = (${e}) / ${rows}u;`,
+          `let at${id} = kk${id} * ${stride}u + rr${id}; var r${id} = 0.0;`,
+        );
+        const inSlab = (q + 1) * threads > rows * bk ? `${e} < ${rows * bk}u && ` : "";
+        fetch.push(`r${id} = 0.0; { let g${r} = ${r}0 + rr${id}; let gk = kf + kk${id};
+      if (${inSlab}g${r} < ${limit}u && gk < kEnd) { r${id} = ld${which}(bt, g${r}, gk); } }`);
+        const guard = inSlab ? `if (${e} < ${rows * bk}u) ` : "";
+        put.push(`${guard}{ ${which}s[at${id} / 4u][at${id} % 4u] = r${id}; }`);
+      }
+      return { decl: decl.join(" "), fetch: fetch.join("\n      "), put: put.join(" ") };
+    };
+    const sA = slab("A", bm, sa, spec.aKFast, m);
+    const sB = slab("B", bn, sb, spec.bKFast, n);
+    const fetchBoth = (kf: string) => `{ let kf = ${kf};\n      ${sA.fetch}\n      ${sB.fetch} }`;
+    // Register block: rows (i4·ty + tyIdx)·4 + r and columns (j4·tx + txIdx)·4 + s, read from
+    // workgroup memory as vec4s (vec4 arrays also compile far faster than f32 ones on llvmpipe).
+    const C = ["x", "y", "z", "w"];
+    const accs: string[] = [];
+    const fmas: string[] = [];
+    const stores: string[] = [];
+    for (let i = 0; i < tm; i++) {
+      for (let j4 = 0; j4 < tn / 4; j4++) {
+        accs.push(`var c${i}_${j4} = vec4f(0.0);`);
+        fmas.push(`c${i}_${j4} = fma(vec4f(a${i >> 2}.${C[i & 3]}), b${j4}, c${i}_${j4});`);
+        const row = `m0 + (${(i >> 2) * ty}u + ty) * 4u + ${i & 3}u`;
+        const col = `n0 + (${j4 * tx}u + tx) * 4u`;
+        const put = (q: number) =>
+          partial
+            ? `part[(ks * ${batch}u + bt) * ${mn}u + row * ${n}u + col + ${q}u] = c${i}_${j4}.${
+              C[q]
+            };`
+            : `st(bt, row, col + ${q}u, c${i}_${j4}.${C[q]});`;
+        stores.push(`{ let row = ${row}; let col = ${col};
+    if (row < ${m}u) { ${
+          [0, 1, 2, 3].map((q) => `if (col + ${q}u < ${n}u) { ${put(q)} }`).join(" ")
+        } } }`);
+      }
+    }
+    const aLoads = Array.from(
+      { length: tm / 4 },
+      (_, i4) => `let a${i4} = As[o + ${i4 * ty}u + ty];`,
+    );
+    const bLoads = Array.from(
+      { length: tn / 4 },
+      (_, j4) => `let b${j4} = Bs[p + ${j4 * tx}u + tx];`,
+    );
+    return `${storage(...inNames)}
+${bindings(storeNames, inNames.length, partial ? 1 : written)}
+${spec.prelude ?? ""}
+fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
+fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
+${partial ? "" : storeFn}
+var<workgroup> As: array<vec4f, ${(bk * sa) / 4}>;
+var<workgroup> Bs: array<vec4f, ${(bk * sb) / 4}>;
+@compute @workgroup_size(${threads})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let g = wid.x + wid.y * nwg.x;
+  if (g >= ${total}u) { return; }
+  let m0 = ((g / ${tilesN}u) % ${tilesM}u) * ${bm}u;
+  let n0 = (g % ${tilesN}u) * ${bn}u;
+  let rest = g / ${tilesN * tilesM}u;
+  let bt = rest % ${batch}u;
+  let ks = rest / ${batch}u;
+  let kBegin = ks * ${chunk}u;
+  let kEnd = min(kBegin + ${chunk}u, ${k}u);
+  let tx = li % ${tx}u;
+  let ty = li / ${tx}u;
+  ${accs.join(" ")}
+  ${sA.decl}
+  ${sB.decl}
+  ${c.prefetch ? fetchBoth("kBegin") : ""}
+  for (var k0 = kBegin; k0 < kEnd; k0 += ${bk}u) {
+    ${c.prefetch ? "" : fetchBoth("k0")}
+    ${sA.put}
+    ${sB.put}
+    workgroupBarrier();
+    ${c.prefetch ? `if (k0 + ${bk}u < kEnd) ${fetchBoth(`k0 + ${bk}u`)}` : ""}
+    for (var kk = 0u; kk < ${bk}u; kk++) {
+      let o = kk * ${sa / 4}u;
+      let p = kk * ${sb / 4}u;
+      ${aLoads.join(" ")}
+      ${bLoads.join(" ")}
+      ${fmas.join("\n      ")}
+    }
+    workgroupBarrier();
+  }
+  ${stores.join("\n  ")}
+}`;
+  }
+  const outputs = Object.values(spec.outputs);
+  const record = () => {
+    launch(code, [...inputs, ...(partial ? [partial] : outputs)], grid1d(total, 1));
+    if (partial) sumSplits(partial);
+  };
+  record();
+  partial?.dispose();
+
+  function sumSplits(partial: Tensor): void {
+    // Sum the partial products over the splits and store them.
+    const sum = `${storage("part")}
+${spec.prelude ?? ""}
+${bindings(outNames, 1, written)}
+${storeFn}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * (nwg.x * 256u);
+  if (i >= ${batch * mn}u) { return; }
+  var v = 0.0;
+  for (var s = 0u; s < ${splits}u; s++) { v += part[s * ${batch * mn}u + i]; }
+  st(i / ${mn}u, (i / ${n}u) % ${m}u, i % ${n}u, v);
+}`;
+    launch(sum, [partial, ...outputs], batch * mn);
+  }
+}
+
+/** Threads that fill the GPU a few times over: what {@linkcode columnReduce} aims its split at. */
+function targetThreads(): number {
+  return gpu().isFallback ? 4096 : 1 << 18;
+}
+
+/**
+ * Column sums `out[c] = Σ_{r < rows} term(r, c)` for `c < cols`, where
+ * `term` is a WGSL expression in `r`, `c` and the named `inputs` (not named
+ * `group`, `strip`, `acc`, `r0` or `r1`, the kernel's own locals): bias,
+ * LayerNorm-affine and LayerScale gradients of channels-last tensors.
+ * Neighbouring invocations take neighbouring columns (coalesced reads of
+ * row-major `[rows, cols]` data), each summing a strip of rows; a second
+ * small kernel adds the strips. No autograd.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { columnReduce } from "./gemm_kernel.ts";
+ * await initGpu();
+ * const g = Tensor.from([1, 2, 3, 4, 5, 6], [3, 2]);
+ * const out = Tensor.empty([2]);
+ * columnReduce({ rows: 3, cols: 2, inputs: { g }, term: "g[r * 2u + c]" }, out);
+ * console.log(await out.read()); // Float32Array [9, 12]
+ * ```
+ */
+export function columnReduce(
+  spec: { rows: number; cols: number; inputs: Record<string, Tensor>; term: string },
+  out: Tensor,
+): void {
+  const { rows, cols } = spec;
+  if (cols === 0) return;
+  const names = Object.keys(spec.inputs);
+  const inputs = Object.values(spec.inputs);
+  const strips = Math.max(
+    1,
+    Math.min(Math.ceil(rows / 32), Math.ceil(targetThreads() / Math.max(cols, 1))),
+  );
+  const per = Math.ceil(rows / strips);
+  const stripsUsed = Math.max(1, Math.ceil(rows / Math.max(per, 1)));
+  const partial = stripsUsed > 1 ? Tensor.empty([stripsUsed * cols]) : null;
+  const wg = 64;
+  const colGroups = Math.ceil(cols / wg);
+  const code = `${storage(...names, partial ? "part!" : "out!")}
+@compute @workgroup_size(${wg})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let group = wid.x + wid.y * nwg.x;
+  if (group >= ${colGroups * stripsUsed}u) { return; }
+  let c = (group % ${colGroups}u) * ${wg}u + li;
+  let strip = group / ${colGroups}u;
+  if (c >= ${cols}u) { return; }
+  let r0 = strip * ${per}u;
+  let r1 = min(r0 + ${per}u, ${rows}u);
+  var acc = 0.0;
+  for (var r = r0; r < r1; r++) { acc += ${spec.term}; }
+  ${partial ? `part[strip * ${cols}u + c] = acc;` : "out[c] = acc;"}
+}`;
+  launch(code, [...inputs, partial ?? out], grid1d(colGroups * stripsUsed, 1));
+  if (!partial) return;
+  const sum = `${storage("part", "out!")}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let c = gid.x + gid.y * (nwg.x * 64u);
+  if (c >= ${cols}u) { return; }
+  var acc = 0.0;
+  for (var s = 0u; s < ${stripsUsed}u; s++) { acc += part[s * ${cols}u + c]; }
+  out[c] = acc;
+}`;
+  launch(sum, [partial, out], grid1d(cols, 64));
+  partial.dispose();
+}

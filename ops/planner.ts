@@ -1,0 +1,517 @@
+/**
+ * The kernel planner: the one owner of every per-shape kernel choice (dense
+ * direct and FFT depthwise tiles, sparse depthwise tiles, matrix-product
+ * tiles), as `cudnn.benchmark` is for PyTorch.
+ *
+ * An op asks {@linkcode Planner.choose} for its choice under a key made of
+ * the op, the shape and the dtype; the planner answers with a forced choice
+ * (tests), else a planned one, else `undefined` and the op takes its
+ * heuristic. {@linkcode Planner.plan} runs one recorded step supplied by the
+ * caller (a model's forward and backward), collects every key that ran with
+ * a job that knows the key's candidates, then times the candidates of each
+ * key. A candidate that raises a GPU error or whose output differs from the
+ * plain reference kernel never wins. Plans are keyed by the adapter too, and
+ * serialise to versioned JSON ({@linkcode Planner.toJSON},
+ * {@linkcode Planner.load}) for checkpoints and the plan cache.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { planner } from "./planner.ts";
+ * await initGpu();
+ * const p = planner();
+ * p.force("gemm", { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4 });
+ * p.force("gemm", null);
+ * console.log(p.toJSON().version); // 1
+ * ```
+ * @module
+ */
+import { type Gpu, gpu } from "./gpu.ts";
+import type { Tensor } from "./tensor.ts";
+import { timeGpu, TUNE_MIN_MS, TUNE_WARMUP_MS } from "./timing.ts";
+
+/** Version of the JSON that {@linkcode Planner.toJSON} writes. */
+export const PLANS_VERSION = 1;
+
+/** How many candidates a job may offer (the caller's bound, or none). */
+export interface CandidateOptions {
+  /** Planning on a software adapter: offer few, small candidates. */
+  software: boolean;
+  /** At most this many candidates, when given. */
+  max?: number;
+}
+
+/** The work of one key, run on inputs of its own. */
+export interface PlanBench<C> {
+  /** Record the work under `choice`; returns the outputs to compare (the caller disposes them). */
+  run(choice: C): Tensor[];
+  /** The same work by the plain reference kernel, in the order of `run`'s outputs. */
+  reference(): Tensor[];
+  /** Free the inputs. */
+  dispose(): void;
+}
+
+/** What the planner needs to plan one key. */
+export interface PlanJob<C> {
+  /** The candidates, the op's heuristic first. */
+  candidates(opts: CandidateOptions): C[];
+  /** Inputs of the key's shape, and how to run a candidate and the reference on them. */
+  bench(): PlanBench<C>;
+}
+
+/** Options of {@linkcode Planner.plan}. */
+export interface PlanOptions {
+  /**
+   * Plan on a software adapter (llvmpipe) too; without it, planning there is
+   * skipped (the heuristics stay, and a run stays fast). Tests use it.
+   */
+  software?: boolean;
+  /** At most this many candidates per key (default: the job's own bound; 2 on a software adapter). */
+  maxCandidates?: number;
+  /** Plan again the keys that already have a plan. */
+  retune?: boolean;
+  /** Timed runs per candidate (median); default 3, 1 on a software adapter. */
+  runs?: number;
+  /** Largest accepted difference from the reference, relative to its largest magnitude. */
+  tolerance?: number;
+}
+
+/** One planned key: what {@linkcode Planner.plan} reports. */
+export interface PlanRow {
+  key: string;
+  /** Candidates offered, and those rejected (GPU error or wrong output) with the reason. */
+  candidates: number;
+  rejected: { choice: unknown; reason: string }[];
+  /** GPU ms of the heuristic (NaN when rejected or not timed) and of the chosen candidate. */
+  heuristicMs: number;
+  bestMs: number;
+  /** The plan stored, or null when every candidate was rejected (the heuristic stays). */
+  choice: unknown;
+}
+
+/** What {@linkcode Planner.plan} did. */
+export interface PlanReport {
+  /** Keys the step ran (full keys: `op|shape|dtype`). */
+  keys: string[];
+  /** Keys planned now, one row each. */
+  planned: PlanRow[];
+  /** Keys that already had a plan (restored or planned before) and were left as they are. */
+  reused: number;
+  /** Why nothing was planned, when nothing was. */
+  skipped?: string;
+}
+
+/** One plan in {@linkcode SavedPlans}. */
+export interface SavedPlan {
+  /** The adapter it was made on (see {@linkcode adapterKey}). */
+  adapter: string;
+  /** `op|shape|dtype`. */
+  key: string;
+  choice: unknown;
+}
+
+/** The JSON form of a planner's plans. */
+export interface SavedPlans {
+  version: number;
+  plans: SavedPlan[];
+}
+
+/** Bounds on loaded plans: a hostile file must not cost much memory or time. */
+const MAX_PLANS = 100_000;
+const MAX_KEY_CHARS = 1000;
+const MAX_CHOICE_DEPTH = 3;
+
+/**
+ * The adapter part of a plan key: vendor, architecture and the driver's
+ * description, as the adapter reports them.
+ *
+ * @example
+ * ```ts
+ * import { initGpu, gpu } from "./gpu.ts";
+ * import { adapterKey } from "./planner.ts";
+ * await initGpu();
+ * console.log(adapterKey(gpu()).length > 0); // true
+ * ```
+ */
+export function adapterKey(g: Gpu): string {
+  const { vendor, architecture, description } = g.adapter;
+  return [vendor, architecture, description || g.description].join(" / ");
+}
+
+/** Finite numbers, booleans, null and short strings, in objects at most a few levels deep. */
+function plainValue(v: unknown, depth: number): boolean {
+  if (v === null || typeof v === "boolean") return true;
+  if (typeof v === "number") return Number.isFinite(v);
+  if (typeof v === "string") return v.length <= MAX_KEY_CHARS;
+  if (typeof v !== "object" || Array.isArray(v) || depth >= MAX_CHOICE_DEPTH) return false;
+  const entries = Object.entries(v as Record<string, unknown>);
+  return entries.length <= 32 && entries.every(([, x]) => plainValue(x, depth + 1));
+}
+
+/**
+ * Check that `json` has the structure of {@linkcode SavedPlans} within the
+ * size bounds, and return it; throws a one-line error naming what is wrong.
+ *
+ * @example
+ * ```ts
+ * import { validSavedPlans } from "./planner.ts";
+ * console.log(validSavedPlans({ version: 1, plans: [] }).plans.length); // 0
+ * ```
+ */
+export function validSavedPlans(json: unknown): SavedPlans {
+  if (typeof json !== "object" || json === null) throw new Error("expected a JSON object");
+  const { version, plans } = json as Record<string, unknown>;
+  if (version !== PLANS_VERSION) {
+    throw new Error(`expected version ${PLANS_VERSION}, got ${JSON.stringify(version)}`);
+  }
+  if (!Array.isArray(plans) || plans.length > MAX_PLANS) {
+    throw new Error(`expected "plans" to be an array of at most ${MAX_PLANS} plans`);
+  }
+  for (const p of plans) {
+    const ok = typeof p === "object" && p !== null &&
+      typeof p.adapter === "string" && p.adapter.length <= MAX_KEY_CHARS &&
+      typeof p.key === "string" && p.key.length <= MAX_KEY_CHARS &&
+      plainValue(p.choice, 0);
+    if (!ok) throw new Error(`malformed plan ${JSON.stringify(p).slice(0, 200)}`);
+  }
+  return { version, plans: plans as SavedPlan[] };
+}
+
+/** Largest |a − b| over the largest |b|, or Infinity where they disagree in length or finiteness. */
+function relativeError(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) return Infinity;
+  let diff = 0;
+  let scale = 1e-6;
+  for (let i = 0; i < a.length; i++) {
+    if (Number.isFinite(b[i]) !== Number.isFinite(a[i])) return Infinity;
+    if (!Number.isFinite(b[i])) continue;
+    diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return diff / scale;
+}
+
+/** The kernel choices of one GPU: see the module documentation. */
+export class Planner {
+  /** The adapter this planner's own plans are for. */
+  readonly adapter: string;
+  readonly #gpu: Gpu;
+  /** Plans of this adapter by key. */
+  #plans = new Map<string, unknown>();
+  /** Plans loaded for other adapters: kept so that saving them again loses nothing. */
+  #foreign = new Map<string, SavedPlan>();
+  #forced = new Map<string, unknown>();
+  #collecting: Map<string, () => PlanJob<unknown>> | null = null;
+  /** Candidate timings run so far (one per candidate per key planned): tests count them. */
+  timings = 0;
+
+  /** A planner for `g` with no plans. Ops use the one of {@linkcode planner}. */
+  constructor(g: Gpu) {
+    this.#gpu = g;
+    this.adapter = adapterKey(g);
+  }
+
+  /**
+   * The choice of `op` for `shape` (f32): the forced one, else the planned
+   * one when `valid` accepts it, else `undefined` (the op's heuristic). While
+   * {@linkcode plan} collects, remembers the key with `job` so that it gets
+   * planned.
+   *
+   * @example
+   * ```ts
+   * import { initGpu } from "./gpu.ts";
+   * import { planner } from "./planner.ts";
+   * await initGpu();
+   * const valid = (c: unknown): c is { n: number } => typeof c === "object";
+   * const job = () => ({ candidates: () => [], bench: () => { throw new Error("unused"); } });
+   * console.log(planner().choose("demo", "1,2", valid, job)); // undefined
+   * ```
+   */
+  choose<C>(
+    op: string,
+    shape: string,
+    valid: (c: unknown) => c is C,
+    job: () => PlanJob<C>,
+  ): C | undefined {
+    if (this.#forced.has(op)) {
+      const c = this.#forced.get(op);
+      if (!valid(c)) throw new Error(`planner: the choice forced for ${op} is invalid: ${c}`);
+      return c;
+    }
+    const key = `${op}|${shape}|f32`;
+    if (this.#collecting && !this.#collecting.has(key)) this.#collecting.set(key, job);
+    const c = this.#plans.get(key);
+    return c !== undefined && valid(c) ? c : undefined;
+  }
+
+  /**
+   * Force `choice` for every shape of `op` (tests use tiny tiles to exercise
+   * partial tiles; studies force one tiling); `null` lifts it.
+   *
+   * @example
+   * ```ts
+   * import { initGpu } from "./gpu.ts";
+   * import { planner } from "./planner.ts";
+   * await initGpu();
+   * planner().force("gemm", { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4 });
+   * console.log(planner().forced("gemm") !== undefined); // true
+   * planner().force("gemm", null);
+   * ```
+   */
+  force(op: string, choice: unknown): void {
+    if (choice === null || choice === undefined) this.#forced.delete(op);
+    else this.#forced.set(op, structuredClone(choice));
+  }
+
+  /** The choice forced for `op`, if any (see {@linkcode force}). */
+  forced(op: string): unknown {
+    return this.#forced.get(op);
+  }
+
+  /** Lift every forced choice. */
+  clearForced(): void {
+    this.#forced.clear();
+  }
+
+  /** How many keys of this adapter have a plan. */
+  get size(): number {
+    return this.#plans.size;
+  }
+
+  /** The plan of a full key (`op|shape|dtype`), if any. */
+  planOf(key: string): unknown {
+    return this.#plans.get(key);
+  }
+
+  /** Forget every plan of this adapter (the heuristics apply again). */
+  clear(): void {
+    this.#plans.clear();
+  }
+
+  /**
+   * Run `step` once (it records a model's forward and backward, say) and
+   * collect every key it looked up, without planning anything.
+   */
+  async collect(step: () => unknown): Promise<Map<string, () => PlanJob<unknown>>> {
+    if (this.#collecting) throw new Error("planner: a plan is already being collected");
+    const jobs = new Map<string, () => PlanJob<unknown>>();
+    this.#collecting = jobs;
+    try {
+      await step();
+      await this.#gpu.sync();
+    } finally {
+      this.#collecting = null;
+    }
+    return jobs;
+  }
+
+  /**
+   * Plan every key that `step` runs: collect them (see {@linkcode collect}),
+   * then for each key without a plan (every key with `retune`) check each
+   * candidate against the reference under GPU error scopes, time those that
+   * pass, and keep the fastest. A sync point: before a run, never inside a
+   * step. On a software adapter nothing is planned unless `software` is set.
+   *
+   * @example
+   * ```ts
+   * import { initGpu } from "./gpu.ts";
+   * import { Tensor } from "./tensor.ts";
+   * import { matmul } from "./matmul.ts";
+   * import { planner } from "./planner.ts";
+   * await initGpu();
+   * const a = Tensor.randn([8, 8], { seed: 1 });
+   * const r = await planner().plan(() => matmul(a, a).dispose(), { software: true });
+   * console.log(r.keys.length); // 1
+   * ```
+   */
+  async plan(step: () => unknown, opts: PlanOptions = {}): Promise<PlanReport> {
+    const software = this.#gpu.isFallback;
+    if (software && !opts.software) {
+      return { keys: [], planned: [], reused: 0, skipped: "software adapter" };
+    }
+    const jobs = await this.collect(step);
+    const report: PlanReport = { keys: [...jobs.keys()], planned: [], reused: 0 };
+    for (const [key, job] of jobs) {
+      if (!opts.retune && this.#plans.has(key)) {
+        report.reused++;
+        continue;
+      }
+      report.planned.push(await this.#planKey(key, job(), software, opts));
+    }
+    return report;
+  }
+
+  async #planKey(
+    key: string,
+    job: PlanJob<unknown>,
+    software: boolean,
+    opts: PlanOptions,
+  ): Promise<PlanRow> {
+    const max = opts.maxCandidates ?? (software ? 2 : undefined);
+    const candidates = job.candidates({ software, max }).slice(0, max ?? Infinity);
+    const row: PlanRow = {
+      key,
+      candidates: candidates.length,
+      rejected: [],
+      heuristicMs: NaN,
+      bestMs: NaN,
+      choice: null,
+    };
+    const bench = job.bench();
+    try {
+      const ref = await this.#readAll(bench.reference());
+      const passed: unknown[] = [];
+      for (const c of candidates) {
+        const reason = await this.#check(bench, c, ref, opts.tolerance ?? 1e-3);
+        if (reason) row.rejected.push({ choice: c, reason });
+        else passed.push(c);
+      }
+      let best: [number, unknown] | null = null;
+      for (const c of passed) {
+        // A lone candidate wins untimed.
+        const ms = passed.length === 1 ? NaN : await this.#time(bench, c, software, opts);
+        if (c === candidates[0]) row.heuristicMs = ms;
+        if (!best || ms < best[0] || Number.isNaN(best[0])) best = [ms, c];
+      }
+      if (best) {
+        [row.bestMs, row.choice] = best;
+        this.#plans.set(key, structuredClone(best[1]));
+      }
+    } finally {
+      bench.dispose();
+    }
+    return row;
+  }
+
+  async #time(
+    bench: PlanBench<unknown>,
+    c: unknown,
+    software: boolean,
+    opts: PlanOptions,
+  ): Promise<number> {
+    this.timings++;
+    const t = await timeGpu(() => bench.run(c).forEach((x) => x.dispose()), {
+      runs: opts.runs ?? (software ? 1 : 3),
+      warmup: 1,
+      minMs: software ? 0 : TUNE_MIN_MS,
+      warmupMs: software ? 0 : TUNE_WARMUP_MS,
+    });
+    return t.ms;
+  }
+
+  /** Why candidate `c` may not win (a GPU error, a thrown error, a wrong output), or null. */
+  async #check(
+    bench: PlanBench<unknown>,
+    c: unknown,
+    ref: Float32Array[],
+    tolerance: number,
+  ): Promise<string | null> {
+    const device = this.#gpu.device;
+    await this.#gpu.sync();
+    device.pushErrorScope("out-of-memory");
+    device.pushErrorScope("validation");
+    let outs: Tensor[] = [];
+    let thrown: string | null = null;
+    try {
+      outs = bench.run(c);
+      await this.#gpu.sync();
+    } catch (e) {
+      thrown = e instanceof Error ? e.message : String(e);
+    }
+    const validation = await device.popErrorScope();
+    const oom = await device.popErrorScope();
+    const gpuError = validation ?? oom;
+    if (thrown || gpuError) {
+      outs.forEach((t) => t.dispose());
+      return thrown ??
+        `GPU ${validation ? "validation" : "out-of-memory"} error: ${
+          gpuError!.message.split("\n")[0]
+        }`;
+    }
+    const got = await this.#readAll(outs);
+    for (let i = 0; i < ref.length; i++) {
+      const err = relativeError(got[i] ?? new Float32Array(), ref[i]);
+      if (!(err <= tolerance)) return `output ${i} differs from the reference by ${err}`;
+    }
+    return null;
+  }
+
+  async #readAll(ts: Tensor[]): Promise<Float32Array[]> {
+    try {
+      return await Promise.all(ts.map((t) => t.read()));
+    } finally {
+      ts.forEach((t) => t.dispose());
+    }
+  }
+
+  /**
+   * The plans as versioned JSON: this adapter's and those loaded for others,
+   * or with `keys` only this adapter's plans of those keys (what a
+   * checkpoint keeps: the kernels its model runs).
+   *
+   * @example
+   * ```ts
+   * import { initGpu } from "./gpu.ts";
+   * import { planner } from "./planner.ts";
+   * await initGpu();
+   * console.log(Array.isArray(planner().toJSON().plans)); // true
+   * ```
+   */
+  toJSON(keys?: readonly string[]): SavedPlans {
+    const plans = keys ? [] : [...this.#foreign.values()].map((p) => structuredClone(p));
+    for (const [key, choice] of this.#plans) {
+      if (keys && !keys.includes(key)) continue;
+      plans.push({ adapter: this.adapter, key, choice: structuredClone(choice) });
+    }
+    return { version: PLANS_VERSION, plans };
+  }
+
+  /**
+   * Add the plans of `json` (as {@linkcode toJSON} writes them; checked with
+   * {@linkcode validSavedPlans}, which throws on a malformed one): plans for
+   * this adapter replace the ones it has for the same keys, those of other
+   * adapters are kept for {@linkcode toJSON} only. Returns how many plans are
+   * for this adapter.
+   *
+   * @example
+   * ```ts
+   * import { initGpu } from "./gpu.ts";
+   * import { planner } from "./planner.ts";
+   * await initGpu();
+   * console.log(planner().load({ version: 1, plans: [] })); // 0
+   * ```
+   */
+  load(json: unknown): number {
+    const saved = validSavedPlans(json);
+    let mine = 0;
+    for (const p of saved.plans) {
+      if (p.adapter === this.adapter) {
+        this.#plans.set(p.key, structuredClone(p.choice));
+        mine++;
+      } else this.#foreign.set(`${p.adapter}\n${p.key}`, structuredClone(p));
+    }
+    return mine;
+  }
+}
+
+/** The planner of each Gpu: one per device, made on first use and gone with it. */
+const planners = new WeakMap<Gpu, Planner>();
+
+/**
+ * The planner of the current GPU (see {@linkcode gpu}): where every op looks
+ * its kernel choice up.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { planner } from "./planner.ts";
+ * await initGpu();
+ * console.log(planner() === planner()); // true
+ * ```
+ */
+export function planner(): Planner {
+  const g = gpu();
+  let p = planners.get(g);
+  if (!p) planners.set(g, p = new Planner(g));
+  return p;
+}
