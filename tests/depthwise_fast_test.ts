@@ -1,26 +1,47 @@
 /**
- * The fast depthwise kernels (ops/depthwise_fast.ts) against the generic ones
- * (ops/depthwise.ts, themselves checked against the CPU in conv_test.ts):
+ * The fast depthwise kernels (ops/depthwise_direct.ts, ops/depthwise_fft.ts)
+ * against the plain ones (ops/depthwise_plain.ts, themselves checked against
+ * the CPU in conv_test.ts):
  * forward, input gradient, filter gradient and bias gradient on awkward tiny
  * shapes, with tile configs forced small so that partial tiles, several
  * planes per workgroup, chunked filter rows, several bands, tap-row splits
- * and the second summing pass all run on llvmpipe in seconds.
+ * and the second summing pass all run on llvmpipe in seconds. Configs are
+ * forced through the planner.
  */
 import assert from "node:assert/strict";
 import { backward } from "../ops/autograd.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
 import {
-  type DepthwiseConfigs,
+  type ConvConfig,
   depthwisePlan,
   type DepthwiseShape,
   fusedBackwardConfig,
-  setDepthwiseConfig,
   setDepthwiseImpl,
-} from "../ops/depthwise_fast.ts";
+  type WeightGradConfig,
+} from "../ops/depthwise_plan.ts";
+import type { FftConfig } from "../ops/depthwise_fft.ts";
+import { planner } from "../ops/planner.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { randomArray, relError, setup } from "./harness.ts";
 
 await setup();
+
+/** Configs to force on the planner for every shape (see depthwise_plan.ts's keys). */
+interface DepthwiseConfigs {
+  forward?: ConvConfig;
+  backwardInput?: ConvConfig;
+  filter?: WeightGradConfig;
+  /** Both gradients from one FFT kernel with this config. */
+  fused?: FftConfig;
+}
+
+function force(configs: DepthwiseConfigs | null): void {
+  const p = planner();
+  p.force("depthwise.forward", configs?.forward ?? null);
+  p.force("depthwise.backwardInput", configs?.backwardInput ?? null);
+  p.force("depthwise.filter", configs?.filter ?? null);
+  p.force("depthwise.fuse", configs ? { fft: configs.fused ?? null } : null);
+}
 
 interface Outputs {
   y: Float32Array;
@@ -75,7 +96,7 @@ async function compare(
   setDepthwiseImpl("generic");
   const want = await runOnce(xShape, k, bias, opts, 7);
   setDepthwiseImpl("fast");
-  setDepthwiseConfig(configs);
+  force(configs);
   try {
     const plan = depthwisePlan(shapeOf(xShape, k, opts), 1);
     assert.ok(plan?.forward && plan.backwardInput && plan.filter, `${name}: a fast kernel is off`);
@@ -93,7 +114,7 @@ async function compare(
     );
     errs.forEach((e, i) => assert.ok(e <= 1e-5, `${name}: output ${i} differs by ${e}`));
   } finally {
-    setDepthwiseConfig(null);
+    force(null);
     setDepthwiseImpl("auto");
   }
 }
@@ -143,7 +164,7 @@ function fft(f: number, pairs: number, fuseBackward = false): DepthwiseConfigs {
     forward: { fft: f, pairs },
     backwardInput: { fft: f, pairs },
     filter: { fft: f, pairs },
-    fuseBackward,
+    ...(fuseBackward ? { fused: { fft: f, pairs } } : {}),
   };
 }
 
@@ -163,10 +184,10 @@ Deno.test("FFT depthwise = generic: tiles, odd batch, K > H, padding, bias, pair
 Deno.test("FFT depthwise = generic: both gradients from one kernel (overlap-add)", async () => {
   const fuses = (x: number[], k: number[], opts: DepthwiseOptions, f: number, fuse = true) => {
     setDepthwiseImpl("fast");
-    setDepthwiseConfig(fft(f, 1, fuse));
+    force(fft(f, 1, fuse));
     const s = shapeOf(x, k, opts);
     const fused = fusedBackwardConfig(depthwisePlan(s, 1)!, s) !== null;
-    setDepthwiseConfig(null);
+    force(null);
     setDepthwiseImpl("auto");
     return fused;
   };

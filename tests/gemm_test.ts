@@ -1,5 +1,5 @@
 /**
- * The tiled GEMM kernels (ops/gemm.ts) against the simple ones they replace
+ * The tiled GEMM kernels (ops/gemm_kernel.ts) against the simple ones they replace
  * (themselves checked against the CPU in misc_ops_test.ts and conv_test.ts):
  * matmul with every transpose and broadcast batches, linear with bias, and
  * conv2d with groups = 1 as an implicit GEMM (1×1, stride 2, padding,
@@ -11,17 +11,9 @@
 import assert from "node:assert/strict";
 import { backward } from "../ops/autograd.ts";
 import { conv2d, type Conv2dOptions } from "../ops/conv.ts";
-import {
-  type GemmConfig,
-  gemmConfig,
-  gemmPlans,
-  setGemmCandidates,
-  setGemmConfig,
-  setGemmImpl,
-  setGemmPlans,
-  tuneGemm,
-} from "../ops/gemm.ts";
-import { gpu } from "../ops/gpu.ts";
+import { type GemmConfig, gemmConfig, setGemmImpl } from "../ops/gemm_plan.ts";
+import { gemmReference } from "../ops/gemm_kernel.ts";
+import { planner } from "../ops/planner.ts";
 import { linear, matmul, type MatmulOptions } from "../ops/matmul.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { randomArray, relError, setup } from "./harness.ts";
@@ -68,7 +60,7 @@ async function compare(
   const want = await run(shapes, fn, 7);
   for (const cfg of [null, TINY, TINY_PREFETCH]) {
     setGemmImpl("tiled");
-    setGemmConfig(cfg);
+    planner().force("gemm", cfg);
     try {
       const got = await run(shapes, fn, 7);
       got.forEach((g, i) => {
@@ -80,7 +72,7 @@ async function compare(
         assert.ok(e < tol, `${name} ${label(cfg)}: ${what} error ${e}`);
       });
     } finally {
-      setGemmConfig(null);
+      planner().force("gemm", null);
       setGemmImpl("tiled");
     }
   }
@@ -128,73 +120,48 @@ Deno.test("gemm: the big-product tiles (64×64, 8×8 blocks) match the simple ke
   const fn = (x: Tensor, w: Tensor) => conv2d(x, w, null, { padding: 1 });
   const want = await run(shapes, fn, 5);
   setGemmImpl("tiled");
-  setGemmConfig({ bm: 64, bn: 64, bk: 8, tm: 8, tn: 8 });
+  planner().force("gemm", { bm: 64, bn: 64, bk: 8, tm: 8, tn: 8 });
   try {
     const got = await run(shapes, fn, 5);
     got.forEach((g, i) => assert.ok(relError(g, want[i]) < 1e-5, `output ${i}`));
   } finally {
-    setGemmConfig(null);
+    planner().force("gemm", null);
   }
 });
 
 Deno.test("gemm: small outputs with long inner products split the inner dimension", () => {
-  setGemmConfig(null);
+  planner().force("gemm", null);
   const c = gemmConfig(1, 16, 24, 200704);
   assert.ok((c.splits ?? 1) > 1, JSON.stringify(c));
   assert.equal(gemmConfig(4, 4096, 4096, 64).splits, 1);
 });
 
-Deno.test("gemm: the autotuner times every candidate inside real work, then keeps the fastest", async () => {
-  const shapes = [[2, 3, 9, 7], [5, 3, 3, 3]];
-  const fn = (x: Tensor, w: Tensor) => conv2d(x, w, null, { padding: 1 });
-  const want = await run(shapes, fn, 3);
-  const [x, w] = shapes.map((s, i) => {
-    const t = Tensor.from(Float32Array.from(randomArray(s.reduce((a, b) => a * b, 1), 3 + i)), s);
-    t.requiresGrad = true;
-    return t;
+Deno.test("gemm: the plain reference kernel runs the spec's loaders and store", async () => {
+  // y = a·bᵀ + y0 with a [3, 5], b [4, 5]: the store reads the output it writes.
+  const a = Tensor.from(Float32Array.from(randomArray(15, 1)), [3, 5]);
+  const b = Tensor.from(Float32Array.from(randomArray(20, 2)), [4, 5]);
+  const y0 = Float32Array.from(randomArray(12, 3));
+  const y = Tensor.from(y0, [3, 4]);
+  gemmReference({
+    batch: 1,
+    m: 3,
+    n: 4,
+    k: 5,
+    inputs: { a, b },
+    loadA: "return a[m * 5u + k];",
+    aKFast: true,
+    loadB: "return b[n * 5u + k];",
+    bKFast: true,
+    outputs: { y },
+    store: "y[m * 4u + n] = y[m * 4u + n] + v;",
   });
-  const gy = Tensor.from(Float32Array.from(randomArray(want[0].length, 3 + 99)), [2, 5, 9, 7]);
-  const rounds: Tensor[][] = [];
-  // One round: forward and both gradients (three products), kept for checking.
-  const record = () => {
-    const y = fn(x, w);
-    backward(y, gy);
-    rounds.push([y, x.grad!, w.grad!]);
-    x.grad = null;
-    w.grad = null;
-  };
-  // Two small candidates besides the heuristic's tiles, so that llvmpipe compiles them in seconds.
-  setGemmCandidates([TINY, TINY_PREFETCH]);
-  const g = gpu();
-  try {
-    const rows = await tuneGemm(record, { rounds: 10 });
-    if (!g.features.has("timestamp-query")) {
-      assert.equal(rows.length, 0);
-      return;
+  const [av, bv, got] = [await a.read(), await b.read(), await y.read()];
+  for (let m = 0; m < 3; m++) {
+    for (let n = 0; n < 4; n++) {
+      let want = y0[m * 4 + n];
+      for (let k = 0; k < 5; k++) want += av[m * 5 + k] * bv[n * 5 + k];
+      assert.ok(Math.abs(got[m * 4 + n] - want) < 1e-5, `y[${m}, ${n}]`);
     }
-    assert.equal(rows.length, 3, JSON.stringify(rows));
-    for (const r of rows) assert.ok(r.bestMs > 0 && r.bestMs <= r.heuristicMs, JSON.stringify(r));
-    // Three candidates, two timings each: six rounds, one launch of each product per round.
-    assert.equal(rounds.length, 6);
-    // Tuning again times nothing: every product is decided (and none is reported twice).
-    assert.deepEqual(await tuneGemm(record, { rounds: 1 }), []);
-    // Decided: the next round runs the chosen tiles and compiles nothing new.
-    const compiled = g.pipelineCount;
-    record();
-    assert.equal(g.pipelineCount, compiled);
-    // The plans a checkpoint keeps: one per product; restoring others switches the tiles.
-    const plans = gemmPlans();
-    assert.equal(plans.length, 3);
-    setGemmPlans(plans.map((p) => ({ ...p, config: TINY_PREFETCH })));
-    assert.deepEqual(gemmPlans().map((p) => p.config), [0, 1, 2].map(() => TINY_PREFETCH));
-    record();
-    for (const r of rounds) {
-      for (const [i, t] of r.entries()) {
-        assert.ok(relError(await t.read(), want[i]) < 1e-5, `output ${i}`);
-      }
-    }
-  } finally {
-    setGemmCandidates(null);
-    for (const t of [x, w, gy, ...rounds.flat()]) t.dispose();
   }
+  for (const t of [a, b, y]) t.dispose();
 });

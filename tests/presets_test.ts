@@ -15,7 +15,7 @@
 import assert from "node:assert/strict";
 import { createModel, MODEL_NAMES } from "../models/registry.ts";
 import { noGrad } from "../ops/autograd.ts";
-import { setGemmImpl } from "../ops/gemm.ts";
+import { setGemmImpl } from "../ops/gemm_plan.ts";
 import { launch, uniforms } from "../ops/kernel.ts";
 import { grid1d, poolStats, scope, Tensor } from "../ops/tensor.ts";
 import { seedInit } from "../models/module.ts";

@@ -12,10 +12,10 @@
 import assert from "node:assert/strict";
 import { backward } from "../ops/autograd.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
-import { setDepthwiseImpl } from "../ops/depthwise_fast.ts";
+import { setDepthwiseImpl } from "../ops/depthwise_plan.ts";
+import { planner } from "../ops/planner.ts";
 import {
   depthwiseMaybeSparse,
-  setSparseDepthwiseConfig,
   type SparseDepthwiseConfigs,
   sparseDepthwiseConv2d,
   SparseDepthwisePlan,
@@ -75,6 +75,14 @@ function run(
   });
 }
 
+/** Force sparse configs for every shape on the planner; null lifts them. */
+function forceSparse(configs: Partial<SparseDepthwiseConfigs> | null): void {
+  const p = planner();
+  p.force("sparse.forward", configs?.forward ?? null);
+  p.force("sparse.backwardInput", configs?.backwardInput ?? null);
+  p.force("sparse.filter", configs?.filter ?? null);
+}
+
 async function compare(
   name: string,
   xShape: number[],
@@ -89,12 +97,12 @@ async function compare(
   setDepthwiseImpl("generic");
   const want = await run(false, xShape, k, mask, bias, opts, 7);
   setDepthwiseImpl("auto");
-  setSparseDepthwiseConfig(configs);
+  forceSparse(configs);
   let got: Outputs;
   try {
     got = await run(true, xShape, k, mask, bias, opts, 7);
   } finally {
-    setSparseDepthwiseConfig(null);
+    forceSparse(null);
   }
   const errs = {
     y: relError(got.y, want.y),

@@ -4,12 +4,12 @@
  * checkpoint, and bad input is a one-line error.
  */
 import assert from "node:assert/strict";
-import { train, tuneModelGemm } from "../train/trainer.ts";
+import { train } from "../train/trainer.ts";
+import { planTrainingKernels } from "../train/kernel_plans.ts";
 import { buildModel, presetConfig, type TrainConfig } from "../train/config.ts";
 import { loadSafetensorsFile } from "../models/safetensors.ts";
 import { noGrad } from "../ops/autograd.ts";
-import { gemmPlans, setGemmCandidates } from "../ops/gemm.ts";
-import { gpu } from "../ops/gpu.ts";
+import { planner, type SavedPlans } from "../ops/planner.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { relError, setup } from "./harness.ts";
 
@@ -210,28 +210,64 @@ Deno.test("sparse resume: masks, densities and weights equal an uninterrupted sp
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("kernel tuning: the matrix products of a training pass are tuned without touching the model", async () => {
-  const cfg = tiny("out/test_tune_gemm");
+Deno.test("kernel plans: planning a training pass leaves the model as it was", async () => {
+  const cfg = tiny("out/test_plan_model", { model: "convnext_cpu" });
   const { model } = buildModel(cfg, 4);
   const x = Tensor.randn([2, 3, 32, 32], { seed: 5 });
   model.eval();
   const before = await noGrad(() => model.forward(x)).read();
-  // A second candidate besides the heuristic's tiles, so that llvmpipe tunes (it has one otherwise).
-  setGemmCandidates([{ bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, prefetch: true }]);
   try {
-    const rows = await tuneModelGemm(model, [2, 3, 32, 32], 4);
-    if (gpu().features.has("timestamp-query")) {
-      assert.ok(rows.length > 3, `${rows.length} products`);
-    }
+    const r = await quiet(() =>
+      planTrainingKernels(model, [2, 3, 32, 32], { software: true, cache: false, retune: true })
+    );
+    assert.ok(r.planned.some((row) => row.key.startsWith("gemm|")), "no matrix product planned");
     assert.ok(model.parameters().every((p) => p.grad === null), "gradients left behind");
     assert.equal(model.training, true);
     model.eval();
-    // Same weights, other tiles: equal up to the rounding of a different summation order.
+    // Same weights, maybe other tiles: equal up to the rounding of a different summation order.
     const after = await noGrad(() => model.forward(x)).read();
     assert.ok(relError(after, before) < 1e-5, `forward changed: ${relError(after, before)}`);
-    assert.ok(gemmPlans().length >= rows.length);
   } finally {
-    setGemmCandidates(null);
     x.dispose();
+    planner().clear();
+  }
+});
+
+Deno.test("kernel plans: a sparse SLaK run plans its sparse kernels, and its resume restores them untimed", async () => {
+  const dir = await Deno.makeTempDir();
+  const cfg = (extra: Partial<TrainConfig> = {}) =>
+    tiny(`${dir}/run`, {
+      epochs: 1,
+      trainSize: 16,
+      valSize: 8,
+      modelEma: false,
+      sparse: true,
+      sparsity: 0.4,
+      sparseInit: "uniform",
+      planCache: false,
+      planSoftware: true,
+      ...extra,
+    });
+  const p = planner();
+  p.clear();
+  try {
+    const t0 = p.timings;
+    await quiet(() => train(cfg()));
+    assert.ok(p.timings > t0, "the first run timed no candidate");
+    const state = JSON.parse(await Deno.readTextFile(`${dir}/run/checkpoint-last/state.json`));
+    const saved = state.plans as SavedPlans;
+    const ops = new Set(saved.plans.map((s) => s.key.split("|")[0]));
+    for (const op of ["sparse.forward", "sparse.backwardInput", "sparse.filter", "gemm"]) {
+      assert.ok(ops.has(op), `no ${op} plan in the checkpoint: ${[...ops]}`);
+    }
+    // A fresh process has no plans: resuming restores the checkpoint's and times nothing.
+    p.clear();
+    const t1 = p.timings;
+    await quiet(() => train(cfg({ epochs: 2, resume: `${dir}/run/checkpoint-last` })));
+    assert.equal(p.timings, t1, "the resumed run timed candidates again");
+    for (const s of saved.plans) assert.deepEqual(p.planOf(s.key), s.choice, s.key);
+  } finally {
+    p.clear();
+    await Deno.remove(dir, { recursive: true });
   }
 });

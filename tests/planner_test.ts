@@ -1,0 +1,178 @@
+/**
+ * The kernel planner (ops/planner.ts) and its cache (ops/plan_cache.ts): a
+ * candidate that throws, raises a GPU validation error or computes something
+ * else never wins; plans are reused, not timed again; plans round-trip
+ * through JSON and the cache file; a corrupt, oversized or hostile cache is
+ * ignored with one warning; and a real op (the tiled GEMM) plans on llvmpipe
+ * when asked.
+ */
+import assert from "node:assert/strict";
+import { add, mul } from "../ops/elementwise.ts";
+import { gpu } from "../ops/gpu.ts";
+import { launch } from "../ops/kernel.ts";
+import { matmul } from "../ops/matmul.ts";
+import {
+  loadPlanCache,
+  PLAN_CACHE_MAX_BYTES,
+  planCachePath,
+  planWithCache,
+} from "../ops/plan_cache.ts";
+import { type PlanJob, Planner, planner, validSavedPlans } from "../ops/planner.ts";
+import { Tensor } from "../ops/tensor.ts";
+import { setup } from "./harness.ts";
+
+await setup();
+
+type Choice = { v: number };
+const isChoice = (c: unknown): c is Choice =>
+  typeof c === "object" && c !== null && typeof (c as Choice).v === "number";
+
+/** A kernel whose workgroup is far beyond any adapter's invocation limits. */
+const TOO_BIG = `@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(65536, 65536) fn main() { y[0] = 1.0; }`;
+
+/**
+ * Squares of [1, 2, 3, 4]: v 0 and 4 right, 1 wrong (x + x), 2 a GPU
+ * validation error, 3 throws.
+ */
+function squaresJob(): PlanJob<Choice> {
+  return {
+    candidates: () => [{ v: 0 }, { v: 1 }, { v: 2 }, { v: 3 }, { v: 4 }],
+    bench: () => {
+      const x = Tensor.from([1, 2, 3, 4]);
+      return {
+        run: ({ v }) => {
+          if (v === 3) throw new Error("candidate 3 does not apply");
+          if (v === 1) return [add(x, x)];
+          if (v === 2) {
+            const y = Tensor.zeros([4]);
+            launch(TOO_BIG, [y], [1, 1, 1]);
+            return [y];
+          }
+          return [mul(x, x)];
+        },
+        reference: () => [mul(x, x)],
+        dispose: () => x.dispose(),
+      };
+    },
+  };
+}
+
+Deno.test("planner: bad candidates never win, a plan is reused untimed, forcing overrides", async () => {
+  const p = new Planner(gpu());
+  const step = () => p.choose("test.squares", "4", isChoice, squaresJob);
+  const r = await p.plan(step, { software: true, maxCandidates: 5 });
+  assert.deepEqual(r.keys, ["test.squares|4|f32"]);
+  const [row] = r.planned;
+  assert.deepEqual(row.rejected.map((x) => (x.choice as Choice).v), [1, 2, 3]);
+  assert.match(row.rejected[0].reason, /differs from the reference/);
+  assert.match(row.rejected[1].reason, /GPU validation error/);
+  assert.match(row.rejected[2].reason, /does not apply/);
+  assert.ok([0, 4].includes((row.choice as Choice).v));
+  assert.equal(p.timings, 2, "the two passing candidates are timed");
+  assert.deepEqual(p.choose("test.squares", "4", isChoice, squaresJob), row.choice);
+  // Planned keys are not timed again; retune times them again.
+  const again = await p.plan(step, { software: true, maxCandidates: 5 });
+  assert.equal(again.reused, 1);
+  assert.equal(again.planned.length, 0);
+  assert.equal(p.timings, 2);
+  await p.plan(step, { software: true, maxCandidates: 5, retune: true });
+  assert.equal(p.timings, 4);
+  // Without `software`, a software adapter plans nothing.
+  if (gpu().isFallback) assert.equal((await p.plan(step)).skipped, "software adapter");
+  p.force("test.squares", { v: 9 });
+  assert.deepEqual(p.choose("test.squares", "4", isChoice, squaresJob), { v: 9 });
+  p.force("test.squares", "not a choice");
+  assert.throws(() => p.choose("test.squares", "4", isChoice, squaresJob), /forced .* invalid/);
+  p.clearForced();
+});
+
+Deno.test("planner: JSON round trip, other adapters kept, malformed plans refused", () => {
+  const p = new Planner(gpu());
+  const mine = { adapter: p.adapter, key: "test.a|1|f32", choice: { v: 1 } };
+  const other = { adapter: "Other / gpu / driver", key: "test.a|1|f32", choice: { v: 2 } };
+  assert.equal(p.load({ version: 1, plans: [mine, other] }), 1);
+  assert.deepEqual(p.planOf("test.a|1|f32"), { v: 1 });
+  assert.deepEqual(p.toJSON().plans.length, 2);
+  assert.deepEqual(p.toJSON(["test.a|1|f32"]).plans, [mine]);
+  const q = new Planner(gpu());
+  q.load(JSON.parse(JSON.stringify(p.toJSON())));
+  assert.deepEqual(q.toJSON(), p.toJSON());
+  assert.throws(() => validSavedPlans({ version: 2, plans: [] }), /expected version 1/);
+  assert.throws(() => validSavedPlans([]), /expected version 1/);
+  assert.throws(() => validSavedPlans({ version: 1, plans: {} }), /array/);
+  const deep = { a: { b: { c: { d: 1 } } } };
+  assert.throws(
+    () => validSavedPlans({ version: 1, plans: [{ ...mine, choice: deep }] }),
+    /malformed plan/,
+  );
+  assert.throws(
+    () => validSavedPlans({ version: 1, plans: [{ ...mine, key: 7 }] }),
+    /malformed plan/,
+  );
+});
+
+Deno.test("plan cache: the second run plans nothing; a bad file is ignored with one warning", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/largekernel/plans.json`;
+  assert.equal(planCachePath({ XDG_CACHE_HOME: dir }), path);
+  assert.equal(planCachePath({ HOME: "/h" }), "/h/.cache/largekernel/plans.json");
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (...a: unknown[]) => warnings.push(a.join(" "));
+  try {
+    const first = new Planner(gpu());
+    const step1 = () => first.choose("test.squares", "4", isChoice, squaresJob);
+    const r1 = await planWithCache(first, step1, { cachePath: path, software: true });
+    assert.equal(r1.planned.length, 1);
+    assert.deepEqual([...Deno.readDirSync(`${dir}/largekernel`)].map((e) => e.name), [
+      "plans.json",
+    ]);
+    // A second process: everything comes from the cache, nothing is timed.
+    const second = new Planner(gpu());
+    const step2 = () => second.choose("test.squares", "4", isChoice, squaresJob);
+    const r2 = await planWithCache(second, step2, { cachePath: path, software: true });
+    assert.equal(r2.planned.length, 0);
+    assert.equal(r2.reused, 1);
+    assert.equal(second.timings, 0);
+    assert.equal(warnings.length, 0);
+    // Corrupt, hostile and oversized files: one warning each, nothing loaded, and a run rewrites it.
+    const bad = [
+      "{ not json",
+      JSON.stringify({ version: 1, plans: [{ adapter: 1, key: "x", choice: null }] }),
+      JSON.stringify({ version: 1, plans: "x".repeat(PLAN_CACHE_MAX_BYTES) }),
+    ];
+    for (const text of bad) {
+      await Deno.writeTextFile(path, text);
+      const before: number = warnings.length;
+      assert.equal(await loadPlanCache(new Planner(gpu()), path), 0);
+      assert.equal(warnings.length, before + 1, warnings.join("\n"));
+      assert.match(warnings.at(-1)!, /ignoring the plan cache/);
+    }
+    const third = new Planner(gpu());
+    const step3 = () => third.choose("test.squares", "4", isChoice, squaresJob);
+    await planWithCache(third, step3, { cachePath: path, software: true });
+    assert.equal(await loadPlanCache(new Planner(gpu()), path), 1);
+  } finally {
+    console.warn = warn;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("planner: a matrix product plans on llvmpipe when asked, checked against the reference", async () => {
+  const a = Tensor.randn([20, 12], { seed: 1 });
+  const b = Tensor.randn([12, 24], { seed: 2 });
+  const p = planner();
+  try {
+    const r = await p.plan(() => matmul(a, b).dispose(), { software: true, retune: true });
+    assert.equal(r.keys.length, 1);
+    assert.match(r.keys[0], /^gemm\|1x\d+x\d+x\d+:[0-9a-f]{16}\|f32$/);
+    assert.equal(r.planned[0].candidates, 2);
+    assert.deepEqual(r.planned[0].rejected, []);
+    assert.ok(p.planOf(r.keys[0]) !== undefined);
+  } finally {
+    p.clear();
+    a.dispose();
+    b.dispose();
+  }
+});
