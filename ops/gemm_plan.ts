@@ -205,7 +205,7 @@ export function gemmCandidates(
   m: number,
   n: number,
   k: number,
-  { software }: CandidateOptions,
+  { software, max }: CandidateOptions,
 ): GemmConfig[] {
   const base = gemmConfig(batch, m, n, k);
   if (software) return [base, { ...base, prefetch: true }];
@@ -231,5 +231,5 @@ export function gemmCandidates(
     out.push({ ...base, prefetch: true, splits: splits * 2 });
     out.push({ ...base, prefetch: true, splits: Math.max(1, splits >> 1) });
   }
-  return out.filter(isGemmConfig);
+  return out.filter(isGemmConfig).slice(0, max ?? Infinity);
 }

@@ -37,7 +37,7 @@ export const PLANS_VERSION = 1;
 export interface CandidateOptions {
   /** Planning on a software adapter: offer few, small candidates. */
   software: boolean;
-  /** At most this many candidates, when given. */
+  /** At most about this many candidates, when given (the job decides how to apply it). */
   max?: number;
 }
 
@@ -74,6 +74,8 @@ export interface PlanOptions {
   runs?: number;
   /** Largest accepted difference from the reference, relative to its largest magnitude. */
   tolerance?: number;
+  /** Plan only the keys of these ops (e.g. `["sparse.forward"]`); the others keep their heuristic. */
+  ops?: readonly string[];
 }
 
 /** One planned key: what {@linkcode Planner.plan} reports. */
@@ -332,6 +334,7 @@ export class Planner {
     const jobs = await this.collect(step);
     const report: PlanReport = { keys: [...jobs.keys()], planned: [], reused: 0 };
     for (const [key, job] of jobs) {
+      if (opts.ops && !opts.ops.includes(key.split("|")[0])) continue;
       if (!opts.retune && this.#plans.has(key)) {
         report.reused++;
         continue;
@@ -348,7 +351,10 @@ export class Planner {
     opts: PlanOptions,
   ): Promise<PlanRow> {
     const max = opts.maxCandidates ?? (software ? 2 : undefined);
-    const candidates = job.candidates({ software, max }).slice(0, max ?? Infinity);
+    // The job applies `max` as it sees fit (the depthwise jobs bound the direct tilings and
+    // keep every FFT one); on a software adapter the bound is hard, to keep compiles short.
+    const all = job.candidates({ software, max });
+    const candidates = software ? all.slice(0, max) : all;
     const row: PlanRow = {
       key,
       candidates: candidates.length,

@@ -641,8 +641,8 @@ const isFltConfig = (c: unknown): c is SparseFilterConfig =>
 
 /**
  * The sparse kernels' configs for a stride-1 shape: the planner's (forced or
- * planned, under the keys `sparse.forward|shape`, `sparse.backwardInput|shape`
- * and `sparse.filter|shape`; forcing `sparse.forward` forces the input
+ * planned, under the keys `sparse.forward|shape,density`,
+ * `sparse.backwardInput|…` and `sparse.filter|…`, density to a tenth; forcing `sparse.forward` forces the input
  * gradient too), else the heuristic's; null where a kernel's tiles do not
  * fit (that kernel then runs the dense path on masked weights). `density` is
  * the mask's, for the planner's own test masks.
@@ -661,7 +661,8 @@ export function sparseDepthwiseConfigs(s: DepthwiseShape, density = 0.5): Sparse
   const v = virt(s, vertical);
   const vt = virt(transposedShape(s), vertical);
   const p = planner();
-  const key = depthwiseShapeKey(s);
+  // The fastest tiling depends on how many taps are set: densities a tenth apart plan apart.
+  const key = `${depthwiseShapeKey(s)},d${density.toFixed(1)}`;
   const forward = p.choose("sparse.forward", key, isFwdConfig, () => forwardJob(s, density)) ??
     defaultFwd(v);
   const forcedForward = p.forced("sparse.forward");
@@ -1369,7 +1370,7 @@ function dedupe<T>(list: T[]): T[] {
   });
 }
 
-function forwardCandidates(v: VShape, { software }: CandidateOptions): SparseForwardConfig[] {
+function forwardCandidates(v: VShape, { software, max }: CandidateOptions): SparseForwardConfig[] {
   const d = defaultFwd(v);
   // A software adapter: the heuristic and the same without the look-ahead loads (small kernels).
   if (software) return dedupe([d, { ...d, pre: !d.pre }].filter((c) => fwdFits(v, c)));
@@ -1397,10 +1398,11 @@ function forwardCandidates(v: VShape, { software }: CandidateOptions): SparseFor
     { bu: 8, bv: 8, pre: true, so: true },
     { bu: 2, bv: 8, threads: 256, pre: true, lz: true, so: true },
   ];
-  return dedupe([d, ...variants.map((x) => fitFwd(v, x))].filter((c) => fwdFits(v, c)));
+  const all = dedupe([d, ...variants.map((x) => fitFwd(v, x))].filter((c) => fwdFits(v, c)));
+  return all.slice(0, max ?? 8);
 }
 
-function filterCandidates(v: VShape, { software }: CandidateOptions): SparseFilterConfig[] {
+function filterCandidates(v: VShape, { software, max }: CandidateOptions): SparseFilterConfig[] {
   const d = defaultFlt(v);
   if (software) {
     // The heuristic and the same with half as many planes per group (a second summing pass).
@@ -1426,7 +1428,8 @@ function filterCandidates(v: VShape, { software }: CandidateOptions): SparseFilt
     { bu: 4, bv: 4, ck: 4, threads: 64 },
     { bu: 4, bv: 8, ck: 2, planesPerGroup: 16 },
   ];
-  return dedupe([d, ...variants.map((x) => fitFlt(v, x))].filter((c) => fltFits(v, c)));
+  const all = dedupe([d, ...variants.map((x) => fitFlt(v, x))].filter((c) => fltFits(v, c)));
+  return all.slice(0, max ?? 8);
 }
 
 /** A random mask of `density` for shape `s`, with random x, w and gy. */

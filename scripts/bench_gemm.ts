@@ -1,5 +1,5 @@
 /**
- * Matrix-product speed: the tiled GEMM kernels (ops/gemm.ts) against the
+ * Matrix-product speed: the tiled GEMM kernels (ops/gemm_kernel.ts) against the
  * simple ones on the products of real layers: ConvNeXt-T's and SLaK-T's
  * pointwise linears (forwards, input gradient, weight gradients) at batch
  * `--n`, 224², and ResNet-101's 1×1 / 3×3 / stem convolutions (forward) at
@@ -27,9 +27,11 @@ import { parseArgs } from "node:util";
 import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { noGrad } from "../ops/autograd.ts";
 import { conv2d } from "../ops/conv.ts";
-import { timeGpu, TUNE_WARMUP_MS } from "../ops/depthwise_fast.ts";
-import { setGemmImpl } from "../ops/gemm.ts";
+import { timeGpu, TUNE_WARMUP_MS } from "../ops/timing.ts";
+import { setGemmImpl } from "../ops/gemm_plan.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
+import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
+import { planner } from "../ops/planner.ts";
 import { matmul } from "../ops/matmul.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { CONVNEXT_PRESETS } from "../models/convnext.ts";
@@ -178,6 +180,9 @@ GFLOP/s of our matrix products on the products of real layers.
                       convnext and slak cases), then print ours beside it with the ratios and
                       write bench_gemm_vs_pytorch.csv
   --python CMD        the Python that runs the anchor (default python3)
+  --tune              plan the tiled products' tiles first (the plan cache keeps them)
+  --no-plan-cache     neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
+  --retune            plan again the products the plan cache already holds
   --out DIR           output folder (default out/bench_gemm/)
   --help`;
 
@@ -208,6 +213,9 @@ async function main(): Promise<void> {
       impl: { type: "string", default: "tiled,simple" },
       runs: { type: "string", default: "5" },
       "peak-tflops": { type: "string", default: "67" },
+      tune: { type: "boolean" },
+      "no-plan-cache": { type: "boolean" },
+      retune: { type: "boolean" },
       out: { type: "string", default: "out/bench_gemm/" },
       "with-pytorch": { type: "boolean", default: false },
       python: { type: "string", default: "python3" },
@@ -251,6 +259,12 @@ async function main(): Promise<void> {
       const { tensors, run } = c.make();
       for (const impl of impls as ("tiled" | "simple")[]) {
         setGemmImpl(impl);
+        if (impl === "tiled" && values.tune) {
+          await planWithCache(planner(), () => noGrad(() => scope(run)), {
+            cachePath: values["no-plan-cache"] ? null : planCachePath(),
+            retune: values.retune,
+          });
+        }
         const t = await timeGpu(() => noGrad(() => scope(run)), {
           runs,
           warmup: 1,

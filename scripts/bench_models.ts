@@ -38,9 +38,11 @@
 import { parseArgs } from "node:util";
 import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
-import { timeGpu, tuneDepthwiseOf } from "../ops/depthwise_fast.ts";
+import { timeGpu } from "../ops/timing.ts";
 import { setDepthwiseImpl } from "../ops/depthwise.ts";
-import { describeGemmTuning, type GemmTuned, setGemmImpl, tuneGemm } from "../ops/gemm.ts";
+import { setGemmImpl } from "../ops/gemm_plan.ts";
+import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
+import { planner, type PlanOptions, type PlanRow } from "../ops/planner.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
 import { AdamW } from "../ops/optim.ts";
@@ -64,7 +66,6 @@ import {
  * undecided product times one candidate; most are decided within 4 steps,
  * the stem and downsampling products, launched once per step, take longest).
  */
-const TUNE_GEMM_STEPS = 12;
 
 const HELP = `usage: deno run -A scripts/bench_models.ts [flags]
 
@@ -80,10 +81,12 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
   --pass LIST       infer, train (default infer,train)
   --depthwise IMPL  auto, fast or generic depthwise kernels (default auto)
   --gemm IMPL       tiled or simple matmul / conv kernels (default tiled)
-  --tune            autotune the tiles of every depthwise shape of a model before timing it,
-                    and its matrix products over its first steps (gemm_tune.csv); default on
-                    a GPU, --no-tune turns it off
+  --tune            plan every kernel of a model's training step before timing it (depthwise,
+                    sparse and matrix-product tiles; gemm_tune.csv); default on a GPU,
+                    --no-tune turns it off
   --tune-max N      candidates per kernel when tuning (default 6)
+  --no-plan-cache   neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
+  --retune          plan again the kernels the plan cache already holds
   --with-pytorch    run the PyTorch anchors first (python3 bench/pytorch/convnext.py, and
                     official_models.py for slak_tiny / replknet_31b), then print ours beside
                     them with ratios and write bench_models_vs_pytorch.csv
@@ -142,8 +145,8 @@ export interface ModelBench {
   trainRecordMs: number | null;
   /** Wall ms per training step over `steps` steps recorded back to back with one sync at the end. */
   trainPipelinedMs: number | null;
-  /** Matrix products tuned before timing (`tuneGemmSteps`): heuristic vs chosen GPU ms. */
-  gemmTuned: GemmTuned;
+  /** Kernel keys planned before timing (`plan`): heuristic vs chosen GPU ms. */
+  planned: PlanRow[];
 }
 
 /** CPU milliseconds that `record` takes to record its work; then waits for the GPU. */
@@ -176,15 +179,15 @@ async function recordMs(record: () => void): Promise<number> {
  */
 export async function benchModel(
   model: Model,
-  { batch, size, classes, steps, warmup, passes, tuneGemmSteps = 0 }: {
+  { batch, size, classes, steps, warmup, passes, plan }: {
     batch: number;
     size: number;
     classes: number;
     steps: number;
     warmup: number;
     passes: string[];
-    /** Steps of each pass spent autotuning the matrix products first (see `tuneGemm`); 0: none. */
-    tuneGemmSteps?: number;
+    /** Plan the kernels of a training step first (see `planWithCache`); none when absent. */
+    plan?: PlanOptions & { cachePath: string | null };
   },
 ): Promise<ModelBench> {
   const x = Tensor.randn([batch, 3, size, size], { seed: 7 });
@@ -199,14 +202,23 @@ export async function benchModel(
     inferRecordMs: null,
     trainRecordMs: null,
     trainPipelinedMs: null,
-    gemmTuned: [],
+    planned: [],
   };
   const params = model.parameters();
   try {
+    if (plan) {
+      // One forward and backward in eval mode (nothing moves), as the trainer plans.
+      model.eval();
+      const pass = () => scope(() => backward(softmaxCrossEntropy(model.forward(x), labels)));
+      out.planned = (await planWithCache(planner(), pass, plan)).planned;
+      for (const p of params) {
+        p.grad?.dispose();
+        p.grad = null;
+      }
+    }
     if (passes.includes("infer")) {
       model.eval();
       const infer = () => noGrad(() => scope(() => void model.forward(x)));
-      if (tuneGemmSteps) out.gemmTuned.push(...await tuneGemm(infer, { rounds: tuneGemmSteps }));
       const t = await timeGpu(infer, { runs: steps, warmup });
       out.inferRecordMs = await recordMs(infer);
       out.inferMs = t.wallMs;
@@ -223,7 +235,6 @@ export async function benchModel(
           opt.zeroGrad();
         });
       try {
-        if (tuneGemmSteps) out.gemmTuned.push(...await tuneGemm(step, { rounds: tuneGemmSteps }));
         const t = await timeGpu(step, { runs: steps, warmup });
         out.trainMs = t.wallMs;
         out.trainGpuMs = t.method === "timestamp" ? t.ms : null;
@@ -337,6 +348,8 @@ async function main(): Promise<void> {
       tune: { type: "boolean" },
       "no-tune": { type: "boolean", default: false },
       "tune-max": { type: "string", default: "6" },
+      "no-plan-cache": { type: "boolean", default: false },
+      retune: { type: "boolean", default: false },
       anchor: { type: "string" },
       "with-pytorch": { type: "boolean", default: false },
       "official-dir": { type: "string" },
@@ -427,18 +440,6 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     let r: ModelBench;
     try {
-      if (tune) {
-        const tt = performance.now();
-        model.eval();
-        const shapes = await tuneDepthwiseOf((x) => model.forward(x), [batch, 3, size, size], {
-          maxCandidates: tuneMax,
-        });
-        console.log(
-          `${name}@${ks}: tuned ${shapes.length} depthwise shapes in ${
-            ((performance.now() - tt) / 1e3).toFixed(1)
-          } s`,
-        );
-      }
       r = await benchModel(model, {
         batch,
         size,
@@ -446,20 +447,30 @@ async function main(): Promise<void> {
         steps,
         warmup,
         passes,
-        tuneGemmSteps: tune ? TUNE_GEMM_STEPS : 0,
+        plan: tune
+          ? {
+            cachePath: values["no-plan-cache"] ? null : planCachePath(),
+            retune: values.retune,
+            maxCandidates: tuneMax,
+          }
+          : undefined,
       });
-      for (const t of r.gemmTuned) {
+      for (const t of r.planned) {
         gemmRows.push({
           model: name,
           kernels: ks,
-          product: t.size,
+          key: t.key,
           heuristic_ms: Number(t.heuristicMs.toFixed(4)),
           best_ms: Number(t.bestMs.toFixed(4)),
-          config: JSON.stringify(t.best),
+          config: JSON.stringify(t.choice),
         });
       }
-      if (r.gemmTuned.length) {
-        console.log(`${name}@${ks}: tuned ${describeGemmTuning(r.gemmTuned)}`);
+      if (tune) {
+        console.log(
+          `${name}@${ks}: planned ${r.planned.length} kernel keys in ${
+            ((performance.now() - t0) / 1e3).toFixed(1)
+          } s (the rest from the plan cache)`,
+        );
       }
     } catch (e) {
       console.error(`${name}@${ks}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);

@@ -32,16 +32,10 @@ import { parseArgs } from "node:util";
 import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
-import {
-  type DepthwisePlan,
-  depthwisePlan,
-  type DepthwiseShape,
-  setDepthwiseConfig,
-  setDepthwiseImpl,
-  setTunedPlan,
-  timeGpu,
-  tuneDepthwise,
-} from "../ops/depthwise_fast.ts";
+import { depthwisePlan, type DepthwiseShape, setDepthwiseImpl } from "../ops/depthwise_plan.ts";
+import { timeGpu } from "../ops/timing.ts";
+import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
+import { planner } from "../ops/planner.ts";
 import { fftFits, fftFusedBackwardFits } from "../ops/depthwise_fft.ts";
 import { sum } from "../ops/elementwise.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
@@ -67,7 +61,9 @@ RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
   --tune            time candidate tilings per shape first (tuneDepthwise) and use the fastest
                     (default on a GPU without --tuned; --no-tune turns it off)
   --tune-max N      candidates per kernel when tuning (default 6)
-  --tuned FILE      reuse tilings from a tuned.json written by --tune
+  --tuned FILE      reuse the plans of a tuned.json written by --tune
+  --no-plan-cache   neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
+  --retune          plan again the kernels the plan cache already holds
   --check           first compare fast (direct tiles, and the FFT path of each size that
                     fits, with separate and fused gradients) and generic outputs per (R, K) on
                     N=3, C=4
@@ -165,6 +161,17 @@ function relErr(a: Float32Array, b: Float32Array): number {
   return Number.isFinite(num) ? num / den : Infinity;
 }
 
+/** One depthwise layer's forward and backward on random data of `shape`: what --tune plans. */
+function layerStep(shape: DepthwiseShape): void {
+  scope(() => {
+    const x = Tensor.randn([shape.n, shape.c, shape.h, shape.w], { seed: 1 });
+    const w = Tensor.randn([shape.c, 1, shape.kh, shape.kw], { seed: 2 });
+    x.requiresGrad = w.requiresGrad = true;
+    backward(sum(depthwiseConv2d(x, w, null, { padding: [shape.ph, shape.pw] })));
+    for (const t of [x, w]) t.grad?.dispose();
+  });
+}
+
 /**
  * Fast vs generic on [3, 4, R, R] (an odd batch: the FFT path's last plane pair is half empty):
  * forward, input gradient, filter gradient errors, with the direct tiles (`fft` null) or the
@@ -180,9 +187,11 @@ async function checkShape(
     scope(async () => {
       setDepthwiseImpl(which);
       const f = { fft: fft ?? 0, pairs: 1 };
-      setDepthwiseConfig(
-        which === "fast" && fft ? { forward: f, backwardInput: f, filter: f, fuseBackward } : null,
-      );
+      const forced = which === "fast" && fft;
+      for (const op of ["depthwise.forward", "depthwise.backwardInput", "depthwise.filter"]) {
+        planner().force(op, forced ? f : null);
+      }
+      planner().force("depthwise.fuse", forced ? { fft: fuseBackward ? f : null } : null);
       const x = Tensor.randn([3, 4, r, r], { seed: 11 });
       const w = Tensor.randn([4, 1, k, k], { seed: 12, std: 1 / k });
       x.requiresGrad = true;
@@ -197,7 +206,7 @@ async function checkShape(
   const want = await runImpl("generic");
   const got = await runImpl("fast");
   setDepthwiseImpl("auto");
-  setDepthwiseConfig(null);
+  planner().clearForced();
   return got.map((g, i) => relErr(g, want[i]));
 }
 
@@ -271,6 +280,8 @@ async function main(): Promise<void> {
       "no-tune": { type: "boolean", default: false },
       "tune-max": { type: "string", default: "6" },
       tuned: { type: "string" },
+      "no-plan-cache": { type: "boolean", default: false },
+      retune: { type: "boolean", default: false },
       check: { type: "boolean", default: false },
       "peak-tflops": { type: "string", default: "67" },
       torch: { type: "string" },
@@ -329,12 +340,8 @@ async function main(): Promise<void> {
   const adapter = gpu().description;
   console.log(`# adapter: ${adapter}; N=${n} C=${c} layers=${layers}; FLOPs = 2 per MAC`);
   if (values.tuned) {
-    const saved = JSON.parse(await Deno.readTextFile(values.tuned)) as Record<
-      string,
-      { shape: DepthwiseShape; plan: Partial<DepthwisePlan> }
-    >;
-    for (const { shape, plan } of Object.values(saved)) setTunedPlan(shape, plan);
-    console.log(`# reusing ${Object.keys(saved).length} tuned shapes from ${values.tuned}`);
+    const n = planner().load(JSON.parse(await Deno.readTextFile(values.tuned)));
+    console.log(`# reusing ${n} plans of this adapter from ${values.tuned}`);
   }
 
   const checks: Record<string, Cell>[] = [];
@@ -366,7 +373,7 @@ async function main(): Promise<void> {
   const rows: Row[] = [];
   const detail: Record<string, Cell>[] = [];
   const tuneRows: Record<string, Cell>[] = [];
-  const tunedOut: Record<string, { shape: DepthwiseShape; plan: Partial<DepthwisePlan> }> = {};
+  const tunedKeys: string[] = [];
   const comments = [
     `adapter: ${adapter}`,
     `${layers} depthwise KxK convs, same padding, no bias, fp32; median of ${runs} after ${warmup} warm-up`,
@@ -376,7 +383,8 @@ async function main(): Promise<void> {
     await writeFileAtomic(`${out}/latency_detail.csv`, toCsv(detail, { comments }));
     if (tuneRows.length) {
       await writeFileAtomic(`${out}/tune.csv`, toCsv(tuneRows));
-      await writeFileAtomic(`${out}/tuned.json`, JSON.stringify(tunedOut, null, 1));
+      const tuned = planner().toJSON(tunedKeys);
+      await writeFileAtomic(`${out}/tuned.json`, JSON.stringify(tuned, null, 1));
     }
   };
   for (const r of rList) {
@@ -385,31 +393,28 @@ async function main(): Promise<void> {
       if (tune && impls.includes("fast")) {
         setDepthwiseImpl("fast");
         const t0 = performance.now();
-        const results = await tuneDepthwise(shape, { maxCandidates: tuneMax });
-        for (const t of results) {
+        const report = await planWithCache(planner(), () => layerStep(shape), {
+          cachePath: values["no-plan-cache"] ? null : planCachePath(),
+          retune: values.retune,
+          maxCandidates: tuneMax,
+        });
+        tunedKeys.push(...report.keys);
+        for (const t of report.planned) {
           tuneRows.push({
             R: r,
             K: k,
-            kernel: t.kernel,
-            ms: t.ms,
-            config: JSON.stringify(t.config),
+            key: t.key,
+            heuristic_ms: t.heuristicMs,
+            ms: t.bestMs,
+            rejected: t.rejected.length,
+            config: JSON.stringify(t.choice),
           });
         }
-        const plan = depthwisePlan(shape, 1)!;
-        tunedOut[`${r},${k}`] = { shape, plan };
-        const best = (kn: string) => {
-          const ms = results.filter((t) => t.kernel === kn).map((t) => t.ms);
-          return ms.length ? `${Math.min(...ms).toFixed(3)} ms` : "= forward";
-        };
         console.log(
-          `tune R=${r} K=${k} (${((performance.now() - t0) / 1e3).toFixed(1)} s): forward ${
-            best("forward")
-          }, input-grad ${best("backwardInput")}, filter-grad ${best("filter")} per layer${
-            results.some((t) => t.kernel === "fusedBackward")
-              ? `; both gradients in one FFT kernel ${best("fusedBackward")} vs two ${
-                best("separateBackward")
-              }`
-              : ""
+          `plan R=${r} K=${k} (${((performance.now() - t0) / 1e3).toFixed(1)} s): ${
+            report.planned.map((t) => `${t.key.split("|")[0]} ${t.bestMs.toFixed(3)} ms`).join(", ")
+          }${report.reused ? ` (${report.reused} keys from the plan cache)` : ""}; plan ${
+            JSON.stringify(depthwisePlan(shape, 1))
           }`,
         );
       }

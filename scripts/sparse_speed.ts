@@ -4,7 +4,7 @@
  * `round(density·KH·KW)` active taps, as SLaK's masks) and one stride-1
  * "same" depthwise conv on [N, C, H, W], timed forward and forward+backward
  * (input and filter gradients and the given output gradient) with the dense
- * path (`depthwiseConv2d`: the tiled kernels of ops/depthwise_fast.ts on a
+ * path (`depthwiseConv2d`: the tiled kernels of ops/depthwise_direct.ts on a
  * GPU) and the sparse one (`sparseDepthwiseConv2d`). GPU time from timestamp
  * queries where the adapter offers them, else the wall clock around a sync
  * (`timeGpu`), median of `--runs`. Defaults: SLaK-T stage 1 (width 1.3 × 96 =
@@ -30,19 +30,15 @@ import { parseArgs } from "node:util";
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { depthwiseConv2d, samePadding } from "../ops/depthwise.ts";
-import {
-  depthwisePlan,
-  type DepthwiseShape,
-  timeGpu,
-  TUNE_WARMUP_MS,
-  tuneDepthwise,
-} from "../ops/depthwise_fast.ts";
+import { depthwisePlan, type DepthwiseShape } from "../ops/depthwise_plan.ts";
+import { timeGpu, TUNE_WARMUP_MS } from "../ops/timing.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
+import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
+import { planner } from "../ops/planner.ts";
 import {
   sparseDepthwiseConfigs,
   sparseDepthwiseConv2d,
   SparseDepthwisePlan,
-  tuneSparseDepthwise,
 } from "../ops/sparse_depthwise.ts";
 import { scope, Tensor, trimPool } from "../ops/tensor.ts";
 
@@ -60,6 +56,8 @@ Dense vs sparse depthwise conv, forward and forward+backward, per density.
   --warmup N       untimed runs first (default 2)
   --no-tune        skip tuning (default: tune dense and sparse tilings per shape on a GPU)
   --tune-max N     candidates per kernel when tuning (default 8)
+  --no-plan-cache  neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
+  --retune         plan again the kernels the plan cache already holds
   --seed S         mask seed (default 0)
   --out DIR        output folder (default out/sparse_speed/)
   --help`;
@@ -105,6 +103,21 @@ function parseDensities(s: string): number[] {
 
 type Pass = "fwd" | "fwdbwd";
 
+/** The forward and backward of one conv (dense or sparse), gradients dropped. */
+function convStep(x: Tensor, w: Tensor, gy: Tensor, plan: SparseDepthwisePlan | null): () => void {
+  const conv = () => plan ? sparseDepthwiseConv2d(x, w, plan, null) : depthwiseConv2d(x, w, null);
+  return () =>
+    scope(() => {
+      x.requiresGrad = w.requiresGrad = true;
+      backward(conv(), gy);
+      x.requiresGrad = w.requiresGrad = false;
+      for (const t of [x, w]) {
+        t.grad?.dispose();
+        t.grad = null;
+      }
+    });
+}
+
 /** Median ms of one conv (dense or sparse), forward or forward+backward. */
 async function timeConv(
   x: Tensor,
@@ -144,6 +157,8 @@ async function main(): Promise<void> {
       warmup: { type: "string", default: "2" },
       "no-tune": { type: "boolean", default: false },
       "tune-max": { type: "string", default: "8" },
+      "no-plan-cache": { type: "boolean", default: false },
+      retune: { type: "boolean", default: false },
       seed: { type: "string", default: "0" },
       out: { type: "string", default: "out/sparse_speed" },
       help: { type: "boolean", default: false },
@@ -165,6 +180,11 @@ async function main(): Promise<void> {
   const g = gpu();
   const tune = !a["no-tune"] && !g.isFallback;
   const tuneMax = Number(a["tune-max"]);
+  const planOpts = {
+    cachePath: a["no-plan-cache"] ? null : planCachePath(),
+    retune: a.retune,
+    maxCandidates: tuneMax,
+  };
   console.log(
     `# sparse vs dense depthwise on ${g.description}${g.isFallback ? " (software)" : ""}`,
   );
@@ -181,8 +201,10 @@ async function main(): Promise<void> {
     const x = Tensor.randn([n, c, h, wd], { seed: 1 });
     const gy = Tensor.randn([n, c, h, wd], { seed: 3 });
     const wRaw = await Tensor.randn([c, 1, kh, kw], { seed: 2 }).read();
-    if (tune && depthwisePlan(s, 1)) {
-      await tuneDepthwise(s, { maxCandidates: tuneMax });
+    if (tune) {
+      const w = Tensor.from(wRaw, [c, 1, kh, kw]);
+      await planWithCache(planner(), convStep(x, w, gy, null), planOpts);
+      w.dispose();
     }
     console.log(`# ${kh}x${kw}: dense plan ${JSON.stringify(depthwisePlan(s, 1))}`);
     const dense = new Map<Pass, number>();
@@ -201,9 +223,9 @@ async function main(): Promise<void> {
       const mask = SparseDepthwisePlan.randomMask(c, kh, kw, d, seed);
       const plan = SparseDepthwisePlan.fromMask(mask, [c, 1, kh, kw]);
       const w = Tensor.from(wRaw.map((v, i) => v * mask[i]), [c, 1, kh, kw]);
-      if (tune) await tuneSparseDepthwise(s, plan, { maxCandidates: tuneMax });
+      if (tune) await planWithCache(planner(), convStep(x, w, gy, plan), planOpts);
       console.log(
-        `# ${kh}x${kw} d=${d}: sparse configs ${JSON.stringify(sparseDepthwiseConfigs(s))}`,
+        `# ${kh}x${kw} d=${d}: sparse configs ${JSON.stringify(sparseDepthwiseConfigs(s, d))}`,
       );
       for (const pass of passes) {
         const t = await timeConv(x, w, gy, plan, pass, timing);

@@ -218,9 +218,14 @@ Deno.test("kernel plans: planning a training pass leaves the model as it was", a
   const before = await noGrad(() => model.forward(x)).read();
   try {
     const r = await quiet(() =>
-      planTrainingKernels(model, [2, 3, 32, 32], { software: true, cache: false, retune: true })
+      planTrainingKernels(model, [2, 3, 32, 32], {
+        software: true,
+        cache: false,
+        retune: true,
+        ops: ["depthwise.forward"], // none on llvmpipe ("auto" runs the plain kernels): fast
+      })
     );
-    assert.ok(r.planned.some((row) => row.key.startsWith("gemm|")), "no matrix product planned");
+    assert.ok(r.keys.some((k) => k.startsWith("gemm|")), "the step ran no matrix product");
     assert.ok(model.parameters().every((p) => p.grad === null), "gradients left behind");
     assert.equal(model.training, true);
     model.eval();
@@ -257,7 +262,7 @@ Deno.test("kernel plans: a sparse SLaK run plans its sparse kernels, and its res
     const state = JSON.parse(await Deno.readTextFile(`${dir}/run/checkpoint-last/state.json`));
     const saved = state.plans as SavedPlans;
     const ops = new Set(saved.plans.map((s) => s.key.split("|")[0]));
-    for (const op of ["sparse.forward", "sparse.backwardInput", "sparse.filter", "gemm"]) {
+    for (const op of ["sparse.forward", "sparse.backwardInput", "sparse.filter"]) {
       assert.ok(ops.has(op), `no ${op} plan in the checkpoint: ${[...ops]}`);
     }
     // A fresh process has no plans: resuming restores the checkpoint's and times nothing.

@@ -34,6 +34,8 @@ export interface TrainingPlanOptions {
   retune?: boolean;
   /** Plan on a software adapter too, with 2 candidates per key (tests). */
   software?: boolean;
+  /** Plan only the keys of these ops (see `PlanOptions.ops`). */
+  ops?: readonly string[];
   /** The cache file (default: {@linkcode planCachePath}). */
   cachePath?: string | null;
 }
@@ -73,6 +75,7 @@ export async function planTrainingKernels(
         cachePath,
         retune: opts.retune,
         software: opts.software,
+        ops: opts.ops,
         maxCandidates: gpu().isFallback ? 2 : TRAIN_MAX_CANDIDATES,
       },
     );
