@@ -61,6 +61,10 @@ export async function planTrainingKernels(
   input: number[],
   opts: TrainingPlanOptions = {},
 ): Promise<PlanReport> {
+  // A software adapter plans only when asked: nothing is run, read or written then.
+  if (gpu().isFallback && !opts.software) {
+    return { keys: [], planned: [], reused: 0, skipped: "software adapter" };
+  }
   const t0 = performance.now();
   const x = Tensor.randn(input, { seed: 7 });
   const labels = Array.from({ length: input[0] }, () => 0);
