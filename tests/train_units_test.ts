@@ -84,6 +84,10 @@ Deno.test("CLI: official snake_case flags and multi-value --kernel_size are unde
   const untuned = parseTrainArgs(["--no-tune-kernels"], false);
   assert.ok(tuned !== "help" && untuned !== "help");
   assert.deepEqual([tuned.tuneKernels !== false, untuned.tuneKernels], [true, false]);
+  // The plan cache is on unless switched off; --retune plans again.
+  const cache = parseTrainArgs(["--no-plan-cache", "--retune"], false);
+  assert.ok(cache !== "help");
+  assert.deepEqual([tuned.planCache !== false, cache.planCache, cache.retune], [true, false, true]);
   const ema = parseTrainArgs(["--model_ema", "true", "--distractors", "2"], true);
   assert.ok(ema !== "help");
   assert.deepEqual([ema.modelEma, ema.distractors], [true, 2]);
