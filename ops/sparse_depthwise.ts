@@ -1405,8 +1405,8 @@ function forwardCandidates(v: VShape, { software, max }: CandidateOptions): Spar
 function filterCandidates(v: VShape, { software, max }: CandidateOptions): SparseFilterConfig[] {
   const d = defaultFlt(v);
   if (software) {
-    // The heuristic and the same with half as many planes per group (a second summing pass).
-    const half = { ...d, planesPerGroup: Math.max(1, d.planesPerGroup >> 1) };
+    // The heuristic and the same tiles with half as many planes per group (more partial sums).
+    const half = fitFlt(v, { bu: 2, bv: 4, ck: 2, lanes: 4, threads: 8, planesPerGroup: 2 });
     return dedupe([d, half].filter((c) => fltFits(v, c)));
   }
   // The earlier winner, then split accumulators (acc: `acc` FMA chains per tap), then the older ones.
