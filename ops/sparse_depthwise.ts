@@ -581,6 +581,8 @@ function fltFits(s: VShape, c: SparseFilterConfig): boolean {
     [c.bu, c.bv, c.planes, c.nub, c.nvb, c.ck, c.groups, c.planesPerGroup].every((v) =>
       Number.isInteger(v) && v > 0
     ) && c.bv % 4 === 0 && c.ck * s.KV <= 96 &&
+    // A workgroup's planes all lie in one group: fewer planes per group sum wrong partials.
+    c.planesPerGroup >= c.planes &&
     (c.acc === undefined || (Number.isInteger(c.acc) && c.acc >= 1 && c.ck * s.KV * c.acc <= 128));
   if (!ok) return false;
   const L = fltLayout(s, c);
