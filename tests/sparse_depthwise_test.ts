@@ -17,6 +17,7 @@ import { planner } from "../ops/planner.ts";
 import {
   depthwiseMaybeSparse,
   type SparseDepthwiseConfigs,
+  sparseDepthwiseConfigs,
   sparseDepthwiseConv2d,
   SparseDepthwisePlan,
 } from "../ops/sparse_depthwise.ts";
@@ -242,4 +243,17 @@ Deno.test("sparse depthwise: plan compaction, update, depthwiseMaybeSparse choic
   plan.update(new Float32Array(mask.length).fill(1));
   assert.equal(plan.density, 1);
   plan.dispose();
+});
+
+Deno.test("sparse depthwise: a filter tiling with fewer planes per group than per workgroup does not fit", () => {
+  const s = { n: 2, c: 4, h: 8, w: 8, kh: 7, kw: 3, ph: 3, pw: 1, ho: 8, wo: 8 };
+  const bad = { bu: 2, bv: 4, planes: 2, nub: 1, nvb: 2, ck: 2, groups: 2, planesPerGroup: 1 };
+  planner().force("sparse.filter", bad);
+  try {
+    assert.equal(sparseDepthwiseConfigs(s).filter, null);
+    planner().force("sparse.filter", { ...bad, planesPerGroup: 2 });
+    assert.ok(sparseDepthwiseConfigs(s).filter, "the consistent tiling fits");
+  } finally {
+    planner().force("sparse.filter", null);
+  }
 });
