@@ -83,7 +83,7 @@ export function gemmImpl(): GemmImpl {
 /**
  * True when `c` is a well-formed tile config: positive integers, register
  * blocks of multiples of 4 that divide the tile, and a workgroup within the
- * adapter's invocation limit.
+ * adapter's invocation and workgroup-memory limits.
  *
  * @example
  * ```ts
@@ -97,8 +97,12 @@ export function isGemmConfig(c: unknown): c is GemmConfig {
   if (typeof c !== "object" || c === null) return false;
   const g = c as GemmConfig;
   const ok = (v: unknown) => Number.isInteger(v) && (v as number) > 0 && (v as number) <= 4096;
-  const threads = Math.min(256, gpu().limits.maxComputeInvocationsPerWorkgroup);
+  const limits = gpu().limits;
+  const threads = Math.min(256, limits.maxComputeInvocationsPerWorkgroup);
+  // The staged slabs of A and B, rows padded by 4 (see gemm_kernel.ts).
+  const slabBytes = 4 * g.bk * (g.bm + 4 + g.bn + 4);
   return ok(g.bm) && ok(g.bn) && ok(g.bk) && ok(g.tm) && ok(g.tn) && g.tm % 4 === 0 &&
+    slabBytes <= limits.maxComputeWorkgroupStorageSize &&
     g.tn % 4 === 0 && g.bm % g.tm === 0 && g.bn % g.tn === 0 &&
     (g.bm / g.tm) * (g.bn / g.tn) <= threads &&
     (g.splits === undefined || ok(g.splits)) &&

@@ -11,8 +11,9 @@
 import assert from "node:assert/strict";
 import { backward } from "../ops/autograd.ts";
 import { conv2d, type Conv2dOptions } from "../ops/conv.ts";
-import { type GemmConfig, gemmConfig, setGemmImpl } from "../ops/gemm_plan.ts";
+import { type GemmConfig, gemmConfig, isGemmConfig, setGemmImpl } from "../ops/gemm_plan.ts";
 import { gemmReference } from "../ops/gemm_kernel.ts";
+import { gpu } from "../ops/gpu.ts";
 import { planner } from "../ops/planner.ts";
 import { linear, matmul, type MatmulOptions } from "../ops/matmul.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
@@ -127,6 +128,14 @@ Deno.test("gemm: the big-product tiles (64×64, 8×8 blocks) match the simple ke
   } finally {
     planner().force("gemm", null);
   }
+});
+
+Deno.test("gemm: a tile config beyond the adapter's limits is not a config", () => {
+  assert.ok(isGemmConfig({ bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 }));
+  const wgMemory = gpu().limits.maxComputeWorkgroupStorageSize;
+  assert.ok(!isGemmConfig({ bm: 64, bn: 64, bk: Math.ceil(wgMemory / 256) * 2, tm: 4, tn: 4 }));
+  assert.ok(!isGemmConfig({ bm: 128, bn: 128, bk: 8, tm: 4, tn: 4 }), "1024 invocations");
+  assert.ok(!isGemmConfig({ bm: 8, bn: 8, bk: 4, tm: 3, tn: 4 }), "tm not a multiple of 4");
 });
 
 Deno.test("gemm: small outputs with long inner products split the inner dimension", () => {
