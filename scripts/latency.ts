@@ -58,8 +58,8 @@ RepLKNet Table 1: a stack of depthwise K×K convs on [N, C, R, R], ms per stack.
   --generic-pass L  … and only for these passes (default: all of --pass)
   --runs N          timed runs, median reported (default 5)
   --warmup N        untimed runs first (default 2)
-  --tune            time candidate tilings per shape first (tuneDepthwise) and use the fastest
-                    (default on a GPU without --tuned; --no-tune turns it off)
+  --tune            plan each shape's kernels first (the planner times candidate tilings and
+                    keeps the fastest; default on a GPU without --tuned; --no-tune turns it off)
   --tune-max N      candidates per kernel when tuning (default 6)
   --tuned FILE      reuse the plans of a tuned.json written by --tune
   --no-plan-cache   neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
