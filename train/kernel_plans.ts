@@ -135,7 +135,15 @@ export function checkpointPlans(report: PlanReport): SavedPlans | undefined {
  * ```
  */
 export function restorePlans(saved: SavedPlans): number {
-  return planner().load(saved);
+  try {
+    return planner().load(saved);
+  } catch (e) {
+    throw new Error(
+      `--resume: the checkpoint's state.json has malformed "plans": ${
+        e instanceof Error ? e.message : e
+      }`,
+    );
+  }
 }
 
 /**
