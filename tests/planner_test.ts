@@ -19,6 +19,7 @@ import {
 } from "../ops/plan_cache.ts";
 import { type PlanJob, Planner, planner, validSavedPlans } from "../ops/planner.ts";
 import { Tensor } from "../ops/tensor.ts";
+import { restorePlans } from "../train/kernel_plans.ts";
 import { setup } from "./harness.ts";
 
 await setup();
@@ -109,6 +110,11 @@ Deno.test("planner: JSON round trip, other adapters kept, malformed plans refuse
   assert.throws(
     () => validSavedPlans({ version: 1, plans: [{ ...mine, key: 7 }] }),
     /malformed plan/,
+  );
+  // A checkpoint's malformed plans: one line naming --resume and the field.
+  assert.throws(
+    () => restorePlans({ version: 3, plans: [] }),
+    /^Error: --resume: .*"plans": expected version 1/,
   );
 });
 
