@@ -96,3 +96,4 @@ export * from "./analysis/npy.ts";
 export * from "./analysis/erf.ts";
 export * from "./analysis/heatmap.ts";
 export * from "./analysis/fonts.ts";
+export * from "./analysis/stats.ts";

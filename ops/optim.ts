@@ -133,10 +133,10 @@ abstract class GpuOptimizer implements Optimizer {
   abstract step(): void;
 
   async stateDict(): Promise<OptimizerState> {
-    const buffers: Float32Array[][] = [];
-    for (const p of this.params) {
-      buffers.push(await Promise.all(this.buffers(p).map((b) => b.read())));
-    }
+    // Every copy is queued before the first wait: one GPU round trip, not one per parameter.
+    const buffers = await Promise.all(
+      this.params.map((p) => Promise.all(this.buffers(p).map((b) => b.read()))),
+    );
     return { step: this.steps, buffers };
   }
 

@@ -68,11 +68,10 @@ export interface Checkpoint {
 
 /** Read every entry of a module to the CPU as a weights map. */
 export async function moduleWeights(m: Module): Promise<Weights> {
-  const out: Weights = new Map();
-  for (const [key, p] of m.namedEntries()) {
-    out.set(key, { shape: [...p.shape], data: await p.tensor.read() });
-  }
-  return out;
+  const entries = [...m.namedEntries()];
+  // Every copy is queued before the first wait: one GPU round trip, not one per tensor.
+  const data = await Promise.all(entries.map(([, p]) => p.tensor.read()));
+  return new Map(entries.map(([key, p], i) => [key, { shape: [...p.shape], data: data[i] }]));
 }
 
 function optimizerWeights(s: OptimizerState): Weights {

@@ -50,6 +50,11 @@ export interface TrainConfig {
   /** Official `--kernel_size`: the four stage kernels, then the small kernel N. */
   kernelSize?: number[];
   widthFactor?: number;
+  /**
+   * How SLaK's large kernels are built: `decomposed` (M×N + N×M + N×N, the default) or `full`
+   * (M×M, plus N×N when N < M: the RepLKNet recipe; N ≥ M gives the naive M×M alone).
+   */
+  kernelMode?: "decomposed" | "full";
   /** Dynamic sparsity (official `--sparse`); the settings below apply only with it. */
   sparse?: boolean;
   /** Fraction of zeros among the masked weights (official default 0.4). */
@@ -223,5 +228,6 @@ export function buildModel(
     args.smallKernel = cfg.kernelSize[4];
   }
   if (cfg.widthFactor !== undefined) args.widthFactor = cfg.widthFactor;
+  if (cfg.kernelMode !== undefined) args.mode = cfg.kernelMode;
   return { model: createModel(cfg.model, args) as Classifier, args };
 }
