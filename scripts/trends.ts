@@ -598,14 +598,14 @@ function meanCiSeries(name: string, x: number[], rows: ModelRuns[], color: strin
   ];
 }
 
-/** Data, budget and verdicts in one line ("*": the 95% interval of the difference includes 0). */
+/** Size, budget and verdicts in one line ("*": the 95% interval of the difference includes 0). */
 function subtitle(s: TrendSettings, verdicts: Verdict[]): string {
   const steps = stepsPerEpoch(s) * s.epochs;
-  return `${dataInfo!.name} ${s.inputSize}², ${steps} steps, ${s.seeds.length} seeds` +
-    (s.quick ? ", QUICK SMOKE RUN: not evidence" : "") + " | " +
+  return `${s.inputSize}², ${steps} steps × ${s.seeds.length} seeds` +
+    (s.quick ? " (QUICK: not evidence)" : "") + " | " +
     verdicts.map((v) => `${v.claim}: ${v.held ? "held" : "NOT held"}${v.clear ? "" : "*"}`)
       .join("; ") +
-    (verdicts.some((v) => !v.clear) ? " (* within noise)" : "");
+    (verdicts.some((v) => !v.clear) ? " (*: CI includes 0)" : "");
 }
 
 /** Categorical rows as marks (their labels) over a mean ± CI chart at x = 0, 1, …. */
@@ -643,7 +643,7 @@ async function writeTable(
     title,
     subtitle: subtitle(s, verdicts),
     panels,
-    panelWidth: panels.length > 1 ? 560 : 900,
+    panelWidth: panels.length > 1 ? 600 : 1000,
   });
   console.log(`\n## table ${table}: ${claim}`);
   for (const r of rows) {
