@@ -157,7 +157,8 @@ Trains small models, several seeds each, and writes one CSV and one PNG per clai
   --quick            smoke mode for llvmpipe: 32² images, 32 of them, 1 epoch, kernels up to 15,
                      every table in a few minutes; its numbers say nothing about the claims
   --table LIST       tables to run, e.g. 1 or 2,5 (default all)
-  --seeds N          seeds per model, ≥ 2 (default 3): seed s draws the data, the init and the order
+  --seeds N          seeds per model, ≥ 2 (default 3): seed s draws the procedural images (or a
+                     folder's order and augmentation) and the init
   --epochs N         epochs per run (default 4; quick 1)
   --steps N          optimiser steps per run instead of --epochs (rounded up to whole epochs)
   --data DIR         train on an ImageFolder (train/<class>/, val/<class>/) or CIFAR-10 folder
@@ -567,8 +568,9 @@ function header(s: TrendSettings, claim: string, verdicts: Verdict[]): string[] 
   const r = [
     `claim: ${claim}`,
     `data: ${dataInfo!.name}, ${s.inputSize}² images, ${dataInfo!.trainSize} training images; ` +
-    `seeds ${s.seeds.join(",")} (seed s draws the data, the init and the order; every model sees ` +
-    `the same data per seed); recipe: AdamW lr ${s.lr}, batch ${s.batchSize}, ${s.epochs} ` +
+    `seeds ${s.seeds.join(",")} (seed s draws ${
+      s.data ? "the order, the augmentation" : "the images"
+    } and the init; every model sees the same data per seed); recipe: AdamW lr ${s.lr}, batch ${s.batchSize}, ${s.epochs} ` +
     `epoch(s), the trainer's procedural recipe for every model; top1 = final validation top-1 %, ` +
     `mean ± 95% Student-t interval over seeds; ${FLOPS_RULE}`,
     ...verdicts.map((v) => `verdict: ${v.text}`),
