@@ -3,7 +3,7 @@
  * several side by side with titles and a shared colour bar.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { writeHeatmapFigure } from "./heatmap.ts";
  * const m = Float64Array.from({ length: 64 * 64 }, (_, i) => (i % 64) / 63);
  * await writeHeatmapFigure("out/demo.png", [{ title: "ramp", data: m, height: 64, width: 64 }]);

@@ -12,7 +12,7 @@
  * import { Tensor, scope } from "./tensor.ts";
  * await initGpu();
  * const x = Tensor.from([1, 2, 3, 4], [2, 2]);
- * const y = scope(() => x.reshape([4]));
+ * const y = scope(() => x.view([4]));
  * console.log(await y.read()); // Float32Array [1, 2, 3, 4]
  * ```
  * @module

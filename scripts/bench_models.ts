@@ -166,7 +166,7 @@ async function recordMs(record: () => void): Promise<number> {
  * only grows until trimmed, so this is its peak).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { initGpu } from "../ops/gpu.ts";
  * import { createModel } from "../models/registry.ts";
  * import { benchModel } from "./bench_models.ts";

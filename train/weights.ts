@@ -4,7 +4,7 @@
  * such as `args` or `optimizer` are kept inert, never executed).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { loadWeightsFile } from "./weights.ts";
  * const w = await loadWeightsFile("SLaK_tiny_checkpoint.pth");
  * console.log(w.size);
