@@ -28,7 +28,7 @@
  * ```
  * @module
  */
-import { type Layer, Meta, traceFlops } from "../models/layers.ts";
+import { Meta, traceFlops } from "../models/layers.ts";
 import type { Module, Param } from "../models/module.ts";
 
 /** The counting convention, for every table and figure header. */
@@ -171,7 +171,7 @@ function densityLookup(model: Module, densities?: Densities): (key: string, p: P
  * carry the official key prefixes.
  */
 export function countModel(
-  model: Module & Layer,
+  model: Module,
   inputShape: number | readonly number[],
   opts: CountOptions = {},
 ): ModelCount {

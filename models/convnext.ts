@@ -20,7 +20,6 @@ import {
   Conv2d,
   DropPath,
   gelu,
-  type Layer,
   LayerNorm,
   Linear,
   meanHW,
@@ -30,15 +29,12 @@ import {
   Sequential,
   type Value,
 } from "./layers.ts";
-import { type Init, Module, ModuleList, type Param } from "./module.ts";
+import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
 import { layerNormToChannelsLast, layerScaleResidual, linearGelu } from "../ops/fused.ts";
 import { Tensor } from "../ops/tensor.ts";
 
-/** A block's spatial mixer: maps [N,C,H,W] to [N,C,H,W]. */
-export type Mixer = Module & Layer;
-
-/** Builds the mixer of a block of width `dim` in stage `stage` (0–3). */
-export type MixerFactory = (dim: number, stage: number) => Mixer;
+/** Builds the spatial mixer (a module mapping [N,C,H,W] to [N,C,H,W]) of a block of width `dim` in stage `stage` (0–3). */
+export type MixerFactory = (dim: number, stage: number) => Module;
 
 /** Configuration of the ConvNeXt macro design. */
 export interface ConvNeXtConfig {
@@ -82,8 +78,8 @@ export function depthwiseMixer(kernels: number[]): MixerFactory {
 }
 
 /** A ConvNeXt block: mixer → LayerNorm → Linear(4d) → GELU → Linear(d) → LayerScale → drop path + residual. */
-export class Block extends Module implements Layer {
-  readonly mixer: Mixer;
+export class Block extends Module {
+  readonly mixer: Module;
   readonly norm: LayerNorm;
   readonly pwconv1: Linear;
   readonly pwconv2: Linear;
@@ -92,7 +88,7 @@ export class Block extends Module implements Layer {
 
   constructor(
     dim: number,
-    mixer: Mixer,
+    mixer: Module,
     mixerName: string,
     dropPath: number,
     layerScaleInit: number,
@@ -142,7 +138,7 @@ export class Block extends Module implements Layer {
 }
 
 /** The ConvNeXt macro design with a pluggable mixer. */
-export class ConvNeXt extends Module implements Layer {
+export class ConvNeXt extends Module implements Classifier {
   readonly downsampleLayers: ModuleList<Sequential>;
   readonly stages: ModuleList<Sequential>;
   readonly norm: LayerNorm;
@@ -209,7 +205,7 @@ export class ConvNeXt extends Module implements Layer {
   }
 
   /** The last stage's feature map [N, C, H/32, W/32] (the ERF analysis uses it). */
-  features<V extends Value>(x: V): V {
+  forwardFeatures<V extends Value>(x: V): V {
     for (let i = 0; i < 4; i++) {
       x = this.stages.items[i].forward(this.downsampleLayers.items[i].forward(x));
     }
@@ -218,7 +214,7 @@ export class ConvNeXt extends Module implements Layer {
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.norm.forward(meanHW(this.features(x))));
+    return this.head.forward(this.norm.forward(meanHW(this.forwardFeatures(x))));
   }
 }
 

@@ -30,22 +30,11 @@ import { maxPool2d as maxPoolOp, meanHW as meanHWOp } from "../ops/pool.ts";
 import { permute as permuteOp } from "../ops/shape.ts";
 import { numel, type Tensor } from "../ops/tensor.ts";
 import { type Init, Module, type Param } from "./module.ts";
+import { Meta, type Value } from "./value.ts";
 
 // ---------------------------------------------------------------- shape-only values
 
-/** A shape standing in for a tensor when counting FLOPs without a GPU. */
-export class Meta {
-  readonly shape: readonly number[];
-  constructor(shape: readonly number[]) {
-    this.shape = [...shape];
-  }
-  get size(): number {
-    return numel(this.shape);
-  }
-}
-
-/** What flows through a `forward`: a GPU tensor, or a shape while counting. */
-export type Value = Tensor | Meta;
+export { Meta, type Value } from "./value.ts";
 
 /** One counted operation: multiply-accumulates of a layer, as fvcore counts them. */
 export interface FlopRecord {
@@ -406,15 +395,10 @@ export class MaxPool2d extends Module {
   }
 }
 
-/** Anything with a `forward` over values. */
-export interface Layer {
-  forward<V extends Value>(x: V): V;
-}
-
 /** `nn.Sequential`: children keyed 0, 1, 2, … applied in order. */
-export class Sequential extends Module implements Layer {
-  readonly layers: (Module & Layer)[];
-  constructor(...layers: (Module & Layer)[]) {
+export class Sequential extends Module {
+  readonly layers: Module[];
+  constructor(...layers: Module[]) {
     super();
     this.layers = layers;
     layers.forEach((m, i) => this.child(i, m));
@@ -426,7 +410,7 @@ export class Sequential extends Module implements Layer {
 }
 
 /** A parameter-free activation as a module (for `Sequential`s that mirror PyTorch's). */
-export class Activation extends Module implements Layer {
+export class Activation extends Module {
   constructor(readonly fn: "relu" | "gelu") {
     super();
   }

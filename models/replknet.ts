@@ -40,12 +40,11 @@ import {
   BatchNorm2d,
   Conv2d,
   DropPath,
-  type Layer,
   Linear,
   Sequential,
   type Value,
 } from "./layers.ts";
-import { Module, ModuleList } from "./module.ts";
+import { type Classifier, Module, ModuleList } from "./module.ts";
 import { GlobalAvgPool } from "./resnet.ts";
 import { Tensor } from "../ops/tensor.ts";
 
@@ -154,7 +153,7 @@ export function replknetTable5(kernels: string | readonly number[]): RepLKNetCon
  * console.log([...m.namedEntries()].map(([k]) => k).slice(0, 2)); // ["conv.weight", "bn.weight"]
  * ```
  */
-export class RepLKConvBN extends Module implements Layer {
+export class RepLKConvBN extends Module {
   readonly conv: Conv2d;
   readonly bn: BatchNorm2d;
   readonly nonlinear: Activation | null;
@@ -213,7 +212,7 @@ export class RepLKConvBN extends Module implements Layer {
  * small kernel is given, or, once merged, one K×K conv with bias
  * (`lkb_reparam`).
  */
-export class ReparamLargeKernelConv extends Module implements Layer {
+export class ReparamLargeKernelConv extends Module {
   lkbOrigin: RepLKConvBN | null = null;
   smallConv: RepLKConvBN | null = null;
   lkbReparam: Conv2d | null = null;
@@ -299,7 +298,7 @@ export class ReparamLargeKernelConv extends Module implements Layer {
 }
 
 /** The official `RepLKBlock`: x + drop_path(pw2(relu(large_kernel(pw1(prelkb_bn(x)))))). */
-export class RepLKBlock extends Module implements Layer {
+export class RepLKBlock extends Module {
   readonly pw1: RepLKConvBN;
   readonly pw2: RepLKConvBN;
   readonly largeKernel: ReparamLargeKernelConv;
@@ -336,7 +335,7 @@ export class RepLKBlock extends Module implements Layer {
 }
 
 /** The official `ConvFFN`: x + drop_path(pw2(gelu(pw1(preffn_bn(x))))). */
-export class ConvFFN extends Module implements Layer {
+export class ConvFFN extends Module {
   readonly dropPath: DropPath;
   readonly preffnBn: BatchNorm2d;
   readonly pw1: RepLKConvBN;
@@ -359,7 +358,7 @@ export class ConvFFN extends Module implements Layer {
 }
 
 /** The official `RepLKNetStage`: `blocks` = RepLK Block, ConvFFN, RepLK Block, ConvFFN, … */
-export class RepLKNetStage extends Module implements Layer {
+export class RepLKNetStage extends Module {
   readonly blocks: ModuleList<RepLKBlock | ConvFFN>;
 
   constructor(
@@ -397,7 +396,7 @@ export class RepLKNetStage extends Module implements Layer {
 }
 
 /** The official `RepLKNet` classifier. */
-export class RepLKNet extends Module implements Layer {
+export class RepLKNet extends Module implements Classifier {
   readonly stem: ModuleList<RepLKConvBN>;
   readonly stages: ModuleList<RepLKNetStage>;
   readonly transitions: ModuleList<Sequential>;
@@ -486,7 +485,7 @@ export class RepLKNet extends Module implements Layer {
    * The official `forward_features`: the last stage's output
    * [N, C₄, H/32, W/32], before the final BN (the map RepLKNet's ERF script uses).
    */
-  features<V extends Value>(x: V): V {
+  forwardFeatures<V extends Value>(x: V): V {
     for (const layer of this.stem.items) x = layer.forward(x);
     this.stages.items.forEach((stage, s) => {
       x = stage.forward(x);
@@ -497,7 +496,7 @@ export class RepLKNet extends Module implements Layer {
 
   /** Logits [N, numClasses]: features → BN → global average pool → `head`. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.avgpool.forward(this.norm.forward(this.features(x))));
+    return this.head.forward(this.avgpool.forward(this.norm.forward(this.forwardFeatures(x))));
   }
 
   /** Every RepLK Block's large-kernel module. */

@@ -57,7 +57,6 @@ import {
   Conv2d,
   type Conv2dConfig,
   DropPath,
-  type Layer,
   LayerNorm,
   Linear,
   meanHW,
@@ -70,7 +69,7 @@ import {
   type Value,
   view,
 } from "./layers.ts";
-import { type Init, Module, ModuleList, type Param } from "./module.ts";
+import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
 
 // ---------------------------------------------------------------- the official random choices
 
@@ -322,7 +321,7 @@ function globalAvgPool<V extends Value>(x: V, module: Module): V {
  * Squeeze-and-excitation (UniRepLKNet's `SEBlock`, keys `down`, `up`):
  * pool → 1×1 conv (C/4) → ReLU → 1×1 conv (C) → sigmoid → scale the input.
  */
-export class SEBlock extends Module implements Layer {
+export class SEBlock extends Module {
   readonly down: Conv2d;
   readonly up: Conv2d;
   constructor(channels: number, internal: number) {
@@ -337,7 +336,7 @@ export class SEBlock extends Module implements Layer {
 }
 
 /** ConvNeXt-V2's GRN on NHWC with bias (the official `GRNwithNHWC`; keys `gamma`, `beta`, [1,1,1,C]); not counted. */
-export class GRN extends Module implements Layer {
+export class GRN extends Module {
   readonly gamma: Param;
   readonly beta: Param;
   constructor(channels: number) {
@@ -352,7 +351,7 @@ export class GRN extends Module implements Layer {
 }
 
 /** A parameter-free permute as a module (the official `NCHWtoNHWC` / `NHWCtoNCHW`). */
-class Permute extends Module implements Layer {
+class Permute extends Module {
   constructor(readonly dims: number[]) {
     super();
   }
@@ -383,7 +382,7 @@ export interface ShiftWiseConvConfig {
  * [N, C, H, W] to [N, C, H, W] with the SW channels first and the ghost
  * channels after.
  */
-export class ShiftWiseConv extends Module implements Layer {
+export class ShiftWiseConv extends Module {
   readonly rep: number[];
   readonly ghost: number[];
   readonly plan: ShiftPlan;
@@ -470,7 +469,7 @@ export class ShiftWiseConv extends Module implements Layer {
  * (NHWC, Linear 4C) → `act` (GELU, GRN) → `pwconv2` (Linear C without bias,
  * NCHW, BN) → `gamma` (LayerScale) → drop path + residual.
  */
-export class SWBlock extends Module implements Layer {
+export class SWBlock extends Module {
   readonly gamma: Param | null;
   readonly largeKernel: ShiftWiseConv;
   readonly norm: BatchNorm2d;
@@ -557,7 +556,7 @@ export const SHIFTWISE_PRESETS = {
 } satisfies Record<string, ShiftWiseConfig>;
 
 /** ShiftWise_v2: stem, four stages of {@linkcode SWBlock}s, LayerNorm and a linear head. */
-export class ShiftWise extends Module implements Layer {
+export class ShiftWise extends Module implements Classifier {
   readonly downsampleLayers: ModuleList<Sequential>;
   readonly stages: ModuleList<Sequential>;
   readonly norm: LayerNorm;
@@ -638,7 +637,7 @@ export class ShiftWise extends Module implements Layer {
   }
 
   /** The last stage's feature map [N, 8C, H/32, W/32] (for ERF analysis). */
-  features<V extends Value>(x: V): V {
+  forwardFeatures<V extends Value>(x: V): V {
     for (let i = 0; i < 4; i++) {
       x = this.stages.items[i].forward(this.downsampleLayers.items[i].forward(x));
     }
@@ -647,7 +646,7 @@ export class ShiftWise extends Module implements Layer {
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.norm.forward(meanHW(this.features(x))));
+    return this.head.forward(this.norm.forward(meanHW(this.forwardFeatures(x))));
   }
 
   /** Every block's SW mixer. */

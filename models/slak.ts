@@ -20,7 +20,7 @@
  * ```
  * @module
  */
-import { add, BatchNorm2d, Conv2d, type Layer, type Value } from "./layers.ts";
+import { add, BatchNorm2d, Conv2d, type Value } from "./layers.ts";
 import { ConvNeXt, type ConvNeXtConfig } from "./convnext.ts";
 import { Module } from "./module.ts";
 import { Tensor } from "../ops/tensor.ts";
@@ -35,7 +35,7 @@ export type LargeKernelMode =
   | "merged";
 
 /** A depthwise conv (no bias) followed by BatchNorm: keys `conv.*`, `bn.*`. */
-export class ConvBN extends Module implements Layer {
+export class ConvBN extends Module {
   readonly conv: Conv2d;
   readonly bn: BatchNorm2d;
   constructor(channels: number, kernel: [number, number], stride: number) {
@@ -78,7 +78,7 @@ export class ConvBN extends Module implements Layer {
 }
 
 /** SLaK's `ReparamLargeKernelConv`: the block's spatial mixer. */
-export class LargeKernelConv extends Module implements Layer {
+export class LargeKernelConv extends Module {
   readonly branches: ConvBN[] = [];
   reparam: Conv2d | null = null;
 

@@ -45,8 +45,6 @@ import {
   uniformDensities,
 } from "../analysis/flops.ts";
 import { type Mark, type Panel, writeLineChart } from "../analysis/plot.ts";
-import type { Layer } from "../models/layers.ts";
-import type { Module } from "../models/module.ts";
 import { createModel, MODEL_NAMES } from "../models/registry.ts";
 import { loadSafetensorsFile } from "../models/safetensors.ts";
 import { layerScaleSnipDensities } from "../sparse/density.ts";
@@ -98,7 +96,7 @@ const yes = (b: boolean) => (b ? "yes" : "no");
 /** Count SLaK-T at each Table 7 setting (224², no GPU). */
 export function table7Rows(): Table7Row[] {
   return TABLE7.map((s) => {
-    const model = createModel("slak_tiny", { widthFactor: s.width }) as Module & Layer;
+    const model = createModel("slak_tiny", { widthFactor: s.width });
     const density = 1 - s.sparsity;
     const uniform = countModel(model, 224, { densities: uniformDensities(model, density) });
     const ls = countModel(model, 224, { densities: layerScaleSnipDensities(model, density) });
@@ -318,7 +316,7 @@ export async function trainSettings(t: TrainSettings): Promise<TrainedRow[]> {
     const last = result.history.at(-1)!;
     const masks = await loadSafetensorsFile(`${out}/checkpoint-last/masks.safetensors`);
     const state = JSON.parse(await Deno.readTextFile(`${out}/checkpoint-last/state.json`));
-    const model = createModel(t.model, state.modelArgs) as Module & Layer;
+    const model = createModel(t.model, state.modelArgs);
     const c = countModel(model, t.inputSize, { densities: maskDensities(masks) });
     rows.push({
       sparsity: s.sparsity,

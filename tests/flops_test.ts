@@ -8,7 +8,6 @@ import { countModel, defaultStageOf, maskedParams, uniformDensities } from "../a
 import {
   BatchNorm2d,
   Conv2d,
-  type Layer,
   LayerNorm,
   Linear,
   meanHW,
@@ -22,7 +21,7 @@ import { computeRows } from "../scripts/model_table.ts";
 import { checkClaim, scalingRows } from "../scripts/scaling_flops.ts";
 
 /** stem: conv 3→4 (3×3) + BN; stage 0: depthwise 5×5 stride 2 + channels-first LN; head: LN + linear 4→2. */
-class Tiny extends Module implements Layer {
+class Tiny extends Module {
   stem = this.child("stem", new Sequential(new Conv2d(3, 4, 3), new BatchNorm2d(4)));
   stages = this.child(
     "stages",

@@ -13,7 +13,7 @@
  */
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { moduleWeights, saveCheckpoint } from "./checkpoint.ts";
-import type { Classifier } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import { plotCurves } from "./curves.ts";
 import { type EpochTotals, evaluate } from "./engine.ts";
 import type { TrainRun } from "./setup.ts";

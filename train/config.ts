@@ -12,13 +12,9 @@
  * @module
  */
 import { createModel } from "../models/registry.ts";
-import type { Module } from "../models/module.ts";
-import type { Value } from "../models/layers.ts";
+import type { Classifier } from "../models/module.ts";
 import type { SparseInit } from "../sparse/density.ts";
 import type { Growth, SparseType } from "../sparse/prune_grow.ts";
-
-/** A model the trainer can drive: a module whose `forward` maps images to logits. */
-export type Classifier = Module & { forward<V extends Value>(x: V): V };
 
 /** Every setting of a training run. */
 export interface TrainConfig {
@@ -223,5 +219,5 @@ export function buildModel(
     args.smallKernel = cfg.kernelSize[4];
   }
   if (cfg.widthFactor !== undefined) args.widthFactor = cfg.widthFactor;
-  return { model: createModel(cfg.model, args) as Classifier, args };
+  return { model: createModel(cfg.model, args), args };
 }

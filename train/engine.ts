@@ -21,7 +21,7 @@ import { gpu } from "../ops/gpu.ts";
 import { accuracyCounts, softmaxCrossEntropy } from "../ops/loss.ts";
 import { keep, Rng, scope, Tensor } from "../ops/tensor.ts";
 import { setForwardSeed } from "../models/layers.ts";
-import type { Classifier } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import type { Batch, Dataset } from "./data/types.ts";
 import { mixupBatch } from "./data/mixup.ts";
 import type { GradientSync, Replicas } from "./parallel.ts";

@@ -24,7 +24,8 @@ import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
 import { planner, type PlanReport, type SavedPlans } from "../ops/planner.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import type { TrainState } from "./checkpoint.ts";
-import type { Classifier, TrainConfig } from "./config.ts";
+import type { TrainConfig } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 
 /** Options of {@linkcode planTrainingKernels}. */
 export interface TrainingPlanOptions {

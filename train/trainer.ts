@@ -18,7 +18,8 @@
  * ```
  * @module
  */
-import type { Classifier, TrainConfig } from "./config.ts";
+import type { TrainConfig } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import { type EpochRow, finishEpoch, saveRun } from "./checkpointing.ts";
 import { evaluate, trainOneEpoch } from "./engine.ts";
 import { type Replicas, singleProcess } from "./parallel.ts";
@@ -28,7 +29,6 @@ export { evaluate, NonFiniteLossError } from "./engine.ts";
 export type { EpochRow } from "./checkpointing.ts";
 export { planKernels, planTrainingKernels } from "./kernel_plans.ts";
 export { mixSeed } from "./seeds.ts";
-export type { Classifier } from "./config.ts";
 
 /** What {@linkcode train} returns: the per-epoch rows and where outputs went. */
 export interface TrainResult {
