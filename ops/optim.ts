@@ -38,6 +38,19 @@ export interface ParamGroup {
  * `param_groups_weight_decay` does: 1-D tensors (norm weights, biases,
  * LayerScale gammas) and names ending in `.bias` or listed in `skip` get no
  * weight decay.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { AdamW, decayGroups } from "./optim.ts";
+ * await initGpu();
+ * const named: [string, Tensor][] = [["fc.weight", Tensor.ones([2, 2])], ["fc.bias", Tensor.zeros([2])]];
+ * const groups = decayGroups(named, 0.05);
+ * console.log(groups.map((g) => [g.params.length, g.weightDecay])); // [[1, 0.05], [1, 0]]
+ * const opt = new AdamW(groups, { lr: 1e-3 });
+ * console.log(opt.lr); // 0.001
+ * ```
  */
 export function decayGroups(
   named: Iterable<[string, Tensor]>,

@@ -151,7 +151,8 @@ Deno.test("registry: every preset builds and runs on shapes; errors name the val
     assert.ok(c.params > 0 && c.macs > 0, name);
   }
   for (const n of ["convnext_tiny", "slak_tiny", "replknet_31b", "resnet50", "sw_tiny"]) {
-    if (MODEL_NAMES.includes(n)) assert.equal(modelInfo(n).inputSize, 224);
+    assert.ok(MODEL_NAMES.includes(n), `${n} is a preset`);
+    assert.equal(modelInfo(n).inputSize, 224);
   }
   assert.throws(() => createModel("slak_huge"), /unknown model "slak_huge" \(valid: .*slak_tiny/);
   assert.throws(
