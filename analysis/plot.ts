@@ -107,7 +107,15 @@ export interface Chart {
   panelHeight?: number;
 }
 
-/** Escape text for SVG. */
+/**
+ * Escape text for SVG.
+ *
+ * @example
+ * ```ts
+ * import { escapeXml } from "./plot.ts";
+ * console.log(escapeXml("a<b & c")); // a&#60;b &#38; c
+ * ```
+ */
 export function escapeXml(s: string): string {
   return s.replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
@@ -131,7 +139,15 @@ export function niceTicks(lo: number, hi: number, count = 5): number[] {
   return ticks;
 }
 
-/** A tick label: short, no float noise (1e4 → "10k" style is left to callers). */
+/**
+ * A tick label: short, no float noise (1e4 → "10k" style is left to callers).
+ *
+ * @example
+ * ```ts
+ * import { formatTick } from "./plot.ts";
+ * console.log(formatTick(0.1 + 0.2), formatTick(250000)); // 0.3 2.5e+5
+ * ```
+ */
 export function formatTick(v: number): string {
   if (v === 0) return "0";
   const a = Math.abs(v);

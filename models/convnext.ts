@@ -72,12 +72,33 @@ function convLayer(
   return new Conv2d(cin, cout, k, { weightInit: TRUNC, biasInit: ZERO, ...cfg });
 }
 
-/** ConvNeXt's `dwconv`: depthwise K×K with bias, "same" padding. */
+/**
+ * ConvNeXt's `dwconv`: depthwise K×K with bias, "same" padding.
+ *
+ * @example
+ * ```ts
+ * import { depthwiseMixer } from "./convnext.ts";
+ * import { Meta } from "./layers.ts";
+ * const mixer = depthwiseMixer([7, 7, 7, 7])(96, 0); // stage 0 of ConvNeXt-T
+ * console.log(mixer.numParams(), mixer.forward(new Meta([1, 96, 56, 56])).shape); // 4800 [1, 96, 56, 56]
+ * ```
+ */
 export function depthwiseMixer(kernels: number[]): MixerFactory {
   return (dim, stage) => convLayer(dim, dim, kernels[stage], { groups: dim });
 }
 
-/** A ConvNeXt block: mixer → LayerNorm → Linear(4d) → GELU → Linear(d) → LayerScale → drop path + residual. */
+/**
+ * A ConvNeXt block: mixer → LayerNorm → Linear(4d) → GELU → Linear(d) → LayerScale → drop path + residual.
+ *
+ * @example
+ * ```ts
+ * import { Block, depthwiseMixer } from "./convnext.ts";
+ * import { Meta } from "./layers.ts";
+ * const block = new Block(8, depthwiseMixer([7])(8, 0), "dwconv", 0, 1e-6);
+ * console.log(block.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * console.log([...block.namedParameters()].map(([k]) => k)[0]); // gamma
+ * ```
+ */
 export class Block extends Module {
   readonly mixer: Module;
   readonly norm: LayerNorm;

@@ -55,6 +55,19 @@ let initSeed = 0;
  * Seed for parameter initialisation: parameters declared after this call draw
  * their values from `seed` and their declaration order, so the same seed and
  * model give the same weights.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { seedInit } from "./module.ts";
+ * import { Linear } from "./layers.ts";
+ * await initGpu();
+ * seedInit(7);
+ * const a = await new Linear(4, 2).weight.tensor.read();
+ * seedInit(7);
+ * const b = await new Linear(4, 2).weight.tensor.read();
+ * console.log(a.every((v, i) => v === b[i])); // true
+ * ```
  */
 export function seedInit(seed: number): void {
   initSeed = seed >>> 0;
@@ -64,6 +77,14 @@ export function seedInit(seed: number): void {
 /**
  * A named, lazily materialised tensor of a module: a learnable parameter or a
  * buffer (running statistics).
+ *
+ * @example
+ * ```ts
+ * import { Linear } from "./layers.ts";
+ * const fc = new Linear(4, 2);
+ * const w = fc.weight; // a Param
+ * console.log(w.shape, w.size, w.materialised); // [2, 4] 8 false: no GPU memory yet
+ * ```
  */
 export class Param {
   readonly shape: number[];

@@ -34,7 +34,18 @@ export type LargeKernelMode =
   /** One M×M kernel with bias, after re-parameterisation. */
   | "merged";
 
-/** A depthwise conv (no bias) followed by BatchNorm: keys `conv.*`, `bn.*`. */
+/**
+ * A depthwise conv (no bias) followed by BatchNorm: keys `conv.*`, `bn.*`.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ConvBN } from "./slak.ts";
+ * const branch = new ConvBN(8, [13, 3], 1); // one of SLaK's two decomposed 13×3 / 3×13 branches
+ * console.log([...branch.namedParameters()].map(([k]) => k)); // conv.weight, bn.weight, bn.bias
+ * console.log(branch.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
 export class ConvBN extends Module {
   readonly conv: Conv2d;
   readonly bn: BatchNorm2d;
@@ -198,7 +209,15 @@ export const SLAK_PRESETS = {
   },
 } satisfies Record<string, SLaKConfig>;
 
-/** The dims SLaK uses for a width factor: `int(d * factor)` (float arithmetic as Python's). */
+/**
+ * The dims SLaK uses for a width factor: `int(d * factor)` (float arithmetic as Python's).
+ *
+ * @example
+ * ```ts
+ * import { widenDims } from "./slak.ts";
+ * console.log(widenDims([96, 192, 384, 768], 1.3)); // [124, 249, 499, 998]
+ * ```
+ */
 export function widenDims(dims: number[], factor: number): number[] {
   return dims.map((d) => Math.trunc(d * factor));
 }

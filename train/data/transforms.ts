@@ -29,7 +29,15 @@ export const CIFAR10_STD = [0.247, 0.2435, 0.2616] as const;
 /** timm's default `crop_pct` for eval: resize to size/0.875, then centre-crop size. */
 export const DEFAULT_CROP_PCT = 0.875;
 
-/** A 32-bit mix of integers: independent seeds for (run seed, epoch, sample, purpose). */
+/**
+ * A 32-bit mix of integers: independent seeds for (run seed, epoch, sample, purpose).
+ *
+ * @example
+ * ```ts
+ * import { SEED_AUGMENT, SEED_SHUFFLE, seedOf } from "./transforms.ts";
+ * console.log(seedOf(0, 1, SEED_SHUFFLE) !== seedOf(0, 1, SEED_AUGMENT)); // true
+ * ```
+ */
 export function seedOf(...xs: number[]): number {
   let h = 0x2545f491;
   for (const x of xs) {
@@ -45,7 +53,15 @@ export function seedOf(...xs: number[]): number {
 export const SEED_SHUFFLE = 0x5f1e;
 export const SEED_AUGMENT = 0xa06e;
 
-/** Python's `round` (half to even), used by torchvision's crop arithmetic. */
+/**
+ * Python's `round` (half to even), used by torchvision's crop arithmetic.
+ *
+ * @example
+ * ```ts
+ * import { roundHalfEven } from "./transforms.ts";
+ * console.log(roundHalfEven(2.5), roundHalfEven(3.5), roundHalfEven(-0.5)); // 2 4 -0
+ * ```
+ */
 export function roundHalfEven(x: number): number {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
