@@ -6,6 +6,7 @@
  * @example
  * ```ts
  * import { loadWeightsFile } from "./weights.ts";
+ * // Needs a checkpoint file on disk (type-checked, not run).
  * const w = await loadWeightsFile("SLaK_tiny_checkpoint.pth");
  * console.log(w.size);
  * ```
