@@ -211,6 +211,20 @@ export class RepLKConvBN extends Module {
  * padding): `lkb_origin` (K×K conv-BN) plus `small_conv` (k×k conv-BN) when a
  * small kernel is given, or, once merged, one K×K conv with bias
  * (`lkb_reparam`).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { ReparamLargeKernelConv } from "./replknet.ts";
+ * await initGpu();
+ * const lk = new ReparamLargeKernelConv(4, 13, 5).eval(); // 13×13 with a parallel 5×5
+ * const x = Tensor.randn([1, 4, 16, 16], { seed: 0 });
+ * const before = await lk.forward(x).read();
+ * await lk.merge(); // one 13×13 conv with bias
+ * const after = await lk.forward(x).read();
+ * console.log(lk.merged, before.every((v, i) => Math.abs(v - after[i]) < 1e-4)); // true true
+ * ```
  */
 export class ReparamLargeKernelConv extends Module {
   lkbOrigin: RepLKConvBN | null = null;
@@ -297,7 +311,17 @@ export class ReparamLargeKernelConv extends Module {
   }
 }
 
-/** The official `RepLKBlock`: x + drop_path(pw2(relu(large_kernel(pw1(prelkb_bn(x)))))). */
+/**
+ * The official `RepLKBlock`: x + drop_path(pw2(relu(large_kernel(pw1(prelkb_bn(x)))))).
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { RepLKBlock } from "./replknet.ts";
+ * const block = new RepLKBlock(8, 8, 13, 5, 0); // channels, dw channels, kernel, small kernel, drop path
+ * console.log(block.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
 export class RepLKBlock extends Module {
   readonly pw1: RepLKConvBN;
   readonly pw2: RepLKConvBN;
@@ -357,7 +381,18 @@ export class ConvFFN extends Module {
   }
 }
 
-/** The official `RepLKNetStage`: `blocks` = RepLK Block, ConvFFN, RepLK Block, ConvFFN, … */
+/**
+ * The official `RepLKNetStage`: `blocks` = RepLK Block, ConvFFN, RepLK Block, ConvFFN, …
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { RepLKNetStage } from "./replknet.ts";
+ * // 2 × (RepLK block + ConvFFN) at 8 channels, kernel 13 with a 5×5, dw ratio 1, FFN ratio 4
+ * const stage = new RepLKNetStage(8, 2, 13, [0, 0], 5, 1, 4, false);
+ * console.log(stage.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
 export class RepLKNetStage extends Module {
   readonly blocks: ModuleList<RepLKBlock | ConvFFN>;
 

@@ -320,6 +320,14 @@ function globalAvgPool<V extends Value>(x: V, module: Module): V {
 /**
  * Squeeze-and-excitation (UniRepLKNet's `SEBlock`, keys `down`, `up`):
  * pool → 1×1 conv (C/4) → ReLU → 1×1 conv (C) → sigmoid → scale the input.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { SEBlock } from "./shiftwise.ts";
+ * const se = new SEBlock(16, 4);
+ * console.log(se.numParams(), se.forward(new Meta([2, 16, 8, 8])).shape); // 148 [2, 16, 8, 8]
+ * ```
  */
 export class SEBlock extends Module {
   readonly down: Conv2d;
@@ -381,6 +389,14 @@ export interface ShiftWiseConvConfig {
  * `LoRA.weight` merged), `bn_lora1.*`, `bn_lora2.*`, `bn_small.*`. Maps
  * [N, C, H, W] to [N, C, H, W] with the SW channels first and the ghost
  * channels after.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ShiftWiseConv } from "./shiftwise.ts";
+ * const sw = new ShiftWiseConv(16, { bigKernel: 13, smallKernel: 3 }); // 13×13 from shifted 3×3s
+ * console.log(sw.forward(new Meta([1, 16, 14, 14])).shape); // [1, 16, 14, 14]
+ * ```
  */
 export class ShiftWiseConv extends Module {
   readonly rep: number[];
@@ -468,6 +484,14 @@ export class ShiftWiseConv extends Module {
  * A ShiftWise_v2 block: `large_kernel` → `norm` (BN) → `se` → `pwconv1`
  * (NHWC, Linear 4C) → `act` (GELU, GRN) → `pwconv2` (Linear C without bias,
  * NCHW, BN) → `gamma` (LayerScale) → drop path + residual.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { SWBlock } from "./shiftwise.ts";
+ * const block = new SWBlock(16, { bigKernel: 13 }, 0, 1e-6);
+ * console.log(block.forward(new Meta([1, 16, 14, 14])).shape); // [1, 16, 14, 14]
+ * ```
  */
 export class SWBlock extends Module {
   readonly gamma: Param | null;
