@@ -158,7 +158,18 @@ export class Block extends Module {
   }
 }
 
-/** The ConvNeXt macro design with a pluggable mixer. */
+/**
+ * The ConvNeXt macro design with a pluggable mixer.
+ *
+ * @example
+ * ```ts
+ * import { ConvNeXt, CONVNEXT_PRESETS } from "./convnext.ts";
+ * import { Meta } from "./layers.ts";
+ * const model = new ConvNeXt({ ...CONVNEXT_PRESETS.convnext_cpu, numClasses: 10 });
+ * console.log(model.forwardFeatures(new Meta([1, 3, 64, 64])).shape); // [1, 32, 2, 2]
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
 export class ConvNeXt extends Module implements Classifier {
   readonly downsampleLayers: ModuleList<Sequential>;
   readonly stages: ModuleList<Sequential>;

@@ -91,7 +91,18 @@ function isMeta(x: Value): x is Meta {
 
 // ---------------------------------------------------------------- functional helpers
 
-/** GELU (erf form) on a tensor; identity on a shape. */
+/**
+ * GELU (erf form) on a tensor; identity on a shape.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { gelu } from "./layers.ts";
+ * await initGpu();
+ * console.log(await gelu(Tensor.from([0, 10])).read()); // Float32Array [0, 10]
+ * ```
+ */
 export function gelu<V extends Value>(x: V): V {
   return (isMeta(x) ? x : geluOp(x)) as V;
 }
@@ -109,7 +120,15 @@ export function relu<V extends Value>(x: V): V {
   return (isMeta(x) ? x : reluOp(x)) as V;
 }
 
-/** a + b (broadcasting); on shapes, the shape of `a`. */
+/**
+ * a + b (broadcasting); on shapes, the shape of `a`.
+ *
+ * @example
+ * ```ts
+ * import { add, Meta } from "./layers.ts";
+ * console.log(add(new Meta([2, 8]), new Meta([2, 8])).shape); // [2, 8]
+ * ```
+ */
 export function add<V extends Value>(a: V, b: V): V {
   return (isMeta(a) ? a : addOp(a as Tensor, b as Tensor)) as V;
 }
@@ -127,7 +146,15 @@ export function mul<V extends Value>(a: V, b: Tensor | Meta): V {
   return (isMeta(a) ? a : mulOp(a as Tensor, b as Tensor)) as V;
 }
 
-/** Permute dimensions. */
+/**
+ * Permute dimensions.
+ *
+ * @example
+ * ```ts
+ * import { Meta, permute } from "./layers.ts";
+ * console.log(permute(new Meta([2, 8, 4, 5]), [0, 2, 3, 1]).shape); // [2, 4, 5, 8]: NCHW → NHWC
+ * ```
+ */
 export function permute<V extends Value>(x: V, dims: readonly number[]): V {
   return (isMeta(x) ? new Meta(dims.map((d) => x.shape[d])) : permuteOp(x, dims)) as V;
 }

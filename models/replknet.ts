@@ -358,7 +358,17 @@ export class RepLKBlock extends Module {
   }
 }
 
-/** The official `ConvFFN`: x + drop_path(pw2(gelu(pw1(preffn_bn(x))))). */
+/**
+ * The official `ConvFFN`: x + drop_path(pw2(gelu(pw1(preffn_bn(x))))).
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ConvFFN } from "./replknet.ts";
+ * const ffn = new ConvFFN(8, 32, 0); // channels, hidden channels, drop path
+ * console.log(ffn.forward(new Meta([1, 8, 7, 7])).shape); // [1, 8, 7, 7]
+ * ```
+ */
 export class ConvFFN extends Module {
   readonly dropPath: DropPath;
   readonly preffnBn: BatchNorm2d;
@@ -430,7 +440,17 @@ export class RepLKNetStage extends Module {
   }
 }
 
-/** The official `RepLKNet` classifier. */
+/**
+ * The official `RepLKNet` classifier.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { RepLKNet, REPLKNET_PRESETS } from "./replknet.ts";
+ * const model = new RepLKNet({ ...REPLKNET_PRESETS.replknet_cpu, numClasses: 10 });
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
 export class RepLKNet extends Module implements Classifier {
   readonly stem: ModuleList<RepLKConvBN>;
   readonly stages: ModuleList<RepLKNetStage>;

@@ -99,7 +99,17 @@ export class GlobalAvgPool extends Module {
   }
 }
 
-/** torchvision's Bottleneck: 1×1 → 3×3 (stride) → 1×1 (×4), BN after each, ReLU, residual. */
+/**
+ * torchvision's Bottleneck: 1×1 → 3×3 (stride) → 1×1 (×4), BN after each, ReLU, residual.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { Bottleneck } from "./resnet.ts";
+ * const block = new Bottleneck(64, 16, 2, false); // in 64, width 16 (out 64), stride 2
+ * console.log(block.forward(new Meta([1, 64, 8, 8])).shape); // [1, 64, 4, 4]
+ * ```
+ */
 export class Bottleneck extends Module {
   readonly conv1: Conv2d;
   readonly bn1: BatchNorm2d;
@@ -137,7 +147,17 @@ export class Bottleneck extends Module {
   }
 }
 
-/** torchvision's ResNet with Bottleneck blocks. */
+/**
+ * torchvision's ResNet with Bottleneck blocks.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ResNet, RESNET_PRESETS } from "./resnet.ts";
+ * const model = new ResNet({ ...RESNET_PRESETS.resnet_cpu, numClasses: 10 });
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
 export class ResNet extends Module implements Classifier {
   readonly conv1: Conv2d;
   readonly bn1: BatchNorm2d;

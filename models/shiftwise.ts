@@ -343,7 +343,17 @@ export class SEBlock extends Module {
   }
 }
 
-/** ConvNeXt-V2's GRN on NHWC with bias (the official `GRNwithNHWC`; keys `gamma`, `beta`, [1,1,1,C]); not counted. */
+/**
+ * ConvNeXt-V2's GRN on NHWC with bias (the official `GRNwithNHWC`; keys `gamma`, `beta`, [1,1,1,C]); not counted.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { GRN } from "./shiftwise.ts";
+ * const grn = new GRN(16); // on channels-last [N, H, W, C]
+ * console.log(grn.numParams(), grn.forward(new Meta([1, 7, 7, 16])).shape); // 32 [1, 7, 7, 16]
+ * ```
+ */
 export class GRN extends Module {
   readonly gamma: Param;
   readonly beta: Param;
@@ -579,7 +589,17 @@ export const SHIFTWISE_PRESETS = {
   sw_cpu: { depths: [1, 1, 1, 1], dims: [8, 16, 24, 32], kernels: [13, 11, 9, 7] },
 } satisfies Record<string, ShiftWiseConfig>;
 
-/** ShiftWise_v2: stem, four stages of {@linkcode SWBlock}s, LayerNorm and a linear head. */
+/**
+ * ShiftWise_v2: stem, four stages of {@linkcode SWBlock}s, LayerNorm and a linear head.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ShiftWise, SHIFTWISE_PRESETS } from "./shiftwise.ts";
+ * const model = new ShiftWise({ ...SHIFTWISE_PRESETS.sw_cpu, numClasses: 10 });
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
 export class ShiftWise extends Module implements Classifier {
   readonly downsampleLayers: ModuleList<Sequential>;
   readonly stages: ModuleList<Sequential>;

@@ -88,7 +88,17 @@ export class ConvBN extends Module {
   }
 }
 
-/** SLaK's `ReparamLargeKernelConv`: the block's spatial mixer. */
+/**
+ * SLaK's `ReparamLargeKernelConv`: the block's spatial mixer.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { LargeKernelConv } from "./slak.ts";
+ * const lk = new LargeKernelConv(8, 13, 5, "decomposed"); // 13×5 ∥ 5×13 ∥ 5×5
+ * console.log(lk.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
 export class LargeKernelConv extends Module {
   readonly branches: ConvBN[] = [];
   reparam: Conv2d | null = null;
@@ -222,7 +232,17 @@ export function widenDims(dims: number[], factor: number): number[] {
   return dims.map((d) => Math.trunc(d * factor));
 }
 
-/** A SLaK model: ConvNeXt with `large_kernel` mixers. */
+/**
+ * A SLaK model: ConvNeXt with `large_kernel` mixers.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { SLaK, SLAK_PRESETS } from "./slak.ts";
+ * const model = new SLaK({ ...SLAK_PRESETS.slak_cpu, numClasses: 10 });
+ * console.log(model.largeKernels().length, model.forward(new Meta([1, 3, 64, 64])).shape); // 4 [1, 10]
+ * ```
+ */
 export class SLaK extends ConvNeXt {
   readonly slakConfig: Required<Pick<SLaKConfig, "smallKernel" | "widthFactor" | "mode">>;
   constructor(config: SLaKConfig) {

@@ -85,6 +85,25 @@ export function isRecording(): boolean {
  * `save` lists tensors the backward reads; they are kept alive (by reference,
  * not copied) until the node has run. `backward` returns one gradient per
  * input (null where the input needs none); each must have the input's shape.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { scale, sum } from "./elementwise.ts";
+ * import { backward, noGrad, record } from "./autograd.ts";
+ * await initGpu();
+ * // y = 3x, with its backward: dx = 3·dy.
+ * function triple(x: Tensor): Tensor {
+ *   const y = noGrad(() => scale(x, 3)); // the forward itself is not recorded
+ *   record("triple", [x], y, [], (g) => [scale(g, 3)]);
+ *   return y;
+ * }
+ * const x = Tensor.from([1, 2]);
+ * x.requiresGrad = true;
+ * backward(sum(triple(x)));
+ * console.log(await x.grad!.read()); // Float32Array [3, 3]
+ * ```
  */
 export function record(
   name: string,

@@ -184,6 +184,15 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
  * (rows of a [rows, size/rows] view, then the row sums): `sumAxes` gives
  * each output one workgroup, and a single workgroup over a 25M-element
  * tensor took ~150 ms on an H100.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { sum } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await sum(Tensor.from([1, 2, 3, 4], [2, 2])).read()); // Float32Array [10]
+ * ```
  */
 export function sum(x: Tensor): Tensor {
   let rows = 1;

@@ -450,7 +450,18 @@ export function gpu(): Gpu {
   return current;
 }
 
-/** Flush recorded work to the queue (a no-op before initialisation). */
+/**
+ * Flush recorded work to the queue (a no-op before initialisation).
+ *
+ * @example
+ * ```ts
+ * import { flush, initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * await initGpu();
+ * Tensor.ones([1024]); // recorded, not yet submitted
+ * flush(); // submit now, e.g. before timing CPU work that overlaps the GPU
+ * ```
+ */
 export function flush(): void {
   current?.flush();
 }

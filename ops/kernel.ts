@@ -119,7 +119,22 @@ export function launch(
   gpu().dispatch(code, tensors.map((t) => t.buffer), groups, params);
 }
 
-/** A uniform block: WGSL struct declaration bound after `bindingCount` storage buffers, and its bytes. */
+/**
+ * A uniform block: WGSL struct declaration bound after `bindingCount` storage buffers, and its bytes.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { flatMain, launch, storage, uniforms } from "./kernel.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 2, 3]);
+ * const y = Tensor.empty([3]);
+ * const u = uniforms(2, { a: ["f32", 10], b: ["f32", 0.5] }); // bound after x and y
+ * launch(`${storage("x", "y!")}\n${u.decl}\n${flatMain(3)}\n  y[i] = P.a * x[i] + P.b;\n}`, [x, y], 3, u.data);
+ * console.log(await y.read()); // Float32Array [10.5, 20.5, 30.5]
+ * ```
+ */
 export function uniforms(
   bindingCount: number,
   fields: Record<string, ["f32" | "u32" | "i32", number]>,

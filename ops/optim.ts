@@ -241,7 +241,25 @@ export interface SGDOptions {
   nesterov?: boolean;
 }
 
-/** SGD with momentum and (coupled, L2) weight decay, as `torch.optim.SGD`. */
+/**
+ * SGD with momentum and (coupled, L2) weight decay, as `torch.optim.SGD`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { backward } from "./autograd.ts";
+ * import { sum } from "./elementwise.ts";
+ * import { SGD } from "./optim.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2]);
+ * w.requiresGrad = true;
+ * const opt = new SGD([w], { lr: 0.1, momentum: 0 });
+ * backward(sum(w)); // gradient 1 everywhere
+ * opt.step();
+ * console.log(await w.read()); // Float32Array [0.9, 1.9]
+ * ```
+ */
 export class SGD extends GpuOptimizer {
   protected readonly buffersPerParam = 1;
   readonly momentum: number;

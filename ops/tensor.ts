@@ -137,7 +137,19 @@ function flushBeforeTrim() {
   gpu().flush();
 }
 
-/** A reference-counted pooled buffer holding `size` f32 values. */
+/**
+ * A reference-counted pooled buffer holding `size` f32 values.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * await initGpu();
+ * const x = Tensor.zeros([2, 3]);
+ * const v = x.view([6]); // a second handle on the same Storage
+ * console.log(v.storage === x.storage, x.storage.size); // true 6
+ * ```
+ */
 export class Storage {
   readonly buffer: GPUBuffer;
   readonly size: number;
@@ -492,7 +504,15 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   gpu().dispatch(code, [t.buffer], grid1d(t.size));
 }
 
-/** A number as a WGSL f32 literal (exact for f32 values; inf/nan as bitcasts). */
+/**
+ * A number as a WGSL f32 literal (exact for f32 values; inf/nan as bitcasts).
+ *
+ * @example
+ * ```ts
+ * import { f32 } from "./tensor.ts";
+ * console.log(f32(1), f32(0.1), f32(Infinity)); // f32(1.00000000) f32(0.100000001) bitcast<f32>(0x7f800000u)
+ * ```
+ */
 export function f32(v: number): string {
   if (Number.isNaN(v)) return "bitcast<f32>(0x7fc00000u)";
   if (v === Infinity) return "bitcast<f32>(0x7f800000u)";

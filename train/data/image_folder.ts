@@ -103,7 +103,15 @@ export const IMAGE_EXTENSIONS = [
 /** Batches decoded ahead of the consumer. */
 export const IMAGE_FOLDER_PREFETCH = 3;
 
-/** Images decoding at once: one per CPU core (at least 2). */
+/**
+ * Images decoding at once: one per CPU core (at least 2).
+ *
+ * @example
+ * ```ts
+ * import { decodeConcurrency } from "./image_folder.ts";
+ * console.log(decodeConcurrency() >= 2); // true
+ * ```
+ */
 export function decodeConcurrency(): number {
   return Math.max(2, navigator.hardwareConcurrency || 2);
 }
