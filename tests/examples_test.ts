@@ -26,11 +26,6 @@ const WITHOUT_EXAMPLE_YET = new Set([
   "train/checkpoint.ts moduleWeights",
   "train/checkpoint.ts saveCheckpoint",
   "train/checkpoint.ts loadCheckpoint",
-  "train/config.ts presetConfig",
-  "train/config.ts buildModel",
-  "train/trainer.ts NonFiniteLossError",
-  "train/trainer.ts mixSeed",
-  "train/trainer.ts evaluate",
 ]);
 
 interface DocTag {

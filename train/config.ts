@@ -182,7 +182,16 @@ export const PRESETS: Record<string, Partial<TrainConfig> & { model: string; abo
   },
 };
 
-/** The configuration of a preset, with the output folder defaulted under out/train/. */
+/**
+ * The configuration of a preset, with the output folder defaulted under out/train/.
+ *
+ * @example
+ * ```ts
+ * import { presetConfig } from "./config.ts";
+ * const cfg = presetConfig("cpu");
+ * console.log(cfg.model, cfg.out); // slak_cpu out/train/cpu
+ * ```
+ */
 export function presetConfig(name: string): TrainConfig {
   const p = PRESETS[name];
   if (!p) {
@@ -199,7 +208,16 @@ export function defaultConfig(isFallbackAdapter: boolean): TrainConfig {
   return presetConfig(isFallbackAdapter ? "cpu" : "gpu");
 }
 
-/** Build the configured model; `args` records what was built (checked on resume). */
+/**
+ * Build the configured model; `args` records what was built (checked on resume).
+ *
+ * @example
+ * ```ts
+ * import { buildModel, presetConfig } from "./config.ts";
+ * const { model, args } = buildModel(presetConfig("cpu"), 4);
+ * console.log(args.numClasses, model.numParams() > 0); // 4 true
+ * ```
+ */
 export function buildModel(
   cfg: TrainConfig,
   numClasses: number,

@@ -30,7 +30,16 @@ import { mixSeed } from "./seeds.ts";
 import type { TrainRun } from "./setup.ts";
 import { logSparseUpdate } from "./sparse_setup.ts";
 
-/** Thrown (and reported on one line) when the loss stops being finite. */
+/**
+ * Thrown (and reported on one line) when the loss stops being finite.
+ *
+ * @example
+ * ```ts
+ * import { NonFiniteLossError } from "./engine.ts";
+ * const e = new NonFiniteLossError("loss is NaN at step 12 (try a lower --lr)");
+ * console.log(e.name, e instanceof Error); // NonFiniteLossError true
+ * ```
+ */
 export class NonFiniteLossError extends Error {
   override name = "NonFiniteLossError";
 }
