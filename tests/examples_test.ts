@@ -15,13 +15,6 @@ import { REPO_ROOT, sourceFiles } from "./source_tree.ts";
 const WITHOUT_EXAMPLE_YET = new Set([
   "analysis/erf.ts centerPoint",
   "analysis/erf.ts ErfAccumulator",
-  "ops/depthwise_fast.ts defaultForwardConfig",
-  "ops/depthwise_fast.ts defaultFilterConfig",
-  "ops/depthwise_fast.ts __fc",
-  "ops/depthwise_fast.ts __flc",
-  "ops/gemm.ts setGemmPlans",
-  "ops/gemm.ts collectGemmTuning",
-  "ops/gemm.ts stopGemmTuning",
   "sparse/masks.ts mixSeeds",
   "train/checkpoint.ts moduleWeights",
   "train/checkpoint.ts saveCheckpoint",
