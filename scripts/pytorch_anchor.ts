@@ -245,7 +245,7 @@ export function anchorScript(name: string): string {
  * and warns.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { anchorScript, runAnchor } from "./pytorch_anchor.ts";
  * const csv = await runAnchor("python3", anchorScript("matmul.py"), ["--list"], "--with-pytorch");
  * console.log(csv.split("\n")[0]); // "case,m,n,k,layout"

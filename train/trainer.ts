@@ -11,7 +11,7 @@
  * logged to `sparsity.csv`), masks saved in checkpoints.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { train } from "./trainer.ts";
  * import { defaultConfig } from "./config.ts";
  * await train({ ...defaultConfig(true), epochs: 1, out: "out/demo" });
@@ -54,7 +54,7 @@ export interface TrainHooks {
  * Train (or with `evalOnly`, evaluate) as configured; see {@linkcode TrainConfig}.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { train } from "./trainer.ts";
  * import { presetConfig } from "./config.ts";
  * const { history } = await train({ ...presetConfig("cpu"), epochs: 1, out: "out/demo" });
