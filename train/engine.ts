@@ -8,10 +8,20 @@
  * at the end of an epoch): the loss is accumulated on the GPU in between.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * import { evaluate, trainOneEpoch } from "./engine.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
  * // train() in trainer.ts drives these; see there.
  * const epoch = await trainOneEpoch(run, 0, () => false);
  * const val = await evaluate(run.model, run.data, run.cfg.batchSize, run.cfg.seed);
+ * console.log(epoch, val.top1);
  * ```
  * @module
  */
@@ -130,8 +140,18 @@ export interface EpochTotals {
  * (`batchInEpoch`, `partial`) saying where, ready for a checkpoint.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * import { trainOneEpoch } from "./engine.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
  * const totals = await trainOneEpoch(run, run.state.epoch, () => false);
+ * console.log(totals);
  * ```
  */
 export async function trainOneEpoch(
