@@ -42,7 +42,6 @@ export {
   type Conv2dConfig,
   DropPath,
   type FlopRecord,
-  type Layer,
   LayerNorm,
   Linear,
   MaxPool2d,

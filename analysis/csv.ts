@@ -66,7 +66,17 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
   }
 }
 
-/** {@linkcode toCsv} then {@linkcode writeFileAtomic}. */
+/**
+ * {@linkcode toCsv} then {@linkcode writeFileAtomic}.
+ *
+ * @example
+ * ```ts
+ * import { writeCsv } from "./csv.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".csv" });
+ * await writeCsv(path, [{ epoch: 1, top1: 41.5 }, { epoch: 2, top1: 57 }]);
+ * console.log(await Deno.readTextFile(path)); // epoch,top1 / 1,41.5 / 2,57
+ * ```
+ */
 export async function writeCsv(
   path: string,
   rows: readonly Record<string, Cell>[],

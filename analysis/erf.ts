@@ -31,7 +31,7 @@ import { elementwiseKernel, launch } from "../ops/kernel.ts";
 import { concat } from "../ops/shape.ts";
 import { keep, scope, Tensor } from "../ops/tensor.ts";
 import { accumulate } from "../ops/autograd.ts";
-import { type Module, Param } from "../models/module.ts";
+import { type Classifier, type Module, Param } from "../models/module.ts";
 import { BatchNorm2d, DropPath } from "../models/layers.ts";
 import { gpu } from "../ops/gpu.ts";
 
@@ -144,11 +144,6 @@ export function centerPoint(m: Tensor): Tensor {
   return y;
 }
 
-/** A backbone whose `features` gives the last feature map [N, C, h', w']. */
-export interface FeatureModel extends Module {
-  features(x: Tensor): Tensor;
-}
-
 /**
  * Accumulates the ERF contribution map on the GPU over images; read it once
  * at the end with {@linkcode ErfAccumulator.mean}.
@@ -167,7 +162,7 @@ export class ErfAccumulator {
    * Add the contribution of a batch `images` [n, 3, H, W] (already
    * normalised). The model runs in eval mode with its parameters frozen.
    */
-  add(model: FeatureModel, images: Tensor): void {
+  add(model: Classifier, images: Tensor): void {
     const [h, w] = this.size;
     if (images.shape[2] !== h || images.shape[3] !== w) {
       throw new Error(
@@ -181,7 +176,7 @@ export class ErfAccumulator {
       scope(() => {
         const x = images.view(images.shape);
         x.requiresGrad = true;
-        backward(sum(relu(centerPoint(model.features(x)))));
+        backward(sum(relu(centerPoint(model.forwardFeatures(x)))));
         const g = x.grad!;
         noGrad(() => accumulate(this.#sum, sumAxes(relu(g), [0, 1])));
         x.dispose();
@@ -224,7 +219,7 @@ export class ErfAccumulator {
  * await calibrateBatchNorm(model as never, [Tensor.randn([2, 3, 32, 32], { seed: 1 })]);
  * ```
  */
-export async function calibrateBatchNorm(model: FeatureModel, batches: Tensor[]): Promise<void> {
+export async function calibrateBatchNorm(model: Classifier, batches: Tensor[]): Promise<void> {
   const norms = [...model.namedModules()]
     .map(([, m]) => m)
     .filter((m): m is BatchNorm2d => m instanceof BatchNorm2d);
@@ -234,7 +229,7 @@ export async function calibrateBatchNorm(model: FeatureModel, batches: Tensor[])
   try {
     for (const [i, x] of batches.entries()) {
       norms.forEach((m) => (m.momentum = 1 / (i + 1)));
-      noGrad(() => scope(() => void model.features(x)));
+      noGrad(() => scope(() => void model.forwardFeatures(x)));
       await gpu().sync();
     }
   } finally {
@@ -246,7 +241,6 @@ export async function calibrateBatchNorm(model: FeatureModel, batches: Tensor[])
 /** A residual block with LayerScale: `forward(x) = x + drop_path(gamma ⊙ branch(x))`, NCHW. */
 interface LayerScaleBlock extends Module {
   gamma: Param;
-  forward(x: Tensor): Tensor;
 }
 
 /**
@@ -304,7 +298,7 @@ export function layerScaleBlocks(model: Module): Module[] {
  * console.log(await calibrateLayerScale(model, [Tensor.randn([2, 3, 64, 64], { seed: 1 })])); // 4
  * ```
  */
-export async function calibrateLayerScale(model: FeatureModel, batches: Tensor[]): Promise<number> {
+export async function calibrateLayerScale(model: Classifier, batches: Tensor[]): Promise<number> {
   const blocks = layerScaleBlocks(model) as LayerScaleBlock[];
   if (!blocks.length || !batches.length) return 0;
   model.eval();
@@ -313,7 +307,7 @@ export async function calibrateLayerScale(model: FeatureModel, batches: Tensor[]
     const c = block.gamma.shape[0];
     const rsqrt = elementwiseKernel(c, ["m"], "y[i] = select(1.0, inverseSqrt(m[i]), m[i] > 0.0);");
     // Sequential calls the instance's own `forward`: set gamma from this input, then go on.
-    block.forward = (x: Tensor) => {
+    const calibrating = (x: Tensor) => {
       if (x.rank !== 4 || x.shape[1] !== c) {
         throw new Error(`calibrateLayerScale: block input [${x.shape}] is not [N, ${c}, H, W]`);
       }
@@ -327,13 +321,15 @@ export async function calibrateLayerScale(model: FeatureModel, batches: Tensor[]
       });
       return forward(x);
     };
+    // Blocks run on tensors here, never on shapes.
+    block.forward = calibrating as typeof block.forward;
     return block;
   });
   try {
     noGrad(() =>
       scope(() => {
         const x = batches.length === 1 ? batches[0] : concat(batches, 0);
-        void model.features(x);
+        void model.forwardFeatures(x);
       })
     );
     await gpu().sync();

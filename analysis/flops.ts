@@ -28,7 +28,7 @@
  * ```
  * @module
  */
-import { type Layer, Meta, traceFlops } from "../models/layers.ts";
+import { Meta, traceFlops } from "../models/layers.ts";
 import type { Module, Param } from "../models/module.ts";
 
 /** The counting convention, for every table and figure header. */
@@ -110,6 +110,12 @@ export interface ModelCount {
  * Non-zeros of a parameter of `size` values at `density`: `round(density ×
  * size)`, the count a mask holding its density exactly has (the official
  * Bernoulli masks have this many in expectation).
+ *
+ * @example
+ * ```ts
+ * import { nonzerosAt } from "./flops.ts";
+ * console.log(nonzerosAt(51 * 51, 0.6)); // 1561
+ * ```
  */
 export function nonzerosAt(size: number, density: number): number {
   return Math.round(density * size);
@@ -121,6 +127,13 @@ export function nonzerosAt(size: number, density: number): number {
  * `stages.i`), RepLKNet (`stem`, `stages.i`, `transitions.i` enters stage
  * i+1) and torchvision ResNet (`conv1`/`bn1` stem, `layer1…4`); anything
  * else (final norm, head, classifier) is `head`.
+ *
+ * @example
+ * ```ts
+ * import { defaultStageOf } from "./flops.ts";
+ * console.log(defaultStageOf("downsample_layers.0.0.weight"), defaultStageOf("transitions.1.0.conv.weight")); // stem stage2
+ * console.log(defaultStageOf("layer3.0.conv1.weight"), defaultStageOf("head.weight")); // stage2 head
+ * ```
  */
 export function defaultStageOf(name: string): string {
   let m = /^downsample_layers\.(\d+)(\.|$)/.exec(name);
@@ -171,7 +184,7 @@ function densityLookup(model: Module, densities?: Densities): (key: string, p: P
  * carry the official key prefixes.
  */
 export function countModel(
-  model: Module & Layer,
+  model: Module,
   inputShape: number | readonly number[],
   opts: CountOptions = {},
 ): ModelCount {
@@ -279,12 +292,28 @@ export function maskDensities(
   return out;
 }
 
-/** `n` in millions with `digits` decimals. */
+/**
+ * `n` in millions with `digits` decimals.
+ *
+ * @example
+ * ```ts
+ * import { millions } from "./flops.ts";
+ * console.log(millions(28_589_128)); // 28.59
+ * ```
+ */
 export function millions(n: number, digits = 2): string {
   return (n / 1e6).toFixed(digits);
 }
 
-/** `n` in billions (GFLOPs) with `digits` decimals. */
+/**
+ * `n` in billions (GFLOPs) with `digits` decimals.
+ *
+ * @example
+ * ```ts
+ * import { billions } from "./flops.ts";
+ * console.log(billions(4_455_000_000, 1)); // 4.5
+ * ```
+ */
 export function billions(n: number, digits = 2): string {
   return (n / 1e9).toFixed(digits);
 }

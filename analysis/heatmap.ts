@@ -3,7 +3,7 @@
  * several side by side with titles and a shared colour bar.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { writeHeatmapFigure } from "./heatmap.ts";
  * const m = Float64Array.from({ length: 64 * 64 }, (_, i) => (i % 64) / 63);
  * await writeHeatmapFigure("out/demo.png", [{ title: "ramp", data: m, height: 64, width: 64 }]);
@@ -20,7 +20,15 @@ export type Colormap = (v: number) => [number, number, number];
 
 const clamp01 = (v: number) => Math.min(1, Math.max(0, v));
 
-/** matplotlib's `hot`. */
+/**
+ * matplotlib's `hot`.
+ *
+ * @example
+ * ```ts
+ * import { hot } from "./heatmap.ts";
+ * console.log(hot(0), hot(1)); // [0, 0, 0] [1, 1, 1]
+ * ```
+ */
 export const hot: Colormap = (v) => {
   const x = clamp01(v);
   return [
@@ -30,7 +38,15 @@ export const hot: Colormap = (v) => {
   ];
 };
 
-/** matplotlib's `pink` (sqrt of (2·gray + hot)/3), the map of SLaK's ERF figure. */
+/**
+ * matplotlib's `pink` (sqrt of (2·gray + hot)/3), the map of SLaK's ERF figure.
+ *
+ * @example
+ * ```ts
+ * import { pink } from "./heatmap.ts";
+ * console.log(pink(1)); // [1, 1, 1]
+ * ```
+ */
 export const pink: Colormap = (v) => {
   const x = clamp01(v);
   const h = hot(x);
@@ -41,7 +57,15 @@ export const pink: Colormap = (v) => {
   ];
 };
 
-/** RGB bytes of a matrix (values clamped to [0, 1]). */
+/**
+ * RGB bytes of a matrix (values clamped to [0, 1]).
+ *
+ * @example
+ * ```ts
+ * import { heatmapRgb, hot } from "./heatmap.ts";
+ * console.log(heatmapRgb([0, 1], 1, 2, hot)); // Uint8Array [0, 0, 0, 255, 255, 255]
+ * ```
+ */
 export function heatmapRgb(
   data: ArrayLike<number>,
   height: number,
@@ -58,7 +82,16 @@ export function heatmapRgb(
   return out;
 }
 
-/** PNG bytes of a matrix, resized (nearest: cells stay crisp) to `side` pixels. */
+/**
+ * PNG bytes of a matrix, resized (nearest: cells stay crisp) to `side` pixels.
+ *
+ * @example
+ * ```ts
+ * import { heatmapPng } from "./heatmap.ts";
+ * const png = await heatmapPng([0, 0.5, 0.5, 1], 2, 2, { side: 64 });
+ * console.log(png.subarray(1, 4)); // the bytes of "PNG"
+ * ```
+ */
 export async function heatmapPng(
   data: ArrayLike<number>,
   height: number,

@@ -107,12 +107,28 @@ export interface Chart {
   panelHeight?: number;
 }
 
-/** Escape text for SVG. */
+/**
+ * Escape text for SVG.
+ *
+ * @example
+ * ```ts
+ * import { escapeXml } from "./plot.ts";
+ * console.log(escapeXml("a<b & c")); // a&#60;b &#38; c
+ * ```
+ */
 export function escapeXml(s: string): string {
   return s.replace(/[<>&"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-/** About `count` round tick values covering [lo, hi] (steps 1, 2, 2.5, 5 × 10ⁿ). */
+/**
+ * About `count` round tick values covering [lo, hi] (steps 1, 2, 2.5, 5 × 10ⁿ).
+ *
+ * @example
+ * ```ts
+ * import { niceTicks } from "./plot.ts";
+ * console.log(niceTicks(0, 87)); // [0, 20, 40, 60, 80, 100]
+ * ```
+ */
 export function niceTicks(lo: number, hi: number, count = 5): number[] {
   if (!Number.isFinite(lo) || !Number.isFinite(hi)) return [];
   if (hi < lo) [lo, hi] = [hi, lo];
@@ -131,7 +147,15 @@ export function niceTicks(lo: number, hi: number, count = 5): number[] {
   return ticks;
 }
 
-/** A tick label: short, no float noise (1e4 → "10k" style is left to callers). */
+/**
+ * A tick label: short, no float noise (1e4 → "10k" style is left to callers).
+ *
+ * @example
+ * ```ts
+ * import { formatTick } from "./plot.ts";
+ * console.log(formatTick(0.1 + 0.2), formatTick(250000)); // 0.3 2.5e+5
+ * ```
+ */
 export function formatTick(v: number): string {
   if (v === 0) return "0";
   const a = Math.abs(v);
@@ -139,7 +163,16 @@ export function formatTick(v: number): string {
   return String(Number(v.toPrecision(6)));
 }
 
-/** Linear map from a data range to a pixel range. */
+/**
+ * Linear map from a data range to a pixel range.
+ *
+ * @example
+ * ```ts
+ * import { linearScale } from "./plot.ts";
+ * const y = linearScale([0, 100], [200, 0]); // data up, pixels down
+ * console.log(y(0), y(25), y(100)); // 200 150 0
+ * ```
+ */
 export function linearScale(
   [d0, d1]: readonly [number, number],
   [r0, r1]: readonly [number, number],
@@ -159,6 +192,15 @@ export interface Frame {
 /**
  * Axes of a frame: box, grid lines, ticks with labels, axis labels and an
  * optional title above.
+ *
+ * @example
+ * ```ts
+ * import { axesSvg, linearScale } from "./plot.ts";
+ * const frame = { left: 40, top: 20, width: 200, height: 100 };
+ * const x = { ticks: [0, 5, 10], scale: linearScale([0, 10], [40, 240]), label: "epoch" };
+ * const y = { ticks: [0, 50, 100], scale: linearScale([0, 100], [120, 20]), label: "top-1 %" };
+ * console.log(axesSvg(frame, x, y, "demo").startsWith("<")); // true: SVG elements
+ * ```
  */
 export function axesSvg(
   f: Frame,
@@ -404,7 +446,17 @@ export function lineChartSvg(chart: Chart): string {
   return out.join("\n");
 }
 
-/** Render an SVG document to PNG bytes (`scale` 2 = twice the SVG's pixel size). */
+/**
+ * Render an SVG document to PNG bytes (`scale` 2 = twice the SVG's pixel size).
+ *
+ * @example
+ * ```ts
+ * import { svgToPng } from "./plot.ts";
+ * const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="20" height="10"><rect width="20" height="10"/></svg>';
+ * const png = await svgToPng(svg, { scale: 1 });
+ * console.log(png.subarray(1, 4)); // the bytes of "PNG"
+ * ```
+ */
 export async function svgToPng(svg: string, opts: { scale?: number } = {}): Promise<Uint8Array> {
   // Text needs a font even where the system has none.
   useBundledFonts();
@@ -413,7 +465,18 @@ export async function svgToPng(svg: string, opts: { scale?: number } = {}): Prom
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
 }
 
-/** Render `svg` to a PNG at `path` (written atomically); with `keepSvg`, also `path` with `.svg`. */
+/**
+ * Render `svg` to a PNG at `path` (written atomically); with `keepSvg`, also `path` with `.svg`.
+ *
+ * @example
+ * ```ts
+ * import { writeSvgPng } from "./plot.ts";
+ * const dir = await Deno.makeTempDir();
+ * const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="20" height="10"><rect width="20" height="10"/></svg>';
+ * await writeSvgPng(`${dir}/box.png`, svg, { keepSvg: true });
+ * console.log([...Deno.readDirSync(dir)].map((e) => e.name).sort()); // ["box.png", "box.svg"]
+ * ```
+ */
 export async function writeSvgPng(
   path: string,
   svg: string,

@@ -20,7 +20,6 @@ import {
   Conv2d,
   DropPath,
   gelu,
-  type Layer,
   LayerNorm,
   Linear,
   meanHW,
@@ -30,15 +29,12 @@ import {
   Sequential,
   type Value,
 } from "./layers.ts";
-import { type Init, Module, ModuleList, type Param } from "./module.ts";
+import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
 import { layerNormToChannelsLast, layerScaleResidual, linearGelu } from "../ops/fused.ts";
 import { Tensor } from "../ops/tensor.ts";
 
-/** A block's spatial mixer: maps [N,C,H,W] to [N,C,H,W]. */
-export type Mixer = Module & Layer;
-
-/** Builds the mixer of a block of width `dim` in stage `stage` (0–3). */
-export type MixerFactory = (dim: number, stage: number) => Mixer;
+/** Builds the spatial mixer (a module mapping [N,C,H,W] to [N,C,H,W]) of a block of width `dim` in stage `stage` (0–3). */
+export type MixerFactory = (dim: number, stage: number) => Module;
 
 /** Configuration of the ConvNeXt macro design. */
 export interface ConvNeXtConfig {
@@ -76,14 +72,35 @@ function convLayer(
   return new Conv2d(cin, cout, k, { weightInit: TRUNC, biasInit: ZERO, ...cfg });
 }
 
-/** ConvNeXt's `dwconv`: depthwise K×K with bias, "same" padding. */
+/**
+ * ConvNeXt's `dwconv`: depthwise K×K with bias, "same" padding.
+ *
+ * @example
+ * ```ts
+ * import { depthwiseMixer } from "./convnext.ts";
+ * import { Meta } from "./layers.ts";
+ * const mixer = depthwiseMixer([7, 7, 7, 7])(96, 0); // stage 0 of ConvNeXt-T
+ * console.log(mixer.numParams(), mixer.forward(new Meta([1, 96, 56, 56])).shape); // 4800 [1, 96, 56, 56]
+ * ```
+ */
 export function depthwiseMixer(kernels: number[]): MixerFactory {
   return (dim, stage) => convLayer(dim, dim, kernels[stage], { groups: dim });
 }
 
-/** A ConvNeXt block: mixer → LayerNorm → Linear(4d) → GELU → Linear(d) → LayerScale → drop path + residual. */
-export class Block extends Module implements Layer {
-  readonly mixer: Mixer;
+/**
+ * A ConvNeXt block: mixer → LayerNorm → Linear(4d) → GELU → Linear(d) → LayerScale → drop path + residual.
+ *
+ * @example
+ * ```ts
+ * import { Block, depthwiseMixer } from "./convnext.ts";
+ * import { Meta } from "./layers.ts";
+ * const block = new Block(8, depthwiseMixer([7])(8, 0), "dwconv", 0, 1e-6);
+ * console.log(block.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * console.log([...block.namedParameters()].map(([k]) => k)[0]); // gamma
+ * ```
+ */
+export class Block extends Module {
+  readonly mixer: Module;
   readonly norm: LayerNorm;
   readonly pwconv1: Linear;
   readonly pwconv2: Linear;
@@ -92,7 +109,7 @@ export class Block extends Module implements Layer {
 
   constructor(
     dim: number,
-    mixer: Mixer,
+    mixer: Module,
     mixerName: string,
     dropPath: number,
     layerScaleInit: number,
@@ -141,8 +158,19 @@ export class Block extends Module implements Layer {
   }
 }
 
-/** The ConvNeXt macro design with a pluggable mixer. */
-export class ConvNeXt extends Module implements Layer {
+/**
+ * The ConvNeXt macro design with a pluggable mixer.
+ *
+ * @example
+ * ```ts
+ * import { ConvNeXt, CONVNEXT_PRESETS } from "./convnext.ts";
+ * import { Meta } from "./layers.ts";
+ * const model = new ConvNeXt({ ...CONVNEXT_PRESETS.convnext_cpu, numClasses: 10 });
+ * console.log(model.forwardFeatures(new Meta([1, 3, 64, 64])).shape); // [1, 32, 2, 2]
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
+export class ConvNeXt extends Module implements Classifier {
   readonly downsampleLayers: ModuleList<Sequential>;
   readonly stages: ModuleList<Sequential>;
   readonly norm: LayerNorm;
@@ -209,7 +237,7 @@ export class ConvNeXt extends Module implements Layer {
   }
 
   /** The last stage's feature map [N, C, H/32, W/32] (the ERF analysis uses it). */
-  features<V extends Value>(x: V): V {
+  forwardFeatures<V extends Value>(x: V): V {
     for (let i = 0; i < 4; i++) {
       x = this.stages.items[i].forward(this.downsampleLayers.items[i].forward(x));
     }
@@ -218,7 +246,7 @@ export class ConvNeXt extends Module implements Layer {
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.norm.forward(meanHW(this.features(x))));
+    return this.head.forward(this.norm.forward(meanHW(this.forwardFeatures(x))));
   }
 }
 

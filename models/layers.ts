@@ -30,22 +30,11 @@ import { maxPool2d as maxPoolOp, meanHW as meanHWOp } from "../ops/pool.ts";
 import { permute as permuteOp } from "../ops/shape.ts";
 import { numel, type Tensor } from "../ops/tensor.ts";
 import { type Init, Module, type Param } from "./module.ts";
+import { Meta, type Value } from "./value.ts";
 
 // ---------------------------------------------------------------- shape-only values
 
-/** A shape standing in for a tensor when counting FLOPs without a GPU. */
-export class Meta {
-  readonly shape: readonly number[];
-  constructor(shape: readonly number[]) {
-    this.shape = [...shape];
-  }
-  get size(): number {
-    return numel(this.shape);
-  }
-}
-
-/** What flows through a `forward`: a GPU tensor, or a shape while counting. */
-export type Value = Tensor | Meta;
+export { Meta, type Value } from "./value.ts";
 
 /** One counted operation: multiply-accumulates of a layer, as fvcore counts them. */
 export interface FlopRecord {
@@ -75,7 +64,23 @@ function count(r: FlopRecord): void {
   recorder?.push(r);
 }
 
-/** Record a counted operation from a model file's own Meta-aware module (while tracing). */
+/**
+ * Record a counted operation from a model file's own Meta-aware module (while tracing).
+ *
+ * @example
+ * ```ts
+ * import { Meta, recordFlops, traceFlops } from "./layers.ts";
+ * import { Module } from "./module.ts";
+ * import type { Value } from "./value.ts";
+ * class Gram extends Module {
+ *   forward<V extends Value>(x: V): V {
+ *     if (x instanceof Meta) recordFlops({ module: this, kind: "matmul", macs: x.size * x.shape[1] });
+ *     return x;
+ *   }
+ * }
+ * console.log(traceFlops(() => new Gram().forward(new Meta([4, 8])))[0].macs); // 256
+ * ```
+ */
 export function recordFlops(r: FlopRecord): void {
   count(r);
 }
@@ -86,32 +91,83 @@ function isMeta(x: Value): x is Meta {
 
 // ---------------------------------------------------------------- functional helpers
 
-/** GELU (erf form) on a tensor; identity on a shape. */
+/**
+ * GELU (erf form) on a tensor; identity on a shape.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { gelu } from "./layers.ts";
+ * await initGpu();
+ * console.log(await gelu(Tensor.from([0, 10])).read()); // Float32Array [0, 10]
+ * ```
+ */
 export function gelu<V extends Value>(x: V): V {
   return (isMeta(x) ? x : geluOp(x)) as V;
 }
 
-/** ReLU on a tensor; identity on a shape. */
+/**
+ * ReLU on a tensor; identity on a shape.
+ *
+ * @example
+ * ```ts
+ * import { Meta, relu } from "./layers.ts";
+ * console.log(relu(new Meta([2, 8])).shape); // [2, 8]
+ * ```
+ */
 export function relu<V extends Value>(x: V): V {
   return (isMeta(x) ? x : reluOp(x)) as V;
 }
 
-/** a + b (broadcasting); on shapes, the shape of `a`. */
+/**
+ * a + b (broadcasting); on shapes, the shape of `a`.
+ *
+ * @example
+ * ```ts
+ * import { add, Meta } from "./layers.ts";
+ * console.log(add(new Meta([2, 8]), new Meta([2, 8])).shape); // [2, 8]
+ * ```
+ */
 export function add<V extends Value>(a: V, b: V): V {
   return (isMeta(a) ? a : addOp(a as Tensor, b as Tensor)) as V;
 }
 
-/** a · b (broadcasting, e.g. LayerScale); on shapes, the shape of `a`. */
+/**
+ * a · b (broadcasting, e.g. LayerScale); on shapes, the shape of `a`.
+ *
+ * @example
+ * ```ts
+ * import { Meta, mul } from "./layers.ts";
+ * console.log(mul(new Meta([2, 8, 4, 4]), new Meta([8, 1, 1])).shape); // [2, 8, 4, 4]
+ * ```
+ */
 export function mul<V extends Value>(a: V, b: Tensor | Meta): V {
   return (isMeta(a) ? a : mulOp(a as Tensor, b as Tensor)) as V;
 }
 
-/** Permute dimensions. */
+/**
+ * Permute dimensions.
+ *
+ * @example
+ * ```ts
+ * import { Meta, permute } from "./layers.ts";
+ * console.log(permute(new Meta([2, 8, 4, 5]), [0, 2, 3, 1]).shape); // [2, 4, 5, 8]: NCHW → NHWC
+ * ```
+ */
 export function permute<V extends Value>(x: V, dims: readonly number[]): V {
   return (isMeta(x) ? new Meta(dims.map((d) => x.shape[d])) : permuteOp(x, dims)) as V;
 }
 
-/** Reshape (free on tensors). */
+/**
+ * Reshape (free on tensors).
+ *
+ * @example
+ * ```ts
+ * import { Meta, view } from "./layers.ts";
+ * console.log(view(new Meta([2, 8, 4, 4]), [2, -1]).shape); // [2, 128]
+ * ```
+ */
 export function view<V extends Value>(x: V, shape: readonly number[]): V {
   if (isMeta(x)) {
     const s = [...shape];
@@ -122,14 +178,30 @@ export function view<V extends Value>(x: V, shape: readonly number[]): V {
   return reshape(x as Tensor, shape) as V;
 }
 
-/** Global average over H, W: [N,C,H,W] → [N,C]. Not counted (fvcore skips `aten::mean`). */
+/**
+ * Global average over H, W: [N,C,H,W] → [N,C]. Not counted (fvcore skips `aten::mean`).
+ *
+ * @example
+ * ```ts
+ * import { meanHW, Meta } from "./layers.ts";
+ * console.log(meanHW(new Meta([2, 8, 7, 7])).shape); // [2, 8]
+ * ```
+ */
 export function meanHW<V extends Value>(x: V): V {
   return (isMeta(x) ? new Meta(x.shape.slice(0, 2)) : meanHWOp(x)) as V;
 }
 
 // ---------------------------------------------------------------- initialisers
 
-/** PyTorch's default Conv/Linear weight init, kaiming_uniform(a=√5): U(±1/√fan_in). */
+/**
+ * PyTorch's default Conv/Linear weight init, kaiming_uniform(a=√5): U(±1/√fan_in).
+ *
+ * @example
+ * ```ts
+ * import { torchDefaultInit } from "./layers.ts";
+ * console.log(torchDefaultInit(16)); // { kind: "uniform", bound: 0.25 }
+ * ```
+ */
 export function torchDefaultInit(fanIn: number): Init {
   return { kind: "uniform", bound: 1 / Math.sqrt(fanIn) };
 }
@@ -241,7 +313,16 @@ export class Conv2d extends Module {
   }
 }
 
-/** `nn.Linear` on the last dimension (keys `weight` [out, in], `bias`). */
+/**
+ * `nn.Linear` on the last dimension (keys `weight` [out, in], `bias`).
+ *
+ * @example
+ * ```ts
+ * import { Linear, Meta } from "./layers.ts";
+ * const fc = new Linear(768, 1000);
+ * console.log(fc.numParams(), fc.forward(new Meta([2, 768])).shape); // 769000 [2, 1000]
+ * ```
+ */
 export class Linear extends Module {
   readonly weight: Param;
   readonly bias: Param | null;
@@ -280,7 +361,16 @@ export class Linear extends Module {
   }
 }
 
-/** `nn.BatchNorm2d` (keys `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`). */
+/**
+ * `nn.BatchNorm2d` (keys `weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`).
+ *
+ * @example
+ * ```ts
+ * import { BatchNorm2d } from "./layers.ts";
+ * const bn = new BatchNorm2d(8);
+ * console.log([...bn.namedEntries()].map(([k]) => k)); // weight, bias, running_mean, running_var, num_batches_tracked
+ * ```
+ */
 export class BatchNorm2d extends Module {
   readonly weight: Param;
   readonly bias: Param;
@@ -324,6 +414,13 @@ export class BatchNorm2d extends Module {
  * (`nn.LayerNorm`), or over C of [N,C,H,W] (`channelsFirst`, ConvNeXt's own
  * LayerNorm class, which fvcore does not count because it is written out of
  * elementary ops).
+ *
+ * @example
+ * ```ts
+ * import { LayerNorm, Meta } from "./layers.ts";
+ * const ln = new LayerNorm(8, 1e-6, true); // over C of [N, C, H, W]
+ * console.log(ln.forward(new Meta([2, 8, 4, 4])).shape, ln.numParams()); // [2, 8, 4, 4] 16
+ * ```
  */
 export class LayerNorm extends Module {
   readonly weight: Param;
@@ -355,13 +452,38 @@ let dropCalls = 0;
  * Seed the stochastic layers of the next forward (drop path): the trainer
  * calls this once per step with a value derived from `--seed` and the step,
  * so a resumed run draws exactly what the uninterrupted run drew.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { DropPath, setForwardSeed } from "./layers.ts";
+ * await initGpu();
+ * const drop = new DropPath(0.5);
+ * const x = Tensor.ones([8, 1, 1, 1]);
+ * setForwardSeed(1);
+ * const a = await drop.forward(x).read();
+ * setForwardSeed(1);
+ * const b = await drop.forward(x).read();
+ * console.log(a.every((v, i) => v === b[i])); // true: the same samples are dropped
+ * ```
  */
 export function setForwardSeed(seed: number): void {
   forwardSeed = seed >>> 0;
   dropCalls = 0;
 }
 
-/** Per-sample stochastic depth (timm's `DropPath`); no parameters. */
+/**
+ * Per-sample stochastic depth (timm's `DropPath`); no parameters.
+ *
+ * @example
+ * ```ts
+ * import { DropPath, Meta } from "./layers.ts";
+ * const drop = new DropPath(0.1);
+ * drop.eval(); // identity in evaluation
+ * console.log(drop.forward(new Meta([2, 8, 4, 4])).shape); // [2, 8, 4, 4]
+ * ```
+ */
 export class DropPath extends Module {
   constructor(readonly prob: number) {
     super();
@@ -387,7 +509,15 @@ function nextDropSeed(): number {
   return (Math.imul(forwardSeed ^ 0x5bd1e995, 0x27d4eb2d) + dropCalls++ * 0x9e3779b9) >>> 0;
 }
 
-/** `nn.MaxPool2d(kernel, stride, padding)`. */
+/**
+ * `nn.MaxPool2d(kernel, stride, padding)`.
+ *
+ * @example
+ * ```ts
+ * import { MaxPool2d, Meta } from "./layers.ts";
+ * console.log(new MaxPool2d().forward(new Meta([1, 64, 112, 112])).shape); // [1, 64, 56, 56]
+ * ```
+ */
 export class MaxPool2d extends Module {
   constructor(readonly kernel = 3, readonly stride = 2, readonly padding = 1) {
     super();
@@ -406,15 +536,20 @@ export class MaxPool2d extends Module {
   }
 }
 
-/** Anything with a `forward` over values. */
-export interface Layer {
-  forward<V extends Value>(x: V): V;
-}
-
-/** `nn.Sequential`: children keyed 0, 1, 2, … applied in order. */
-export class Sequential extends Module implements Layer {
-  readonly layers: (Module & Layer)[];
-  constructor(...layers: (Module & Layer)[]) {
+/**
+ * `nn.Sequential`: children keyed 0, 1, 2, … applied in order.
+ *
+ * @example
+ * ```ts
+ * import { Activation, Conv2d, Meta, Sequential } from "./layers.ts";
+ * const stem = new Sequential(new Conv2d(3, 8, 3, { padding: 1 }), new Activation("relu"));
+ * console.log([...stem.namedParameters()].map(([k]) => k)); // ["0.weight", "0.bias"]
+ * console.log(stem.forward(new Meta([1, 3, 16, 16])).shape); // [1, 8, 16, 16]
+ * ```
+ */
+export class Sequential extends Module {
+  readonly layers: Module[];
+  constructor(...layers: Module[]) {
     super();
     this.layers = layers;
     layers.forEach((m, i) => this.child(i, m));
@@ -425,8 +560,16 @@ export class Sequential extends Module implements Layer {
   }
 }
 
-/** A parameter-free activation as a module (for `Sequential`s that mirror PyTorch's). */
-export class Activation extends Module implements Layer {
+/**
+ * A parameter-free activation as a module (for `Sequential`s that mirror PyTorch's).
+ *
+ * @example
+ * ```ts
+ * import { Activation, Meta } from "./layers.ts";
+ * console.log(new Activation("gelu").forward(new Meta([2, 4])).shape); // [2, 4]
+ * ```
+ */
+export class Activation extends Module {
   constructor(readonly fn: "relu" | "gelu") {
     super();
   }

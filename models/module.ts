@@ -1,8 +1,12 @@
 /**
- * A small `Module` base: named parameters, buffers and children, so that
+ * The one model interface: {@linkcode Module}, the base of every layer and
+ * model, with `forward`; and {@linkcode Classifier}, a module whose
+ * `forwardFeatures` gives the last feature map before the head (timm's
+ * names). The trainer, the ERF analysis and the scripts take these two.
+ *
+ * A module has named parameters, buffers and children, so that
  * `stateDict()` keys equal the official PyTorch keys
  * (`stages.0.0.large_kernel.LoRA1.conv.weight`, …), and `train()`/`eval()`.
- *
  * Parameters are declared with their shape and initialiser and materialised
  * on the GPU only when first used, so a model can be built and counted
  * (params, FLOPs) on a machine with no GPU at all.
@@ -10,18 +14,30 @@
  * @example
  * ```ts
  * import { Module } from "./module.ts";
- * class Affine extends Module {
+ * import { mul } from "./layers.ts";
+ * import type { Value } from "./value.ts";
+ * class Scale extends Module {
  *   weight = this.param("weight", [4], { kind: "ones" });
- *   bias = this.param("bias", [4], { kind: "zeros" });
+ *   forward<V extends Value>(x: V): V {
+ *     return mul(x, this.weight.tensor);
+ *   }
  * }
- * const m = new Affine();
- * console.log([...m.namedParameters()].map(([k]) => k)); // ["weight", "bias"]
+ * class TwoScales extends Module {
+ *   first = this.child("first", new Scale());
+ *   second = this.child("second", new Scale());
+ *   forward<V extends Value>(x: V): V {
+ *     return this.second.forward(this.first.forward(x));
+ *   }
+ * }
+ * const m = new TwoScales();
+ * console.log([...m.namedParameters()].map(([k]) => k)); // ["first.weight", "second.weight"]
  * console.log(m.numParams()); // 8
  * ```
  * @module
  */
 import { gpu } from "../ops/gpu.ts";
 import { keep, numel, Tensor } from "../ops/tensor.ts";
+import type { Value } from "./value.ts";
 
 /** How a parameter or buffer starts. */
 export type Init =
@@ -39,6 +55,19 @@ let initSeed = 0;
  * Seed for parameter initialisation: parameters declared after this call draw
  * their values from `seed` and their declaration order, so the same seed and
  * model give the same weights.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { seedInit } from "./module.ts";
+ * import { Linear } from "./layers.ts";
+ * await initGpu();
+ * seedInit(7);
+ * const a = await new Linear(4, 2).weight.tensor.read();
+ * seedInit(7);
+ * const b = await new Linear(4, 2).weight.tensor.read();
+ * console.log(a.every((v, i) => v === b[i])); // true
+ * ```
  */
 export function seedInit(seed: number): void {
   initSeed = seed >>> 0;
@@ -48,6 +77,14 @@ export function seedInit(seed: number): void {
 /**
  * A named, lazily materialised tensor of a module: a learnable parameter or a
  * buffer (running statistics).
+ *
+ * @example
+ * ```ts
+ * import { Linear } from "./layers.ts";
+ * const fc = new Linear(4, 2);
+ * const w = fc.weight; // a Param
+ * console.log(w.shape, w.size, w.materialised); // [2, 4] 8 false: no GPU memory yet
+ * ```
  */
 export class Param {
   readonly shape: number[];
@@ -137,12 +174,32 @@ export class Param {
   }
 }
 
-/** Base class of every layer and model. */
-export class Module {
+/**
+ * Base class of every layer and model: a `forward` over values (GPU
+ * tensors, or {@linkcode Meta} shapes while counting) plus its parameters,
+ * buffers and children.
+ *
+ * @example
+ * ```ts
+ * import { Module } from "./module.ts";
+ * import { Meta, type Value } from "./value.ts";
+ * class Flatten extends Module {
+ *   forward<V extends Value>(x: V): V {
+ *     if (x instanceof Meta) return new Meta([x.shape[0], x.size / x.shape[0]]) as V;
+ *     return x.view([x.shape[0], -1]) as V;
+ *   }
+ * }
+ * console.log(new Flatten().forward(new Meta([2, 3, 4, 4])).shape); // [2, 48]
+ * ```
+ */
+export abstract class Module {
   #params = new Map<string, Param>();
   #children = new Map<string, Module>();
   /** Training mode (dropout, drop path, batch statistics). */
   training = true;
+
+  /** The module's computation; the same code serves tensors and shape-only values. */
+  abstract forward<V extends Value>(x: V): V;
 
   /** Declare a learnable parameter. */
   protected param(name: string, shape: number[], init: Init): Param {
@@ -266,7 +323,19 @@ function preview(keys: string[]): string {
     : `${keys.slice(0, 4).join(", ")} and ${keys.length - 4} more`;
 }
 
-/** A list of child modules keyed 0, 1, 2, … (PyTorch's `nn.Sequential`/`nn.ModuleList` keys). */
+/**
+ * A list of child modules keyed 0, 1, 2, … (PyTorch's `nn.ModuleList`): it
+ * holds modules for their keys, and as in PyTorch it has no `forward` of its
+ * own; the owner calls its `items`.
+ *
+ * @example
+ * ```ts
+ * import { ModuleList } from "./module.ts";
+ * import { Linear } from "./layers.ts";
+ * const heads = new ModuleList([new Linear(4, 2), new Linear(4, 3)]);
+ * console.log([...heads.namedParameters()].map(([k]) => k)); // ["0.weight", "0.bias", "1.weight", "1.bias"]
+ * ```
+ */
 export class ModuleList<M extends Module = Module> extends Module {
   readonly items: M[];
   constructor(items: M[]) {
@@ -274,4 +343,28 @@ export class ModuleList<M extends Module = Module> extends Module {
     this.items = items;
     items.forEach((m, i) => this.child(i, m));
   }
+
+  forward<V extends Value>(_x: V): V {
+    throw new Error("ModuleList has no forward: call its items one by one");
+  }
+}
+
+/**
+ * A model that classifies images: `forward` gives the logits and
+ * `forwardFeatures` the last feature map before the head (pooling, norm and
+ * the classifier), which the effective-receptive-field analysis
+ * differentiates.
+ *
+ * @example
+ * ```ts
+ * import type { Classifier } from "./module.ts";
+ * import { createModel } from "./registry.ts";
+ * import { Meta } from "./value.ts";
+ * const model: Classifier = createModel("convnext_cpu", { numClasses: 10 });
+ * console.log(model.forward(new Meta([1, 3, 32, 32])).shape); // [1, 10]
+ * console.log(model.forwardFeatures(new Meta([1, 3, 32, 32])).shape.length); // 4
+ * ```
+ */
+export interface Classifier extends Module {
+  forwardFeatures<V extends Value>(x: V): V;
 }

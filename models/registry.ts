@@ -15,8 +15,7 @@
  * @module
  */
 import { convnext, CONVNEXT_PRESETS, type ConvNeXtConfig } from "./convnext.ts";
-import type { Layer, Value } from "./layers.ts";
-import type { Module } from "./module.ts";
+import type { Classifier } from "./module.ts";
 import { replknet, REPLKNET_PRESETS, type RepLKNetConfig } from "./replknet.ts";
 import { resnet, RESNET_PRESETS } from "./resnet.ts";
 import { shiftwise, SHIFTWISE_PRESETS, type ShiftWiseConfig } from "./shiftwise.ts";
@@ -50,9 +49,6 @@ export interface ModelOverrides {
   mode?: LargeKernelMode;
 }
 
-/** A classifier whose `features` gives the last feature map (ERF analysis). */
-export type Model = Module & Layer & { features<V extends Value>(x: V): V };
-
 /** A registry entry's description. */
 export interface ModelInfo {
   name: string;
@@ -64,7 +60,7 @@ export interface ModelInfo {
 }
 
 interface Entry extends ModelInfo {
-  build(o: Readonly<ModelOverrides>): Model;
+  build(o: Readonly<ModelOverrides>): Classifier;
 }
 
 const OVERRIDE_KEYS = [
@@ -340,7 +336,7 @@ function checkOverrides(name: string, o: Record<string, unknown>): ModelOverride
  * families without drop path or LayerScale, so one training config serves
  * every family.
  */
-export function createModel(name: string, overrides: ModelOverrides = {}): Model {
+export function createModel(name: string, overrides: ModelOverrides = {}): Classifier {
   const e = entry(name);
   return e.build(checkOverrides(name, overrides as Record<string, unknown>));
 }

@@ -40,12 +40,11 @@ import {
   BatchNorm2d,
   Conv2d,
   DropPath,
-  type Layer,
   Linear,
   Sequential,
   type Value,
 } from "./layers.ts";
-import { Module, ModuleList } from "./module.ts";
+import { type Classifier, Module, ModuleList } from "./module.ts";
 import { GlobalAvgPool } from "./resnet.ts";
 import { Tensor } from "../ops/tensor.ts";
 
@@ -154,7 +153,7 @@ export function replknetTable5(kernels: string | readonly number[]): RepLKNetCon
  * console.log([...m.namedEntries()].map(([k]) => k).slice(0, 2)); // ["conv.weight", "bn.weight"]
  * ```
  */
-export class RepLKConvBN extends Module implements Layer {
+export class RepLKConvBN extends Module {
   readonly conv: Conv2d;
   readonly bn: BatchNorm2d;
   readonly nonlinear: Activation | null;
@@ -212,8 +211,22 @@ export class RepLKConvBN extends Module implements Layer {
  * padding): `lkb_origin` (K×K conv-BN) plus `small_conv` (k×k conv-BN) when a
  * small kernel is given, or, once merged, one K×K conv with bias
  * (`lkb_reparam`).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { ReparamLargeKernelConv } from "./replknet.ts";
+ * await initGpu();
+ * const lk = new ReparamLargeKernelConv(4, 13, 5).eval(); // 13×13 with a parallel 5×5
+ * const x = Tensor.randn([1, 4, 16, 16], { seed: 0 });
+ * const before = await lk.forward(x).read();
+ * await lk.merge(); // one 13×13 conv with bias
+ * const after = await lk.forward(x).read();
+ * console.log(lk.merged, before.every((v, i) => Math.abs(v - after[i]) < 1e-4)); // true true
+ * ```
  */
-export class ReparamLargeKernelConv extends Module implements Layer {
+export class ReparamLargeKernelConv extends Module {
   lkbOrigin: RepLKConvBN | null = null;
   smallConv: RepLKConvBN | null = null;
   lkbReparam: Conv2d | null = null;
@@ -298,8 +311,18 @@ export class ReparamLargeKernelConv extends Module implements Layer {
   }
 }
 
-/** The official `RepLKBlock`: x + drop_path(pw2(relu(large_kernel(pw1(prelkb_bn(x)))))). */
-export class RepLKBlock extends Module implements Layer {
+/**
+ * The official `RepLKBlock`: x + drop_path(pw2(relu(large_kernel(pw1(prelkb_bn(x)))))).
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { RepLKBlock } from "./replknet.ts";
+ * const block = new RepLKBlock(8, 8, 13, 5, 0); // channels, dw channels, kernel, small kernel, drop path
+ * console.log(block.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
+export class RepLKBlock extends Module {
   readonly pw1: RepLKConvBN;
   readonly pw2: RepLKConvBN;
   readonly largeKernel: ReparamLargeKernelConv;
@@ -335,8 +358,18 @@ export class RepLKBlock extends Module implements Layer {
   }
 }
 
-/** The official `ConvFFN`: x + drop_path(pw2(gelu(pw1(preffn_bn(x))))). */
-export class ConvFFN extends Module implements Layer {
+/**
+ * The official `ConvFFN`: x + drop_path(pw2(gelu(pw1(preffn_bn(x))))).
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ConvFFN } from "./replknet.ts";
+ * const ffn = new ConvFFN(8, 32, 0); // channels, hidden channels, drop path
+ * console.log(ffn.forward(new Meta([1, 8, 7, 7])).shape); // [1, 8, 7, 7]
+ * ```
+ */
+export class ConvFFN extends Module {
   readonly dropPath: DropPath;
   readonly preffnBn: BatchNorm2d;
   readonly pw1: RepLKConvBN;
@@ -358,8 +391,19 @@ export class ConvFFN extends Module implements Layer {
   }
 }
 
-/** The official `RepLKNetStage`: `blocks` = RepLK Block, ConvFFN, RepLK Block, ConvFFN, … */
-export class RepLKNetStage extends Module implements Layer {
+/**
+ * The official `RepLKNetStage`: `blocks` = RepLK Block, ConvFFN, RepLK Block, ConvFFN, …
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { RepLKNetStage } from "./replknet.ts";
+ * // 2 × (RepLK block + ConvFFN) at 8 channels, kernel 13 with a 5×5, dw ratio 1, FFN ratio 4
+ * const stage = new RepLKNetStage(8, 2, 13, [0, 0], 5, 1, 4, false);
+ * console.log(stage.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
+export class RepLKNetStage extends Module {
   readonly blocks: ModuleList<RepLKBlock | ConvFFN>;
 
   constructor(
@@ -396,8 +440,18 @@ export class RepLKNetStage extends Module implements Layer {
   }
 }
 
-/** The official `RepLKNet` classifier. */
-export class RepLKNet extends Module implements Layer {
+/**
+ * The official `RepLKNet` classifier.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { RepLKNet, REPLKNET_PRESETS } from "./replknet.ts";
+ * const model = new RepLKNet({ ...REPLKNET_PRESETS.replknet_cpu, numClasses: 10 });
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
+export class RepLKNet extends Module implements Classifier {
   readonly stem: ModuleList<RepLKConvBN>;
   readonly stages: ModuleList<RepLKNetStage>;
   readonly transitions: ModuleList<Sequential>;
@@ -486,7 +540,7 @@ export class RepLKNet extends Module implements Layer {
    * The official `forward_features`: the last stage's output
    * [N, C₄, H/32, W/32], before the final BN (the map RepLKNet's ERF script uses).
    */
-  features<V extends Value>(x: V): V {
+  forwardFeatures<V extends Value>(x: V): V {
     for (const layer of this.stem.items) x = layer.forward(x);
     this.stages.items.forEach((stage, s) => {
       x = stage.forward(x);
@@ -497,7 +551,7 @@ export class RepLKNet extends Module implements Layer {
 
   /** Logits [N, numClasses]: features → BN → global average pool → `head`. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.avgpool.forward(this.norm.forward(this.features(x))));
+    return this.head.forward(this.avgpool.forward(this.norm.forward(this.forwardFeatures(x))));
   }
 
   /** Every RepLK Block's large-kernel module. */

@@ -27,7 +27,6 @@ import {
   add,
   BatchNorm2d,
   Conv2d,
-  type Layer,
   Linear,
   MaxPool2d,
   meanHW,
@@ -37,7 +36,7 @@ import {
   Sequential,
   type Value,
 } from "./layers.ts";
-import { type Init, Module } from "./module.ts";
+import { type Classifier, type Init, Module } from "./module.ts";
 
 /** Configuration of a Bottleneck ResNet. */
 export interface ResNetConfig {
@@ -90,7 +89,7 @@ function convNoBias(cin: number, cout: number, k: number, stride = 1): Conv2d {
  * console.log(new GlobalAvgPool().forward(new Meta([2, 2048, 7, 7])).shape); // [2, 2048]
  * ```
  */
-export class GlobalAvgPool extends Module implements Layer {
+export class GlobalAvgPool extends Module {
   forward<V extends Value>(x: V): V {
     if (x.shape.length !== 4) {
       throw new Error(`GlobalAvgPool: expected [N, C, H, W], got [${x.shape}]`);
@@ -100,8 +99,18 @@ export class GlobalAvgPool extends Module implements Layer {
   }
 }
 
-/** torchvision's Bottleneck: 1×1 → 3×3 (stride) → 1×1 (×4), BN after each, ReLU, residual. */
-export class Bottleneck extends Module implements Layer {
+/**
+ * torchvision's Bottleneck: 1×1 → 3×3 (stride) → 1×1 (×4), BN after each, ReLU, residual.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { Bottleneck } from "./resnet.ts";
+ * const block = new Bottleneck(64, 16, 2, false); // in 64, width 16 (out 64), stride 2
+ * console.log(block.forward(new Meta([1, 64, 8, 8])).shape); // [1, 64, 4, 4]
+ * ```
+ */
+export class Bottleneck extends Module {
   readonly conv1: Conv2d;
   readonly bn1: BatchNorm2d;
   readonly conv2: Conv2d;
@@ -138,8 +147,18 @@ export class Bottleneck extends Module implements Layer {
   }
 }
 
-/** torchvision's ResNet with Bottleneck blocks. */
-export class ResNet extends Module implements Layer {
+/**
+ * torchvision's ResNet with Bottleneck blocks.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ResNet, RESNET_PRESETS } from "./resnet.ts";
+ * const model = new ResNet({ ...RESNET_PRESETS.resnet_cpu, numClasses: 10 });
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
+export class ResNet extends Module implements Classifier {
   readonly conv1: Conv2d;
   readonly bn1: BatchNorm2d;
   readonly maxpool: MaxPool2d;
@@ -186,7 +205,7 @@ export class ResNet extends Module implements Layer {
   }
 
   /** Output of `layer4`, [N, 32·width, H/32, W/32] (the map the ERF analysis uses). */
-  features<V extends Value>(x: V): V {
+  forwardFeatures<V extends Value>(x: V): V {
     x = this.maxpool.forward(relu(this.bn1.forward(this.conv1.forward(x))));
     for (const stage of this.stages) x = stage.forward(x);
     return x;
@@ -194,7 +213,7 @@ export class ResNet extends Module implements Layer {
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.fc.forward(this.avgpool.forward(this.features(x)));
+    return this.fc.forward(this.avgpool.forward(this.forwardFeatures(x)));
   }
 }
 

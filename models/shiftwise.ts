@@ -57,7 +57,6 @@ import {
   Conv2d,
   type Conv2dConfig,
   DropPath,
-  type Layer,
   LayerNorm,
   Linear,
   meanHW,
@@ -70,7 +69,7 @@ import {
   type Value,
   view,
 } from "./layers.ts";
-import { type Init, Module, ModuleList, type Param } from "./module.ts";
+import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
 
 // ---------------------------------------------------------------- the official random choices
 
@@ -321,8 +320,16 @@ function globalAvgPool<V extends Value>(x: V, module: Module): V {
 /**
  * Squeeze-and-excitation (UniRepLKNet's `SEBlock`, keys `down`, `up`):
  * pool → 1×1 conv (C/4) → ReLU → 1×1 conv (C) → sigmoid → scale the input.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { SEBlock } from "./shiftwise.ts";
+ * const se = new SEBlock(16, 4);
+ * console.log(se.numParams(), se.forward(new Meta([2, 16, 8, 8])).shape); // 148 [2, 16, 8, 8]
+ * ```
  */
-export class SEBlock extends Module implements Layer {
+export class SEBlock extends Module {
   readonly down: Conv2d;
   readonly up: Conv2d;
   constructor(channels: number, internal: number) {
@@ -336,8 +343,18 @@ export class SEBlock extends Module implements Layer {
   }
 }
 
-/** ConvNeXt-V2's GRN on NHWC with bias (the official `GRNwithNHWC`; keys `gamma`, `beta`, [1,1,1,C]); not counted. */
-export class GRN extends Module implements Layer {
+/**
+ * ConvNeXt-V2's GRN on NHWC with bias (the official `GRNwithNHWC`; keys `gamma`, `beta`, [1,1,1,C]); not counted.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { GRN } from "./shiftwise.ts";
+ * const grn = new GRN(16); // on channels-last [N, H, W, C]
+ * console.log(grn.numParams(), grn.forward(new Meta([1, 7, 7, 16])).shape); // 32 [1, 7, 7, 16]
+ * ```
+ */
+export class GRN extends Module {
   readonly gamma: Param;
   readonly beta: Param;
   constructor(channels: number) {
@@ -352,7 +369,7 @@ export class GRN extends Module implements Layer {
 }
 
 /** A parameter-free permute as a module (the official `NCHWtoNHWC` / `NHWCtoNCHW`). */
-class Permute extends Module implements Layer {
+class Permute extends Module {
   constructor(readonly dims: number[]) {
     super();
   }
@@ -382,8 +399,16 @@ export interface ShiftWiseConvConfig {
  * `LoRA.weight` merged), `bn_lora1.*`, `bn_lora2.*`, `bn_small.*`. Maps
  * [N, C, H, W] to [N, C, H, W] with the SW channels first and the ghost
  * channels after.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ShiftWiseConv } from "./shiftwise.ts";
+ * const sw = new ShiftWiseConv(16, { bigKernel: 13, smallKernel: 3 }); // 13×13 from shifted 3×3s
+ * console.log(sw.forward(new Meta([1, 16, 14, 14])).shape); // [1, 16, 14, 14]
+ * ```
  */
-export class ShiftWiseConv extends Module implements Layer {
+export class ShiftWiseConv extends Module {
   readonly rep: number[];
   readonly ghost: number[];
   readonly plan: ShiftPlan;
@@ -469,8 +494,16 @@ export class ShiftWiseConv extends Module implements Layer {
  * A ShiftWise_v2 block: `large_kernel` → `norm` (BN) → `se` → `pwconv1`
  * (NHWC, Linear 4C) → `act` (GELU, GRN) → `pwconv2` (Linear C without bias,
  * NCHW, BN) → `gamma` (LayerScale) → drop path + residual.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { SWBlock } from "./shiftwise.ts";
+ * const block = new SWBlock(16, { bigKernel: 13 }, 0, 1e-6);
+ * console.log(block.forward(new Meta([1, 16, 14, 14])).shape); // [1, 16, 14, 14]
+ * ```
  */
-export class SWBlock extends Module implements Layer {
+export class SWBlock extends Module {
   readonly gamma: Param | null;
   readonly largeKernel: ShiftWiseConv;
   readonly norm: BatchNorm2d;
@@ -556,8 +589,18 @@ export const SHIFTWISE_PRESETS = {
   sw_cpu: { depths: [1, 1, 1, 1], dims: [8, 16, 24, 32], kernels: [13, 11, 9, 7] },
 } satisfies Record<string, ShiftWiseConfig>;
 
-/** ShiftWise_v2: stem, four stages of {@linkcode SWBlock}s, LayerNorm and a linear head. */
-export class ShiftWise extends Module implements Layer {
+/**
+ * ShiftWise_v2: stem, four stages of {@linkcode SWBlock}s, LayerNorm and a linear head.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ShiftWise, SHIFTWISE_PRESETS } from "./shiftwise.ts";
+ * const model = new ShiftWise({ ...SHIFTWISE_PRESETS.sw_cpu, numClasses: 10 });
+ * console.log(model.forward(new Meta([1, 3, 64, 64])).shape); // [1, 10]
+ * ```
+ */
+export class ShiftWise extends Module implements Classifier {
   readonly downsampleLayers: ModuleList<Sequential>;
   readonly stages: ModuleList<Sequential>;
   readonly norm: LayerNorm;
@@ -638,7 +681,7 @@ export class ShiftWise extends Module implements Layer {
   }
 
   /** The last stage's feature map [N, 8C, H/32, W/32] (for ERF analysis). */
-  features<V extends Value>(x: V): V {
+  forwardFeatures<V extends Value>(x: V): V {
     for (let i = 0; i < 4; i++) {
       x = this.stages.items[i].forward(this.downsampleLayers.items[i].forward(x));
     }
@@ -647,7 +690,7 @@ export class ShiftWise extends Module implements Layer {
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.norm.forward(meanHW(this.features(x))));
+    return this.head.forward(this.norm.forward(meanHW(this.forwardFeatures(x))));
   }
 
   /** Every block's SW mixer. */

@@ -20,7 +20,7 @@
  * ```
  * @module
  */
-import { add, BatchNorm2d, Conv2d, type Layer, type Value } from "./layers.ts";
+import { add, BatchNorm2d, Conv2d, type Value } from "./layers.ts";
 import { ConvNeXt, type ConvNeXtConfig } from "./convnext.ts";
 import { Module } from "./module.ts";
 import { Tensor } from "../ops/tensor.ts";
@@ -34,8 +34,19 @@ export type LargeKernelMode =
   /** One M×M kernel with bias, after re-parameterisation. */
   | "merged";
 
-/** A depthwise conv (no bias) followed by BatchNorm: keys `conv.*`, `bn.*`. */
-export class ConvBN extends Module implements Layer {
+/**
+ * A depthwise conv (no bias) followed by BatchNorm: keys `conv.*`, `bn.*`.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { ConvBN } from "./slak.ts";
+ * const branch = new ConvBN(8, [13, 3], 1); // one of SLaK's two decomposed 13×3 / 3×13 branches
+ * console.log([...branch.namedParameters()].map(([k]) => k)); // conv.weight, bn.weight, bn.bias
+ * console.log(branch.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
+export class ConvBN extends Module {
   readonly conv: Conv2d;
   readonly bn: BatchNorm2d;
   constructor(channels: number, kernel: [number, number], stride: number) {
@@ -77,8 +88,18 @@ export class ConvBN extends Module implements Layer {
   }
 }
 
-/** SLaK's `ReparamLargeKernelConv`: the block's spatial mixer. */
-export class LargeKernelConv extends Module implements Layer {
+/**
+ * SLaK's `ReparamLargeKernelConv`: the block's spatial mixer.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { LargeKernelConv } from "./slak.ts";
+ * const lk = new LargeKernelConv(8, 13, 5, "decomposed"); // 13×5 ∥ 5×13 ∥ 5×5
+ * console.log(lk.forward(new Meta([1, 8, 14, 14])).shape); // [1, 8, 14, 14]
+ * ```
+ */
+export class LargeKernelConv extends Module {
   readonly branches: ConvBN[] = [];
   reparam: Conv2d | null = null;
 
@@ -198,12 +219,30 @@ export const SLAK_PRESETS = {
   },
 } satisfies Record<string, SLaKConfig>;
 
-/** The dims SLaK uses for a width factor: `int(d * factor)` (float arithmetic as Python's). */
+/**
+ * The dims SLaK uses for a width factor: `int(d * factor)` (float arithmetic as Python's).
+ *
+ * @example
+ * ```ts
+ * import { widenDims } from "./slak.ts";
+ * console.log(widenDims([96, 192, 384, 768], 1.3)); // [124, 249, 499, 998]
+ * ```
+ */
 export function widenDims(dims: number[], factor: number): number[] {
   return dims.map((d) => Math.trunc(d * factor));
 }
 
-/** A SLaK model: ConvNeXt with `large_kernel` mixers. */
+/**
+ * A SLaK model: ConvNeXt with `large_kernel` mixers.
+ *
+ * @example
+ * ```ts
+ * import { Meta } from "./layers.ts";
+ * import { SLaK, SLAK_PRESETS } from "./slak.ts";
+ * const model = new SLaK({ ...SLAK_PRESETS.slak_cpu, numClasses: 10 });
+ * console.log(model.largeKernels().length, model.forward(new Meta([1, 3, 64, 64])).shape); // 4 [1, 10]
+ * ```
+ */
 export class SLaK extends ConvNeXt {
   readonly slakConfig: Required<Pick<SLaKConfig, "smallKernel" | "widthFactor" | "mode">>;
   constructor(config: SLaKConfig) {

@@ -48,12 +48,34 @@ class Node implements GradNode {
 let tape: Node[] = [];
 let enabled = true;
 
-/** Whether `t` takes part in differentiation (a leaf that wants a grad, or an op output on the tape). */
+/**
+ * Whether `t` takes part in differentiation (a leaf that wants a grad, or an op output on the tape).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { needsGrad } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2]);
+ * console.log(needsGrad(w)); // false
+ * w.requiresGrad = true;
+ * console.log(needsGrad(w)); // true
+ * ```
+ */
 export function needsGrad(t: Tensor): boolean {
   return t.requiresGrad || t.node !== null;
 }
 
-/** Whether ops record right now (false inside {@linkcode noGrad}). */
+/**
+ * Whether ops record right now (false inside {@linkcode noGrad}).
+ *
+ * @example
+ * ```ts
+ * import { isRecording, noGrad } from "./autograd.ts";
+ * console.log(isRecording(), noGrad(() => isRecording())); // true false
+ * ```
+ */
 export function isRecording(): boolean {
   return enabled;
 }
@@ -63,6 +85,25 @@ export function isRecording(): boolean {
  * `save` lists tensors the backward reads; they are kept alive (by reference,
  * not copied) until the node has run. `backward` returns one gradient per
  * input (null where the input needs none); each must have the input's shape.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { scale, sum } from "./elementwise.ts";
+ * import { backward, noGrad, record } from "./autograd.ts";
+ * await initGpu();
+ * // y = 3x, with its backward: dx = 3·dy.
+ * function triple(x: Tensor): Tensor {
+ *   const y = noGrad(() => scale(x, 3)); // the forward itself is not recorded
+ *   record("triple", [x], y, [], (g) => [scale(g, 3)]);
+ *   return y;
+ * }
+ * const x = Tensor.from([1, 2]);
+ * x.requiresGrad = true;
+ * backward(sum(triple(x)));
+ * console.log(await x.grad!.read()); // Float32Array [3, 3]
+ * ```
  */
 export function record(
   name: string,
@@ -77,7 +118,22 @@ export function record(
   tape.push(node);
 }
 
-/** Run `fn` with recording turned off (evaluation, optimiser steps). */
+/**
+ * Run `fn` with recording turned off (evaluation, optimiser steps).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { mul } from "./elementwise.ts";
+ * import { noGrad, tapeLength } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2]);
+ * w.requiresGrad = true;
+ * const y = noGrad(() => mul(w, w));
+ * console.log(y.node === null, tapeLength()); // true 0
+ * ```
+ */
 export function noGrad<T>(fn: () => T): T {
   const before = enabled;
   enabled = false;
@@ -94,18 +150,64 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-/** Number of nodes on the tape (tests use it to prove the tape is emptied). */
+/**
+ * Number of nodes on the tape (tests use it to prove the tape is emptied).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { mul, sum } from "./elementwise.ts";
+ * import { backward, tapeLength } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2]);
+ * w.requiresGrad = true;
+ * const loss = sum(mul(w, w));
+ * console.log(tapeLength() > 0); // true: the product and the sum are recorded
+ * backward(loss);
+ * console.log(tapeLength()); // 0
+ * ```
+ */
 export function tapeLength(): number {
   return tape.length;
 }
 
-/** Drop every recorded node and release what it saved (e.g. after a forward without backward). */
+/**
+ * Drop every recorded node and release what it saved (e.g. after a forward without backward).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { mul } from "./elementwise.ts";
+ * import { clearTape, tapeLength } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2]);
+ * w.requiresGrad = true;
+ * mul(w, w); // recorded, never differentiated
+ * clearTape();
+ * console.log(tapeLength()); // 0
+ * ```
+ */
 export function clearTape(): void {
   for (const n of tape) n.release();
   tape = [];
 }
 
-/** `acc += g` on the GPU, in place. */
+/**
+ * `acc += g` on the GPU, in place.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { accumulate } from "./autograd.ts";
+ * await initGpu();
+ * const acc = Tensor.from([1, 2]);
+ * accumulate(acc, Tensor.from([10, 20]));
+ * console.log(await acc.read()); // Float32Array [11, 22]
+ * ```
+ */
 export function accumulate(acc: Tensor, g: Tensor): void {
   if (acc.size !== g.size) {
     throw new Error(`gradient of shape [${g.shape}] for tensor [${acc.shape}]`);
@@ -211,6 +313,19 @@ function reshaped(g: Tensor, shape: readonly number[]): Tensor {
 
 /**
  * Detach: a handle to the same values with no gradient history.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { mul } from "./elementwise.ts";
+ * import { detach } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.from([3]);
+ * w.requiresGrad = true;
+ * const y = detach(mul(w, w));
+ * console.log(y.node === null, await y.read()); // true Float32Array [9]
+ * ```
  */
 export function detach(t: Tensor): Tensor {
   return t.view(t.shape);
@@ -219,6 +334,21 @@ export function detach(t: Tensor): Tensor {
 /**
  * A view of `x` with another shape (one dimension may be -1), sharing its
  * storage; gradients flow back through it.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { mul, sum } from "./elementwise.ts";
+ * import { backward, reshape } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2, 3, 4], [2, 2]);
+ * w.requiresGrad = true;
+ * const flat = reshape(w, [-1]);
+ * console.log(flat.shape); // [4]
+ * backward(sum(mul(flat, flat)));
+ * console.log(w.grad!.shape, await w.grad!.read()); // [2, 2] Float32Array [2, 4, 6, 8]
+ * ```
  */
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   const y = x.view(shape);

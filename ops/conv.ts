@@ -385,6 +385,16 @@ function conv2dBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor 
 /**
  * The bias gradient of an NCHW output: `gb[c] = Σ_{n, y, x} gy[n, c, y, x]`, one
  * workgroup per channel.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { channelSum } from "./conv.ts";
+ * await initGpu();
+ * const gy = Tensor.ones([2, 3, 4, 4]); // N=2, C=3, 4×4
+ * console.log(await channelSum(gy).read()); // Float32Array [32, 32, 32]
+ * ```
  */
 export function channelSum(gy: Tensor): Tensor {
   const [n, c, h, w] = gy.shape;

@@ -114,7 +114,16 @@ export interface FuseChoice {
   fft: FftConfig | null;
 }
 
-/** The planner key part of a shape. */
+/**
+ * The planner key part of a shape.
+ *
+ * @example
+ * ```ts
+ * import { depthwiseShapeKey } from "./depthwise_plan.ts";
+ * const shape = { n: 1, c: 8, h: 16, w: 16, kh: 7, kw: 7, ph: 3, pw: 3, ho: 16, wo: 16 };
+ * console.log(depthwiseShapeKey(shape)); // 1,8,16,16,7,7,3,3,16,16
+ * ```
+ */
 export function depthwiseShapeKey(s: DepthwiseShape): string {
   return [s.n, s.c, s.h, s.w, s.kh, s.kw, s.ph, s.pw, s.ho, s.wo].join(",");
 }

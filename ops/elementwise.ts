@@ -20,7 +20,15 @@ import { f32, numel, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- broadcasting
 
-/** The broadcast shape of two shapes (NumPy rules), or an error naming both. */
+/**
+ * The broadcast shape of two shapes (NumPy rules), or an error naming both.
+ *
+ * @example
+ * ```ts
+ * import { broadcastShape } from "./elementwise.ts";
+ * console.log(broadcastShape([2, 1, 4], [3, 1])); // [2, 3, 4]
+ * ```
+ */
 export function broadcastShape(a: readonly number[], b: readonly number[]): number[] {
   const n = Math.max(a.length, b.length);
   const out: number[] = [];
@@ -70,6 +78,16 @@ const RWG = 64;
 /**
  * Sum over `axes`, keeping them as size-1 dimensions. One workgroup per
  * output element reduces in workgroup memory.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { sumAxes } from "./elementwise.ts";
+ * await initGpu();
+ * const y = sumAxes(Tensor.from([1, 2, 3, 4, 5, 6], [2, 3]), [1]);
+ * console.log(y.shape, await y.read()); // [2, 1] Float32Array [6, 15]
+ * ```
  */
 export function sumAxes(x: Tensor, axes: number[]): Tensor {
   const rank = x.rank;
@@ -114,7 +132,19 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   return y;
 }
 
-/** Sum a broadcast gradient back to `shape` (the backward of broadcasting). */
+/**
+ * Sum a broadcast gradient back to `shape` (the backward of broadcasting).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { sumToShape } from "./elementwise.ts";
+ * await initGpu();
+ * const g = Tensor.ones([2, 3]);
+ * console.log(await sumToShape(g, [3]).read()); // Float32Array [2, 2, 2]
+ * ```
+ */
 export function sumToShape(g: Tensor, shape: readonly number[]): Tensor {
   if (numel(shape) === g.size) return reshape(g, shape);
   const pad = g.rank - shape.length;
@@ -125,7 +155,18 @@ export function sumToShape(g: Tensor, shape: readonly number[]): Tensor {
   return reshape(sumAxes(g, axes), shape);
 }
 
-/** Broadcast `x` to `shape` (materialised copy). */
+/**
+ * Broadcast `x` to `shape` (materialised copy).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { expand } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await expand(Tensor.from([1, 2], [2, 1]), [2, 3]).read()); // Float32Array [1, 1, 1, 2, 2, 2]
+ * ```
+ */
 export function expand(x: Tensor, shape: readonly number[]): Tensor {
   const out = broadcastShape(x.shape, shape);
   const y = Tensor.empty(out);
@@ -143,6 +184,15 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
  * (rows of a [rows, size/rows] view, then the row sums): `sumAxes` gives
  * each output one workgroup, and a single workgroup over a 25M-element
  * tensor took ~150 ms on an H100.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { sum } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await sum(Tensor.from([1, 2, 3, 4], [2, 2])).read()); // Float32Array [10]
+ * ```
  */
 export function sum(x: Tensor): Tensor {
   let rows = 1;
@@ -154,7 +204,18 @@ export function sum(x: Tensor): Tensor {
 /** Partial sums of the first pass of {@linkcode sum} (and the least row length worth it). */
 const SUM_ROWS = 4096;
 
-/** Mean of all elements, shape [1]. */
+/**
+ * Mean of all elements, shape [1].
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { mean } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await mean(Tensor.from([1, 2, 3, 6])).read()); // Float32Array [3]
+ * ```
+ */
 export function mean(x: Tensor): Tensor {
   return scale(sum(x), 1 / x.size);
 }
@@ -168,7 +229,18 @@ export function add(a: Tensor, b: Tensor): Tensor {
   return y;
 }
 
-/** a − b with broadcasting. */
+/**
+ * a − b with broadcasting.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { sub } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await sub(Tensor.from([5, 7], [2, 1]), Tensor.from([1, 2], [1, 2])).read()); // [4, 3, 6, 5]
+ * ```
+ */
 export function sub(a: Tensor, b: Tensor): Tensor {
   const y = binary(a, b, "av - bv");
   record("sub", [a, b], y, [], (g) => [sumToShape(g, a.shape), sumToShape(scale(g, -1), b.shape)]);
@@ -205,21 +277,54 @@ function unaryGrad(g: Tensor, x: Tensor, expr: string, prelude = ""): Tensor {
   return gx;
 }
 
-/** c · x for a constant c. */
+/**
+ * c · x for a constant c.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { scale } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await scale(Tensor.from([1, -2]), 0.5).read()); // Float32Array [0.5, -1]
+ * ```
+ */
 export function scale(x: Tensor, c: number): Tensor {
   const y = unary(x, `${f32(c)} * v`);
   record("scale", [x], y, [], (g) => [scale(g, c)]);
   return y;
 }
 
-/** max(x, 0). */
+/**
+ * max(x, 0).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { relu } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await relu(Tensor.from([-1, 0, 2])).read()); // Float32Array [0, 0, 2]
+ * ```
+ */
 export function relu(x: Tensor): Tensor {
   const y = unary(x, "max(v, 0.0)");
   record("relu", [x], y, [x], (g, [sx]) => [unaryGrad(g, sx, "select(0.0, gy, v > 0.0)")]);
   return y;
 }
 
-/** 1 / (1 + e^−x), computed without overflow for large |x|. */
+/**
+ * 1 / (1 + e^−x), computed without overflow for large |x|.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { sigmoid } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await sigmoid(Tensor.from([0, 1000, -1000])).read()); // Float32Array [0.5, 1, 0]
+ * ```
+ */
 export function sigmoid(x: Tensor): Tensor {
   const y = unary(x, "sigm(v)", SIGMOID);
   record("sigmoid", [x], y, [y], (g, [sy]) => [unaryGrad(g, sy, "gy * v * (1.0 - v)")]);

@@ -22,7 +22,19 @@ import {
   workgroupCheckRequested,
 } from "./workgroup_check.ts";
 
-/** Thrown when no WebGPU implementation or no adapter is available. */
+/**
+ * Thrown when no WebGPU implementation or no adapter is available.
+ *
+ * @example
+ * ```ts
+ * import { createGpu, GpuUnavailableError } from "./gpu.ts";
+ * try {
+ *   await createGpu({ gpu: undefined }); // a runtime without WebGPU
+ * } catch (e) {
+ *   console.log(e instanceof GpuUnavailableError); // true
+ * }
+ * ```
+ */
 export class GpuUnavailableError extends Error {
   override name = "GpuUnavailableError";
 }
@@ -63,7 +75,16 @@ const MAX_LIMITS = [
 const INSTALL_HINT = "install a GPU driver with Vulkan support, or Mesa's software renderer " +
   "(Debian/Ubuntu: apt-get install mesa-vulkan-drivers libegl1)";
 
-/** The process-wide GPU context: device, adapter facts, recorder and caches. */
+/**
+ * The process-wide GPU context: device, adapter facts, recorder and caches.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * const g = await initGpu();
+ * console.log(g.description, g.isFallback, g.limits.maxComputeWorkgroupSizeX);
+ * ```
+ */
 export class Gpu {
   readonly device: GPUDevice;
   /** Adapter description, e.g. "NVIDIA H100 80GB HBM3" or "llvmpipe (LLVM 15…)". */
@@ -381,6 +402,14 @@ export interface InitGpuOptions {
  * Acquire an adapter and a device with the adapter's maximum limits.
  * Throws {@linkcode GpuUnavailableError} with a one-line message saying what
  * to install when WebGPU or an adapter is missing.
+ *
+ * @example
+ * ```ts
+ * import { createGpu } from "./gpu.ts";
+ * const g = await createGpu(); // a second device, apart from the process-wide one
+ * console.log(g.features.has("timestamp-query"));
+ * g.device.destroy();
+ * ```
  */
 export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
   const entry = "gpu" in options
@@ -421,7 +450,18 @@ export function gpu(): Gpu {
   return current;
 }
 
-/** Flush recorded work to the queue (a no-op before initialisation). */
+/**
+ * Flush recorded work to the queue (a no-op before initialisation).
+ *
+ * @example
+ * ```ts
+ * import { flush, initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * await initGpu();
+ * Tensor.ones([1024]); // recorded, not yet submitted
+ * flush(); // submit now, e.g. before timing CPU work that overlaps the GPU
+ * ```
+ */
 export function flush(): void {
   current?.flush();
 }
@@ -429,6 +469,15 @@ export function flush(): void {
 /**
  * Run a command-line entry point: a missing GPU (or any error) prints one
  * line on stderr and exits with a non-zero code instead of a stack trace.
+ *
+ * @example
+ * ```ts
+ * import { initGpu, runMain } from "./gpu.ts";
+ * await runMain(async () => {
+ *   const g = await initGpu(); // with no GPU: one line on stderr and exit code 2
+ *   console.log(g.description);
+ * });
+ * ```
  */
 export async function runMain(main: () => Promise<void> | void): Promise<void> {
   try {

@@ -29,6 +29,15 @@ export const WG = 256;
  * WGSL declarations for storage buffers at bindings 0…n-1: names ending in
  * `!` are read-write (the `!` is dropped), others read-only. Element type f32
  * unless the name is written `name:type`.
+ *
+ * @example
+ * ```ts
+ * import { storage } from "./kernel.ts";
+ * console.log(storage("x", "idx:u32", "y!"));
+ * // @group(0) @binding(0) var<storage, read> x: array<f32>;
+ * // @group(0) @binding(1) var<storage, read> idx: array<u32>;
+ * // @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+ * ```
  */
 export function storage(...names: string[]): string {
   return names.map((spec, i) => {
@@ -71,7 +80,15 @@ export function memoize<A extends unknown[], R>(fn: (...args: A) => R): (...args
   };
 }
 
-/** Signature of a flat kernel's `main` with the index `i` bound and bounds-checked against `n`. */
+/**
+ * Signature of a flat kernel's `main` with the index `i` bound and bounds-checked against `n`.
+ *
+ * @example
+ * ```ts
+ * import { flatMain } from "./kernel.ts";
+ * console.log(flatMain(10).split("\n")[0]); // @compute @workgroup_size(256)
+ * ```
+ */
 export function flatMain(n: number, wg = WG): string {
   return `@compute @workgroup_size(${wg})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -102,7 +119,22 @@ export function launch(
   gpu().dispatch(code, tensors.map((t) => t.buffer), groups, params);
 }
 
-/** A uniform block: WGSL struct declaration bound after `bindingCount` storage buffers, and its bytes. */
+/**
+ * A uniform block: WGSL struct declaration bound after `bindingCount` storage buffers, and its bytes.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { flatMain, launch, storage, uniforms } from "./kernel.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 2, 3]);
+ * const y = Tensor.empty([3]);
+ * const u = uniforms(2, { a: ["f32", 10], b: ["f32", 0.5] }); // bound after x and y
+ * launch(`${storage("x", "y!")}\n${u.decl}\n${flatMain(3)}\n  y[i] = P.a * x[i] + P.b;\n}`, [x, y], 3, u.data);
+ * console.log(await y.read()); // Float32Array [10.5, 20.5, 30.5]
+ * ```
+ */
 export function uniforms(
   bindingCount: number,
   fields: Record<string, ["f32" | "u32" | "i32", number]>,
@@ -120,14 +152,35 @@ export function uniforms(
   return { decl, data };
 }
 
-/** Row-major strides of a shape. */
+/**
+ * Row-major strides of a shape.
+ *
+ * @example
+ * ```ts
+ * import { strides } from "./kernel.ts";
+ * console.log(strides([2, 3, 4])); // [12, 4, 1]
+ * ```
+ */
 export function strides(shape: readonly number[]): number[] {
   const s = new Array(shape.length).fill(1);
   for (let i = shape.length - 2; i >= 0; i--) s[i] = s[i + 1] * shape[i + 1];
   return s;
 }
 
-/** Throw unless two shapes are equal. */
+/**
+ * Throw unless two shapes are equal.
+ *
+ * @example
+ * ```ts
+ * import { assertShape } from "./kernel.ts";
+ * assertShape("bias", [4], [4]); // fine
+ * try {
+ *   assertShape("bias", [3], [4]);
+ * } catch (e) {
+ *   console.log((e as Error).message); // bias: expected shape [4], got [3]
+ * }
+ * ```
+ */
 export function assertShape(what: string, got: readonly number[], want: readonly number[]): void {
   if (got.length !== want.length || got.some((d, i) => d !== want[i])) {
     throw new Error(`${what}: expected shape [${want}], got [${got}]`);

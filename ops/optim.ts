@@ -38,6 +38,19 @@ export interface ParamGroup {
  * `param_groups_weight_decay` does: 1-D tensors (norm weights, biases,
  * LayerScale gammas) and names ending in `.bias` or listed in `skip` get no
  * weight decay.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { AdamW, decayGroups } from "./optim.ts";
+ * await initGpu();
+ * const named: [string, Tensor][] = [["fc.weight", Tensor.ones([2, 2])], ["fc.bias", Tensor.zeros([2])]];
+ * const groups = decayGroups(named, 0.05);
+ * console.log(groups.map((g) => [g.params.length, g.weightDecay])); // [[1, 0.05], [1, 0]]
+ * const opt = new AdamW(groups, { lr: 1e-3 });
+ * console.log(opt.lr); // 0.001
+ * ```
  */
 export function decayGroups(
   named: Iterable<[string, Tensor]>,
@@ -228,7 +241,25 @@ export interface SGDOptions {
   nesterov?: boolean;
 }
 
-/** SGD with momentum and (coupled, L2) weight decay, as `torch.optim.SGD`. */
+/**
+ * SGD with momentum and (coupled, L2) weight decay, as `torch.optim.SGD`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { backward } from "./autograd.ts";
+ * import { sum } from "./elementwise.ts";
+ * import { SGD } from "./optim.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2]);
+ * w.requiresGrad = true;
+ * const opt = new SGD([w], { lr: 0.1, momentum: 0 });
+ * backward(sum(w)); // gradient 1 everywhere
+ * opt.step();
+ * console.log(await w.read()); // Float32Array [0.9, 1.9]
+ * ```
+ */
 export class SGD extends GpuOptimizer {
   protected readonly buffersPerParam = 1;
   readonly momentum: number;

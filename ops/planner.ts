@@ -193,7 +193,17 @@ function relativeError(a: Float32Array, b: Float32Array): number {
   return diff / scale;
 }
 
-/** The kernel choices of one GPU: see the module documentation. */
+/**
+ * The kernel choices of one GPU: see the module documentation.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Planner } from "./planner.ts";
+ * const p = new Planner(await initGpu()); // a fresh one; the ops use planner()
+ * console.log(p.adapter.length > 0, p.timings); // true 0
+ * ```
+ */
 export class Planner {
   /** The adapter this planner's own plans are for. */
   readonly adapter: string;

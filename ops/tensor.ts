@@ -12,7 +12,7 @@
  * import { Tensor, scope } from "./tensor.ts";
  * await initGpu();
  * const x = Tensor.from([1, 2, 3, 4], [2, 2]);
- * const y = scope(() => x.reshape([4]));
+ * const y = scope(() => x.view([4]));
  * console.log(await y.read()); // Float32Array [1, 2, 3, 4]
  * ```
  * @module
@@ -24,6 +24,12 @@ const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.
 /**
  * Size classes: powers of two split in quarters above 4 KiB, so at most 25% of
  * a buffer is slack and buffers of nearby sizes are shared.
+ *
+ * @example
+ * ```ts
+ * import { sizeClass } from "./tensor.ts";
+ * console.log(sizeClass(100), sizeClass(5000), sizeClass(9000)); // 256 5120 10240
+ * ```
  */
 export function sizeClass(bytes: number): number {
   const b = Math.max(256, Math.ceil(bytes / 4) * 4);
@@ -81,7 +87,19 @@ class BufferPool {
 
 const pool = new BufferPool();
 
-/** Bytes held by the pool: `allocated` (all buffers) and `free` (reusable). */
+/**
+ * Bytes held by the pool: `allocatedBytes` (all buffers) and `freeBytes` (reusable).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { poolStats, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * Tensor.zeros([1024]).dispose();
+ * const { allocatedBytes, freeBytes } = poolStats();
+ * console.log(allocatedBytes >= 4096, freeBytes >= 4096); // true true
+ * ```
+ */
 export function poolStats(): {
   allocatedBytes: number;
   freeBytes: number;
@@ -96,7 +114,19 @@ export function poolStats(): {
   };
 }
 
-/** Return free pooled buffers to the driver. */
+/**
+ * Return free pooled buffers to the driver.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { poolStats, Tensor, trimPool } from "./tensor.ts";
+ * await initGpu();
+ * Tensor.zeros([1024]).dispose();
+ * trimPool();
+ * console.log(poolStats().freeBytes); // 0
+ * ```
+ */
 export function trimPool(): void {
   flushBeforeTrim();
   pool.trim();
@@ -107,7 +137,19 @@ function flushBeforeTrim() {
   gpu().flush();
 }
 
-/** A reference-counted pooled buffer holding `size` f32 values. */
+/**
+ * A reference-counted pooled buffer holding `size` f32 values.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * await initGpu();
+ * const x = Tensor.zeros([2, 3]);
+ * const v = x.view([6]); // a second handle on the same Storage
+ * console.log(v.storage === x.storage, x.storage.size); // true 6
+ * ```
+ */
 export class Storage {
   readonly buffer: GPUBuffer;
   readonly size: number;
@@ -186,7 +228,21 @@ export function scope<T>(fn: () => T): T {
   return result;
 }
 
-/** Remove tensors from every open scope so they outlive it (parameters, state). */
+/**
+ * Remove tensors from every open scope so they outlive it (parameters, state).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { keep, scope, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * const kept = scope(() => {
+ *   Tensor.zeros([4]); // freed when the scope ends
+ *   return keep(Tensor.ones([4])); // survives it (as would the returned value alone)
+ * });
+ * console.log(await kept.read()); // Float32Array [1, 1, 1, 1]
+ * ```
+ */
 export function keep<T extends Tensor | Tensor[]>(t: T): T {
   for (const x of Array.isArray(t) ? t : [t]) for (const s of scopes) s.delete(x);
   return t;
@@ -194,7 +250,15 @@ export function keep<T extends Tensor | Tensor[]>(t: T): T {
 
 // ---------------------------------------------------------------- tensor
 
-/** Number of elements of a shape. */
+/**
+ * Number of elements of a shape.
+ *
+ * @example
+ * ```ts
+ * import { numel } from "./tensor.ts";
+ * console.log(numel([2, 3, 4]), numel([])); // 24 1
+ * ```
+ */
 export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
@@ -357,7 +421,15 @@ export class Tensor {
   }
 }
 
-/** Resolve a shape with at most one -1 against a size. */
+/**
+ * Resolve a shape with at most one -1 against a size.
+ *
+ * @example
+ * ```ts
+ * import { resolveShape } from "./tensor.ts";
+ * console.log(resolveShape([2, -1], 12)); // [2, 6]
+ * ```
+ */
 export function resolveShape(shape: readonly number[], size: number): number[] {
   const out = [...shape];
   const hole = out.indexOf(-1);
@@ -375,7 +447,17 @@ export function resolveShape(shape: readonly number[], size: number): number[] {
 
 const WG = 256;
 
-/** Workgroup grid for `n` invocations of `WG` threads, 2-D when needed. */
+/**
+ * Workgroup grid for `n` invocations of `WG` threads, 2-D when needed.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { grid1d } from "./tensor.ts";
+ * await initGpu();
+ * console.log(grid1d(1000)); // [4, 1]
+ * ```
+ */
 export function grid1d(n: number, wg = WG): [number, number] {
   const groups = Math.ceil(n / wg);
   const max = gpu().limits.maxComputeWorkgroupsPerDimension;
@@ -384,12 +466,32 @@ export function grid1d(n: number, wg = WG): [number, number] {
   return [Math.ceil(groups / y), y];
 }
 
-/** WGSL snippet: the flat invocation index for a {@linkcode grid1d} grid of `wg`-wide groups. */
+/**
+ * WGSL snippet: the flat invocation index for a {@linkcode grid1d} grid of `wg`-wide groups.
+ *
+ * @example
+ * ```ts
+ * import { flatIndex } from "./tensor.ts";
+ * console.log(flatIndex(64)); // gid.x + gid.y * (nwg.x * 64u)
+ * ```
+ */
 export function flatIndex(wg = WG): string {
   return `gid.x + gid.y * (nwg.x * ${wg}u)`;
 }
 
-/** Fill a tensor with a constant in recording order. */
+/**
+ * Fill a tensor with a constant in recording order.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { fill, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * const t = Tensor.empty([3]);
+ * fill(t, 7);
+ * console.log(await t.read()); // Float32Array [7, 7, 7]
+ * ```
+ */
 export function fill(t: Tensor, value: number): void {
   const code = `
 @group(0) @binding(0) var<storage, read_write> y: array<f32>;
@@ -402,7 +504,15 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   gpu().dispatch(code, [t.buffer], grid1d(t.size));
 }
 
-/** A number as a WGSL f32 literal (exact for f32 values; inf/nan as bitcasts). */
+/**
+ * A number as a WGSL f32 literal (exact for f32 values; inf/nan as bitcasts).
+ *
+ * @example
+ * ```ts
+ * import { f32 } from "./tensor.ts";
+ * console.log(f32(1), f32(0.1), f32(Infinity)); // f32(1.00000000) f32(0.100000001) bitcast<f32>(0x7f800000u)
+ * ```
+ */
 export function f32(v: number): string {
   if (Number.isNaN(v)) return "bitcast<f32>(0x7fc00000u)";
   if (v === Infinity) return "bitcast<f32>(0x7f800000u)";
@@ -416,6 +526,14 @@ export function f32(v: number): string {
 /**
  * A small seeded generator (SplitMix32 mixing, Box–Muller normals):
  * reproducible across platforms, so the same seed gives the same weights.
+ *
+ * @example
+ * ```ts
+ * import { Rng } from "./tensor.ts";
+ * const a = new Rng(42);
+ * const b = new Rng(42);
+ * console.log(a.uniform() === b.uniform(), a.int(10) === b.int(10)); // true true
+ * ```
  */
 export class Rng {
   #s: number;

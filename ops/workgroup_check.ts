@@ -81,7 +81,15 @@ fn _lk_wg(i: u32, n: u32, kernel: u32) -> u32 {
 `;
 }
 
-/** Whether `LARGEKERNEL_CHECK_WORKGROUP=1` is set (false without env permission; never prompts). */
+/**
+ * Whether `LARGEKERNEL_CHECK_WORKGROUP=1` is set (false without env permission; never prompts).
+ *
+ * @example
+ * ```ts
+ * import { workgroupCheckRequested } from "./workgroup_check.ts";
+ * console.log(workgroupCheckRequested()); // true only under LARGEKERNEL_CHECK_WORKGROUP=1
+ * ```
+ */
 export function workgroupCheckRequested(): boolean {
   const variable = "LARGEKERNEL_CHECK_WORKGROUP";
   try {

@@ -47,7 +47,8 @@ import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
 import { AdamW } from "../ops/optim.ts";
 import { poolStats, scope, Tensor, trimPool } from "../ops/tensor.ts";
-import { createModel, type Model, modelInfo } from "../models/registry.ts";
+import type { Classifier } from "../models/module.ts";
+import { createModel, modelInfo } from "../models/registry.ts";
 import { seedInit } from "../models/module.ts";
 import {
   anchorScript,
@@ -101,7 +102,7 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
   --help`;
 
 /** The model's stage kernels as "k1-k2-k3-k4" (what PyTorch's anchor joins on), or "". */
-function stageKernels(model: Model): string {
+function stageKernels(model: Classifier): string {
   const c = (model as unknown as { config?: { kernels?: number[]; largeKernelSizes?: number[] } })
     .config;
   return (c?.kernels ?? c?.largeKernelSizes ?? []).slice(0, 4).join("-");
@@ -166,7 +167,7 @@ async function recordMs(record: () => void): Promise<number> {
  * only grows until trimmed, so this is its peak).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { initGpu } from "../ops/gpu.ts";
  * import { createModel } from "../models/registry.ts";
  * import { benchModel } from "./bench_models.ts";
@@ -178,7 +179,7 @@ async function recordMs(record: () => void): Promise<number> {
  * ```
  */
 export async function benchModel(
-  model: Model,
+  model: Classifier,
   { batch, size, classes, steps, warmup, passes, plan }: {
     batch: number;
     size: number;

@@ -28,7 +28,6 @@ import {
   ErfAccumulator,
   erfSettings,
   type ErfTransform,
-  type FeatureModel,
   layerScaleBlocks,
   normalizeErf,
 } from "../analysis/erf.ts";
@@ -233,7 +232,7 @@ async function main() {
       ...(kernels ? { kernels } : {}),
       ...(ls === "checkpoint" ? {} : { layerScaleInit: ls === "calibrate" ? 1 : ls }),
     };
-    const model = createModel(name, overrides) as unknown as FeatureModel;
+    const model = createModel(name, overrides);
     const hasLayerScale = layerScaleBlocks(model).length > 0;
     if (weights[mi]) model.loadStateDict(await loadWeightsFile(weights[mi]), { strict: false });
     else {

@@ -87,7 +87,15 @@ export function stackFlops(n: number, c: number, r: number, k: number, layers: n
 const PASS_NAME: Record<string, string> = { fwd: "forward", fwdbwd: "forward+backward" };
 const IMPL_NAME: Record<string, string> = { fast: "webgpu-fast", generic: "webgpu-generic" };
 
-/** Comma-separated positive integers. */
+/**
+ * Comma-separated positive integers.
+ *
+ * @example
+ * ```ts
+ * import { parseIntList } from "./latency.ts";
+ * console.log(parseIntList("kernels", "3,7,13")); // [3, 7, 13]
+ * ```
+ */
 export function parseIntList(flag: string, s: string): number[] {
   const out = s.split(",").filter(Boolean).map(Number);
   if (!out.length || out.some((v) => !Number.isInteger(v) || v <= 0)) {
@@ -105,7 +113,15 @@ function parseChoice(flag: string, s: string, allowed: string[]): string[] {
   return out;
 }
 
-/** The "same"-padded stride-1 shape of one layer. */
+/**
+ * The "same"-padded stride-1 shape of one layer.
+ *
+ * @example
+ * ```ts
+ * import { layerShape } from "./latency.ts";
+ * console.log(layerShape(64, 384, 32, 13)); // n 64, c 384, 32×32, 13×13 kernel padded by 6
+ * ```
+ */
 export function layerShape(n: number, c: number, r: number, k: number): DepthwiseShape {
   const p = Math.floor(k / 2);
   return { n, c, h: r, w: r, kh: k, kw: k, ph: p, pw: p, ho: r, wo: r };
@@ -115,6 +131,17 @@ export function layerShape(n: number, c: number, r: number, k: number): Depthwis
  * Median GPU milliseconds of one stack: `layers` depthwise K×K convs on x,
  * forward only or forward + backward (x and every filter want gradients,
  * loss = sum of the output, gradients dropped after each run).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { timeStack } from "./latency.ts";
+ * await initGpu();
+ * const x = Tensor.randn([1, 4, 16, 16], { seed: 0 });
+ * const filters = [Tensor.randn([4, 1, 7, 7], { seed: 1 }), Tensor.randn([4, 1, 7, 7], { seed: 2 })];
+ * console.log(await timeStack(x, filters, "fwd", { runs: 2, warmup: 1 })); // { ms, wallMs, method, … }: ms is the median
+ * ```
  */
 export async function timeStack(
   x: Tensor,

@@ -375,7 +375,16 @@ function explain(spec: RowSpec, c: Counted, paramsOk: boolean, flopsOk: boolean)
   return notes.join("; ");
 }
 
-/** Count one row. */
+/**
+ * Count one row.
+ *
+ * @example
+ * ```ts
+ * import { computeRow, ROWS } from "./model_table.ts";
+ * const row = computeRow(ROWS.find((r) => r.model === "ConvNeXt-T")!);
+ * console.log(row.params_M, row.gflops, row.match); // 28.59 4.47 yes
+ * ```
+ */
 export function computeRow(spec: RowSpec): Row {
   const c = count(spec);
   const params = spec.sparsity
@@ -418,7 +427,16 @@ export function computeRow(spec: RowSpec): Row {
   };
 }
 
-/** Per-stage params and GFLOPs of a row, dense and as counted (sparse rows differ). */
+/**
+ * Per-stage params and GFLOPs of a row, dense and as counted (sparse rows differ).
+ *
+ * @example
+ * ```ts
+ * import { computeStages, ROWS } from "./model_table.ts";
+ * const stages = computeStages(ROWS.find((r) => r.model === "ConvNeXt-T")!);
+ * console.log(stages.map((s) => s.stage)); // stem, stage0…stage3, head
+ * ```
+ */
 export function computeStages(spec: RowSpec): Record<string, Cell>[] {
   return count(spec).byStage.map((st) => ({
     table: spec.table,

@@ -224,7 +224,15 @@ export function formatTable(
   return [line(head), width.map((w) => "-".repeat(w)).join("  "), ...text.map(line)].join("\n");
 }
 
-/** The path of an anchor script in `bench/pytorch/` (beside this repository's scripts). */
+/**
+ * The path of an anchor script in `bench/pytorch/` (beside this repository's scripts).
+ *
+ * @example
+ * ```ts
+ * import { anchorScript } from "./pytorch_anchor.ts";
+ * console.log(anchorScript("dwconv.py").endsWith("/bench/pytorch/dwconv.py")); // true
+ * ```
+ */
 export function anchorScript(name: string): string {
   return decodeURIComponent(new URL(`../bench/pytorch/${name}`, import.meta.url).pathname);
 }
@@ -237,7 +245,7 @@ export function anchorScript(name: string): string {
  * and warns.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { anchorScript, runAnchor } from "./pytorch_anchor.ts";
  * const csv = await runAnchor("python3", anchorScript("matmul.py"), ["--list"], "--with-pytorch");
  * console.log(csv.split("\n")[0]); // "case,m,n,k,layout"

@@ -79,7 +79,16 @@ export function scalingRows(kernels: readonly number[]): ScalingRow[] {
   });
 }
 
-/** The paper's claim: SLaK at `big` costs less (FLOPs and params) than the full kernel at `ref`. */
+/**
+ * The paper's claim: SLaK at `big` costs less (FLOPs and params) than the full kernel at `ref`.
+ *
+ * @example
+ * ```ts
+ * import { checkClaim, scalingRows } from "./scaling_flops.ts";
+ * const { ok, text } = checkClaim(scalingRows([51, 151]));
+ * console.log(ok, text); // true, with the numbers behind it
+ * ```
+ */
 export function checkClaim(rows: ScalingRow[], big = 151, ref = 51): { ok: boolean; text: string } {
   const a = rows.find((r) => r.kernel === big);
   const b = rows.find((r) => r.kernel === ref);

@@ -45,8 +45,6 @@ import {
   uniformDensities,
 } from "../analysis/flops.ts";
 import { type Mark, type Panel, writeLineChart } from "../analysis/plot.ts";
-import type { Layer } from "../models/layers.ts";
-import type { Module } from "../models/module.ts";
 import { createModel, MODEL_NAMES } from "../models/registry.ts";
 import { loadSafetensorsFile } from "../models/safetensors.ts";
 import { layerScaleSnipDensities } from "../sparse/density.ts";
@@ -86,7 +84,15 @@ export interface Table7Row {
   dense_gflops: number;
 }
 
-/** Whether `value` prints as `paper` at the paper's decimals. */
+/**
+ * Whether `value` prints as `paper` at the paper's decimals.
+ *
+ * @example
+ * ```ts
+ * import { matchesPaper } from "./sparsity_width.ts";
+ * console.log(matchesPaper(5.0449, "5.0"), matchesPaper(9.449, "9.5")); // true false
+ * ```
+ */
 export function matchesPaper(value: number, paper: string): boolean {
   const decimals = paper.includes(".") ? paper.split(".")[1].length : 0;
   return Number(value.toFixed(decimals)) === Number(paper);
@@ -98,7 +104,7 @@ const yes = (b: boolean) => (b ? "yes" : "no");
 /** Count SLaK-T at each Table 7 setting (224², no GPU). */
 export function table7Rows(): Table7Row[] {
   return TABLE7.map((s) => {
-    const model = createModel("slak_tiny", { widthFactor: s.width }) as Module & Layer;
+    const model = createModel("slak_tiny", { widthFactor: s.width });
     const density = 1 - s.sparsity;
     const uniform = countModel(model, 224, { densities: uniformDensities(model, density) });
     const ls = countModel(model, 224, { densities: layerScaleSnipDensities(model, density) });
@@ -172,6 +178,17 @@ export interface SnipRow {
  * left at density ≥ 0.99 dense) on `batch` (N×3×224×224), then the params
  * and FLOPs (at the batch's image size) of that layout. Needs a GPU
  * adapter: on llvmpipe one setting takes ~3.5 min for 2 images.
+ *
+ * @example
+ * ```ts
+ * import { naturalLikeBatch } from "../train/data/natural.ts";
+ * import { snipRows, TABLE7 } from "./sparsity_width.ts";
+ * // Needs a GPU adapter: on llvmpipe one setting takes minutes (type-checked, not run).
+ * const rows = await snipRows(naturalLikeBatch(2, 224, 0), "natural", {
+ *   batchSize: 2, microBatch: 2, dropPath: 0.1, seed: 0, settings: TABLE7.slice(0, 1),
+ * });
+ * console.log(rows[0].params_M);
+ * ```
  */
 export async function snipRows(
   batch: Batch,
@@ -285,7 +302,20 @@ export interface TrainedRow {
   seconds: number;
 }
 
-/** Train every setting briefly with the official sparse recipe; needs a GPU adapter. */
+/**
+ * Train every setting briefly with the official sparse recipe; needs a GPU adapter.
+ *
+ * @example
+ * ```ts
+ * import { trainSettings } from "./sparsity_width.ts";
+ * // Trains every Table 7 setting; needs a GPU adapter (type-checked, not run).
+ * const rows = await trainSettings({
+ *   model: "slak_cpu", epochs: 1, trainSize: 256, valSize: 64, inputSize: 32, batchSize: 32,
+ *   updateFrequency: 4, seed: 0, out: "out/sparsity_width",
+ * });
+ * console.log(rows.map((r) => r.top1));
+ * ```
+ */
 export async function trainSettings(t: TrainSettings): Promise<TrainedRow[]> {
   const { initGpu } = await import("../ops/gpu.ts");
   const { train } = await import("../train/trainer.ts");
@@ -318,7 +348,7 @@ export async function trainSettings(t: TrainSettings): Promise<TrainedRow[]> {
     const last = result.history.at(-1)!;
     const masks = await loadSafetensorsFile(`${out}/checkpoint-last/masks.safetensors`);
     const state = JSON.parse(await Deno.readTextFile(`${out}/checkpoint-last/state.json`));
-    const model = createModel(t.model, state.modelArgs) as Module & Layer;
+    const model = createModel(t.model, state.modelArgs);
     const c = countModel(model, t.inputSize, { densities: maskDensities(masks) });
     rows.push({
       sparsity: s.sparsity,

@@ -75,7 +75,17 @@ export function uniformDensities(
   return new Map(maskedParams(model, select).map(([k]) => [k, density]));
 }
 
-/** Shapes of the masked parameters, by key (the input of the density rules). */
+/**
+ * Shapes of the masked parameters, by key (the input of the density rules).
+ *
+ * @example
+ * ```ts
+ * import { convnext, CONVNEXT_PRESETS } from "../models/convnext.ts";
+ * import { maskedShapes } from "./density.ts";
+ * const shapes = maskedShapes(convnext(CONVNEXT_PRESETS.convnext_cpu));
+ * console.log(shapes.get("stages.0.0.dwconv.weight")); // [8, 1, 7, 7]
+ * ```
+ */
 export function maskedShapes(model: Module, select: MaskSelect = "all"): Map<string, number[]> {
   return new Map(maskedParams(model, select).map(([k, p]) => [k, [...p.shape]]));
 }

@@ -275,9 +275,21 @@ export class Masking {
  * Reads the scores back: call it once, before training.
  *
  * @example
- * ```ts ignore
- * const scores = await snipScores(model, keys, [() => softmaxCrossEntropy(model.forward(x), y)]);
- * const densities = snipDensities(scores, 0.6);
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { softmaxCrossEntropy } from "../ops/loss.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { slak, SLAK_PRESETS } from "../models/slak.ts";
+ * import { snipDensities } from "./density.ts";
+ * import { sparseLayout } from "./prune_grow.ts";
+ * import { snipScores } from "./masks.ts";
+ * await initGpu();
+ * const model = slak({ ...SLAK_PRESETS.slak_cpu, numClasses: 4 });
+ * const x = Tensor.randn([2, 3, 32, 32], { seed: 0 });
+ * const { keys } = sparseLayout(model, "origin", false);
+ * const scores = await snipScores(model, keys, [() => softmaxCrossEntropy(model.forward(x), [1, 3])]);
+ * const densities = snipDensities(scores, 0.6); // per key, 60% of all masked weights kept
+ * console.log(densities.size === keys.length); // true
  * ```
  */
 export async function snipScores(

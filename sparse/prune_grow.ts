@@ -188,11 +188,28 @@ export interface UpdateReport {
  * are cleared.
  *
  * @example
- * ```ts ignore
- * const sparse = await DynamicSparsity.create(model, opts, [() => loss]);
- * optimizer.step();
- * sparse.afterStep(optimizer);
- * if (sparse.isUpdateStep(step)) console.log(await sparse.update(step, optimizer));
+ * ```ts
+ * import { backward } from "../ops/autograd.ts";
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { softmaxCrossEntropy } from "../ops/loss.ts";
+ * import { AdamW } from "../ops/optim.ts";
+ * import { scope, Tensor } from "../ops/tensor.ts";
+ * import { slak, SLAK_PRESETS } from "../models/slak.ts";
+ * import { DynamicSparsity } from "./prune_grow.ts";
+ * await initGpu();
+ * const model = slak({ ...SLAK_PRESETS.slak_cpu, numClasses: 4 });
+ * const x = Tensor.randn([2, 3, 32, 32], { seed: 0 });
+ * const optimizer = new AdamW(model.parameters(), { lr: 1e-3 });
+ * const sparse = await DynamicSparsity.create(model, {
+ *   sparsity: 0.4, init: "uniform", pruneRate: 0.3, updateFrequency: 2, totalSteps: 4,
+ * });
+ * for (let step = 1; step <= 4; step++) {
+ *   scope(() => backward(softmaxCrossEntropy(model.forward(x), [1, 3])));
+ *   optimizer.step();
+ *   sparse.afterStep(optimizer);
+ *   if (sparse.isUpdateStep(step)) console.log((await sparse.update(step, optimizer)).pruneRate);
+ *   optimizer.zeroGrad();
+ * }
  * ```
  */
 export class DynamicSparsity {

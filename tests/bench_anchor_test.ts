@@ -211,6 +211,9 @@ const hasPython = (() => {
   }
 })();
 
+/** Appended to the names of the tests that need python3, so a skip says why in the test output. */
+const needsPython = hasPython ? "" : " (skipped: no python3 on PATH)";
+
 async function python(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command("python3", { args, env: { PYTHONDONTWRITEBYTECODE: "1" } })
     .output();
@@ -221,7 +224,8 @@ async function python(args: string[]): Promise<{ code: number; stdout: string; s
 const BENCH = new URL("../bench/pytorch/", import.meta.url).pathname;
 
 Deno.test({
-  name: "bench/pytorch/matmul.py lists the products bench_gemm.ts times, under the same names",
+  name: "bench/pytorch/matmul.py lists the products bench_gemm.ts times, under the same names" +
+    needsPython,
   ignore: !hasPython,
   async fn() {
     for (const [set, batch] of [["convnext", 64], ["slak", 64], ["slak", 3]] as const) {
@@ -242,7 +246,8 @@ Deno.test({
 
 Deno.test({
   name:
-    "the PyTorch anchors answer --help without torch; a missing model file is one line and status 2",
+    "the PyTorch anchors answer --help without torch; a missing model file is one line and status 2" +
+    needsPython,
   ignore: !hasPython,
   async fn() {
     for (const script of ["convnext.py", "dwconv.py", "matmul.py", "official_models.py"]) {

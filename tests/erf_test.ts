@@ -6,13 +6,12 @@ import {
   centerPoint,
   ErfAccumulator,
   erfSettings,
-  type FeatureModel,
   layerScaleBlocks,
   normalizeErf,
 } from "../analysis/erf.ts";
 import { parseNpy, serializeNpy } from "../analysis/npy.ts";
-import { Conv2d } from "../models/layers.ts";
-import { Module, type Param, seedInit } from "../models/module.ts";
+import { Conv2d, type Value } from "../models/layers.ts";
+import { type Classifier, Module, type Param, seedInit } from "../models/module.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { checkOp, setup } from "./harness.ts";
 
@@ -108,7 +107,7 @@ Deno.test("centerPoint: forward picks the centre, backward scatters to it", asyn
   });
 });
 
-class OneConv extends Module implements FeatureModel {
+class OneConv extends Module implements Classifier {
   conv: Conv2d;
   constructor(k: number) {
     super();
@@ -117,8 +116,11 @@ class OneConv extends Module implements FeatureModel {
       new Conv2d(3, 3, k, { groups: 3, bias: false, weightInit: { kind: "const", value: 0.5 } }),
     );
   }
-  features(x: Tensor): Tensor {
+  forwardFeatures<V extends Value>(x: V): V {
     return this.conv.forward(x);
+  }
+  forward<V extends Value>(x: V): V {
+    return this.forwardFeatures(x);
   }
 }
 
@@ -180,7 +182,7 @@ Deno.test("calibrateBatchNorm: running statistics become the calibration images'
 });
 
 /** A ConvNeXt's stages, for checking block by block. */
-type ConvNeXtLike = FeatureModel & {
+type ConvNeXtLike = Classifier & {
   downsampleLayers: { items: { forward(x: Tensor): Tensor }[] };
   stages: { items: { layers: (Module & { forward(x: Tensor): Tensor; gamma: Param })[] }[] };
 };
@@ -233,7 +235,7 @@ Deno.test("random ConvNeXt ERF: LayerScale 1e-6 shows only the stem's patch; cal
     seedInit(0);
     const model = createModel("convnext_cpu", {
       layerScaleInit: layerScale === "calibrate" ? 1 : layerScale,
-    }) as unknown as FeatureModel;
+    });
     if (layerScale === "calibrate") await calibrateLayerScale(model, [x]);
     const acc = new ErfAccumulator(size, size);
     acc.add(model, x);

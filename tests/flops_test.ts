@@ -8,7 +8,6 @@ import { countModel, defaultStageOf, maskedParams, uniformDensities } from "../a
 import {
   BatchNorm2d,
   Conv2d,
-  type Layer,
   LayerNorm,
   Linear,
   meanHW,
@@ -22,7 +21,7 @@ import { computeRows } from "../scripts/model_table.ts";
 import { checkClaim, scalingRows } from "../scripts/scaling_flops.ts";
 
 /** stem: conv 3→4 (3×3) + BN; stage 0: depthwise 5×5 stride 2 + channels-first LN; head: LN + linear 4→2. */
-class Tiny extends Module implements Layer {
+class Tiny extends Module {
   stem = this.child("stem", new Sequential(new Conv2d(3, 4, 3), new BatchNorm2d(4)));
   stages = this.child(
     "stages",
@@ -152,7 +151,8 @@ Deno.test("registry: every preset builds and runs on shapes; errors name the val
     assert.ok(c.params > 0 && c.macs > 0, name);
   }
   for (const n of ["convnext_tiny", "slak_tiny", "replknet_31b", "resnet50", "sw_tiny"]) {
-    if (MODEL_NAMES.includes(n)) assert.equal(modelInfo(n).inputSize, 224);
+    assert.ok(MODEL_NAMES.includes(n), `${n} is a preset`);
+    assert.equal(modelInfo(n).inputSize, 224);
   }
   assert.throws(() => createModel("slak_huge"), /unknown model "slak_huge" \(valid: .*slak_tiny/);
   assert.throws(

@@ -29,7 +29,7 @@ function macsByKind(model: RepLKNet, side: number): Record<string, number> {
   for (const r of traceFlops(() => model.forward(new Meta([1, 3, side, side])))) {
     by[r.kind] = (by[r.kind] ?? 0) + r.macs;
   }
-  const last = model.features(new Meta([1, 3, side, side])).shape;
+  const last = model.forwardFeatures(new Meta([1, 3, side, side])).shape;
   by.pool = last[1] * last[2] * last[3];
   return by;
 }
@@ -268,7 +268,7 @@ Deno.test("replknet_cpu: forward and backward on the GPU", async () => {
   const started = performance.now();
   const { logits, features } = await scope(async () => {
     const logits = model.forward(x);
-    const features = model.features(x);
+    const features = model.forwardFeatures(x);
     assert.deepEqual(logits.shape, [2, 5]);
     assert.deepEqual(features.shape, [2, 32, 1, 1]);
     const got = { logits: await logits.read(), features: await features.read() };
@@ -313,7 +313,7 @@ Deno.test("replknet_cpu: mergeKernels keeps eval outputs (non-trivial BN) and th
   }
   const x = Tensor.from(Float32Array.from(randomArray(2 * 3 * 32 * 32, 22)), [2, 3, 32, 32]);
   const run = () =>
-    scope(async () => [await model.forward(x).read(), await model.features(x).read()]);
+    scope(async () => [await model.forward(x).read(), await model.forwardFeatures(x).read()]);
   const started = performance.now();
   const [logitsBefore, featuresBefore] = await run();
   await model.mergeKernels();

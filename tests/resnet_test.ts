@@ -131,7 +131,7 @@ Deno.test("resnet_cpu: forward and backward on the GPU", async () => {
   const started = performance.now();
   const { logits, features } = await scope(async () => {
     const logits = model.forward(x);
-    const features = model.features(x);
+    const features = model.forwardFeatures(x);
     assert.deepEqual(logits.shape, [2, 5]);
     assert.deepEqual(features.shape, [2, 256, 1, 1]);
     const got = { logits: await logits.read(), features: await features.read() };

@@ -192,7 +192,7 @@ Deno.test("sw_cpu: forward and backward on the GPU, then re-parameterisation", a
       const g = await p.tensor.grad!.read();
       assert.ok(finite(g) && g.some((v) => v !== 0), `${key}: finite, non-zero gradient`);
     }
-    const feats = model.features(Tensor.from(x, [2, 3, 32, 32]));
+    const feats = model.forwardFeatures(Tensor.from(x, [2, 3, 32, 32]));
     assert.deepEqual(feats.shape, [2, 32, 1, 1]);
     clearTape();
   });

@@ -4,16 +4,28 @@
  * checkpoints. Only the main rank writes; every file is replaced atomically.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * import { trainOneEpoch } from "./engine.ts";
+ * import { finishEpoch, saveRun } from "./checkpointing.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
  * // train() in trainer.ts calls these; see there.
  * await saveRun(run, run.lastDir);
- * const row = await finishEpoch(run, epoch, totals);
+ * const totals = await trainOneEpoch(run, 0, () => false);
+ * const row = await finishEpoch(run, 0, totals);
+ * console.log(row.epoch, row.top1);
  * ```
  * @module
  */
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { moduleWeights, saveCheckpoint } from "./checkpoint.ts";
-import type { Classifier } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import { plotCurves } from "./curves.ts";
 import { type EpochTotals, evaluate } from "./engine.ts";
 import type { TrainRun } from "./setup.ts";
@@ -26,8 +38,18 @@ export type EpochRow = Record<string, number>;
  * Save the run as it stands into the checkpoint folder `dir` (main rank only).
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * import { saveRun } from "./checkpointing.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
  * await saveRun(run, run.lastDir);
+ * console.log((await Deno.stat(`${run.lastDir}/state.json`)).isFile); // true
  * ```
  */
 export async function saveRun(run: TrainRun, dir: string): Promise<void> {
@@ -56,8 +78,21 @@ export async function saveRun(run: TrainRun, dir: string): Promise<void> {
  * (and `checkpoint-best` when either top-1 improved). Returns the row.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * import { trainOneEpoch } from "./engine.ts";
+ * import { finishEpoch } from "./checkpointing.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
+ * const epoch = 0;
+ * const stop = () => false;
  * const row = await finishEpoch(run, epoch, await trainOneEpoch(run, epoch, stop));
+ * console.log(row);
  * ```
  */
 export async function finishEpoch(

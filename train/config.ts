@@ -12,13 +12,9 @@
  * @module
  */
 import { createModel } from "../models/registry.ts";
-import type { Module } from "../models/module.ts";
-import type { Value } from "../models/layers.ts";
+import type { Classifier } from "../models/module.ts";
 import type { SparseInit } from "../sparse/density.ts";
 import type { Growth, SparseType } from "../sparse/prune_grow.ts";
-
-/** A model the trainer can drive: a module whose `forward` maps images to logits. */
-export type Classifier = Module & { forward<V extends Value>(x: V): V };
 
 /** Every setting of a training run. */
 export interface TrainConfig {
@@ -191,7 +187,16 @@ export const PRESETS: Record<string, Partial<TrainConfig> & { model: string; abo
   },
 };
 
-/** The configuration of a preset, with the output folder defaulted under out/train/. */
+/**
+ * The configuration of a preset, with the output folder defaulted under out/train/.
+ *
+ * @example
+ * ```ts
+ * import { presetConfig } from "./config.ts";
+ * const cfg = presetConfig("cpu");
+ * console.log(cfg.model, cfg.out); // slak_cpu out/train/cpu
+ * ```
+ */
 export function presetConfig(name: string): TrainConfig {
   const p = PRESETS[name];
   if (!p) {
@@ -208,7 +213,16 @@ export function defaultConfig(isFallbackAdapter: boolean): TrainConfig {
   return presetConfig(isFallbackAdapter ? "cpu" : "gpu");
 }
 
-/** Build the configured model; `args` records what was built (checked on resume). */
+/**
+ * Build the configured model; `args` records what was built (checked on resume).
+ *
+ * @example
+ * ```ts
+ * import { buildModel, presetConfig } from "./config.ts";
+ * const { model, args } = buildModel(presetConfig("cpu"), 4);
+ * console.log(args.numClasses, model.numParams() > 0); // 4 true
+ * ```
+ */
 export function buildModel(
   cfg: TrainConfig,
   numClasses: number,
@@ -229,5 +243,5 @@ export function buildModel(
   }
   if (cfg.widthFactor !== undefined) args.widthFactor = cfg.widthFactor;
   if (cfg.kernelMode !== undefined) args.mode = cfg.kernelMode;
-  return { model: createModel(cfg.model, args) as Classifier, args };
+  return { model: createModel(cfg.model, args), args };
 }

@@ -3,7 +3,7 @@
  * (train and validation) and accuracy (top-1, top-5, EMA top-1) per epoch.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { plotCurves } from "./curves.ts";
  * await plotCurves([{ epoch: 1, train_loss: 1.2, val_loss: 1.1, top1: 40, top5: 90 }], "out/curves.png", "demo");
  * ```

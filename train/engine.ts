@@ -8,10 +8,20 @@
  * at the end of an epoch): the loss is accumulated on the GPU in between.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * import { evaluate, trainOneEpoch } from "./engine.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
  * // train() in trainer.ts drives these; see there.
  * const epoch = await trainOneEpoch(run, 0, () => false);
  * const val = await evaluate(run.model, run.data, run.cfg.batchSize, run.cfg.seed);
+ * console.log(epoch, val.top1);
  * ```
  * @module
  */
@@ -21,7 +31,7 @@ import { gpu } from "../ops/gpu.ts";
 import { accuracyCounts, softmaxCrossEntropy } from "../ops/loss.ts";
 import { keep, Rng, scope, Tensor } from "../ops/tensor.ts";
 import { setForwardSeed } from "../models/layers.ts";
-import type { Classifier } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import type { Batch, Dataset } from "./data/types.ts";
 import { mixupBatch } from "./data/mixup.ts";
 import type { GradientSync, Replicas } from "./parallel.ts";
@@ -30,7 +40,16 @@ import { mixSeed } from "./seeds.ts";
 import type { TrainRun } from "./setup.ts";
 import { logSparseUpdate } from "./sparse_setup.ts";
 
-/** Thrown (and reported on one line) when the loss stops being finite. */
+/**
+ * Thrown (and reported on one line) when the loss stops being finite.
+ *
+ * @example
+ * ```ts
+ * import { NonFiniteLossError } from "./engine.ts";
+ * const e = new NonFiniteLossError("loss is NaN at step 12 (try a lower --lr)");
+ * console.log(e.name, e instanceof Error); // NonFiniteLossError true
+ * ```
+ */
 export class NonFiniteLossError extends Error {
   override name = "NonFiniteLossError";
 }
@@ -121,8 +140,18 @@ export interface EpochTotals {
  * (`batchInEpoch`, `partial`) saying where, ready for a checkpoint.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * import { trainOneEpoch } from "./engine.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
+ * await setupTraining(run);
  * const totals = await trainOneEpoch(run, run.state.epoch, () => false);
+ * console.log(totals);
  * ```
  */
 export async function trainOneEpoch(

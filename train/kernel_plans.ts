@@ -24,7 +24,8 @@ import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
 import { planner, type PlanReport, type SavedPlans } from "../ops/planner.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import type { TrainState } from "./checkpoint.ts";
-import type { Classifier, TrainConfig } from "./config.ts";
+import type { TrainConfig } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 
 /** Options of {@linkcode planTrainingKernels}. */
 export interface TrainingPlanOptions {
@@ -52,8 +53,14 @@ const TRAIN_MAX_CANDIDATES = 3;
  * are not timed again (unless `retune`). Prints one line on what it did.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { buildModel, presetConfig } from "./config.ts";
+ * import { planTrainingKernels } from "./kernel_plans.ts";
+ * await initGpu();
+ * const { model } = buildModel(presetConfig("cpu"), 4);
  * const report = await planTrainingKernels(model, [64, 3, 224, 224], { cache: true });
+ * console.log(report.skipped ?? report.planned.length); // "software adapter" on llvmpipe
  * ```
  */
 export async function planTrainingKernels(
@@ -155,9 +162,18 @@ export function restorePlans(saved: SavedPlans): number {
  * `state`. Does nothing with `--no-tune-kernels`.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel } from "./setup.ts";
+ * import { planKernels } from "./kernel_plans.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
  * // Called by the training setup once the model (and its sparsity) is ready.
- * await planKernels(model, cfg, state);
+ * await planKernels(run.model, cfg, run.state);
+ * console.log(run.state.plans !== undefined); // false on llvmpipe: a software adapter plans nothing
  * ```
  */
 export async function planKernels(

@@ -107,6 +107,13 @@ const ALIASES: Record<string, string> = {
 /**
  * Normalise official-style arguments: `--kernel_size 51 49 47 13 5` (snake
  * case, several values) and `--model_ema true` become what parseArgs reads.
+ *
+ * @example
+ * ```ts
+ * import { normaliseArgs } from "./main.ts";
+ * console.log(normaliseArgs(["--kernel_size", "51", "49", "47", "13", "5", "-u", "100"]));
+ * // ["--kernel-size=51,49,47,13,5", "--update-frequency", "100"]
+ * ```
  */
 export function normaliseArgs(argv: string[]): string[] {
   const out: string[] = [];
@@ -157,7 +164,16 @@ function help(): string {
   return lines.join("\n");
 }
 
-/** Parse command-line flags into a configuration (errors name the flag). */
+/**
+ * Parse command-line flags into a configuration (errors name the flag).
+ *
+ * @example
+ * ```ts
+ * import { parseTrainArgs } from "./main.ts";
+ * const cfg = parseTrainArgs(["--model", "convnext_cpu", "--epochs", "2"], true);
+ * if (cfg !== "help") console.log(cfg.model, cfg.epochs); // convnext_cpu 2
+ * ```
+ */
 export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): TrainConfig | "help" {
   let parsed;
   try {

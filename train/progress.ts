@@ -13,7 +13,15 @@
  * @module
  */
 
-/** Format seconds as m:ss or h:mm:ss. */
+/**
+ * Format seconds as m:ss or h:mm:ss.
+ *
+ * @example
+ * ```ts
+ * import { formatDuration } from "./progress.ts";
+ * console.log(formatDuration(75), formatDuration(3725), formatDuration(NaN)); // 1:15 1:02:05 --:--
+ * ```
+ */
 export function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return "--:--";
   const s = Math.round(seconds);

@@ -14,7 +14,8 @@
 import type { Weights } from "../models/safetensors.ts";
 import type { AdamW } from "../ops/optim.ts";
 import { checkpointExists, loadCheckpoint, type TrainState } from "./checkpoint.ts";
-import type { Classifier, TrainConfig } from "./config.ts";
+import type { TrainConfig } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import type { ModelEma } from "./ema.ts";
 import { loadWeightsFile } from "./weights.ts";
 

@@ -5,10 +5,17 @@
  * the kernel plans.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
  * // What train() does first; see train/trainer.ts.
  * const run = await setupModel(cfg, singleProcess());
  * await setupTraining(run);
+ * console.log(run.microPerEpoch > 0); // true
  * ```
  * @module
  */
@@ -18,7 +25,8 @@ import { AdamW, decayGroups } from "../ops/optim.ts";
 import type { Tensor } from "../ops/tensor.ts";
 import type { DynamicSparsity } from "../sparse/prune_grow.ts";
 import type { TrainState } from "./checkpoint.ts";
-import { buildModel, type Classifier, type TrainConfig } from "./config.ts";
+import { buildModel, type TrainConfig } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import { openDataset } from "./data/mod.ts";
 import type { Dataset } from "./data/types.ts";
 import { ModelEma } from "./ema.ts";
@@ -55,8 +63,15 @@ export interface TrainRun {
  * enough to evaluate (`--eval-only`) or to go on with {@linkcode setupTraining}.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
  * const run = await setupModel(cfg, singleProcess());
+ * console.log(run.data.numClasses, run.state.epoch); // 4 0: the procedural set's four directions, a fresh run
  * ```
  */
 export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<TrainRun> {
@@ -100,8 +115,16 @@ export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<
  * kernels that will run are the ones planned).
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { presetConfig } from "./config.ts";
+ * import { singleProcess } from "./parallel.ts";
+ * import { setupModel, setupTraining } from "./setup.ts";
+ * await initGpu();
+ * const cfg = { ...presetConfig("cpu"), epochs: 1, out: await Deno.makeTempDir() };
+ * const run = await setupModel(cfg, singleProcess());
  * await setupTraining(run);
+ * console.log(run.microPerEpoch > 0); // true
  * ```
  */
 export async function setupTraining(run: TrainRun): Promise<void> {

@@ -11,14 +11,15 @@
  * logged to `sparsity.csv`), masks saved in checkpoints.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { train } from "./trainer.ts";
  * import { defaultConfig } from "./config.ts";
  * await train({ ...defaultConfig(true), epochs: 1, out: "out/demo" });
  * ```
  * @module
  */
-import type { Classifier, TrainConfig } from "./config.ts";
+import type { TrainConfig } from "./config.ts";
+import type { Classifier } from "../models/module.ts";
 import { type EpochRow, finishEpoch, saveRun } from "./checkpointing.ts";
 import { evaluate, trainOneEpoch } from "./engine.ts";
 import { type Replicas, singleProcess } from "./parallel.ts";
@@ -28,7 +29,6 @@ export { evaluate, NonFiniteLossError } from "./engine.ts";
 export type { EpochRow } from "./checkpointing.ts";
 export { planKernels, planTrainingKernels } from "./kernel_plans.ts";
 export { mixSeed } from "./seeds.ts";
-export type { Classifier } from "./config.ts";
 
 /** What {@linkcode train} returns: the per-epoch rows and where outputs went. */
 export interface TrainResult {
@@ -54,7 +54,7 @@ export interface TrainHooks {
  * Train (or with `evalOnly`, evaluate) as configured; see {@linkcode TrainConfig}.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { train } from "./trainer.ts";
  * import { presetConfig } from "./config.ts";
  * const { history } = await train({ ...presetConfig("cpu"), epochs: 1, out: "out/demo" });

@@ -4,8 +4,9 @@
  * such as `args` or `optimizer` are kept inert, never executed).
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { loadWeightsFile } from "./weights.ts";
+ * // Needs a checkpoint file on disk (type-checked, not run).
  * const w = await loadWeightsFile("SLaK_tiny_checkpoint.pth");
  * console.log(w.size);
  * ```

@@ -15,6 +15,7 @@
  * @example
  * ```ts
  * import { openCifar10 } from "./cifar.ts";
+ * // Needs the CIFAR-10 binaries on disk (type-checked, not run).
  * const data = await openCifar10("/data/cifar-10-batches-bin", 32);
  * console.log(data.trainSize, data.valSize, data.classes[0]); // 50000 10000 airplane
  * ```
@@ -66,7 +67,15 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** The folder holding `data_batch_1.bin` (`dir` or `dir/cifar-10-batches-bin`), or null. */
+/**
+ * The folder holding `data_batch_1.bin` (`dir` or `dir/cifar-10-batches-bin`), or null.
+ *
+ * @example
+ * ```ts
+ * import { findCifar10Dir } from "./cifar.ts";
+ * console.log(await findCifar10Dir(await Deno.makeTempDir())); // null: no data_batch_1.bin there
+ * ```
+ */
 export async function findCifar10Dir(dir: string): Promise<string | null> {
   for (const d of [dir, `${dir}/cifar-10-batches-bin`]) {
     if (await exists(`${d}/${CIFAR10_TRAIN_FILES[0]}`)) return d;
@@ -145,6 +154,7 @@ async function readRecords(paths: string[]): Promise<Records> {
  * @example
  * ```ts
  * import { openCifar10 } from "./cifar.ts";
+ * // Needs the CIFAR-10 binaries on disk (type-checked, not run).
  * const data = await openCifar10("/data", 48); // resized to 48² bilinearly
  * console.log(data.batchesPerEpoch("train", 128, true)); // 390
  * ```
@@ -190,7 +200,20 @@ export async function openCifar10(dir: string, inputSize: number): Promise<Cifar
   );
 }
 
-/** CIFAR-10 as a {@linkcode Dataset}; make one with {@linkcode openCifar10}. */
+/**
+ * CIFAR-10 as a {@linkcode Dataset}; make one with {@linkcode openCifar10}.
+ *
+ * @example
+ * ```ts
+ * import { openCifar10 } from "./cifar.ts";
+ * // Needs the CIFAR-10 binaries on disk (type-checked, not run).
+ * const data = await openCifar10("/data/cifar-10-batches-bin", 32);
+ * for await (const b of data.batches("train", { batchSize: 128, epoch: 0, seed: 0, train: true })) {
+ *   console.log(b.x.length, b.labels.length); // 393216 128
+ *   break;
+ * }
+ * ```
+ */
 export class Cifar10Dataset implements Dataset {
   readonly name = "cifar10";
   readonly numClasses = 10;

@@ -30,6 +30,7 @@
  * @example
  * ```ts
  * import { openImageFolder } from "./image_folder.ts";
+ * // Needs an ImageNet-layout folder (type-checked, not run).
  * const data = await openImageFolder("/data/imagenet", 224);
  * console.log(data.numClasses, data.trainSize, data.valSize);
  * for await (const b of data.batches("val", { batchSize: 64, epoch: 0, seed: 0, train: false })) {
@@ -65,6 +66,15 @@ let sharpModule: Promise<Sharp> | null = null;
 /**
  * sharp, loaded on first use (the procedural default run never loads the
  * native library). Its operation cache is turned off: every image is read once per epoch.
+ *
+ * @example
+ * ```ts
+ * import { loadSharp } from "./image_folder.ts";
+ * const sharp = await loadSharp();
+ * const png = await sharp({ create: { width: 2, height: 2, channels: 3, background: "#808080" } })
+ *   .png().toBuffer();
+ * console.log((await sharp(png).metadata()).width); // 2
+ * ```
  */
 export function loadSharp(): Promise<Sharp> {
   // Pinned inline as the project asks (deno.json has no import map entry for it).
@@ -93,7 +103,15 @@ export const IMAGE_EXTENSIONS = [
 /** Batches decoded ahead of the consumer. */
 export const IMAGE_FOLDER_PREFETCH = 3;
 
-/** Images decoding at once: one per CPU core (at least 2). */
+/**
+ * Images decoding at once: one per CPU core (at least 2).
+ *
+ * @example
+ * ```ts
+ * import { decodeConcurrency } from "./image_folder.ts";
+ * console.log(decodeConcurrency() >= 2); // true
+ * ```
+ */
 export function decodeConcurrency(): number {
   return Math.max(2, navigator.hardwareConcurrency || 2);
 }
@@ -274,6 +292,16 @@ interface Decoded {
 /**
  * Reads, decodes and crops one image: the training transform when `rng` is
  * given (RandomResizedCrop + flip draw), else the eval resize + centre crop.
+ *
+ * @example
+ * ```ts
+ * import { decodeImage, loadSharp } from "./image_folder.ts";
+ * const sharp = await loadSharp();
+ * const path = await Deno.makeTempFile({ suffix: ".png" });
+ * await sharp({ create: { width: 40, height: 30, channels: 3, background: "#ff0000" } }).toFile(path);
+ * const img = await decodeImage(path, 16, null); // eval transform: resize, centre crop 16²
+ * console.log(img.pixels.length); // 768
+ * ```
  */
 export async function decodeImage(path: string, size: number, rng: Rng | null): Promise<Decoded> {
   const sharp = await loadSharp();
@@ -343,6 +371,7 @@ export interface ImageFolderOptions {
  * @example
  * ```ts
  * import { openImageFolder } from "./image_folder.ts";
+ * // Needs an ImageNet-layout folder (type-checked, not run).
  * const data = await openImageFolder("/data/imagenette", 160);
  * console.log(data.classes.slice(0, 3));
  * ```
@@ -361,7 +390,17 @@ export async function openImageFolder(
   return new ImageFolderDataset(clean, inputSize, train.classes, train, val, opts);
 }
 
-/** An image folder as a {@linkcode Dataset}; make one with {@linkcode openImageFolder}. */
+/**
+ * An image folder as a {@linkcode Dataset}; make one with {@linkcode openImageFolder}.
+ *
+ * @example
+ * ```ts
+ * import { openImageFolder } from "./image_folder.ts";
+ * // Needs an ImageNet-layout folder (type-checked, not run).
+ * const data = await openImageFolder("/data/imagenette", 160);
+ * console.log(data.numClasses, data.batchesPerEpoch("train", 64, true));
+ * ```
+ */
 export class ImageFolderDataset implements Dataset {
   readonly name: string;
   readonly numClasses: number;

@@ -42,7 +42,19 @@ export interface MixupResult {
   box: [number, number, number, number] | null;
 }
 
-/** A Gamma(shape, 1) draw (Marsaglia–Tsang; shape < 1 by the U^(1/shape) boost). */
+/**
+ * A Gamma(shape, 1) draw (Marsaglia–Tsang; shape < 1 by the U^(1/shape) boost).
+ *
+ * @example
+ * ```ts
+ * import { Rng } from "../../ops/tensor.ts";
+ * import { sampleGamma } from "./mixup.ts";
+ * const rng = new Rng(0);
+ * let sum = 0;
+ * for (let i = 0; i < 10000; i++) sum += sampleGamma(rng, 0.8);
+ * console.log((sum / 10000).toFixed(1)); // 0.8: the mean of Gamma(k, 1) is k
+ * ```
+ */
 export function sampleGamma(rng: Rng, shape: number): number {
   if (shape < 1) return sampleGamma(rng, shape + 1) * Math.pow(1 - rng.uniform(), 1 / shape);
   const d = shape - 1 / 3;

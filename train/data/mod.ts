@@ -104,6 +104,15 @@ export async function openDataset(spec: DatasetSpec): Promise<Dataset> {
 /**
  * The first training batch of `data` (epoch 0, shuffled, augmented): the
  * batch SNIP scores, as the official `next(iter(train_loader))`.
+ *
+ * @example
+ * ```ts
+ * import { ProceduralDataset } from "./procedural.ts";
+ * import { firstTrainingBatch } from "./mod.ts";
+ * const data = new ProceduralDataset({ imageSize: 32, seed: 0, trainSize: 64, valSize: 16, numClasses: 4 });
+ * const batch = await firstTrainingBatch(data, 16, 0);
+ * console.log(batch.labels.length); // 16
+ * ```
  */
 export async function firstTrainingBatch(
   data: Dataset,

@@ -18,7 +18,16 @@ import { Rng } from "../../ops/tensor.ts";
 import { IMAGENET_MEAN, IMAGENET_STD } from "./transforms.ts";
 import type { Batch } from "./types.ts";
 
-/** A deterministic natural-like image: 1/f noise (sum of octaves of smooth noise) per channel, in [0, 1]. */
+/**
+ * A deterministic natural-like image: 1/f noise (sum of octaves of smooth noise) per channel, in [0, 1].
+ *
+ * @example
+ * ```ts
+ * import { naturalLikeImage } from "./natural.ts";
+ * const img = naturalLikeImage(32, 1); // [3, 32, 32]
+ * console.log(img.length, img.every((v) => v >= 0 && v <= 1)); // 3072 true
+ * ```
+ */
 export function naturalLikeImage(size: number, seed: number): Float32Array {
   const rng = new Rng(seed);
   const out = new Float32Array(3 * size * size);
@@ -49,7 +58,16 @@ export function naturalLikeImage(size: number, seed: number): Float32Array {
   return out;
 }
 
-/** Normalise an RGB [3, S, S] image in [0, 1] with the ImageNet mean and std, in place. */
+/**
+ * Normalise an RGB [3, S, S] image in [0, 1] with the ImageNet mean and std, in place.
+ *
+ * @example
+ * ```ts
+ * import { normaliseImageNet } from "./natural.ts";
+ * const grey = normaliseImageNet(new Float32Array(3 * 4).fill(0.5), 2);
+ * console.log(grey[0].toFixed(3)); // 0.066: (0.5 − 0.485) / 0.229
+ * ```
+ */
 export function normaliseImageNet(img: Float32Array, size: number): Float32Array {
   for (let c = 0; c < 3; c++) {
     for (let i = 0; i < size * size; i++) {

@@ -517,6 +517,13 @@ const IDENTITY: Symmetry = { vflip: false, hflip: false, transpose: false };
  * A random label-preserving symmetry for `numClasses` sectors: vertical flip
  * always allowed, horizontal flip when the sector count is even, transpose
  * when it is divisible by 4 (each p = 0.5).
+ *
+ * @example
+ * ```ts
+ * import { Rng } from "../../ops/tensor.ts";
+ * import { drawSymmetry } from "./procedural.ts";
+ * console.log(drawSymmetry(new Rng(3), 3).hflip); // false: 3 sectors allow only the vertical flip
+ * ```
  */
 export function drawSymmetry(rng: Rng, numClasses: number): Symmetry {
   return {
@@ -526,7 +533,16 @@ export function drawSymmetry(rng: Rng, numClasses: number): Symmetry {
   };
 }
 
-/** The class of a direction after `sym`: θ → −θ (vflip), π − θ (hflip), −π/2 − θ (transpose). */
+/**
+ * The class of a direction after `sym`: θ → −θ (vflip), π − θ (hflip), −π/2 − θ (transpose).
+ *
+ * @example
+ * ```ts
+ * import { symmetryLabel } from "./procedural.ts";
+ * // 4 sectors (E, N, W, S as 0..3): a vertical flip swaps N and S.
+ * console.log(symmetryLabel({ vflip: true, hflip: false, transpose: false }, 1, 4)); // 3
+ * ```
+ */
 export function symmetryLabel(sym: Symmetry, label: number, numClasses: number): number {
   const k = numClasses;
   let l = label;
@@ -536,7 +552,15 @@ export function symmetryLabel(sym: Symmetry, label: number, numClasses: number):
   return l;
 }
 
-/** Where continuous pixel coordinates (x, y) go under `sym` in a `size`² image. */
+/**
+ * Where continuous pixel coordinates (x, y) go under `sym` in a `size`² image.
+ *
+ * @example
+ * ```ts
+ * import { symmetryPoint } from "./procedural.ts";
+ * console.log(symmetryPoint({ vflip: false, hflip: true, transpose: false }, [1, 2], 8)); // [7, 2]
+ * ```
+ */
 export function symmetryPoint(
   sym: Symmetry,
   p: readonly [number, number],
@@ -552,6 +576,12 @@ export function symmetryPoint(
 /**
  * For each output pixel of a `size`² image under `sym`, the source pixel it
  * reads (inverse maps applied last transform first).
+ *
+ * @example
+ * ```ts
+ * import { symmetryIndex } from "./procedural.ts";
+ * console.log(symmetryIndex(2, { vflip: false, hflip: false, transpose: true })); // Int32Array [0, 2, 1, 3]
+ * ```
  */
 export function symmetryIndex(size: number, sym: Symmetry): Int32Array {
   const map = new Int32Array(size * size);
@@ -567,7 +597,18 @@ export function symmetryIndex(size: number, sym: Symmetry): Int32Array {
   return map;
 }
 
-/** Writes `sym` applied to the 3×S×S image `src` into `out` at `offset`. */
+/**
+ * Writes `sym` applied to the 3×S×S image `src` into `out` at `offset`.
+ *
+ * @example
+ * ```ts
+ * import { transformImage } from "./procedural.ts";
+ * const src = Float32Array.from({ length: 3 * 4 }, (_, i) => i); // 3 planes of 2×2
+ * const out = new Float32Array(12);
+ * transformImage(src, 2, { vflip: false, hflip: true, transpose: false }, out, 0);
+ * console.log(out.subarray(0, 4)); // Float32Array [1, 0, 3, 2]
+ * ```
+ */
 export function transformImage(
   src: Float32Array,
   size: number,

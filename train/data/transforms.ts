@@ -29,7 +29,15 @@ export const CIFAR10_STD = [0.247, 0.2435, 0.2616] as const;
 /** timm's default `crop_pct` for eval: resize to size/0.875, then centre-crop size. */
 export const DEFAULT_CROP_PCT = 0.875;
 
-/** A 32-bit mix of integers: independent seeds for (run seed, epoch, sample, purpose). */
+/**
+ * A 32-bit mix of integers: independent seeds for (run seed, epoch, sample, purpose).
+ *
+ * @example
+ * ```ts
+ * import { SEED_AUGMENT, SEED_SHUFFLE, seedOf } from "./transforms.ts";
+ * console.log(seedOf(0, 1, SEED_SHUFFLE) !== seedOf(0, 1, SEED_AUGMENT)); // true
+ * ```
+ */
 export function seedOf(...xs: number[]): number {
   let h = 0x2545f491;
   for (const x of xs) {
@@ -45,7 +53,15 @@ export function seedOf(...xs: number[]): number {
 export const SEED_SHUFFLE = 0x5f1e;
 export const SEED_AUGMENT = 0xa06e;
 
-/** Python's `round` (half to even), used by torchvision's crop arithmetic. */
+/**
+ * Python's `round` (half to even), used by torchvision's crop arithmetic.
+ *
+ * @example
+ * ```ts
+ * import { roundHalfEven } from "./transforms.ts";
+ * console.log(roundHalfEven(2.5), roundHalfEven(3.5), roundHalfEven(-0.5)); // 2 4 -0
+ * ```
+ */
 export function roundHalfEven(x: number): number {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
@@ -188,6 +204,13 @@ export function hwcToNormalisedChw(
  * Bilinear sampling weights of PyTorch's `interpolate(mode="bilinear",
  * align_corners=False)` along one axis: for each output index, the two
  * source indices and the weight of the second.
+ *
+ * @example
+ * ```ts
+ * import { bilinearTaps } from "./transforms.ts";
+ * const { i0, i1, w1 } = bilinearTaps(4, 2); // halve: each output sits between two inputs
+ * console.log(i0, i1, w1); // Int32Array [0, 2] Int32Array [1, 3] Float32Array [0.5, 0.5]
+ * ```
  */
 export function bilinearTaps(
   inSize: number,
@@ -219,6 +242,13 @@ export interface EpochPlan {
  * The order of one epoch: a seeded Fisher–Yates shuffle when training
  * (by `seed` and `epoch`), else `0..n-1`; cut into batches (training drops
  * the last partial batch).
+ *
+ * @example
+ * ```ts
+ * import { epochPlan } from "./transforms.ts";
+ * const plan = epochPlan(10, { batchSize: 4, epoch: 0, seed: 0, train: false });
+ * console.log(plan.batches); // [Int32Array [0, 1, 2, 3], Int32Array [4, 5, 6, 7], Int32Array [8, 9]]
+ * ```
  */
 export function epochPlan(n: number, opts: BatchOptions): EpochPlan {
   const { batchSize, train } = opts;
@@ -247,7 +277,15 @@ export function epochPlan(n: number, opts: BatchOptions): EpochPlan {
   return { batches, augmentSeeds };
 }
 
-/** Batches per epoch: `floor` when training (drop last), `ceil` otherwise. */
+/**
+ * Batches per epoch: `floor` when training (drop last), `ceil` otherwise.
+ *
+ * @example
+ * ```ts
+ * import { countBatches } from "./transforms.ts";
+ * console.log(countBatches(10, 4, true), countBatches(10, 4, false)); // 2 3
+ * ```
+ */
 export function countBatches(n: number, batchSize: number, train: boolean): number {
   return train ? Math.floor(n / batchSize) : Math.ceil(n / batchSize);
 }
@@ -302,6 +340,15 @@ export async function* prefetch<T>(
  * depth 1 the next batch is built whenever the consumer waits on something
  * else (a GPU read-back), instead of only when it asks. Resolves null,
  * without running `f`, once `signal` aborts (no timer outlives the pass).
+ *
+ * @example
+ * ```ts
+ * import { deferred } from "./transforms.ts";
+ * const stop = new AbortController();
+ * console.log(await deferred(() => 42, stop.signal)); // 42
+ * stop.abort();
+ * console.log(await deferred(() => 42, stop.signal)); // null
+ * ```
  */
 export function deferred<T>(f: () => T, signal: AbortSignal): Promise<T | null> {
   return new Promise((resolve, reject) => {
@@ -322,14 +369,34 @@ export function deferred<T>(f: () => T, signal: AbortSignal): Promise<T | null> 
   });
 }
 
-/** Checks a split name (a one-line error for typos from untyped callers). */
+/**
+ * Checks a split name (a one-line error for typos from untyped callers).
+ *
+ * @example
+ * ```ts
+ * import { checkSplit } from "./transforms.ts";
+ * try {
+ *   checkSplit("valid");
+ * } catch (e) {
+ *   console.log((e as Error).message); // split must be "train" or "val", got "valid"
+ * }
+ * ```
+ */
 export function checkSplit(split: string): asserts split is "train" | "val" {
   if (split !== "train" && split !== "val") {
     throw new Error(`split must be "train" or "val", got "${split}"`);
   }
 }
 
-/** Shared `batchesPerEpoch` of datasets that know their split sizes. */
+/**
+ * Shared `batchesPerEpoch` of datasets that know their split sizes.
+ *
+ * @example
+ * ```ts
+ * import { batchesPerEpochOf } from "./transforms.ts";
+ * console.log(batchesPerEpochOf({ trainSize: 100, valSize: 30 }, "val", 8, false)); // 4
+ * ```
+ */
 export function batchesPerEpochOf(
   data: Pick<Dataset, "trainSize" | "valSize">,
   split: "train" | "val",
@@ -340,7 +407,16 @@ export function batchesPerEpochOf(
   return countBatches(split === "train" ? data.trainSize : data.valSize, batchSize, train);
 }
 
-/** An empty batch of `n` images of side `size`. */
+/**
+ * An empty batch of `n` images of side `size`.
+ *
+ * @example
+ * ```ts
+ * import { allocBatch } from "./transforms.ts";
+ * const b = allocBatch(2, 32);
+ * console.log(b.x.length, b.labels.length); // 6144 2
+ * ```
+ */
 export function allocBatch(n: number, size: number): Batch {
   return { x: new Float32Array(n * 3 * size * size), labels: new Int32Array(n) };
 }
