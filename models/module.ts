@@ -20,8 +20,7 @@
  * ```
  * @module
  */
-import { gpu } from "../ops/gpu.ts";
-import { keep, numel, Tensor } from "../ops/tensor.ts";
+import { copyInto, keep, numel, Tensor } from "../ops/tensor.ts";
 
 /** How a parameter or buffer starts. */
 export type Init =
@@ -94,13 +93,7 @@ export class Param {
       );
     }
     if (this.#tensor) {
-      gpu().encoderForCopy().copyBufferToBuffer(
-        values.buffer,
-        0,
-        this.#tensor.buffer,
-        0,
-        this.size * 4,
-      );
+      copyInto(values, this.#tensor);
       values.dispose();
       return;
     }

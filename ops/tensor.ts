@@ -402,6 +402,29 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   gpu().dispatch(code, [t.buffer], grid1d(t.size));
 }
 
+/**
+ * Copy `src`'s values into `dst` (same number of elements) in recording
+ * order: after every dispatch recorded so far, before every later one.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { copyInto, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * const dst = Tensor.zeros([3]);
+ * copyInto(Tensor.from([1, 2, 3]), dst);
+ * console.log(await dst.read()); // Float32Array [1, 2, 3]
+ * ```
+ */
+export function copyInto(src: Tensor, dst: Tensor): void {
+  if (src.size !== dst.size) {
+    throw new Error(`copyInto: source of ${src.size} values, destination of ${dst.size}`);
+  }
+  if (src.size > 0) {
+    gpu().encoderForCopy().copyBufferToBuffer(src.buffer, 0, dst.buffer, 0, src.size * 4);
+  }
+}
+
 /** A number as a WGSL f32 literal (exact for f32 values; inf/nan as bitcasts). */
 export function f32(v: number): string {
   if (Number.isNaN(v)) return "bitcast<f32>(0x7fc00000u)";
