@@ -24,13 +24,18 @@ export function centerPoint(m: Tensor): Tensor {
   const [n, c, h, w] = m.shape;
   const centre = Math.floor(h / 2) * w + Math.floor(w / 2);
   const y = Tensor.empty([n, c]);
-  launch(elementwiseKernel(n * c, ["m"], `y[i] = m[i * ${h * w}u + ${centre}u];`), [m, y], n * c);
+  const config = { shape: m.shape };
+  const gather = elementwiseKernel(n * c, ["m"], `y[i] = m[i * ${h * w}u + ${centre}u];`);
+  launch(gather, [m, y], n * c, undefined, { name: "center-point", config });
   record("centerPoint", [m], y, [], (g) => {
     const gm = Tensor.empty(m.shape);
     const body = `let plane = i / ${h * w}u;
   let pos = i % ${h * w}u;
   y[i] = select(0.0, g[plane], pos == ${centre}u);`;
-    launch(elementwiseKernel(m.size, ["g"], body), [g, gm], m.size);
+    launch(elementwiseKernel(m.size, ["g"], body), [g, gm], m.size, undefined, {
+      name: "center-point-backward",
+      config,
+    });
     return [gm];
   });
   return y;

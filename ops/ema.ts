@@ -31,5 +31,8 @@ export function emaUpdate(average: Tensor, x: Tensor, decay: number): void {
   const body = decay === 0
     ? "y[i] = x[i];"
     : `y[i] = ${f32(decay)} * y[i] + ${f32(1 - decay)} * x[i];`;
-  launch(elementwiseKernel(x.size, ["x"], body), [x, average], x.size);
+  launch(elementwiseKernel(x.size, ["x"], body), [x, average], x.size, undefined, {
+    name: "ema-update",
+    config: { size: x.size, decay },
+  });
 }

@@ -21,6 +21,7 @@
  */
 import { gpu } from "./gpu.ts";
 import { flatIndex, grid1d, type Tensor } from "./tensor.ts";
+import type { KernelInfo } from "./wgsl_dump.ts";
 
 /** Threads per workgroup for flat kernels. */
 export const WG = 256;
@@ -91,15 +92,19 @@ ${flatMain(n)}
 }`;
 }
 
-/** Launch `code` over `n` flat invocations (or an explicit workgroup grid). */
+/**
+ * Launch `code` over `n` flat invocations (or an explicit workgroup grid).
+ * `kernel` names it and the config it was generated from (see wgsl_dump.ts).
+ */
 export function launch(
   code: string,
   tensors: Tensor[],
   n: number | readonly number[],
   params?: ArrayBuffer,
+  kernel?: KernelInfo,
 ): void {
   const groups = typeof n === "number" ? grid1d(n) : n;
-  gpu().dispatch(code, tensors.map((t) => t.buffer), groups, params);
+  gpu().dispatch(code, tensors.map((t) => t.buffer), groups, params, kernel);
 }
 
 /** A uniform block: WGSL struct declaration bound after `bindingCount` storage buffers, and its bytes. */

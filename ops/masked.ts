@@ -41,5 +41,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   let k = m[i];
   ${names.map((n) => `${n}[i] = ${n}[i] * k;`).join("\n  ")}
 }`;
-  launch(code, [mask, ...targets], mask.size);
+  launch(code, [mask, ...targets], mask.size, undefined, {
+    name: "mask-multiply",
+    config: { size: mask.size, targets: targets.length },
+  });
 }
