@@ -57,7 +57,7 @@ import {
   workgroupMemoryLimit as sharedLimit,
 } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoize, storage } from "./kernel.ts";
+import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- shapes and configs
@@ -112,7 +112,6 @@ export type WeightGradConfig = FilterConfig | FftConfig;
 
 // ---------------------------------------------------------------- small helpers
 
-const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 const COMP = ["x", "y", "z", "w"];
 /** WGSL name of scalar m of a register row held as vec4s named `${name}${k}`. */
 const lane = (name: string, m: number) => `${name}${m >> 2}.${COMP[m & 3]}`;

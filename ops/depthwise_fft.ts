@@ -54,7 +54,7 @@
  */
 import { type DepthwiseShape, transposedShape, workgroupMemoryLimit } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoize, storage } from "./kernel.ts";
+import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
 import { Tensor } from "./tensor.ts";
 
 /** The FFT path's tiling: transform size F (a power of two) and plane pairs per workgroup. */
@@ -77,8 +77,6 @@ export interface FftConfig {
 export function isFftConfig(c: unknown): c is FftConfig {
   return typeof c === "object" && c !== null && "fft" in c;
 }
-
-const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 
 /** Workgroups along the batch: groups of `cfg.pairs` plane pairs. */
 const pairGroups = (s: DepthwiseShape, cfg: FftConfig): number =>

@@ -125,6 +125,19 @@ export function uniforms(
   return { decl, data };
 }
 
+/**
+ * ⌈a / b⌉ for positive b: how many groups of b cover a (workgroups, tiles, chunks).
+ *
+ * @example
+ * ```ts
+ * import { ceilDiv } from "./kernel.ts";
+ * console.log(ceilDiv(10, 4), ceilDiv(8, 4)); // 3 2
+ * ```
+ */
+export function ceilDiv(a: number, b: number): number {
+  return Math.ceil(a / b);
+}
+
 /** Row-major strides of a shape. */
 export function strides(shape: readonly number[]): number[] {
   const s = new Array(shape.length).fill(1);

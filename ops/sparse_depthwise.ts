@@ -80,7 +80,7 @@ import {
 } from "./depthwise_shape.ts";
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoize, storage } from "./kernel.ts";
+import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
 import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
 
 /**
@@ -405,7 +405,6 @@ function virt(s: DepthwiseShape, vertical: boolean): VShape {
   };
 }
 
-const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 const COMP = ["x", "y", "z", "w"];
 const lane = (name: string, m: number) => `${name}${m >> 2}.${COMP[m & 3]}`;
 

@@ -437,6 +437,26 @@ export function f32(v: number): string {
 // ---------------------------------------------------------------- RNG
 
 /**
+ * A 32-bit mix of integers: one seed per (run seed, step, layer, purpose …),
+ * so that every random draw of a run follows from the run's seed alone.
+ *
+ * @example
+ * ```ts
+ * import { mixSeeds, Rng } from "./tensor.ts";
+ * const rng = new Rng(mixSeeds(0, 17, 2)); // run seed 0, step 17, purpose 2
+ * console.log(mixSeeds(0, 17, 2), mixSeeds(0, 2, 17)); // 2816245767 561468361 (order matters)
+ * ```
+ */
+export function mixSeeds(...xs: number[]): number {
+  let h = 0x811c9dc5;
+  for (const x of xs) {
+    h = Math.imul(h ^ (x >>> 0), 0x01000193) >>> 0;
+    h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) >>> 0;
+  }
+  return h >>> 0;
+}
+
+/**
  * A small seeded generator (SplitMix32 mixing, Box–Muller normals):
  * reproducible across platforms, so the same seed gives the same weights.
  */

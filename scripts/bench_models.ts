@@ -36,7 +36,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { type Cell, type CsvRow, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { timeGpu } from "../ops/timing.ts";
 import { setDepthwiseImpl } from "../ops/depthwise.ts";
@@ -52,12 +52,10 @@ import { seedInit } from "../models/module.ts";
 import {
   anchorScript,
   csvComments,
-  type CsvRow,
   formatTable,
   joinAnchor,
   MODEL_JOIN,
   modelAnchorRuns,
-  parseCsv,
   runAnchor,
 } from "./pytorch_anchor.ts";
 

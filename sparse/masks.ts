@@ -30,7 +30,7 @@ import { backward } from "../ops/autograd.ts";
 import { gpu } from "../ops/gpu.ts";
 import { multiplyByMaskInPlace } from "../ops/masked.ts";
 import type { Optimizer } from "../ops/optim.ts";
-import { copyInto, keep, Rng, Tensor } from "../ops/tensor.ts";
+import { copyInto, keep, mixSeeds, Rng, Tensor } from "../ops/tensor.ts";
 import type { Module, Param } from "../models/module.ts";
 import { Conv2d } from "../models/layers.ts";
 import { SparseDepthwisePlan } from "../ops/sparse_depthwise.ts";
@@ -61,16 +61,6 @@ export interface MaskingOptions {
   granularity?: (key: string) => Granularity;
   /** Initial masks by key (unit masks, e.g. from a checkpoint) instead of random ones. */
   masks?: ReadonlyMap<string, Uint8Array>;
-}
-
-/** A seeded 32-bit mix of integers (seeds per update and layer). */
-export function mixSeeds(...xs: number[]): number {
-  let h = 0x9747b28c;
-  for (const x of xs) {
-    h = Math.imul(h ^ (x >>> 0), 0x5bd1e995) >>> 0;
-    h = (h ^ (h >>> 13)) >>> 0;
-  }
-  return Math.imul(h ^ (h >>> 15), 0x27d4eb2d) >>> 0;
 }
 
 /**
