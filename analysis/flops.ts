@@ -278,13 +278,3 @@ export function maskDensities(
   }
   return out;
 }
-
-/** `n` in millions with `digits` decimals. */
-export function millions(n: number, digits = 2): string {
-  return (n / 1e6).toFixed(digits);
-}
-
-/** `n` in billions (GFLOPs) with `digits` decimals. */
-export function billions(n: number, digits = 2): string {
-  return (n / 1e9).toFixed(digits);
-}

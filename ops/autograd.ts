@@ -210,13 +210,6 @@ function reshaped(g: Tensor, shape: readonly number[]): Tensor {
 }
 
 /**
- * Detach: a handle to the same values with no gradient history.
- */
-export function detach(t: Tensor): Tensor {
-  return t.view(t.shape);
-}
-
-/**
  * A view of `x` with another shape (one dimension may be -1), sharing its
  * storage; gradients flow back through it.
  */

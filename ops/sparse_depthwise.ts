@@ -2,7 +2,7 @@
  * Sparse depthwise convolution: a stride-1 depthwise convolution that visits
  * only the active (mask = 1) taps of each channel's kernel, forward, input
  * gradient and filter gradient. This is what turns SLaK's "sparse FLOPs" into
- * wall-clock time (DESIGN.md, "Kernels", 5).
+ * wall-clock time.
  *
  * **The compacted taps.** A {@linkcode SparseDepthwisePlan} is built from a
  * weight mask whenever the mask changes (prune-and-grow, every `-u` steps; a

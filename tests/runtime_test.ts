@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createGpu, gpu, GpuUnavailableError } from "../ops/gpu.ts";
+import { createGpu, Gpu, gpu, GpuUnavailableError } from "../ops/gpu.ts";
 import { checkWorkgroupBounds } from "../ops/workgroup_check.ts";
 import { keep, mixSeeds, poolStats, Rng, scope, sizeClass, Tensor } from "../ops/tensor.ts";
 import { backward, clearTape, noGrad, reshape, tapeLength } from "../ops/autograd.ts";
@@ -35,7 +35,12 @@ Deno.test("no WebGPU: a command exits non-zero with a single stderr line", async
 
 Deno.test("adapter facts are exposed", () => {
   assert.ok(gpu().description.length > 0);
-  assert.equal(typeof gpu().isFallback, "boolean");
+  // A software adapter is recognised by its description; a missing description is pieced together.
+  const info = (fields: Partial<GPUAdapterInfo>) => fields as GPUAdapterInfo;
+  const soft = new Gpu(gpu().device, info({ description: "llvmpipe (LLVM 15.0.6, 256 bits)" }));
+  assert.equal(soft.isFallback, true);
+  const hard = new Gpu(gpu().device, info({ vendor: "nvidia", architecture: "hopper" }));
+  assert.deepEqual([hard.isFallback, hard.description], [false, "nvidia hopper"]);
   assert.ok(gpu().limits.maxStorageBufferBindingSize >= 128 << 20);
 });
 
