@@ -260,7 +260,7 @@ export class Gpu {
     uniforms?: ArrayBuffer,
     kernel?: KernelInfo,
   ): void {
-    const pipeline = this.pipeline(code, kernel, {
+    const pipeline = this.#pipelines.get(code) ?? this.pipeline(code, kernel, {
       workgroups,
       buffers: buffers.length,
       uniformBytes: uniforms?.byteLength ?? 0,
