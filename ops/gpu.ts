@@ -24,6 +24,7 @@ import {
 import {
   type DispatchFacts,
   type KernelInfo,
+  launchSite,
   shaderDumpFile,
   shaderDumpRequested,
   writeShaderDump,
@@ -166,10 +167,12 @@ export class Gpu {
       const check = this.#wgCheck;
       const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
       if (this.dumpWgsl) {
+        const site = launchSite(new Error().stack ?? "");
         writeShaderDump(
           this.dumpWgsl,
-          shaderDumpFile(source, kernel, {
+          shaderDumpFile(source, kernel ?? (site ? { name: site.name } : undefined), {
             adapter: this.description,
+            launchedFrom: site?.where,
             workgroups: first?.workgroups ?? [],
             buffers: first?.buffers ?? 0,
             uniformBytes: first?.uniformBytes ?? 0,

@@ -33,6 +33,8 @@ export interface KernelInfo {
 /** Facts about a kernel's first dispatch, known only to the recorder. */
 export interface DispatchFacts {
   adapter: string;
+  /** The launching line, when known (see {@linkcode launchSite}). */
+  launchedFrom?: string;
   workgroups: readonly number[];
   buffers: number;
   uniformBytes: number;
@@ -52,6 +54,36 @@ export function shaderDumpRequested(): string | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * Where a kernel was launched from, read off a stack trace taken while it
+ * compiles: the first frame outside the dispatch plumbing (gpu.ts, kernel.ts),
+ * as "file.function" and "path:line", e.g. "elementwise.unary" and
+ * "ops/elementwise.ts:194". Names kernels whose launcher passed none.
+ *
+ * @example
+ * ```ts
+ * import { launchSite } from "./wgsl_dump.ts";
+ * const stack = `Error
+ *     at Gpu.pipeline (file:///repo/ops/gpu.ts:160:9)
+ *     at launch (file:///repo/ops/kernel.ts:102:9)
+ *     at unary (file:///repo/ops/elementwise.ts:194:3)`;
+ * console.log(launchSite(stack)); // { name: "elementwise.unary", where: "ops/elementwise.ts:194" }
+ * ```
+ */
+export function launchSite(stack: string): { name: string; where: string } | null {
+  for (const line of stack.split("\n")) {
+    const m = line.match(
+      /^\s*at (?:(?:async )?([\w$.<>]+) \()?.*?\/(\w+)\/(\w+)\.[mc]?[tj]s:(\d+)/,
+    );
+    if (!m) continue;
+    const [, fn, dir, file, row] = m;
+    if (dir === "ops" && (file === "gpu" || file === "kernel")) continue;
+    const name = fn ? `${file}.${fn.split(".").at(-1)}` : file;
+    return { name, where: `${dir}/${file}.ts:${row}` };
+  }
+  return null;
 }
 
 /** 16 hex digits identifying a source (two 32-bit FNV-1a hashes); not cryptographic. */
@@ -80,6 +112,7 @@ export function shaderDumpFile(
     `// kernel ${name} ${hash}`,
     `// config: ${config.replace(/[\r\n]+/g, " ")}`,
     `// adapter: ${facts.adapter}`,
+    ...(facts.launchedFrom ? [`// launched from ${facts.launchedFrom}`] : []),
     `// first dispatch: ${facts.workgroups.join("x")} workgroups, ${facts.buffers} storage ` +
     `buffers, ${facts.uniformBytes} uniform bytes`,
     ...(facts.boundsChecked ? ["// rewritten with workgroup bounds checks"] : []),

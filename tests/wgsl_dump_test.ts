@@ -24,23 +24,28 @@ Deno.test("dumpWgsl: one file per compiled kernel, named and headed by what the 
   const g = await createGpu({ dumpWgsl: `${dir}/shaders` });
   const a = g.device.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
   try {
-    g.dispatch(KERNEL(1), [a], [1], undefined, { name: "set one", config: { value: 1 } });
-    g.dispatch(KERNEL(1), [a], [1]); // cached: no second file
-    g.dispatch(WITH_UNIFORMS, [a], [2, 1, 1], new ArrayBuffer(16));
+    const launchBoth = () => {
+      g.dispatch(KERNEL(1), [a], [1], undefined, { name: "set one", config: { value: 1 } });
+      g.dispatch(KERNEL(1), [a], [1]); // cached: no second file
+      g.dispatch(WITH_UNIFORMS, [a], [2, 1, 1], new ArrayBuffer(16));
+    };
+    launchBoth();
     await g.sync();
     const files = await wgslFiles(`${dir}/shaders`);
+    // Unnamed, a kernel is named after the function that launched it.
     assert.deepEqual(files, [
-      `kernel-${shaderHash(WITH_UNIFORMS)}.wgsl`,
       `set_one-${shaderHash(KERNEL(1))}.wgsl`,
+      `wgsl_dump_test.launchBoth-${shaderHash(WITH_UNIFORMS)}.wgsl`,
     ]);
-    const named = await Deno.readTextFile(`${dir}/shaders/${files[1]}`);
+    const named = await Deno.readTextFile(`${dir}/shaders/${files[0]}`);
     assert.equal(
       named.split("\n").slice(0, 2).join("\n"),
       `// kernel set_one ${shaderHash(KERNEL(1))}\n// config: {"value":1}`,
     );
     assert.ok(named.endsWith(`${KERNEL(1)}\n`));
-    const plain = await Deno.readTextFile(`${dir}/shaders/${files[0]}`);
+    const plain = await Deno.readTextFile(`${dir}/shaders/${files[1]}`);
     assert.match(plain, /\/\/ config: none\n/);
+    assert.match(plain, /\/\/ launched from tests\/wgsl_dump_test\.ts:\d+\n/);
     assert.match(plain, /first dispatch: 2x1x1 workgroups, 1 storage buffers, 16 uniform bytes/);
     assert.notEqual(shaderHash(KERNEL(1)), shaderHash(KERNEL(2)));
   } finally {
@@ -74,9 +79,11 @@ Deno.test("LARGEKERNEL_DUMP_WGSL: a real op run with the variable set writes its
 import { initGpu } from "${new URL("../ops/gpu.ts", import.meta.url)}";
 import { Tensor } from "${new URL("../ops/tensor.ts", import.meta.url)}";
 import { emaUpdate } from "${new URL("../ops/ema.ts", import.meta.url)}";
+import { add } from "${new URL("../ops/elementwise.ts", import.meta.url)}";
 await initGpu();
 const avg = Tensor.from([0, 10]);
 emaUpdate(avg, Tensor.from([10, 0]), 0.5);
+await add(avg, avg).read();
 console.log(JSON.stringify([...(await avg.read())]));`;
   try {
     const out = await new Deno.Command(Deno.execPath(), {
@@ -94,6 +101,11 @@ console.log(JSON.stringify([...(await avg.read())]));`;
     const text = await Deno.readTextFile(`${dir}/${ema[0]}`);
     assert.match(text, /@compute/);
     assert.match(text, /\/\/ config: \{"size":2,"decay":0.5\}/);
+    // An op that passes no name is named after its launcher.
+    const binary = files.filter((f) => f.startsWith("elementwise.binary-"));
+    assert.equal(binary.length, 1, files.join(" "));
+    const added = await Deno.readTextFile(`${dir}/${binary[0]}`);
+    assert.match(added, /\/\/ launched from ops\/elementwise\.ts:\d+\n[^]*@compute/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
