@@ -219,9 +219,12 @@ async function python(args: string[]): Promise<{ code: number; stdout: string; s
 }
 
 const BENCH = new URL("../bench/pytorch/", import.meta.url).pathname;
+/** Appended to the name of a test that needs python3, so a skip says why. */
+const NEEDS_PYTHON = hasPython ? "" : " (ignored: python3 is not on PATH)";
 
 Deno.test({
-  name: "bench/pytorch/matmul.py lists the products bench_gemm.ts times, under the same names",
+  name: "bench/pytorch/matmul.py lists the products bench_gemm.ts times, under the same names" +
+    NEEDS_PYTHON,
   ignore: !hasPython,
   async fn() {
     for (const [set, batch] of [["convnext", 64], ["slak", 64], ["slak", 3]] as const) {
@@ -242,7 +245,8 @@ Deno.test({
 
 Deno.test({
   name:
-    "the PyTorch anchors answer --help without torch; a missing model file is one line and status 2",
+    "the PyTorch anchors answer --help without torch; a missing model file is one line and status 2" +
+    NEEDS_PYTHON,
   ignore: !hasPython,
   async fn() {
     for (const script of ["convnext.py", "dwconv.py", "matmul.py", "official_models.py"]) {
