@@ -397,11 +397,13 @@ function launchForward(
 ): void {
   const L = forwardLayout(s, cfg);
   const code = forwardKernel(s, cfg, { flip, bias: bias !== null });
-  launch(code, bias ? [x, w, bias, y] : [x, w, y], [
-    L.tilesX * L.tilesY,
-    s.c,
-    ceilDiv(s.n, cfg.planes),
-  ]);
+  launch(
+    code,
+    bias ? [x, w, bias, y] : [x, w, y],
+    [L.tilesX * L.tilesY, s.c, ceilDiv(s.n, cfg.planes)],
+    undefined,
+    { name: flip ? "depthwise-backward-input" : "depthwise-forward", config: { shape: s, cfg } },
+  );
 }
 
 /**
@@ -719,12 +721,13 @@ export function depthwiseBackwardFilterFast(
   const L = filterLayout(s, cfg);
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   const grid = [L.groups, s.c, cfg.kySplit];
+  const kernel = { name: "depthwise-filter", config: { shape: s, cfg } };
   if (L.groups === 1) {
-    launch(filterKernel(s, cfg, true), [gy, x, gw], grid);
+    launch(filterKernel(s, cfg, true), [gy, x, gw], grid, undefined, kernel);
     return gw;
   }
   const part = Tensor.empty([L.groups, s.c, s.kh, s.kw]);
-  launch(filterKernel(s, cfg, false), [gy, x, part], grid);
+  launch(filterKernel(s, cfg, false), [gy, x, part], grid, undefined, kernel);
   launch(sumGroupsKernel(gw.size, L.groups), [part, gw], grid1d(gw.size));
   part.dispose();
   return gw;

@@ -940,6 +940,11 @@ function launchForward(
     forwardKernel(v, cfg, { flip, bias: bias !== null }),
     bias ? [x, w, pat, bias, y] : [x, w, pat, y],
     [L.tilesU * L.tilesV, s.c, ceilDiv(s.n, cfg.planes)],
+    undefined,
+    {
+      name: flip ? "sparse-depthwise-backward-input" : "sparse-depthwise-forward",
+      config: { shape: s, vertical, cfg },
+    },
   );
 }
 
@@ -1114,12 +1119,13 @@ function launchFilter(
   const L = fltLayout(v, cfg);
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   const grid = [L.pGroups, s.c, L.kGroups];
+  const kernel = { name: "sparse-depthwise-filter", config: { shape: s, vertical, cfg } };
   if (L.pGroups === 1) {
-    launch(filterKernel(v, cfg, true), [gy, x, pat, gw], grid);
+    launch(filterKernel(v, cfg, true), [gy, x, pat, gw], grid, undefined, kernel);
     return gw;
   }
   const part = Tensor.empty([L.pGroups, s.c, s.kh, s.kw]);
-  launch(filterKernel(v, cfg, false), [gy, x, pat, part], grid);
+  launch(filterKernel(v, cfg, false), [gy, x, pat, part], grid, undefined, kernel);
   launch(sumGroupsKernel(gw.size, L.pGroups), [part, gw], grid1d(gw.size));
   part.dispose();
   return gw;
