@@ -33,6 +33,9 @@ export * from "./ops/shape.ts";
 export * from "./ops/drop_path.ts";
 export * from "./ops/loss.ts";
 export * from "./ops/optim.ts";
+export * from "./ops/ema.ts";
+export * from "./ops/masked.ts";
+export * from "./ops/center_point.ts";
 export * from "./models/module.ts";
 // The functional helpers of layers.ts (gelu, add, …) accept shapes too; ops' versions keep the plain names.
 export {

@@ -1,6 +1,7 @@
 /**
- * CSV text from rows of values, and an atomic file write, so that a table or
- * log that a script or the trainer rewrites is never seen half-written.
+ * CSV text from rows of values and back, and an atomic file write, so that a
+ * table or log that a script or the trainer rewrites is never seen
+ * half-written.
  *
  * @example
  * ```ts
@@ -41,7 +42,76 @@ export function toCsv(rows: readonly Record<string, Cell>[], opts: CsvOptions = 
 function csvCell(v: Cell): string {
   if (v === null || v === undefined) return "";
   const s = String(v);
-  return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+  // A leading "#" is quoted too, so that a reader skipping comment lines keeps the row.
+  return /[",\r\n]|^#/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+}
+
+/** A CSV row as read: column name → cell text. */
+export type CsvRow = Record<string, string>;
+
+/**
+ * Rows of CSV text (RFC 4180; LF or CRLF line ends), as {@linkcode toCsv}
+ * writes it or another tool does: the first record is the header, each later
+ * one a row keyed by it (a cell the row lacks is ""). Blank lines and lines
+ * starting with `#` (comments) are skipped, and so is a later record equal to
+ * the header (CSV outputs written one after the other). Quoted cells may
+ * hold commas, quotes and line breaks and are kept verbatim; unquoted cells
+ * are trimmed.
+ *
+ * @example
+ * ```ts
+ * import { parseCsv, toCsv } from "./csv.ts";
+ * const text = toCsv([{ model: "a,b", ms: 1.5 }], { comments: ["measured on llvmpipe"] });
+ * console.log(parseCsv(text)); // [ { model: "a,b", ms: "1.5" } ]
+ * console.log(parseCsv("a,b\n1\na,b\n3,4\n")); // [ { a: "1", b: "" }, { a: "3", b: "4" } ]
+ * ```
+ */
+export function parseCsv(text: string): CsvRow[] {
+  const records = csvRecords(text);
+  if (!records.length) return [];
+  const [head, ...rows] = records;
+  const isHeader = (r: string[]) => r.length === head.length && r.every((v, k) => v === head[k]);
+  return rows.filter((r) => !isHeader(r)).map((r) =>
+    Object.fromEntries(head.map((name, k) => [name, r[k] ?? ""]))
+  );
+}
+
+/** The records of CSV text as arrays of cells, without blank and `#` comment lines. */
+function csvRecords(text: string): string[][] {
+  const records: string[][] = [];
+  let i = 0;
+  while (i < text.length) {
+    const lineEnd = text.indexOf("\n", i) < 0 ? text.length : text.indexOf("\n", i);
+    if (text[i] === "#" || text.slice(i, lineEnd).trim() === "") {
+      i = lineEnd + 1;
+      continue;
+    }
+    const cells: string[] = [];
+    let cell = "";
+    let quoted = false;
+    for (;; i++) {
+      const c = text[i];
+      if (c === '"' && cell.trim() === "" && !quoted) {
+        // A quoted cell: up to the quote not followed by another quote.
+        cell = "";
+        for (i++; i < text.length && !(text[i] === '"' && text[i + 1] !== '"'); i++) {
+          cell += text[i];
+          if (text[i] === '"') i++;
+        }
+        quoted = true;
+      } else if (c === undefined || c === "\n" || c === ",") {
+        cells.push(quoted ? cell : cell.trim());
+        cell = "";
+        quoted = false;
+        if (c !== ",") {
+          i++;
+          break;
+        }
+      } else if (!quoted) cell += c;
+    }
+    records.push(cells);
+  }
+  return records;
 }
 
 /**

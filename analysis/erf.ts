@@ -25,9 +25,9 @@
  * ```
  * @module
  */
-import { backward, noGrad, record } from "../ops/autograd.ts";
-import { mul, relu, scale, sub, sum, sumAxes } from "../ops/elementwise.ts";
-import { elementwiseKernel, launch } from "../ops/kernel.ts";
+import { backward, noGrad } from "../ops/autograd.ts";
+import { centerPoint } from "../ops/center_point.ts";
+import { inverseSqrtOrOne, mul, relu, scale, sub, sum, sumAxes } from "../ops/elementwise.ts";
 import { concat } from "../ops/shape.ts";
 import { keep, scope, Tensor } from "../ops/tensor.ts";
 import { accumulate } from "../ops/autograd.ts";
@@ -121,27 +121,6 @@ export function areaRatios(
     }
     return { t, side: h, ratio: 1 };
   });
-}
-
-/** [N, C, H, W] → [N, C]: the values at (⌊H/2⌋, ⌊W/2⌋), with its backward (a scatter into zeros). */
-export function centerPoint(m: Tensor): Tensor {
-  const [n, c, h, w] = m.shape;
-  const cy = Math.floor(h / 2), cx = Math.floor(w / 2);
-  const y = Tensor.empty([n, c]);
-  launch(
-    elementwiseKernel(n * c, ["m"], `y[i] = m[i * ${h * w}u + ${cy * w + cx}u];`),
-    [m, y],
-    n * c,
-  );
-  record("centerPoint", [m], y, [], (g) => {
-    const gm = Tensor.empty(m.shape);
-    const body = `let plane = i / ${h * w}u;
-  let pos = i % ${h * w}u;
-  y[i] = select(0.0, g[plane], pos == ${cy * w + cx}u);`;
-    launch(elementwiseKernel(m.size, ["g"], body), [g, gm], m.size);
-    return [gm];
-  });
-  return y;
 }
 
 /**
@@ -305,7 +284,6 @@ export async function calibrateLayerScale(model: Classifier, batches: Tensor[]):
   const patched = blocks.map((block) => {
     const forward = block.forward.bind(block);
     const c = block.gamma.shape[0];
-    const rsqrt = elementwiseKernel(c, ["m"], "y[i] = select(1.0, inverseSqrt(m[i]), m[i] > 0.0);");
     // Sequential calls the instance's own `forward`: set gamma from this input, then go on.
     const calibrating = (x: Tensor) => {
       if (x.rank !== 4 || x.shape[1] !== c) {
@@ -315,9 +293,7 @@ export async function calibrateLayerScale(model: Classifier, batches: Tensor[]):
       scope(() => {
         const d = sub(forward(x), x);
         const meanSquare = scale(sumAxes(mul(d, d), [0, 2, 3]), c / d.size);
-        const g = Tensor.empty([c]);
-        launch(rsqrt, [meanSquare, g], c);
-        block.gamma.set(g);
+        block.gamma.set(inverseSqrtOrOne(meanSquare));
       });
       return forward(x);
     };

@@ -291,29 +291,3 @@ export function maskDensities(
   }
   return out;
 }
-
-/**
- * `n` in millions with `digits` decimals.
- *
- * @example
- * ```ts
- * import { millions } from "./flops.ts";
- * console.log(millions(28_589_128)); // 28.59
- * ```
- */
-export function millions(n: number, digits = 2): string {
-  return (n / 1e6).toFixed(digits);
-}
-
-/**
- * `n` in billions (GFLOPs) with `digits` decimals.
- *
- * @example
- * ```ts
- * import { billions } from "./flops.ts";
- * console.log(billions(4_455_000_000, 1)); // 4.5
- * ```
- */
-export function billions(n: number, digits = 2): string {
-  return (n / 1e9).toFixed(digits);
-}

@@ -35,8 +35,7 @@
  * ```
  * @module
  */
-import { gpu } from "../ops/gpu.ts";
-import { keep, numel, Tensor } from "../ops/tensor.ts";
+import { copyInto, keep, numel, Tensor } from "../ops/tensor.ts";
 import type { Value } from "./value.ts";
 
 /** How a parameter or buffer starts. */
@@ -131,13 +130,7 @@ export class Param {
       );
     }
     if (this.#tensor) {
-      gpu().encoderForCopy().copyBufferToBuffer(
-        values.buffer,
-        0,
-        this.#tensor.buffer,
-        0,
-        this.size * 4,
-      );
+      copyInto(values, this.#tensor);
       values.dispose();
       return;
     }

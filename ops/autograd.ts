@@ -312,26 +312,6 @@ function reshaped(g: Tensor, shape: readonly number[]): Tensor {
 }
 
 /**
- * Detach: a handle to the same values with no gradient history.
- *
- * @example
- * ```ts
- * import { initGpu } from "./gpu.ts";
- * import { Tensor } from "./tensor.ts";
- * import { mul } from "./elementwise.ts";
- * import { detach } from "./autograd.ts";
- * await initGpu();
- * const w = Tensor.from([3]);
- * w.requiresGrad = true;
- * const y = detach(mul(w, w));
- * console.log(y.node === null, await y.read()); // true Float32Array [9]
- * ```
- */
-export function detach(t: Tensor): Tensor {
-  return t.view(t.shape);
-}
-
-/**
  * A view of `x` with another shape (one dimension may be -1), sharing its
  * storage; gradients flow back through it.
  *

@@ -57,7 +57,7 @@ import {
   workgroupMemoryLimit as sharedLimit,
 } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoize, storage } from "./kernel.ts";
+import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 // ---------------------------------------------------------------- shapes and configs
@@ -112,7 +112,6 @@ export type WeightGradConfig = FilterConfig | FftConfig;
 
 // ---------------------------------------------------------------- small helpers
 
-const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 const COMP = ["x", "y", "z", "w"];
 /** WGSL name of scalar m of a register row held as vec4s named `${name}${k}`. */
 const lane = (name: string, m: number) => `${name}${m >> 2}.${COMP[m & 3]}`;
@@ -398,11 +397,13 @@ function launchForward(
 ): void {
   const L = forwardLayout(s, cfg);
   const code = forwardKernel(s, cfg, { flip, bias: bias !== null });
-  launch(code, bias ? [x, w, bias, y] : [x, w, y], [
-    L.tilesX * L.tilesY,
-    s.c,
-    ceilDiv(s.n, cfg.planes),
-  ]);
+  launch(
+    code,
+    bias ? [x, w, bias, y] : [x, w, y],
+    [L.tilesX * L.tilesY, s.c, ceilDiv(s.n, cfg.planes)],
+    undefined,
+    { name: flip ? "depthwise-backward-input" : "depthwise-forward", config: { shape: s, cfg } },
+  );
 }
 
 /**
@@ -720,12 +721,13 @@ export function depthwiseBackwardFilterFast(
   const L = filterLayout(s, cfg);
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   const grid = [L.groups, s.c, cfg.kySplit];
+  const kernel = { name: "depthwise-filter", config: { shape: s, cfg } };
   if (L.groups === 1) {
-    launch(filterKernel(s, cfg, true), [gy, x, gw], grid);
+    launch(filterKernel(s, cfg, true), [gy, x, gw], grid, undefined, kernel);
     return gw;
   }
   const part = Tensor.empty([L.groups, s.c, s.kh, s.kw]);
-  launch(filterKernel(s, cfg, false), [gy, x, part], grid);
+  launch(filterKernel(s, cfg, false), [gy, x, part], grid, undefined, kernel);
   launch(sumGroupsKernel(gw.size, L.groups), [part, gw], grid1d(gw.size));
   part.dispose();
   return gw;

@@ -54,7 +54,7 @@
  */
 import { type DepthwiseShape, transposedShape, workgroupMemoryLimit } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoize, storage } from "./kernel.ts";
+import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
 import { Tensor } from "./tensor.ts";
 
 /** The FFT path's tiling: transform size F (a power of two) and plane pairs per workgroup. */
@@ -77,8 +77,6 @@ export interface FftConfig {
 export function isFftConfig(c: unknown): c is FftConfig {
   return typeof c === "object" && c !== null && "fft" in c;
 }
-
-const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 
 /** Workgroups along the batch: groups of `cfg.pairs` plane pairs. */
 const pairGroups = (s: DepthwiseShape, cfg: FftConfig): number =>
@@ -723,11 +721,16 @@ function convolve(
   const L = layout(s, cfg.fft);
   const spec = spectrum(s, L, w, flip);
   const y = Tensor.empty([s.n, s.c, s.ho, s.wo]);
-  launch(convKernel(s, L, cfg, bias !== null), bias ? [x, spec, bias, y] : [x, spec, y], [
-    L.tilesX * L.tilesY,
-    s.c,
-    pairGroups(s, cfg),
-  ]);
+  launch(
+    convKernel(s, L, cfg, bias !== null),
+    bias ? [x, spec, bias, y] : [x, spec, y],
+    [L.tilesX * L.tilesY, s.c, pairGroups(s, cfg)],
+    undefined,
+    {
+      name: flip ? "fft-depthwise-backward-input" : "fft-depthwise-forward",
+      config: { shape: s, cfg },
+    },
+  );
   spec.dispose();
   return y;
 }
@@ -884,12 +887,14 @@ function backward(
   const L = layout(s, cfg.fft);
   const groups = pairGroups(s, cfg);
   const part = Tensor.empty([groups, s.c, L.f, L.f, 2]);
+  const kernel = { name: "fft-depthwise-backward", config: { shape: s, cfg } };
   if (input) {
     const spec = spectrum(s, L, input.w, true);
-    launch(backwardKernel(s, L, cfg, true), [gy, x, spec, input.gx, part], [s.c, groups, 1]);
+    const buffers = [gy, x, spec, input.gx, part];
+    launch(backwardKernel(s, L, cfg, true), buffers, [s.c, groups, 1], undefined, kernel);
     spec.dispose();
   } else {
-    launch(backwardKernel(s, L, cfg, false), [gy, x, part], [s.c, groups, 1]);
+    launch(backwardKernel(s, L, cfg, false), [gy, x, part], [s.c, groups, 1], undefined, kernel);
   }
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   launch(filterFinishKernel(s, L, groups), [part, gw], [s.c, 1, 1]);

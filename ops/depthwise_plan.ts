@@ -55,7 +55,7 @@ import {
 } from "./depthwise_plain.ts";
 import { type DepthwiseShape, transposedShape } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
-import { memoize } from "./kernel.ts";
+import { ceilDiv, memoize } from "./kernel.ts";
 import { type CandidateOptions, type PlanJob, planner } from "./planner.ts";
 import { Tensor } from "./tensor.ts";
 
@@ -128,7 +128,6 @@ export function depthwiseShapeKey(s: DepthwiseShape): string {
   return [s.n, s.c, s.h, s.w, s.kh, s.kw, s.ph, s.pw, s.ho, s.wo].join(",");
 }
 
-const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 const roundUp = (a: number, b: number) => Math.ceil(a / b) * b;
 const isInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
 

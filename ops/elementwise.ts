@@ -314,6 +314,27 @@ export function relu(x: Tensor): Tensor {
 }
 
 /**
+ * 1/√x where x > 0, and 1 elsewhere (a scale that leaves zero-variance
+ * channels alone). Gradient −½·x^(−3/2) where x > 0, 0 elsewhere.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { inverseSqrtOrOne } from "./elementwise.ts";
+ * await initGpu();
+ * console.log(await inverseSqrtOrOne(Tensor.from([4, 0, -1])).read()); // Float32Array [0.5, 1, 1]
+ * ```
+ */
+export function inverseSqrtOrOne(x: Tensor): Tensor {
+  const y = unary(x, "select(1.0, inverseSqrt(v), v > 0.0)");
+  record("inverseSqrtOrOne", [x], y, [x], (g, [sx]) => [
+    unaryGrad(g, sx, "select(0.0, -0.5 * gy * inverseSqrt(v) / v, v > 0.0)"),
+  ]);
+  return y;
+}
+
+/**
  * 1 / (1 + e^−x), computed without overflow for large |x|.
  *
  * @example

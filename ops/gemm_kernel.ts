@@ -386,7 +386,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   const outputs = Object.values(spec.outputs);
   const record = () => {
-    launch(code, [...inputs, ...(partial ? [partial] : outputs)], grid1d(total, 1));
+    launch(code, [...inputs, ...(partial ? [partial] : outputs)], grid1d(total, 1), undefined, {
+      name: "gemm",
+      config: { batch, m, n, k, cfg: c },
+    });
     if (partial) sumSplits(partial);
   };
   record();

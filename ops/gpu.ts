@@ -21,6 +21,14 @@ import {
   WORKGROUP_CHECK_GROUP,
   workgroupCheckRequested,
 } from "./workgroup_check.ts";
+import {
+  type DispatchFacts,
+  type KernelInfo,
+  launchSite,
+  shaderDumpFile,
+  shaderDumpRequested,
+  writeShaderDump,
+} from "./wgsl_dump.ts";
 
 /**
  * Thrown when no WebGPU implementation or no adapter is available.
@@ -127,12 +135,16 @@ export class Gpu {
     groups: Map<GPUComputePipeline, GPUBindGroup>;
     sources: string[];
   } | null = null;
+  /** Folder that every compiled kernel is written to (`LARGEKERNEL_DUMP_WGSL`, see wgsl_dump.ts). */
+  readonly dumpWgsl: string | null;
 
   constructor(
     device: GPUDevice,
     info: GPUAdapterInfo,
     checkWorkgroup: boolean = workgroupCheckRequested(),
+    dumpWgsl: string | null = shaderDumpRequested(),
   ) {
+    this.dumpWgsl = dumpWgsl;
     this.device = device;
     this.description = info.description ||
       [info.vendor, info.architecture].filter(Boolean).join(" ") ||
@@ -161,14 +173,38 @@ export class Gpu {
     }
   }
 
-  /** The compiled pipeline for `code`, compiled once per distinct source. */
-  pipeline(code: string): GPUComputePipeline {
+  /**
+   * The compiled pipeline for `code`, compiled once per distinct source.
+   * `kernel` (name and config) and `first` (the dispatch that asked for it)
+   * label the pipeline and its dump (see wgsl_dump.ts).
+   */
+  pipeline(
+    code: string,
+    kernel?: KernelInfo,
+    first?: Omit<DispatchFacts, "adapter" | "boundsChecked">,
+  ): GPUComputePipeline {
     let p = this.#pipelines.get(code);
     if (!p) {
       const check = this.#wgCheck;
       const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
-      const module = this.device.createShaderModule({ code: source });
+      if (this.dumpWgsl) {
+        const site = launchSite(new Error().stack ?? "");
+        writeShaderDump(
+          this.dumpWgsl,
+          shaderDumpFile(source, kernel ?? (site ? { name: site.name } : undefined), {
+            adapter: this.description,
+            launchedFrom: site?.where,
+            workgroups: first?.workgroups ?? [],
+            buffers: first?.buffers ?? 0,
+            uniformBytes: first?.uniformBytes ?? 0,
+            boundsChecked: source !== code,
+          }),
+        );
+      }
+      const label = kernel?.name;
+      const module = this.device.createShaderModule({ code: source, label });
       p = this.device.createComputePipeline({
+        label,
         layout: "auto",
         compute: { module, entryPoint: "main" },
       });
@@ -238,15 +274,21 @@ export class Gpu {
    * Record one dispatch of `code` (entry point `main`, `buffers` bound in
    * order at group 0). `uniforms`, when given, are bound after the buffers as
    * one uniform buffer: values that change every step (learning rate, seed)
-   * travel there so the kernel is compiled once.
+   * travel there so the kernel is compiled once. `kernel` names the kernel
+   * and the config it was built from, for GPU error messages and shader dumps.
    */
   dispatch(
     code: string,
     buffers: GPUBuffer[],
     workgroups: readonly number[],
     uniforms?: ArrayBuffer,
+    kernel?: KernelInfo,
   ): void {
-    const pipeline = this.pipeline(code);
+    const pipeline = this.#pipelines.get(code) ?? this.pipeline(code, kernel, {
+      workgroups,
+      buffers: buffers.length,
+      uniformBytes: uniforms?.byteLength ?? 0,
+    });
     const entries: GPUBindGroupEntry[] = buffers.map((buffer, i) => ({
       binding: i,
       resource: { buffer },
@@ -396,6 +438,11 @@ export interface InitGpuOptions {
    * Default: on when the environment has `LARGEKERNEL_CHECK_WORKGROUP=1`.
    */
   checkWorkgroup?: boolean;
+  /**
+   * Write every compiled kernel to this folder (see wgsl_dump.ts); `null`
+   * turns it off. Default: the environment's `LARGEKERNEL_DUMP_WGSL`.
+   */
+  dumpWgsl?: string | null;
 }
 
 /**
@@ -434,7 +481,7 @@ export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
   device.addEventListener?.("uncapturederror", (e) => {
     console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
-  return new Gpu(device, adapter.info, options.checkWorkgroup);
+  return new Gpu(device, adapter.info, options.checkWorkgroup, options.dumpWgsl);
 }
 
 /** Initialise the process-wide GPU context once; later calls return it. */

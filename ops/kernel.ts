@@ -21,6 +21,7 @@
  */
 import { gpu } from "./gpu.ts";
 import { flatIndex, grid1d, type Tensor } from "./tensor.ts";
+import type { KernelInfo } from "./wgsl_dump.ts";
 
 /** Threads per workgroup for flat kernels. */
 export const WG = 256;
@@ -108,15 +109,19 @@ ${flatMain(n)}
 }`;
 }
 
-/** Launch `code` over `n` flat invocations (or an explicit workgroup grid). */
+/**
+ * Launch `code` over `n` flat invocations (or an explicit workgroup grid).
+ * `kernel` names it and the config it was generated from (see wgsl_dump.ts).
+ */
 export function launch(
   code: string,
   tensors: Tensor[],
   n: number | readonly number[],
   params?: ArrayBuffer,
+  kernel?: KernelInfo,
 ): void {
   const groups = typeof n === "number" ? grid1d(n) : n;
-  gpu().dispatch(code, tensors.map((t) => t.buffer), groups, params);
+  gpu().dispatch(code, tensors.map((t) => t.buffer), groups, params, kernel);
 }
 
 /**
@@ -150,6 +155,19 @@ export function uniforms(
   const decl = `struct Params { ${entries.map(([name, [type]]) => `${name}: ${type},`).join(" ")} }
 @group(0) @binding(${bindingCount}) var<uniform> P: Params;`;
   return { decl, data };
+}
+
+/**
+ * ⌈a / b⌉ for positive b: how many groups of b cover a (workgroups, tiles, chunks).
+ *
+ * @example
+ * ```ts
+ * import { ceilDiv } from "./kernel.ts";
+ * console.log(ceilDiv(10, 4), ceilDiv(8, 4)); // 3 2
+ * ```
+ */
+export function ceilDiv(a: number, b: number): number {
+  return Math.ceil(a / b);
 }
 
 /**

@@ -2,7 +2,7 @@
  * Sparse depthwise convolution: a stride-1 depthwise convolution that visits
  * only the active (mask = 1) taps of each channel's kernel, forward, input
  * gradient and filter gradient. This is what turns SLaK's "sparse FLOPs" into
- * wall-clock time (DESIGN.md, "Kernels", 5).
+ * wall-clock time.
  *
  * **The compacted taps.** A {@linkcode SparseDepthwisePlan} is built from a
  * weight mask whenever the mask changes (prune-and-grow, every `-u` steps; a
@@ -80,7 +80,7 @@ import {
 } from "./depthwise_shape.ts";
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
-import { launch, memoize, storage } from "./kernel.ts";
+import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
 import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
 
 /**
@@ -405,7 +405,6 @@ function virt(s: DepthwiseShape, vertical: boolean): VShape {
   };
 }
 
-const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 const COMP = ["x", "y", "z", "w"];
 const lane = (name: string, m: number) => `${name}${m >> 2}.${COMP[m & 3]}`;
 
@@ -941,6 +940,11 @@ function launchForward(
     forwardKernel(v, cfg, { flip, bias: bias !== null }),
     bias ? [x, w, pat, bias, y] : [x, w, pat, y],
     [L.tilesU * L.tilesV, s.c, ceilDiv(s.n, cfg.planes)],
+    undefined,
+    {
+      name: flip ? "sparse-depthwise-backward-input" : "sparse-depthwise-forward",
+      config: { shape: s, vertical, cfg },
+    },
   );
 }
 
@@ -1115,12 +1119,13 @@ function launchFilter(
   const L = fltLayout(v, cfg);
   const gw = Tensor.empty([s.c, 1, s.kh, s.kw]);
   const grid = [L.pGroups, s.c, L.kGroups];
+  const kernel = { name: "sparse-depthwise-filter", config: { shape: s, vertical, cfg } };
   if (L.pGroups === 1) {
-    launch(filterKernel(v, cfg, true), [gy, x, pat, gw], grid);
+    launch(filterKernel(v, cfg, true), [gy, x, pat, gw], grid, undefined, kernel);
     return gw;
   }
   const part = Tensor.empty([L.pGroups, s.c, s.kh, s.kw]);
-  launch(filterKernel(v, cfg, false), [gy, x, pat, part], grid);
+  launch(filterKernel(v, cfg, false), [gy, x, pat, part], grid, undefined, kernel);
   launch(sumGroupsKernel(gw.size, L.pGroups), [part, gw], grid1d(gw.size));
   part.dispose();
   return gw;

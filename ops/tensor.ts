@@ -505,6 +505,29 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 }
 
 /**
+ * Copy `src`'s values into `dst` (same number of elements) in recording
+ * order: after every dispatch recorded so far, before every later one.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { copyInto, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * const dst = Tensor.zeros([3]);
+ * copyInto(Tensor.from([1, 2, 3]), dst);
+ * console.log(await dst.read()); // Float32Array [1, 2, 3]
+ * ```
+ */
+export function copyInto(src: Tensor, dst: Tensor): void {
+  if (src.size !== dst.size) {
+    throw new Error(`copyInto: source of ${src.size} values, destination of ${dst.size}`);
+  }
+  if (src.size > 0) {
+    gpu().encoderForCopy().copyBufferToBuffer(src.buffer, 0, dst.buffer, 0, src.size * 4);
+  }
+}
+
+/**
  * A number as a WGSL f32 literal (exact for f32 values; inf/nan as bitcasts).
  *
  * @example
@@ -522,6 +545,26 @@ export function f32(v: number): string {
 }
 
 // ---------------------------------------------------------------- RNG
+
+/**
+ * A 32-bit mix of integers: one seed per (run seed, step, layer, purpose …),
+ * so that every random draw of a run follows from the run's seed alone.
+ *
+ * @example
+ * ```ts
+ * import { mixSeeds, Rng } from "./tensor.ts";
+ * const rng = new Rng(mixSeeds(0, 17, 2)); // run seed 0, step 17, purpose 2
+ * console.log(mixSeeds(0, 17, 2), mixSeeds(0, 2, 17)); // 2816245767 561468361 (order matters)
+ * ```
+ */
+export function mixSeeds(...xs: number[]): number {
+  let h = 0x811c9dc5;
+  for (const x of xs) {
+    h = Math.imul(h ^ (x >>> 0), 0x01000193) >>> 0;
+    h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) >>> 0;
+  }
+  return h >>> 0;
+}
 
 /**
  * A small seeded generator (SplitMix32 mixing, Box–Muller normals):

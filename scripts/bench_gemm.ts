@@ -24,7 +24,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { type Cell, type CsvRow, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { noGrad } from "../ops/autograd.ts";
 import { conv2d } from "../ops/conv.ts";
 import { timeGpu, TUNE_WARMUP_MS } from "../ops/timing.ts";
@@ -39,11 +39,9 @@ import { SLAK_PRESETS, widenDims } from "../models/slak.ts";
 import {
   anchorScript,
   csvComments,
-  type CsvRow,
   formatTable,
   GEMM_JOIN,
   joinAnchor,
-  parseCsv,
   runAnchor,
 } from "./pytorch_anchor.ts";
 

@@ -2,9 +2,9 @@
  * Whole-model speed: images/s for inference (eval mode, no autograd) and for
  * a full training step (forward, softmax cross-entropy, backward, AdamW
  * step, zeroing the gradients) of each model, plus the peak GPU memory held
- * by the tensor pool, on random inputs and labels. The defaults are the
- * issue's setting: ConvNeXt-T with 7-7-7-7 and 51-49-47-13 kernels, SLaK-T
- * and RepLKNet-31B at batch 64, 224². Times are the median of `--steps`
+ * by the tensor pool, on random inputs and labels. The defaults:
+ * ConvNeXt-T with 7-7-7-7 and 51-49-47-13 kernels, SLaK-T and RepLKNet-31B
+ * at batch 64, 224². Times are the median of `--steps`
  * after `--warmup` untimed steps: wall clock around a flushed, drained queue
  * (the headline, as PyTorch's anchor measures it) and GPU timestamps where
  * the adapter offers them. Writes `bench_models.csv`, whose leading columns
@@ -21,7 +21,7 @@
  * them), optionally with stage kernels after `@`: `convnext_tiny@51-49-47-13`.
  *
  * ```sh
- * deno run -A scripts/bench_models.ts                       # the issue's four models, batch 64, 224²
+ * deno run -A scripts/bench_models.ts                       # the four default models, batch 64, 224²
  * deno run -A scripts/bench_models.ts --models convnext_cpu --batch 2 --size 32 --steps 1
  * deno run -A scripts/bench_models.ts --models convnext_tiny --anchor out/torch_models.csv
  * deno run -A scripts/bench_models.ts --with-pytorch --official-dir .device/anchors   # one GPU command
@@ -36,7 +36,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { type Cell, type CsvRow, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { timeGpu } from "../ops/timing.ts";
 import { setDepthwiseImpl } from "../ops/depthwise.ts";
@@ -53,12 +53,10 @@ import { seedInit } from "../models/module.ts";
 import {
   anchorScript,
   csvComments,
-  type CsvRow,
   formatTable,
   joinAnchor,
   MODEL_JOIN,
   modelAnchorRuns,
-  parseCsv,
   runAnchor,
 } from "./pytorch_anchor.ts";
 

@@ -118,10 +118,10 @@ done
 fi
 
 if [ "$PART" = 3 ]; then
-# 6. Sparse vs dense depthwise on SLaK-T's stage 1 (issue 6), both tuned, back to back.
+# 6. Sparse vs dense depthwise on SLaK-T's stage 1, both tuned, back to back.
 step 240 deno run -A scripts/sparse_speed.ts --out "$tmp/sparse"
 [ -s "$tmp/sparse/sparse_speed.csv" ] && cp "$tmp/sparse/sparse_speed.csv" "$OUT/"
-# 7. ERF at 1024² × 50 images, random weights (issue 4). The PNGs need sharp, which the device
+# 7. ERF at 1024² × 50 images, random weights. The PNGs need sharp, which the device
 #    cannot download: carry a copy of node_modules as .devnm (without the musl libvips .so files,
 #    to stay under the carry limit).
 if [ -d .devnm ]; then rm -rf node_modules && cp -a .devnm node_modules; fi

@@ -29,7 +29,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type Cell, toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { type Cell, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
 import { depthwisePlan, type DepthwiseShape, setDepthwiseImpl } from "../ops/depthwise_plan.ts";
@@ -40,7 +40,7 @@ import { fftFits, fftFusedBackwardFits } from "../ops/depthwise_fft.ts";
 import { sum } from "../ops/elementwise.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { scope, Tensor, trimPool } from "../ops/tensor.ts";
-import { anchorScript, parseCsv, runAnchor } from "./pytorch_anchor.ts";
+import { anchorScript, runAnchor } from "./pytorch_anchor.ts";
 
 const HELP = `usage: deno run -A scripts/latency.ts [flags]
 

@@ -6,9 +6,8 @@
  *
  * Sparse rows (SLaK's 40 % sparsity) use SLaK's masking rule (every conv
  * and linear weight) at a uniform density; their params are the non-zeros
- * of those weights, as SLaK counts them (`print_model_param_nums`; the
- * authors confirm in VITA-Group/SLaK issue #12 that reported params are the
- * non-zeros). The paper's sparse FLOPs come from SNIP layer-wise densities
+ * of those weights, as SLaK counts them (`print_model_param_nums`, the
+ * count the paper's params column reports). The paper's sparse FLOPs come from SNIP layer-wise densities
  * measured on an ImageNet batch, which cannot be recomputed without the
  * data: those rows say so in `note`, with the density they imply.
  *

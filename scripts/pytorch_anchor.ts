@@ -6,62 +6,15 @@
  *
  * @example
  * ```ts
- * import { joinAnchor, MODEL_JOIN, parseCsv } from "./pytorch_anchor.ts";
+ * import { parseCsv } from "../analysis/csv.ts";
+ * import { joinAnchor, MODEL_JOIN } from "./pytorch_anchor.ts";
  * const torch = parseCsv("# torch 2.11\nmodel,kernels,batch,res,train_img_s\nconvnext_tiny,7-7-7-7,64,224,600\n");
  * const ours = [{ model: "convnext_tiny", kernels: "7-7-7-7", batch: 64, res: 224, train_img_s: 450 }];
  * console.log(joinAnchor(ours, torch, MODEL_JOIN)[0].train_img_s_ratio); // 0.75
  * ```
  * @module
  */
-import type { Cell } from "../analysis/csv.ts";
-
-/** A CSV row as read: column name → text. */
-export type CsvRow = Record<string, string>;
-
-/**
- * Rows of a CSV text (RFC 4180 quoting), skipping blank lines and `#`
- * comment lines; the first other line is the header, and lines equal to it
- * later (CSV outputs concatenated) are skipped too. Cells a row lacks are "".
- *
- * @example
- * ```ts
- * import { parseCsv } from "./pytorch_anchor.ts";
- * console.log(parseCsv('# note\na,b\n1,"x,y"\n')); // [ { a: "1", b: "x,y" } ]
- * ```
- */
-export function parseCsv(text: string): CsvRow[] {
-  const lines = text.split(/\r?\n/).filter((l) => l.trim() && !l.startsWith("#"));
-  if (!lines.length) return [];
-  const head = splitCsvLine(lines[0]);
-  // A line equal to the header is the header of a second CSV appended to the first.
-  return lines.slice(1).filter((line) => line !== lines[0]).map((line) => {
-    const cells = splitCsvLine(line);
-    return Object.fromEntries(head.map((h, i) => [h, cells[i] ?? ""]));
-  });
-}
-
-/** The cells of one CSV line (quoted cells may hold commas and doubled quotes). */
-function splitCsvLine(line: string): string[] {
-  const cells: string[] = [];
-  let cell = "";
-  let quoted = false;
-  for (let i = 0; i < line.length; i++) {
-    const ch = line[i];
-    if (quoted) {
-      if (ch === '"' && line[i + 1] === '"') {
-        cell += '"';
-        i++;
-      } else if (ch === '"') quoted = false;
-      else cell += ch;
-    } else if (ch === '"') quoted = true;
-    else if (ch === ",") {
-      cells.push(cell.trim());
-      cell = "";
-    } else cell += ch;
-  }
-  cells.push(cell.trim());
-  return cells;
-}
+import type { Cell, CsvRow } from "../analysis/csv.ts";
 
 /**
  * The `#` comment lines of a CSV text, without the `# ` (an anchor's first

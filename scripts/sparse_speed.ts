@@ -1,5 +1,5 @@
 /**
- * Sparse vs dense depthwise convolution speed (issue 6, item 8): for each
+ * Sparse vs dense depthwise convolution speed: for each
  * kernel shape and density, a random unstructured mask per channel (exactly
  * `round(density·KH·KW)` active taps, as SLaK's masks) and one stride-1
  * "same" depthwise conv on [N, C, H, W], timed forward and forward+backward

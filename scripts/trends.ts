@@ -40,8 +40,7 @@ import { parseArgs } from "node:util";
 import { initGpu, runMain } from "../ops/gpu.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { seedInit } from "../models/module.ts";
-import type { Layer } from "../models/layers.ts";
-import type { Module } from "../models/module.ts";
+import type { Classifier } from "../models/module.ts";
 import { train } from "../train/trainer.ts";
 import { buildModel, presetConfig, type TrainConfig } from "../train/config.ts";
 import { loadCheckpoint } from "../train/checkpoint.ts";
@@ -54,7 +53,6 @@ import {
   ERF_THRESHOLDS,
   ErfAccumulator,
   type ErfTransform,
-  type FeatureModel,
   normalizeErf,
 } from "../analysis/erf.ts";
 import { meanCi } from "../analysis/stats.ts";
@@ -397,7 +395,7 @@ function stepsPerEpoch(s: TrendSettings): number {
 /** Dense MACs of a spec's model at the run's input size. */
 function macsOf(spec: ModelSpec, s: TrendSettings): number {
   const cfg = trainConfigOf(spec, 0, s);
-  const model = buildModel(cfg, dataInfo?.numClasses ?? 4).model as unknown as Module & Layer;
+  const model = buildModel(cfg, dataInfo?.numClasses ?? 4).model;
   return countModel(model, s.inputSize).macs;
 }
 
@@ -455,7 +453,7 @@ async function runOne(spec: ModelSpec, seed: number, s: TrendSettings): Promise<
   if (result.interrupted) throw new Error(`interrupted during ${cfg.out}; nothing more measured`);
   const seconds = (performance.now() - started) / 1000;
   const last = result.history.at(-1)!;
-  const model = buildModel(cfg, dataInfo!.numClasses).model as unknown as Module & Layer;
+  const model = buildModel(cfg, dataInfo!.numClasses).model;
   const densities = cfg.sparse
     ? maskDensities((await loadCheckpoint(`${cfg.out}/checkpoint-last`)).masks ?? new Map())
     : undefined;
@@ -729,7 +727,7 @@ async function decomposedVsFull(s: TrendSettings): Promise<void> {
 
 /** ERF area ratios of `model` on the first `n` validation images (rounded up to whole batches). */
 async function erfRatios(
-  model: FeatureModel,
+  model: Classifier,
   data: Dataset,
   n: number,
   seed: number,
@@ -795,13 +793,13 @@ async function erfTable(s: TrendSettings): Promise<void> {
       });
       const cfg = trainConfigOf(spec, seed, s);
       seedInit(seed);
-      const fresh = buildModel(cfg, data.numClasses).model as unknown as FeatureModel;
+      const fresh = buildModel(cfg, data.numClasses).model;
       const calib = await calibrationBatches(data, seed, s.batchSize);
       await calibrateBatchNorm(fresh, calib);
       calib.forEach((t) => t.dispose());
       const untrained = await erfRatios(fresh, data, s.erfImages, seed, s.batchSize);
       fresh.dispose();
-      const trained = buildModel(cfg, data.numClasses).model as unknown as FeatureModel;
+      const trained = buildModel(cfg, data.numClasses).model;
       trained.loadStateDict((await loadCheckpoint(`${m.runs[i].out}/checkpoint-last`)).model);
       const done = await erfRatios(trained, data, s.erfImages, seed, s.batchSize);
       erfImages = done.images;

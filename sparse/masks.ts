@@ -28,9 +28,9 @@
  */
 import { backward } from "../ops/autograd.ts";
 import { gpu } from "../ops/gpu.ts";
-import { launch, storage } from "../ops/kernel.ts";
+import { multiplyByMaskInPlace } from "../ops/masked.ts";
 import type { Optimizer } from "../ops/optim.ts";
-import { keep, Rng, Tensor } from "../ops/tensor.ts";
+import { copyInto, keep, mixSeeds, Rng, Tensor } from "../ops/tensor.ts";
 import type { Module, Param } from "../models/module.ts";
 import { Conv2d } from "../models/layers.ts";
 import { SparseDepthwisePlan } from "../ops/sparse_depthwise.ts";
@@ -61,16 +61,6 @@ export interface MaskingOptions {
   granularity?: (key: string) => Granularity;
   /** Initial masks by key (unit masks, e.g. from a checkpoint) instead of random ones. */
   masks?: ReadonlyMap<string, Uint8Array>;
-}
-
-/** A seeded 32-bit mix of integers (seeds per update and layer). */
-export function mixSeeds(...xs: number[]): number {
-  let h = 0x9747b28c;
-  for (const x of xs) {
-    h = Math.imul(h ^ (x >>> 0), 0x5bd1e995) >>> 0;
-    h = (h ^ (h >>> 13)) >>> 0;
-  }
-  return Math.imul(h ^ (h >>> 15), 0x27d4eb2d) >>> 0;
 }
 
 /**
@@ -113,21 +103,6 @@ export function randomMask(units: number, density: number, seed: number): Uint8A
   const all = Array.from({ length: units }, (_, i) => i);
   for (const i of sampleIndices(all, count, new Rng(seed))) mask[i] = 1;
   return mask;
-}
-
-/** Multiply each tensor by the 0/1 mask `m` element-wise, in place, in one dispatch. */
-function multiplyInPlace(m: Tensor, targets: readonly Tensor[]): void {
-  if (targets.length === 0) return;
-  const names = targets.map((_, j) => `t${j}`);
-  const code = `${storage("m", ...names.map((n) => `${n}!`))}
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * 256u);
-  if (i >= ${m.size}u) { return; }
-  let k = m[i];
-  ${names.map((n) => `${n}[i] = ${n}[i] * k;`).join("\n  ")}
-}`;
-  launch(code, [m, ...targets], m.size);
 }
 
 /** Binary masks over a model's sparse parameters; see the module doc. */
@@ -211,7 +186,7 @@ export class Masking {
   apply(optimizer?: Optimizer): void {
     for (const l of this.layers.values()) {
       const p = l.param.tensor;
-      multiplyInPlace(l.gpu, [p, ...(optimizer?.moments?.(p) ?? [])]);
+      multiplyByMaskInPlace(l.gpu, [p, ...(optimizer?.moments?.(p) ?? [])]);
     }
   }
 
@@ -220,7 +195,7 @@ export class Masking {
     const params = new Map(other.namedParameters());
     for (const l of this.layers.values()) {
       const p = params.get(l.key);
-      if (p) multiplyInPlace(l.gpu, [p.tensor]);
+      if (p) multiplyByMaskInPlace(l.gpu, [p.tensor]);
     }
   }
 
@@ -340,16 +315,4 @@ export async function snipScores(
     zeroGrads();
     buffers.forEach(([, p], i) => p.set(saved[i]));
   }
-}
-
-/** Copy `src` into `dst` in recording order. */
-function copyInto(src: Tensor, dst: Tensor): void {
-  const code = `${storage("s", "d!")}
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * (nwg.x * 256u);
-  if (i >= ${src.size}u) { return; }
-  d[i] = s[i];
-}`;
-  launch(code, [src, dst], src.size);
 }

@@ -34,7 +34,7 @@
  * @module
  */
 import type { Optimizer } from "../ops/optim.ts";
-import { Rng, type Tensor } from "../ops/tensor.ts";
+import { mixSeeds, Rng, type Tensor } from "../ops/tensor.ts";
 import type { Module } from "../models/module.ts";
 import {
   dropDenseLayers,
@@ -44,7 +44,7 @@ import {
   type SparseInit,
   uniformLayerDensities,
 } from "./density.ts";
-import { type Granularity, Masking, mixSeeds, sampleIndices, snipScores } from "./masks.ts";
+import { type Granularity, Masking, sampleIndices, snipScores } from "./masks.ts";
 
 /** Growth modes of the official `--growth`. */
 export type Growth = "random" | "gradient";

@@ -9,9 +9,9 @@ import {
   joinAnchor,
   MODEL_JOIN,
   modelAnchorRuns,
-  parseCsv,
   runAnchor,
 } from "../scripts/pytorch_anchor.ts";
+import { parseCsv } from "../analysis/csv.ts";
 import { gemmCases } from "../scripts/bench_gemm.ts";
 
 const TORCH_MODELS = `# torch 2.11.0 timm 1.0.20 NVIDIA H200

@@ -9,7 +9,6 @@
  * forced through the planner.
  */
 import assert from "node:assert/strict";
-import { backward } from "../ops/autograd.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
 import {
   type ConvConfig,
@@ -21,8 +20,7 @@ import {
 } from "../ops/depthwise_plan.ts";
 import type { FftConfig } from "../ops/depthwise_fft.ts";
 import { planner } from "../ops/planner.ts";
-import { scope, Tensor } from "../ops/tensor.ts";
-import { randomArray, relError, setup } from "./harness.ts";
+import { assertSameOutputs, forwardAndGrads, setup } from "./harness.ts";
 
 await setup();
 
@@ -43,13 +41,6 @@ function force(configs: DepthwiseConfigs | null): void {
   p.force("depthwise.fuse", configs ? { fft: configs.fused ?? null } : null);
 }
 
-interface Outputs {
-  y: Float32Array;
-  gx: Float32Array;
-  gw: Float32Array;
-  gb: Float32Array | null;
-}
-
 function shapeOf(xShape: number[], [kh, kw]: number[], opts: DepthwiseOptions): DepthwiseShape {
   const [n, c, h, w] = xShape;
   const p = opts.padding ?? "same";
@@ -57,31 +48,17 @@ function shapeOf(xShape: number[], [kh, kw]: number[], opts: DepthwiseOptions): 
   return { n, c, h, w, kh, kw, ph, pw, ho: h + 2 * ph - kh + 1, wo: w + 2 * pw - kw + 1 };
 }
 
-/** Forward and backward of one depthwise conv with the current implementation. */
+/** Output and the gradients of x, w (and bias) of one depthwise conv, current implementation. */
 function runOnce(
   xShape: number[],
   [kh, kw]: number[],
   bias: boolean,
   opts: DepthwiseOptions,
   seed: number,
-): Promise<Outputs> {
+): Promise<Float32Array[]> {
   const c = xShape[1];
-  const n = xShape.reduce((a, b) => a * b, 1);
-  return scope(async () => {
-    const x = Tensor.from(Float32Array.from(randomArray(n, seed)), xShape);
-    const w = Tensor.from(Float32Array.from(randomArray(c * kh * kw, seed + 1)), [c, 1, kh, kw]);
-    const b = bias ? Tensor.from(Float32Array.from(randomArray(c, seed + 2)), [c]) : null;
-    for (const t of [x, w, b]) if (t) t.requiresGrad = true;
-    const y = depthwiseConv2d(x, w, b, opts);
-    const gy = Tensor.from(Float32Array.from(randomArray(y.size, seed + 3)), y.shape);
-    backward(y, gy);
-    return {
-      y: await y.read(),
-      gx: await x.grad!.read(),
-      gw: await w.grad!.read(),
-      gb: b ? await b.grad!.read() : null,
-    };
-  });
+  const shapes = [xShape, [c, 1, kh, kw], ...(bias ? [[c]] : [])];
+  return forwardAndGrads(shapes, (x, w, b) => depthwiseConv2d(x, w, b ?? null, opts), seed);
 }
 
 /** Run generic and fast (with the given tile configs) and compare every output. */
@@ -101,18 +78,7 @@ async function compare(
     const plan = depthwisePlan(shapeOf(xShape, k, opts), 1);
     assert.ok(plan?.forward && plan.backwardInput && plan.filter, `${name}: a fast kernel is off`);
     const got = await runOnce(xShape, k, bias, opts, 7);
-    const errs = [
-      relError(got.y, want.y),
-      relError(got.gx, want.gx),
-      relError(got.gw, want.gw),
-      ...(bias ? [relError(got.gb!, want.gb!)] : []),
-    ];
-    console.log(
-      `op-error depthwise-fast ${name} forward=${errs[0].toExponential(2)} grads=${
-        errs.slice(1).map((e) => e.toExponential(2)).join(",")
-      }`,
-    );
-    errs.forEach((e, i) => assert.ok(e <= 1e-5, `${name}: output ${i} differs by ${e}`));
+    assertSameOutputs(`depthwise-fast ${name}`, got, want, 1e-5);
   } finally {
     force(null);
     setDepthwiseImpl("auto");

@@ -3,7 +3,6 @@ import {
   areaRatios,
   calibrateBatchNorm,
   calibrateLayerScale,
-  centerPoint,
   ErfAccumulator,
   erfSettings,
   layerScaleBlocks,
@@ -13,7 +12,7 @@ import { parseNpy, serializeNpy } from "../analysis/npy.ts";
 import { Conv2d, type Value } from "../models/layers.ts";
 import { type Classifier, Module, type Param, seedInit } from "../models/module.ts";
 import { Tensor } from "../ops/tensor.ts";
-import { checkOp, setup } from "./harness.ts";
+import { setup } from "./harness.ts";
 
 await setup();
 
@@ -92,19 +91,6 @@ Deno.test(".npy: NumPy-written float32/float64 fixtures read exactly; our files 
   assert.throws(() => parseNpy(new Uint8Array(20), "x.npy"), /x.npy: not a .npy file/);
   const ours = serializeNpy([1.5, -2], [2]);
   assert.equal((ours.length - 0) % 64, 16 % 64); // header padded to 64 bytes, then 2 float64
-});
-
-Deno.test("centerPoint: forward picks the centre, backward scatters to it", async () => {
-  await checkOp({
-    name: "centerPoint",
-    inputs: [{ shape: [2, 3, 5, 4] }],
-    gpu: centerPoint,
-    cpu: (m) => {
-      const out = new Float64Array(6);
-      for (let p = 0; p < 6; p++) out[p] = m[p * 20 + 2 * 4 + 2];
-      return out;
-    },
-  });
 });
 
 class OneConv extends Module implements Classifier {

@@ -4,8 +4,6 @@
  * LayerScale on and off, and the fused GEMM store through the split
  * inner-dimension epilogue too.
  */
-import assert from "node:assert/strict";
-import { backward } from "../ops/autograd.ts";
 import { dropPath } from "../ops/drop_path.ts";
 import { add, gelu, mul } from "../ops/elementwise.ts";
 import {
@@ -18,31 +16,10 @@ import { layerNorm } from "../ops/norm.ts";
 import { planner } from "../ops/planner.ts";
 import { linear } from "../ops/matmul.ts";
 import { permute } from "../ops/shape.ts";
-import { scope, Tensor } from "../ops/tensor.ts";
-import { randomArray, relError, setup } from "./harness.ts";
+import type { Tensor } from "../ops/tensor.ts";
+import { assertSameOutputs, forwardAndGrads, setup } from "./harness.ts";
 
 await setup();
-
-/** Forward value and the gradients of every input. */
-function run(
-  shapes: number[][],
-  fn: (...xs: Tensor[]) => Tensor,
-  seed: number,
-): Promise<Float32Array[]> {
-  return scope(async () => {
-    const xs = shapes.map((s, i) => {
-      const n = s.reduce((a, b) => a * b, 1);
-      const t = Tensor.from(Float32Array.from(randomArray(n, seed + i)), s);
-      t.requiresGrad = true;
-      return t;
-    });
-    const y = fn(...xs);
-    backward(y, Tensor.from(Float32Array.from(randomArray(y.size, seed + 99)), y.shape));
-    const out = [await y.read()];
-    for (const x of xs) out.push(await x.grad!.read());
-    return out;
-  });
-}
 
 async function compare(
   name: string,
@@ -50,14 +27,9 @@ async function compare(
   fused: (...xs: Tensor[]) => Tensor,
   unfused: (...xs: Tensor[]) => Tensor,
 ): Promise<void> {
-  const want = await run(shapes, unfused, 3);
-  const got = await run(shapes, fused, 3);
-  got.forEach((g, i) => {
-    const e = relError(g, want[i]);
-    const what = i === 0 ? "forward" : `grad ${i - 1}`;
-    console.log(`op-error fused ${name} ${what} ${e.toExponential(2)}`);
-    assert.ok(e < 2e-5, `${name}: ${what} error ${e}`);
-  });
+  const want = await forwardAndGrads(shapes, unfused, 3);
+  const got = await forwardAndGrads(shapes, fused, 3);
+  assertSameOutputs(`fused ${name}`, got, want, 2e-5);
 }
 
 Deno.test("linearGelu equals gelu(linear(...)), also through the split epilogue", async () => {

@@ -9,43 +9,20 @@
  * summing epilogue run on llvmpipe in seconds.
  */
 import assert from "node:assert/strict";
-import { backward } from "../ops/autograd.ts";
 import { conv2d, type Conv2dOptions } from "../ops/conv.ts";
 import { type GemmConfig, gemmConfig, isGemmConfig, setGemmImpl } from "../ops/gemm_plan.ts";
 import { gemmReference } from "../ops/gemm_kernel.ts";
 import { gpu } from "../ops/gpu.ts";
 import { planner } from "../ops/planner.ts";
 import { linear, matmul, type MatmulOptions } from "../ops/matmul.ts";
-import { scope, Tensor } from "../ops/tensor.ts";
-import { randomArray, relError, setup } from "./harness.ts";
+import { Tensor } from "../ops/tensor.ts";
+import { assertSameOutputs, forwardAndGrads, randomArray, relError, setup } from "./harness.ts";
 
 await setup();
 
 const TINY: GemmConfig = { bm: 8, bn: 12, bk: 4, tm: 4, tn: 4, splits: 3 };
 /** Tiny tiles with the next slabs fetched during the arithmetic (odd chunks end the pipeline). */
 const TINY_PREFETCH: GemmConfig = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, prefetch: true };
-
-/** Forward value and the gradients of every input, under the current implementation. */
-function run(
-  shapes: number[][],
-  fn: (...xs: Tensor[]) => Tensor,
-  seed: number,
-): Promise<Float32Array[]> {
-  return scope(async () => {
-    const xs = shapes.map((s, i) => {
-      const n = s.reduce((a, b) => a * b, 1);
-      const t = Tensor.from(Float32Array.from(randomArray(n, seed + i)), s);
-      t.requiresGrad = true;
-      return t;
-    });
-    const y = fn(...xs);
-    const n = y.size;
-    backward(y, Tensor.from(Float32Array.from(randomArray(n, seed + 99)), y.shape));
-    const out = [await y.read()];
-    for (const x of xs) out.push(await x.grad!.read());
-    return out;
-  });
-}
 
 const label = (cfg: GemmConfig | null) =>
   cfg === null ? "default" : cfg.prefetch ? "tiny prefetch" : "tiny";
@@ -58,20 +35,13 @@ async function compare(
   tol = 1e-5,
 ): Promise<void> {
   setGemmImpl("simple");
-  const want = await run(shapes, fn, 7);
+  const want = await forwardAndGrads(shapes, fn, 7);
   for (const cfg of [null, TINY, TINY_PREFETCH]) {
     setGemmImpl("tiled");
     planner().force("gemm", cfg);
     try {
-      const got = await run(shapes, fn, 7);
-      got.forEach((g, i) => {
-        const e = relError(g, want[i]);
-        const what = i === 0 ? "forward" : `grad ${i - 1}`;
-        console.log(
-          `op-error gemm ${name} ${label(cfg)} ${what} ${e.toExponential(2)}`,
-        );
-        assert.ok(e < tol, `${name} ${label(cfg)}: ${what} error ${e}`);
-      });
+      const got = await forwardAndGrads(shapes, fn, 7);
+      assertSameOutputs(`gemm ${name} ${label(cfg)}`, got, want, tol);
     } finally {
       planner().force("gemm", null);
       setGemmImpl("tiled");
@@ -119,11 +89,11 @@ Deno.test("gemm: the big-product tiles (64×64, 8×8 blocks) match the simple ke
   setGemmImpl("simple");
   const shapes = [[2, 5, 19, 13], [67, 5, 3, 3]];
   const fn = (x: Tensor, w: Tensor) => conv2d(x, w, null, { padding: 1 });
-  const want = await run(shapes, fn, 5);
+  const want = await forwardAndGrads(shapes, fn, 5);
   setGemmImpl("tiled");
   planner().force("gemm", { bm: 64, bn: 64, bk: 8, tm: 8, tn: 8 });
   try {
-    const got = await run(shapes, fn, 5);
+    const got = await forwardAndGrads(shapes, fn, 5);
     got.forEach((g, i) => assert.ok(relError(g, want[i]) < 1e-5, `output ${i}`));
   } finally {
     planner().force("gemm", null);

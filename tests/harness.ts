@@ -127,3 +127,55 @@ export async function checkOp(opts: {
   );
   return result;
 }
+
+/**
+ * Run `fn` on seeded inputs of `shapes` (input k from seed + k, values in
+ * [-1, 1), every input requiring a gradient), back-propagate a seeded
+ * upstream gradient (seed + 99), and return the output followed by every
+ * input's gradient: what two implementations of one op are compared on.
+ */
+export function forwardAndGrads(
+  shapes: readonly number[][],
+  fn: (...xs: Tensor[]) => Tensor,
+  seed: number,
+): Promise<Float32Array[]> {
+  return scope(async () => {
+    const xs = shapes.map((s, i) => {
+      const n = s.reduce((a, b) => a * b, 1);
+      const t = Tensor.from(Float32Array.from(randomArray(n, seed + i)), s);
+      t.requiresGrad = true;
+      return t;
+    });
+    const y = fn(...xs);
+    backward(y, Tensor.from(Float32Array.from(randomArray(y.size, seed + 99)), y.shape));
+    const out = [await y.read()];
+    for (const [i, x] of xs.entries()) {
+      assert.ok(x.grad, `input ${i} received no gradient`);
+      out.push(await x.grad.read());
+    }
+    return out;
+  });
+}
+
+/**
+ * Assert that `got[i]` matches `want[i]` within `tol` ({@linkcode relError})
+ * for every output, the first being the forward value and the rest
+ * gradients; prints one `op-error NAME forward=… grads=…` line.
+ */
+export function assertSameOutputs(
+  name: string,
+  got: readonly ArrayLike<number>[],
+  want: readonly ArrayLike<number>[],
+  tol: number,
+): void {
+  assert.equal(got.length, want.length, `${name}: ${got.length} outputs vs ${want.length}`);
+  const errs = got.map((g, i) => relError(g, want[i]));
+  console.log(
+    `op-error ${name} forward=${errs[0].toExponential(2)} grads=${
+      errs.slice(1).map((e) => e.toExponential(2)).join(",") || "-"
+    }`,
+  );
+  errs.forEach((e, i) =>
+    assert.ok(e <= tol, `${name}: ${i === 0 ? "forward" : `grad ${i - 1}`} error ${e} > ${tol}`)
+  );
+}

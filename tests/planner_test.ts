@@ -59,7 +59,7 @@ function squaresJob(): PlanJob<Choice> {
   };
 }
 
-Deno.test("planner: bad candidates never win, a plan is reused untimed, forcing overrides", async () => {
+Deno.test("planner: bad candidates never win, a plan is reused untimed, forcing overrides", async (t) => {
   const p = new Planner(gpu());
   const step = () => p.choose("test.squares", "4", isChoice, squaresJob);
   const r = await p.plan(step, { software: true, maxCandidates: 5 });
@@ -80,7 +80,13 @@ Deno.test("planner: bad candidates never win, a plan is reused untimed, forcing 
   await p.plan(step, { software: true, maxCandidates: 5, retune: true });
   assert.equal(p.timings, 4);
   // Without `software`, a software adapter plans nothing.
-  if (gpu().isFallback) assert.equal((await p.plan(step)).skipped, "software adapter");
+  const software = gpu().isFallback;
+  await t.step({
+    name: "a software adapter plans nothing unless asked" +
+      (software ? "" : " (ignored: this adapter is not a software one)"),
+    ignore: !software,
+    fn: async () => assert.equal((await p.plan(step)).skipped, "software adapter"),
+  });
   p.force("test.squares", { v: 9 });
   assert.deepEqual(p.choose("test.squares", "4", isChoice, squaresJob), { v: 9 });
   p.force("test.squares", "not a choice");

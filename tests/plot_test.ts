@@ -1,6 +1,6 @@
 /** Plots (SVG → PNG through sharp), CSV text and atomic writes; no GPU. */
 import assert from "node:assert/strict";
-import { toCsv, writeCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { parseCsv, toCsv, writeCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { type Chart, lineChartSvg, niceTicks, svgToPng, writeLineChart } from "../analysis/plot.ts";
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
@@ -64,6 +64,23 @@ Deno.test("plot: nice ticks cover the range with round steps", () => {
   assert.deepEqual(niceTicks(0.0012, 0.0049), [0.001, 0.002, 0.003, 0.004, 0.005]);
   assert.deepEqual(niceTicks(-3, 3, 3), [-4, -2, 0, 2, 4]);
   assert.equal(niceTicks(5, 5).length > 1, true);
+});
+
+Deno.test("csv: parseCsv reads back what toCsv wrote, and hand-written CSV", () => {
+  const rows = [
+    { model: "a,b", note: 'say "hi"\nthere', ms: "1.5" },
+    { model: "#not a comment", note: "", ms: "2" },
+  ];
+  assert.deepEqual(parseCsv(toCsv(rows, { comments: ["one", "two"] })), rows);
+  assert.deepEqual(parseCsv("a,b\r\n1,2\r\n\r\n3\r\n"), [{ a: "1", b: "2" }, { a: "3", b: "" }]);
+  assert.deepEqual(parseCsv('x,y\n"""",""\n " a" , b \n'), [{ x: '"', y: "" }, {
+    x: " a",
+    y: "b",
+  }]);
+  // A "#" cell is quoted on the way out, so the reader does not take its row for a comment.
+  assert.equal(toCsv([{ x: "#1" }]), 'x\n"#1"\n');
+  assert.deepEqual(parseCsv(""), []);
+  assert.deepEqual(parseCsv("# only a comment\nh\n"), []);
 });
 
 Deno.test("csv: quoting, column union, comments; atomic write replaces the file", async () => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { createGpu, gpu, GpuUnavailableError } from "../ops/gpu.ts";
+import { createGpu, Gpu, gpu, GpuUnavailableError } from "../ops/gpu.ts";
 import { checkWorkgroupBounds } from "../ops/workgroup_check.ts";
-import { keep, poolStats, Rng, scope, sizeClass, Tensor } from "../ops/tensor.ts";
+import { keep, mixSeeds, poolStats, Rng, scope, sizeClass, Tensor } from "../ops/tensor.ts";
 import { backward, clearTape, noGrad, reshape, tapeLength } from "../ops/autograd.ts";
 import { add, gelu, mul, sum } from "../ops/elementwise.ts";
 import { setup } from "./harness.ts";
@@ -35,7 +35,12 @@ Deno.test("no WebGPU: a command exits non-zero with a single stderr line", async
 
 Deno.test("adapter facts are exposed", () => {
   assert.ok(gpu().description.length > 0);
-  assert.equal(typeof gpu().isFallback, "boolean");
+  // A software adapter is recognised by its description; a missing description is pieced together.
+  const info = (fields: Partial<GPUAdapterInfo>) => fields as GPUAdapterInfo;
+  const soft = new Gpu(gpu().device, info({ description: "llvmpipe (LLVM 15.0.6, 256 bits)" }));
+  assert.equal(soft.isFallback, true);
+  const hard = new Gpu(gpu().device, info({ vendor: "nvidia", architecture: "hopper" }));
+  assert.deepEqual([hard.isFallback, hard.description], [false, "nvidia hopper"]);
   assert.ok(gpu().limits.maxStorageBufferBindingSize >= 128 << 20);
 });
 
@@ -75,6 +80,19 @@ Deno.test("seeded random init: deterministic, right moments, truncation respecte
   const next = [r.uniform(), r.normal()];
   r.state = saved;
   assert.deepEqual([r.uniform(), r.normal()], next);
+});
+
+Deno.test("mixSeeds: the values runs were seeded with, order-sensitive, spread over 32 bits", () => {
+  // Pinned: a run's forward seeds, masks and growth draws follow from these.
+  assert.deepEqual([mixSeeds(), mixSeeds(0), mixSeeds(0, 17, 2), mixSeeds(0, 2, 17)], [
+    2166136261,
+    1818472955,
+    2816245767,
+    561468361,
+  ]);
+  const seen = new Set<number>();
+  for (let step = 0; step < 1000; step++) seen.add(mixSeeds(7, step, 1) >>> 22);
+  assert.ok(seen.size > 600, `top 10 bits of 1000 seeds take only ${seen.size} values`);
 });
 
 Deno.test("scope disposes everything but what it returns; keep() escapes", () => {

@@ -10,7 +10,7 @@
  * against the CPU reference.
  */
 import assert from "node:assert/strict";
-import { backward } from "../ops/autograd.ts";
+import { mul } from "../ops/elementwise.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
 import { setDepthwiseImpl } from "../ops/depthwise_plan.ts";
 import { planner } from "../ops/planner.ts";
@@ -22,19 +22,17 @@ import {
   SparseDepthwisePlan,
 } from "../ops/sparse_depthwise.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
-import { checkOp, randomArray, relError, setup } from "./harness.ts";
+import { assertSameOutputs, checkOp, forwardAndGrads, relError, setup } from "./harness.ts";
 import { conv2dRef } from "./reference.ts";
 
 await setup();
 
-interface Outputs {
-  y: Float32Array;
-  gx: Float32Array;
-  gw: Float32Array;
-  gb: Float32Array | null;
-}
-
-function run(
+/**
+ * Output and the gradients of x, w (and bias): the sparse op on the raw
+ * weights (it must ignore the inactive taps), or the dense reference on the
+ * masked weights (whose weight gradient is then masked too).
+ */
+async function run(
   sparse: boolean,
   xShape: number[],
   [kh, kw]: number[],
@@ -42,38 +40,23 @@ function run(
   bias: boolean,
   opts: DepthwiseOptions,
   seed: number,
-): Promise<Outputs> {
+): Promise<Float32Array[]> {
   const c = xShape[1];
-  const n = xShape.reduce((a, b) => a * b, 1);
-  return scope(async () => {
-    const wv = Float32Array.from(randomArray(c * kh * kw, seed + 1));
-    // The dense reference gets the masked weights; the sparse op the raw ones (it must ignore them).
-    if (!sparse) { for (let i = 0; i < wv.length; i++) wv[i] *= mask[i]; }
-    const x = Tensor.from(Float32Array.from(randomArray(n, seed)), xShape);
-    const w = Tensor.from(wv, [c, 1, kh, kw]);
-    const b = bias ? Tensor.from(Float32Array.from(randomArray(c, seed + 2)), [c]) : null;
-    for (const t of [x, w, b]) if (t) t.requiresGrad = true;
-    let y: Tensor;
-    if (sparse) {
-      const plan = SparseDepthwisePlan.fromMask(mask, [c, 1, kh, kw]);
-      y = sparseDepthwiseConv2d(x, w, plan, b, opts);
-      const gy = Tensor.from(Float32Array.from(randomArray(y.size, seed + 3)), y.shape);
-      backward(y, gy);
-      plan.dispose();
-    } else {
-      y = depthwiseConv2d(x, w, b, opts);
-      const gy = Tensor.from(Float32Array.from(randomArray(y.size, seed + 3)), y.shape);
-      backward(y, gy);
-    }
-    const gw = await w.grad!.read();
-    if (!sparse) { for (let i = 0; i < gw.length; i++) gw[i] *= mask[i]; }
-    return {
-      y: await y.read(),
-      gx: await x.grad!.read(),
-      gw,
-      gb: b ? await b.grad!.read() : null,
-    };
-  });
+  const wShape = [c, 1, kh, kw];
+  const shapes = [xShape, wShape, ...(bias ? [[c]] : [])];
+  const plan = sparse ? SparseDepthwisePlan.fromMask(mask, wShape) : null;
+  try {
+    return await forwardAndGrads(
+      shapes,
+      (x, w, b) =>
+        plan
+          ? sparseDepthwiseConv2d(x, w, plan, b ?? null, opts)
+          : depthwiseConv2d(x, mul(w, Tensor.from(mask, wShape)), b ?? null, opts),
+      seed,
+    );
+  } finally {
+    plan?.dispose();
+  }
 }
 
 /** Force sparse configs for every shape on the planner; null lifts them. */
@@ -99,27 +82,16 @@ async function compare(
   const want = await run(false, xShape, k, mask, bias, opts, 7);
   setDepthwiseImpl("auto");
   forceSparse(configs);
-  let got: Outputs;
+  let got: Float32Array[];
   try {
     got = await run(true, xShape, k, mask, bias, opts, 7);
   } finally {
     forceSparse(null);
   }
-  const errs = {
-    y: relError(got.y, want.y),
-    gx: relError(got.gx, want.gx),
-    gw: relError(got.gw, want.gw),
-    gb: got.gb && want.gb ? relError(got.gb, want.gb) : 0,
-  };
-  console.log(
-    `op-error sparse ${name} y=${errs.y.toExponential(2)} gx=${errs.gx.toExponential(2)} gw=${
-      errs.gw.toExponential(2)
-    } gb=${errs.gb.toExponential(2)}`,
-  );
-  for (const [k, e] of Object.entries(errs)) assert.ok(e <= 1e-4, `${name}: ${k} error ${e}`);
+  assertSameOutputs(`sparse ${name}`, got, want, 1e-4);
   // Inactive taps get exactly zero gradient.
   for (let i = 0; i < mask.length; i++) {
-    if (mask[i] === 0) assert.ok(got.gw[i] === 0, `${name}: gw at inactive tap ${i}`);
+    if (mask[i] === 0) assert.ok(got[2][i] === 0, `${name}: gw at inactive tap ${i}`);
   }
 }
 

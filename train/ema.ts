@@ -17,9 +17,7 @@
  * ```
  * @module
  */
-import { launch } from "../ops/kernel.ts";
-import { elementwiseKernel } from "../ops/kernel.ts";
-import { f32 } from "../ops/tensor.ts";
+import { emaUpdate } from "../ops/ema.ts";
 import type { Module } from "../models/module.ts";
 
 /** The EMA copy of a model. */
@@ -49,8 +47,7 @@ export class ModelEma {
       }
       const e = p.tensor;
       e.requiresGrad = false;
-      const body = d === 0 ? "y[i] = x[i];" : `y[i] = ${f32(d)} * y[i] + ${f32(1 - d)} * x[i];`;
-      launch(elementwiseKernel(p.size, ["x"], body), [s.tensor, e], p.size);
+      emaUpdate(e, s.tensor, d);
     }
   }
 }

@@ -29,14 +29,13 @@ import { accumulate, backward, noGrad } from "../ops/autograd.ts";
 import { scale } from "../ops/elementwise.ts";
 import { gpu } from "../ops/gpu.ts";
 import { accuracyCounts, softmaxCrossEntropy } from "../ops/loss.ts";
-import { keep, Rng, scope, Tensor } from "../ops/tensor.ts";
+import { keep, mixSeeds, Rng, scope, Tensor } from "../ops/tensor.ts";
 import { setForwardSeed } from "../models/layers.ts";
 import type { Classifier } from "../models/module.ts";
 import type { Batch, Dataset } from "./data/types.ts";
 import { mixupBatch } from "./data/mixup.ts";
 import type { GradientSync, Replicas } from "./parallel.ts";
 import { ProgressBar } from "./progress.ts";
-import { mixSeed } from "./seeds.ts";
 import type { TrainRun } from "./setup.ts";
 import { logSparseUpdate } from "./sparse_setup.ts";
 
@@ -241,7 +240,7 @@ function runMicroStep(
   const { cfg, data } = run;
   const rows = batch.labels.length;
   const smoothing = cfg.mixup > 0 || cfg.cutmix > 0 ? 0 : cfg.labelSmoothing;
-  setForwardSeed(mixSeed(cfg.seed, global, 1));
+  setForwardSeed(mixSeeds(cfg.seed, global, 1));
   scope(() => {
     let x: Float32Array = batch.x;
     let target: Int32Array | Tensor = batch.labels;
@@ -251,7 +250,7 @@ function runMicroStep(
         cutmix: cfg.cutmix,
         labelSmoothing: cfg.labelSmoothing,
         numClasses: data.numClasses,
-      }, new Rng(mixSeed(cfg.seed, global, 2)));
+      }, new Rng(mixSeeds(cfg.seed, global, 2)));
       x = mixed.x;
       target = Tensor.from(mixed.targets, [rows, data.numClasses]);
     }

@@ -15,14 +15,13 @@
 import { setForwardSeed } from "../models/layers.ts";
 import type { Weights } from "../models/safetensors.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
-import { scope, Tensor } from "../ops/tensor.ts";
+import { mixSeeds, scope, Tensor } from "../ops/tensor.ts";
 import { DynamicSparsity, type UpdateReport } from "../sparse/prune_grow.ts";
 import { writeFileAtomic } from "../analysis/csv.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Classifier } from "../models/module.ts";
 import { firstTrainingBatch } from "./data/mod.ts";
 import type { Dataset } from "./data/types.ts";
-import { mixSeed } from "./seeds.ts";
 
 /**
  * The prune-and-grow settings of a run: the flags, with the official defaults
@@ -81,7 +80,7 @@ export async function setupSparse(
   const batch = opts.init === "snip"
     ? await firstTrainingBatch(data, cfg.batchSize, cfg.seed)
     : null;
-  setForwardSeed(mixSeed(cfg.seed, 0x5319));
+  setForwardSeed(mixSeeds(cfg.seed, 0x5319));
   const lossFns = batch
     ? [() => {
       const x = Tensor.from(batch.x, [batch.labels.length, 3, data.imageSize, data.imageSize]);

@@ -28,7 +28,6 @@ import { setupModel, setupTraining, type TrainRun } from "./setup.ts";
 export { evaluate, NonFiniteLossError } from "./engine.ts";
 export type { EpochRow } from "./checkpointing.ts";
 export { planKernels, planTrainingKernels } from "./kernel_plans.ts";
-export { mixSeed } from "./seeds.ts";
 
 /** What {@linkcode train} returns: the per-epoch rows and where outputs went. */
 export interface TrainResult {
