@@ -188,7 +188,7 @@ export const PRESETS: Record<string, Partial<TrainConfig> & { model: string; abo
 
 /** The configuration of a preset, with the output folder defaulted under out/train/. */
 export function presetConfig(name: string): TrainConfig {
-  const p = PRESETS[name];
+  const p = Object.hasOwn(PRESETS, name) ? PRESETS[name] : undefined;
   if (!p) {
     throw new Error(
       `--preset: unknown preset "${name}" (expected one of ${Object.keys(PRESETS).join(", ")})`,
