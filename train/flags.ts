@@ -188,9 +188,12 @@ export function parseFlags<S extends FlagSpecs>(argv: readonly string[], specs: 
     } else {
       throw new Error(`unexpected argument ${got(arg)}: flags start with -- (see --help)`);
     }
-    let spec = specs[name];
+    let spec = Object.hasOwn(specs, name) ? specs[name] : undefined;
     let negated = false;
-    if (!spec && name.startsWith("no-") && specs[name.slice(3)]?.type === "boolean") {
+    if (!spec && name.startsWith("no-") && Object.hasOwn(specs, name.slice(3))) {
+      if (specs[name.slice(3)].type !== "boolean") {
+        throw new Error(`--${name}: --${name.slice(3)} is not an on/off flag`);
+      }
       name = name.slice(3);
       spec = specs[name];
       negated = true;
@@ -208,7 +211,6 @@ export function parseFlags<S extends FlagSpecs>(argv: readonly string[], specs: 
       } else out[name] = !negated;
       continue;
     }
-    if (negated) throw new Error(`--no-${name}: --${name} is not an on/off flag`);
     if (value === undefined) {
       const next = argv[i + 1];
       // A value may start with "-" only as a number (`--seed -1`); otherwise it is the next flag.
