@@ -21,6 +21,9 @@ import {
   WORKGROUP_CHECK_GROUP,
   workgroupCheckRequested,
 } from "./workgroup_check.ts";
+import { callerSite, GpuDeviceLostError, GpuErrorWatch, GpuOpError } from "./gpu_errors.ts";
+
+export { GpuDeviceLostError, GpuOpError };
 
 /** Thrown when no WebGPU implementation or no adapter is available. */
 export class GpuUnavailableError extends Error {
@@ -81,6 +84,13 @@ export class Gpu {
   #pass: GPUComputePassEncoder | null = null;
   #pipelines = new Map<string, GPUComputePipeline>();
   #layouts = new Map<GPUComputePipeline, GPUBindGroupLayout>();
+  /** Error scopes of fallible calls, thrown at sync points (see gpu_errors.ts). */
+  readonly errors: GpuErrorWatch;
+  /** The op that compiled each pipeline, to name it when a later submit fails. */
+  #sites = new Map<GPUComputePipeline, string>();
+  /** The last dispatch recorded: its op and workgroups, to name a failed submit. */
+  #lastPipeline: GPUComputePipeline | null = null;
+  #lastWorkgroups: readonly number[] = [];
   /**
    * Uniform arena of the work being recorded: one mapped buffer holds every
    * dispatch's uniform block at aligned offsets (a buffer per dispatch cost
@@ -128,6 +138,7 @@ export class Gpu {
       );
     this.features = new Set(device.features);
     this.limits = device.limits;
+    this.errors = new GpuErrorWatch(device);
     if (checkWorkgroup) {
       this.#wgCheck = {
         counter: device.createBuffer({
@@ -146,11 +157,16 @@ export class Gpu {
     if (!p) {
       const check = this.#wgCheck;
       const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
-      const module = this.device.createShaderModule({ code: source });
-      p = this.device.createComputePipeline({
-        layout: "auto",
-        compute: { module, entryPoint: "main" },
-      });
+      // Once per kernel: the compile runs in error scopes, reported with the op that asked for it.
+      const site = callerSite();
+      p = this.errors.scoped(() => {
+        const module = this.device.createShaderModule({ code: source });
+        return this.device.createComputePipeline({
+          layout: "auto",
+          compute: { module, entryPoint: "main" },
+        });
+      }, () => `compiling the kernel of ${site}`);
+      this.#sites.set(p, site);
       if (check && source !== code) {
         check.sources.push(code);
         check.groups.set(
@@ -245,6 +261,8 @@ export class Gpu {
       throw new Error(`dispatch of ${x}×${y}×${z} workgroups exceeds the adapter limit ${max}`);
     }
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    this.#lastPipeline = pipeline;
+    this.#lastWorkgroups = workgroups;
     // Bound the recorded work (and its transient uniform buffers) of long loops that never sync.
     const limit = this.#idle ? FIRST_FLUSH_DISPATCHES : AUTO_FLUSH_DISPATCHES;
     if (++this.dispatchesSinceSubmit >= limit) this.flush();
@@ -302,7 +320,20 @@ export class Gpu {
     this.#arenasToUnmap = [];
     this.#arena = null;
     if (this.#encoder) {
-      this.device.queue.submit([this.#encoder.finish()]);
+      const encoder = this.#encoder;
+      const [count, pipeline, groups] = [
+        this.dispatchesSinceSubmit,
+        this.#lastPipeline,
+        this.#lastWorkgroups,
+      ];
+      // One scope per submit: a bad binding or dispatch in the batch is reported with the last op.
+      this.errors.scoped(
+        () => this.device.queue.submit([encoder.finish()]),
+        () =>
+          `a submit of ${count} dispatches, the last by ${
+            (pipeline && this.#sites.get(pipeline)) ?? "an unknown op"
+          } over ${groups.join("×")} workgroups`,
+      );
       this.#encoder = null;
       this.submits++;
       this.#idle = false;
@@ -312,9 +343,34 @@ export class Gpu {
     this.#afterSubmit = [];
   }
 
+  /**
+   * Create a buffer inside error scopes: running out of memory (or an invalid
+   * size) is thrown at the next sync point naming the op and `what` it was for.
+   */
+  createBuffer(desc: GPUBufferDescriptor, what: () => string): GPUBuffer {
+    const site = callerSite();
+    return this.errors.scoped(
+      () => this.device.createBuffer(desc),
+      () => `${site}, allocating ${what()} (${desc.size} bytes)`,
+    );
+  }
+
+  /** Throw the first GPU failure since the last check (or a lost device), as one line. */
+  async checkErrors(): Promise<void> {
+    await this.errors.check();
+  }
+
   /** Read `size` bytes of `src` from `offset` back to the CPU (a sync point). */
   async readBytes(src: GPUBuffer, size: number, offset = 0): Promise<ArrayBuffer> {
-    const out = await this.#read(src, size, offset);
+    let out: ArrayBuffer;
+    try {
+      out = await this.#read(src, size, offset);
+    } catch (e) {
+      // A failed read-back usually has a cause reported by a scope, or a lost device: say that.
+      await this.errors.check();
+      throw e;
+    }
+    await this.errors.check();
     if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
     return out;
   }
@@ -358,6 +414,7 @@ export class Gpu {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
     this.#idle = true;
+    await this.errors.check();
     if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
   }
 }
@@ -402,9 +459,6 @@ export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
     if (typeof v === "number") requiredLimits[name] = v;
   }
   const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
-  device.addEventListener?.("uncapturederror", (e) => {
-    console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
-  });
   return new Gpu(device, adapter.info, options.checkWorkgroup);
 }
 

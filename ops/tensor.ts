@@ -40,7 +40,8 @@ class BufferPool {
   freeBytes = 0;
   buffers = 0;
 
-  acquire(bytes: number): GPUBuffer {
+  /** A buffer of at least `bytes`; `describe` names what it is for if allocating it fails. */
+  acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): GPUBuffer {
     const size = sizeClass(bytes);
     const list = this.#free.get(size);
     const hit = list?.pop();
@@ -54,7 +55,7 @@ class BufferPool {
     }
     this.allocatedBytes += size;
     this.buffers++;
-    return gpu().device.createBuffer({ size, usage: USAGE });
+    return gpu().createBuffer({ size, usage: USAGE }, describe);
   }
 
   release(buffer: GPUBuffer): void {
@@ -112,9 +113,10 @@ export class Storage {
   readonly buffer: GPUBuffer;
   readonly size: number;
   refs = 1;
-  constructor(size: number) {
+  /** `shape` only names the tensor if allocating fails. */
+  constructor(size: number, shape: readonly number[] = [size]) {
     this.size = size;
-    this.buffer = pool.acquire(size * 4);
+    this.buffer = pool.acquire(size * 4, () => `a tensor [${shape.join(", ")}]`);
   }
   release(): void {
     if (--this.refs === 0) pool.release(this.buffer);
@@ -233,7 +235,7 @@ export class Tensor {
       storage.refs++;
       this.storage = storage;
     } else {
-      this.storage = new Storage(this.size);
+      this.storage = new Storage(this.size, this.shape);
     }
     liveTensors++;
     if (tracked) scopes.at(-1)?.add(this);

@@ -1,0 +1,64 @@
+/**
+ * GPU failures are reported where they happen, as one line naming the op:
+ * a kernel that does not compile, an allocation the device refuses, a bad
+ * submit, and a lost device. Each test opens its own device, so breaking it
+ * leaves the other tests' device alone.
+ */
+import assert from "node:assert/strict";
+import { createGpu, GpuDeviceLostError, GpuOpError } from "../ops/gpu.ts";
+
+function oneLine(re: RegExp) {
+  return (e: Error) => {
+    assert.match(e.message, re);
+    assert.ok(!e.message.includes("\n"), e.message);
+    return true;
+  };
+}
+
+Deno.test("a kernel that does not compile is thrown at the next sync, naming the op that asked for it", async () => {
+  const g = await createGpu();
+  function brokenOp() {
+    g.pipeline("@compute @workgroup_size(1) fn main() { let x: u32 = undefined_thing; }");
+  }
+  brokenOp();
+  await assert.rejects(
+    () => g.sync(),
+    (e: Error) =>
+      e instanceof GpuOpError &&
+      oneLine(
+        /^WebGPU invalid call in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
+      )(e),
+  );
+  // Reported once: the next sync is clean.
+  await g.sync();
+  g.device.destroy();
+});
+
+Deno.test("an allocation the device refuses names the op and what it was for", async () => {
+  const g = await createGpu();
+  function hugeTensorOp() {
+    g.createBuffer(
+      { size: g.limits.maxBufferSize + 256, usage: GPUBufferUsage.STORAGE },
+      () => "a tensor [1, 2, 3]",
+    );
+  }
+  hugeTensorOp();
+  await assert.rejects(
+    () => g.sync(),
+    oneLine(
+      /in hugeTensorOp \(tests\/gpu_errors_test\.ts:\d+\), allocating a tensor \[1, 2, 3\] \(\d+ bytes\): /,
+    ),
+  );
+  g.device.destroy();
+});
+
+Deno.test("a lost device is thrown as GpuDeviceLostError at the next sync or read-back", async () => {
+  const g = await createGpu();
+  g.device.destroy();
+  await g.device.lost;
+  await assert.rejects(
+    () => g.sync(),
+    (e: Error) =>
+      e instanceof GpuDeviceLostError && oneLine(/^the GPU device was lost \(destroyed\)/)(e),
+  );
+});
