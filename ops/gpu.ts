@@ -242,6 +242,16 @@ export class Gpu {
     uniforms?: ArrayBuffer,
   ): void {
     const pipeline = this.pipeline(code);
+    const maxBinding = this.limits.maxStorageBufferBindingSize;
+    for (const b of buffers) {
+      // Checked here, where the op is known: WebGPU would report it later, from no op in particular.
+      if (b.size > maxBinding) {
+        throw new GpuOpError(
+          `${callerSite()} binds a buffer of ${b.size} bytes, above this device's ` +
+            `maxStorageBufferBindingSize of ${maxBinding} bytes`,
+        );
+      }
+    }
     const entries: GPUBindGroupEntry[] = buffers.map((buffer, i) => ({
       binding: i,
       resource: { buffer },
@@ -258,7 +268,9 @@ export class Gpu {
     const [x, y = 1, z = 1] = workgroups;
     const max = this.limits.maxComputeWorkgroupsPerDimension;
     if (x > max || y > max || z > max) {
-      throw new Error(`dispatch of ${x}×${y}×${z} workgroups exceeds the adapter limit ${max}`);
+      throw new GpuOpError(
+        `${callerSite()}: a dispatch of ${x}×${y}×${z} workgroups exceeds the device limit ${max}`,
+      );
     }
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
     this.#lastPipeline = pipeline;
@@ -432,10 +444,27 @@ export interface InitGpuOptions {
    * Default: on when the environment has `LARGEKERNEL_CHECK_WORKGROUP=1`.
    */
   checkWorkgroup?: boolean;
+  /**
+   * Request only WebGPU's default limits (16 KiB of workgroup memory, 256
+   * invocations, 8 storage buffers per stage, 128 MiB bindings), as the
+   * smallest adapters offer. Default: on when the environment has
+   * `LARGEKERNEL_DEFAULT_LIMITS=1`.
+   */
+  defaultLimits?: boolean;
+}
+
+/** Whether the environment asks for WebGPU's default limits (`LARGEKERNEL_DEFAULT_LIMITS=1`). */
+export function defaultLimitsRequested(): boolean {
+  try {
+    return Deno.env.get("LARGEKERNEL_DEFAULT_LIMITS") === "1";
+  } catch {
+    return false; // no permission to read the environment: the adapter's limits
+  }
 }
 
 /**
- * Acquire an adapter and a device with the adapter's maximum limits.
+ * Acquire an adapter and a device with the adapter's maximum limits (or
+ * WebGPU's defaults, see {@linkcode InitGpuOptions.defaultLimits}).
  * Throws {@linkcode GpuUnavailableError} with a one-line message saying what
  * to install when WebGPU or an adapter is missing.
  */
@@ -454,9 +483,13 @@ export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
     adapter.features.has(f)
   ) as GPUFeatureName[];
   const requiredLimits: Record<string, number> = {};
-  for (const name of MAX_LIMITS) {
-    const v = adapter.limits[name];
-    if (typeof v === "number") requiredLimits[name] = v;
+  // With defaultLimits the device gets WebGPU's defaults (what every adapter offers, laptop
+  // GPUs included), and kernels pick plans that fit them.
+  if (!(options.defaultLimits ?? defaultLimitsRequested())) {
+    for (const name of MAX_LIMITS) {
+      const v = adapter.limits[name];
+      if (typeof v === "number") requiredLimits[name] = v;
+    }
   }
   const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
   return new Gpu(device, adapter.info, options.checkWorkgroup);

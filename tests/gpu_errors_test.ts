@@ -62,3 +62,35 @@ Deno.test("a lost device is thrown as GpuDeviceLostError at the next sync or rea
       e instanceof GpuDeviceLostError && oneLine(/^the GPU device was lost \(destroyed\)/)(e),
   );
 });
+
+Deno.test("defaultLimits: the device gets WebGPU's default limits, not the adapter's", async () => {
+  const g = await createGpu({ defaultLimits: true });
+  assert.deepEqual(
+    [
+      g.limits.maxComputeWorkgroupStorageSize,
+      g.limits.maxComputeInvocationsPerWorkgroup,
+      g.limits.maxStorageBuffersPerShaderStage,
+      g.limits.maxStorageBufferBindingSize,
+    ],
+    [16384, 256, 8, 128 << 20],
+  );
+  g.device.destroy();
+});
+
+Deno.test("binding a buffer above maxStorageBufferBindingSize is refused at the dispatch, naming the op", async () => {
+  const g = await createGpu();
+  const code = "@group(0) @binding(0) var<storage, read_write> y: array<f32>;\n" +
+    "@compute @workgroup_size(1) fn main() { y[0] = 1.0; }";
+  const tooBig = { size: g.limits.maxStorageBufferBindingSize + 256 } as GPUBuffer;
+  function bigOp() {
+    g.dispatch(code, [tooBig], [1]);
+  }
+  assert.throws(
+    bigOp,
+    (e: Error) =>
+      e instanceof GpuOpError &&
+      oneLine(/^bigOp \(tests\/gpu_errors_test\.ts:\d+\) binds a buffer of \d+ bytes, above/)(e),
+  );
+  await g.sync();
+  g.device.destroy();
+});
