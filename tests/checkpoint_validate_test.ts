@@ -312,3 +312,15 @@ Deno.test('deno task train --resume: a state.json with epoch "abc" exits non-zer
   assert.equal(await Deno.readTextFile(`${dir}/log.csv`), "epoch\n1\n");
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("tuned-plans files (latency --tuned) are checked by structure", async () => {
+  const { validateTunedPlans } = await import("../train/checkpoint_validate.ts");
+  const plan = (validState().kernelPlans as unknown[])[0];
+  assert.equal(validateTunedPlans({ "16,3": plan }, "t.json").length, 1);
+  assert.throws(
+    () => validateTunedPlans({ "16,3": { shape: { n: 1 }, plan: {} } }, "t.json"),
+    (e: Error) =>
+      /^t\.json: 16,3\.shape\.c: expected an integer ≥ 0, got undefined$/.test(e.message),
+  );
+  assert.throws(() => validateTunedPlans([plan], "t.json"), /top level: expected an object/);
+});

@@ -21,7 +21,7 @@ import type { Module } from "../models/module.ts";
 import type { Weights } from "../models/safetensors.ts";
 import type { OptimizerState } from "../ops/optim.ts";
 import { sparseLayout, type SparseType } from "../sparse/prune_grow.ts";
-import type { TrainState } from "./checkpoint.ts";
+import type { KernelPlan, TrainState } from "./checkpoint.ts";
 
 /** Epochs, steps and batches above this are not from a real run. */
 const MAX_COUNT = 2 ** 40;
@@ -99,6 +99,24 @@ function checkPlanObject(f: Fields, key: string): void {
   }
 }
 
+function checkKernelPlan(file: string, path: string, v: unknown): KernelPlan {
+  const k = Fields.of(file, path, v);
+  const shape = k.object("shape");
+  for (const s of SHAPE_KEYS) shape.count(s);
+  checkPlanObject(k, "plan");
+  return v as KernelPlan;
+}
+
+/**
+ * Check a tuned-plans file (`scripts/latency.ts --tune` writes one: an
+ * object of `{ shape, plan }` entries) by its JSON structure and return the
+ * plans. `file` names it in errors.
+ */
+export function validateTunedPlans(raw: unknown, file: string): KernelPlan[] {
+  const top = Fields.of(file, "", raw);
+  return Object.entries(top.obj).map(([key, v]) => checkKernelPlan(file, key, v));
+}
+
 /**
  * Check every field of a parsed `state.json` (type and range, the tuned
  * plans by structure) and return it typed. `file` names it in errors.
@@ -135,12 +153,7 @@ export function validateTrainState(raw: unknown, file: string): TrainState {
   }
   if (f.has("kernelPlans")) {
     const plans = f.array("kernelPlans");
-    for (let i = 0; i < plans.length; i++) {
-      const k = Fields.of(file, `kernelPlans.${i}`, plans[i]);
-      const shape = k.object("shape");
-      for (const s of SHAPE_KEYS) shape.count(s);
-      checkPlanObject(k, "plan");
-    }
+    for (let i = 0; i < plans.length; i++) checkKernelPlan(file, `kernelPlans.${i}`, plans[i]);
   }
   if (f.has("gemmPlans")) {
     const plans = f.array("gemmPlans");
