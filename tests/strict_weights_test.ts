@@ -104,3 +104,35 @@ Deno.test("mergeLargeKernelWeights: SLaK's trained branches load into a merged m
   assert.ok(relError(b, a) < 1e-4, `merged vs branches: ${relError(b, a)}`);
   for (const m of [trained, deployed, fresh]) m.dispose();
 });
+
+Deno.test("scripts/erf.ts --weights: foreign weights are refused in one line with a non-zero exit", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/foreign.safetensors`;
+  await saveSafetensorsFile(file, new Map([["encoder.weight", f32([2, 2])]]));
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "scripts/erf.ts",
+      "--model",
+      "convnext_cpu",
+      "--weights",
+      file,
+      "--out",
+      dir,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { MESA_SHADER_CACHE_DISABLE: "true", NO_COLOR: "1" },
+  }).output();
+  const lines = new TextDecoder().decode(r.stderr).split("\n").filter((l) =>
+    l.startsWith("error: --")
+  );
+  assert.equal(r.code, 1);
+  assert.equal(lines.length, 1);
+  assert.match(
+    lines[0],
+    /^error: --weights: .*foreign\.safetensors: state dict does not match the model \(missing keys: .*; unexpected keys: encoder\.weight\)$/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});
