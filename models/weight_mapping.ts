@@ -13,14 +13,19 @@
  * @example
  * ```ts
  * import { mergeLargeKernelWeights } from "./weight_mapping.ts";
- * const bn = (c: number) => [["weight", 1], ["bias", 0.5], ["running_mean", 0], ["running_var", 1 - 1e-5]]
- *   .map(([k, v]) => [`bn.${k}`, { shape: [c], data: new Float32Array(c).fill(v as number) }] as const);
- * const w = new Map([
- *   ["lk.lkb_origin.conv.weight", { shape: [1, 1, 3, 3], data: new Float32Array(9).fill(1) }],
- *   ...bn(1).map(([k, v]) => [`lk.lkb_origin.${k}`, v] as const),
+ * import type { Weights } from "./safetensors.ts";
+ * const v = (shape: number[], x: number) => ({ shape, data: new Float32Array(shape.reduce((a, b) => a * b)).fill(x) });
+ * // One channel, a 3×3 lkb_origin branch whose BatchNorm scales by 1 and shifts by 0.5.
+ * const w: Weights = new Map([
+ *   ["lk.lkb_origin.conv.weight", v([1, 1, 3, 3], 1)],
+ *   ["lk.lkb_origin.bn.weight", v([1], 1)],
+ *   ["lk.lkb_origin.bn.bias", v([1], 0.5)],
+ *   ["lk.lkb_origin.bn.running_mean", v([1], 0)],
+ *   ["lk.lkb_origin.bn.running_var", v([1], 1 - 1e-5)],
  * ]);
  * const merged = mergeLargeKernelWeights(w);
- * console.log([...merged.keys()], merged.get("lk.lkb_reparam.bias")!.data); // ["lk.lkb_reparam.weight", "lk.lkb_reparam.bias"] Float32Array [0.5]
+ * console.log([...merged.keys()]); // ["lk.lkb_reparam.weight", "lk.lkb_reparam.bias"]
+ * console.log(merged.get("lk.lkb_reparam.bias")!.data); // Float32Array [0.5]
  * ```
  * @module
  */
