@@ -18,6 +18,7 @@
  * @module
  */
 import { gpu } from "./gpu.ts";
+import { callerSite, GpuOpError } from "./gpu_errors.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
@@ -51,7 +52,9 @@ class BufferPool {
     }
     const max = gpu().limits.maxBufferSize;
     if (size > max) {
-      throw new Error(`tensor of ${bytes} bytes exceeds the adapter's maxBufferSize ${max}`);
+      throw new GpuOpError(
+        `${callerSite()}: ${describe()} needs ${bytes} bytes, above this device's maxBufferSize ${max}`,
+      );
     }
     this.allocatedBytes += size;
     this.buffers++;
