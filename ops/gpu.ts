@@ -286,6 +286,8 @@ export class Gpu {
     const align = this.limits.minUniformBufferOffsetAlignment;
     const slot = Math.ceil(size / align) * align;
     if (!this.#arena || this.#arena.used + slot > this.#arena.bytes.byteLength) {
+      // Mapping a buffer of a lost device throws a bare OperationError: say what happened instead.
+      this.errors.throwIfLost();
       const buffer = this.device.createBuffer({
         size: Math.max(UNIFORM_ARENA_BYTES, slot),
         usage: GPUBufferUsage.UNIFORM,
@@ -309,6 +311,7 @@ export class Gpu {
   upload(dst: GPUBuffer, bytes: ArrayBufferView, dstOffset = 0): void {
     const size = Math.ceil(bytes.byteLength / 4) * 4;
     if (size === 0) return;
+    this.errors.throwIfLost();
     const staging = this.device.createBuffer({
       size,
       usage: GPUBufferUsage.COPY_SRC,
@@ -324,6 +327,7 @@ export class Gpu {
 
   /** Submit everything recorded so far. Cheap when nothing is recorded. */
   flush(): void {
+    this.errors.throwIfLost();
     if (this.#pass) {
       this.#pass.end();
       this.#pass = null;
@@ -360,6 +364,7 @@ export class Gpu {
    * size) is thrown at the next sync point naming the op and `what` it was for.
    */
   createBuffer(desc: GPUBufferDescriptor, what: () => string): GPUBuffer {
+    this.errors.throwIfLost();
     const site = callerSite();
     return this.errors.scoped(
       () => this.device.createBuffer(desc),
