@@ -101,6 +101,35 @@ function inRange(
 }
 
 /**
+ * What a flag takes, as `--help` and errors say it.
+ *
+ * @example
+ * ```ts
+ * import { describeFlag } from "./flags.ts";
+ * console.log(describeFlag({ type: "int", min: 1, max: 4096 })); // an integer in [1, 4096]
+ * console.log(describeFlag({ type: "number", min: 0, below: 1 })); // a number in [0, 1)
+ * ```
+ */
+export function describeFlag(spec: FlagSpec): string {
+  switch (spec.type) {
+    case "boolean":
+      return "on/off";
+    case "string":
+      return "text";
+    case "int":
+      return `an integer${rangeText(spec)}`;
+    case "number":
+      return `a number${rangeText(spec)}`;
+    case "intList":
+      return `comma-separated integers${rangeText(spec)}`;
+    case "choice":
+      return `one of ${spec.options.join(", ")}`;
+    case "choiceList":
+      return `some of ${spec.options.join(", ")}`;
+  }
+}
+
+/**
  * A number flag's value: a finite decimal number within the range, or an
  * error naming `--flag`, what was expected and what was given.
  */

@@ -19,7 +19,13 @@ import { defaultConfig, presetConfig, PRESETS, type TrainConfig } from "./config
 import { train } from "./trainer.ts";
 import { SPARSE_INITS, type SparseInit } from "../sparse/density.ts";
 import { type Growth, GROWTH_MODES, SPARSE_TYPES, type SparseType } from "../sparse/prune_grow.ts";
-import { type FlagSpec, type FlagValues, parseFlags, rejectTogether } from "./flags.ts";
+import {
+  describeFlag,
+  type FlagSpec,
+  type FlagValues,
+  parseFlags,
+  rejectTogether,
+} from "./flags.ts";
 import {
   PROCEDURAL_MAX_CLASSES,
   PROCEDURAL_MAX_DISTRACTORS,
@@ -273,7 +279,10 @@ function help(): string {
   const lines = ["usage: deno task train [flags]", "", "flags:"];
   for (const [k, spec] of Object.entries(FLAGS)) {
     const arg = spec.type === "boolean" ? "" : ` <${spec.type === "intList" ? "ints" : spec.type}>`;
-    lines.push(`  --${k}${arg}`.padEnd(30) + spec.help);
+    const takes = spec.type === "int" || spec.type === "number" || spec.type === "intList"
+      ? ` (${describeFlag(spec)})`
+      : "";
+    lines.push(`  --${k}${arg}`.padEnd(30) + spec.help + takes);
   }
   lines.push("", "presets (--preset):");
   for (const [k, p] of Object.entries(PRESETS)) lines.push(`  ${k.padEnd(26)}${p.about}`);
