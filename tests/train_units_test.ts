@@ -141,7 +141,8 @@ function state(epoch: number): TrainState {
     bestTop1: 1,
     partial: { lossSum: 0, samples: 0 },
     config: {},
-    history: [],
+    // One row per completed epoch, as the trainer writes (the loader checks it).
+    history: Array.from({ length: epoch }, (_, i) => ({ epoch: i + 1 })),
     optimizerStep: epoch * 10,
     savedAt: "",
   };
