@@ -25,16 +25,10 @@ function validState(): Record<string, unknown> {
     optimizerStep: 12,
     savedAt: "2026-12-04T18:00:00.000Z",
     sparse: { densities: { "stages.0.0.pwconv1.weight": 0.6 }, overallDensity: 0.6 },
-    kernelPlans: [{
-      shape: { n: 8, c: 16, h: 8, w: 8, kh: 13, kw: 3, ph: 6, pw: 1, ho: 8, wo: 8 },
-      plan: {
-        forward: { tileW: 8, rows: 2 },
-        backwardInput: null,
-        filter: null,
-        fuseBackward: true,
-      },
-    }],
-    gemmPlans: [{ product: "64x64x64", config: { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 } }],
+    plans: {
+      version: 1,
+      plans: [{ adapter: "llvmpipe", key: "depthwise|8,16,8,8,13,3|f32", choice: { tile: 8 } }],
+    },
   };
 }
 
@@ -49,7 +43,7 @@ function rejects(state: unknown, re: RegExp): void {
 
 Deno.test("state.json: a valid state passes; each bad field is named with what was expected", () => {
   validateTrainState(validState(), FILE);
-  const { sparse: _s, kernelPlans: _k, gemmPlans: _g, ...dense } = validState();
+  const { sparse: _s, plans: _p, ...dense } = validState();
   validateTrainState(dense, FILE);
   const cases: [(s: Record<string, unknown>) => void, RegExp][] = [
     [(s) => s.epoch = "abc", /epoch: expected an integer ≥ 0, got "abc"/],
@@ -66,14 +60,10 @@ Deno.test("state.json: a valid state passes; each bad field is named with what w
     [(s) => s.modelArgs = "slak", /modelArgs: expected an object/],
     [(s) => (s.sparse as { overallDensity: number }).overallDensity = 2, /sparse\.overallDensity/],
     [
-      (s) => ((s.kernelPlans as { shape: Record<string, unknown> }[])[0].shape.kh = -13),
-      /kernelPlans\.0\.shape\.kh: expected an integer ≥ 0/,
+      (s) => ((s.plans as { plans: Record<string, unknown>[] }).plans[0].key = 7),
+      /plans: expected the kernel plans' structure, got "malformed plan/,
     ],
-    [
-      (s) => ((s.kernelPlans as { plan: Record<string, unknown> }[])[0].plan.forward = "fast"),
-      /kernelPlans\.0\.plan\.forward: expected an object/,
-    ],
-    [(s) => s.gemmPlans = {}, /gemmPlans: expected an array/],
+    [(s) => s.plans = { version: 9, plans: [] }, /plans: expected the kernel plans' structure/],
   ];
   for (const [mutate, re] of cases) {
     const s = validState();
@@ -285,7 +275,7 @@ Deno.test('deno task train --resume: a state.json with epoch "abc" exits non-zer
     ) => [k, { shape: [...p.shape], data: new Float32Array(p.size) }]),
   );
   const state = validState();
-  const { sparse: _s, kernelPlans: _k, gemmPlans: _g, ...dense } = state;
+  const { sparse: _s, plans: _p, ...dense } = state;
   await saveCheckpoint(`${dir}/checkpoint-last`, {
     state: { ...dense, epoch: "abc" } as never,
     model: w,
@@ -311,16 +301,4 @@ Deno.test('deno task train --resume: a state.json with epoch "abc" exits non-zer
   assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name).sort(), before);
   assert.equal(await Deno.readTextFile(`${dir}/log.csv`), "epoch\n1\n");
   await Deno.remove(dir, { recursive: true });
-});
-
-Deno.test("tuned-plans files (latency --tuned) are checked by structure", async () => {
-  const { validateTunedPlans } = await import("../train/checkpoint_validate.ts");
-  const plan = (validState().kernelPlans as unknown[])[0];
-  assert.equal(validateTunedPlans({ "16,3": plan }, "t.json").length, 1);
-  assert.throws(
-    () => validateTunedPlans({ "16,3": { shape: { n: 1 }, plan: {} } }, "t.json"),
-    (e: Error) =>
-      /^t\.json: 16,3\.shape\.c: expected an integer ≥ 0, got undefined$/.test(e.message),
-  );
-  assert.throws(() => validateTunedPlans([plan], "t.json"), /top level: expected an object/);
 });

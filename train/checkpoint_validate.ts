@@ -1,6 +1,6 @@
 /**
  * Checks of a checkpoint before a resumed run touches anything: `state.json`
- * field by field (type and range; the tuned plans by their JSON structure),
+ * field by field (type and range; the kernel plans by their JSON structure),
  * then the weights, EMA, optimiser moments and masks against the model that
  * will load them. Each problem is a one-line error naming the file and the
  * field or key, so a damaged or foreign checkpoint is refused before the
@@ -21,7 +21,8 @@ import type { Module } from "../models/module.ts";
 import type { Weights } from "../models/safetensors.ts";
 import type { OptimizerState } from "../ops/optim.ts";
 import { sparseLayout, type SparseType } from "../sparse/prune_grow.ts";
-import type { KernelPlan, TrainState } from "./checkpoint.ts";
+import type { TrainState } from "./checkpoint.ts";
+import { validSavedPlans } from "../ops/planner.ts";
 
 /** Epochs, steps and batches above this are not from a real run. */
 const MAX_COUNT = 2 ** 40;
@@ -87,36 +88,6 @@ class Fields {
   }
 }
 
-const SHAPE_KEYS = ["n", "c", "h", "w", "kh", "kw", "ph", "pw", "ho", "wo"] as const;
-
-/** A tuned plan's structure: an object whose leaves are integers, booleans or null. */
-function checkPlanObject(f: Fields, key: string): void {
-  const o = f.object(key);
-  for (const [k, v] of Object.entries(o.obj)) {
-    if (v === null || typeof v === "boolean") continue;
-    if (typeof v === "number") o.count(k);
-    else checkPlanObject(o, k);
-  }
-}
-
-function checkKernelPlan(file: string, path: string, v: unknown): KernelPlan {
-  const k = Fields.of(file, path, v);
-  const shape = k.object("shape");
-  for (const s of SHAPE_KEYS) shape.count(s);
-  checkPlanObject(k, "plan");
-  return v as KernelPlan;
-}
-
-/**
- * Check a tuned-plans file (`scripts/latency.ts --tune` writes one: an
- * object of `{ shape, plan }` entries) by its JSON structure and return the
- * plans. `file` names it in errors.
- */
-export function validateTunedPlans(raw: unknown, file: string): KernelPlan[] {
-  const top = Fields.of(file, "", raw);
-  return Object.entries(top.obj).map(([key, v]) => checkKernelPlan(file, key, v));
-}
-
 /**
  * Check every field of a parsed `state.json` (type and range, the tuned
  * plans by structure) and return it typed. `file` names it in errors.
@@ -151,16 +122,11 @@ export function validateTrainState(raw: unknown, file: string): TrainState {
     const d = s.object("densities");
     for (const k of Object.keys(d.obj)) d.number(k, 0, 1);
   }
-  if (f.has("kernelPlans")) {
-    const plans = f.array("kernelPlans");
-    for (let i = 0; i < plans.length; i++) checkKernelPlan(file, `kernelPlans.${i}`, plans[i]);
-  }
-  if (f.has("gemmPlans")) {
-    const plans = f.array("gemmPlans");
-    for (let i = 0; i < plans.length; i++) {
-      const g = Fields.of(file, `gemmPlans.${i}`, plans[i]);
-      g.string("product");
-      checkPlanObject(g, "config");
+  if (f.has("plans")) {
+    try {
+      validSavedPlans(f.obj.plans);
+    } catch (e) {
+      f.fail("plans", "the kernel plans' structure", (e as Error).message);
     }
   }
   return raw as TrainState;
