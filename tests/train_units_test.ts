@@ -115,6 +115,8 @@ Deno.test("CLI: bad values give one-line errors naming the flag", () => {
     [["--kernel-size", "51", "49", "47", "13", "4"], /^--kernel-size: expected odd kernels/],
     [["--preset", "toString"], /^--preset: unknown preset "toString"/],
     [["--key-colours=maybe"], /^--key-colours: expected true or false/],
+    [["--strict-data"], /^--strict-data applies to image folders/],
+    [["--retune", "--no-tune-kernels"], /^--retune plans the kernels again/],
     [["--model", "nope"], /^--model: unknown model "nope" \(expected one of .*slak_tiny/],
     [["--kernel-size", "51", "49"], /^--kernel-size: expected 5 integers, got 2/],
     [["--preset", "zzz"], /^--preset: unknown preset "zzz"/],

@@ -220,15 +220,15 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     throw new Error(`--resume: ${stateFile} is not valid JSON (${firstLine(e)})`);
   }
   const state = resumeError(() => validateTrainState(raw, stateFile));
-  const read = (name: string) =>
-    resumeError(async () => {
-      try {
-        return await loadSafetensorsFile(`${where}/${name}`);
-      } catch (e) {
-        const msg = firstLine(e);
-        throw new Error(msg.includes(name) ? msg : `${where}/${name}: ${msg}`);
-      }
-    });
+  // The safetensors reader's errors name the file already; others get its path.
+  const read = async (name: string) => {
+    try {
+      return await loadSafetensorsFile(`${where}/${name}`);
+    } catch (e) {
+      const msg = firstLine(e);
+      throw new Error(msg.includes(name) ? msg : `${where}/${name}: ${msg}`);
+    }
+  };
   const model = await read("model.safetensors");
   const ema = (await exists(`${where}/ema.safetensors`)) ? await read("ema.safetensors") : null;
   const optimizerFile = `${where}/optimizer.safetensors`;

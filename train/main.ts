@@ -377,6 +377,12 @@ function checkMeaning(v: FlagValues<typeof FLAGS>, cfg: TrainConfig): void {
       throw new Error(`--${given} describes the built-in procedural dataset: drop it or --data`);
     }
   }
+  if (v["strict-data"] && cfg.data === undefined) {
+    throw new Error("--strict-data applies to image folders and CIFAR files: add --data");
+  }
+  if (v.retune && cfg.tuneKernels === false) {
+    throw new Error("--retune plans the kernels again: drop --no-tune-kernels");
+  }
   if (v["model-ema-decay"] !== undefined && !cfg.modelEma) {
     throw new Error("--model-ema-decay applies to the weight average: add --model-ema");
   }
