@@ -87,11 +87,11 @@ export class GpuErrorWatch {
             const e = errors.find((x) => x);
             if (!e) return null;
             const kind = e instanceof GPUOutOfMemoryError
-              ? "out of memory"
+              ? "out-of-memory"
               : e instanceof GPUValidationError
-              ? "invalid call"
-              : "internal error";
-            return `WebGPU ${kind} in ${what()}: ${firstLine(e.message)}`;
+              ? "validation"
+              : "internal";
+            return `WebGPU ${kind} error in ${what()}: ${firstLine(e.message)}`;
           },
           () => null, // popErrorScope rejects only on a lost device, reported below
         ),

@@ -26,7 +26,7 @@ Deno.test("a kernel that does not compile is thrown at the next sync, naming the
     (e: Error) =>
       e instanceof GpuOpError &&
       oneLine(
-        /^WebGPU invalid call in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
+        /^WebGPU validation error in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
       )(e),
   );
   // Reported once: the next sync is clean.
