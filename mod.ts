@@ -65,6 +65,7 @@ export * from "./models/replknet.ts";
 export * from "./models/resnet.ts";
 export * from "./models/shiftwise.ts";
 export * from "./models/registry.ts";
+export * from "./models/weight_mapping.ts";
 // train: the trainer behind `deno task train`, its presets and datasets
 export {
   type EpochRow,
@@ -76,6 +77,12 @@ export {
 } from "./train/trainer.ts";
 export { type Replicas, singleProcess } from "./train/parallel.ts";
 export { defaultConfig, presetConfig, PRESETS, type TrainConfig } from "./train/config.ts";
+export {
+  loadModelWeights,
+  type LoadModelWeightsOptions,
+  loadWeightsFile,
+} from "./train/weights.ts";
+export { type FlagSpec, type FlagSpecs, type FlagValues, parseFlags } from "./train/flags.ts";
 export {
   type Batch,
   type Dataset,

@@ -272,7 +272,8 @@ export abstract class Module {
   /**
    * Load values by key. Missing or unexpected keys and shape mismatches are
    * errors naming the key (unless `strict` is false, which skips missing and
-   * unexpected keys but never a shape mismatch). Keys in `ignore` (e.g.
+   * unexpected keys but never a shape mismatch). Shapes must be equal, rank
+   * included. Nothing is loaded unless every check passes. Keys in `ignore` (e.g.
    * `num_batches_tracked`) are skipped.
    */
   loadStateDict(
@@ -291,12 +292,15 @@ export abstract class Module {
     for (const [k, v] of values) {
       const p = own.get(k);
       if (!p) continue;
-      if (
-        numel(v.shape) !== p.size ||
-        (v.shape.length === p.shape.length && v.shape.some((d, i) => d !== p.shape[i]))
-      ) {
+      // Exact shapes: a [C] vector is not a [1, C] one, even with the same values.
+      if (v.shape.length !== p.shape.length || v.shape.some((d, i) => d !== p.shape[i])) {
         throw new Error(
           `shape mismatch for ${k}: checkpoint has [${v.shape}], model has [${p.shape}]`,
+        );
+      }
+      if (v.data.length !== p.size) {
+        throw new Error(
+          `${k} holds ${v.data.length} values, its shape [${v.shape}] needs ${p.size}`,
         );
       }
     }

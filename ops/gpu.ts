@@ -29,6 +29,9 @@ import {
   shaderDumpRequested,
   writeShaderDump,
 } from "./wgsl_dump.ts";
+import { callerSite, GpuDeviceLostError, GpuErrorWatch, GpuOpError } from "./gpu_errors.ts";
+
+export { GpuDeviceLostError, GpuOpError };
 
 /**
  * Thrown when no WebGPU implementation or no adapter is available.
@@ -110,6 +113,13 @@ export class Gpu {
   #pass: GPUComputePassEncoder | null = null;
   #pipelines = new Map<string, GPUComputePipeline>();
   #layouts = new Map<GPUComputePipeline, GPUBindGroupLayout>();
+  /** Error scopes of fallible calls, thrown at sync points (see gpu_errors.ts). */
+  readonly errors: GpuErrorWatch;
+  /** The op that compiled each pipeline, to name it when a later submit fails. */
+  #sites = new Map<GPUComputePipeline, string>();
+  /** The last dispatch recorded: its op and workgroups, to name a failed submit. */
+  #lastPipeline: GPUComputePipeline | null = null;
+  #lastWorkgroups: readonly number[] = [];
   /**
    * Uniform arena of the work being recorded: one mapped buffer holds every
    * dispatch's uniform block at aligned offsets (a buffer per dispatch cost
@@ -161,6 +171,7 @@ export class Gpu {
       );
     this.features = new Set(device.features);
     this.limits = device.limits;
+    this.errors = new GpuErrorWatch(device);
     if (checkWorkgroup) {
       this.#wgCheck = {
         counter: device.createBuffer({
@@ -187,13 +198,14 @@ export class Gpu {
     if (!p) {
       const check = this.#wgCheck;
       const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
+      const site = callerSite();
       if (this.dumpWgsl) {
-        const site = launchSite(new Error().stack ?? "");
+        const dumpSite = launchSite(new Error().stack ?? "");
         writeShaderDump(
           this.dumpWgsl,
-          shaderDumpFile(source, kernel ?? (site ? { name: site.name } : undefined), {
+          shaderDumpFile(source, kernel ?? (dumpSite ? { name: dumpSite.name } : undefined), {
             adapter: this.description,
-            launchedFrom: site?.where,
+            launchedFrom: dumpSite?.where,
             workgroups: first?.workgroups ?? [],
             buffers: first?.buffers ?? 0,
             uniformBytes: first?.uniformBytes ?? 0,
@@ -202,12 +214,16 @@ export class Gpu {
         );
       }
       const label = kernel?.name;
-      const module = this.device.createShaderModule({ code: source, label });
-      p = this.device.createComputePipeline({
-        label,
-        layout: "auto",
-        compute: { module, entryPoint: "main" },
-      });
+      // Once per kernel: the compile runs in error scopes, reported with the op that asked for it.
+      p = this.errors.scoped(() => {
+        const module = this.device.createShaderModule({ code: source, label });
+        return this.device.createComputePipeline({
+          label,
+          layout: "auto",
+          compute: { module, entryPoint: "main" },
+        });
+      }, () => `compiling the kernel of ${site}`);
+      this.#sites.set(p, site);
       if (check && source !== code) {
         check.sources.push(code);
         check.groups.set(
@@ -289,6 +305,16 @@ export class Gpu {
       buffers: buffers.length,
       uniformBytes: uniforms?.byteLength ?? 0,
     });
+    const maxBinding = this.limits.maxStorageBufferBindingSize;
+    for (const b of buffers) {
+      // Checked here, where the op is known: WebGPU would report it later, from no op in particular.
+      if (b.size > maxBinding) {
+        throw new GpuOpError(
+          `${callerSite()} binds a buffer of ${b.size} bytes, above this device's ` +
+            `maxStorageBufferBindingSize of ${maxBinding} bytes`,
+        );
+      }
+    }
     const entries: GPUBindGroupEntry[] = buffers.map((buffer, i) => ({
       binding: i,
       resource: { buffer },
@@ -305,9 +331,13 @@ export class Gpu {
     const [x, y = 1, z = 1] = workgroups;
     const max = this.limits.maxComputeWorkgroupsPerDimension;
     if (x > max || y > max || z > max) {
-      throw new Error(`dispatch of ${x}×${y}×${z} workgroups exceeds the adapter limit ${max}`);
+      throw new GpuOpError(
+        `${callerSite()}: a dispatch of ${x}×${y}×${z} workgroups exceeds the device limit ${max}`,
+      );
     }
     if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    this.#lastPipeline = pipeline;
+    this.#lastWorkgroups = workgroups;
     // Bound the recorded work (and its transient uniform buffers) of long loops that never sync.
     const limit = this.#idle ? FIRST_FLUSH_DISPATCHES : AUTO_FLUSH_DISPATCHES;
     if (++this.dispatchesSinceSubmit >= limit) this.flush();
@@ -319,6 +349,8 @@ export class Gpu {
     const align = this.limits.minUniformBufferOffsetAlignment;
     const slot = Math.ceil(size / align) * align;
     if (!this.#arena || this.#arena.used + slot > this.#arena.bytes.byteLength) {
+      // Mapping a buffer of a lost device throws a bare OperationError: say what happened instead.
+      this.errors.throwIfLost();
       const buffer = this.device.createBuffer({
         size: Math.max(UNIFORM_ARENA_BYTES, slot),
         usage: GPUBufferUsage.UNIFORM,
@@ -342,6 +374,7 @@ export class Gpu {
   upload(dst: GPUBuffer, bytes: ArrayBufferView, dstOffset = 0): void {
     const size = Math.ceil(bytes.byteLength / 4) * 4;
     if (size === 0) return;
+    this.errors.throwIfLost();
     const staging = this.device.createBuffer({
       size,
       usage: GPUBufferUsage.COPY_SRC,
@@ -357,6 +390,7 @@ export class Gpu {
 
   /** Submit everything recorded so far. Cheap when nothing is recorded. */
   flush(): void {
+    this.errors.throwIfLost();
     if (this.#pass) {
       this.#pass.end();
       this.#pass = null;
@@ -365,7 +399,20 @@ export class Gpu {
     this.#arenasToUnmap = [];
     this.#arena = null;
     if (this.#encoder) {
-      this.device.queue.submit([this.#encoder.finish()]);
+      const encoder = this.#encoder;
+      const [count, pipeline, groups] = [
+        this.dispatchesSinceSubmit,
+        this.#lastPipeline,
+        this.#lastWorkgroups,
+      ];
+      // One scope per submit: a bad binding or dispatch in the batch is reported with the last op.
+      this.errors.scoped(
+        () => this.device.queue.submit([encoder.finish()]),
+        () =>
+          `a submit of ${count} dispatches, the last by ${
+            (pipeline && this.#sites.get(pipeline)) ?? "an unknown op"
+          } over ${groups.join("×")} workgroups`,
+      );
       this.#encoder = null;
       this.submits++;
       this.#idle = false;
@@ -375,9 +422,35 @@ export class Gpu {
     this.#afterSubmit = [];
   }
 
+  /**
+   * Create a buffer inside error scopes: running out of memory (or an invalid
+   * size) is thrown at the next sync point naming the op and `what` it was for.
+   */
+  createBuffer(desc: GPUBufferDescriptor, what: () => string): GPUBuffer {
+    this.errors.throwIfLost();
+    const site = callerSite();
+    return this.errors.scoped(
+      () => this.device.createBuffer(desc),
+      () => `${site}, allocating ${what()} (${desc.size} bytes)`,
+    );
+  }
+
+  /** Throw the first GPU failure since the last check (or a lost device), as one line. */
+  async checkErrors(): Promise<void> {
+    await this.errors.check();
+  }
+
   /** Read `size` bytes of `src` from `offset` back to the CPU (a sync point). */
   async readBytes(src: GPUBuffer, size: number, offset = 0): Promise<ArrayBuffer> {
-    const out = await this.#read(src, size, offset);
+    let out: ArrayBuffer;
+    try {
+      out = await this.#read(src, size, offset);
+    } catch (e) {
+      // A failed read-back usually has a cause reported by a scope, or a lost device: say that.
+      await this.errors.check();
+      throw e;
+    }
+    await this.errors.check();
     if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
     return out;
   }
@@ -421,6 +494,7 @@ export class Gpu {
     this.flush();
     await this.device.queue.onSubmittedWorkDone();
     this.#idle = true;
+    await this.errors.check();
     if (this.#wgCheck) await this.#throwOnWorkgroupOverrun();
   }
 }
@@ -443,10 +517,27 @@ export interface InitGpuOptions {
    * turns it off. Default: the environment's `LARGEKERNEL_DUMP_WGSL`.
    */
   dumpWgsl?: string | null;
+  /**
+   * Request only WebGPU's default limits (16 KiB of workgroup memory, 256
+   * invocations, 8 storage buffers per stage, 128 MiB bindings), as the
+   * smallest adapters offer. Default: on when the environment has
+   * `LARGEKERNEL_DEFAULT_LIMITS=1`.
+   */
+  defaultLimits?: boolean;
+}
+
+/** Whether the environment asks for WebGPU's default limits (`LARGEKERNEL_DEFAULT_LIMITS=1`). */
+export function defaultLimitsRequested(): boolean {
+  try {
+    return Deno.env.get("LARGEKERNEL_DEFAULT_LIMITS") === "1";
+  } catch {
+    return false; // no permission to read the environment: the adapter's limits
+  }
 }
 
 /**
- * Acquire an adapter and a device with the adapter's maximum limits.
+ * Acquire an adapter and a device with the adapter's maximum limits (or
+ * WebGPU's defaults, see {@linkcode InitGpuOptions.defaultLimits}).
  * Throws {@linkcode GpuUnavailableError} with a one-line message saying what
  * to install when WebGPU or an adapter is missing.
  *
@@ -473,14 +564,15 @@ export async function createGpu(options: InitGpuOptions = {}): Promise<Gpu> {
     adapter.features.has(f)
   ) as GPUFeatureName[];
   const requiredLimits: Record<string, number> = {};
-  for (const name of MAX_LIMITS) {
-    const v = adapter.limits[name];
-    if (typeof v === "number") requiredLimits[name] = v;
+  // With defaultLimits the device gets WebGPU's defaults (what every adapter offers, laptop
+  // GPUs included), and kernels pick plans that fit them.
+  if (!(options.defaultLimits ?? defaultLimitsRequested())) {
+    for (const name of MAX_LIMITS) {
+      const v = adapter.limits[name];
+      if (typeof v === "number") requiredLimits[name] = v;
+    }
   }
   const device = await adapter.requestDevice({ requiredFeatures, requiredLimits });
-  device.addEventListener?.("uncapturederror", (e) => {
-    console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
-  });
   return new Gpu(device, adapter.info, options.checkWorkgroup, options.dumpWgsl);
 }
 

@@ -18,6 +18,7 @@
  * @module
  */
 import { gpu } from "./gpu.ts";
+import { callerSite, GpuOpError } from "./gpu_errors.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
@@ -46,7 +47,8 @@ class BufferPool {
   freeBytes = 0;
   buffers = 0;
 
-  acquire(bytes: number): GPUBuffer {
+  /** A buffer of at least `bytes`; `describe` names what it is for if allocating it fails. */
+  acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): GPUBuffer {
     const size = sizeClass(bytes);
     const list = this.#free.get(size);
     const hit = list?.pop();
@@ -56,11 +58,13 @@ class BufferPool {
     }
     const max = gpu().limits.maxBufferSize;
     if (size > max) {
-      throw new Error(`tensor of ${bytes} bytes exceeds the adapter's maxBufferSize ${max}`);
+      throw new GpuOpError(
+        `${callerSite()}: ${describe()} needs ${bytes} bytes, above this device's maxBufferSize ${max}`,
+      );
     }
     this.allocatedBytes += size;
     this.buffers++;
-    return gpu().device.createBuffer({ size, usage: USAGE });
+    return gpu().createBuffer({ size, usage: USAGE }, describe);
   }
 
   release(buffer: GPUBuffer): void {
@@ -154,9 +158,10 @@ export class Storage {
   readonly buffer: GPUBuffer;
   readonly size: number;
   refs = 1;
-  constructor(size: number) {
+  /** `shape` only names the tensor if allocating fails. */
+  constructor(size: number, shape: readonly number[] = [size]) {
     this.size = size;
-    this.buffer = pool.acquire(size * 4);
+    this.buffer = pool.acquire(size * 4, () => `a tensor [${shape.join(", ")}]`);
   }
   release(): void {
     if (--this.refs === 0) pool.release(this.buffer);
@@ -297,7 +302,7 @@ export class Tensor {
       storage.refs++;
       this.storage = storage;
     } else {
-      this.storage = new Storage(this.size);
+      this.storage = new Storage(this.size, this.shape);
     }
     liveTensors++;
     if (tracked) scopes.at(-1)?.add(this);

@@ -23,7 +23,7 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags } from "../train/flags.ts";
 import { type Cell, type CsvRow, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { noGrad } from "../ops/autograd.ts";
 import { conv2d } from "../ops/conv.ts";
@@ -196,42 +196,29 @@ const SIDE_BY_SIDE: Record<string, string> = {
   gflop_s_ratio: "ratio",
 };
 
-function positive(flag: string, v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag}: expected an integer ≥ 1`);
-  return n;
-}
-
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      set: { type: "string", default: "convnext,slak,resnet" },
-      n: { type: "string", default: "64" },
-      impl: { type: "string", default: "tiled,simple" },
-      runs: { type: "string", default: "5" },
-      "peak-tflops": { type: "string", default: "67" },
-      tune: { type: "boolean" },
-      "no-plan-cache": { type: "boolean" },
-      retune: { type: "boolean" },
-      out: { type: "string", default: "out/bench_gemm/" },
-      "with-pytorch": { type: "boolean", default: false },
-      python: { type: "string", default: "python3" },
-      help: { type: "boolean", short: "h" },
-    },
+  const values = parseFlags(Deno.args, {
+    set: { type: "string", default: "convnext,slak,resnet" },
+    n: { type: "int", min: 1, max: 4096, default: 64 },
+    impl: { type: "choiceList", options: ["tiled", "simple"], default: ["tiled", "simple"] },
+    runs: { type: "int", min: 1, max: 10_000, default: 5 },
+    "peak-tflops": { type: "number", above: 0, max: 1e6, default: 67 },
+    tune: { type: "boolean" },
+    "no-plan-cache": { type: "boolean" },
+    retune: { type: "boolean" },
+    out: { type: "string", default: "out/bench_gemm/" },
+    "with-pytorch": { type: "boolean", default: false },
+    python: { type: "string", default: "python3" },
+    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     console.log(HELP);
     return;
   }
-  const batch = positive("n", values.n);
-  const runs = positive("runs", values.runs);
-  const peak = Number(values["peak-tflops"]);
-  if (!(peak > 0)) throw new Error(`--peak-tflops: expected a positive number`);
-  const impls = values.impl.split(",").filter(Boolean);
-  if (!impls.length || impls.some((i) => i !== "tiled" && i !== "simple")) {
-    throw new Error(`--impl: expected some of tiled,simple, got "${values.impl}"`);
-  }
+  const batch = values.n;
+  const runs = values.runs;
+  const peak = values["peak-tflops"];
+  const impls = values.impl;
   const sets = values.set.split(",").filter(Boolean);
   for (const set of sets) gemmCases(set, 1); // unknown sets fail before the GPU starts
   const out = values.out.replace(/\/+$/, "");

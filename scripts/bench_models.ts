@@ -35,7 +35,7 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, rejectTogether } from "../train/flags.ts";
 import { type Cell, type CsvRow, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { timeGpu } from "../ops/timing.ts";
@@ -123,12 +123,6 @@ export function parseModelSpec(spec: string): { name: string; kernels?: number[]
     throw new Error(`--models: "${spec}": expected name@k1-k2-k3-k4 with positive integers`);
   }
   return { name, kernels };
-}
-
-function positive(flag: string, v: string, min = 1): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new Error(`--${flag}: expected an integer ≥ ${min}`);
-  return n;
 }
 
 /** One model's measurements. */
@@ -329,52 +323,43 @@ async function runModelAnchors(
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      models: {
-        type: "string",
-        default: "convnext_tiny,convnext_tiny@51-49-47-13,slak_tiny,replknet_31b",
-      },
-      batch: { type: "string", default: "64" },
-      size: { type: "string", default: "224" },
-      classes: { type: "string", default: "1000" },
-      steps: { type: "string", default: "5" },
-      warmup: { type: "string", default: "2" },
-      pass: { type: "string", default: "infer,train" },
-      depthwise: { type: "string", default: "auto" },
-      gemm: { type: "string", default: "tiled" },
-      tune: { type: "boolean" },
-      "no-tune": { type: "boolean", default: false },
-      "tune-max": { type: "string", default: "6" },
-      "no-plan-cache": { type: "boolean", default: false },
-      retune: { type: "boolean", default: false },
-      anchor: { type: "string" },
-      "with-pytorch": { type: "boolean", default: false },
-      "official-dir": { type: "string" },
-      "slak-py": { type: "string" },
-      "replknet-py": { type: "string" },
-      python: { type: "string", default: "python3" },
-      out: { type: "string", default: "out/bench_models/" },
-      help: { type: "boolean", short: "h" },
+  const values = parseFlags(Deno.args, {
+    models: {
+      type: "string",
+      default: "convnext_tiny,convnext_tiny@51-49-47-13,slak_tiny,replknet_31b",
     },
+    batch: { type: "int", min: 1, max: 4096, default: 64 },
+    size: { type: "int", min: 32, max: 4096, default: 224 },
+    classes: { type: "int", min: 1, max: 100_000, default: 1000 },
+    steps: { type: "int", min: 1, max: 10_000, default: 5 },
+    warmup: { type: "int", min: 0, max: 10_000, default: 2 },
+    pass: { type: "choiceList", options: ["infer", "train"], default: ["infer", "train"] },
+    depthwise: { type: "choice", options: ["auto", "fast", "generic"], default: "auto" },
+    gemm: { type: "choice", options: ["tiled", "simple"], default: "tiled" },
+    tune: { type: "boolean" },
+    "no-tune": { type: "boolean" },
+    "tune-max": { type: "int", min: 1, max: 1000, default: 6 },
+    "no-plan-cache": { type: "boolean", default: false },
+    retune: { type: "boolean", default: false },
+    anchor: { type: "string" },
+    "with-pytorch": { type: "boolean", default: false },
+    "official-dir": { type: "string" },
+    "slak-py": { type: "string" },
+    "replknet-py": { type: "string" },
+    python: { type: "string", default: "python3" },
+    out: { type: "string", default: "out/bench_models/" },
+    help: { type: "boolean", short: "h" },
   });
+  rejectTogether(values, [["tune", "no-tune", "give one"]]);
   if (values.help) {
     console.log(HELP);
     return;
   }
   const specs = values.models.split(",").filter(Boolean).map(parseModelSpec);
   for (const s of specs) modelInfo(s.name); // unknown names fail before the GPU starts
-  const batch = positive("batch", values.batch);
-  const size = positive("size", values.size);
-  const classes = positive("classes", values.classes);
-  const steps = positive("steps", values.steps);
-  const warmup = positive("warmup", values.warmup, 0);
-  const tuneMax = positive("tune-max", values["tune-max"]);
-  const passes = values.pass.split(",").filter(Boolean);
-  if (!passes.length || passes.some((p) => p !== "infer" && p !== "train")) {
-    throw new Error(`--pass: expected some of infer,train, got "${values.pass}"`);
-  }
+  const { batch, size, classes, steps, warmup } = values;
+  const tuneMax = values["tune-max"];
+  const passes = values.pass;
   const out = values.out.replace(/\/+$/, "");
   const anchorText = values.anchor ? await Deno.readTextFile(values.anchor) : "";
   const anchorComments = csvComments(anchorText);

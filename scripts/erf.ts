@@ -16,7 +16,6 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import {
@@ -36,7 +35,8 @@ import { writeHeatmapFigure } from "../analysis/heatmap.ts";
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { createModel, MODEL_NAMES } from "../models/registry.ts";
 import { seedInit } from "../models/module.ts";
-import { loadWeightsFile } from "../train/weights.ts";
+import { loadModelWeights } from "../train/weights.ts";
+import { parseFlags } from "../train/flags.ts";
 import { ProgressBar } from "../train/progress.ts";
 import { naturalLikeImage, normaliseImageNet } from "../train/data/natural.ts";
 import sharp from "sharp";
@@ -59,7 +59,10 @@ Effective receptive field as RepLKNet Appendix B / SLaK Sec. 5.
   --kernels LIST    stage kernels for every model that has them, e.g. 31,29,27,13 (ConvNeXt variants)
   --weights LIST    comma-separated weights (.safetensors or official .pth), one per model; random
                     init (seeded) otherwise, with BatchNorm statistics calibrated on the first 4
-                    images (the init statistics leave a deep ResNet unnormalised)
+                    images (the init statistics leave a deep ResNet unnormalised). Loading is
+                    strict: every key of the model and the file present on both sides, same shapes
+  --partial-load    with --weights: load the keys both sides share and print the missing and
+                    unexpected ones (the rest keep their random init)
   --layer-scale V   random weights only: the LayerScale gammas of ConvNeXt/SLaK/ShiftwiseConv blocks.
                     calibrate (default): per channel, so each residual branch has unit RMS on the
                     calibration images, as a calibrated ResNet's last BatchNorm gives its branch; a
@@ -121,38 +124,31 @@ function tableRow(name: string, ratios: AreaRatio[], extra: Record<string, strin
 }
 
 async function main() {
-  const { values: v } = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      kernels: { type: "string" },
-      weights: { type: "string" },
-      images: { type: "string" },
-      num: { type: "string" },
-      size: { type: "string" },
-      seed: { type: "string" },
-      "layer-scale": { type: "string" },
-      transform: { type: "string" },
-      analyze: { type: "string" },
-      out: { type: "string" },
-      help: { type: "boolean" },
-    },
-    strict: true,
+  const v = parseFlags(Deno.args, {
+    model: { type: "choiceList", options: MODEL_NAMES },
+    kernels: { type: "intList", lengths: [4, 5], min: 1, max: 255 },
+    weights: { type: "string" },
+    "partial-load": { type: "boolean" },
+    images: { type: "string" },
+    num: { type: "int", min: 1, max: 100_000, default: 50 },
+    size: { type: "int", min: 32, max: 4096 },
+    seed: { type: "int", min: 0, max: 2 ** 32 - 1, default: 0 },
+    "layer-scale": { type: "string" },
+    transform: { type: "choice", options: ["log", "linear"] },
+    analyze: { type: "string" },
+    out: { type: "string", default: "out/erf" },
+    help: { type: "boolean" },
   });
   if (v.help) return console.log(HELP);
-  const out = v.out ?? "out/erf";
-  await Deno.mkdir(out, { recursive: true });
-  const posInt = (flag: string, raw: string | undefined, dflt: number) => {
-    if (raw === undefined) return dflt;
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n <= 0) {
-      throw new Error(`--${flag}: expected a positive integer, got "${raw}"`);
-    }
-    return n;
-  };
-
+  const out = v.out;
+  if (v["partial-load"] && !v.weights) {
+    throw new Error("--partial-load applies to --weights: give the weights files");
+  }
   if (v.analyze) {
-    if (v["layer-scale"] !== undefined) throw new Error("--layer-scale: no network with --analyze");
+    const network = (["model", "kernels", "weights", "images", "size", "layer-scale"] as const)
+      .find((f) => v[f] !== undefined);
+    if (network) throw new Error(`--${network}: no network with --analyze`);
+    await Deno.mkdir(out, { recursive: true });
     const { transform } = erfSettings({ weights: true, transform: v.transform });
     let a: NpyArray;
     try {
@@ -181,15 +177,9 @@ async function main() {
     return;
   }
 
-  await initGpu();
-  const models = (v.model ?? "resnet101,convnext_tiny,slak_tiny").split(",").map((s) => s.trim())
-    .filter(Boolean);
-  for (const m of models) {
-    if (!MODEL_NAMES.includes(m)) {
-      throw new Error(`--model: unknown model "${m}" (expected one of ${MODEL_NAMES.join(", ")})`);
-    }
-  }
+  const models = v.model ?? ["resnet101", "convnext_tiny", "slak_tiny"];
   const weights = v.weights ? v.weights.split(",") : [];
+  if (weights.some((w) => !w)) throw new Error(`--weights: an empty file name in "${v.weights}"`);
   if (weights.length && weights.length !== models.length) {
     throw new Error(
       `--weights: ${weights.length} files for ${models.length} models (give one per model)`,
@@ -200,17 +190,15 @@ async function main() {
     layerScale: v["layer-scale"],
     transform: v.transform,
   });
-  const kernels = v.kernels?.split(",").map(Number);
-  if (kernels && (kernels.length < 4 || kernels.some((k) => !Number.isInteger(k) || k < 1))) {
-    throw new Error(`--kernels: expected 4 (or 5) positive integers, got "${v.kernels}"`);
-  }
-  const size = posInt("size", v.size, gpu().isFallback ? 256 : 1024);
+  const kernels = v.kernels;
+  const files = v.images ? await imageFiles(v.images) : null;
+  await Deno.mkdir(out, { recursive: true });
+  await initGpu();
+  const size = v.size ?? (gpu().isFallback ? 256 : 1024);
   if (!v.size && gpu().isFallback) {
     console.error(`software adapter (${gpu().description}): --size defaults to 256`);
   }
-  const num = posInt("num", v.num, 50);
-  const seed = Number(v.seed ?? 0);
-  const files = v.images ? await imageFiles(v.images) : null;
+  const { num, seed } = v;
   console.error(
     weights.length
       ? `trained weights: their own BatchNorm statistics and LayerScale; transform ${settings.transform}`
@@ -234,8 +222,12 @@ async function main() {
     };
     const model = createModel(name, overrides);
     const hasLayerScale = layerScaleBlocks(model).length > 0;
-    if (weights[mi]) model.loadStateDict(await loadWeightsFile(weights[mi]), { strict: false });
-    else {
+    if (weights[mi]) {
+      await loadModelWeights(model, weights[mi], {
+        flag: "--weights",
+        partial: v["partial-load"],
+      });
+    } else {
       // Random weights: BatchNorm statistics of the images themselves (see calibrateBatchNorm).
       const calib = [];
       for (let k = 0; k < Math.min(num, CALIBRATION_IMAGES); k++) {

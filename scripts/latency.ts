@@ -28,7 +28,7 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, rejectTogether } from "../train/flags.ts";
 import { type Cell, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
@@ -86,32 +86,6 @@ export function stackFlops(n: number, c: number, r: number, k: number, layers: n
 /** CSV pass names, as in the PyTorch anchor. */
 const PASS_NAME: Record<string, string> = { fwd: "forward", fwdbwd: "forward+backward" };
 const IMPL_NAME: Record<string, string> = { fast: "webgpu-fast", generic: "webgpu-generic" };
-
-/**
- * Comma-separated positive integers.
- *
- * @example
- * ```ts
- * import { parseIntList } from "./latency.ts";
- * console.log(parseIntList("kernels", "3,7,13")); // [3, 7, 13]
- * ```
- */
-export function parseIntList(flag: string, s: string): number[] {
-  const out = s.split(",").filter(Boolean).map(Number);
-  if (!out.length || out.some((v) => !Number.isInteger(v) || v <= 0)) {
-    throw new Error(`--${flag}: expected comma-separated positive integers, got "${s}"`);
-  }
-  return out;
-}
-
-function parseChoice(flag: string, s: string, allowed: string[]): string[] {
-  const out = s.split(",").filter(Boolean);
-  const bad = out.filter((v) => !allowed.includes(v));
-  if (!out.length || bad.length) {
-    throw new Error(`--${flag}: expected some of ${allowed.join(",")}, got "${s}"`);
-  }
-  return out;
-}
 
 /**
  * The "same"-padded stride-1 shape of one layer.
@@ -288,39 +262,43 @@ async function plot(rows: Row[], path: string, title: string): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      r: { type: "string", default: "16,32,64" },
-      k: { type: "string", default: "3,5,7,9,13,17,21,27,29,31" },
-      n: { type: "string", default: "64" },
-      c: { type: "string", default: "384" },
-      layers: { type: "string", default: "24" },
-      pass: { type: "string", default: "fwd,fwdbwd" },
-      impl: { type: "string", default: "fast,generic" },
-      "generic-k": { type: "string" },
-      "generic-r": { type: "string" },
-      "generic-pass": { type: "string" },
-      runs: { type: "string", default: "5" },
-      warmup: { type: "string", default: "2" },
-      tune: { type: "boolean" },
-      "no-tune": { type: "boolean", default: false },
-      "tune-max": { type: "string", default: "6" },
-      tuned: { type: "string" },
-      "no-plan-cache": { type: "boolean", default: false },
-      retune: { type: "boolean", default: false },
-      check: { type: "boolean", default: false },
-      "peak-tflops": { type: "string", default: "67" },
-      torch: { type: "string" },
-      anchor: { type: "string" },
-      "with-pytorch": { type: "boolean", default: false },
-      python: { type: "string", default: "python3" },
-      "no-plot": { type: "boolean", default: false },
-      "plot-only": { type: "boolean", default: false },
-      out: { type: "string", default: "out/latency/" },
-      help: { type: "boolean", short: "h" },
-    },
+  const sizes = { type: "intList", min: 1, max: 4096 } as const;
+  const kernels = { type: "intList", min: 1, max: 255 } as const;
+  const passNames = ["fwd", "fwdbwd"];
+  const values = parseFlags(Deno.args, {
+    r: { ...sizes, default: [16, 32, 64] },
+    k: { ...kernels, default: [3, 5, 7, 9, 13, 17, 21, 27, 29, 31] },
+    n: { type: "int", min: 1, max: 4096, default: 64 },
+    c: { type: "int", min: 1, max: 65_536, default: 384 },
+    layers: { type: "int", min: 1, max: 1000, default: 24 },
+    pass: { type: "choiceList", options: passNames, default: passNames },
+    impl: { type: "choiceList", options: ["fast", "generic"], default: ["fast", "generic"] },
+    "generic-k": kernels,
+    "generic-r": sizes,
+    "generic-pass": { type: "choiceList", options: passNames },
+    runs: { type: "int", min: 1, max: 10_000, default: 5 },
+    warmup: { type: "int", min: 0, max: 10_000, default: 2 },
+    tune: { type: "boolean" },
+    "no-tune": { type: "boolean" },
+    "tune-max": { type: "int", min: 1, max: 1000, default: 6 },
+    tuned: { type: "string" },
+    "no-plan-cache": { type: "boolean", default: false },
+    retune: { type: "boolean", default: false },
+    check: { type: "boolean", default: false },
+    "peak-tflops": { type: "number", above: 0, max: 1e6, default: 67 },
+    torch: { type: "string" },
+    anchor: { type: "string" },
+    "with-pytorch": { type: "boolean", default: false },
+    python: { type: "string", default: "python3" },
+    "no-plot": { type: "boolean", default: false },
+    "plot-only": { type: "boolean", default: false },
+    out: { type: "string", default: "out/latency/" },
+    help: { type: "boolean", short: "h" },
   });
+  rejectTogether(values, [
+    ["tune", "no-tune", "give one"],
+    ["torch", "anchor", "they name the same file; give one"],
+  ]);
   if (values.help) {
     console.log(HELP);
     return;
@@ -334,22 +312,14 @@ async function main(): Promise<void> {
     console.log(`wrote ${out}/latency.png`);
     return;
   }
-  const rList = parseIntList("r", values.r);
-  const kList = parseIntList("k", values.k);
-  const [n] = parseIntList("n", values.n);
-  const [c] = parseIntList("c", values.c);
-  const [layers] = parseIntList("layers", values.layers);
-  const [runs] = parseIntList("runs", values.runs);
-  const warmup = Number(values.warmup);
-  const [tuneMax] = parseIntList("tune-max", values["tune-max"]);
-  const peak = Number(values["peak-tflops"]);
-  const passes = parseChoice("pass", values.pass, ["fwd", "fwdbwd"]) as ("fwd" | "fwdbwd")[];
-  const impls = parseChoice("impl", values.impl, ["fast", "generic"]) as ("fast" | "generic")[];
-  const gK = values["generic-k"] ? parseIntList("generic-k", values["generic-k"]) : kList;
-  const gR = values["generic-r"] ? parseIntList("generic-r", values["generic-r"]) : rList;
-  const gPass = values["generic-pass"]
-    ? parseChoice("generic-pass", values["generic-pass"], ["fwd", "fwdbwd"])
-    : passes;
+  const { r: rList, k: kList, n, c, layers, runs, warmup } = values;
+  const tuneMax = values["tune-max"];
+  const peak = values["peak-tflops"];
+  const passes = values.pass as ("fwd" | "fwdbwd")[];
+  const impls = values.impl as ("fast" | "generic")[];
+  const gK = values["generic-k"] ?? kList;
+  const gR = values["generic-r"] ?? rList;
+  const gPass = values["generic-pass"] ?? passes;
   if (values["with-pytorch"]) {
     // Before our GPU work starts, so the two never share the GPU.
     const text = await runAnchor(values.python, anchorScript("dwconv.py"), [

@@ -24,7 +24,7 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags } from "../train/flags.ts";
 import { type Cell, writeCsv } from "../analysis/csv.ts";
 import {
   countModel,
@@ -492,13 +492,10 @@ No GPU needed.
   -h, --help    this help`;
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      out: { type: "string", default: "out/model_table/" },
-      only: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
+  const values = parseFlags(Deno.args, {
+    out: { type: "string", default: "out/model_table/" },
+    only: { type: "string" },
+    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     console.log(HELP);

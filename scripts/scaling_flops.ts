@@ -25,7 +25,7 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags } from "../train/flags.ts";
 import { writeCsv } from "../analysis/csv.ts";
 import { countModel, FLOPS_RULE, uniformDensities } from "../analysis/flops.ts";
 import { type Mark, writeLineChart } from "../analysis/plot.ts";
@@ -119,27 +119,19 @@ under the ConvNeXt (k×k), RepLKNet (k×k + 5×5) and SLaK (k×5 + 5×k + 5×5, 
   -h, --help   this help`;
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      out: { type: "string", default: "out/scaling_flops/" },
-      max: { type: "string", default: "151" },
-      step: { type: "string", default: "2" },
-      help: { type: "boolean", short: "h" },
-    },
+  const values = parseFlags(Deno.args, {
+    out: { type: "string", default: "out/scaling_flops/" },
+    max: { type: "int", min: 7, max: 1001, default: 151 },
+    step: { type: "int", min: 2, max: 1000, default: 2 },
+    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     console.log(HELP);
     return;
   }
-  const max = Number(values.max);
-  const step = Number(values.step);
-  if (!Number.isInteger(max) || max < 7 || max % 2 === 0) {
-    throw new Error(`--max: expected an odd integer ≥ 7, got "${values.max}"`);
-  }
-  if (!Number.isInteger(step) || step < 2 || step % 2) {
-    throw new Error(`--step: expected an even integer ≥ 2, got "${values.step}"`);
-  }
+  const { max, step } = values;
+  if (max % 2 === 0) throw new Error(`--max: expected an odd integer ≥ 7, got "${max}"`);
+  if (step % 2) throw new Error(`--step: expected an even integer ≥ 2, got "${step}"`);
   const kernels: number[] = [];
   for (let k = 7; k <= max; k += step) kernels.push(k);
   if (!kernels.includes(51)) kernels.push(51);

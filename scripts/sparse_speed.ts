@@ -26,7 +26,7 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
+import { numberFlag, parseFlags } from "../train/flags.ts";
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { depthwiseConv2d, samePadding } from "../ops/depthwise.ts";
@@ -86,19 +86,21 @@ export function crossover(points: [number, number][]): number {
 }
 
 function parseKernels(s: string): [number, number][] {
-  return s.split(",").filter(Boolean).map((k) => {
-    const m = /^(\d+)x(\d+)$/.exec(k);
-    if (!m) throw new Error(`--k: expected KHxKW like 51x5, got "${k}"`);
+  const out = s.split(",").filter(Boolean).map((k): [number, number] => {
+    const m = /^(\d{1,3})x(\d{1,3})$/.exec(k);
+    if (!m || Number(m[1]) < 1 || Number(m[2]) < 1) {
+      throw new Error(`--k: expected KHxKW like 51x5 (sides 1 to 999), got "${k}"`);
+    }
     return [Number(m[1]), Number(m[2])];
   });
+  if (!out.length) throw new Error(`--k: expected KHxKW like 51x5, got "${s}"`);
+  return out;
 }
 
 function parseDensities(s: string): number[] {
-  const out = s.split(",").filter(Boolean).map(Number);
-  if (!out.length || out.some((d) => !(d >= 0 && d <= 1))) {
-    throw new Error(`--density: expected numbers in [0, 1], got "${s}"`);
-  }
-  return out;
+  const items = s.split(",").filter(Boolean);
+  if (!items.length) throw new Error(`--density: expected numbers in [0, 1], got "${s}"`);
+  return items.map((d) => numberFlag("density", d, { min: 0, max: 1 }));
 }
 
 type Pass = "fwd" | "fwdbwd";
@@ -144,42 +146,40 @@ async function timeConv(
 }
 
 async function main(): Promise<void> {
-  const { values: a } = parseArgs({
-    options: {
-      n: { type: "string", default: "64" },
-      c: { type: "string", default: "124" },
-      h: { type: "string", default: "56" },
-      w: { type: "string" },
-      k: { type: "string", default: "51x5,5x51" },
-      density: { type: "string", default: "1.0,0.6,0.4,0.2" },
-      pass: { type: "string", default: "fwd,fwdbwd" },
-      runs: { type: "string", default: "10" },
-      warmup: { type: "string", default: "2" },
-      "no-tune": { type: "boolean", default: false },
-      "tune-max": { type: "string", default: "8" },
-      "no-plan-cache": { type: "boolean", default: false },
-      retune: { type: "boolean", default: false },
-      seed: { type: "string", default: "0" },
-      out: { type: "string", default: "out/sparse_speed" },
-      help: { type: "boolean", default: false },
-    },
+  const side = { type: "int", min: 1, max: 4096 } as const;
+  const a = parseFlags(Deno.args, {
+    n: { ...side, default: 64 },
+    c: { type: "int", min: 1, max: 65_536, default: 124 },
+    h: { ...side, default: 56 },
+    w: side,
+    k: { type: "string", default: "51x5,5x51" },
+    density: { type: "string", default: "1.0,0.6,0.4,0.2" },
+    pass: { type: "choiceList", options: ["fwd", "fwdbwd"], default: ["fwd", "fwdbwd"] },
+    runs: { type: "int", min: 1, max: 10_000, default: 10 },
+    warmup: { type: "int", min: 0, max: 10_000, default: 2 },
+    "no-tune": { type: "boolean", default: false },
+    "tune-max": { type: "int", min: 1, max: 1000, default: 8 },
+    "no-plan-cache": { type: "boolean", default: false },
+    retune: { type: "boolean", default: false },
+    seed: { type: "int", min: 0, max: 2 ** 32 - 1, default: 0 },
+    out: { type: "string", default: "out/sparse_speed" },
+    help: { type: "boolean", default: false },
   });
   if (a.help) {
     console.log(HELP);
     return;
   }
-  const [n, c, h] = [Number(a.n), Number(a.c), Number(a.h)];
-  const wd = a.w ? Number(a.w) : h;
-  const kernels = parseKernels(a.k!);
-  const densities = parseDensities(a.density!);
-  const passes = a.pass!.split(",").filter(Boolean) as Pass[];
-  if (passes.some((p) => p !== "fwd" && p !== "fwdbwd")) throw new Error(`--pass: fwd, fwdbwd`);
-  const timing = { runs: Number(a.runs), warmup: Number(a.warmup) };
-  const seed = Number(a.seed);
+  const { n, c, h } = a;
+  const wd = a.w ?? h;
+  const kernels = parseKernels(a.k);
+  const densities = parseDensities(a.density);
+  const passes = a.pass as Pass[];
+  const timing = { runs: a.runs, warmup: a.warmup };
+  const seed = a.seed;
   await initGpu();
   const g = gpu();
   const tune = !a["no-tune"] && !g.isFallback;
-  const tuneMax = Number(a["tune-max"]);
+  const tuneMax = a["tune-max"];
   const planOpts = {
     cachePath: a["no-plan-cache"] ? null : planCachePath(),
     retune: a.retune,

@@ -34,7 +34,7 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags } from "../train/flags.ts";
 import { writeCsv } from "../analysis/csv.ts";
 import {
   countModel,
@@ -392,45 +392,48 @@ with --train, a short sparse run per setting and its accuracy. ${FLOPS_RULE}.
   --snip-drop-path P    stochastic depth while scoring (default 0.1, as SLaK-T's run)`;
 
 async function main() {
-  const { values: v } = parseArgs({
-    args: Deno.args,
-    options: {
-      out: { type: "string", default: "out/sparsity_width" },
-      train: { type: "boolean" },
-      model: { type: "string", default: "slak_cpu" },
-      epochs: { type: "string", default: "1" },
-      "train-size": { type: "string", default: "256" },
-      "val-size": { type: "string", default: "128" },
-      "input-size": { type: "string", default: "32" },
-      "batch-size": { type: "string", default: "16" },
-      "update-frequency": { type: "string", short: "u", default: "4" },
-      data: { type: "string" },
-      seed: { type: "string", default: "0" },
-      snip: { type: "boolean" },
-      "snip-data": { type: "string", default: "natural" },
-      "snip-batch": { type: "string", default: "128" },
-      "snip-micro-batch": { type: "string" },
-      "snip-drop-path": { type: "string", default: "0.1" },
-      help: { type: "boolean", short: "h" },
-    },
+  // Training and SNIP flags have no default here, so that one given without --train or --snip
+  // is refused; their defaults (in --help) are filled in below.
+  const v = parseFlags(Deno.args, {
+    out: { type: "string", default: "out/sparsity_width" },
+    train: { type: "boolean" },
+    model: { type: "choice", options: MODEL_NAMES },
+    epochs: { type: "int", min: 1, max: 100_000 },
+    "train-size": { type: "int", min: 1, max: 10_000_000 },
+    "val-size": { type: "int", min: 1, max: 10_000_000 },
+    "input-size": { type: "int", min: 32, max: 2048 },
+    "batch-size": { type: "int", min: 1, max: 65_536 },
+    "update-frequency": { type: "int", short: "u", min: 1, max: 1_000_000_000 },
+    data: { type: "string" },
+    seed: { type: "int", min: 0, max: 2 ** 32 - 1, default: 0 },
+    snip: { type: "boolean" },
+    "snip-data": { type: "string" },
+    "snip-batch": { type: "int", min: 1, max: 65_536 },
+    "snip-micro-batch": { type: "int", min: 1, max: 65_536 },
+    "snip-drop-path": { type: "number", min: 0, below: 1 },
+    help: { type: "boolean", short: "h" },
   });
   if (v.help) {
     console.log(HELP);
     return;
   }
-  const int = (flag: keyof typeof v, min: number) => {
-    const n = Number(v[flag]);
-    if (!Number.isInteger(n) || n < min) {
-      throw new Error(`--${flag}: expected an integer ≥ ${min}, got "${v[flag]}"`);
-    }
-    return n;
-  };
-  if (!MODEL_NAMES.includes(v.model!)) {
-    throw new Error(
-      `--model: unknown model "${v.model}" (expected one of ${MODEL_NAMES.join(", ")})`,
-    );
-  }
-  const out = v.out!.replace(/\/$/, "");
+  const trainFlags = [
+    "model",
+    "epochs",
+    "train-size",
+    "val-size",
+    "input-size",
+    "batch-size",
+    "update-frequency",
+    "data",
+  ] as const;
+  const needsTrain = trainFlags.find((f) => v[f] !== undefined);
+  if (needsTrain && !v.train) throw new Error(`--${needsTrain} applies to --train: add it`);
+  const snipFlags = ["snip-data", "snip-batch", "snip-micro-batch", "snip-drop-path"] as const;
+  const needsSnip = snipFlags.find((f) => v[f] !== undefined);
+  if (needsSnip && !v.snip) throw new Error(`--${needsSnip} applies to --snip: add it`);
+  const model = v.model ?? "slak_cpu";
+  const out = v.out.replace(/\/$/, "");
   await Deno.mkdir(out, { recursive: true });
   const rows = table7Rows();
   await writeCsv(`${out}/sparsity_width.csv`, rows, {
@@ -480,21 +483,16 @@ async function main() {
     })),
   }];
   if (v.snip) {
-    const batchSize = int("snip-batch", 1);
-    const microBatch = v["snip-micro-batch"] === undefined ? batchSize : int("snip-micro-batch", 1);
-    const dropPath = Number(v["snip-drop-path"]);
-    if (!(dropPath >= 0 && dropPath < 1)) {
-      throw new Error(
-        `--snip-drop-path: expected a number in [0, 1), got "${v["snip-drop-path"]}"`,
-      );
-    }
+    const batchSize = v["snip-batch"] ?? 128;
+    const microBatch = v["snip-micro-batch"] ?? batchSize;
+    const dropPath = v["snip-drop-path"] ?? 0.1;
     if (batchSize % microBatch !== 0) {
       throw new Error(
         `--snip-micro-batch: ${microBatch} does not divide --snip-batch ${batchSize}`,
       );
     }
-    const seed = int("seed", 0);
-    const source = v["snip-data"]!;
+    const seed = v.seed;
+    const source = v["snip-data"] ?? "natural";
     let batch: Batch;
     let dataName = `natural-like (seed ${seed})`;
     if (source === "natural") batch = naturalLikeBatch(batchSize, 224, seed);
@@ -559,26 +557,29 @@ async function main() {
   }
   let trained: TrainedRow[] = [];
   if (v.train) {
+    const epochs = v.epochs ?? 1;
+    const inputSize = v["input-size"] ?? 32;
+    const updateFrequency = v["update-frequency"] ?? 4;
     trained = await trainSettings({
-      model: v.model!,
-      epochs: int("epochs", 1),
-      trainSize: int("train-size", 1),
-      valSize: int("val-size", 1),
-      inputSize: int("input-size", 32),
-      batchSize: int("batch-size", 1),
-      updateFrequency: int("update-frequency", 1),
-      seed: int("seed", 0),
+      model,
+      epochs,
+      trainSize: v["train-size"] ?? 256,
+      valSize: v["val-size"] ?? 128,
+      inputSize,
+      batchSize: v["batch-size"] ?? 16,
+      updateFrequency,
+      seed: v.seed,
       data: v.data,
       out,
     });
     await writeCsv(`${out}/sparsity_width_train.csv`, trained, {
       comments: [
-        `${FLOPS_RULE}; ${v.model} at ${v["input-size"]}², ${v.epochs} epoch(s), ` +
-        `SNIP + prune-and-grow (prune rate 0.3, random growth, -u ${v["update-frequency"]}); ` +
+        `${FLOPS_RULE}; ${model} at ${inputSize}², ${epochs} epoch(s), ` +
+        `SNIP + prune-and-grow (prune rate 0.3, random growth, -u ${updateFrequency}); ` +
         "mflops from the final masks",
       ],
     });
-    console.log(`\n# --train: ${v.model}, ${v.epochs} epoch(s) at ${v["input-size"]}²`);
+    console.log(`\n# --train: ${model}, ${epochs} epoch(s) at ${inputSize}²`);
     console.log("sparsity width   top-1 %  MFLOPs (dense)  non-zero weights  seconds");
     for (const r of trained) {
       console.log(
@@ -590,7 +591,7 @@ async function main() {
       );
     }
     panels.push({
-      title: `${v.model}, trained sparse: top-1 (labels: FLOPs)`,
+      title: `${model}, trained sparse: top-1 (labels: FLOPs)`,
       xLabel: "width factor",
       yLabel: "top-1 (%)",
       xTicks: widths,

@@ -162,7 +162,7 @@ Deno.test("hostile image folders: symlink cycles, devices, pixel bombs, --strict
 });
 
 Deno.test("--strict-data reaches the trainer's configuration", () => {
-  const cfg = parseTrainArgs(["--strict-data"], true);
+  const cfg = parseTrainArgs(["--strict-data", "--data", "images"], true);
   assert.ok(cfg !== "help" && cfg.strictData === true);
   const off = parseTrainArgs(["--strict-data", "false"], true);
   assert.ok(off !== "help" && off.strictData === false);
@@ -181,7 +181,8 @@ function state(): TrainState {
     bestTop1: 1,
     partial: { lossSum: 0, samples: 0 },
     config: {},
-    history: [],
+    // One row per completed epoch, as the trainer writes (the loader checks it).
+    history: [{ epoch: 1 }],
     optimizerStep: 10,
     savedAt: "",
   };

@@ -95,13 +95,32 @@ Deno.test("CLI: official snake_case flags and multi-value --kernel_size are unde
 
 Deno.test("CLI: bad values give one-line errors naming the flag", () => {
   const cases: [string[], RegExp][] = [
-    [["--epochs", "0"], /^--epochs: expected a positive integer, got "0"$/],
-    [["--lr", "abc"], /^--lr: expected a positive number/],
-    [["--drop-path", "1.5"], /^--drop-path: expected a probability/],
+    [["--epochs", "0"], /^--epochs: expected an integer in \[1, 100000\], got "0"$/],
+    [["--epochs", "-3"], /^--epochs: expected an integer in \[1, 100000\], got "-3"$/],
+    [["--epochs", "2.5"], /^--epochs: expected an integer/],
+    [["--input-size", "1e9"], /^--input-size: expected an integer in \[32, 2048\], got "1e9"$/],
+    [["--lr", "abc"], /^--lr: expected a number in \(0, 10\]/],
+    [["--lr", "NaN"], /^--lr: expected a number/],
+    [["--seed", "0x10"], /^--seed: expected an integer/],
+    [["--drop-path", "1.5"], /^--drop-path: expected a number in \[0, 1\)/],
+    [["--growth", "sideways"], /^--growth: expected one of random, gradient, got "sideways"$/],
+    [["--epochs", "2", "--epochs", "3"], /^--epochs: given more than once/],
+    [["--smoothing", "0.1", "--label-smoothing", "0.2"], /^--label-smoothing: given more/],
+    [["--epochs"], /^--epochs: expected a value/],
+    [["stray"], /^unexpected argument "stray"/],
+    [["--data", "d", "--num-classes", "3"], /^--num-classes describes the built-in procedural/],
+    [["--model-ema-decay", "0.9"], /^--model-ema-decay applies to the weight average/],
+    [["--min-lr", "1"], /^--min-lr 1 is above the peak learning rate/],
+    [["--resume", "a", "--auto-resume"], /^--resume and --auto-resume conflict/],
+    [["--kernel-size", "51", "49", "47", "13", "4"], /^--kernel-size: expected odd kernels/],
+    [["--preset", "toString"], /^--preset: unknown preset "toString"/],
+    [["--key-colours=maybe"], /^--key-colours: expected true or false/],
+    [["--strict-data"], /^--strict-data applies to image folders/],
+    [["--retune", "--no-tune-kernels"], /^--retune plans the kernels again/],
     [["--model", "nope"], /^--model: unknown model "nope" \(expected one of .*slak_tiny/],
-    [["--kernel-size", "51", "49"], /^--kernel-size: expected 5 positive integers/],
+    [["--kernel-size", "51", "49"], /^--kernel-size: expected 5 integers, got 2/],
     [["--preset", "zzz"], /^--preset: unknown preset "zzz"/],
-    [["--frobnicate"], /Unknown option '--frobnicate'.*\(see --help\)$/],
+    [["--frobnicate"], /^--frobnicate: unknown flag \(see --help\)$/],
     [["--eval-only"], /^--eval-only needs --resume/],
   ];
   for (const [args, re] of cases) {
@@ -124,7 +143,8 @@ function state(epoch: number): TrainState {
     bestTop1: 1,
     partial: { lossSum: 0, samples: 0 },
     config: {},
-    history: [],
+    // One row per completed epoch, as the trainer writes (the loader checks it).
+    history: Array.from({ length: epoch }, (_, i) => ({ epoch: i + 1 })),
     optimizerStep: epoch * 10,
     savedAt: "",
   };

@@ -21,6 +21,7 @@ import type { SavedPlans } from "../ops/planner.ts";
 import { loadSafetensorsFile, saveSafetensorsFile, type Weights } from "../models/safetensors.ts";
 import type { Module } from "../models/module.ts";
 import type { OptimizerState } from "../ops/optim.ts";
+import { optimizerFromWeights, validateTrainState } from "./checkpoint_validate.ts";
 
 /** Everything in `state.json`. */
 export interface TrainState {
@@ -58,6 +59,8 @@ export interface TrainState {
 
 /** What a loaded checkpoint holds. */
 export interface Checkpoint {
+  /** The folder it was read from (`dir`, or `dir.old` after a save cut short). */
+  dir: string;
   state: TrainState;
   model: Weights;
   ema: Weights | null;
@@ -82,15 +85,6 @@ function optimizerWeights(s: OptimizerState): Weights {
   return out;
 }
 
-function optimizerFromWeights(w: Weights, step: number): OptimizerState {
-  const buffers: Float32Array[][] = [];
-  for (const [key, v] of w) {
-    const [i, j] = key.split(".").map(Number);
-    (buffers[i] ??= [])[j] = v.data;
-  }
-  return { step, buffers };
-}
-
 async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
@@ -100,15 +94,40 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** A `state.json` larger than this is not one the trainer wrote (its history is a row per epoch). */
+const MAX_STATE_BYTES = 64 << 20;
+
+function firstLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split("\n")[0];
+}
+
+/** Run `fn`, prefixing its error with `--resume: ` (the flag that named the checkpoint). */
+function resumeError<T>(fn: () => T): T {
+  try {
+    const r = fn();
+    if (r instanceof Promise) {
+      return r.catch((e) => {
+        throw new Error(`--resume: ${firstLine(e)}`);
+      }) as T;
+    }
+    return r;
+  } catch (e) {
+    throw new Error(`--resume: ${firstLine(e)}`);
+  }
+}
+
 /** Whether a complete checkpoint is at `dir`. */
 export async function checkpointExists(dir: string): Promise<boolean> {
   return await exists(`${dir}/state.json`) || await exists(`${dir}.old/state.json`);
 }
 
 /**
- * Write a checkpoint folder atomically: everything goes into `dir.tmp-<pid>`,
- * then the old folder (if any) is moved aside, the new one renamed to `dir`,
- * and the old one removed.
+ * Write a checkpoint folder atomically: everything goes into `dir.tmp-<pid>`
+ * (each file flushed to disk), then the current complete checkpoint is moved
+ * aside to `dir.old`, the new one renamed to `dir`, and `dir.old` removed. A
+ * process killed at any point leaves a complete checkpoint at `dir` or at
+ * `dir.old` ({@linkcode loadCheckpoint} reads either): `dir.old` is never
+ * removed while it is the only complete one.
  */
 export async function saveCheckpoint(
   dir: string,
@@ -128,16 +147,46 @@ export async function saveCheckpoint(
   if (parts.ema) await saveSafetensorsFile(`${tmp}/ema.safetensors`, parts.ema, meta);
   await saveSafetensorsFile(`${tmp}/optimizer.safetensors`, optimizerWeights(parts.optimizer));
   if (parts.masks) await saveSafetensorsFile(`${tmp}/masks.safetensors`, parts.masks);
-  const json = new TextEncoder().encode(JSON.stringify(parts.state, null, 1));
-  const f = await Deno.open(`${tmp}/state.json`, { write: true, create: true, truncate: true });
-  await f.write(json);
-  await f.sync();
-  f.close();
+  // state.json last: a folder with it is complete.
+  await writeSynced(`${tmp}/state.json`, JSON.stringify(parts.state, null, 1));
+  await checkpointWriteHook?.("before-swap");
   const old = `${dir}.old`;
-  await Deno.remove(old, { recursive: true }).catch(() => {});
-  if (await exists(dir)) await Deno.rename(dir, old);
+  if (await exists(`${dir}/state.json`)) {
+    // `dir` is complete, so a `dir.old` left by an earlier save is stale.
+    await Deno.remove(old, { recursive: true }).catch(() => {});
+    await Deno.rename(dir, old);
+  } else {
+    // `dir` is absent or incomplete: `dir.old`, if any, is the last good checkpoint; keep it.
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+  await checkpointWriteHook?.("swapped-out");
   await Deno.rename(tmp, dir);
   await Deno.remove(old, { recursive: true }).catch(() => {});
+}
+
+/** Write `text` to a new file and flush it to disk, however many writes it takes. */
+async function writeSynced(path: string, text: string): Promise<void> {
+  const bytes = new TextEncoder().encode(text);
+  const f = await Deno.open(path, { write: true, create: true, truncate: true });
+  try {
+    for (let pos = 0; pos < bytes.length;) pos += await f.write(bytes.subarray(pos));
+    await f.sync();
+  } finally {
+    f.close();
+  }
+}
+
+/**
+ * Test hook: awaited at the points of a save where a crash is most
+ * damaging, so a crash-safety test can kill the process there.
+ */
+let checkpointWriteHook: ((point: "before-swap" | "swapped-out") => Promise<void>) | null = null;
+
+/** Set (or clear, with null) the hook awaited inside {@linkcode saveCheckpoint}; tests only. */
+export function setCheckpointWriteHook(
+  hook: ((point: "before-swap" | "swapped-out") => Promise<void>) | null,
+): void {
+  checkpointWriteHook = hook;
 }
 
 /**
@@ -152,25 +201,42 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     ? `${dir}.old`
     : null;
   if (!where) throw new Error(`--resume: no checkpoint at ${dir} (expected ${dir}/state.json)`);
-  let state: TrainState;
+  const stateFile = `${where}/state.json`;
+  let text: string;
   try {
-    state = JSON.parse(await Deno.readTextFile(`${where}/state.json`));
+    const bytes = await Deno.readFile(stateFile);
+    if (bytes.length > MAX_STATE_BYTES) {
+      throw new Error(`${bytes.length} bytes, more than the ${MAX_STATE_BYTES} a state holds`);
+    }
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch (e) {
-    throw new Error(`--resume: ${where}/state.json is not valid JSON (${(e as Error).message})`);
+    throw new Error(`--resume: ${stateFile} cannot be read (${firstLine(e)})`);
   }
-  if (state.version !== 1) {
-    throw new Error(`--resume: ${where}/state.json has unknown version ${state.version}`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`--resume: ${stateFile} is not valid JSON (${firstLine(e)})`);
   }
-  const model = await loadSafetensorsFile(`${where}/model.safetensors`);
-  const ema = (await exists(`${where}/ema.safetensors`))
-    ? await loadSafetensorsFile(`${where}/ema.safetensors`)
-    : null;
-  const optimizer = optimizerFromWeights(
-    await loadSafetensorsFile(`${where}/optimizer.safetensors`),
-    state.optimizerStep,
+  const state = resumeError(() => validateTrainState(raw, stateFile));
+  // The safetensors reader's errors name the file already; others get its path.
+  const read = async (name: string) => {
+    try {
+      return await loadSafetensorsFile(`${where}/${name}`);
+    } catch (e) {
+      const msg = firstLine(e);
+      throw new Error(msg.includes(name) ? msg : `${where}/${name}: ${msg}`);
+    }
+  };
+  const model = await read("model.safetensors");
+  const ema = (await exists(`${where}/ema.safetensors`)) ? await read("ema.safetensors") : null;
+  const optimizerFile = `${where}/optimizer.safetensors`;
+  const optimizerRaw = await read("optimizer.safetensors");
+  const optimizer = resumeError(() =>
+    optimizerFromWeights(optimizerRaw, state.optimizerStep, optimizerFile)
   );
   const masks = (await exists(`${where}/masks.safetensors`))
-    ? await loadSafetensorsFile(`${where}/masks.safetensors`)
+    ? await read("masks.safetensors")
     : null;
-  return { state, model, ema, optimizer, masks };
+  return { dir: where, state, model, ema, optimizer, masks };
 }

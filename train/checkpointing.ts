@@ -24,6 +24,7 @@
  * @module
  */
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { gpu } from "../ops/gpu.ts";
 import { moduleWeights, saveCheckpoint } from "./checkpoint.ts";
 import type { Classifier } from "../models/module.ts";
 import { plotCurves } from "./curves.ts";
@@ -63,13 +64,16 @@ export async function saveRun(run: TrainRun, dir: string): Promise<void> {
       overallDensity: sparse.masking.overallDensity(),
     };
   }
-  await saveCheckpoint(dir, {
+  const parts = {
     state,
     model: await moduleWeights(run.model),
     ema: ema ? await moduleWeights(ema.module) : null,
     optimizer: await optimizer.stateDict(),
     masks: sparse ? maskWeights(sparse) : null,
-  });
+  };
+  // Values read from a failing or lost device never replace the last good checkpoint.
+  await gpu().checkErrors();
+  await saveCheckpoint(dir, parts);
 }
 
 /**

@@ -198,7 +198,7 @@ export const PRESETS: Record<string, Partial<TrainConfig> & { model: string; abo
  * ```
  */
 export function presetConfig(name: string): TrainConfig {
-  const p = PRESETS[name];
+  const p = Object.hasOwn(PRESETS, name) ? PRESETS[name] : undefined;
   if (!p) {
     throw new Error(
       `--preset: unknown preset "${name}" (expected one of ${Object.keys(PRESETS).join(", ")})`,

@@ -13,88 +13,222 @@
  * ```
  * @module
  */
-import { parseArgs } from "node:util";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { MODEL_NAMES } from "../models/registry.ts";
 import { defaultConfig, presetConfig, PRESETS, type TrainConfig } from "./config.ts";
 import { train } from "./trainer.ts";
-import { SPARSE_INITS } from "../sparse/density.ts";
-import { GROWTH_MODES, SPARSE_TYPES } from "../sparse/prune_grow.ts";
+import { SPARSE_INITS, type SparseInit } from "../sparse/density.ts";
+import { type Growth, GROWTH_MODES, SPARSE_TYPES, type SparseType } from "../sparse/prune_grow.ts";
+import {
+  describeFlag,
+  type FlagSpec,
+  type FlagValues,
+  parseFlags,
+  rejectTogether,
+} from "./flags.ts";
+import {
+  PROCEDURAL_MAX_CLASSES,
+  PROCEDURAL_MAX_DISTRACTORS,
+  PROCEDURAL_MIN_CLASSES,
+} from "./data/procedural.ts";
 
-/** Flags: name → [type, help]. Official snake_case spellings are accepted too. */
+/** Largest image side the trainer accepts (the papers train at 224–320). */
+const MAX_INPUT_SIZE = 2048;
+/** Largest kernel side `--kernel-size` accepts (SLaK's scaling study stops at 151). */
+const MAX_KERNEL = 255;
+const BIG = 1_000_000_000;
+
+/**
+ * Flags with their type, range and help. Official snake_case spellings are
+ * accepted too. None has a default here: the preset gives those, so a flag
+ * in the parsed values was given on the command line.
+ */
 const FLAGS = {
-  model: ["string", "model preset (see the list below)"],
-  data: [
-    "string",
-    "dataset folder: ImageNet layout (train/, val/ class folders) or CIFAR-10 binaries; default: built-in procedural dataset",
-  ],
-  epochs: ["number", "training epochs"],
-  "batch-size": ["number", "images per micro-batch"],
-  "update-freq": ["number", "micro-batches per optimiser step (gradient accumulation)"],
-  lr: ["number", "peak learning rate (AdamW), reached after the warm-up"],
-  "min-lr": ["number", "final learning rate of the cosine schedule"],
-  "warmup-epochs": ["number", "linear warm-up epochs"],
-  "warmup-steps": ["number", "linear warm-up steps (overrides --warmup-epochs when > 0)"],
-  "weight-decay": ["number", "decoupled weight decay (not applied to norms, biases, LayerScale)"],
-  "drop-path": ["number", "stochastic depth rate"],
-  "layer-scale-init": ["number", "LayerScale init value (≤ 0 disables it)"],
-  "label-smoothing": ["number", "label smoothing ε (also --smoothing)"],
-  mixup: ["number", "mixup alpha (0 = off)"],
-  cutmix: ["number", "cutmix alpha (0 = off)"],
-  "model-ema": ["boolean", "keep an exponential moving average of the weights"],
-  "model-ema-decay": ["number", "EMA decay"],
-  "input-size": ["number", "image size"],
-  seed: ["number", "random seed (weights, data order, augmentation, drop path)"],
-  out: ["string", "output folder (also --output-dir)"],
-  resume: ["string", "checkpoint folder to resume, or a .safetensors/.pth weights file"],
-  "auto-resume": ["boolean", "resume from OUT/checkpoint-last when it exists"],
-  "eval-only": ["boolean", "only evaluate (with --resume weights) (also --eval)"],
-  "kernel-size": [
-    "string",
-    "stage kernels and small kernel, e.g. 51 49 47 13 5 (official --kernel_size)",
-  ],
-  "width-factor": ["number", "multiply channel widths (SLaK)"],
-  sparse: ["boolean", "dynamic sparsity: masks + prune-and-grow (SLaK)"],
-  sparsity: ["number", "sparse: fraction of zeros in the masked weights (default 0.4)"],
-  "sparse-init": ["string", "sparse: layer densities snip | ERK | uniform (default snip)"],
-  "prune-rate": ["number", "sparse: initial prune fraction, cosine-decayed (default 0.3)"],
-  growth: ["string", "sparse: regrowth random | gradient (default random)"],
-  "update-frequency": [
-    "number",
-    "sparse: optimiser steps between prune-and-grow (also -u; default 100)",
-  ],
-  "sparse-type": [
-    "string",
-    "sparse: origin (weights) | coarse | rep_coarse (ShiftwiseConv filter masks; default origin)",
-  ],
-  "mask-sync": [
-    "number",
-    "sparse: updates between rep-branch mask syncs (also --sparse-gap; default 1)",
-  ],
-  "only-L": ["boolean", "sparse: mask only the large-kernel branches"],
-  fix: ["boolean", "sparse: keep the initial masks (no prune-and-grow)"],
-  "train-size": ["number", "procedural dataset: training images"],
-  "val-size": ["number", "procedural dataset: validation images"],
-  "num-classes": ["number", "procedural dataset: classes"],
-  distractors: ["number", "procedural dataset: most distractor marks per image (0-12)"],
-  "key-colours": ["boolean", "procedural dataset: white anchor, black target (easier)"],
-  "strict-data": [
-    "boolean",
-    "image folders: fail on the first unreadable or corrupt image (default: skip and count it)",
-  ],
-  "log-every": ["number", "micro-batches between loss read-backs"],
-  "tune-kernels": [
-    "boolean",
-    "GPU: plan the kernels of one training step first (depthwise, sparse, GEMM tiles), as cudnn.benchmark (default on)",
-  ],
-  "plan-cache": [
-    "boolean",
-    "keep kernel plans in $XDG_CACHE_HOME/largekernel/plans.json (default on; --no-plan-cache)",
-  ],
-  retune: ["boolean", "plan the kernels again even where the plan cache has them"],
-  preset: ["string", "preset bundle (see below); flags override it"],
-  help: ["boolean", "show this help"],
-} as const;
+  model: { type: "string", help: "model preset (see the list below)" },
+  data: {
+    type: "string",
+    help:
+      "dataset folder: ImageNet layout (train/, val/ class folders) or CIFAR-10 binaries; default: built-in procedural dataset",
+  },
+  epochs: { type: "int", min: 1, max: 100_000, help: "training epochs" },
+  "batch-size": { type: "int", min: 1, max: 65_536, help: "images per micro-batch" },
+  "update-freq": {
+    type: "int",
+    min: 1,
+    max: 65_536,
+    help: "micro-batches per optimiser step (gradient accumulation)",
+  },
+  lr: {
+    type: "number",
+    above: 0,
+    max: 10,
+    help: "peak learning rate (AdamW), reached after the warm-up",
+  },
+  "min-lr": { type: "number", min: 0, max: 10, help: "final learning rate of the cosine schedule" },
+  "warmup-epochs": { type: "number", min: 0, max: 100_000, help: "linear warm-up epochs" },
+  "warmup-steps": {
+    type: "int",
+    min: -1,
+    max: BIG,
+    help: "linear warm-up steps (overrides --warmup-epochs when > 0)",
+  },
+  "weight-decay": {
+    type: "number",
+    min: 0,
+    max: 10,
+    help: "decoupled weight decay (not applied to norms, biases, LayerScale)",
+  },
+  "drop-path": { type: "number", min: 0, below: 1, help: "stochastic depth rate" },
+  "layer-scale-init": {
+    type: "number",
+    min: -1000,
+    max: 1000,
+    help: "LayerScale init value (≤ 0 disables it)",
+  },
+  "label-smoothing": {
+    type: "number",
+    min: 0,
+    below: 1,
+    help: "label smoothing ε (also --smoothing)",
+  },
+  mixup: { type: "number", min: 0, max: 100, help: "mixup alpha (0 = off)" },
+  cutmix: { type: "number", min: 0, max: 100, help: "cutmix alpha (0 = off)" },
+  "model-ema": { type: "boolean", help: "keep an exponential moving average of the weights" },
+  "model-ema-decay": { type: "number", min: 0, below: 1, help: "EMA decay" },
+  "input-size": { type: "int", min: 32, max: MAX_INPUT_SIZE, help: "image size" },
+  seed: {
+    type: "int",
+    min: 0,
+    max: 2 ** 32 - 1,
+    help: "random seed (weights, data order, augmentation, drop path)",
+  },
+  out: { type: "string", help: "output folder (also --output-dir)" },
+  resume: {
+    type: "string",
+    help: "checkpoint folder to resume, or a .safetensors/.pth weights file",
+  },
+  "auto-resume": { type: "boolean", help: "resume from OUT/checkpoint-last when it exists" },
+  "eval-only": { type: "boolean", help: "only evaluate (with --resume weights) (also --eval)" },
+  "kernel-size": {
+    type: "intList",
+    lengths: [5],
+    min: 1,
+    max: MAX_KERNEL,
+    help: "stage kernels and small kernel, e.g. 51 49 47 13 5 (official --kernel_size)",
+  },
+  "width-factor": { type: "number", above: 0, max: 16, help: "multiply channel widths (SLaK)" },
+  sparse: { type: "boolean", help: "dynamic sparsity: masks + prune-and-grow (SLaK)" },
+  sparsity: {
+    type: "number",
+    min: 0,
+    below: 1,
+    help: "sparse: fraction of zeros in the masked weights (default 0.4)",
+  },
+  "sparse-init": {
+    type: "choice",
+    options: SPARSE_INITS,
+    help: "sparse: layer densities snip | ERK | uniform (default snip)",
+  },
+  "prune-rate": {
+    type: "number",
+    min: 0,
+    max: 1,
+    help: "sparse: initial prune fraction, cosine-decayed (default 0.3)",
+  },
+  growth: {
+    type: "choice",
+    options: GROWTH_MODES,
+    help: "sparse: regrowth random | gradient (default random)",
+  },
+  "update-frequency": {
+    type: "int",
+    min: 1,
+    max: BIG,
+    help: "sparse: optimiser steps between prune-and-grow (also -u; default 100)",
+  },
+  "sparse-type": {
+    type: "choice",
+    options: SPARSE_TYPES,
+    help:
+      "sparse: origin (weights) | coarse | rep_coarse (ShiftwiseConv filter masks; default origin)",
+  },
+  "mask-sync": {
+    type: "int",
+    min: 1,
+    max: BIG,
+    help: "sparse: updates between rep-branch mask syncs (also --sparse-gap; default 1)",
+  },
+  "only-L": { type: "boolean", help: "sparse: mask only the large-kernel branches" },
+  fix: { type: "boolean", help: "sparse: keep the initial masks (no prune-and-grow)" },
+  "train-size": {
+    type: "int",
+    min: 1,
+    max: 10_000_000,
+    help: "procedural dataset: training images",
+  },
+  "val-size": {
+    type: "int",
+    min: 1,
+    max: 10_000_000,
+    help: "procedural dataset: validation images",
+  },
+  "num-classes": {
+    type: "int",
+    min: PROCEDURAL_MIN_CLASSES,
+    max: PROCEDURAL_MAX_CLASSES,
+    help: "procedural dataset: classes (direction sectors)",
+  },
+  distractors: {
+    type: "int",
+    min: 0,
+    max: PROCEDURAL_MAX_DISTRACTORS,
+    help: `procedural dataset: most distractor marks per image (0-${PROCEDURAL_MAX_DISTRACTORS})`,
+  },
+  "key-colours": {
+    type: "boolean",
+    help: "procedural dataset: white anchor, black target (easier)",
+  },
+  "strict-data": {
+    type: "boolean",
+    help:
+      "image folders: fail on the first unreadable or corrupt image (default: skip and count it)",
+  },
+  "log-every": { type: "int", min: 1, max: BIG, help: "micro-batches between loss read-backs" },
+  "tune-kernels": {
+    type: "boolean",
+    help:
+      "GPU: plan the kernels of one training step first (depthwise, sparse, GEMM tiles), as cudnn.benchmark (default on)",
+  },
+  "plan-cache": {
+    type: "boolean",
+    help:
+      "keep kernel plans in $XDG_CACHE_HOME/largekernel/plans.json (default on; --no-plan-cache)",
+  },
+  retune: { type: "boolean", help: "plan the kernels again even where the plan cache has them" },
+  preset: { type: "string", help: "preset bundle (see below); flags override it" },
+  help: { type: "boolean", help: "show this help" },
+} satisfies Record<string, FlagSpec & { help: string }>;
+
+/** Flags that apply to sparse training only. */
+const SPARSE_FLAGS = [
+  "sparsity",
+  "sparse-init",
+  "prune-rate",
+  "growth",
+  "update-frequency",
+  "sparse-type",
+  "mask-sync",
+  "only-L",
+  "fix",
+] as const;
+/** Flags that describe the built-in procedural dataset (meaningless with --data). */
+const PROCEDURAL_FLAGS = [
+  "train-size",
+  "val-size",
+  "num-classes",
+  "distractors",
+  "key-colours",
+] as const;
 
 const ALIASES: Record<string, string> = {
   smoothing: "label-smoothing",
@@ -129,7 +263,7 @@ export function normaliseArgs(argv: string[]): string[] {
     name = name.replaceAll("_", "-");
     name = ALIASES[name] ?? name;
     const spec = FLAGS[name as keyof typeof FLAGS];
-    if (spec && spec[0] === "boolean") {
+    if (spec?.type === "boolean") {
       const next = value ?? argv[i + 1];
       if (/^(true|false)$/i.test(next ?? "")) {
         if (value === undefined) i++;
@@ -150,8 +284,12 @@ export function normaliseArgs(argv: string[]): string[] {
 
 function help(): string {
   const lines = ["usage: deno task train [flags]", "", "flags:"];
-  for (const [k, [type, text]] of Object.entries(FLAGS)) {
-    lines.push(`  --${k}${type === "boolean" ? "" : ` <${type}>`}`.padEnd(30) + text);
+  for (const [k, spec] of Object.entries(FLAGS)) {
+    const arg = spec.type === "boolean" ? "" : ` <${spec.type === "intList" ? "ints" : spec.type}>`;
+    const takes = spec.type === "int" || spec.type === "number" || spec.type === "intList"
+      ? ` (${describeFlag(spec)})`
+      : "";
+    lines.push(`  --${k}${arg}`.padEnd(30) + spec.help + takes);
   }
   lines.push("", "presets (--preset):");
   for (const [k, p] of Object.entries(PRESETS)) lines.push(`  ${k.padEnd(26)}${p.about}`);
@@ -175,123 +313,105 @@ function help(): string {
  * ```
  */
 export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): TrainConfig | "help" {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: normaliseArgs(argv),
-      options: Object.fromEntries(
-        Object.entries(FLAGS).map((
-          [k, [type]],
-        ) => [k, { type: type === "boolean" ? "boolean" : "string" }]),
-      ),
-      strict: true,
-      allowNegative: true,
-      allowPositionals: false,
-    });
-  } catch (e) {
-    throw new Error(`${(e as Error).message.split("\n")[0]} (see --help)`);
-  }
-  const v = parsed.values as Record<string, string | boolean | undefined>;
+  const v = parseFlags(normaliseArgs(argv), FLAGS);
   if (v.help) return "help";
-  const cfg = v.preset ? presetConfig(v.preset as string) : defaultConfig(isFallbackAdapter);
-  const num = (
-    flag: string,
-    check: (n: number) => boolean,
-    expected: string,
-  ): number | undefined => {
-    const raw = v[flag];
-    if (raw === undefined) return undefined;
-    const n = Number(raw);
-    if (raw === "" || !Number.isFinite(n) || !check(n)) {
-      throw new Error(`--${flag}: expected ${expected}, got "${raw}"`);
-    }
-    return n;
-  };
-  const posInt = (n: number) => Number.isInteger(n) && n > 0;
-  const nonNeg = (n: number) => n >= 0;
-  const prob = (n: number) => n >= 0 && n < 1;
-  const set = <K extends keyof TrainConfig>(key: K, value: TrainConfig[K] | undefined) => {
-    if (value !== undefined) cfg[key] = value;
-  };
+  const cfg = v.preset ? presetConfig(v.preset) : defaultConfig(isFallbackAdapter);
   if (v.model !== undefined) {
-    if (!MODEL_NAMES.includes(v.model as string)) {
+    if (!MODEL_NAMES.includes(v.model)) {
       throw new Error(
         `--model: unknown model "${v.model}" (expected one of ${MODEL_NAMES.join(", ")})`,
       );
     }
-    cfg.model = v.model as string;
+    cfg.model = v.model;
   }
-  if (v.data !== undefined) cfg.data = v.data as string;
-  set("epochs", num("epochs", posInt, "a positive integer"));
-  set("batchSize", num("batch-size", posInt, "a positive integer"));
-  set("updateFreq", num("update-freq", posInt, "a positive integer"));
-  set("lr", num("lr", (n) => n > 0, "a positive number"));
-  set("minLr", num("min-lr", nonNeg, "a number ≥ 0"));
-  set("warmupEpochs", num("warmup-epochs", nonNeg, "a number ≥ 0"));
-  set("warmupSteps", num("warmup-steps", Number.isInteger, "an integer"));
-  set("weightDecay", num("weight-decay", nonNeg, "a number ≥ 0"));
-  set("dropPath", num("drop-path", prob, "a probability in [0, 1)"));
-  set("layerScaleInit", num("layer-scale-init", Number.isFinite, "a number"));
-  set("labelSmoothing", num("label-smoothing", prob, "a value in [0, 1)"));
-  set("mixup", num("mixup", nonNeg, "an alpha ≥ 0"));
-  set("cutmix", num("cutmix", nonNeg, "an alpha ≥ 0"));
-  set("modelEmaDecay", num("model-ema-decay", prob, "a decay in [0, 1)"));
-  set("inputSize", num("input-size", (n) => posInt(n) && n >= 32, "an integer ≥ 32"));
-  set("seed", num("seed", (n) => Number.isInteger(n) && n >= 0, "an integer ≥ 0"));
-  set("widthFactor", num("width-factor", (n) => n > 0, "a positive number"));
-  set("trainSize", num("train-size", posInt, "a positive integer"));
-  set("valSize", num("val-size", posInt, "a positive integer"));
-  set("numClasses", num("num-classes", (n) => posInt(n) && n >= 2, "an integer ≥ 2"));
-  set("distractors", num("distractors", (n) => Number.isInteger(n) && n >= 0, "an integer ≥ 0"));
-  set("logEvery", num("log-every", posInt, "a positive integer"));
-  set("sparsity", num("sparsity", (n) => n >= 0 && n < 1, "a fraction in [0, 1)"));
-  set("pruneRate", num("prune-rate", (n) => n >= 0 && n <= 1, "a fraction in [0, 1]"));
-  set("updateFrequency", num("update-frequency", posInt, "a positive integer"));
-  set("maskSync", num("mask-sync", posInt, "a positive integer"));
-  const choice = <T extends string>(flag: string, options: readonly T[]): T | undefined => {
-    const raw = v[flag];
-    if (raw === undefined) return undefined;
-    if (!options.includes(raw as T)) {
-      throw new Error(`--${flag}: expected one of ${options.join(", ")}, got "${raw}"`);
-    }
-    return raw as T;
+  const set = <K extends keyof TrainConfig>(key: K, value: TrainConfig[K] | undefined) => {
+    if (value !== undefined) cfg[key] = value;
   };
-  set("sparseInit", choice("sparse-init", SPARSE_INITS));
-  set("growth", choice("growth", GROWTH_MODES));
-  set("sparseType", choice("sparse-type", SPARSE_TYPES));
-  if (v.sparse !== undefined) cfg.sparse = v.sparse as boolean;
-  if (v["only-L"] !== undefined) cfg.onlyL = v["only-L"] as boolean;
-  if (v.fix !== undefined) cfg.fix = v.fix as boolean;
-  if (v["model-ema"] !== undefined) cfg.modelEma = v["model-ema"] as boolean;
-  if (v["key-colours"] !== undefined) cfg.keyColours = v["key-colours"] as boolean;
-  if (v["strict-data"] !== undefined) cfg.strictData = v["strict-data"] as boolean;
-  if (v["tune-kernels"] !== undefined) cfg.tuneKernels = v["tune-kernels"] as boolean;
-  if (v["plan-cache"] !== undefined) cfg.planCache = v["plan-cache"] as boolean;
-  if (v.retune !== undefined) cfg.retune = v.retune as boolean;
-  if (v["auto-resume"] !== undefined) cfg.autoResume = v["auto-resume"] as boolean;
-  if (v["eval-only"] !== undefined) cfg.evalOnly = v["eval-only"] as boolean;
-  if (v.out !== undefined) cfg.out = v.out as string;
-  if (v.resume !== undefined) cfg.resume = v.resume as string;
-  if (v["kernel-size"] !== undefined) {
-    const ks = String(v["kernel-size"]).split(/[,\s]+/).filter(Boolean).map(Number);
-    if (ks.length !== 5 || ks.some((k) => !Number.isInteger(k) || k < 1)) {
-      throw new Error(
-        `--kernel-size: expected 5 positive integers (e.g. 51 49 47 13 5), got "${
-          v["kernel-size"]
-        }"`,
-      );
-    }
-    cfg.kernelSize = ks;
+  set("data", v.data);
+  set("epochs", v.epochs);
+  set("batchSize", v["batch-size"]);
+  set("updateFreq", v["update-freq"]);
+  set("lr", v.lr);
+  set("minLr", v["min-lr"]);
+  set("warmupEpochs", v["warmup-epochs"]);
+  set("warmupSteps", v["warmup-steps"]);
+  set("weightDecay", v["weight-decay"]);
+  set("dropPath", v["drop-path"]);
+  set("layerScaleInit", v["layer-scale-init"]);
+  set("labelSmoothing", v["label-smoothing"]);
+  set("mixup", v.mixup);
+  set("cutmix", v.cutmix);
+  set("modelEma", v["model-ema"]);
+  set("modelEmaDecay", v["model-ema-decay"]);
+  set("inputSize", v["input-size"]);
+  set("seed", v.seed);
+  set("out", v.out);
+  set("resume", v.resume);
+  set("autoResume", v["auto-resume"]);
+  set("evalOnly", v["eval-only"]);
+  set("kernelSize", v["kernel-size"]);
+  set("widthFactor", v["width-factor"]);
+  set("sparse", v.sparse);
+  set("sparsity", v.sparsity);
+  set("sparseInit", v["sparse-init"] as SparseInit | undefined);
+  set("pruneRate", v["prune-rate"]);
+  set("growth", v.growth as Growth | undefined);
+  set("updateFrequency", v["update-frequency"]);
+  set("sparseType", v["sparse-type"] as SparseType | undefined);
+  set("maskSync", v["mask-sync"]);
+  set("onlyL", v["only-L"]);
+  set("fix", v.fix);
+  set("trainSize", v["train-size"]);
+  set("valSize", v["val-size"]);
+  set("numClasses", v["num-classes"]);
+  set("distractors", v.distractors);
+  set("keyColours", v["key-colours"]);
+  set("logEvery", v["log-every"]);
+  set("strictData", v["strict-data"]);
+  set("tuneKernels", v["tune-kernels"]);
+  set("planCache", v["plan-cache"]);
+  set("retune", v.retune);
+  checkMeaning(v, cfg);
+  return cfg;
+}
+
+/** Flags that parse but do not make sense together, or with the preset they modify. */
+function checkMeaning(v: FlagValues<typeof FLAGS>, cfg: TrainConfig): void {
+  const even = cfg.kernelSize?.find((k) => k % 2 === 0);
+  if (even !== undefined) {
+    throw new Error(
+      `--kernel-size: expected odd kernels (same padding keeps the image size), got ${even}`,
+    );
   }
   if (!cfg.sparse) {
-    const given = ["sparsity", "sparse-init", "prune-rate", "growth", "update-frequency"]
-      .concat(["sparse-type", "mask-sync", "only-L", "fix"]).find((f) => v[f] !== undefined);
+    const given = SPARSE_FLAGS.find((f) => v[f] !== undefined);
     if (given) throw new Error(`--${given} applies to sparse training: add --sparse`);
   }
+  if (cfg.data !== undefined) {
+    const given = PROCEDURAL_FLAGS.find((f) => v[f] !== undefined);
+    if (given) {
+      throw new Error(`--${given} describes the built-in procedural dataset: drop it or --data`);
+    }
+  }
+  if (v["strict-data"] && cfg.data === undefined) {
+    throw new Error("--strict-data applies to image folders and CIFAR files: add --data");
+  }
+  if (v.retune && cfg.tuneKernels === false) {
+    throw new Error("--retune plans the kernels again: drop --no-tune-kernels");
+  }
+  if (v["model-ema-decay"] !== undefined && !cfg.modelEma) {
+    throw new Error("--model-ema-decay applies to the weight average: add --model-ema");
+  }
+  if (cfg.minLr > cfg.lr) {
+    throw new Error(`--min-lr ${cfg.minLr} is above the peak learning rate --lr ${cfg.lr}`);
+  }
+  rejectTogether(v, [
+    ["resume", "auto-resume", "--auto-resume picks OUT/checkpoint-last, --resume names one"],
+    ["warmup-steps", "warmup-epochs", "give the warm-up in steps or in epochs"],
+  ]);
   if (cfg.evalOnly && !cfg.resume) {
     throw new Error("--eval-only needs --resume (a checkpoint folder or weights file)");
   }
-  return cfg;
 }
 
 if (import.meta.main) {

@@ -12,12 +12,17 @@
  * @module
  */
 import type { Weights } from "../models/safetensors.ts";
-import type { AdamW } from "../ops/optim.ts";
+import { type AdamW, decayGroups } from "../ops/optim.ts";
+import type { Tensor } from "../ops/tensor.ts";
 import { checkpointExists, loadCheckpoint, type TrainState } from "./checkpoint.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Classifier } from "../models/module.ts";
 import type { ModelEma } from "./ema.ts";
-import { loadWeightsFile } from "./weights.ts";
+import { loadModelWeights } from "./weights.ts";
+import { validateCheckpointFor } from "./checkpoint_validate.ts";
+
+/** AdamW's moments per parameter (`exp_avg`, `exp_avg_sq`), as its checkpoints hold them. */
+const ADAMW_BUFFERS = 2;
 
 /**
  * The checkpoint or weights file to resume from: `--resume`, or with
@@ -64,7 +69,7 @@ export async function resumeFrom(
 ): Promise<{ state: TrainState | null; masks: Weights | null }> {
   const { cfg, model, modelArgs } = t;
   if (/\.(safetensors|pth|pt)$/.test(from)) {
-    model.loadStateDict(await loadWeightsFile(from));
+    await loadModelWeights(model, from, { flag: "--resume" });
     return { state: null, masks: null };
   }
   const ck = await loadCheckpoint(from);
@@ -78,6 +83,16 @@ export async function resumeFrom(
       }, not of ${cfg.model} ${JSON.stringify(modelArgs)}`,
     );
   }
+  // Everything checked against this run before anything is loaded or rewritten.
+  const named = [...model.namedParameters()].map(([k, p]) => [k, p.tensor] as [string, Tensor]);
+  validateCheckpointFor(ck, {
+    dir: ck.dir,
+    model,
+    ema: t.ema?.module ?? null,
+    optimizerSizes: decayGroups(named, cfg.weightDecay).flatMap((g) => g.params.map((p) => p.size)),
+    buffersPerParam: ADAMW_BUFFERS,
+    sparse: cfg.sparse ? { type: cfg.sparseType ?? "origin", onlyL: cfg.onlyL ?? false } : null,
+  });
   model.loadStateDict(ck.model);
   if (t.ema && ck.ema) t.ema.module.loadStateDict(ck.ema);
   if (!cfg.evalOnly) t.optimizer.loadStateDict(ck.optimizer);

@@ -1,0 +1,96 @@
+/**
+ * GPU failures are reported where they happen, as one line naming the op:
+ * a kernel that does not compile, an allocation the device refuses, a bad
+ * submit, and a lost device. Each test opens its own device, so breaking it
+ * leaves the other tests' device alone.
+ */
+import assert from "node:assert/strict";
+import { createGpu, GpuDeviceLostError, GpuOpError } from "../ops/gpu.ts";
+
+function oneLine(re: RegExp) {
+  return (e: Error) => {
+    assert.match(e.message, re);
+    assert.ok(!e.message.includes("\n"), e.message);
+    return true;
+  };
+}
+
+Deno.test("a kernel that does not compile is thrown at the next sync, naming the op that asked for it", async () => {
+  const g = await createGpu();
+  function brokenOp() {
+    g.pipeline("@compute @workgroup_size(1) fn main() { let x: u32 = undefined_thing; }");
+  }
+  brokenOp();
+  await assert.rejects(
+    () => g.sync(),
+    (e: Error) =>
+      e instanceof GpuOpError &&
+      oneLine(
+        /^WebGPU validation error in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
+      )(e),
+  );
+  // Reported once: the next sync is clean.
+  await g.sync();
+  g.device.destroy();
+});
+
+Deno.test("an allocation the device refuses names the op and what it was for", async () => {
+  const g = await createGpu();
+  function hugeTensorOp() {
+    g.createBuffer(
+      { size: g.limits.maxBufferSize + 256, usage: GPUBufferUsage.STORAGE },
+      () => "a tensor [1, 2, 3]",
+    );
+  }
+  hugeTensorOp();
+  await assert.rejects(
+    () => g.sync(),
+    oneLine(
+      /in hugeTensorOp \(tests\/gpu_errors_test\.ts:\d+\), allocating a tensor \[1, 2, 3\] \(\d+ bytes\): /,
+    ),
+  );
+  g.device.destroy();
+});
+
+Deno.test("a lost device is thrown as GpuDeviceLostError at the next sync or read-back", async () => {
+  const g = await createGpu();
+  g.device.destroy();
+  await g.device.lost;
+  await assert.rejects(
+    () => g.sync(),
+    (e: Error) =>
+      e instanceof GpuDeviceLostError && oneLine(/^the GPU device was lost \(destroyed\)/)(e),
+  );
+});
+
+Deno.test("defaultLimits: the device gets WebGPU's default limits, not the adapter's", async () => {
+  const g = await createGpu({ defaultLimits: true });
+  assert.deepEqual(
+    [
+      g.limits.maxComputeWorkgroupStorageSize,
+      g.limits.maxComputeInvocationsPerWorkgroup,
+      g.limits.maxStorageBuffersPerShaderStage,
+      g.limits.maxStorageBufferBindingSize,
+    ],
+    [16384, 256, 8, 128 << 20],
+  );
+  g.device.destroy();
+});
+
+Deno.test("binding a buffer above maxStorageBufferBindingSize is refused at the dispatch, naming the op", async () => {
+  const g = await createGpu();
+  const code = "@group(0) @binding(0) var<storage, read_write> y: array<f32>;\n" +
+    "@compute @workgroup_size(1) fn main() { y[0] = 1.0; }";
+  const tooBig = { size: g.limits.maxStorageBufferBindingSize + 256 } as GPUBuffer;
+  function bigOp() {
+    g.dispatch(code, [tooBig], [1]);
+  }
+  assert.throws(
+    bigOp,
+    (e: Error) =>
+      e instanceof GpuOpError &&
+      oneLine(/^bigOp \(tests\/gpu_errors_test\.ts:\d+\) binds a buffer of \d+ bytes, above/)(e),
+  );
+  await g.sync();
+  g.device.destroy();
+});
