@@ -1,0 +1,87 @@
+/**
+ * The MPI binding and the MPI replicas in a real job: `mpirun -np 2` on this
+ * machine (the ranks share its GPU). Without `mpirun` the tests show as
+ * ignored, with the reason in their names.
+ */
+import assert from "node:assert/strict";
+
+/** Whether `mpirun` is on the PATH. */
+function hasMpirun(): boolean {
+  try {
+    return new Deno.Command("mpirun", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+const ignore = !hasMpirun();
+const suffix = ignore ? " (ignored: mpirun not found)" : "";
+
+/** Run `deno run -A script` as `ranks` MPI processes; stdout and stderr as text. */
+export async function mpirun(
+  ranks: number,
+  script: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command("mpirun", {
+    args: ["-np", String(ranks), "--oversubscribe", Deno.execPath(), "run", "-A", ...script],
+    env: {
+      // Containers and CI often run as root, which Open MPI refuses unless told.
+      OMPI_ALLOW_RUN_AS_ROOT: "1",
+      OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1",
+      MESA_SHADER_CACHE_DISABLE: "true",
+      NO_COLOR: "1",
+      ...env,
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test({
+  name: `mpi: binding and replicas on 2 ranks${suffix}`,
+  ignore,
+  async fn() {
+    const r = await mpirun(2, ["tests/fixtures/mpi_ranks.ts"]);
+    assert.equal(r.code, 0, r.stderr);
+    const ranks = r.stdout.trim().split("\n").map((l) => JSON.parse(l))
+      .sort((a, b) => a.rank - b.rank);
+    assert.equal(ranks.length, 2, r.stdout);
+    ranks.forEach((o, rank) => {
+      assert.equal(o.rank, rank);
+      assert.equal(o.size, 2);
+      assert.deepEqual(o.launched, { rank, size: 2, localRank: rank });
+      assert.deepEqual(o.f32, [1, 1999]); // (0 + r) summed over r = 0, 1; (999 + r) likewise
+      assert.deepEqual(o.f64, [1.5, 1e300]);
+      assert.deepEqual(o.bcast, [8, 9]); // from rank 1
+      assert.deepEqual(o.sum, [1, 2]);
+      assert.match(o.disagree, /^ranks disagree on the flags: 1 of 2 ranks differ from rank 0/);
+      // gradients (r + 1)·g averaged over two ranks: 1.5·g
+      assert.deepEqual(o.grads, [[0, 1.5, 3, 4.5, 6, 7.5], [1.5, 3]]);
+      assert.equal(o.commSteps, 1);
+    });
+    assert.deepEqual(ranks[1].weights, ranks[0].weights, "weights after the broadcast");
+  },
+});
+
+Deno.test({
+  name: `mpi: a libmpi that cannot be loaded is a one-line error on every rank${suffix}`,
+  ignore,
+  async fn() {
+    const r = await mpirun(2, ["tests/fixtures/mpi_ranks.ts"], {
+      LARGEKERNEL_LIBMPI: "/nonexistent/libmpi.so.40",
+    });
+    assert.notEqual(r.code, 0);
+    const lines = r.stderr.split("\n").filter((l) => l.startsWith("error: "));
+    assert.equal(lines.length, 2, r.stderr);
+    for (const l of lines) {
+      assert.match(
+        l,
+        /^error: cannot load MPI \(\/nonexistent\/libmpi\.so\.40: .*\): install Open MPI \(apt-get install openmpi-bin\)$/,
+      );
+    }
+  },
+});
