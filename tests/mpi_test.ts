@@ -4,6 +4,7 @@
  * ignored, with the reason in their names.
  */
 import assert from "node:assert/strict";
+import { loadSafetensorsFile } from "../models/safetensors.ts";
 
 /** Whether `mpirun` is on the PATH. */
 function hasMpirun(): boolean {
@@ -82,6 +83,74 @@ Deno.test({
         l,
         /^error: cannot load MPI \(\/nonexistent\/libmpi\.so\.40: .*\): install Open MPI \(apt-get install openmpi-bin\)$/,
       );
+    }
+  },
+});
+
+/** ‖a − b‖ / ‖b‖ over every tensor of two weight files together. */
+async function relativeDifference(a: string, b: string): Promise<number> {
+  const wa = await loadSafetensorsFile(a);
+  const wb = await loadSafetensorsFile(b);
+  assert.deepEqual([...wa.keys()], [...wb.keys()]);
+  let num = 0;
+  let den = 0;
+  for (const [k, v] of wa) {
+    const w = wb.get(k)!.data;
+    for (let i = 0; i < w.length; i++) {
+      num += (v.data[i] - w[i]) ** 2;
+      den += w[i] ** 2;
+    }
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+Deno.test({
+  name:
+    `mpi: 2 ranks with batch B train the same weights as 1 process with 2B, dense and sparse${suffix}`,
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "lk_mpi_equiv_" });
+    try {
+      // The reference and the 2-rank job run side by side.
+      const [one, two] = await Promise.all([
+        new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", "tests/fixtures/mpi_train.ts", `${dir}/one`, "8"],
+          env: { MESA_SHADER_CACHE_DISABLE: "true" },
+          stdout: "piped",
+          stderr: "piped",
+        }).output(),
+        mpirun(2, ["tests/fixtures/mpi_train.ts", `${dir}/two`, "4"]),
+      ]);
+      assert.equal(one.code, 0, new TextDecoder().decode(one.stderr));
+      assert.equal(two.code, 0, two.stderr);
+      for (const run of ["dense", "sparse"]) {
+        for (const file of ["model.safetensors", "optimizer.safetensors"]) {
+          const d = await relativeDifference(
+            `${dir}/two/${run}/checkpoint-last/${file}`,
+            `${dir}/one/${run}/checkpoint-last/${file}`,
+          );
+          console.log(`${run} ${file}: relative difference ${d.toExponential(2)}`);
+          assert.ok(d <= 1e-5, `${run} ${file}: relative difference ${d}`);
+        }
+        const log = (p: string) => Deno.readTextFile(`${dir}/${p}/${run}/log.csv`);
+        assert.equal((await log("two")).split("\n")[1].split(",")[1], "3", "3 optimiser steps");
+      }
+      // Same masks as the single process, and on both ranks after every update.
+      const masks = (p: string) =>
+        loadSafetensorsFile(`${dir}/${p}/sparse/checkpoint-last/masks.safetensors`);
+      const [m1, m2] = [await masks("one"), await masks("two")];
+      for (const [k, v] of m1) assert.deepEqual(m2.get(k)!.data, v.data, `mask ${k}`);
+      const ranks = two.stdout.split("\n").filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l)).sort((a, b) => a.rank - b.rank);
+      assert.equal(ranks.length, 2, two.stdout);
+      assert.deepEqual(ranks[1].agreed, ranks[0].agreed);
+      const whats = ranks[0].agreed.map(([what]: [string, string]) => what);
+      for (const step of [1, 2, 3]) {
+        assert.ok(whats.includes(`the masks after the update of step ${step}`), whats.join("; "));
+      }
+      assert.ok(whats.includes("the initial masks"));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 });

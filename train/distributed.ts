@@ -27,12 +27,10 @@ export class RanksDisagreeError extends Error {
   override name = "RanksDisagreeError";
 }
 
-/** The replicas of an MPI job, with what their gradient sums cost. */
+/** The replicas of an MPI job. */
 export interface MpiReplicas extends Replicas {
   /** The library in use, e.g. "libmpi.so.40 (Open MPI)". */
   readonly library: string;
-  /** Costs of the gradient sum of each optimiser step so far (cleared by the reader). */
-  readonly commSteps: CommStep[];
   /** Leave MPI at the end of the run. */
   finalize(): void;
 }
@@ -104,7 +102,7 @@ export function mpiReplicas(mpi: Mpi): MpiReplicas {
     world: mpi.size,
     isMain: mpi.rank === 0,
     library: mpi.library,
-    commSteps,
+    takeCommSteps: () => commSteps.splice(0),
     async syncModel(model: Module): Promise<void> {
       const entries = [...model.namedEntries()];
       const flat = new Float32Array(entries.reduce((a, [, p]) => a + p.size, 0));

@@ -36,21 +36,9 @@
 import { gpu } from "../ops/gpu.ts";
 import { keep, Tensor } from "../ops/tensor.ts";
 import { type Bucket, bucketOf, DEFAULT_BUCKET_BYTES, planBuckets } from "./grad_buckets.ts";
-import type { GradientSync } from "./parallel.ts";
+import type { CommStep, GradientSync } from "./parallel.ts";
 
-/** What one optimiser step's gradient sum cost (milliseconds of wall time). */
-export interface CommStep {
-  /** Bytes of gradient each rank sent into the sums. */
-  bytes: number;
-  /** First bucket's copy recorded → last bucket on the CPU (overlaps the backward pass). */
-  readMs: number;
-  /** Time inside the all-reduce calls, summed over buckets. */
-  reduceMs: number;
-  /** Dividing by the world size and recording the copies back. */
-  writeMs: number;
-  /** How long `finish` held up the step: the communication the backward pass did not hide. */
-  waitMs: number;
-}
+export type { CommStep };
 
 /** How {@linkcode BucketedGradientSync} sums and reports. */
 export interface GradSyncOptions {
