@@ -15,6 +15,10 @@ import { epochPlan, shardOrder } from "../train/data/transforms.ts";
 import type { Batch, Dataset, Shard } from "../train/data/types.ts";
 import { planBuckets } from "../train/grad_buckets.ts";
 import { BucketedGradientSync, type CommStep } from "../train/grad_sync.ts";
+import { launchedWorld } from "../ops/mpi.ts";
+import { pciDisplayDevices, selectGpuByLocalRank } from "../train/distributed.ts";
+import { rescaleProgress } from "../train/world_resume.ts";
+import { COMM_CSV_HEADER, CommLog } from "../train/comm_log.ts";
 
 await setup();
 
@@ -261,5 +265,106 @@ Deno.test("autograd: onGradReady reports each leaf once, as soon as its gradient
   for (const t of [a, b, c, unused]) {
     t.grad?.dispose();
     t.dispose();
+  }
+});
+
+Deno.test("world: the launcher's environment, GPU choice by local rank, resuming on another world size", () => {
+  assert.equal(launchedWorld({}), null);
+  assert.deepEqual(
+    launchedWorld({
+      OMPI_COMM_WORLD_RANK: "3",
+      OMPI_COMM_WORLD_SIZE: "4",
+      OMPI_COMM_WORLD_LOCAL_RANK: "1",
+    }),
+    { rank: 3, size: 4, localRank: 1 },
+  );
+  assert.deepEqual(
+    launchedWorld({ PMI_RANK: "1", PMI_SIZE: "2", MPI_LOCALRANKID: "0" }),
+    { rank: 1, size: 2, localRank: 0 },
+  );
+
+  // A fake sysfs: two GPUs (a VGA controller and a 3D controller), an emulated console, a NIC.
+  const root = Deno.makeTempDirSync({ prefix: "lk_pci_" });
+  const saved = [
+    Deno.env.get("DRI_PRIME"),
+    Deno.env.get("MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE"),
+  ];
+  try {
+    const devices: [string, string, string][] = [
+      ["0000:00:06.0", "0x030200", "0x10de"],
+      ["0000:00:02.0", "0x030000", "0x1234"],
+      ["0000:00:03.0", "0x020000", "0x8086"],
+      ["0000:00:05.0", "0x030000", "0x10de"],
+    ];
+    for (const [name, cls, vendor] of devices) {
+      Deno.mkdirSync(`${root}/${name}`);
+      Deno.writeTextFileSync(`${root}/${name}/class`, `${cls}\n`);
+      Deno.writeTextFileSync(`${root}/${name}/vendor`, `${vendor}\n`);
+    }
+    const gpus = pciDisplayDevices(root);
+    assert.deepEqual(gpus, ["0000:00:05.0", "0000:00:06.0"]);
+    assert.equal(selectGpuByLocalRank(3, {}, gpus), "0000:00:06.0");
+    assert.equal(Deno.env.get("DRI_PRIME"), "pci-0000_00_06_0");
+    assert.equal(Deno.env.get("MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE"), "1");
+    assert.equal(selectGpuByLocalRank(0, { DRI_PRIME: "1" }, gpus), null);
+    assert.equal(selectGpuByLocalRank(0, {}, gpus.slice(0, 1)), null);
+    assert.deepEqual(pciDisplayDevices(`${root}/missing`), []);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+    const names = ["DRI_PRIME", "MESA_VK_DEVICE_SELECT_FORCE_DEFAULT_DEVICE"];
+    names.forEach((
+      n,
+      i,
+    ) => (saved[i] === undefined ? Deno.env.delete(n) : Deno.env.set(n, saved[i]!)));
+  }
+
+  // 5 micro-batches of 4 on 4 ranks = 80 images; on 2 ranks with update-freq 3, 24 per step: 3 steps.
+  const from = { world: 4, batchSize: 4, epoch: 2, batchInEpoch: 5 };
+  assert.deepEqual(
+    rescaleProgress(from, { world: 2, batchSize: 4, updateFreq: 3, stepsPerEpoch: 10 }),
+    { batchInEpoch: 9, step: 23 },
+  );
+  // Never past the epoch's steps; the start of an epoch stays the start.
+  assert.deepEqual(
+    rescaleProgress({ ...from, batchInEpoch: 100 }, {
+      world: 8,
+      batchSize: 4,
+      updateFreq: 1,
+      stepsPerEpoch: 3,
+    }),
+    { batchInEpoch: 3, step: 9 },
+  );
+  assert.deepEqual(
+    rescaleProgress({ ...from, batchInEpoch: 0 }, {
+      world: 1,
+      batchSize: 4,
+      updateFreq: 1,
+      stepsPerEpoch: 7,
+    }),
+    { batchInEpoch: 0, step: 14 },
+  );
+});
+
+Deno.test("comm log: one row per step, the waiting share, appended after a header", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "lk_comm_" });
+  try {
+    const log = new CommLog(`${dir}/comm.csv`);
+    log.add(1, { bytes: 4000, readMs: 1.5, reduceMs: 2, writeMs: 0.25, waitMs: 3 }, 30);
+    log.add(2, { bytes: 4000, readMs: 1, reduceMs: 1, writeMs: 0.5, waitMs: 1 }, 10);
+    assert.equal(log.share(), 0.1);
+    assert.equal(log.share(), 0);
+    await log.write();
+    log.add(3, { bytes: 4000, readMs: 0, reduceMs: 0, writeMs: 0, waitMs: 0 }, 5);
+    await log.write();
+    await log.write(); // nothing new: nothing appended
+    const lines = (await Deno.readTextFile(`${dir}/comm.csv`)).trimEnd().split("\n");
+    assert.deepEqual(lines, [
+      COMM_CSV_HEADER,
+      "1,4000,1.500,2.000,0.250,3.000,30.000",
+      "2,4000,1.000,1.000,0.500,1.000,10.000",
+      "3,4000,0.000,0.000,0.000,0.000,5.000",
+    ]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
