@@ -353,6 +353,11 @@ Deno.test("comm log: one row per step, the waiting share, appended after a heade
     log.add(2, { bytes: 4000, readMs: 1, reduceMs: 1, writeMs: 0.5, waitMs: 1 }, 10);
     assert.equal(log.share(), 0.1);
     assert.equal(log.share(), 0);
+    assert.equal(
+      log.describe(),
+      "communication per step (mean of 1 step after the first): 3.9 KiB, read-back 1.0 ms, " +
+        "all-reduce 1.0 ms, write-back 0.5 ms; the step waited 1.0 ms of 10.0 ms",
+    );
     await log.write();
     log.add(3, { bytes: 4000, readMs: 0, reduceMs: 0, writeMs: 0, waitMs: 0 }, 5);
     await log.write();

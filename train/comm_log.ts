@@ -25,6 +25,8 @@ export class CommLog {
   #rows: string[] = [];
   #waitMs = 0;
   #stepMs = 0;
+  /** Every step's costs so far: bytes, read, all-reduce, write, wait, step (for the summary). */
+  #all: number[][] = [];
 
   /** `path`: the CSV to append to (created with its header), or null to keep no file. */
   constructor(path: string | null) {
@@ -48,6 +50,29 @@ export class CommLog {
     );
     this.#waitMs += comm.waitMs;
     this.#stepMs += stepMs;
+    this.#all.push([comm.bytes, comm.readMs, comm.reduceMs, comm.writeMs, comm.waitMs, stepMs]);
+  }
+
+  /**
+   * The mean cost of a step, leaving out the first (which also compiles the
+   * kernels) when there are others: the cost model of the run, on one line.
+   *
+   * @example
+   * ```ts
+   * import { CommLog } from "./comm_log.ts";
+   * const log = new CommLog(null);
+   * log.add(1, { bytes: 400, readMs: 2, reduceMs: 3, writeMs: 1, waitMs: 5 }, 50);
+   * console.log(log.describe()); // "communication per step (1 step): 400 B, read-back 2.0 ms, …"
+   * ```
+   */
+  describe(): string {
+    const rows = this.#all.length > 1 ? this.#all.slice(1) : this.#all;
+    const mean = (j: number) => rows.reduce((a, r) => a + r[j], 0) / Math.max(rows.length, 1);
+    const ms = (j: number) => `${mean(j).toFixed(1)} ms`;
+    const steps = `${rows.length} step${rows.length === 1 ? "" : "s"}`;
+    const n = rows.length === this.#all.length ? steps : `mean of ${steps} after the first`;
+    return `communication per step (${n}): ${formatBytes(mean(0))}, read-back ${ms(1)}, ` +
+      `all-reduce ${ms(2)}, write-back ${ms(3)}; the step waited ${ms(4)} of ${ms(5)}`;
   }
 
   /** Fraction of the step time since the last call spent waiting on communication; then resets. */
@@ -66,4 +91,10 @@ export class CommLog {
     this.#rows = [];
     await Deno.writeTextFile(this.#path, text, { append: true });
   }
+}
+
+function formatBytes(b: number): string {
+  if (b >= 1 << 20) return `${(b / (1 << 20)).toFixed(1)} MiB`;
+  if (b >= 1 << 10) return `${(b / (1 << 10)).toFixed(1)} KiB`;
+  return `${b.toFixed(0)} B`;
 }

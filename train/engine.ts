@@ -197,6 +197,7 @@ export async function trainOneEpoch(
     acc.dispose();
   }
   bar?.done();
+  if (run.commLog && replicas.isMain) console.error(run.commLog.describe());
   return await finish(false);
 }
 

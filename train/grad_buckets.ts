@@ -9,9 +9,9 @@
  * @example
  * ```ts
  * import { planBuckets } from "./grad_buckets.ts";
- * // Four parameters of 3, 5, 2 and 4 floats, buckets of at most 32 bytes:
+ * // Four parameters of 3, 5, 2 and 4 floats, buckets of at most 32 bytes (8 floats):
  * console.log(planBuckets([3, 5, 2, 4], 32).map((b) => b.params));
- * // [[3, 2], [1], [0]]
+ * // [[3, 2], [1, 0]]
  * ```
  * @module
  */
