@@ -154,3 +154,49 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: `mpi: ranks started with different flags stop with one line each, writing nothing${suffix}`,
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "lk_mpi_flags_" });
+    try {
+      const rank = (lr: string) => [
+        "-np",
+        "1",
+        Deno.execPath(),
+        "run",
+        "-A",
+        "train/main.ts",
+        "--out",
+        `${dir}/run`,
+        "--lr",
+        lr,
+      ];
+      const out = await new Deno.Command("mpirun", {
+        args: ["--oversubscribe", ...rank("0.1"), ":", ...rank("0.2")],
+        env: {
+          OMPI_ALLOW_RUN_AS_ROOT: "1",
+          OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1",
+          MESA_SHADER_CACHE_DISABLE: "true",
+          NO_COLOR: "1",
+        },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.notEqual(out.code, 0);
+      // (Mesa's software driver may add its own "error: XDG_RUNTIME_DIR …" lines.)
+      const lines = stderr.split("\n").filter((l) =>
+        l.startsWith("error: ") && !l.includes("XDG_")
+      );
+      assert.equal(lines.length, 2, stderr);
+      for (const l of lines) {
+        assert.match(l, /^error: ranks disagree on the flags: 1 of 2 ranks differ/);
+      }
+      assert.equal(await Deno.stat(`${dir}/run`).then(() => true, () => false), false);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
