@@ -194,7 +194,7 @@ Deno.test("buckets: reverse order, capped, every parameter once", () => {
   assert.throws(() => planBuckets(sizes, 0), /bucket size must be at least 4 bytes/);
 });
 
-Deno.test("gradient sync: bucket sums in bucket order, means written back, early read-back", async () => {
+Deno.test("gradient sync: bucket sums in bucket order, means written back, staging reused", async () => {
   const sizes = [3, 70, 5, 1, 40];
   const params = sizes.map((n, i) => {
     const t = Tensor.from(Float32Array.from({ length: n }, (_, j) => i + j));
@@ -202,37 +202,45 @@ Deno.test("gradient sync: bucket sums in bucket order, means written back, early
     return t;
   });
   const grads = sizes.map((n, i) => Float32Array.from({ length: n }, (_, j) => (i + 1) * 0.5 - j));
-  params.forEach((p, i) => (p.grad = Tensor.from(grads[i])));
-  params[3].grad!.dispose();
-  params[3].grad = null; // a parameter the pass did not reach
-  const world = 3;
-  const seen: number[][] = [];
-  let steps: CommStep[] = [];
-  const sync = new BucketedGradientSync(params, {
-    world,
-    capBytes: 4 * 45,
-    // The other ranks hold gradients +1 and +2: the sum is 3·g + 3, the mean g + 1.
-    sum: (v) => {
-      seen.push([v.length, v[0]]);
-      for (let i = 0; i < v.length; i++) v[i] = 3 * v[i] + 3;
-      return Promise.resolve();
-    },
-    onDone: (s) => (steps = [s]),
-  });
-  assert.deepEqual(sync.buckets.map((b) => b.params), [[4, 3], [2], [1], [0]]);
-  // Ready in an order other than the buckets': the sums must still go in bucket order.
-  for (const i of [2, 1, 0, 4]) sync.onGradReady(params[i]);
-  await sync.finish();
-  assert.deepEqual(seen.map(([n]) => n), [41, 5, 70, 3]);
-  for (let i = 0; i < sizes.length; i++) {
-    const want = i === 3 ? [1] : [...grads[i]].map((g) => g + 1);
-    const got = [...await params[i].grad!.read()];
-    got.forEach((v, j) =>
-      assert.ok(Math.abs(v - want[j]) < 1e-5, `param ${i}[${j}]: ${v} vs ${want[j]}`)
-    );
+  const staging: GPUBuffer[] = [];
+  // Step 0: every gradient present. Step 1: parameter 3 not reached by this rank's pass, while
+  // its pooled staging slot still holds step 0's value.
+  for (const step of [0, 1]) {
+    params.forEach((p, i) => {
+      p.grad?.dispose();
+      p.grad = step === 1 && i === 3 ? null : Tensor.from(grads[i]);
+    });
+    const seen: number[] = [];
+    let comm: CommStep | null = null;
+    const sync = new BucketedGradientSync(params, {
+      world: 3,
+      capBytes: 4 * 45,
+      // The other ranks hold gradients +1 and +2: the sum is 3·g + 3, the mean g + 1.
+      sum: (v) => {
+        seen.push(v.length);
+        for (let i = 0; i < v.length; i++) v[i] = 3 * v[i] + 3;
+        return Promise.resolve();
+      },
+      onDone: (s) => (comm = s),
+      staging,
+    });
+    assert.deepEqual(sync.buckets.map((b) => b.params), [[4, 3], [2], [1], [0]]);
+    // Ready in an order other than the buckets': the sums must still go in bucket order.
+    for (const i of [2, 1, 0, 4]) sync.onGradReady(params[i]);
+    await sync.finish();
+    assert.deepEqual(seen, [41, 5, 70, 3]);
+    for (let i = 0; i < sizes.length; i++) {
+      const want = step === 1 && i === 3 ? [1] : [...grads[i]].map((g) => g + 1);
+      const got = [...await params[i].grad!.read()];
+      got.forEach((v, j) =>
+        assert.ok(Math.abs(v - want[j]) < 1e-5, `step ${step} param ${i}[${j}]: ${v} vs ${want[j]}`)
+      );
+    }
+    assert.equal(comm!.bytes, 4 * 119);
+    assert.ok(comm!.waitMs >= 0 && comm!.readMs >= 0);
+    assert.equal(staging.length, 4);
   }
-  assert.equal(steps[0].bytes, 4 * 119);
-  assert.ok(steps[0].waitMs >= 0 && steps[0].readMs >= 0);
+  for (const b of staging) b.destroy();
   for (const p of params) {
     p.grad?.dispose();
     p.dispose();

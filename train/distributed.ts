@@ -82,6 +82,7 @@ const HASH_BYTES = 64;
  */
 export function mpiReplicas(mpi: Mpi): MpiReplicas {
   const commSteps: CommStep[] = [];
+  const staging: GPUBuffer[] = [];
   const agree = async (what: string, hash: string) => {
     const mine = new TextEncoder().encode(hash.padEnd(HASH_BYTES).slice(0, HASH_BYTES));
     const root = mine.slice();
@@ -138,6 +139,7 @@ export function mpiReplicas(mpi: Mpi): MpiReplicas {
         world: mpi.size,
         sum: (v) => mpi.allreduceSum(v),
         onDone: (s) => commSteps.push(s),
+        staging,
       });
     },
     agree,

@@ -50,6 +50,11 @@ export interface GradSyncOptions {
   capBytes?: number;
   /** Receives the step's costs after `finish`. */
   onDone?: (step: CommStep) => void;
+  /**
+   * Staging buffers kept from one step to the next, by bucket (the caller
+   * owns them); without it each step makes and frees its own.
+   */
+  staging?: GPUBuffer[];
 }
 
 /** The gradient all-reduce of one backward pass; see the module doc. */
@@ -108,7 +113,6 @@ export class BucketedGradientSync implements GradientSync {
     const reduced = await Promise.all(sums);
     const t1 = performance.now();
     reduced.forEach((values, k) => this.#write(this.#buckets[k], values));
-    gpu().flush();
     const t2 = performance.now();
     const size = this.#buckets.reduce((a, b) => a + b.size, 0);
     this.#opts.onDone?.({
@@ -120,57 +124,57 @@ export class BucketedGradientSync implements GradientSync {
     });
   }
 
-  /** Record the copies of bucket `k` into a staging buffer, submit, and map it. */
+  /** Record the copies of bucket `k` into its staging buffer, submit, and map it. */
   #launch(k: number): void {
     const bucket = this.#buckets[k];
     const g = gpu();
     if (!this.#read.some((r) => r)) this.#firstLaunch = performance.now();
-    const staging = g.device.createBuffer({
-      size: Math.max(4, bucket.size * 4),
-      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
-    });
+    const bytes = Math.max(4, bucket.size * 4);
+    const pool = this.#opts.staging;
+    let staging = pool?.[k];
+    if (!staging || staging.size !== bytes) {
+      staging?.destroy();
+      staging = g.device.createBuffer({
+        size: bytes,
+        usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
+      });
+      if (pool) pool[k] = staging;
+    }
+    const buffer = staging;
     const enc = g.encoderForCopy();
     bucket.params.forEach((i, j) => {
       const grad = this.#params[i].grad;
-      // A missing gradient stays zero: new buffers are zero-filled.
-      if (grad) {
-        enc.copyBufferToBuffer(grad.buffer, 0, staging, bucket.offsets[j] * 4, grad.size * 4);
-      }
+      const at = bucket.offsets[j] * 4;
+      if (grad) enc.copyBufferToBuffer(grad.buffer, 0, buffer, at, grad.size * 4);
+      else enc.clearBuffer(buffer, at, this.#params[i].size * 4);
     });
     g.flush();
-    this.#read[k] = staging.mapAsync(GPUMapMode.READ).then(() => {
-      const values = new Float32Array(staging.getMappedRange().slice(0));
-      staging.unmap();
-      staging.destroy();
+    this.#read[k] = buffer.mapAsync(GPUMapMode.READ).then(() => {
+      const values = new Float32Array(buffer.getMappedRange().slice(0, bucket.size * 4));
+      buffer.unmap();
+      if (!pool) buffer.destroy();
       this.#lastRead = performance.now();
       return values;
     });
   }
 
-  /** Divide a summed bucket by the world size and copy it back into its gradients. */
+  /** Divide a summed bucket by the world size and write it back into its gradients. */
   #write(bucket: Bucket, values: Float32Array): void {
-    if (bucket.size === 0) return;
     const inv = 1 / this.#opts.world;
     for (let i = 0; i < values.length; i++) values[i] *= inv;
     const g = gpu();
-    const staging = g.device.createBuffer({
-      size: bucket.size * 4,
-      usage: GPUBufferUsage.COPY_SRC,
-      mappedAtCreation: true,
-    });
-    new Float32Array(staging.getMappedRange()).set(values);
-    staging.unmap();
+    // Everything recorded is submitted first, so the queue's writes land after it, in order.
+    g.flush();
     bucket.params.forEach((i, j) => {
       const p = this.#params[i];
       const at = bucket.offsets[j];
-      if (!p.grad) {
-        // No rank reached it if the sum is all zeros; otherwise it gets the mean like the rest.
-        if (values.subarray(at, at + p.size).every((v) => v === 0)) return;
-        p.grad = keep(Tensor.zeros(p.shape));
+      const mean = values.subarray(at, at + p.size) as Float32Array<ArrayBuffer>;
+      if (p.grad) {
+        g.device.queue.writeBuffer(p.grad.buffer, 0, mean);
+      } else if (mean.some((v) => v !== 0)) {
+        // This rank's pass did not reach it, another one's did: it gets the mean like the rest.
+        p.grad = keep(Tensor.from(mean, p.shape));
       }
-      g.encoderForCopy().copyBufferToBuffer(staging, at * 4, p.grad.buffer, 0, p.size * 4);
     });
-    g.flush();
-    staging.destroy();
   }
 }
