@@ -224,12 +224,43 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   gpu().dispatch(code, [acc.buffer, g.buffer], grid1d(acc.size));
 }
 
+/** Options of {@linkcode backward}. */
+export interface BackwardOptions {
+  /** The seed gradient of `loss` (ones by default). */
+  gradOut?: Tensor;
+  /**
+   * Called once per leaf with `requiresGrad` as soon as its `.grad` is final
+   * for this pass: after the earliest tape node that reads it has run. The
+   * reverse walk goes on afterwards, so the hook may record work (a copy of
+   * the gradient) that the GPU runs while the rest of the backward is still
+   * being recorded. Leaves this pass never reaches are not reported.
+   */
+  onGradReady?: (leaf: Tensor) => void;
+}
+
 /**
  * Back-propagate from `loss` (any shape; the seed gradient is `gradOut` or
  * ones), accumulate into `.grad` of leaves with `requiresGrad`, and empty the
- * tape. Leaf gradients outlive any enclosing {@linkcode scope}.
+ * tape. Leaf gradients outlive any enclosing {@linkcode scope}. The second
+ * argument is the seed gradient itself or {@linkcode BackwardOptions}.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { backward } from "./autograd.ts";
+ * import { mul, sum } from "./elementwise.ts";
+ * await initGpu();
+ * const a = Tensor.from([1, 2]);
+ * const b = Tensor.from([3, 4]);
+ * a.requiresGrad = b.requiresGrad = true;
+ * const ready: Tensor[] = [];
+ * backward(sum(mul(a, mul(b, b))), { onGradReady: (t) => ready.push(t) });
+ * console.log(ready[0] === a); // true: a is read by the later node, so it is final first
+ * ```
  */
-export function backward(loss: Tensor, gradOut?: Tensor): void {
+export function backward(loss: Tensor, options?: Tensor | BackwardOptions): void {
+  const { gradOut, onGradReady } = options instanceof Tensor ? { gradOut: options } : options ?? {};
   const nodes = tape;
   tape = [];
   const prev = enabled;
@@ -238,48 +269,18 @@ export function backward(loss: Tensor, gradOut?: Tensor): void {
     const grads = new Map<number, Tensor>();
     const seed = gradOut ? gradOut.ref() : keep(Tensor.ones(loss.shape));
     if (!loss.node) {
-      if (loss.requiresGrad) deliverLeaf(loss, seed);
-      else seed.dispose();
+      if (loss.requiresGrad) {
+        deliverLeaf(loss, seed);
+        onGradReady?.(loss);
+      } else seed.dispose();
       for (const n of nodes) n.release();
       return;
     }
+    const readyAt = onGradReady ? leavesFinalAt(nodes) : null;
     grads.set(loss.id, seed);
     for (let i = nodes.length - 1; i >= 0; i--) {
-      const node = nodes[i];
-      const g = grads.get(node.output.id);
-      if (!g) {
-        node.release();
-        continue;
-      }
-      grads.delete(node.output.id);
-      // Temporaries of the backward computation die here; the returned grads live on.
-      const inputGrads = scope(() => node.backward(g, node.saved));
-      node.release();
-      g.dispose();
-      node.inputs.forEach((input, k) => {
-        const gi = inputGrads[k];
-        if (!gi) return;
-        if (!needsGrad(input)) {
-          gi.dispose();
-          return;
-        }
-        if (gi.size !== input.size) {
-          throw new Error(
-            `${node.name}: gradient [${gi.shape}] does not match input [${input.shape}]`,
-          );
-        }
-        if (!input.node) {
-          deliverLeaf(input, gi);
-          return;
-        }
-        const prevG = grads.get(input.id);
-        if (prevG) {
-          accumulate(prevG, gi);
-          gi.dispose();
-        } else {
-          grads.set(input.id, gi);
-        }
-      });
+      runNode(nodes[i], grads);
+      for (const leaf of readyAt?.get(i) ?? []) if (leaf.grad) onGradReady!(leaf);
     }
     // Gradients that reached tensors with no node (e.g. views of detached tensors).
     for (const g of grads.values()) g.dispose();
@@ -287,6 +288,61 @@ export function backward(loss: Tensor, gradOut?: Tensor): void {
     enabled = prev;
     for (const n of nodes) n.release();
   }
+}
+
+/** For each tape index, the leaves (wanting a grad) whose earliest reader is that node. */
+function leavesFinalAt(nodes: Node[]): Map<number, Tensor[]> {
+  const first = new Map<Tensor, number>();
+  nodes.forEach((node, i) => {
+    for (const t of node.inputs) {
+      if (t.requiresGrad && !t.node && !first.has(t)) first.set(t, i);
+    }
+  });
+  const at = new Map<number, Tensor[]>();
+  for (const [leaf, i] of first) {
+    const list = at.get(i);
+    if (list) list.push(leaf);
+    else at.set(i, [leaf]);
+  }
+  return at;
+}
+
+/** Run one node's backward and route its input gradients (accumulated or delivered). */
+function runNode(node: Node, grads: Map<number, Tensor>): void {
+  const g = grads.get(node.output.id);
+  if (!g) {
+    node.release();
+    return;
+  }
+  grads.delete(node.output.id);
+  // Temporaries of the backward computation die here; the returned grads live on.
+  const inputGrads = scope(() => node.backward(g, node.saved));
+  node.release();
+  g.dispose();
+  node.inputs.forEach((input, k) => {
+    const gi = inputGrads[k];
+    if (!gi) return;
+    if (!needsGrad(input)) {
+      gi.dispose();
+      return;
+    }
+    if (gi.size !== input.size) {
+      throw new Error(
+        `${node.name}: gradient [${gi.shape}] does not match input [${input.shape}]`,
+      );
+    }
+    if (!input.node) {
+      deliverLeaf(input, gi);
+      return;
+    }
+    const prevG = grads.get(input.id);
+    if (prevG) {
+      accumulate(prevG, gi);
+      gi.dispose();
+    } else {
+      grads.set(input.id, gi);
+    }
+  });
 }
 
 function deliverLeaf(leaf: Tensor, g: Tensor): void {

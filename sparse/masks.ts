@@ -247,7 +247,9 @@ export class Masking {
  * output filter (the official `snip_core_sum`). Buffers (BatchNorm running
  * statistics) are restored and gradients cleared afterwards, so training
  * is unaffected (the official code scores a deep copy of the network).
- * Reads the scores back: call it once, before training.
+ * Reads the scores back: call it once, before training. Under data
+ * parallelism, `reduceGradients` averages the gradients over the ranks
+ * before scoring.
  *
  * @example
  * ```ts
@@ -272,6 +274,7 @@ export async function snipScores(
   keys: readonly string[],
   lossFns: Iterable<() => Tensor>,
   unitsOf: (key: string) => Granularity = () => "weight",
+  reduceGradients?: (params: Tensor[]) => Promise<void>,
 ): Promise<Map<string, Float32Array>> {
   const entries = [...model.namedEntries()];
   const buffers = entries.filter(([, p]) => p.isBuffer);
@@ -290,6 +293,7 @@ export async function snipScores(
   zeroGrads();
   try {
     for (const fn of lossFns) backward(fn());
+    await reduceGradients?.([...params.values()].map((p) => p.tensor));
     const out = new Map<string, Float32Array>();
     for (const key of keys) {
       const t = params.get(key)?.tensor;

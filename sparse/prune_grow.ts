@@ -159,6 +159,14 @@ export interface SparseOptions {
   seed?: number;
   /** ERK power scale (official `erk_power_scale`, 1). */
   erkPower?: number;
+  /**
+   * Under data parallelism, replaces the given parameters' gradients by their
+   * mean over the ranks (the caller knows how); SNIP scores then use the
+   * gradient of the whole global batch, so every rank builds the same masks.
+   * Gradient growth needs no help: it reads the gradients after the
+   * optimiser step, which the trainer has already averaged.
+   */
+  reduceGradients?: (params: Tensor[]) => Promise<void>;
 }
 
 /** Per-layer outcome of one update. */
@@ -214,7 +222,10 @@ export interface UpdateReport {
  */
 export class DynamicSparsity {
   readonly masking: Masking;
-  readonly opts: Required<Omit<SparseOptions, "maskSync">> & { maskSync: number };
+  readonly opts:
+    & Required<Omit<SparseOptions, "maskSync" | "reduceGradients">>
+    & Pick<SparseOptions, "reduceGradients">
+    & { maskSync: number };
   readonly layout: SparseLayout;
 
   constructor(masking: Masking, layout: SparseLayout, opts: SparseOptions) {
@@ -271,7 +282,13 @@ export class DynamicSparsity {
       } else {
         const losses = [...snipLosses];
         if (losses.length === 0) throw new Error("sparse: SNIP needs at least one batch");
-        const scores = await snipScores(model, layout.keys, losses, layout.granularity);
+        const scores = await snipScores(
+          model,
+          layout.keys,
+          losses,
+          layout.granularity,
+          opts.reduceGradients,
+        );
         densities = new Map();
         for (const group of layout.scoreGroups) {
           const s = new Map<string, Float32Array>();

@@ -45,6 +45,12 @@ export interface TrainState {
   history: Record<string, number>[];
   optimizerStep: number;
   savedAt: string;
+  /**
+   * How the run that saved cut its batches: its number of ranks and per-rank
+   * batch size (absent: one process). A run resumed under another number of
+   * ranks carries its position over in images (see train/world_resume.ts).
+   */
+  ranks?: { world: number; batchSize: number };
   /** Sparse runs: density of every masked layer and overall, at the save. */
   sparse?: { densities: Record<string, number>; overallDensity: number };
   /**

@@ -37,7 +37,7 @@ import { mixupBatch } from "./data/mixup.ts";
 import type { GradientSync, Replicas } from "./parallel.ts";
 import { ProgressBar } from "./progress.ts";
 import type { TrainRun } from "./setup.ts";
-import { logSparseUpdate } from "./sparse_setup.ts";
+import { agreeOnMasks, logSparseUpdate } from "./sparse_setup.ts";
 
 /**
  * Thrown (and reported on one line) when the loss stops being finite.
@@ -62,7 +62,8 @@ export interface EvalResult {
 
 /**
  * Top-1/top-5 accuracy (%) and mean loss of `model` on the validation split;
- * with `replicas`, the counts of every rank are summed.
+ * with `replicas`, each rank evaluates its shard (not padded, so no image
+ * counts twice) and the counts of every rank are summed.
  *
  * @example
  * ```ts
@@ -88,7 +89,8 @@ export async function evaluate(
   const totals = keep(Tensor.zeros([3])); // loss·n, top1, top5
   let n = 0;
   try {
-    for await (const b of data.batches("val", { batchSize, epoch: 0, seed, train: false })) {
+    const opts = { batchSize, epoch: 0, seed, train: false };
+    for await (const b of data.batches("val", replicas ? withShard(opts, replicas) : opts)) {
       const rows = b.labels.length;
       n += rows;
       noGrad(() =>
@@ -158,46 +160,73 @@ export async function trainOneEpoch(
   epoch: number,
   stop: () => boolean,
 ): Promise<EpochTotals> {
-  const { cfg, data, state } = run;
+  const { cfg, data, state, replicas } = run;
   run.model.train();
   const skip = state.batchInEpoch;
-  const totals = { lossSum: state.partial.lossSum, samples: state.partial.samples, images: 0 };
+  // Under data parallelism the partial sums of a resumed epoch are every rank's: rank 0 holds them.
+  const partial = replicas.isMain ? state.partial : { lossSum: 0, samples: 0 };
+  const totals = { lossSum: partial.lossSum, samples: partial.samples, images: 0 };
   let counted = totals.samples;
   const acc = keep(Tensor.zeros([1]));
-  const bar = new ProgressBar(`epoch ${epoch + 1}/${cfg.epochs}`, run.microPerEpoch, skip);
+  const label = `epoch ${epoch + 1}/${cfg.epochs}`;
+  const bar = replicas.isMain ? new ProgressBar(label, run.microPerEpoch, skip) : null;
   const started = performance.now();
+  let stepStarted = started;
   const params = run.model.parameters();
   let micro = skip;
   const opts = { batchSize: cfg.batchSize, epoch, seed: cfg.seed, train: true, startBatch: skip };
+  const finish = async (interrupted: boolean): Promise<EpochTotals> => {
+    const [lossSum, samples, images] = await replicas.sum(
+      Float64Array.from([totals.lossSum, counted, totals.images]),
+    );
+    await run.commLog?.write();
+    return { lossSum, samples, images, seconds: seconds(started), interrupted };
+  };
   try {
-    for await (const batch of data.batches("train", withShard(opts, run.replicas))) {
+    for await (const batch of data.batches("train", withShard(opts, replicas))) {
       const lastOfStep = (micro + 1) % cfg.updateFreq === 0;
-      const sync = lastOfStep ? run.replicas.gradientSync(params) : null;
-      runMicroStep(run, batch, epoch * run.microPerEpoch + micro, acc, sync, params);
+      const sync = lastOfStep ? replicas.gradientSync(params) : null;
+      runMicroStep(run, batch, epoch * run.microPerEpoch + micro, acc, sync);
       micro++;
       totals.samples += batch.labels.length;
       totals.images += batch.labels.length;
-      if (lastOfStep) await optimiserStep(run, sync);
+      if (lastOfStep) {
+        await optimiserStep(run, sync);
+        const now = performance.now();
+        for (const c of replicas.takeCommSteps?.() ?? []) {
+          run.commLog?.add(state.step, c, now - stepStarted);
+        }
+        stepStarted = now;
+      }
       gpu().flush();
-      const stopping = stop();
+      // Every rank stops at the same step boundary: a stop asked on any rank counts for all.
+      const atStep = micro % cfg.updateFreq === 0;
+      const stopping = replicas.world > 1 && atStep
+        ? (await replicas.sum(Float64Array.of(stop() ? 1 : 0)))[0] > 0
+        : stop();
       if (micro % cfg.logEvery === 0 || micro === run.microPerEpoch || stopping) {
         totals.lossSum += await readLoss(acc, epoch, run);
         counted = totals.samples;
         const loss = (totals.lossSum / Math.max(counted, 1)).toFixed(4);
-        const text = `loss ${loss} lr ${run.optimizer.lr.toExponential(2)}`;
-        bar.update(micro, { images: totals.images, text });
+        const comm = run.commLog ? ` comm ${(100 * run.commLog.share()).toFixed(0)}%` : "";
+        const text = `loss ${loss} lr ${run.optimizer.lr.toExponential(2)}${comm}`;
+        // Every rank trains as many images as rank 0: the global rate is world × its own.
+        bar?.update(micro, { images: totals.images * replicas.world, text });
+        await run.commLog?.write();
       }
-      if (stopping && micro % cfg.updateFreq === 0) {
+      if (stopping && atStep) {
+        const done = await finish(true);
         state.batchInEpoch = micro;
-        state.partial = { lossSum: totals.lossSum, samples: counted };
-        return { ...totals, samples: counted, seconds: seconds(started), interrupted: true };
+        state.partial = { lossSum: done.lossSum, samples: done.samples };
+        return done;
       }
     }
   } finally {
     acc.dispose();
   }
-  bar.done();
-  return { ...totals, samples: counted, seconds: seconds(started), interrupted: false };
+  bar?.done();
+  if (run.commLog && replicas.isMain) console.error(run.commLog.describe());
+  return await finish(false);
 }
 
 function seconds(since: number): number {
@@ -227,7 +256,7 @@ async function readLoss(acc: Tensor, epoch: number, run: TrainRun): Promise<numb
 /**
  * Forward, loss and backward of one micro-batch (`global`: its index in the
  * whole run, which seeds its random draws); the loss·rows is added into `acc`
- * on the GPU. With `sync`, every gradient is handed over once final.
+ * on the GPU. With `sync`, every gradient is handed over as soon as it is final.
  */
 function runMicroStep(
   run: TrainRun,
@@ -235,12 +264,13 @@ function runMicroStep(
   global: number,
   acc: Tensor,
   sync: GradientSync | null,
-  params: Tensor[],
 ): void {
-  const { cfg, data } = run;
+  const { cfg, data, replicas } = run;
   const rows = batch.labels.length;
   const smoothing = cfg.mixup > 0 || cfg.cutmix > 0 ? 0 : cfg.labelSmoothing;
-  setForwardSeed(mixSeeds(cfg.seed, global, 1));
+  // Each rank draws its own drop-path masks and Mixup/CutMix (one process: the same draws as ever).
+  const rank = replicas.world > 1 ? [replicas.rank] : [];
+  setForwardSeed(mixSeeds(cfg.seed, global, 1, ...rank));
   scope(() => {
     let x: Float32Array = batch.x;
     let target: Int32Array | Tensor = batch.labels;
@@ -250,7 +280,7 @@ function runMicroStep(
         cutmix: cfg.cutmix,
         labelSmoothing: cfg.labelSmoothing,
         numClasses: data.numClasses,
-      }, new Rng(mixSeeds(cfg.seed, global, 2)));
+      }, new Rng(mixSeeds(cfg.seed, global, 2, ...rank)));
       x = mixed.x;
       target = Tensor.from(mixed.targets, [rows, data.numClasses]);
     }
@@ -258,8 +288,11 @@ function runMicroStep(
     const loss = softmaxCrossEntropy(run.model.forward(input), target, {
       labelSmoothing: smoothing,
     });
-    backward(scale(loss, 1 / cfg.updateFreq));
-    if (sync) { for (const p of params) sync.onGradReady(p); }
+    // The gradient sum starts bucket by bucket while the backward pass is still being recorded.
+    backward(
+      scale(loss, 1 / cfg.updateFreq),
+      sync ? { onGradReady: (p) => sync.onGradReady(p) } : undefined,
+    );
     noGrad(() => accumulate(acc, scale(loss, rows)));
   });
 }
@@ -278,6 +311,11 @@ async function optimiserStep(run: TrainRun, sync: GradientSync | null): Promise<
     sparse.afterStep(optimizer);
     if (sparse.isUpdateStep(state.step + 1)) {
       const report = await sparse.update(state.step + 1, optimizer);
+      await agreeOnMasks(
+        run.replicas,
+        sparse,
+        `the masks after the update of step ${state.step + 1}`,
+      );
       if (run.replicas.isMain) await logSparseUpdate(run.cfg.out, report);
     }
   }

@@ -14,6 +14,8 @@
  * @module
  */
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
+import { type MpiReplicas, openReplicas, RanksDisagreeError } from "./distributed.ts";
+import type { Replicas } from "./parallel.ts";
 import { MODEL_NAMES } from "../models/registry.ts";
 import { defaultConfig, presetConfig, PRESETS, type TrainConfig } from "./config.ts";
 import { train } from "./trainer.ts";
@@ -421,21 +423,47 @@ if (import.meta.main) {
       console.log(help());
       return;
     }
-    await initGpu();
-    const cfg = parseTrainArgs(Deno.args, gpu().isFallback) as TrainConfig;
-    console.error(
-      `largekernel train: ${cfg.model} on ${
-        cfg.data ?? "the procedural dataset"
-      }, ${cfg.epochs} epochs, ` +
-        `batch ${cfg.batchSize}×${cfg.updateFreq}, ${cfg.inputSize}², adapter "${gpu().description}"` +
-        (gpu().isFallback ? " (software)" : "") + `, output ${cfg.out}/`,
-    );
-    const result = await train(cfg);
-    if (!result.interrupted && !cfg.evalOnly) {
-      console.error(
-        `wrote ${cfg.out}/log.csv, ${cfg.out}/curves.png, ${cfg.out}/checkpoint-last/, ${cfg.out}/checkpoint-best/`,
-      );
+    // Under mpirun: MPI first, so that each rank picks its GPU before the adapter is opened.
+    const replicas = await openReplicas();
+    try {
+      await initGpu();
+      const cfg = parseTrainArgs(Deno.args, gpu().isFallback) as TrainConfig;
+      if (replicas.isMain) console.error(banner(cfg, replicas.world));
+      const result = await train(cfg, { replicas });
+      if (!result.interrupted && !cfg.evalOnly && replicas.isMain) {
+        console.error(
+          `wrote ${cfg.out}/log.csv, ${cfg.out}/curves.png, ${cfg.out}/checkpoint-last/, ${cfg.out}/checkpoint-best/` +
+            (replicas.world > 1 ? `, ${cfg.out}/comm.csv` : ""),
+        );
+      }
+      leave(replicas);
+      if (result.interrupted) Deno.exit(130);
+    } catch (e) {
+      if (replicas.world > 1 && !(e instanceof RanksDisagreeError)) {
+        // The other ranks may wait in a collective for this one: stop them all (the last
+        // checkpoint is whole: every save replaces its files atomically).
+        console.error(`error: rank ${replicas.rank}: ${(e as Error).message.split("\n")[0]}`);
+        replicas.abort(1);
+      }
+      leave(replicas);
+      throw e;
     }
-    if (result.interrupted) Deno.exit(130);
   });
+}
+
+/** The line a run starts with. */
+function banner(cfg: TrainConfig, world: number): string {
+  const ranks = world > 1
+    ? ` on ${world} ranks (global batch ${cfg.batchSize * cfg.updateFreq * world})`
+    : "";
+  return `largekernel train: ${cfg.model} on ${
+    cfg.data ?? "the procedural dataset"
+  }, ${cfg.epochs} epochs, ` +
+    `batch ${cfg.batchSize}×${cfg.updateFreq}${ranks}, ${cfg.inputSize}², adapter "${gpu().description}"` +
+    (gpu().isFallback ? " (software)" : "") + `, output ${cfg.out}/`;
+}
+
+/** Leave MPI after the last collective (nothing to do in one process). */
+function leave(replicas: Replicas): void {
+  if ("finalize" in replicas) (replicas as MpiReplicas).finalize();
 }

@@ -29,6 +29,20 @@ export interface GradientSync {
   finish(): Promise<void>;
 }
 
+/** What one optimiser step's gradient sum cost (milliseconds of wall time). */
+export interface CommStep {
+  /** Bytes of gradient each rank sent into the sums. */
+  bytes: number;
+  /** First bucket's copy recorded → last bucket on the CPU (overlaps the backward pass). */
+  readMs: number;
+  /** Time inside the all-reduce calls, summed over buckets. */
+  reduceMs: number;
+  /** Dividing by the world size and recording the copies back. */
+  writeMs: number;
+  /** How long `finish` held up the step: the communication the backward pass did not hide. */
+  waitMs: number;
+}
+
 /** The ranks of a run and the collective operations the engine needs. */
 export interface Replicas {
   readonly rank: number;
@@ -45,6 +59,8 @@ export interface Replicas {
   agree(what: string, hash: string): Promise<void>;
   /** Stop every rank with `code` (after an error on this one). */
   abort(code: number): void;
+  /** The costs of the gradient sums since the last call (emptied by it); none in one process. */
+  takeCommSteps?(): CommStep[];
 }
 
 /**

@@ -34,6 +34,9 @@ import { planKernels } from "./kernel_plans.ts";
 import type { Replicas } from "./parallel.ts";
 import { resumeFrom, resumeSource } from "./resume.ts";
 import { cosineSchedule } from "./schedule.ts";
+import { CommLog } from "./comm_log.ts";
+import { hashBytes } from "./distributed.ts";
+import { rescaleProgress } from "./world_resume.ts";
 import { setupSparse } from "./sparse_setup.ts";
 
 /** One training run: what every part of the engine reads and updates. */
@@ -54,6 +57,8 @@ export interface TrainRun {
   lrAt: (step: number) => number;
   /** Filled by {@linkcode setupTraining}: dynamic sparsity, for sparse runs. */
   sparse: DynamicSparsity | null;
+  /** Data parallelism: the communication cost of each step (`comm.csv`, written by rank 0). */
+  commLog: CommLog | null;
   lastDir: string;
   bestDir: string;
 }
@@ -75,6 +80,8 @@ export interface TrainRun {
  * ```
  */
 export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<TrainRun> {
+  // Every rank must run the same configuration: a mismatch stops them all, each with one line.
+  await replicas.agree("the flags", await hashBytes(new TextEncoder().encode(JSON.stringify(cfg))));
   await Deno.mkdir(cfg.out, { recursive: true });
   const data = await openRunDataset(cfg);
   const from = await resumeSource(cfg);
@@ -92,6 +99,9 @@ export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<
     if (r.state) state = r.state;
     resumeMasks = r.masks;
   }
+  // The same weights everywhere (rank 0's), proved by checksum; the EMA likewise.
+  await replicas.syncModel(model);
+  if (ema) await replicas.syncModel(ema.module);
   return {
     cfg,
     data,
@@ -104,6 +114,9 @@ export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<
     microPerEpoch: 0,
     lrAt: () => cfg.lr,
     sparse: null,
+    commLog: replicas.world > 1
+      ? new CommLog(replicas.isMain ? `${cfg.out}/comm.csv` : null)
+      : null,
     lastDir: `${cfg.out}/checkpoint-last`,
     bestDir: `${cfg.out}/checkpoint-best`,
   };
@@ -128,14 +141,36 @@ export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<
  * ```
  */
 export async function setupTraining(run: TrainRun): Promise<void> {
-  const { cfg, data } = run;
-  run.microPerEpoch = data.batchesPerEpoch("train", cfg.batchSize, true);
+  const { cfg, data, replicas, state } = run;
+  const { rank, world } = replicas;
+  const shard = world > 1 ? { rank, world } : undefined;
+  run.microPerEpoch = data.batchesPerEpoch("train", cfg.batchSize, true, shard);
   if (run.microPerEpoch < cfg.updateFreq) {
+    const ranks = world > 1 ? ` × ${world} ranks` : "";
     throw new Error(
-      `--batch-size ${cfg.batchSize} × --update-freq ${cfg.updateFreq} exceeds the ${data.trainSize} training images`,
+      `--batch-size ${cfg.batchSize} × --update-freq ${cfg.updateFreq}${ranks} exceeds the ${data.trainSize} training images`,
     );
   }
   const stepsPerEpoch = Math.floor(run.microPerEpoch / cfg.updateFreq);
+  const saved = state.ranks ?? { world: 1, batchSize: cfg.batchSize };
+  if (saved.world !== world && state.step > 0) {
+    // Resumed under another number of ranks: carry the position over in images.
+    const to = { world, batchSize: cfg.batchSize, updateFreq: cfg.updateFreq, stepsPerEpoch };
+    Object.assign(state, rescaleProgress({ ...saved, ...state }, to));
+    if (replicas.isMain) {
+      console.error(
+        `resumed a run of ${saved.world} rank(s) on ${world}: the global batch is now ` +
+          `${cfg.batchSize} × ${cfg.updateFreq} × ${world} = ${
+            cfg.batchSize * cfg.updateFreq * world
+          }; ` +
+          `continuing at step ${state.step}, micro-batch ${state.batchInEpoch} of epoch ${
+            state.epoch + 1
+          }`,
+      );
+    }
+  }
+  if (world > 1) state.ranks = { world, batchSize: cfg.batchSize };
+  else delete state.ranks;
   run.lrAt = cosineSchedule({
     base: cfg.lr,
     final: cfg.minLr,
@@ -146,7 +181,15 @@ export async function setupTraining(run: TrainRun): Promise<void> {
   });
   if (cfg.sparse) {
     const total = stepsPerEpoch * cfg.epochs;
-    run.sparse = await setupSparse(cfg, run.model, data, total, run.resumeMasks, run.state.step);
+    run.sparse = await setupSparse(
+      cfg,
+      run.model,
+      data,
+      total,
+      run.resumeMasks,
+      run.state.step,
+      replicas,
+    );
   }
   await planKernels(run.model, cfg, run.state);
 }

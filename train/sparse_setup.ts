@@ -22,6 +22,8 @@ import type { TrainConfig } from "./config.ts";
 import type { Classifier } from "../models/module.ts";
 import { firstTrainingBatch } from "./data/mod.ts";
 import type { Dataset } from "./data/types.ts";
+import { hashBytes } from "./distributed.ts";
+import { type Replicas, singleProcess } from "./parallel.ts";
 
 /**
  * The prune-and-grow settings of a run: the flags, with the official defaults
@@ -68,17 +70,21 @@ export async function setupSparse(
   totalSteps: number,
   resumeMasks: Weights | null,
   step: number,
+  replicas: Replicas = singleProcess(),
 ): Promise<DynamicSparsity> {
-  const opts = sparseOptions(cfg, totalSteps);
+  const opts = { ...sparseOptions(cfg, totalSteps), reduceGradients: gradientMean(replicas) };
   const log = `${cfg.out}/sparsity.csv`;
   if (resumeMasks) {
     const masks = new Map([...resumeMasks].map(([k, v]) => [k, Uint8Array.from(v.data)]));
     const sparse = await DynamicSparsity.create(model, opts, [], masks);
-    await truncateSparsityLog(log, step);
+    if (replicas.isMain) await truncateSparsityLog(log, step);
+    await agreeOnMasks(replicas, sparse, "the masks of the checkpoint");
     return sparse;
   }
+  // Under data parallelism each rank scores its shard of the first batch; the gradients are averaged.
+  const shard = replicas.world > 1 ? { rank: replicas.rank, world: replicas.world } : undefined;
   const batch = opts.init === "snip"
-    ? await firstTrainingBatch(data, cfg.batchSize, cfg.seed)
+    ? await firstTrainingBatch(data, cfg.batchSize, cfg.seed, shard)
     : null;
   setForwardSeed(mixSeeds(cfg.seed, 0x5319));
   const lossFns = batch
@@ -88,12 +94,51 @@ export async function setupSparse(
     }]
     : [];
   const sparse = await scope(() => DynamicSparsity.create(model, opts, lossFns));
+  await agreeOnMasks(replicas, sparse, "the initial masks");
+  if (!replicas.isMain) return sparse;
   console.error(
     `sparse: ${sparse.densities().size} masked layers (${opts.init}, ${opts.type}), ` +
       `overall density ${sparse.masking.overallDensity().toFixed(4)} of the masked weights`,
   );
   await Deno.remove(log).catch(() => {});
   return sparse;
+}
+
+/** Replaces gradients by their mean over the ranks (none needed in one process). */
+function gradientMean(replicas: Replicas): ((params: Tensor[]) => Promise<void>) | undefined {
+  if (replicas.world === 1) return undefined;
+  return async (params) => {
+    const sync = replicas.gradientSync(params);
+    if (!sync) return;
+    for (const p of params) sync.onGradReady(p);
+    await sync.finish();
+  };
+}
+
+/**
+ * Fail on every rank unless all hold the same masks: a SHA-256 of every
+ * layer's mask, compared across ranks after each change (free in one
+ * process, where nothing is hashed).
+ *
+ * @example
+ * ```ts ignore
+ * await agreeOnMasks(run.replicas, run.sparse, "the masks after update 3");
+ * ```
+ */
+export async function agreeOnMasks(
+  replicas: Replicas,
+  sparse: DynamicSparsity,
+  what: string,
+): Promise<void> {
+  if (replicas.world === 1) return;
+  const masks = [...sparse.masking.masks()];
+  const all = new Uint8Array(masks.reduce((a, [, m]) => a + m.length, 0));
+  let at = 0;
+  for (const [, m] of masks) {
+    all.set(m, at);
+    at += m.length;
+  }
+  await replicas.agree(what, await hashBytes(all));
 }
 
 /** Drop the rows of `sparsity.csv` after `step` (a crash between two saves wrote them). */

@@ -22,7 +22,7 @@
  * @module
  */
 import { Rng } from "../../ops/tensor.ts";
-import type { Batch, BatchOptions, Dataset } from "./types.ts";
+import type { Batch, BatchOptions, Dataset, Shard } from "./types.ts";
 import {
   allocBatch,
   batchesPerEpochOf,
@@ -242,8 +242,13 @@ export class Cifar10Dataset implements Dataset {
     );
   }
 
-  batchesPerEpoch(split: "train" | "val", batchSize: number, train: boolean): number {
-    return batchesPerEpochOf(this, split, batchSize, train);
+  batchesPerEpoch(
+    split: "train" | "val",
+    batchSize: number,
+    train: boolean,
+    shard?: Shard,
+  ): number {
+    return batchesPerEpochOf(this, split, batchSize, train, shard);
   }
 
   batches(split: "train" | "val", opts: BatchOptions): AsyncIterable<Batch> {

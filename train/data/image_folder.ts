@@ -42,7 +42,7 @@
  */
 import { Rng } from "../../ops/tensor.ts";
 import { oneLine } from "../../models/quote.ts";
-import type { Batch, BatchOptions, Dataset } from "./types.ts";
+import type { Batch, BatchOptions, Dataset, Shard } from "./types.ts";
 import {
   allocBatch,
   batchesPerEpochOf,
@@ -445,8 +445,13 @@ export class ImageFolderDataset implements Dataset {
     return { path: s.files[index], label: s.labels[index] };
   }
 
-  batchesPerEpoch(split: "train" | "val", batchSize: number, train: boolean): number {
-    return batchesPerEpochOf(this, split, batchSize, train);
+  batchesPerEpoch(
+    split: "train" | "val",
+    batchSize: number,
+    train: boolean,
+    shard?: Shard,
+  ): number {
+    return batchesPerEpochOf(this, split, batchSize, train, shard);
   }
 
   batches(split: "train" | "val", opts: BatchOptions): AsyncIterable<Batch> {

@@ -16,7 +16,7 @@
  * ```
  * @module
  */
-import type { Batch, Dataset } from "./types.ts";
+import type { Batch, Dataset, Shard } from "./types.ts";
 import { ProceduralDataset } from "./procedural.ts";
 import { openImageFolder } from "./image_folder.ts";
 import { findCifar10Dir, openCifar10 } from "./cifar.ts";
@@ -103,7 +103,8 @@ export async function openDataset(spec: DatasetSpec): Promise<Dataset> {
 
 /**
  * The first training batch of `data` (epoch 0, shuffled, augmented): the
- * batch SNIP scores, as the official `next(iter(train_loader))`.
+ * batch SNIP scores, as the official `next(iter(train_loader))`; with
+ * `shard`, this rank's part of it.
  *
  * @example
  * ```ts
@@ -118,12 +119,15 @@ export async function firstTrainingBatch(
   data: Dataset,
   batchSize: number,
   seed: number,
+  shard?: Shard,
 ): Promise<Batch> {
-  if (data.batchesPerEpoch("train", batchSize, true) < 1) {
+  if (data.batchesPerEpoch("train", batchSize, true, shard) < 1) {
     throw new Error(
       `a batch of ${batchSize} is more than the ${data.trainSize} training images of ${data.name}`,
     );
   }
-  for await (const b of data.batches("train", { batchSize, epoch: 0, seed, train: true })) return b;
+  for await (const b of data.batches("train", { batchSize, epoch: 0, seed, train: true, shard })) {
+    return b;
+  }
   throw new Error(`${data.name}: no training batch`);
 }

@@ -59,7 +59,7 @@
  * @module
  */
 import { Rng } from "../../ops/tensor.ts";
-import type { Batch, BatchOptions, Dataset } from "./types.ts";
+import type { Batch, BatchOptions, Dataset, Shard } from "./types.ts";
 import {
   allocBatch,
   batchesPerEpochOf,
@@ -460,8 +460,13 @@ export class ProceduralDataset implements Dataset {
     return prefetch(plan.batches.length, make, 1);
   }
 
-  batchesPerEpoch(split: "train" | "val", batchSize: number, train: boolean): number {
-    return batchesPerEpochOf(this, split, batchSize, train);
+  batchesPerEpoch(
+    split: "train" | "val",
+    batchSize: number,
+    train: boolean,
+    shard?: Shard,
+  ): number {
+    return batchesPerEpochOf(this, split, batchSize, train, shard);
   }
 
   #maps = new Map<string, Int32Array>();

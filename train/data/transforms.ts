@@ -15,7 +15,7 @@
  * @module
  */
 import { Rng } from "../../ops/tensor.ts";
-import type { Batch, BatchOptions, Dataset } from "./types.ts";
+import type { Batch, BatchOptions, Dataset, Shard } from "./types.ts";
 
 /** ImageNet channel means (RGB, on 0..1 values), as torchvision and timm. */
 export const IMAGENET_MEAN = [0.485, 0.456, 0.406] as const;
@@ -240,14 +240,18 @@ export interface EpochPlan {
 
 /**
  * The order of one epoch: a seeded Fisher–Yates shuffle when training
- * (by `seed` and `epoch`), else `0..n-1`; cut into batches (training drops
- * the last partial batch).
+ * (by `seed` and `epoch`), else `0..n-1`; with `shard`, this rank's part of
+ * it ({@linkcode shardOrder}); cut into batches (training drops the last
+ * partial batch).
  *
  * @example
  * ```ts
  * import { epochPlan } from "./transforms.ts";
  * const plan = epochPlan(10, { batchSize: 4, epoch: 0, seed: 0, train: false });
  * console.log(plan.batches); // [Int32Array [0, 1, 2, 3], Int32Array [4, 5, 6, 7], Int32Array [8, 9]]
+ * const shard = { rank: 1, world: 2 };
+ * console.log(epochPlan(5, { batchSize: 2, epoch: 0, seed: 0, train: false, shard }).batches);
+ * // [Int32Array [1, 3]]
  * ```
  */
 export function epochPlan(n: number, opts: BatchOptions): EpochPlan {
@@ -255,7 +259,7 @@ export function epochPlan(n: number, opts: BatchOptions): EpochPlan {
   if (!Number.isInteger(batchSize) || batchSize < 1) {
     throw new Error(`batch size must be a positive integer, got ${batchSize}`);
   }
-  const order = new Int32Array(n);
+  let order: Int32Array = new Int32Array(n);
   for (let i = 0; i < n; i++) order[i] = i;
   if (train) {
     const rng = new Rng(seedOf(opts.seed, opts.epoch, SEED_SHUFFLE));
@@ -266,16 +270,63 @@ export function epochPlan(n: number, opts: BatchOptions): EpochPlan {
       order[j] = t;
     }
   }
-  const count = countBatches(n, batchSize, train);
+  if (opts.shard) order = shardOrder(order, opts.shard, train);
+  const count = countBatches(order.length, batchSize, train);
   const batches: Int32Array[] = [];
   for (let b = opts.startBatch ?? 0; b < count; b++) {
-    batches.push(order.subarray(b * batchSize, Math.min(n, (b + 1) * batchSize)));
+    batches.push(order.subarray(b * batchSize, Math.min(order.length, (b + 1) * batchSize)));
   }
   const augmentSeeds = train
     ? (index: number) => seedOf(opts.seed, opts.epoch, index, SEED_AUGMENT)
     : null;
   return { batches, augmentSeeds };
 }
+
+/**
+ * Rank `shard.rank`'s part of an epoch's `order`, as torch's
+ * `DistributedSampler`: positions rank, rank + world, …; when `pad`
+ * (training), the order is first padded to a multiple of `world` by
+ * repeating its first indices (cyclically if `world` exceeds it), so every
+ * rank holds the same number of images.
+ *
+ * @example
+ * ```ts
+ * import { shardOrder } from "./transforms.ts";
+ * const order = Int32Array.from([4, 0, 3, 1, 2]);
+ * console.log(shardOrder(order, { rank: 1, world: 2 }, true)); // Int32Array [0, 1, 4]
+ * ```
+ */
+export function shardOrder(order: Int32Array, shard: Shard, pad: boolean): Int32Array {
+  const { rank, world } = shard;
+  if (
+    !Number.isInteger(world) || world < 1 || !Number.isInteger(rank) || rank < 0 || rank >= world
+  ) {
+    throw new Error(
+      `shard: rank must be in 0..world-1 and world ≥ 1, got rank ${rank} of ${world}`,
+    );
+  }
+  const n = order.length;
+  const count = shardSize(n, shard, pad);
+  const out = new Int32Array(count);
+  for (let k = 0; k < count; k++) out[k] = n === 0 ? 0 : order[(rank + k * world) % n];
+  return out;
+}
+
+/**
+ * Images of a split of `n` that `shard` holds: ⌈n/world⌉ padded, else its strided share.
+ *
+ * @example
+ * ```ts
+ * import { shardSize } from "./transforms.ts";
+ * console.log(shardSize(5, { rank: 1, world: 2 }, true), shardSize(5, { rank: 1, world: 2 }, false)); // 3 2
+ * ```
+ */
+export function shardSize(n: number, shard: Shard, pad: boolean): number {
+  if (pad) return Math.ceil(n / shard.world);
+  return Math.max(0, Math.ceil((n - shard.rank) / shard.world));
+}
+
+/** Batches per epoch: `floor` when training (drop last), `ceil` otherwise. */
 
 /**
  * Batches per epoch: `floor` when training (drop last), `ceil` otherwise.
@@ -402,9 +453,11 @@ export function batchesPerEpochOf(
   split: "train" | "val",
   batchSize: number,
   train: boolean,
+  shard?: Shard,
 ): number {
   checkSplit(split);
-  return countBatches(split === "train" ? data.trainSize : data.valSize, batchSize, train);
+  const n = split === "train" ? data.trainSize : data.valSize;
+  return countBatches(shard ? shardSize(n, shard, train) : n, batchSize, train);
 }
 
 /**

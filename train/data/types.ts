@@ -39,6 +39,23 @@ export interface BatchOptions {
    * sample's augmentation depends only on (seed, epoch, position in the epoch).
    */
   startBatch?: number;
+  /**
+   * This process's part of the epoch under data parallelism, as torch's
+   * `DistributedSampler`: every rank draws the same shuffle; when training,
+   * the order is padded to a multiple of `world` by repeating its first
+   * indices, and rank r takes positions r, r + world, r + 2·world, …; so the
+   * micro-batch b of all ranks together is the global batch b of one
+   * process with batch `batchSize × world`. Evaluation is not padded (ranks
+   * hold ⌈n/world⌉ or ⌊n/world⌋ images), so no image counts twice in the
+   * summed metrics. `startBatch` counts this rank's batches.
+   */
+  shard?: Shard;
+}
+
+/** One rank's share of each epoch: `rank` in `0..world-1`. */
+export interface Shard {
+  rank: number;
+  world: number;
 }
 
 /** A labelled image dataset with a training and a validation split. */
@@ -53,6 +70,14 @@ export interface Dataset {
   readonly classes: readonly string[];
   /** Batches of a split, loaded ahead of the consumer (bounded). */
   batches(split: "train" | "val", opts: BatchOptions): AsyncIterable<Batch>;
-  /** How many batches {@linkcode Dataset.batches} yields (`train`: full batches only). */
-  batchesPerEpoch(split: "train" | "val", batchSize: number, train: boolean): number;
+  /**
+   * How many batches {@linkcode Dataset.batches} yields (`train`: full
+   * batches only); with `shard`, how many this rank yields.
+   */
+  batchesPerEpoch(
+    split: "train" | "val",
+    batchSize: number,
+    train: boolean,
+    shard?: Shard,
+  ): number;
 }
