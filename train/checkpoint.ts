@@ -17,51 +17,13 @@
  * ```
  * @module
  */
-import type { SavedPlans } from "../ops/planner.ts";
 import { loadSafetensorsFile, saveSafetensorsFile, type Weights } from "../models/safetensors.ts";
 import type { Module } from "../models/module.ts";
 import type { OptimizerState } from "../ops/optim.ts";
 import { optimizerFromWeights, validateTrainState } from "./checkpoint_validate.ts";
 
-/** Everything in `state.json`. */
-export interface TrainState {
-  /** Format version of this file. */
-  version: 1;
-  model: string;
-  /** Model construction arguments, so `--resume` can rebuild it. */
-  modelArgs: Record<string, unknown>;
-  /** Epochs fully completed. */
-  epoch: number;
-  /** Micro-batches done inside the current epoch (non-zero after an interrupt). */
-  batchInEpoch: number;
-  /** Optimiser steps taken. */
-  step: number;
-  bestTop1: number;
-  /** Partial sums of the running epoch (loss, samples) so resumed logs match. */
-  partial: { lossSum: number; samples: number };
-  /** The run configuration the checkpoint was written with. */
-  config: Record<string, unknown>;
-  /** Per-epoch metrics so far (the CSV log's rows). */
-  history: Record<string, number>[];
-  optimizerStep: number;
-  savedAt: string;
-  /**
-   * How the run that saved cut its batches: its number of ranks and per-rank
-   * batch size (absent: one process). A run resumed under another number of
-   * ranks carries its position over in images (see train/world_resume.ts).
-   */
-  ranks?: { world: number; batchSize: number };
-  /** Sparse runs: density of every masked layer and overall, at the save. */
-  sparse?: { densities: Record<string, number>; overallDensity: number };
-  /**
-   * The kernel plans of the kernels this run's model runs (dense and sparse
-   * depthwise, matrix products), planned at the start (`--tune-kernels`) and
-   * restored on resume, so that a resumed run computes with the same
-   * kernels, bit for bit. Checkpoints written before plans had one field
-   * carry none here: their runs plan again on resume.
-   */
-  plans?: SavedPlans;
-}
+export type { TrainState } from "./train_state.ts";
+import type { TrainState } from "./train_state.ts";
 
 /** What a loaded checkpoint holds. */
 export interface Checkpoint {

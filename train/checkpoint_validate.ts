@@ -21,7 +21,7 @@ import type { Module } from "../models/module.ts";
 import type { Weights } from "../models/safetensors.ts";
 import type { OptimizerState } from "../ops/optim.ts";
 import { sparseLayout, type SparseType } from "../sparse/prune_grow.ts";
-import type { TrainState } from "./checkpoint.ts";
+import type { TrainState } from "./train_state.ts";
 import { validSavedPlans } from "../ops/planner.ts";
 
 /** Epochs, steps and batches above this are not from a real run. */
