@@ -294,7 +294,9 @@ Deno.test('deno task train --resume: a state.json with epoch "abc" exits non-zer
   const err = new TextDecoder().decode(r.stderr).trim().split("\n").filter((l) =>
     l.startsWith("error: --")
   );
-  assert.equal(r.code, 1);
+  // Non-zero: 1 from runMain, or 139 when Mesa's llvmpipe crashes at exit after the error was
+  // printed (seen under a loaded parallel run; the message below is still checked).
+  assert.notEqual(r.code, 0);
   assert.deepEqual(err, [
     `error: --resume: ${dir}/checkpoint-last/state.json: epoch: expected an integer ≥ 0, got "abc"`,
   ]);
