@@ -7,6 +7,7 @@
  * @module
  */
 import assert from "node:assert/strict";
+import { captureWarnings } from "./harness.ts";
 import { Rng } from "../ops/tensor.ts";
 import { openDataset } from "../train/data/mod.ts";
 import type { Batch, BatchOptions, Dataset } from "../train/data/types.ts";
@@ -52,22 +53,6 @@ function sameBatches(a: Batch[], b: Batch[]): boolean {
     a.every((x, i) =>
       x.labels.every((l, j) => l === b[i].labels[j]) && x.x.every((v, j) => v === b[i].x[j])
     );
-}
-
-/** Runs `f` with console.warn captured. */
-async function captureWarnings<T>(
-  f: () => Promise<T>,
-): Promise<{ value?: T; error?: Error; warnings: string[] }> {
-  const warnings: string[] = [];
-  const original = console.warn;
-  console.warn = (...args: unknown[]) => warnings.push(args.join(" "));
-  try {
-    return { value: await f(), warnings };
-  } catch (e) {
-    return { error: e as Error, warnings };
-  } finally {
-    console.warn = original;
-  }
 }
 
 const ALL_SYMMETRIES: Symmetry[] = [];

@@ -179,3 +179,19 @@ export function assertSameOutputs(
     assert.ok(e <= tol, `${name}: ${i === 0 ? "forward" : `grad ${i - 1}`} error ${e} > ${tol}`)
   );
 }
+
+/** Run `f` with `console.warn` captured: its value or error, and the warnings it printed. */
+export async function captureWarnings<T>(
+  f: () => Promise<T>,
+): Promise<{ value?: T; error?: Error; warnings: string[] }> {
+  const warnings: string[] = [];
+  const original = console.warn;
+  console.warn = (...args: unknown[]) => warnings.push(args.join(" "));
+  try {
+    return { value: await f(), warnings };
+  } catch (e) {
+    return { error: e as Error, warnings };
+  } finally {
+    console.warn = original;
+  }
+}

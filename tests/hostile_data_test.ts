@@ -7,6 +7,7 @@
  * naming the file. CPU only.
  */
 import assert from "node:assert/strict";
+import { captureWarnings } from "./harness.ts";
 import { crc32 } from "node:zlib";
 import { openDataset } from "../train/data/mod.ts";
 import type { Dataset } from "../train/data/types.ts";
@@ -14,22 +15,6 @@ import { decodeImage, loadSharp } from "../train/data/image_folder.ts";
 import { CIFAR10_RECORD, CIFAR10_RECORDS_PER_FILE, openCifar10 } from "../train/data/cifar.ts";
 import { loadCheckpoint, saveCheckpoint, type TrainState } from "../train/checkpoint.ts";
 import { parseTrainArgs } from "../train/main.ts";
-
-/** Warnings printed while `f` runs, and its value or error. */
-async function capture<T>(
-  f: () => Promise<T>,
-): Promise<{ value?: T; error?: Error; warnings: string[] }> {
-  const warnings: string[] = [];
-  const original = console.warn;
-  console.warn = (...args: unknown[]) => warnings.push(args.join(" "));
-  try {
-    return { value: await f(), warnings };
-  } catch (e) {
-    return { error: e as Error, warnings };
-  } finally {
-    console.warn = original;
-  }
-}
 
 /** The labels of one pass over `split`. */
 async function pass(data: Dataset, split: "train" | "val"): Promise<number[]> {
@@ -53,25 +38,25 @@ Deno.test("hostile CIFAR-10: oversized, ragged and mislabelled batch files name 
     const good = new Uint8Array(3 * CIFAR10_RECORD);
     await Deno.writeFile(`${dir}/data_batch_1.bin`, good);
     await Deno.writeFile(`${dir}/test_batch.bin`, good);
-    assert.equal((await capture(() => openCifar10(dir, 32))).value!.trainSize, 3);
+    assert.equal((await captureWarnings(() => openCifar10(dir, 32))).value!.trainSize, 3);
     // Larger than any CIFAR-10 batch: refused from its size alone (a sparse file, never read).
     const f = await Deno.open(`${dir}/data_batch_2.bin`, { write: true, create: true });
     await f.truncate((CIFAR10_RECORDS_PER_FILE + 1) * CIFAR10_RECORD);
     f.close();
     oneLineError(
-      (await capture(() => openCifar10(dir, 32))).error,
+      (await captureWarnings(() => openCifar10(dir, 32))).error,
       /data_batch_2\.bin: 30733073 bytes is more than the 10000 records \(30730000 bytes\)/,
     );
     await Deno.writeFile(`${dir}/data_batch_2.bin`, good.subarray(1));
     oneLineError(
-      (await capture(() => openCifar10(dir, 32))).error,
+      (await captureWarnings(() => openCifar10(dir, 32))).error,
       /data_batch_2\.bin: 9218 bytes is not a whole number of 3073-byte CIFAR-10 records/,
     );
     const mislabelled = good.slice();
     mislabelled[CIFAR10_RECORD] = 200;
     await Deno.writeFile(`${dir}/data_batch_2.bin`, mislabelled);
     oneLineError(
-      (await capture(() => openCifar10(dir, 32))).error,
+      (await captureWarnings(() => openCifar10(dir, 32))).error,
       /data_batch_2\.bin: record 1 has label 200, CIFAR-10 labels are 0\.\.9/,
     );
   } finally {
@@ -131,7 +116,7 @@ Deno.test("hostile image folders: symlink cycles, devices, pixel bombs, --strict
 
     // A link back up (hung the lister before): a one-line error naming the link.
     await Deno.symlink("..", `${root}/train/b/up`);
-    const cycle = await capture(() => openDataset({ data: root, inputSize: 8, seed: 0 }));
+    const cycle = await captureWarnings(() => openDataset({ data: root, inputSize: 8, seed: 0 }));
     oneLineError(
       cycle.error,
       /train\/b\/up\/b: symbolic link cycle \(it leads back to .*, a folder above it\)/,
@@ -143,14 +128,14 @@ Deno.test("hostile image folders: symlink cycles, devices, pixel bombs, --strict
     await Deno.writeFile(`${root}/val/a/bomb.png`, pngClaiming(100_000, 100_000));
     await Deno.writeTextFile(`${root}/val/b/junk.png`, "not a PNG");
     const lenient = await openDataset({ data: root, inputSize: 8, seed: 0 });
-    const skipped = await capture(() => pass(lenient, "val"));
+    const skipped = await captureWarnings(() => pass(lenient, "val"));
     assert.deepEqual(skipped.value, [0, 1]);
     assert.equal(skipped.warnings.length, 1, "reported once per pass");
     assert.match(skipped.warnings[0], /skipped 3 of 5 images .*\(first: .*val\/a\/bomb\.png: /);
     await assert.rejects(decodeImage(`${root}/val/a/zero.jpg`, 8, null), /not a regular file/);
     await assert.rejects(decodeImage(`${root}/val/a/bomb.png`, 8, null), /pixel limit/);
     const strict = await openDataset({ data: root, inputSize: 8, seed: 0, strictData: true });
-    const failed = await capture(() => pass(strict, "val"));
+    const failed = await captureWarnings(() => pass(strict, "val"));
     oneLineError(
       failed.error,
       /val\/a\/bomb\.png: cannot be decoded \(.*\); without --strict-data/,
