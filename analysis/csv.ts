@@ -137,6 +137,38 @@ export async function writeFileAtomic(path: string, data: Uint8Array | string): 
 }
 
 /**
+ * Append `lines` to the text file at `path` without ever leaving it torn:
+ * the old content plus the new lines are written with
+ * {@linkcode writeFileAtomic}, so a crash leaves the file as it was before or
+ * after the append. `header` starts a file that does not exist yet; a last
+ * line without its newline (torn by an older writer) is dropped.
+ *
+ * @example
+ * ```ts
+ * import { appendLinesAtomic } from "./csv.ts";
+ * const path = `${await Deno.makeTempDir()}/log.csv`;
+ * await appendLinesAtomic(path, "step,loss", ["1,0.5"]);
+ * await appendLinesAtomic(path, "step,loss", ["2,0.25"]);
+ * console.log(await Deno.readTextFile(path)); // step,loss / 1,0.5 / 2,0.25
+ * ```
+ */
+export async function appendLinesAtomic(
+  path: string,
+  header: string,
+  lines: readonly string[],
+): Promise<void> {
+  let old = await Deno.readTextFile(path).catch((e) => {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  });
+  if (old !== null && old !== "" && !old.endsWith("\n")) {
+    old = old.slice(0, old.lastIndexOf("\n") + 1);
+  }
+  const start = old === null || old === "" ? header + "\n" : old;
+  await writeFileAtomic(path, start + lines.map((l) => l + "\n").join(""));
+}
+
+/**
  * {@linkcode toCsv} then {@linkcode writeFileAtomic}.
  *
  * @example

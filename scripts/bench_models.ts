@@ -35,7 +35,7 @@
  * ```
  * @module
  */
-import { parseFlags, rejectTogether } from "../train/flags.ts";
+import { parseFlags, readFlagFile, rejectTogether } from "../train/flags.ts";
 import { type Cell, type CsvRow, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { timeGpu } from "../ops/timing.ts";
@@ -361,7 +361,7 @@ async function main(): Promise<void> {
   const tuneMax = values["tune-max"];
   const passes = values.pass;
   const out = values.out.replace(/\/+$/, "");
-  const anchorText = values.anchor ? await Deno.readTextFile(values.anchor) : "";
+  const anchorText = values.anchor ? await readFlagFile("anchor", values.anchor) : "";
   const anchorComments = csvComments(anchorText);
   // Rows measured in this run come first: the first anchor row of a model wins the join.
   const anchor: CsvRow[] = [];

@@ -28,7 +28,7 @@
  * ```
  * @module
  */
-import { parseFlags, rejectTogether } from "../train/flags.ts";
+import { parseFlags, readFlagFile, readFlagJson, rejectTogether } from "../train/flags.ts";
 import { type Cell, parseCsv, toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, noGrad } from "../ops/autograd.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
@@ -305,7 +305,9 @@ async function main(): Promise<void> {
   }
   const out = values.out.replace(/\/+$/, "");
   const anchorFile = values.torch ?? values.anchor;
-  const torchRows = anchorFile ? readRows(await Deno.readTextFile(anchorFile)) : [];
+  const torchRows = anchorFile
+    ? readRows(await readFlagFile(values.torch ? "torch" : "anchor", anchorFile))
+    : [];
   if (values["plot-only"]) {
     const rows = readRows(await Deno.readTextFile(`${out}/latency.csv`));
     await plot([...rows, ...torchRows], `${out}/latency.png`, "Depthwise conv stack latency");
@@ -337,7 +339,7 @@ async function main(): Promise<void> {
   const adapter = gpu().description;
   console.log(`# adapter: ${adapter}; N=${n} C=${c} layers=${layers}; FLOPs = 2 per MAC`);
   if (values.tuned) {
-    const n = planner().load(JSON.parse(await Deno.readTextFile(values.tuned)));
+    const n = planner().load(await readFlagJson("tuned", values.tuned));
     console.log(`# reusing ${n} plans of this adapter from ${values.tuned}`);
   }
 

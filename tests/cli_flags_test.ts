@@ -4,7 +4,7 @@
  * checked before the GPU is opened, so these run without one.
  */
 import assert from "node:assert/strict";
-import { parseFlags } from "../train/flags.ts";
+import { parseFlags, readFlagFile, readFlagJson } from "../train/flags.ts";
 
 const CASES: [string, string[], RegExp][] = [
   ["train/main.ts", ["--epochs", "-3"], /--epochs: expected an integer in \[1, 100000\]/],
@@ -20,6 +20,16 @@ const CASES: [string, string[], RegExp][] = [
   ["scripts/scaling_flops.ts", ["--max", "NaN"], /--max: expected an integer/],
   ["scripts/sparse_speed.ts", ["--density", "1.5"], /--density: expected a number in \[0, 1\]/],
   ["scripts/sparsity_width.ts", ["--epochs", "2"], /--epochs applies to --train/],
+  [
+    "scripts/bench_models.ts",
+    ["--anchor", "/no/such.csv"],
+    /--anchor: cannot read "\/no\/such.csv": no such file$/,
+  ],
+  [
+    "scripts/latency.ts",
+    ["--torch", "/"],
+    /--torch: cannot read "\/": it is a folder, expected a file$/,
+  ],
 ];
 
 for (const [script, args, re] of CASES) {
@@ -63,5 +73,29 @@ Deno.test("parseFlags: short aliases, lists, on/off flags, negative numbers and 
     ] as [string[], RegExp][]
   ) {
     assert.throws(() => parseFlags(args, specs), (e: Error) => re.test(e.message), args.join(" "));
+  }
+});
+
+Deno.test("readFlagFile/readFlagJson: one line naming the flag for binary, non-JSON and missing files", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeFile(`${dir}/bin`, new Uint8Array([0xff, 0xfe, 0x00, 0xc3]));
+    await Deno.writeTextFile(`${dir}/bad.json`, '{"plans": [');
+    await Deno.writeTextFile(`${dir}/ok.json`, '{"version": 1}');
+    await assert.rejects(
+      () => readFlagFile("anchor", `${dir}/bin`),
+      /^Error: --anchor: cannot read ".*bin": not UTF-8 text$/,
+    );
+    await assert.rejects(
+      () => readFlagJson("tuned", `${dir}/bad.json`),
+      /^Error: --tuned: ".*bad.json" is not JSON \(/,
+    );
+    await assert.rejects(
+      () => readFlagJson("tuned", `${dir}/none.json`),
+      /--tuned: cannot read .*: no such file$/,
+    );
+    assert.deepEqual(await readFlagJson("tuned", `${dir}/ok.json`), { version: 1 });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -1,6 +1,6 @@
 /** Plots (SVG → PNG through sharp), CSV text and atomic writes; no GPU. */
 import assert from "node:assert/strict";
-import { parseCsv, toCsv, writeCsv, writeFileAtomic } from "../analysis/csv.ts";
+import { appendLinesAtomic, parseCsv, toCsv, writeCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { type Chart, lineChartSvg, niceTicks, svgToPng, writeLineChart } from "../analysis/plot.ts";
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
@@ -99,6 +99,28 @@ Deno.test("csv: quoting, column union, comments; atomic write replaces the file"
     assert.equal(await Deno.readTextFile(path), "x\n2\n");
     assert.deepEqual([...Deno.readDirSync(`${dir}/deep/er`)].map((e) => e.name), ["t.csv"]);
     await assert.rejects(() => writeFileAtomic(`${dir}/`, "x"), /names a folder/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("csv: appends are atomic; a header starts a new file; a torn last line is dropped", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/sub/log.csv`;
+    await appendLinesAtomic(path, "step,loss", ["1,0.5", "2,0.4"]);
+    await appendLinesAtomic(path, "step,loss", ["3,0.3"]);
+    assert.equal(await Deno.readTextFile(path), "step,loss\n1,0.5\n2,0.4\n3,0.3\n");
+    // An older writer died mid-append: the partial row goes, the complete ones stay.
+    await Deno.writeTextFile(path, "step,loss\n1,0.5\n2,0.");
+    await appendLinesAtomic(path, "step,loss", ["2,0.4"]);
+    assert.equal(await Deno.readTextFile(path), "step,loss\n1,0.5\n2,0.4\n");
+    // An empty file gets the header; no temporary file is left beside it.
+    await Deno.writeTextFile(path, "");
+    await appendLinesAtomic(path, "step,loss", []);
+    assert.equal(await Deno.readTextFile(path), "step,loss\n");
+    assert.deepEqual([...Deno.readDirSync(`${dir}/sub`)].map((e) => e.name), ["log.csv"]);
+    await assert.rejects(() => appendLinesAtomic(dir, "h", ["x"]), /directory|folder|Is a/i);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

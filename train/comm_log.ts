@@ -15,6 +15,7 @@
  * @module
  */
 import type { CommStep } from "./grad_sync.ts";
+import { appendLinesAtomic } from "../analysis/csv.ts";
 
 /** The columns of `comm.csv`. */
 export const COMM_CSV_HEADER = "step,bytes,read_ms,allreduce_ms,write_ms,wait_ms,step_ms";
@@ -86,10 +87,9 @@ export class CommLog {
   /** Append the gathered rows to the file (with a header when it is new). */
   async write(): Promise<void> {
     if (!this.#path || this.#rows.length === 0) return;
-    const exists = await Deno.stat(this.#path).then(() => true, () => false);
-    const text = (exists ? "" : COMM_CSV_HEADER + "\n") + this.#rows.join("\n") + "\n";
+    const rows = this.#rows;
     this.#rows = [];
-    await Deno.writeTextFile(this.#path, text, { append: true });
+    await appendLinesAtomic(this.#path, COMM_CSV_HEADER, rows);
   }
 }
 

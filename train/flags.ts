@@ -271,3 +271,53 @@ export function rejectTogether(
     }
   }
 }
+
+/**
+ * Read the text file a flag names, or fail with one line that names the flag,
+ * the path and why (missing, a folder, unreadable, not UTF-8 text).
+ *
+ * @example
+ * ```ts
+ * import { readFlagFile } from "./flags.ts";
+ * try {
+ *   await readFlagFile("anchor", "/no/such/anchor.csv");
+ * } catch (e) {
+ *   console.log((e as Error).message); // --anchor: cannot read "/no/such/anchor.csv": no such file
+ * }
+ * ```
+ */
+export async function readFlagFile(flag: string, path: string): Promise<string> {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(await Deno.readFile(path));
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? "no such file"
+      : e instanceof Deno.errors.IsADirectory
+      ? "it is a folder, expected a file"
+      : e instanceof TypeError
+      ? "not UTF-8 text"
+      : (e as Error).message.split("\n")[0];
+    throw new Error(`--${flag}: cannot read "${path}": ${why}`);
+  }
+}
+
+/**
+ * {@linkcode readFlagFile} then `JSON.parse`, with a one-line error naming the
+ * flag when the text is not JSON.
+ *
+ * @example
+ * ```ts
+ * import { readFlagJson } from "./flags.ts";
+ * const path = await Deno.makeTempFile({ suffix: ".json" });
+ * await Deno.writeTextFile(path, "{oops");
+ * await readFlagJson("tuned", path).catch((e) => console.log(e.message)); // --tuned: "…" is not JSON (…)
+ * ```
+ */
+export async function readFlagJson(flag: string, path: string): Promise<unknown> {
+  const text = await readFlagFile(flag, path);
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`--${flag}: "${path}" is not JSON (${(e as Error).message.split("\n")[0]})`);
+  }
+}

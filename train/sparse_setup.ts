@@ -17,7 +17,7 @@ import type { Weights } from "../models/safetensors.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
 import { mixSeeds, scope, Tensor } from "../ops/tensor.ts";
 import { DynamicSparsity, type UpdateReport } from "../sparse/prune_grow.ts";
-import { writeFileAtomic } from "../analysis/csv.ts";
+import { appendLinesAtomic, writeFileAtomic } from "../analysis/csv.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Classifier } from "../models/module.ts";
 import { firstTrainingBatch } from "./data/mod.ts";
@@ -141,6 +141,9 @@ export async function agreeOnMasks(
   await replicas.agree(what, await hashBytes(all));
 }
 
+/** The columns of `sparsity.csv`, one row per masked layer per prune-and-grow update. */
+const SPARSITY_CSV_HEADER = "step,update,prune_rate,layer,nonzeros,units,density,removed";
+
 /** Drop the rows of `sparsity.csv` after `step` (a crash between two saves wrote them). */
 async function truncateSparsityLog(log: string, step: number): Promise<void> {
   const text = await Deno.readTextFile(log).catch(() => "");
@@ -165,15 +168,10 @@ async function truncateSparsityLog(log: string, step: number): Promise<void> {
  * ```
  */
 export async function logSparseUpdate(out: string, r: UpdateReport): Promise<void> {
-  const path = `${out}/sparsity.csv`;
-  const exists = await Deno.stat(path).then(() => true, () => false);
-  const lines = exists ? [] : ["step,update,prune_rate,layer,nonzeros,units,density,removed"];
-  for (const l of r.layers) {
-    lines.push(
-      `${r.step},${r.update},${r.pruneRate},${l.key},${l.nonzeros},${l.units},${l.density},${l.removed}`,
-    );
-  }
-  await Deno.writeTextFile(path, lines.join("\n") + "\n", { append: true });
+  const lines = r.layers.map((l) =>
+    `${r.step},${r.update},${r.pruneRate},${l.key},${l.nonzeros},${l.units},${l.density},${l.removed}`
+  );
+  await appendLinesAtomic(`${out}/sparsity.csv`, SPARSITY_CSV_HEADER, lines);
   const nz = r.layers.reduce((a, l) => a + l.nonzeros, 0);
   const n = r.layers.reduce((a, l) => a + l.units, 0);
   console.error(
