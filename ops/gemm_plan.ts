@@ -314,37 +314,60 @@ export function gemmCandidates(
   return usable(out).slice(0, max ?? Infinity);
 }
 
+/** One config of the sweep, with the name it goes by across products. */
+export interface GemmVariant {
+  /**
+   * {@linkcode gemmConfigName} without the split of `k` (each product has its own), and for the
+   * variants that scale the heuristic's split, the factor (`split×2`).
+   */
+  name: string;
+  config: GemmConfig;
+}
+
 /**
  * Every tile config that `scripts/bench_gemm.ts --sweep` times for an
- * `m × n × k` product on a hardware GPU: the heuristic's first, then each
- * tile shape that fits the product × `bk` 8 and 16 × each switch set (each
- * with the heuristic's split of `k` for its tile), and for a split product
- * half and double the split of the heuristic tile, switched. Those the
- * adapter cannot run (workgroup memory, invocations) are left out.
+ * `m × n × k` product on a hardware GPU: the heuristic's first (named
+ * `heuristic`), then each tile shape that fits the product × `bk` 8 and 16
+ * × each switch set (each with the heuristic's split of `k` for its tile),
+ * and for a split product ¼, ½, 2 and 4 times the split of the heuristic
+ * tile, switched. Those the adapter cannot run (workgroup memory,
+ * invocations) are left out.
  *
  * @example
  * ```ts
  * import { initGpu } from "./gpu.ts";
  * import { gemmSweepConfigs } from "./gemm_plan.ts";
  * await initGpu();
- * console.log(gemmSweepConfigs(1, 256, 256, 256).length > 10); // true
+ * const v = gemmSweepConfigs(1, 256, 256, 256);
+ * console.log(v[0].name, v.length > 10); // "heuristic" true
  * ```
  */
-export function gemmSweepConfigs(batch: number, m: number, n: number, k: number): GemmConfig[] {
+export function gemmSweepConfigs(batch: number, m: number, n: number, k: number): GemmVariant[] {
   const base = gemmConfig(batch, m, n, k);
-  const out: GemmConfig[] = [base];
+  const named = (c: GemmConfig, suffix = "") => ({
+    name: gemmConfigName({ ...c, splits: undefined }) + suffix,
+    config: c,
+  });
+  const out: GemmVariant[] = [{ name: "heuristic", config: base }];
   for (const t of TILES) {
     if (!fits(t, m, n)) continue;
     for (const bk of [8, 16]) {
       if (bk > 8 && k < 16) continue;
-      for (const s of SWITCH_SETS) out.push(split({ ...t, bk, ...s }, batch, m, n, k));
+      for (const s of SWITCH_SETS) out.push(named(split({ ...t, bk, ...s }, batch, m, n, k)));
     }
   }
   const splits = base.splits ?? 1;
   if (splits > 1) {
     for (const f of [2, 4, 0.5, 0.25]) {
-      out.push({ ...base, ...FAST, splits: Math.max(1, Math.round(splits * f)) });
+      const c = { ...base, ...FAST, splits: Math.max(1, Math.round(splits * f)) };
+      out.push(named(c, ` split×${f}`));
     }
   }
-  return usable(out);
+  const seen = new Set<string>();
+  return out.filter((v) => {
+    const key = JSON.stringify(v.config);
+    if (!isGemmConfig(v.config) || seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }

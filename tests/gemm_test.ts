@@ -252,7 +252,7 @@ Deno.test("gemm: every switch set matches a CPU product on odd shapes and every 
 
 Deno.test("gemm: the sweep offers only configs within the adapter's limits", () => {
   const limits = gpu().limits;
-  const configs = gemmSweepConfigs(1, 200704, 496, 124);
+  const configs = gemmSweepConfigs(1, 200704, 496, 124).map((v) => v.config);
   assert.ok(configs.length > 0);
   assert.deepEqual(configs[0], gemmConfig(1, 200704, 496, 124), "the heuristic first");
   for (const c of configs) {
@@ -262,6 +262,6 @@ Deno.test("gemm: the sweep offers only configs within the adapter's limits", () 
   }
   const names = configs.map(gemmConfigName);
   assert.equal(new Set(names).size, names.length, "no repeats");
-  const wgrad = gemmSweepConfigs(1, 384, 96, 200704);
+  const wgrad = gemmSweepConfigs(1, 384, 96, 200704).map((v) => v.config);
   assert.ok(wgrad.some((c) => (c.splits ?? 1) > 1), "a long-k product is split");
 });
