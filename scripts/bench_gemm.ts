@@ -10,7 +10,11 @@
  * prints ours beside it with the ratio (ours ÷ PyTorch GFLOP/s) and writes
  * `bench_gemm_vs_pytorch.csv`.
  *
+ * `--sweep` instead times every tile config of the generator on each
+ * product (see `scripts/gemm_sweep.ts`) and writes `gemm_sweep*.csv`.
+ *
  * ```sh
+ * deno run -A scripts/bench_gemm.ts --sweep --set slak --with-pytorch --runs 3
  * deno run -A scripts/bench_gemm.ts --n 64                    # on a GPU
  * deno run -A scripts/bench_gemm.ts --n 64 --set convnext,slak --impl tiled --with-pytorch
  * deno run -A scripts/bench_gemm.ts --n 1 --set resnet --runs 1   # llvmpipe
