@@ -85,6 +85,10 @@ export function linearGelu(x: Tensor, weight: Tensor, bias: Tensor): Tensor {
     aKFast: true,
     loadB: `return w[n * ${inF}u + k];`,
     bKFast: true,
+    ...(inF % 4 === 0 && {
+      vecA: { input: "x", index: `m * ${inF}u + k` },
+      vecB: { input: "w", index: `n * ${inF}u + k` },
+    }),
     outputs: { y, h, bias },
     written: 2,
     prelude: ERF_WGSL,

@@ -15,7 +15,11 @@
  * (or `tm`) multiply-adds. Products with few output tiles and a long
  * inner dimension (weight gradients: `K = N·H·W`) split `K` over extra
  * workgroups and sum the partial products in a second, small kernel that
- * also applies the store (bias add, NCHW scatter).
+ * also applies the store (bias add, NCHW scatter). The WGSL comes from one
+ * generator, `gemm_source.ts`, whose config switches (vec4 loads where the
+ * spec offers vec4 addressing, unchecked interior tiles, double-buffered
+ * workgroup memory, an unrolled inner loop) are what the planner's
+ * candidates vary.
  *
  * The tiles are the planner's choice for the product (see `planner.ts`),
  * else the heuristic's (`gemmConfig` in `gemm_plan.ts`). The planner checks
@@ -54,10 +58,11 @@ import {
   isGemmConfig,
   withSplits,
 } from "./gemm_plan.ts";
+import { bindingsFrom, gemmSource, type GemmVecOperand, kChunks, vecViews } from "./gemm_source.ts";
 import { type PlanJob, planner } from "./planner.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
-export type { GemmConfig };
+export type { GemmConfig, GemmVecOperand };
 
 const gemmSources = new Map<string, string>();
 
@@ -76,6 +81,13 @@ export interface GemmSpec {
   /** WGSL body of `fn ldB(bt: u32, n: u32, k: u32) -> f32`; called with n < N, k < K only. */
   loadB: string;
   bKFast: boolean;
+  /**
+   * Optional vec4 addressing of A (see {@linkcode GemmVecOperand}): lets configs with `vec` read
+   * 4 fast-axis elements in one load. Give it only when A's fast extent is a multiple of 4.
+   */
+  vecA?: GemmVecOperand;
+  /** Optional vec4 addressing of B, as `vecA`. */
+  vecB?: GemmVecOperand;
   /** Tensors the store writes or reads (output first), by WGSL name; the first is read-write. */
   outputs: Record<string, Tensor>;
   /** WGSL body of `fn st(bt: u32, m: u32, n: u32, v: f32)`: where the value goes. */
@@ -172,7 +184,7 @@ export function gemmReference(spec: GemmSpec): void {
   const inNames = Object.keys(spec.inputs);
   const outNames = Object.keys(spec.outputs);
   const code = `${storage(...inNames)}
-${bindings(outNames, inNames.length, spec.written ?? 1)}
+${bindingsFrom(outNames, inNames.length, spec.written ?? 1)}
 ${spec.prelude ?? ""}
 fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
 fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
@@ -189,14 +201,6 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   st(bt, row, col, acc);
 }`;
   launch(code, [...Object.values(spec.inputs), ...Object.values(spec.outputs)], total);
-}
-
-/** Binding declarations for named tensors starting at `first`, the first `written` read-write. */
-function bindings(names: string[], first: number, written: number): string {
-  return storage(...names.map((n, i) => (i < written ? `${n}!` : n))).replace(
-    /@binding\((\d+)\)/g,
-    (_, i) => `@binding(${Number(i) + first})`,
-  );
 }
 
 /**
@@ -243,164 +247,41 @@ export function gemm(spec: GemmSpec, cfg?: GemmConfig): void {
     spec.prelude ?? "",
     inNames,
     outNames,
+    spec.vecA ?? null,
+    spec.vecB ?? null,
   ]);
   const c = cfg ?? plannedConfig(spec, product);
   if (!isGemmConfig(c)) throw new Error(`gemm: invalid config ${JSON.stringify(c)}`);
-  const { bm, bn, bk, tm, tn } = c;
-  const chunk = Math.ceil(Math.ceil(k / (c.splits ?? 1)) / bk) * bk;
-  const splits = Math.max(1, Math.ceil(k / Math.max(chunk, 1)));
-  const tx = bn / tn;
-  const ty = bm / tm;
-  const threads = tx * ty;
-  const tilesM = Math.ceil(m / bm);
-  const tilesN = Math.ceil(n / bn);
-  const total = tilesM * tilesN * batch * splits;
-  // Workgroup-memory rows padded by 4 so that k-fast stores of 8 lanes land in distinct banks.
-  const sa = bm + (spec.aKFast ? 4 : 0);
-  const sb = bn + (spec.bKFast ? 4 : 0);
-  const inputs = Object.values(spec.inputs);
+  const { splits } = kChunks(c, k);
   const partial = splits > 1 ? Tensor.empty([splits * batch * m * n]) : null;
-  const storeNames = partial ? ["part"] : outNames;
-  const mn = m * n;
-
-  const storeFn = `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`;
   // Generating the source costs more CPU than recording the dispatch: cache it per product.
   // `product` is already JSON: append to it rather than stringify (and escape) it again.
-  const key = product + JSON.stringify([storeNames, c]);
+  const key = product + JSON.stringify(c);
   let code = gemmSources.get(key);
   if (code === undefined) {
-    code = gemmSource();
+    code = gemmSource({ ...spec, inputs: inNames, outputs: outNames, written }, c);
     gemmSources.set(key, code);
   }
-  function gemmSource(): string {
-    // Each invocation moves `per` elements of each slab: fetched from global memory into
-    // registers (rA0.., rB0..), then put into workgroup memory. The element → (row, k) split
-    // depends on the invocation only, so it is computed once, outside the k loop.
-    const slab = (
-      which: "A" | "B",
-      rows: number,
-      stride: number,
-      kFast: boolean,
-      limit: number,
-    ) => {
-      const per = Math.ceil((rows * bk) / threads);
-      const r = which === "A" ? "m" : "n";
-      const decl: string[] = [];
-      const fetch: string[] = [];
-      const put: string[] = [];
-      for (let q = 0; q < per; q++) {
-        const e = `li + ${q * threads}u`;
-        const id = `${which}${q}`;
-        decl.push(
-          kFast
-            ? `let kk${id} = (${e}) % ${bk}u; let rr${id} = (${e}) / ${bk}u;`
-            : `let rr${id} = (${e}) % ${rows}u; let kk${id} = (${e}) / ${rows}u;`,
-          `let at${id} = kk${id} * ${stride}u + rr${id}; var r${id} = 0.0;`,
-        );
-        const inSlab = (q + 1) * threads > rows * bk ? `${e} < ${rows * bk}u && ` : "";
-        fetch.push(`r${id} = 0.0; { let g${r} = ${r}0 + rr${id}; let gk = kf + kk${id};
-      if (${inSlab}g${r} < ${limit}u && gk < kEnd) { r${id} = ld${which}(bt, g${r}, gk); } }`);
-        const guard = inSlab ? `if (${e} < ${rows * bk}u) ` : "";
-        put.push(`${guard}{ ${which}s[at${id} / 4u][at${id} % 4u] = r${id}; }`);
-      }
-      return { decl: decl.join(" "), fetch: fetch.join("\n      "), put: put.join(" ") };
-    };
-    const sA = slab("A", bm, sa, spec.aKFast, m);
-    const sB = slab("B", bn, sb, spec.bKFast, n);
-    const fetchBoth = (kf: string) => `{ let kf = ${kf};\n      ${sA.fetch}\n      ${sB.fetch} }`;
-    // Register block: rows (i4·ty + tyIdx)·4 + r and columns (j4·tx + txIdx)·4 + s, read from
-    // workgroup memory as vec4s (vec4 arrays also compile far faster than f32 ones on llvmpipe).
-    const C = ["x", "y", "z", "w"];
-    const accs: string[] = [];
-    const fmas: string[] = [];
-    const stores: string[] = [];
-    for (let i = 0; i < tm; i++) {
-      for (let j4 = 0; j4 < tn / 4; j4++) {
-        accs.push(`var c${i}_${j4} = vec4f(0.0);`);
-        fmas.push(`c${i}_${j4} = fma(vec4f(a${i >> 2}.${C[i & 3]}), b${j4}, c${i}_${j4});`);
-        const row = `m0 + (${(i >> 2) * ty}u + ty) * 4u + ${i & 3}u`;
-        const col = `n0 + (${j4 * tx}u + tx) * 4u`;
-        const put = (q: number) =>
-          partial
-            ? `part[(ks * ${batch}u + bt) * ${mn}u + row * ${n}u + col + ${q}u] = c${i}_${j4}.${
-              C[q]
-            };`
-            : `st(bt, row, col + ${q}u, c${i}_${j4}.${C[q]});`;
-        stores.push(`{ let row = ${row}; let col = ${col};
-    if (row < ${m}u) { ${
-          [0, 1, 2, 3].map((q) => `if (col + ${q}u < ${n}u) { ${put(q)} }`).join(" ")
-        } } }`);
-      }
-    }
-    const aLoads = Array.from(
-      { length: tm / 4 },
-      (_, i4) => `let a${i4} = As[o + ${i4 * ty}u + ty];`,
-    );
-    const bLoads = Array.from(
-      { length: tn / 4 },
-      (_, j4) => `let b${j4} = Bs[p + ${j4 * tx}u + tx];`,
-    );
-    return `${storage(...inNames)}
-${bindings(storeNames, inNames.length, partial ? 1 : written)}
+  const views = vecViews(spec, c).map((name) => spec.inputs[name]);
+  const tiles = Math.ceil(m / c.bm) * Math.ceil(n / c.bn) * batch * splits;
+  launch(
+    code,
+    [
+      ...Object.values(spec.inputs),
+      ...views,
+      ...(partial ? [partial] : Object.values(spec.outputs)),
+    ],
+    grid1d(tiles, 1),
+    undefined,
+    { name: "gemm", config: { batch, m, n, k, cfg: c } },
+  );
+  if (!partial) return;
+  // Sum the partial products over the splits and store them.
+  const mn = m * n;
+  const sum = `${storage("part")}
 ${spec.prelude ?? ""}
-fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
-fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
-${partial ? "" : storeFn}
-var<workgroup> As: array<vec4f, ${(bk * sa) / 4}>;
-var<workgroup> Bs: array<vec4f, ${(bk * sb) / 4}>;
-@compute @workgroup_size(${threads})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) li: u32) {
-  let g = wid.x + wid.y * nwg.x;
-  if (g >= ${total}u) { return; }
-  let m0 = ((g / ${tilesN}u) % ${tilesM}u) * ${bm}u;
-  let n0 = (g % ${tilesN}u) * ${bn}u;
-  let rest = g / ${tilesN * tilesM}u;
-  let bt = rest % ${batch}u;
-  let ks = rest / ${batch}u;
-  let kBegin = ks * ${chunk}u;
-  let kEnd = min(kBegin + ${chunk}u, ${k}u);
-  let tx = li % ${tx}u;
-  let ty = li / ${tx}u;
-  ${accs.join(" ")}
-  ${sA.decl}
-  ${sB.decl}
-  ${c.prefetch ? fetchBoth("kBegin") : ""}
-  for (var k0 = kBegin; k0 < kEnd; k0 += ${bk}u) {
-    ${c.prefetch ? "" : fetchBoth("k0")}
-    ${sA.put}
-    ${sB.put}
-    workgroupBarrier();
-    ${c.prefetch ? `if (k0 + ${bk}u < kEnd) ${fetchBoth(`k0 + ${bk}u`)}` : ""}
-    for (var kk = 0u; kk < ${bk}u; kk++) {
-      let o = kk * ${sa / 4}u;
-      let p = kk * ${sb / 4}u;
-      ${aLoads.join(" ")}
-      ${bLoads.join(" ")}
-      ${fmas.join("\n      ")}
-    }
-    workgroupBarrier();
-  }
-  ${stores.join("\n  ")}
-}`;
-  }
-  const outputs = Object.values(spec.outputs);
-  const record = () => {
-    launch(code, [...inputs, ...(partial ? [partial] : outputs)], grid1d(total, 1), undefined, {
-      name: "gemm",
-      config: { batch, m, n, k, cfg: c },
-    });
-    if (partial) sumSplits(partial);
-  };
-  record();
-  partial?.dispose();
-
-  function sumSplits(partial: Tensor): void {
-    // Sum the partial products over the splits and store them.
-    const sum = `${storage("part")}
-${spec.prelude ?? ""}
-${bindings(outNames, 1, written)}
-${storeFn}
+${bindingsFrom(outNames, 1, written)}
+fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * (nwg.x * 256u);
@@ -409,8 +290,8 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   for (var s = 0u; s < ${splits}u; s++) { v += part[s * ${batch * mn}u + i]; }
   st(i / ${mn}u, (i / ${n}u) % ${m}u, i % ${n}u, v);
 }`;
-    launch(sum, [partial, ...outputs], batch * mn);
-  }
+  launch(sum, [partial, ...Object.values(spec.outputs)], batch * mn);
+  partial.dispose();
 }
 
 /** Threads that fill the GPU a few times over: what {@linkcode columnReduce} aims its split at. */

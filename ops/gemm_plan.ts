@@ -40,7 +40,18 @@ export interface GemmConfig {
    * hides behind the arithmetic instead of stalling the workgroup).
    */
   prefetch?: boolean;
+  /** Read global memory as vec4s where the product offers vec4 addressing (needs `bk` % 4 = 0). */
+  vec?: boolean;
+  /** Two workgroup-memory buffers, one barrier per slab (implies `prefetch`). */
+  double?: boolean;
+  /** Tiles wholly inside the product load and store without bounds checks. */
+  interior?: boolean;
+  /** Write the `bk` steps of the inner loop out. */
+  unroll?: boolean;
 }
+
+/** The boolean switches of a {@linkcode GemmConfig}, in the order {@linkcode gemmConfigName} lists them. */
+const SWITCHES = ["prefetch", "vec", "double", "interior", "unroll"] as const;
 
 /** Which kernels matmul, linear and groups = 1 conv2d run. */
 export type GemmImpl = "tiled" | "simple";
@@ -99,14 +110,36 @@ export function isGemmConfig(c: unknown): c is GemmConfig {
   const ok = (v: unknown) => Number.isInteger(v) && (v as number) > 0 && (v as number) <= 4096;
   const limits = gpu().limits;
   const threads = Math.min(256, limits.maxComputeInvocationsPerWorkgroup);
-  // The staged slabs of A and B, rows padded by 4 (see gemm_kernel.ts).
-  const slabBytes = 4 * g.bk * (g.bm + 4 + g.bn + 4);
+  // The staged slabs of A and B, rows padded by 4 (see gemm_source.ts), twice when double-buffered.
+  const slabBytes = 4 * g.bk * (g.bm + 4 + g.bn + 4) * (g.double ? 2 : 1);
   return ok(g.bm) && ok(g.bn) && ok(g.bk) && ok(g.tm) && ok(g.tn) && g.tm % 4 === 0 &&
     slabBytes <= limits.maxComputeWorkgroupStorageSize &&
     g.tn % 4 === 0 && g.bm % g.tm === 0 && g.bn % g.tn === 0 &&
     (g.bm / g.tm) * (g.bn / g.tn) <= threads &&
     (g.splits === undefined || ok(g.splits)) &&
-    (g.prefetch === undefined || typeof g.prefetch === "boolean");
+    SWITCHES.every((f) => g[f] === undefined || typeof g[f] === "boolean") &&
+    (!g.vec || g.bk % 4 === 0);
+}
+
+/**
+ * A short name of a tile config: `bm×bn×bk/tm×tn`, its split when given, and
+ * its switches (`pf` prefetch, `vec`, `db` double, `int` interior, `unr`
+ * unroll). The sweep of `scripts/bench_gemm.ts` names its variants so.
+ *
+ * @example
+ * ```ts
+ * import { gemmConfigName } from "./gemm_plan.ts";
+ * const c = { bm: 128, bn: 64, bk: 8, tm: 8, tn: 4, vec: true, double: true, splits: 4 };
+ * console.log(gemmConfigName(c)); // "128x64x8/8x4 s4 vec db"
+ * ```
+ */
+export function gemmConfigName(c: GemmConfig): string {
+  const short = { prefetch: "pf", vec: "vec", double: "db", interior: "int", unroll: "unr" };
+  return [
+    `${c.bm}x${c.bn}x${c.bk}/${c.tm}x${c.tn}`,
+    ...(c.splits !== undefined ? [`s${c.splits}`] : []),
+    ...SWITCHES.filter((f) => c[f]).map((f) => short[f]),
+  ].join(" ");
 }
 
 /** Inner-dimension extent below which a split is not worth a second kernel. */
@@ -189,12 +222,64 @@ function splitsFor(c: GemmConfig, batch: number, m: number, n: number, k: number
 }
 
 /**
+ * The tile shapes of a hardware GPU's candidates and sweep: 256 invocations
+ * with 8×8, 8×4 or 4×4 register blocks, or 128 with 8×8 (fewer, busier
+ * invocations; more workgroups fit an SM).
+ */
+const TILES = [
+  { bm: 128, bn: 128, tm: 8, tn: 8 },
+  { bm: 128, bn: 64, tm: 8, tn: 8 },
+  { bm: 64, bn: 128, tm: 8, tn: 8 },
+  { bm: 128, bn: 64, tm: 8, tn: 4 },
+  { bm: 64, bn: 128, tm: 4, tn: 8 },
+  { bm: 64, bn: 64, tm: 4, tn: 4 },
+];
+
+/**
+ * The switch sets of the sweep: the kernel as it was before vec4 loads
+ * (register prefetch only), vec4 loads with unchecked interior tiles, that
+ * double-buffered, and that with the inner loop unrolled.
+ */
+const SWITCH_SETS: Partial<GemmConfig>[] = [
+  { prefetch: true },
+  { prefetch: true, vec: true, interior: true },
+  { vec: true, interior: true, double: true },
+  { vec: true, interior: true, double: true, unroll: true },
+];
+
+/** The switches of most hardware candidates (see {@linkcode SWITCH_SETS}). */
+const FAST = { vec: true, interior: true, double: true } as const;
+
+/** `c` with the heuristic's split of `k` for its tile shape. */
+function split(c: GemmConfig, batch: number, m: number, n: number, k: number): GemmConfig {
+  return { ...c, splits: splitsFor(c, batch, m, n, k) };
+}
+
+/** `cs` without configs the adapter cannot run and without repeats, in order. */
+function usable(cs: GemmConfig[]): GemmConfig[] {
+  const seen = new Set<string>();
+  return cs.filter((c) => {
+    const key = JSON.stringify(c);
+    if (!isGemmConfig(c) || seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+/** A tile twice the product's size is mostly padding (products of few rows keep their own tiles). */
+function fits(t: { bm: number; bn: number }, m: number, n: number): boolean {
+  return t.bm <= 2 * Math.max(m, 16) && t.bn <= 2 * n;
+}
+
+/**
  * The tile configs the planner times for an `m × n × k` product: the
  * heuristic's ({@linkcode gemmConfig}, always first), the same with the next
- * slabs prefetched, 16-deep slabs, the other tile shapes of a hardware GPU
- * (each with its own split of `k`), and half and double the heuristic's
- * split. On a software adapter the heuristic and its prefetching variant
- * (small tiles compile in about a second there).
+ * slabs prefetched, with vec4 loads, unchecked interior tiles and double
+ * buffering (then also unrolled, and 16 deep), two other tile shapes so
+ * switched, and half and double the heuristic's split of `k`. On a software
+ * adapter the heuristic and its prefetching variant (small tiles compile in
+ * about a second there). `scripts/bench_gemm.ts --sweep` times the wider
+ * set of {@linkcode gemmSweepConfigs} to choose these.
  *
  * @example
  * ```ts
@@ -213,27 +298,76 @@ export function gemmCandidates(
 ): GemmConfig[] {
   const base = gemmConfig(batch, m, n, k);
   if (software) return [base, { ...base, prefetch: true }];
-  const out: GemmConfig[] = [base, { ...base, prefetch: true }];
-  if (k >= 16) out.push({ ...base, bk: 16 }, { ...base, bk: 16, prefetch: true });
+  const fast = { ...base, ...FAST };
+  const out: GemmConfig[] = [base, { ...base, prefetch: true }, fast, { ...fast, unroll: true }];
+  if (k >= 16) out.push({ ...fast, bk: 16 });
   if (m > 16) {
-    const tiles = [
-      { bm: 128, bn: 128, tm: 8, tn: 8 },
-      { bm: 128, bn: 64, tm: 8, tn: 8 },
-      { bm: 64, bn: 128, tm: 8, tn: 8 },
-      { bm: 64, bn: 64, tm: 4, tn: 4 },
-    ];
-    for (const t of tiles) {
-      if (t.bm === base.bm && t.bn === base.bn) continue;
-      // A tile twice the product's size is mostly padding.
-      if (t.bm > 2 * m || t.bn > 2 * n) continue;
-      const c = { ...t, bk: 8, prefetch: true };
-      out.push({ ...c, splits: splitsFor(c, batch, m, n, k) });
+    for (const t of [TILES[3], TILES[5]]) {
+      if (t.bm === base.bm && t.bn === base.bn && t.tn === base.tn) continue;
+      if (fits(t, m, n)) out.push(split({ ...t, bk: 8, ...FAST }, batch, m, n, k));
     }
   }
   const splits = base.splits ?? 1;
   if (splits > 1) {
-    out.push({ ...base, prefetch: true, splits: splits * 2 });
-    out.push({ ...base, prefetch: true, splits: Math.max(1, splits >> 1) });
+    out.push({ ...fast, splits: splits * 2 }, { ...fast, splits: Math.max(1, splits >> 1) });
   }
-  return out.filter(isGemmConfig).slice(0, max ?? Infinity);
+  return usable(out).slice(0, max ?? Infinity);
+}
+
+/** One config of the sweep, with the name it goes by across products. */
+export interface GemmVariant {
+  /**
+   * {@linkcode gemmConfigName} without the split of `k` (each product has its own), and for the
+   * variants that scale the heuristic's split, the factor (`split×2`).
+   */
+  name: string;
+  config: GemmConfig;
+}
+
+/**
+ * Every tile config that `scripts/bench_gemm.ts --sweep` times for an
+ * `m × n × k` product on a hardware GPU: the heuristic's first (named
+ * `heuristic`), then each tile shape that fits the product × `bk` 8 and 16
+ * × each switch set (each with the heuristic's split of `k` for its tile),
+ * and for a split product ¼, ½, 2 and 4 times the split of the heuristic
+ * tile, switched. Those the adapter cannot run (workgroup memory,
+ * invocations) are left out.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { gemmSweepConfigs } from "./gemm_plan.ts";
+ * await initGpu();
+ * const v = gemmSweepConfigs(1, 256, 256, 256);
+ * console.log(v[0].name, v.length > 10); // "heuristic" true
+ * ```
+ */
+export function gemmSweepConfigs(batch: number, m: number, n: number, k: number): GemmVariant[] {
+  const base = gemmConfig(batch, m, n, k);
+  const named = (c: GemmConfig, suffix = "") => ({
+    name: gemmConfigName({ ...c, splits: undefined }) + suffix,
+    config: c,
+  });
+  const out: GemmVariant[] = [{ name: "heuristic", config: base }];
+  for (const t of TILES) {
+    if (!fits(t, m, n)) continue;
+    for (const bk of [8, 16]) {
+      if (bk > 8 && k < 16) continue;
+      for (const s of SWITCH_SETS) out.push(named(split({ ...t, bk, ...s }, batch, m, n, k)));
+    }
+  }
+  const splits = base.splits ?? 1;
+  if (splits > 1) {
+    for (const f of [2, 4, 0.5, 0.25]) {
+      const c = { ...base, ...FAST, splits: Math.max(1, Math.round(splits * f)) };
+      out.push(named(c, ` split×${f}`));
+    }
+  }
+  const seen = new Set<string>();
+  return out.filter((v) => {
+    const key = JSON.stringify(v.config);
+    if (!isGemmConfig(v.config) || seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }

@@ -114,16 +114,23 @@ function tiledProduct(p: Product, a: Tensor, b: Tensor, bias: Tensor | null): Te
     y.dispose();
     return simpleProduct(p, a, b, bias);
   }
+  const aAt = `${p.aOffset} + ${p.transA ? `k * ${m}u + m` : `m * ${k}u + k`}`;
+  const bAt = `${p.bOffset} + ${p.transB ? `n * ${k}u + k` : `k * ${n}u + n`}`;
+  // vec4 addressing needs the fast extent (and so each matrix's size) a multiple of 4.
+  const aFast = p.transA ? m : k;
+  const bFast = p.transB ? k : n;
   gemm({
     batch: numel(p.batch),
     m,
     n,
     k,
     inputs: { a, b },
-    loadA: `return a[${p.aOffset} + ${p.transA ? `k * ${m}u + m` : `m * ${k}u + k`}];`,
+    loadA: `return a[${aAt}];`,
     aKFast: !p.transA,
-    loadB: `return b[${p.bOffset} + ${p.transB ? `n * ${k}u + k` : `k * ${n}u + n`}];`,
+    vecA: aFast % 4 === 0 ? { input: "a", index: aAt } : undefined,
+    loadB: `return b[${bAt}];`,
     bKFast: p.transB,
+    vecB: bFast % 4 === 0 ? { input: "b", index: bAt } : undefined,
     outputs: bias ? { y, bias } : { y },
     store: `y[bt * ${m * n}u + m * ${n}u + n] = v${bias ? " + bias[n]" : ""};`,
   });

@@ -10,7 +10,11 @@
  * prints ours beside it with the ratio (ours ÷ PyTorch GFLOP/s) and writes
  * `bench_gemm_vs_pytorch.csv`.
  *
+ * `--sweep` instead times every tile config of the generator on each
+ * product (see `scripts/gemm_sweep.ts`) and writes `gemm_sweep*.csv`.
+ *
  * ```sh
+ * deno run -A scripts/bench_gemm.ts --sweep --set slak --with-pytorch --runs 3
  * deno run -A scripts/bench_gemm.ts --n 64                    # on a GPU
  * deno run -A scripts/bench_gemm.ts --n 64 --set convnext,slak --impl tiled --with-pytorch
  * deno run -A scripts/bench_gemm.ts --n 1 --set resnet --runs 1   # llvmpipe
@@ -35,6 +39,7 @@ import { planner } from "../ops/planner.ts";
 import { matmul } from "../ops/matmul.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { CONVNEXT_PRESETS } from "../models/convnext.ts";
+import { type SweepOptions, type SweepProduct, sweepProduct, sweepSummary } from "./gemm_sweep.ts";
 import { SLAK_PRESETS, widenDims } from "../models/slak.ts";
 import {
   anchorScript,
@@ -57,7 +62,7 @@ export interface GemmCase {
    * or "conv" (a convolution lowered to a product).
    */
   layout: "nn" | "tn" | "conv";
-  make(): { tensors: Tensor[]; run: () => void };
+  make(): { tensors: Tensor[]; run: () => Tensor };
 }
 
 function mm(name: string, m: number, n: number, k: number, transA = false): GemmCase {
@@ -70,7 +75,7 @@ function mm(name: string, m: number, n: number, k: number, transA = false): Gemm
     make() {
       const a = Tensor.randn(transA ? [k, m] : [m, k], { seed: 1 });
       const b = Tensor.randn([k, n], { seed: 2 });
-      return { tensors: [a, b], run: () => void matmul(a, b, { transA }) };
+      return { tensors: [a, b], run: () => matmul(a, b, { transA }) };
     },
   };
 }
@@ -97,7 +102,7 @@ function conv(
       const w = Tensor.randn([cout, cin, kernel, kernel], { seed: 2 });
       return {
         tensors: [x, w],
-        run: () => void conv2d(x, w, null, { stride, padding: pad }),
+        run: () => conv2d(x, w, null, { stride, padding: pad }),
       };
     },
   };
@@ -181,6 +186,14 @@ GFLOP/s of our matrix products on the products of real layers.
   --tune              plan the tiled products' tiles first (the plan cache keeps them)
   --no-plan-cache     neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
   --retune            plan again the products the plan cache already holds
+  --sweep             time every tile config of the generator (ops/gemm_plan.ts gemmSweepConfigs)
+                      on each product instead, each checked against the heuristic's output;
+                      writes gemm_sweep.csv (every variant), gemm_sweep_best.csv (per case: the
+                      heuristic, the fastest variant, torch) and gemm_sweep_variants.csv (per
+                      variant: wins, geomean and worst time over the fastest)
+  --only REGEX        with --sweep: only the variants whose name matches (the heuristic always)
+  --stages LIST       with --sweep: only these stages of the convnext/slak sets (e.g. 1,4)
+  --budget-s S        with --sweep: start no new product after S seconds (default 420)
   --out DIR           output folder (default out/bench_gemm/)
   --help`;
 
@@ -209,6 +222,10 @@ async function main(): Promise<void> {
     out: { type: "string", default: "out/bench_gemm/" },
     "with-pytorch": { type: "boolean", default: false },
     python: { type: "string", default: "python3" },
+    sweep: { type: "boolean" },
+    only: { type: "string", default: "" },
+    stages: { type: "string", default: "" },
+    "budget-s": { type: "number", above: 0, max: 1e6, default: 420 },
     help: { type: "boolean", short: "h" },
   });
   if (values.help) {
@@ -238,10 +255,23 @@ async function main(): Promise<void> {
   }
   await initGpu();
   console.log(`# adapter: ${gpu().description}; FLOPs = 2 per multiply-add`);
+  if (values.sweep) {
+    await sweep(sets.flatMap((set) => gemmCases(set, batch)), anchor, {
+      runs,
+      minMs: 10,
+      peakTflops: peak,
+      only: onlyRegex(values.only),
+      stages: stageList(values.stages),
+      budgetS: values["budget-s"],
+      out,
+    });
+    return;
+  }
   const rows: Record<string, Cell>[] = [];
   for (const set of sets) {
     for (const c of gemmCases(set, batch)) {
-      const { tensors, run } = c.make();
+      const { tensors, run: product } = c.make();
+      const run = () => void product();
       for (const impl of impls as ("tiled" | "simple")[]) {
         setGemmImpl(impl);
         if (impl === "tiled" && values.tune) {
@@ -297,6 +327,127 @@ async function main(): Promise<void> {
     await writeFileAtomic(`${out}/bench_gemm_vs_pytorch.csv`, toCsv(joined, { comments }));
     console.log(`wrote ${out}/bench_gemm_vs_pytorch.csv`);
   }
+}
+
+/** `--only`: a regular expression, or none when empty. */
+function onlyRegex(text: string): RegExp | undefined {
+  if (!text) return undefined;
+  try {
+    return new RegExp(text);
+  } catch {
+    throw new Error(`--only: expected a regular expression, got "${text}"`);
+  }
+}
+
+/** `--stages`: stage numbers 1–4, or none (all) when empty. */
+function stageList(text: string): number[] | undefined {
+  if (!text) return undefined;
+  const out = text.split(",").map(Number);
+  if (out.some((s) => !Number.isInteger(s) || s < 1 || s > 4)) {
+    throw new Error(`--stages: expected stage numbers 1–4 separated by commas, got "${text}"`);
+  }
+  return out;
+}
+
+/** What a case computes: the forward, the input gradient (dA) or the weight gradient (dB). */
+function opOf(name: string): string {
+  return name.includes("wgrad") ? "dB" : name.includes("dgrad") ? "dA" : "fwd";
+}
+
+/**
+ * The `--sweep` run: every variant of every distinct product of `cases`
+ * (cases of equal shape and layout are timed once), written after each
+ * product so that a run stopped by its budget keeps what it measured.
+ */
+async function sweep(
+  cases: GemmCase[],
+  anchor: CsvRow[],
+  o: SweepOptions & { stages?: number[]; budgetS: number; out: string },
+): Promise<void> {
+  const started = performance.now();
+  const torchMs = new Map(anchor.map((r) => [String(r.case), Number(r.ms)]));
+  const products = new Map<string, SweepProduct>();
+  for (const c of cases) {
+    const stage = /\bs(\d)\b/.exec(c.name);
+    if (o.stages && stage && !o.stages.includes(Number(stage[1]))) continue;
+    const key = `${c.m}x${c.n}x${c.k}:${c.layout}`;
+    const p = products.get(key);
+    if (p) p.cases.push(c.name);
+    else {products.set(key, {
+        cases: [c.name],
+        m: c.m,
+        n: c.n,
+        k: c.k,
+        layout: c.layout,
+        make: c.make,
+      });}
+  }
+  const rows: Record<string, Cell>[] = [];
+  const best: Record<string, Cell>[] = [];
+  let done = 0;
+  for (const p of products.values()) {
+    const elapsed = (performance.now() - started) / 1e3;
+    if (elapsed > o.budgetS) {
+      console.log(`# --budget-s ${o.budgetS} spent after ${done} of ${products.size} products`);
+      break;
+    }
+    const timed = await sweepProduct(p, o);
+    done++;
+    const flops = 2 * p.m * p.n * p.k;
+    for (const name of p.cases) {
+      const torch = torchMs.get(name);
+      const torchTflops = torch ? flops / (torch * 1e9) : undefined;
+      const caseRows: Record<string, Cell>[] = timed.map((r) => ({
+        case: name,
+        op: opOf(name),
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        layout: p.layout,
+        ...r,
+        torch_ms: torch ?? "",
+        torch_tflop_s: torchTflops ? Number(torchTflops.toPrecision(4)) : "",
+        vs_torch: torchTflops && typeof r.tflop_s === "number"
+          ? Number((r.tflop_s / torchTflops).toPrecision(3))
+          : "",
+      }));
+      rows.push(...caseRows);
+      const ok = caseRows.filter((r) => r.ok === true && typeof r.ms === "number");
+      const fastest = ok.reduce((a, b) => ((b.ms as number) < (a.ms as number) ? b : a), ok[0]);
+      const heuristic = caseRows[0];
+      best.push({
+        case: name,
+        op: opOf(name),
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        heuristic_ms: heuristic.ms,
+        heuristic_tflop_s: heuristic.tflop_s,
+        best_variant: fastest?.variant ?? "",
+        best_config: fastest?.config ?? "",
+        best_ms: fastest?.ms ?? "",
+        best_tflop_s: fastest?.tflop_s ?? "",
+        torch_tflop_s: heuristic.torch_tflop_s,
+        best_vs_torch: fastest?.vs_torch ?? "",
+      });
+      const f = fastest;
+      console.log(
+        `${name} (${p.m}×${p.n}×${p.k}): heuristic ${heuristic.tflop_s} TFLOP/s, best ${
+          f?.tflop_s ?? "-"
+        } (${f?.variant ?? "-"})${torchTflops ? `, torch ${torchTflops.toPrecision(3)}` : ""}`,
+      );
+    }
+    await writeFileAtomic(`${o.out}/gemm_sweep.csv`, toCsv(rows));
+    await writeFileAtomic(`${o.out}/gemm_sweep_best.csv`, toCsv(best));
+    await writeFileAtomic(`${o.out}/gemm_sweep_variants.csv`, toCsv(sweepSummary(rows)));
+  }
+  const columns = ["case", "heuristic_tflop_s", "best_tflop_s", "torch_tflop_s", "best_vs_torch"];
+  console.log(`\nper case: heuristic, fastest variant and torch.matmul (TF32 off), TFLOP/s`);
+  console.log(formatTable(best, [...columns, "best_variant"]));
+  console.log(`\nvariants by geometric mean of time over the fastest (first 15):`);
+  const summary = sweepSummary(rows);
+  console.log(formatTable(summary.slice(0, 15), Object.keys(summary[0] ?? {})));
+  console.log(`wrote ${o.out}/gemm_sweep.csv, gemm_sweep_best.csv, gemm_sweep_variants.csv`);
 }
 
 if (import.meta.main) await runMain(main);

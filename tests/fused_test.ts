@@ -40,6 +40,10 @@ Deno.test("linearGelu equals gelu(linear(...)), also through the split epilogue"
   planner().force("gemm", { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2 });
   try {
     await compare("linearGelu split", shapes, fused, unfused);
+    // 12 input features: vec4 loads of x and the weight, double-buffered, unchecked interior tiles.
+    const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
+    planner().force("gemm", { ...fast, interior: true });
+    await compare("linearGelu vec", [[2, 3, 5, 12], [13, 12], [13]], fused, unfused);
   } finally {
     planner().force("gemm", null);
   }

@@ -10,8 +10,15 @@
  */
 import assert from "node:assert/strict";
 import { conv2d, type Conv2dOptions } from "../ops/conv.ts";
-import { type GemmConfig, gemmConfig, isGemmConfig, setGemmImpl } from "../ops/gemm_plan.ts";
-import { gemmReference } from "../ops/gemm_kernel.ts";
+import {
+  type GemmConfig,
+  gemmConfig,
+  gemmConfigName,
+  gemmSweepConfigs,
+  isGemmConfig,
+  setGemmImpl,
+} from "../ops/gemm_plan.ts";
+import { gemm, gemmReference } from "../ops/gemm_kernel.ts";
 import { gpu } from "../ops/gpu.ts";
 import { planner } from "../ops/planner.ts";
 import { linear, matmul, type MatmulOptions } from "../ops/matmul.ts";
@@ -24,8 +31,21 @@ const TINY: GemmConfig = { bm: 8, bn: 12, bk: 4, tm: 4, tn: 4, splits: 3 };
 /** Tiny tiles with the next slabs fetched during the arithmetic (odd chunks end the pipeline). */
 const TINY_PREFETCH: GemmConfig = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, prefetch: true };
 
-const label = (cfg: GemmConfig | null) =>
-  cfg === null ? "default" : cfg.prefetch ? "tiny prefetch" : "tiny";
+/** Tiny tiles with every switch: vec4 loads, unchecked interior tiles, double buffering. */
+const TINY_FAST: GemmConfig = {
+  bm: 8,
+  bn: 12,
+  bk: 4,
+  tm: 4,
+  tn: 4,
+  splits: 3,
+  vec: true,
+  interior: true,
+  double: true,
+  unroll: true,
+};
+
+const label = (cfg: GemmConfig | null) => cfg === null ? "default" : gemmConfigName(cfg);
 
 /** Tiled (heuristic tiles, then tiny tiles with a split) vs simple: forward and gradients. */
 async function compare(
@@ -36,7 +56,7 @@ async function compare(
 ): Promise<void> {
   setGemmImpl("simple");
   const want = await forwardAndGrads(shapes, fn, 7);
-  for (const cfg of [null, TINY, TINY_PREFETCH]) {
+  for (const cfg of [null, TINY, TINY_PREFETCH, TINY_FAST]) {
     setGemmImpl("tiled");
     planner().force("gemm", cfg);
     try {
@@ -55,6 +75,10 @@ Deno.test("gemm: matmul with transposes and broadcast batches matches the simple
     ["aT 33x37ᵀ·33x41", [33, 37], [33, 41], { transA: true }],
     ["bT 3x45·19x45ᵀ", [3, 45], [19, 45], { transB: true }],
     ["both batched", [2, 1, 9, 6], [3, 5, 9], { transA: true, transB: true }],
+    // Fast extents that are multiples of 4 (vec4 loads), tiles and slabs that are not.
+    ["plain vec 13x20·20x28", [13, 20], [20, 28], {}],
+    ["aT vec 36x20ᵀ·36x24", [36, 20], [36, 24], { transA: true }],
+    ["bT vec batched", [2, 9, 12], [2, 16, 12], { transB: true }],
   ];
   for (const [name, a, b, opts] of cases) {
     await compare(name, [a, b], (x, y) => matmul(x, y, opts));
@@ -64,6 +88,7 @@ Deno.test("gemm: matmul with transposes and broadcast batches matches the simple
 Deno.test("gemm: linear with bias (long inner product split) matches the simple kernel", async () => {
   await compare("linear", [[3, 5, 7, 11], [13, 11], [13]], (x, w, b) => linear(x, w, b));
   await compare("linear long", [[300, 6], [5, 6], [5]], (x, w, b) => linear(x, w, b));
+  await compare("linear vec", [[2, 7, 12], [20, 12], [20]], (x, w, b) => linear(x, w, b));
 });
 
 Deno.test("gemm: conv2d with groups = 1 as an implicit GEMM matches the simple kernels", async () => {
@@ -143,4 +168,100 @@ Deno.test("gemm: the plain reference kernel runs the spec's loaders and store", 
     }
   }
   for (const t of [a, b, y]) t.dispose();
+});
+
+/** `A·B` on the CPU in float64: A(m, k) and B(k, n) read through the given layouts. */
+function cpuProduct(
+  m: number,
+  n: number,
+  k: number,
+  a: Float32Array,
+  b: Float32Array,
+  transA: boolean,
+  transB: boolean,
+): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let acc = 0;
+      for (let q = 0; q < k; q++) {
+        acc += a[transA ? q * m + i : i * k + q] * b[transB ? j * k + q : q * n + j];
+      }
+      out[i * n + j] = acc;
+    }
+  }
+  return out;
+}
+
+/**
+ * The switch sets of the sweep on tiny tiles (so that llvmpipe compiles them in seconds), and
+ * one full-size hardware tile: edges in m and n, k not a multiple of bk, splits of k.
+ */
+const VARIANTS: GemmConfig[] = [
+  { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4 },
+  { bm: 8, bn: 12, bk: 8, tm: 4, tn: 4, prefetch: true, vec: true, interior: true },
+  { bm: 12, bn: 8, bk: 4, tm: 4, tn: 4, vec: true, interior: true, double: true, splits: 3 },
+  { bm: 8, bn: 8, bk: 8, tm: 8, tn: 4, vec: true, interior: true, double: true, unroll: true },
+  { bm: 16, bn: 8, bk: 12, tm: 4, tn: 8, vec: true, double: true, splits: 2 },
+  { bm: 8, bn: 16, bk: 4, tm: 4, tn: 4, interior: true, unroll: true, splits: 2 },
+];
+
+Deno.test("gemm: every switch set matches a CPU product on odd shapes and every layout", async () => {
+  // [m, n, k]: fast extents multiples of 4 (vec4 loads) or not (scalar fallback); tiny m.
+  const shapes = [[20, 24, 36], [9, 7, 11], [3, 16, 40]];
+  for (const [m, n, k] of shapes) {
+    const av = Float32Array.from(randomArray(m * k, m + k));
+    const bv = Float32Array.from(randomArray(k * n, n + k));
+    const a = Tensor.from(av, [m * k]);
+    const b = Tensor.from(bv, [k * n]);
+    for (const [transA, transB] of [[false, false], [true, false], [false, true]]) {
+      const want = cpuProduct(m, n, k, av, bv, transA, transB);
+      const aAt = transA ? `k * ${m}u + m` : `m * ${k}u + k`;
+      const bAt = transB ? `n * ${k}u + k` : `k * ${n}u + n`;
+      const aFast = transA ? m : k;
+      const bFast = transB ? k : n;
+      for (const cfg of VARIANTS) {
+        const y = Tensor.empty([m, n]);
+        gemm({
+          batch: 1,
+          m,
+          n,
+          k,
+          inputs: { a, b },
+          loadA: `return a[${aAt}];`,
+          aKFast: !transA,
+          vecA: aFast % 4 === 0 ? { input: "a", index: aAt } : undefined,
+          loadB: `return b[${bAt}];`,
+          bKFast: transB,
+          vecB: bFast % 4 === 0 ? { input: "b", index: bAt } : undefined,
+          outputs: { y },
+          store: `y[m * ${n}u + n] = v;`,
+        }, cfg);
+        const err = relError(await y.read(), want);
+        y.dispose();
+        assert.ok(
+          err < 1e-5,
+          `${m}x${n}x${k} transA=${transA} transB=${transB} ${gemmConfigName(cfg)}: ${err}`,
+        );
+      }
+    }
+    a.dispose();
+    b.dispose();
+  }
+});
+
+Deno.test("gemm: the sweep offers only configs within the adapter's limits", () => {
+  const limits = gpu().limits;
+  const configs = gemmSweepConfigs(1, 200704, 496, 124).map((v) => v.config);
+  assert.ok(configs.length > 0);
+  assert.deepEqual(configs[0], gemmConfig(1, 200704, 496, 124), "the heuristic first");
+  for (const c of configs) {
+    const bytes = 4 * c.bk * (c.bm + 4 + c.bn + 4) * (c.double ? 2 : 1);
+    assert.ok(bytes <= limits.maxComputeWorkgroupStorageSize, gemmConfigName(c));
+    assert.ok((c.bm / c.tm) * (c.bn / c.tn) <= limits.maxComputeInvocationsPerWorkgroup);
+  }
+  const names = configs.map(gemmConfigName);
+  assert.equal(new Set(names).size, names.length, "no repeats");
+  const wgrad = gemmSweepConfigs(1, 384, 96, 200704).map((v) => v.config);
+  assert.ok(wgrad.some((c) => (c.splits ?? 1) > 1), "a long-k product is split");
 });

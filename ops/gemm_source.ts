@@ -1,0 +1,432 @@
+/**
+ * The WGSL generator of the tiled matrix-product kernel: one function,
+ * {@linkcode gemmSource}, from a product (its shape, loaders and store) and a
+ * small config object ({@linkcode GemmConfig}) to the kernel's source. Every
+ * candidate that the planner times and `scripts/bench_gemm.ts --sweep`
+ * sweeps is a configuration of this one generator; `gemm_kernel.ts` launches
+ * what it builds.
+ *
+ * The kernel: a workgroup owns a `bm × bn` output tile. Per `bk`-deep step it
+ * stages a `bm × bk` slab of A and a `bk × bn` slab of B in workgroup memory,
+ * both k-major (`As[k][m]`, `Bs[k][n]`), so that in the inner loop one vec4
+ * read of `As` gives 4 rows and one of `Bs` 4 columns of the same k, and
+ * every invocation accumulates a `tm × tn` register block (one staged value
+ * serves `tn` or `tm` multiply-adds). The blocks of neighbouring lanes
+ * interleave in steps of 4, so the lanes of a warp read neighbouring vec4s
+ * (no bank conflicts) or the same one (a broadcast). The config's switches:
+ *
+ * - `prefetch`: the next slabs are fetched from global memory into registers
+ *   while the current ones are multiplied, so the loads' latency hides
+ *   behind the arithmetic.
+ * - `double`: two workgroup-memory buffers, one written while the other is
+ *   read, so each step needs one barrier instead of two (implies prefetch).
+ * - `vec`: global memory is read 4 elements at a time (one 16-byte load
+ *   instead of four 4-byte ones: a quarter of the load instructions and
+ *   address arithmetic) where the product offers vec4 addressing
+ *   (`GemmSourceSpec.vecA` / `vecB`); else that operand stays scalar.
+ * - `interior`: tiles wholly inside the product (and slabs wholly inside the
+ *   k range) skip every bounds check of their loads and stores; only edge
+ *   tiles run the checked code. The branch is uniform per workgroup.
+ * - `unroll`: the `bk` steps of the inner loop are written out, so that the
+ *   workgroup-memory offsets are constants and nothing counts the loop.
+ * - `splits`: the inner dimension is cut into chunks of whole slabs, one per
+ *   extra workgroup, for products with few output tiles and a long `k`
+ *   (weight gradients); the partial products go to `part` and a second
+ *   kernel (in `gemm_kernel.ts`) sums them.
+ *
+ * @example
+ * ```ts
+ * import { gemmSource } from "./gemm_source.ts";
+ * const wgsl = gemmSource({
+ *   batch: 1, m: 64, n: 64, k: 64, inputs: ["a", "b"], outputs: ["y"], written: 1,
+ *   loadA: "return a[m * 64u + k];", aKFast: true,
+ *   loadB: "return b[k * 64u + n];", bKFast: false,
+ *   vecB: { input: "b", index: "k * 64u + n" },
+ *   store: "y[m * 64u + n] = v;",
+ * }, { bm: 32, bn: 32, bk: 8, tm: 4, tn: 4, vec: true, double: true, interior: true });
+ * console.log(wgsl.includes("b_v4"), wgsl.includes("fn ldA4")); // true false
+ * ```
+ * @module
+ */
+import type { GemmConfig } from "./gemm_plan.ts";
+import { storage } from "./kernel.ts";
+
+/**
+ * vec4 addressing of an operand: `index` is a WGSL expression of the element
+ * index in input `input` of A(bt, m, k) (B(bt, n, k) for B), with unit
+ * stride along the operand's fast axis (k when k-fast, else m or n). Offer
+ * it only when the fast axis's extent is a multiple of 4 and the index of
+ * every fast coordinate that is a multiple of 4 is one too: then every
+ * group of 4 that starts at such a coordinate is one aligned vec4.
+ */
+export interface GemmVecOperand {
+  input: string;
+  index: string;
+}
+
+/** A product as the generator sees it (see `GemmSpec` in `gemm_kernel.ts`, which fills it in). */
+export interface GemmSourceSpec {
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  /** Input names, bound first in this order (read-only). */
+  inputs: string[];
+  /** Output names, bound after the inputs and their vec4 views; the first `written` read-write. */
+  outputs: string[];
+  written: number;
+  loadA: string;
+  aKFast: boolean;
+  loadB: string;
+  bKFast: boolean;
+  vecA?: GemmVecOperand;
+  vecB?: GemmVecOperand;
+  store: string;
+  prelude?: string;
+}
+
+/**
+ * How `c` cuts an inner dimension of `k`: into `splits` chunks of `chunk`
+ * (a multiple of `bk`, the last one shorter).
+ *
+ * @example
+ * ```ts
+ * import { kChunks } from "./gemm_source.ts";
+ * console.log(kChunks({ bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 3 }, 30)); // { chunk: 12, splits: 3 }
+ * ```
+ */
+export function kChunks(c: GemmConfig, k: number): { chunk: number; splits: number } {
+  const chunk = Math.ceil(Math.ceil(k / (c.splits ?? 1)) / c.bk) * c.bk;
+  return { chunk, splits: Math.max(1, Math.ceil(k / Math.max(chunk, 1))) };
+}
+
+/**
+ * The inputs that the kernel of `c` binds a second time as `array<vec4f>`
+ * (named `<input>_v4`), in binding order: right after the inputs.
+ *
+ * @example
+ * ```ts
+ * import { vecViews } from "./gemm_source.ts";
+ * const spec = { vecA: { input: "x", index: "m * 8u + k" }, vecB: { input: "x", index: "k" } };
+ * console.log(vecViews(spec, { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, vec: true })); // ["x"]
+ * ```
+ */
+export function vecViews(
+  spec: Pick<GemmSourceSpec, "vecA" | "vecB">,
+  c: GemmConfig,
+): string[] {
+  if (!c.vec) return [];
+  return [...new Set([spec.vecA?.input, spec.vecB?.input].filter((s) => s !== undefined))];
+}
+
+/**
+ * Storage declarations of `names` numbered from binding `first`, the first
+ * `written` read-write (`name:type` gives an element type, as in
+ * `storage()`).
+ *
+ * @example
+ * ```ts
+ * import { bindingsFrom } from "./gemm_source.ts";
+ * console.log(bindingsFrom(["y"], 2, 1)); // @group(0) @binding(2) var<storage, read_write> y: array<f32>;
+ * ```
+ */
+export function bindingsFrom(names: string[], first: number, written: number): string {
+  return storage(...names.map((n, i) => (i < written ? `${n}!` : n))).replace(
+    /@binding\((\d+)\)/g,
+    (_, i) => `@binding(${Number(i) + first})`,
+  );
+}
+
+/** One operand's slab: per-invocation setup, and the WGSL of fetching and of staging it. */
+interface Slab {
+  decl: string;
+  /** Global memory → registers for the slab starting at `kf` (a WGSL `let` in scope). */
+  fetch(checked: boolean): string;
+  /** Registers → workgroup memory at vec4 offset `buf`. */
+  put(buf: string): string;
+}
+
+/**
+ * The loads of one operand's `rows × bk` slab, spread over `threads`
+ * invocations. Which element (or vec4) an invocation moves depends on its
+ * index only, so the split into (row, k) and the workgroup-memory address
+ * are computed once, outside the k loop. The fast axis goes to neighbouring
+ * lanes, so their global reads are adjacent.
+ */
+function slab(
+  which: "A" | "B",
+  o: { rows: number; stride: number; kFast: boolean; limit: number; vec: boolean },
+  bk: number,
+  threads: number,
+): Slab {
+  const { rows, stride, kFast, limit, vec } = o;
+  const r = which === "A" ? "m" : "n";
+  const S = `${which}s`;
+  const units = (rows * bk) / (vec ? 4 : 1);
+  const per = Math.ceil(units / threads);
+  const decl: string[] = [];
+  const fetches: [string, string][] = [];
+  const puts: string[] = [];
+  const zero = vec ? "vec4f(0.0)" : "0.0";
+  const ld = vec ? `ld${which}4` : `ld${which}`;
+  for (let q = 0; q < per; q++) {
+    const e = `li + ${q * threads}u`;
+    const id = `${which}${q}`;
+    // The last round of a slab that does not divide evenly leaves some invocations idle.
+    const live = (q + 1) * threads > units ? `${e} < ${units}u` : "";
+    const when = (cond: string) => (cond ? `if (${cond}) ` : "");
+    // (row, k) of the first element this invocation moves.
+    let row: string;
+    let kk: string;
+    if (!vec) {
+      [row, kk] = kFast ? [`(${e}) / ${bk}u`, `(${e}) % ${bk}u`] : [
+        `(${e}) % ${rows}u`,
+        `(${e}) / ${rows}u`,
+      ];
+      decl.push(`let at${id} = (${kk}) * ${stride}u + ${row};`);
+      puts.push(`${when(live)}{ ${S}[buf + at${id} / 4u][at${id} % 4u] = r${id}; }`);
+    } else if (kFast) {
+      // 4 consecutive k of one row: staged as 4 scalars of 4 k-rows of the slab.
+      [row, kk] = [`(${e}) / ${bk / 4}u`, `((${e}) % ${bk / 4}u) * 4u`];
+      decl.push(`let at${id} = (${kk}) * ${stride}u + ${row};`);
+      const C = ["x", "y", "z", "w"];
+      const four = C.map((c, j) => {
+        const at = `at${id} + ${j * stride}u`;
+        return `${S}[buf + (${at}) / 4u][(${at}) % 4u] = r${id}.${c};`;
+      });
+      puts.push(`${when(live)}{ ${four.join(" ")} }`);
+    } else {
+      // 4 consecutive rows of one k: one vec4 of the k-major slab as it is.
+      [row, kk] = [`((${e}) % ${rows / 4}u) * 4u`, `(${e}) / ${rows / 4}u`];
+      decl.push(`let at${id} = ((${kk}) * ${stride}u + ${row}) / 4u;`);
+      puts.push(`${when(live)}{ ${S}[buf + at${id}] = r${id}; }`);
+    }
+    decl.push(`let rr${id} = ${row}; let kk${id} = ${kk}; var r${id} = ${zero};`);
+    const g = `${r}0 + rr${id}`;
+    const gk = `kf + kk${id}`;
+    // With vec addressing every group of 4 starts at a multiple of 4 of an extent that is one, and
+    // chunks are whole slabs of a multiple of 4: the group is in range iff its first element is.
+    fetches.push([
+      `r${id} = ${zero}; { let gr = ${g}; let gk = ${gk};
+      ${
+        when([live, `gr < ${limit}u`, "gk < kEnd"].filter(Boolean).join(" && "))
+      }{ r${id} = ${ld}(bt, gr, gk); } }`,
+      `${when(live)}{ r${id} = ${ld}(bt, ${g}, ${gk}); }`,
+    ]);
+  }
+  return {
+    decl: decl.join("\n  "),
+    fetch: (checked) => fetches.map(([c, u]) => (checked ? c : u)).join("\n      "),
+    put: (buf) => `{ let buf = ${buf};\n    ${puts.join("\n    ")} }`,
+  };
+}
+
+/**
+ * The WGSL of the tiled kernel of `spec` under `c` (see the module
+ * documentation). Bindings: the inputs, then the vec4 views of
+ * {@linkcode vecViews}, then the outputs, or a single read-write `part`
+ * (`splits · batch · m · n` partial sums, split-major) when `c` splits `k`.
+ *
+ * @example
+ * ```ts
+ * import { gemmSource } from "./gemm_source.ts";
+ * const wgsl = gemmSource({
+ *   batch: 1, m: 8, n: 8, k: 8, inputs: ["a"], outputs: ["y"], written: 1,
+ *   loadA: "return a[m * 8u + k];", aKFast: true, loadB: "return a[k * 8u + n];", bKFast: false,
+ *   store: "y[m * 8u + n] = v;",
+ * }, { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4 });
+ * console.log(wgsl.includes("@workgroup_size(4)")); // true
+ * ```
+ */
+export function gemmSource(spec: GemmSourceSpec, c: GemmConfig): string {
+  const { batch, m, n, k } = spec;
+  const { bm, bn, bk, tm, tn } = c;
+  const tx = bn / tn;
+  const ty = bm / tm;
+  const threads = tx * ty;
+  const { chunk, splits } = kChunks(c, k);
+  const partial = splits > 1;
+  const tilesM = Math.ceil(m / bm);
+  const tilesN = Math.ceil(n / bn);
+  const total = tilesM * tilesN * batch * splits;
+  const double = c.double === true;
+  const prefetch = double || c.prefetch === true;
+  const vecA = c.vec ? spec.vecA : undefined;
+  const vecB = c.vec ? spec.vecB : undefined;
+  // k-major slabs; rows stored k-fast are padded by 4 floats so that the 8 lanes of a k-fast
+  // store that share a row land in distinct banks.
+  const sa = bm + (spec.aKFast ? 4 : 0);
+  const sb = bn + (spec.bKFast ? 4 : 0);
+  const slabA = (bk * sa) / 4;
+  const slabB = (bk * sb) / 4;
+  const A = slab(
+    "A",
+    { rows: bm, stride: sa, kFast: spec.aKFast, limit: m, vec: !!vecA },
+    bk,
+    threads,
+  );
+  const B = slab(
+    "B",
+    { rows: bn, stride: sb, kFast: spec.bKFast, limit: n, vec: !!vecB },
+    bk,
+    threads,
+  );
+  const interior = c.interior === true;
+  // Interior slabs (the tile inside the product, the slab inside the chunk) load unchecked.
+  const fetchAt = (kf: string) => {
+    const checked = `${A.fetch(true)}\n      ${B.fetch(true)}`;
+    if (!interior) return `{ let kf = ${kf};\n      ${checked} }`;
+    return `{ let kf = ${kf};
+    if (inside && kf + ${bk}u <= kEnd) {
+      ${A.fetch(false)}
+      ${B.fetch(false)}
+    } else {
+      ${checked}
+    } }`;
+  };
+  const put = (bufA: string, bufB: string) => `${A.put(bufA)}\n    ${B.put(bufB)}`;
+
+  // The inner loop over the slab's k: per k, tm/4 vec4s of As and tn/4 of Bs, tm·tn/4 vec4 FMAs.
+  const C = ["x", "y", "z", "w"];
+  const fmas: string[] = [];
+  for (let i = 0; i < tm; i++) {
+    for (let j4 = 0; j4 < tn / 4; j4++) {
+      fmas.push(`c${i}_${j4} = fma(vec4f(a${i >> 2}.${C[i & 3]}), b${j4}, c${i}_${j4});`);
+    }
+  }
+  const step = (kk: string) =>
+    `{ let o = aBuf + ${kk} * ${sa / 4}u; let p = bBuf + ${kk} * ${sb / 4}u;
+      ${
+      Array.from({ length: tm / 4 }, (_, i4) => `let a${i4} = As[o + ${i4 * ty}u + ty];`).join(" ")
+    }
+      ${
+      Array.from({ length: tn / 4 }, (_, j4) => `let b${j4} = Bs[p + ${j4 * tx}u + tx];`).join(" ")
+    }
+      ${fmas.join("\n      ")} }`;
+  const multiply = (bufA: string, bufB: string) =>
+    `{ let aBuf = ${bufA}; let bBuf = ${bufB};
+    ${
+      c.unroll
+        ? Array.from({ length: bk }, (_, kk) => step(`${kk}u`)).join("\n    ")
+        : `for (var kk = 0u; kk < ${bk}u; kk++) ${step("kk")}`
+    } }`;
+
+  let loop: string;
+  if (double) {
+    // One barrier per slab: slab s is read from buffer s % 2 while slab s + 1 is written to the
+    // other; the barrier that ends step s orders both the reads of s before step s + 1 overwrites
+    // that buffer, and the writes of s + 1 before step s + 1 reads them.
+    loop = `${fetchAt("kBegin")}
+  ${put("0u", "0u")}
+  workgroupBarrier();
+  var cur = 0u;
+  for (var k0 = kBegin; k0 < kEnd; k0 += ${bk}u) {
+    let more = k0 + ${bk}u < kEnd;
+    if (more) ${fetchAt(`k0 + ${bk}u`)}
+    ${multiply(`cur * ${slabA}u`, `cur * ${slabB}u`)}
+    if (more) {
+    ${put(`(1u - cur) * ${slabA}u`, `(1u - cur) * ${slabB}u`)}
+    }
+    workgroupBarrier();
+    cur = 1u - cur;
+  }`;
+  } else if (prefetch) {
+    loop = `${fetchAt("kBegin")}
+  for (var k0 = kBegin; k0 < kEnd; k0 += ${bk}u) {
+    ${put("0u", "0u")}
+    workgroupBarrier();
+    if (k0 + ${bk}u < kEnd) ${fetchAt(`k0 + ${bk}u`)}
+    ${multiply("0u", "0u")}
+    workgroupBarrier();
+  }`;
+  } else {
+    loop = `for (var k0 = kBegin; k0 < kEnd; k0 += ${bk}u) {
+    ${fetchAt("k0")}
+    ${put("0u", "0u")}
+    workgroupBarrier();
+    ${multiply("0u", "0u")}
+    workgroupBarrier();
+  }`;
+  }
+
+  // Register block → output: rows (i4·ty + ty)·4 + r, columns (j4·tx + tx)·4 + s.
+  const mn = m * n;
+  const accs: string[] = [];
+  const checkedStores: string[] = [];
+  const freeStores: string[] = [];
+  for (let i = 0; i < tm; i++) {
+    for (let j4 = 0; j4 < tn / 4; j4++) {
+      accs.push(`var c${i}_${j4} = vec4f(0.0);`);
+      const put1 = (q: number) =>
+        partial
+          ? `part[(ks * ${batch}u + bt) * ${mn}u + row * ${n}u + col + ${q}u] = c${i}_${j4}.${
+            C[q]
+          };`
+          : `st(bt, row, col + ${q}u, c${i}_${j4}.${C[q]});`;
+      const at = `let row = m0 + (${(i >> 2) * ty}u + ty) * 4u + ${i & 3}u; let col = n0 + (${
+        j4 * tx
+      }u + tx) * 4u;`;
+      checkedStores.push(`{ ${at}
+    if (row < ${m}u) { ${
+        [0, 1, 2, 3].map((q) => `if (col + ${q}u < ${n}u) { ${put1(q)} }`).join(" ")
+      } } }`);
+      freeStores.push(`{ ${at} ${[0, 1, 2, 3].map(put1).join(" ")} }`);
+    }
+  }
+  const stores = interior
+    ? `if (inside) {
+    ${freeStores.join("\n    ")}
+  } else {
+    ${checkedStores.join("\n    ")}
+  }`
+    : checkedStores.join("\n  ");
+
+  const views = vecViews(spec, c);
+  const ld4 = (which: "A" | "B", v: GemmVecOperand | undefined) =>
+    v
+      ? `fn ld${which}4(bt: u32, ${
+        which === "A" ? "m" : "n"
+      }: u32, k: u32) -> vec4f { return ${v.input}_v4[(${v.index}) / 4u]; }`
+      : "";
+  return `${storage(...spec.inputs)}
+${bindingsFrom(views.map((v) => `${v}_v4:vec4f`), spec.inputs.length, 0)}
+${
+    bindingsFrom(
+      partial ? ["part"] : spec.outputs,
+      spec.inputs.length + views.length,
+      partial ? 1 : spec.written,
+    )
+  }
+${spec.prelude ?? ""}
+fn ldA(bt: u32, m: u32, k: u32) -> f32 { ${spec.loadA} }
+fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
+${ld4("A", vecA)}
+${ld4("B", vecB)}
+${partial ? "" : `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`}
+var<workgroup> As: array<vec4f, ${slabA * (double ? 2 : 1)}>;
+var<workgroup> Bs: array<vec4f, ${slabB * (double ? 2 : 1)}>;
+@compute @workgroup_size(${threads})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  // With vec4 loads a scalar binding may go unread, and an unread binding drops out of the
+  // pipeline's layout: keep every input in it (arrayLength reads no memory).
+  ${spec.inputs.map((name) => `_ = arrayLength(&${name});`).join(" ")}
+  let g = wid.x + wid.y * nwg.x;
+  if (g >= ${total}u) { return; }
+  let m0 = ((g / ${tilesN}u) % ${tilesM}u) * ${bm}u;
+  let n0 = (g % ${tilesN}u) * ${bn}u;
+  let rest = g / ${tilesN * tilesM}u;
+  let bt = rest % ${batch}u;
+  let ks = rest / ${batch}u;
+  let kBegin = ks * ${chunk}u;
+  let kEnd = min(kBegin + ${chunk}u, ${k}u);
+  let tx = li % ${tx}u;
+  let ty = li / ${tx}u;
+  ${interior ? `let inside = m0 + ${bm}u <= ${m}u && n0 + ${bn}u <= ${n}u;` : ""}
+  ${accs.join(" ")}
+  ${A.decl}
+  ${B.decl}
+  ${loop}
+  ${stores}
+}`;
+}
