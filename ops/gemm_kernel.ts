@@ -58,7 +58,14 @@ import {
   isGemmConfig,
   withSplits,
 } from "./gemm_plan.ts";
-import { bindingsFrom, gemmSource, type GemmVecOperand, kChunks, vecViews } from "./gemm_source.ts";
+import {
+  bindingsFrom,
+  gemmSource,
+  type GemmSourceSpec,
+  type GemmVecOperand,
+  kChunks,
+  vecViews,
+} from "./gemm_source.ts";
 import { type PlanJob, planner } from "./planner.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
@@ -66,36 +73,17 @@ export type { GemmConfig, GemmVecOperand };
 
 const gemmSources = new Map<string, string>();
 
-/** One product for {@linkcode gemm}: `out[bt, m, n] = Σ_k A(bt, m, k) · B(bt, n, k)`. */
-export interface GemmSpec {
-  batch: number;
-  m: number;
-  n: number;
-  k: number;
+/**
+ * One product for {@linkcode gemm}: `out[bt, m, n] = Σ_k A(bt, m, k) · B(bt, n, k)`,
+ * the generator's {@linkcode GemmSourceSpec} with the tensors bound by WGSL name.
+ */
+export interface GemmSpec extends Omit<GemmSourceSpec, "inputs" | "outputs" | "written"> {
   /** Tensors the loaders read, by their WGSL names. */
   inputs: Record<string, Tensor>;
-  /** WGSL body of `fn ldA(bt: u32, m: u32, k: u32) -> f32`; called with m < M, k < K only. */
-  loadA: string;
-  /** True when consecutive k are (mostly) adjacent in memory for A: decides the load order. */
-  aKFast: boolean;
-  /** WGSL body of `fn ldB(bt: u32, n: u32, k: u32) -> f32`; called with n < N, k < K only. */
-  loadB: string;
-  bKFast: boolean;
-  /**
-   * Optional vec4 addressing of A (see {@linkcode GemmVecOperand}): lets configs with `vec` read
-   * 4 fast-axis elements in one load. Give it only when A's fast extent is a multiple of 4.
-   */
-  vecA?: GemmVecOperand;
-  /** Optional vec4 addressing of B, as `vecA`. */
-  vecB?: GemmVecOperand;
   /** Tensors the store writes or reads (output first), by WGSL name; the first is read-write. */
   outputs: Record<string, Tensor>;
-  /** WGSL body of `fn st(bt: u32, m: u32, n: u32, v: f32)`: where the value goes. */
-  store: string;
   /** How many leading `outputs` the store writes (default 1); the rest are read-only. */
   written?: number;
-  /** WGSL helpers the loaders or the store call (e.g. `erf_f32`). */
-  prelude?: string;
 }
 
 /** A short, stable id of a product's loaders and store (two 32-bit FNV-1a hashes). */

@@ -64,7 +64,11 @@ export interface GemmVecOperand {
   index: string;
 }
 
-/** A product as the generator sees it (see `GemmSpec` in `gemm_kernel.ts`, which fills it in). */
+/**
+ * A product as the generator sees it, by WGSL names: `out[bt, m, n] =
+ * Σ_k A(bt, m, k) · B(bt, n, k)` (`GemmSpec` in `gemm_kernel.ts` is the same
+ * with tensors in place of the names).
+ */
 export interface GemmSourceSpec {
   batch: number;
   m: number;
@@ -74,14 +78,25 @@ export interface GemmSourceSpec {
   inputs: string[];
   /** Output names, bound after the inputs and their vec4 views; the first `written` read-write. */
   outputs: string[];
+  /** How many leading `outputs` the store writes; the rest are read-only. */
   written: number;
+  /** WGSL body of `fn ldA(bt: u32, m: u32, k: u32) -> f32`; called with m < M, k < K only. */
   loadA: string;
+  /** True when consecutive k are (mostly) adjacent in memory for A: decides the load order. */
   aKFast: boolean;
+  /** WGSL body of `fn ldB(bt: u32, n: u32, k: u32) -> f32`; called with n < N, k < K only. */
   loadB: string;
   bKFast: boolean;
+  /**
+   * Optional vec4 addressing of A (see {@linkcode GemmVecOperand}): lets configs with `vec` read
+   * 4 fast-axis elements in one load. Give it only when A's fast extent is a multiple of 4.
+   */
   vecA?: GemmVecOperand;
+  /** Optional vec4 addressing of B, as `vecA`. */
   vecB?: GemmVecOperand;
+  /** WGSL body of `fn st(bt: u32, m: u32, n: u32, v: f32)`: where the value goes. */
   store: string;
+  /** WGSL helpers the loaders or the store call (e.g. `erf_f32`). */
   prelude?: string;
 }
 
