@@ -463,7 +463,9 @@ export class Gpu {
       at += r.size * 4;
     }
     this.flush();
-    this.#order.host(staging, floats, [...writes], fn);
+    // The buffers now: a tensor may be disposed (its buffer pooled) before the step runs.
+    const targets = writes.map((w) => ({ buffer: w.buffer, size: w.size }));
+    this.#order.host(staging, floats, targets, fn);
   }
 
   /** True while host steps (and the work recorded behind them) wait to run. */
