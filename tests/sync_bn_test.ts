@@ -12,6 +12,11 @@ import type { StatsSum } from "../ops/sync_stats.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { checkOp, randomArray, relError, setup } from "./harness.ts";
 import { batchNorm2dRef, batchNormRunningRef } from "./reference.ts";
+import { BatchNorm2d } from "../models/layers.ts";
+import { presetConfig } from "../train/config.ts";
+import { parseTrainArgs } from "../train/main.ts";
+import { singleProcess } from "../train/parallel.ts";
+import { setupModel, setupTraining } from "../train/setup.ts";
 
 await setup();
 
@@ -212,4 +217,45 @@ Deno.test("synchronised batchNorm2d: eval mode uses the running statistics and r
     assert.ok(relError(await y.read(), (await x.read()).map((v) => v / Math.sqrt(1 + EPS))) < 1e-6);
   });
   assert.equal(calls, 0);
+});
+
+Deno.test("--sync-bn: parsed, refused for a model without BatchNorm, and a no-op in one process", async () => {
+  const cfg = parseTrainArgs(["--sync-bn", "--model", "resnet_cpu"], true);
+  assert.ok(cfg !== "help" && cfg.syncBn === true);
+  const plain = parseTrainArgs([], true);
+  assert.ok(plain !== "help" && !plain.syncBn, "per-rank BatchNorm is the default");
+  const out = await Deno.makeTempDir({ prefix: "lk_syncbn_" });
+  try {
+    const base = {
+      ...presetConfig("cpu"),
+      inputSize: 32,
+      trainSize: 8,
+      valSize: 4,
+      batchSize: 4,
+      epochs: 1,
+    };
+    await assert.rejects(
+      () => setupModel({ ...base, model: "convnext_cpu", syncBn: true, out }, singleProcess()),
+      /^Error: --sync-bn: model convnext_cpu has no BatchNorm layer to synchronise$/,
+    );
+    // One process: accepted, and every BatchNorm keeps normalising its own batch.
+    const run = await setupModel(
+      { ...base, model: "resnet_cpu", syncBn: true, out },
+      singleProcess(),
+    );
+    await setupTraining(run);
+    const bns = [...run.model.namedModules()].filter(([, m]) => m instanceof BatchNorm2d);
+    assert.ok(bns.length > 0);
+    for (const [, m] of bns) assert.equal((m as BatchNorm2d).statsReducer, null);
+    // Under a world that offers a reducer, every BatchNorm gets it.
+    const reducer: StatsReducer = () => () => Promise.resolve();
+    const world = { ...singleProcess(), world: 2, statsReducer: () => reducer };
+    const two = await setupModel({ ...base, model: "resnet_cpu", syncBn: true, out }, world);
+    await setupTraining(two);
+    for (const [, m] of two.model.namedModules()) {
+      if (m instanceof BatchNorm2d) assert.equal(m.statsReducer, reducer);
+    }
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
 });
