@@ -65,6 +65,7 @@ export * from "./models/replknet.ts";
 export * from "./models/resnet.ts";
 export * from "./models/shiftwise.ts";
 export * from "./models/registry.ts";
+export * from "./models/sync_batch_norm.ts";
 export * from "./models/weight_mapping.ts";
 // train: the trainer behind `deno task train`, its presets and datasets
 export {

@@ -25,7 +25,7 @@ import { depthwiseMaybeSparse, type SparseDepthwisePlan } from "../ops/sparse_de
 import { dropPath as dropPathOp } from "../ops/drop_path.ts";
 import { dropPathScales } from "../ops/fused.ts";
 import { linear } from "../ops/matmul.ts";
-import { batchNorm2d, layerNorm, layerNormChannelsFirst } from "../ops/norm.ts";
+import { batchNorm2d, layerNorm, layerNormChannelsFirst, type StatsReducer } from "../ops/norm.ts";
 import { maxPool2d as maxPoolOp, meanHW as meanHWOp } from "../ops/pool.ts";
 import { permute as permuteOp } from "../ops/shape.ts";
 import { numel, type Tensor } from "../ops/tensor.ts";
@@ -377,6 +377,12 @@ export class BatchNorm2d extends Module {
   readonly runningMean: Param;
   readonly runningVar: Param;
   readonly numBatchesTracked: Param;
+  /**
+   * Synchronised batch norm in training: the reducer that sums the batch
+   * statistics over the replicas of a data-parallel run (see
+   * sync_batch_norm.ts); null normalises each replica's own batch.
+   */
+  statsReducer: StatsReducer | null = null;
   constructor(
     readonly channels: number,
     readonly eps = 1e-5,
@@ -404,7 +410,12 @@ export class BatchNorm2d extends Module {
       this.bias.tensor,
       this.runningMean.tensor,
       this.runningVar.tensor,
-      { training: this.training, momentum: this.momentum, eps: this.eps },
+      {
+        training: this.training,
+        momentum: this.momentum,
+        eps: this.eps,
+        reducer: this.statsReducer ?? undefined,
+      },
     ) as V;
   }
 }

@@ -30,8 +30,10 @@ import {
   writeShaderDump,
 } from "./wgsl_dump.ts";
 import { callerSite, GpuDeviceLostError, GpuErrorWatch, GpuOpError } from "./gpu_errors.ts";
+import { type HostBuffer, type HostStepFn, QueueOrder } from "./queue_order.ts";
 
 export { GpuDeviceLostError, GpuOpError };
+export type { HostBuffer, HostStepFn };
 
 /**
  * Thrown when no WebGPU implementation or no adapter is available.
@@ -115,6 +117,8 @@ export class Gpu {
   #layouts = new Map<GPUComputePipeline, GPUBindGroupLayout>();
   /** Error scopes of fallible calls, thrown at sync points (see gpu_errors.ts). */
   readonly errors: GpuErrorWatch;
+  /** Queue work waiting behind host steps, drained in recording order (see queue_order.ts). */
+  readonly #order: QueueOrder;
   /** The op that compiled each pipeline, to name it when a later submit fails. */
   #sites = new Map<GPUComputePipeline, string>();
   /** The last dispatch recorded: its op and workgroups, to name a failed submit. */
@@ -172,6 +176,7 @@ export class Gpu {
     this.features = new Set(device.features);
     this.limits = device.limits;
     this.errors = new GpuErrorWatch(device);
+    this.#order = new QueueOrder(device, this.errors);
     if (checkWorkgroup) {
       this.#wgCheck = {
         counter: device.createBuffer({
@@ -405,21 +410,97 @@ export class Gpu {
         this.#lastPipeline,
         this.#lastWorkgroups,
       ];
+      const describe = () =>
+        `a submit of ${count} dispatches, the last by ${
+          (pipeline && this.#sites.get(pipeline)) ?? "an unknown op"
+        } over ${groups.join("×")} workgroups`;
       // One scope per submit: a bad binding or dispatch in the batch is reported with the last op.
-      this.errors.scoped(
-        () => this.device.queue.submit([encoder.finish()]),
-        () =>
-          `a submit of ${count} dispatches, the last by ${
-            (pipeline && this.#sites.get(pipeline)) ?? "an unknown op"
-          } over ${groups.join("×")} workgroups`,
-      );
+      if (this.#order.active) {
+        this.#order.submit(this.errors.scoped(() => encoder.finish(), describe), describe);
+      } else {
+        this.errors.scoped(() => this.device.queue.submit([encoder.finish()]), describe);
+      }
       this.#encoder = null;
       this.submits++;
       this.#idle = false;
       this.dispatchesSinceSubmit = 0;
     }
-    for (const b of this.#afterSubmit) b.destroy();
+    if (this.#order.active) this.#order.destroy(this.#afterSubmit);
+    else for (const b of this.#afterSubmit) b.destroy();
     this.#afterSubmit = [];
+  }
+
+  /**
+   * Record a host step: once the GPU has computed everything recorded so
+   * far, the values of `reads` go to `fn` on the CPU, and the arrays it
+   * returns are written into `writes` before anything recorded later runs.
+   * Recording goes on at once; the step and the work behind it run at the
+   * next sync point (a read-back, {@linkcode Gpu.sync}) or whenever the
+   * JavaScript thread waits, in recording order (see queue_order.ts). `fn`
+   * may return a promise (an MPI all-reduce): the queue waits for it.
+   *
+   * @example
+   * ```ts
+   * import { gpu, initGpu } from "./gpu.ts";
+   * import { Tensor } from "./tensor.ts";
+   * await initGpu();
+   * const sums = Tensor.from([1, 2]);
+   * gpu().hostStep([sums], [sums], ([v]) => [v.map((a) => a * 10)]);
+   * console.log(await sums.read()); // Float32Array [10, 20]
+   * ```
+   */
+  hostStep(reads: readonly HostBuffer[], writes: readonly HostBuffer[], fn: HostStepFn): void {
+    this.errors.throwIfLost();
+    const floats = reads.map((r) => r.size);
+    const staging = this.device.createBuffer({
+      size: Math.max(4, floats.reduce((a, b) => a + b, 0) * 4),
+      usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.MAP_READ,
+    });
+    const encoder = this.encoderForCopy();
+    let at = 0;
+    for (const r of reads) {
+      if (r.size > 0) encoder.copyBufferToBuffer(r.buffer, 0, staging, at, r.size * 4);
+      at += r.size * 4;
+    }
+    this.flush();
+    // The buffers now: a tensor may be disposed (its buffer pooled) before the step runs.
+    const targets = writes.map((w) => ({ buffer: w.buffer, size: w.size }));
+    this.#order.host(staging, floats, targets, fn);
+  }
+
+  /** True while host steps (and the work recorded behind them) wait to run. */
+  get hostStepsPending(): boolean {
+    return this.#order.active;
+  }
+
+  /** Host steps run so far (tests and statistics). */
+  get hostStepsRun(): number {
+    return this.#order.hostSteps;
+  }
+
+  /**
+   * Submit everything recorded so far; the promise resolves once it is on the
+   * queue (at once, unless host steps are pending), so that `mapAsync` of a
+   * buffer it writes may be called.
+   */
+  submitted(): Promise<void> {
+    this.flush();
+    return this.#order.submitted();
+  }
+
+  /**
+   * `queue.writeBuffer` after everything recorded so far: when host steps are
+   * pending, in its place behind them.
+   */
+  writeBuffer(dst: GPUBuffer, data: ArrayBufferView, dstOffset = 0): void {
+    this.flush();
+    if (this.#order.active) this.#order.write(dst, dstOffset, data);
+    else this.device.queue.writeBuffer(dst, dstOffset, data as ArrayBufferView<ArrayBuffer>);
+  }
+
+  /** Destroy `buffer` once the work recorded so far that may use it is submitted. */
+  destroyAfterSubmit(buffer: GPUBuffer): void {
+    this.#afterSubmit.push(buffer);
   }
 
   /**
@@ -464,6 +545,7 @@ export class Gpu {
     });
     if (padded > 0) this.encoderForCopy().copyBufferToBuffer(src, offset, staging, 0, padded);
     this.flush();
+    await this.#settle(staging);
     await staging.mapAsync(GPUMapMode.READ);
     this.#idle = true;
     const out = staging.getMappedRange().slice(0, size);
@@ -489,9 +571,21 @@ export class Gpu {
     );
   }
 
-  /** Wait until the GPU has finished everything submitted (flushes first). */
+  /** Run the pending host steps, if any; a failure among them is thrown here. */
+  async #settle(staging?: GPUBuffer): Promise<void> {
+    if (!this.#order.unsettled) return;
+    try {
+      await this.#order.settle();
+    } catch (e) {
+      staging?.destroy();
+      throw e;
+    }
+  }
+
+  /** Wait until the GPU has finished everything submitted (flushes and runs host steps first). */
   async sync(): Promise<void> {
     this.flush();
+    await this.#settle();
     await this.device.queue.onSubmittedWorkDone();
     this.#idle = true;
     await this.errors.check();

@@ -25,8 +25,12 @@
  * @module
  */
 import { record } from "./autograd.ts";
+import { gpu } from "./gpu.ts";
 import { assertShape, elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
+import { globalGradSums, globalMoments, type StatsReducer } from "./sync_stats.ts";
 import { f32, numel, Tensor } from "./tensor.ts";
+
+export type { StatsReducer };
 
 // ---------------------------------------------------------------- layout
 
@@ -142,6 +146,72 @@ ${perChannelMain(l)}
   }
 }`;
   launch(code, [x, mean, rstd, runningMean, runningVar], perChannelGrid(l.channels));
+  return [mean, rstd];
+}
+
+/**
+ * This replica's share of synchronised batch statistics: per channel the
+ * mean and the centred sum of squares `M2` over `(outer, inner)`, two-pass
+ * as {@linkcode batchStats}, into one tensor `[mean (C), M2 (C)]`.
+ */
+function localMoments(x: Tensor, l: Layout): Tensor {
+  const n = positions(l);
+  const out = Tensor.empty([2 * l.channels]);
+  const element = `x[${positionBase(l, "p")} + c * ${l.inner}u]`;
+  const code = `${storage("x", "out!")}
+${perChannelMain(l)}
+  var s = 0.0;
+  for (var p = lid; p < ${n}u; p += ${RWG}u) { s += ${element}; }
+  let m = reduce2(lid, vec2f(s, 0.0)).x / ${f32(n)};
+  var q = 0.0;
+  for (var p = lid; p < ${n}u; p += ${RWG}u) {
+    let d = ${element} - m;
+    q += d * d;
+  }
+  let sq = reduce2(lid, vec2f(q, 0.0)).x;
+  if (lid == 0u) {
+    out[c] = m;
+    out[${l.channels}u + c] = sq;
+  }
+}`;
+  launch(code, [x, out], perChannelGrid(l.channels));
+  return out;
+}
+
+/**
+ * Synchronised batch statistics: this replica's moments, summed over the
+ * replicas by a host step through `reduce`, give the global mean and
+ * 1/√(var + eps); the running statistics move towards the global mean and
+ * unbiased variance, so they are equal on every replica.
+ */
+function syncedBatchStats(
+  x: Tensor,
+  l: Layout,
+  eps: number,
+  momentum: number,
+  runningMean: Tensor,
+  runningVar: Tensor,
+  reduce: StatsReducer,
+): [Tensor, Tensor] {
+  const local = localMoments(x, l);
+  const mean = Tensor.empty([l.channels]);
+  const rstd = Tensor.empty([l.channels]);
+  const unbiased = Tensor.empty([l.channels]);
+  const sum = reduce();
+  const n = positions(l);
+  gpu().hostStep(
+    [local],
+    [mean, rstd, unbiased],
+    ([v]) => globalMoments(v, l.channels, n, eps, sum),
+  );
+  local.dispose();
+  const code = `${storage("mean", "unbiased", "runMean!", "runVar!")}
+${flatMain(l.channels)}
+  runMean[i] = ${f32(1 - momentum)} * runMean[i] + ${f32(momentum)} * mean[i];
+  runVar[i] = ${f32(1 - momentum)} * runVar[i] + ${f32(momentum)} * unbiased[i];
+}`;
+  launch(code, [mean, unbiased, runningMean, runningVar], l.channels);
+  unbiased.dispose();
   return [mean, rstd];
 }
 
@@ -313,6 +383,34 @@ function batchNormInputGrad(
   return gx;
 }
 
+/**
+ * Synchronised batch-norm input gradient: as {@linkcode batchNormInputGrad}
+ * in training, with the sums and the count over every replica, read from
+ * `red` = `[Σg·x̂ (C), Σg (C), 1/N]`, which a host step filled.
+ */
+function syncedBatchNormInputGrad(
+  g: Tensor,
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  weight: Tensor,
+  red: Tensor,
+  l: Layout,
+): Tensor {
+  const gx = Tensor.empty(x.shape);
+  const body = `let c = ${channelOf(l, "i")};
+  let r = rstd[c];
+  let inv = red[${2 * l.channels}u];
+  let xh = (x[i] - mean[c]) * r;
+  y[i] = w[c] * r * (g[i] - red[${l.channels}u + c] * inv - xh * red[c] * inv);`;
+  launch(
+    elementwiseKernel(x.size, ["g", "x", "mean", "rstd", "w", "red"], body),
+    [g, x, mean, rstd, weight, red, gx],
+    x.size,
+  );
+  return gx;
+}
+
 // ---------------------------------------------------------------- batch norm
 
 /** Options of {@linkcode batchNorm2d}. */
@@ -323,6 +421,13 @@ export interface BatchNormOptions {
   momentum?: number;
   /** Added to the variance before the square root (default 1e-5). */
   eps?: number;
+  /**
+   * Synchronised batch norm (training only): the batch statistics and the
+   * backward sums of every replica of a data-parallel run, summed by this
+   * reducer, as `torch.nn.SyncBatchNorm`. Without it each replica
+   * normalises its own batch.
+   */
+  reducer?: StatsReducer;
 }
 
 /**
@@ -333,7 +438,10 @@ export interface BatchNormOptions {
  * `running = (1 − momentum) · running + momentum · batchStat`, with the
  * unbiased variance (× n/(n−1)) for `runningVar`. That update is not
  * differentiated. Eval: normalises with the running statistics.
- * Gradients flow to `x`, `weight` and `bias`.
+ * Gradients flow to `x`, `weight` and `bias`. With `opts.reducer`
+ * (synchronised batch norm, training only) the statistics, the running
+ * update and the input gradient's sums are those of every replica's batch
+ * together, summed by host steps in the command stream (see sync_stats.ts).
  *
  * @example
  * ```ts
@@ -372,14 +480,27 @@ export function batchNorm2d(
       `batchNorm2d: training needs more than 1 value per channel, got x [${x.shape}]`,
     );
   }
-  const [mean, rstd] = training
-    ? batchStats(x, l, eps, opts.momentum ?? 0.1, runningMean, runningVar)
-    : runningStats(runningMean, runningVar, eps);
+  const momentum = opts.momentum ?? 0.1;
+  const reducer = training ? opts.reducer : undefined;
+  const [mean, rstd] = !training
+    ? runningStats(runningMean, runningVar, eps)
+    : reducer
+    ? syncedBatchStats(x, l, eps, momentum, runningMean, runningVar, reducer)
+    : batchStats(x, l, eps, momentum, runningMean, runningVar);
   const y = normalizeAffine(x, mean, rstd, weight, bias, l, "channel");
   record("batchNorm2d", [x, weight, bias], y, [x, mean, rstd, weight], (g, [sx, sm, sr, sw]) => {
     // Σ g·x̂ and Σ g are the weight and bias gradients and also feed the input gradient.
     const [gw, gb] = affineGradSums(g, sx, sm, sr, l, "channel");
-    return [batchNormInputGrad(g, sx, sm, sr, sw, gw, gb, l, training), gw, gb];
+    if (!reducer) return [batchNormInputGrad(g, sx, sm, sr, sw, gw, gb, l, training), gw, gb];
+    // As torch's SyncBatchNorm: the input gradient takes the sums over every replica; the
+    // weight and bias gradients stay this replica's, summed by the gradient all-reduce.
+    const red = Tensor.empty([2 * l.channels + 1]);
+    const sum = reducer();
+    const n = positions(l);
+    gpu().hostStep([gw, gb], [red], ([a, b]) => globalGradSums(a, b, n, sum).then((v) => [v]));
+    const gx = syncedBatchNormInputGrad(g, sx, sm, sr, sw, red, l);
+    red.dispose();
+    return [gx, gw, gb];
   });
   mean.dispose();
   rstd.dispose();

@@ -81,7 +81,7 @@ class BufferPool {
       for (const b of list) {
         this.allocatedBytes -= b.size;
         this.buffers--;
-        b.destroy();
+        gpu().destroyAfterSubmit(b);
       }
     }
     this.#free.clear();
@@ -132,12 +132,8 @@ export function poolStats(): {
  * ```
  */
 export function trimPool(): void {
-  flushBeforeTrim();
   pool.trim();
-}
-
-function flushBeforeTrim() {
-  // Destroying a buffer still referenced by unsubmitted work is an error.
+  // Destroying a buffer still referenced by unsubmitted work is an error: they go after it.
   gpu().flush();
 }
 

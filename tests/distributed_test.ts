@@ -8,6 +8,7 @@ import { setup } from "./harness.ts";
 import { backward } from "../ops/autograd.ts";
 import { add, mul, sum } from "../ops/elementwise.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
+import { gpu } from "../ops/gpu.ts";
 import { openDataset } from "../train/data/mod.ts";
 import { openCifar10 } from "../train/data/cifar.ts";
 import { loadSharp, openImageFolder } from "../train/data/image_folder.ts";
@@ -15,8 +16,12 @@ import { epochPlan, shardOrder } from "../train/data/transforms.ts";
 import type { Batch, Dataset, Shard } from "../train/data/types.ts";
 import { planBuckets } from "../train/grad_buckets.ts";
 import { BucketedGradientSync, type CommStep } from "../train/grad_sync.ts";
-import { launchedWorld } from "../ops/mpi.ts";
-import { pciDisplayDevices, selectGpuByLocalRank } from "../train/distributed.ts";
+import { launchedWorld, type Mpi } from "../ops/mpi.ts";
+import {
+  orderedCollectives,
+  pciDisplayDevices,
+  selectGpuByLocalRank,
+} from "../train/distributed.ts";
 import { rescaleProgress } from "../train/world_resume.ts";
 import { COMM_CSV_HEADER, CommLog } from "../train/comm_log.ts";
 
@@ -368,16 +373,95 @@ Deno.test("comm log: one row per step, the waiting share, appended after a heade
     );
     await log.write();
     log.add(3, { bytes: 4000, readMs: 0, reduceMs: 0, writeMs: 0, waitMs: 0 }, 5);
+    // Synchronised batch norm: its all-reduces outside the gradient sum's wait count as waiting.
+    log.add(4, {
+      bytes: 4000,
+      readMs: 0,
+      reduceMs: 1,
+      writeMs: 0,
+      waitMs: 1,
+      bnMs: 3,
+      bnWaitMs: 2,
+      bnReductions: 4,
+    }, 10);
+    assert.equal(log.share(), (1 + 2) / (5 + 10));
+    assert.match(log.describe(), /, batch-norm all-reduces 1\.0 ms; the step waited 0\.7 ms of /);
     await log.write();
     await log.write(); // nothing new: nothing appended
     const lines = (await Deno.readTextFile(`${dir}/comm.csv`)).trimEnd().split("\n");
     assert.deepEqual(lines, [
       COMM_CSV_HEADER,
-      "1,4000,1.500,2.000,0.250,3.000,30.000",
-      "2,4000,1.000,1.000,0.500,1.000,10.000",
-      "3,4000,0.000,0.000,0.000,0.000,5.000",
+      "1,4000,1.500,2.000,0.250,3.000,30.000,0.000",
+      "2,4000,1.000,1.000,0.500,1.000,10.000,0.000",
+      "3,4000,0.000,0.000,0.000,0.000,5.000,0.000",
+      "4,4000,0.000,1.000,0.000,1.000,10.000,3.000",
     ]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("ordered collectives: a reserved sum keeps its place; later collectives wait behind it", async () => {
+  const issued: string[] = [];
+  const world = {
+    allreduceSum: (v: Float32Array | Float64Array) => {
+      issued.push(`sum ${v[0]}`);
+      v[0] *= 2; // a pretend world of two equal ranks
+      return Promise.resolve();
+    },
+    broadcast: (v: Uint8Array) => Promise.resolve(void issued.push(`bcast ${v[0]}`)),
+  } as unknown as Mpi;
+  const mpi = orderedCollectives(world);
+  const first = mpi.reserveSum(); // recorded first: a forward batch-norm reduction
+  const second = mpi.reserveSum();
+  const bucket = mpi.allreduceSum(Float32Array.of(3)); // read back early, asked later
+  const bcast = mpi.broadcast(Uint8Array.of(4));
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(issued, [], "nothing overtakes the reserved sums");
+  const v1 = Float64Array.of(1);
+  const v2 = Float64Array.of(2);
+  const done2 = second(v2);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(issued, [], "the second waits for the first");
+  await Promise.all([first(v1), done2, bucket, bcast]);
+  assert.deepEqual(issued, ["sum 1", "sum 2", "sum 3", "bcast 4"]);
+  assert.deepEqual([v1[0], v2[0]], [2, 4]);
+});
+
+Deno.test("gradient sync behind pending host steps: each bucket read where it was recorded", async () => {
+  await scope(async () => {
+    const params = [Tensor.from([1, 2]), Tensor.from([3, 4, 5])];
+    params.forEach((p) => (p.requiresGrad = true));
+    params[0].grad = Tensor.from([10, 20]);
+    params[1].grad = Tensor.from([30, 40, 50]);
+    const order: string[] = [];
+    const sync = new BucketedGradientSync(params, {
+      world: 2,
+      capBytes: 8, // one bucket per parameter
+      sum: (v) => {
+        order.push(`sum ${v.length}`);
+        for (let i = 0; i < v.length; i++) v[i] *= 2; // a pretend second rank with equal grads
+        return Promise.resolve();
+      },
+    });
+    const g1 = params[1].grad;
+    // A host step (as batch norm's) doubles the second gradient before it is final...
+    gpu().hostStep([g1], [g1], ([v]) => {
+      order.push("host 1");
+      return [v.map((a) => 2 * a)];
+    });
+    sync.onGradReady(params[1]);
+    // ...and one recorded after its bucket's read-back changes it again: the bucket must not see it.
+    gpu().hostStep([g1], [g1], ([v]) => {
+      order.push("host 2");
+      return [v.map((a) => a + 1000)];
+    });
+    sync.onGradReady(params[0]);
+    assert.equal(gpu().hostStepsPending, true);
+    await sync.finish();
+    assert.deepEqual(order, ["host 1", "host 2", "sum 3", "sum 2"]);
+    // The means are written after everything recorded before finish, the second host step too.
+    assert.deepEqual([...await params[0].grad!.read()], [10, 20]);
+    assert.deepEqual([...await params[1].grad!.read()], [60, 80, 100]);
+  });
 });

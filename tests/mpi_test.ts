@@ -156,6 +156,64 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    `mpi: with --sync-bn, 2 ranks with batch B train the same weights and BatchNorm statistics as 1 process with 2B${suffix}`,
+  ignore,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "lk_mpi_syncbn_" });
+    try {
+      const [one, two] = await Promise.all([
+        new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", "tests/fixtures/mpi_train.ts", `${dir}/one`, "8", "bn"],
+          env: { MESA_SHADER_CACHE_DISABLE: "true" },
+          stdout: "piped",
+          stderr: "piped",
+        }).output(),
+        mpirun(2, ["tests/fixtures/mpi_train.ts", `${dir}/two`, "4", "bn"]),
+      ]);
+      assert.equal(one.code, 0, new TextDecoder().decode(one.stderr));
+      assert.equal(two.code, 0, two.stderr);
+      const diff = (two: string, one: string, file: string) =>
+        relativeDifference(
+          `${dir}/two/${two}/checkpoint-last/${file}`,
+          `${dir}/one/${one}/checkpoint-last/${file}`,
+        );
+      // model.safetensors holds the BatchNorm running statistics beside the weights. The
+      // optimiser's moments are gradients, which float32 sums in another order move more after
+      // a dozen batch-norm backward passes (measured 1.8e-5); per-rank statistics move them ~1.
+      for (
+        const [file, tol] of [["model.safetensors", 1e-5], ["optimizer.safetensors", 1e-4]] as const
+      ) {
+        const d = await diff("sync", "sync", file);
+        console.log(`sync-bn ${file}: relative difference ${d.toExponential(2)}`);
+        assert.ok(d <= tol, `sync-bn ${file}: relative difference ${d}`);
+      }
+      // One process with --sync-bn is plain batch norm: the per-rank run of 2 ranks is not.
+      const local = await diff("local", "sync", "model.safetensors");
+      console.log(
+        `per-rank BatchNorm model.safetensors: relative difference ${local.toExponential(2)}`,
+      );
+      assert.ok(local > 1e-3, `per-rank BatchNorm should differ, got ${local}`);
+      const log = await Deno.readTextFile(`${dir}/two/sync/log.csv`);
+      assert.equal(log.split("\n")[1].split(",")[1], "3", "3 optimiser steps");
+      const ranks = two.stdout.split("\n").filter((l) => l.startsWith("{"))
+        .map((l) => JSON.parse(l)).sort((a, b) => a.rank - b.rank);
+      assert.equal(ranks.length, 2, two.stdout);
+      // Every rank ends with the same weights and running statistics, bit for bit.
+      assert.equal(ranks[1].finals.sync, ranks[0].finals.sync);
+      // Without synchronisation the running statistics are each rank's own.
+      assert.notEqual(ranks[1].finals.local, ranks[0].finals.local);
+      const comm = await Deno.readTextFile(`${dir}/two/sync/comm.csv`);
+      const rows = comm.trim().split("\n");
+      assert.match(rows[0], /,bn_allreduce_ms$/);
+      for (const row of rows.slice(1)) assert.ok(Number(row.split(",").at(-1)) > 0, row);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
   name: `mpi: ranks started with different flags stop with one line each, writing nothing${suffix}`,
   ignore,
   async fn() {

@@ -1,9 +1,11 @@
 /**
  * The communication cost of data-parallel training, step by step: one row
  * per optimiser step in `comm.csv` (bytes summed, read-back, all-reduce and
- * write-back milliseconds, the time the step waited on them, and the whole
- * step's time), and the share of the step spent waiting on communication,
- * which the progress bar shows.
+ * write-back milliseconds, the time the step waited on them, the whole
+ * step's time, and the time in synchronised batch norm's all-reduces), and
+ * the share of the step spent waiting on communication (the gradient sum's
+ * wait plus the batch-norm all-reduces outside it, during which the GPU has
+ * nothing queued), which the progress bar shows.
  *
  * @example
  * ```ts
@@ -18,7 +20,8 @@ import type { CommStep } from "./grad_sync.ts";
 import { appendLinesAtomic } from "../analysis/csv.ts";
 
 /** The columns of `comm.csv`. */
-export const COMM_CSV_HEADER = "step,bytes,read_ms,allreduce_ms,write_ms,wait_ms,step_ms";
+export const COMM_CSV_HEADER =
+  "step,bytes,read_ms,allreduce_ms,write_ms,wait_ms,step_ms,bn_allreduce_ms";
 
 /** Rows of `comm.csv` gathered between writes, and the running communication share. */
 export class CommLog {
@@ -26,7 +29,7 @@ export class CommLog {
   #rows: string[] = [];
   #waitMs = 0;
   #stepMs = 0;
-  /** Every step's costs so far: bytes, read, all-reduce, write, wait, step (for the summary). */
+  /** Every step's costs so far: bytes, read, all-reduce, write, wait, step, BN (for the summary). */
   #all: number[][] = [];
 
   /** `path`: the CSV to append to (created with its header), or null to keep no file. */
@@ -37,6 +40,7 @@ export class CommLog {
   /** Record optimiser step `step`, whose gradient sum cost `comm`, and which took `stepMs`. */
   add(step: number, comm: CommStep, stepMs: number): void {
     const f = (x: number) => x.toFixed(3);
+    const bnMs = comm.bnMs ?? 0;
     this.#rows.push(
       [
         step,
@@ -46,12 +50,21 @@ export class CommLog {
         f(comm.writeMs),
         f(comm.waitMs),
         f(stepMs),
+        f(bnMs),
       ]
         .join(","),
     );
-    this.#waitMs += comm.waitMs;
+    this.#waitMs += comm.waitMs + (comm.bnWaitMs ?? bnMs);
     this.#stepMs += stepMs;
-    this.#all.push([comm.bytes, comm.readMs, comm.reduceMs, comm.writeMs, comm.waitMs, stepMs]);
+    this.#all.push([
+      comm.bytes,
+      comm.readMs,
+      comm.reduceMs,
+      comm.writeMs,
+      comm.waitMs,
+      stepMs,
+      bnMs,
+    ]);
   }
 
   /**
@@ -72,8 +85,9 @@ export class CommLog {
     const ms = (j: number) => `${mean(j).toFixed(1)} ms`;
     const steps = `${rows.length} step${rows.length === 1 ? "" : "s"}`;
     const n = rows.length === this.#all.length ? steps : `mean of ${steps} after the first`;
+    const bn = rows.some((r) => r[6] > 0) ? `, batch-norm all-reduces ${ms(6)}` : "";
     return `communication per step (${n}): ${formatBytes(mean(0))}, read-back ${ms(1)}, ` +
-      `all-reduce ${ms(2)}, write-back ${ms(3)}; the step waited ${ms(4)} of ${ms(5)}`;
+      `all-reduce ${ms(2)}, write-back ${ms(3)}${bn}; the step waited ${ms(4)} of ${ms(5)}`;
   }
 
   /** Fraction of the step time since the last call spent waiting on communication; then resets. */

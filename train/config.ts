@@ -37,6 +37,12 @@ export interface TrainConfig {
   cutmix: number;
   modelEma: boolean;
   modelEmaDecay: number;
+  /**
+   * Synchronised BatchNorm (`--sync-bn`, the official `use_sync_bn`): under
+   * `mpirun`, every BatchNorm normalises with the statistics of all ranks'
+   * batches together, as `torch.nn.SyncBatchNorm`; one process is unchanged.
+   */
+  syncBn?: boolean;
   inputSize: number;
   seed: number;
   out: string;

@@ -18,6 +18,7 @@
  */
 import type { Module } from "../models/module.ts";
 import { launchedWorld, type Mpi, openMpi } from "../ops/mpi.ts";
+import type { StatsReducer } from "../ops/norm.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { BucketedGradientSync, type CommStep } from "./grad_sync.ts";
 import { type GradientSync, type Replicas, singleProcess } from "./parallel.ts";
@@ -81,15 +82,19 @@ const HASH_BYTES = 64;
  * ```
  */
 export function mpiReplicas(mpi: Mpi): MpiReplicas {
+  // Every collective goes through the order, or a reserved batch-norm sum could be overtaken.
+  const ordered = orderedCollectives(mpi);
   const commSteps: CommStep[] = [];
   const staging: GPUBuffer[] = [];
+  // Synchronised batch norm's all-reduces since the last gradient sum: [start, end] of each.
+  const bnSpans: [number, number][] = [];
   const agree = async (what: string, hash: string) => {
     const mine = new TextEncoder().encode(hash.padEnd(HASH_BYTES).slice(0, HASH_BYTES));
     const root = mine.slice();
-    await mpi.broadcast(root, 0);
+    await ordered.broadcast(root, 0);
     const differs = root.some((b, i) => b !== mine[i]);
     const count = new Float64Array([differs ? 1 : 0]);
-    await mpi.allreduceSum(count);
+    await ordered.allreduceSum(count);
     if (count[0] > 0) {
       const text = (b: Uint8Array) => new TextDecoder().decode(b).trim().slice(0, 16);
       throw new RanksDisagreeError(
@@ -112,7 +117,7 @@ export function mpiReplicas(mpi: Mpi): MpiReplicas {
         flat.set(await p.tensor.read(), at);
         at += p.size;
       }
-      await mpi.broadcast(flat, 0);
+      await ordered.broadcast(flat, 0);
       if (mpi.rank !== 0) {
         at = 0;
         for (const [, p] of entries) {
@@ -131,20 +136,109 @@ export function mpiReplicas(mpi: Mpi): MpiReplicas {
     },
     async sum(values: Float64Array): Promise<Float64Array> {
       const out = values.slice();
-      await mpi.allreduceSum(out);
+      await ordered.allreduceSum(out);
       return out;
     },
     gradientSync(params: Tensor[]): GradientSync {
       return new BucketedGradientSync(params, {
         world: mpi.size,
-        sum: (v) => mpi.allreduceSum(v),
-        onDone: (s) => commSteps.push(s),
+        sum: (v) => ordered.allreduceSum(v),
+        onDone: (s) => commSteps.push({ ...s, ...batchNormCosts(bnSpans.splice(0), s.waitMs) }),
         staging,
       });
+    },
+    statsReducer(): StatsReducer {
+      return () => {
+        const sum = ordered.reserveSum();
+        return async (values) => {
+          const started = performance.now();
+          await sum(values);
+          bnSpans.push([started, performance.now()]);
+        };
+      };
     },
     agree,
     abort: (code: number) => mpi.abort(code),
     finalize: () => mpi.finalize(),
+  };
+}
+
+/**
+ * What synchronised batch norm's all-reduces (`spans`, [start, end] in
+ * `performance.now()` time) cost a step whose gradient sum just waited
+ * `waitMs`: their total time, the part of it outside that wait (the rest is
+ * already counted in it), and their number.
+ */
+function batchNormCosts(
+  spans: [number, number][],
+  waitMs: number,
+): Pick<CommStep, "bnMs" | "bnWaitMs" | "bnReductions"> {
+  const end = performance.now();
+  const start = end - waitMs;
+  let bnMs = 0;
+  let inWait = 0;
+  for (const [a, b] of spans) {
+    bnMs += b - a;
+    inWait += Math.max(0, Math.min(b, end) - Math.max(a, start));
+  }
+  return { bnMs, bnWaitMs: bnMs - inWait, bnReductions: spans.length };
+}
+
+/** {@linkcode Mpi}'s collectives, in the order they are asked for (see {@linkcode orderedCollectives}). */
+interface OrderedCollectives {
+  allreduceSum(values: Float32Array | Float64Array): Promise<void>;
+  broadcast(values: Float32Array | Float64Array | Uint8Array, root?: number): Promise<void>;
+  /**
+   * Take the next place in the order for a sum whose values come later: the
+   * returned function sums them in place once every collective asked for
+   * before has run.
+   */
+  reserveSum(): (values: Float64Array) => Promise<void>;
+}
+
+/**
+ * The collectives of `mpi` run one at a time in the order they are asked
+ * for, including sums reserved before their values exist: synchronised batch
+ * norm reserves its all-reduces when the GPU work is recorded and sums when a
+ * host step has the values. Every rank records the same work in the same
+ * order, so every rank issues the same collectives in the same order,
+ * whatever the timing of its GPU; a gradient bucket that is read back early
+ * still waits behind the batch-norm sums recorded before it.
+ *
+ * @example
+ * ```ts
+ * import type { Mpi } from "../ops/mpi.ts";
+ * import { orderedCollectives } from "./distributed.ts";
+ * const issued: number[] = [];
+ * const world = { // a stand-in for openMpi() that logs what reaches MPI
+ *   allreduceSum: (v: Float32Array | Float64Array) => Promise.resolve(void issued.push(v[0])),
+ * } as unknown as Mpi;
+ * const mpi = orderedCollectives(world);
+ * const later = mpi.reserveSum();
+ * const now = mpi.allreduceSum(new Float32Array([1])); // waits for the reserved sum
+ * await Promise.all([later(new Float64Array([2])), now]);
+ * console.log(issued); // [2, 1]
+ * ```
+ */
+export function orderedCollectives(mpi: Mpi): OrderedCollectives {
+  let tail: Promise<unknown> = Promise.resolve();
+  const inOrder = <T>(f: () => Promise<T>): Promise<T> => {
+    const next = tail.then(f);
+    tail = next.catch(() => {});
+    return next;
+  };
+  return {
+    allreduceSum: (values) => inOrder(() => mpi.allreduceSum(values)),
+    broadcast: (values, root) => inOrder(() => mpi.broadcast(values, root)),
+    reserveSum() {
+      let give!: (values: Float64Array) => void;
+      const values = new Promise<Float64Array>((resolve) => (give = resolve));
+      const done = inOrder(async () => mpi.allreduceSum(await values));
+      return (v) => {
+        give(v);
+        return done;
+      };
+    },
   };
 }
 

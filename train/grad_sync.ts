@@ -148,14 +148,17 @@ export class BucketedGradientSync implements GradientSync {
       if (grad) enc.copyBufferToBuffer(grad.buffer, 0, buffer, at, grad.size * 4);
       else enc.clearBuffer(buffer, at, this.#params[i].size * 4);
     });
+    const read = () =>
+      buffer.mapAsync(GPUMapMode.READ).then(() => {
+        const values = new Float32Array(buffer.getMappedRange().slice(0, bucket.size * 4));
+        buffer.unmap();
+        if (!pool) buffer.destroy();
+        this.#lastRead = performance.now();
+        return values;
+      });
     g.flush();
-    this.#read[k] = buffer.mapAsync(GPUMapMode.READ).then(() => {
-      const values = new Float32Array(buffer.getMappedRange().slice(0, bucket.size * 4));
-      buffer.unmap();
-      if (!pool) buffer.destroy();
-      this.#lastRead = performance.now();
-      return values;
-    });
+    // Behind pending host steps (synchronised BatchNorm) the copies reach the queue later: map then.
+    this.#read[k] = g.hostStepsPending ? g.submitted().then(read) : read();
   }
 
   /** Divide a summed bucket by the world size and write it back into its gradients. */
@@ -163,14 +166,13 @@ export class BucketedGradientSync implements GradientSync {
     const inv = 1 / this.#opts.world;
     for (let i = 0; i < values.length; i++) values[i] *= inv;
     const g = gpu();
-    // Everything recorded is submitted first, so the queue's writes land after it, in order.
-    g.flush();
     bucket.params.forEach((i, j) => {
       const p = this.#params[i];
       const at = bucket.offsets[j];
       const mean = values.subarray(at, at + p.size) as Float32Array<ArrayBuffer>;
       if (p.grad) {
-        g.device.queue.writeBuffer(p.grad.buffer, 0, mean);
+        // After everything recorded so far (behind pending host steps too), in recording order.
+        g.writeBuffer(p.grad.buffer, mean);
       } else if (mean.some((v) => v !== 0)) {
         // This rank's pass did not reach it, another one's did: it gets the mean like the rest.
         p.grad = keep(Tensor.from(mean, p.shape));

@@ -97,6 +97,10 @@ const FLAGS = {
   cutmix: { type: "number", min: 0, max: 100, help: "cutmix alpha (0 = off)" },
   "model-ema": { type: "boolean", help: "keep an exponential moving average of the weights" },
   "model-ema-decay": { type: "number", min: 0, below: 1, help: "EMA decay" },
+  "sync-bn": {
+    type: "boolean",
+    help: "data-parallel runs: BatchNorm statistics over every rank's batch (SyncBatchNorm)",
+  },
   "input-size": { type: "int", min: 32, max: MAX_INPUT_SIZE, help: "image size" },
   seed: {
     type: "int",
@@ -345,6 +349,7 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   set("cutmix", v.cutmix);
   set("modelEma", v["model-ema"]);
   set("modelEmaDecay", v["model-ema-decay"]);
+  set("syncBn", v["sync-bn"]);
   set("inputSize", v["input-size"]);
   set("seed", v.seed);
   set("out", v.out);

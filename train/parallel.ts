@@ -17,6 +17,7 @@
  * @module
  */
 import type { Module } from "../models/module.ts";
+import type { StatsReducer } from "../ops/norm.ts";
 import type { Tensor } from "../ops/tensor.ts";
 
 /**
@@ -41,6 +42,15 @@ export interface CommStep {
   writeMs: number;
   /** How long `finish` held up the step: the communication the backward pass did not hide. */
   waitMs: number;
+  /**
+   * Time inside synchronised batch norm's all-reduces of the step (forward
+   * and backward), during which this rank's GPU has nothing queued.
+   */
+  bnMs?: number;
+  /** The part of `bnMs` outside `waitMs` (the rest overlapped the gradient sum's wait). */
+  bnWaitMs?: number;
+  /** Synchronised batch norm's all-reduces in the step. */
+  bnReductions?: number;
 }
 
 /** The ranks of a run and the collective operations the engine needs. */
@@ -61,6 +71,11 @@ export interface Replicas {
   abort(code: number): void;
   /** The costs of the gradient sums since the last call (emptied by it); none in one process. */
   takeCommSteps?(): CommStep[];
+  /**
+   * Synchronised batch norm's reducer: sums per-channel statistics over the
+   * ranks, in recording order (absent in one process: nothing to sum).
+   */
+  statsReducer?(): StatsReducer;
 }
 
 /**

@@ -20,6 +20,7 @@
  * @module
  */
 import { seedInit } from "../models/module.ts";
+import { syncBatchNorm } from "../models/sync_batch_norm.ts";
 import type { Weights } from "../models/safetensors.ts";
 import { AdamW, decayGroups } from "../ops/optim.ts";
 import type { Tensor } from "../ops/tensor.ts";
@@ -87,6 +88,9 @@ export async function setupModel(cfg: TrainConfig, replicas: Replicas): Promise<
   const from = await resumeSource(cfg);
   seedInit(cfg.seed);
   const { model, args: modelArgs } = buildModel(cfg, data.numClasses);
+  if (cfg.syncBn && syncBatchNorm(model, null) === 0) {
+    throw new Error(`--sync-bn: model ${cfg.model} has no BatchNorm layer to synchronise`);
+  }
   const ema = cfg.modelEma
     ? new ModelEma(model, buildModel(cfg, data.numClasses).model, cfg.modelEmaDecay)
     : null;
@@ -192,6 +196,8 @@ export async function setupTraining(run: TrainRun): Promise<void> {
     );
   }
   await planKernels(run.model, cfg, run.state);
+  // After the plans: planning runs a training step on each rank alone, which must not reduce.
+  if (cfg.syncBn && replicas.statsReducer) syncBatchNorm(run.model, replicas.statsReducer());
 }
 
 /** The run's dataset: the configured folder, or the procedural set with the configured sizes. */
