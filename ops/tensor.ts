@@ -40,9 +40,19 @@ export function sizeClass(bytes: number): number {
   return Math.ceil(b / quarter) * quarter;
 }
 
-/** Pool of free GPU buffers by size class. */
+/**
+ * Pool of free GPU buffers by size class. Each class hands out its
+ * lowest-numbered free buffer (numbers in order of creation), so which buffer
+ * a tensor gets depends only on which are free, not on the order they were
+ * freed in: a training step that allocates the same way as the one before
+ * gets the same buffers, and the recorder's bind groups serve it again (a
+ * plain stack would hand them out permuted, step after step).
+ */
 class BufferPool {
-  #free = new Map<number, GPUBuffer[]>();
+  /** Free buffers by size class and their numbers, highest number first (`pop()` gives the lowest). */
+  #free = new Map<number, { buffers: GPUBuffer[]; numbers: number[] }>();
+  #numbers = new WeakMap<GPUBuffer, number>();
+  #created = 0;
   allocatedBytes = 0;
   freeBytes = 0;
   buffers = 0;
@@ -51,7 +61,8 @@ class BufferPool {
   acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): GPUBuffer {
     const size = sizeClass(bytes);
     const list = this.#free.get(size);
-    const hit = list?.pop();
+    list?.numbers.pop();
+    const hit = list?.buffers.pop();
     if (hit) {
       this.freeBytes -= size;
       return hit;
@@ -64,21 +75,40 @@ class BufferPool {
     }
     this.allocatedBytes += size;
     this.buffers++;
-    return gpu().createBuffer({ size, usage: USAGE }, describe);
+    const buffer = gpu().createBuffer({ size, usage: USAGE }, describe);
+    this.#numbers.set(buffer, ++this.#created);
+    return buffer;
   }
 
   release(buffer: GPUBuffer): void {
     const size = buffer.size;
     let list = this.#free.get(size);
-    if (!list) this.#free.set(size, list = []);
-    list.push(buffer);
+    if (!list) this.#free.set(size, list = { buffers: [], numbers: [] });
+    let number = this.#numbers.get(buffer);
+    if (number === undefined) this.#numbers.set(buffer, number = ++this.#created);
+    // Binary search for its place in the descending order.
+    const { buffers, numbers } = list;
+    let lo = 0;
+    let hi = numbers.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (numbers[mid] > number) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === numbers.length) {
+      buffers.push(buffer);
+      numbers.push(number);
+    } else {
+      buffers.splice(lo, 0, buffer);
+      numbers.splice(lo, 0, number);
+    }
     this.freeBytes += size;
   }
 
   /** Destroy every free buffer (memory returns to the driver). */
   trim(): void {
     for (const list of this.#free.values()) {
-      for (const b of list) {
+      for (const b of list.buffers) {
         this.allocatedBytes -= b.size;
         this.buffers--;
         gpu().destroyAfterSubmit(b);
