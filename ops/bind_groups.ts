@@ -26,7 +26,8 @@
  */
 
 /** `@group(G) @binding(B) var<ADDRESS_SPACE[, ACCESS]>`: every buffer declaration. */
-const DECLARATION = /@group\(\s*(\d+)\s*\)\s*@binding\(\s*(\d+)\s*\)\s*var\s*<\s*(\w+)\s*(?:,\s*(\w+)\s*)?>/g;
+const DECLARATION =
+  /@group\(\s*(\d+)\s*\)\s*@binding\(\s*(\d+)\s*\)\s*var\s*<\s*(\w+)\s*(?:,\s*(\w+)\s*)?>/g;
 
 /**
  * The bind group layout entries of `group` in WGSL `source`, bindings

@@ -134,6 +134,10 @@ export class Gpu {
   readonly limits: GPUSupportedLimits;
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
+  /** The pipeline last set on `#pass` (setting it again for the next dispatch is skipped). */
+  #passPipeline: GPUComputePipeline | null = null;
+  /** `limits.maxComputeWorkgroupsPerDimension`, read once (each read of a limit is a call). */
+  readonly maxWorkgroupsPerDimension: number;
   #kernels = new Map<string, Kernel>();
   /** Bind groups by kernel and buffers, reused step after step (see bind_groups.ts). */
   readonly bindGroups: BindGroupCache = new BindGroupCache();
@@ -201,6 +205,7 @@ export class Gpu {
       );
     this.features = new Set(device.features);
     this.limits = device.limits;
+    this.maxWorkgroupsPerDimension = device.limits.maxComputeWorkgroupsPerDimension;
     this.errors = new GpuErrorWatch(device);
     this.#order = new QueueOrder(device, this.errors);
     if (checkWorkgroup) {
@@ -296,7 +301,10 @@ export class Gpu {
 
   #ensurePass(): GPUComputePassEncoder {
     if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
-    if (!this.#pass) this.#pass = this.#encoder.beginComputePass();
+    if (!this.#pass) {
+      this.#pass = this.#encoder.beginComputePass();
+      this.#passPipeline = null;
+    }
     return this.#pass;
   }
 
@@ -308,6 +316,7 @@ export class Gpu {
    */
   timedPass(querySet: GPUQuerySet, index: number, record: () => void): void {
     const encoder = this.encoderForCopy();
+    this.#passPipeline = null;
     this.#pass = encoder.beginComputePass({
       timestampWrites: {
         querySet,
@@ -369,7 +378,10 @@ export class Gpu {
       group = this.#bindGroup(k, buffers, slot);
     }
     const pass = this.#ensurePass();
-    pass.setPipeline(k.pipeline);
+    if (this.#passPipeline !== k.pipeline) {
+      pass.setPipeline(k.pipeline);
+      this.#passPipeline = k.pipeline;
+    }
     if (slot && k.dynamicUniforms) {
       this.#offsets[0] = slot.offset;
       pass.setBindGroup(0, group, this.#offsets, 0, 1);
@@ -378,7 +390,7 @@ export class Gpu {
     }
     if (k.checkGroup) pass.setBindGroup(WORKGROUP_CHECK_GROUP, k.checkGroup);
     const [x, y = 1, z = 1] = workgroups;
-    const max = this.limits.maxComputeWorkgroupsPerDimension;
+    const max = this.maxWorkgroupsPerDimension;
     if (x > max || y > max || z > max) {
       throw new GpuOpError(
         `${callerSite()}: a dispatch of ${x}×${y}×${z} workgroups exceeds the device limit ${max}`,

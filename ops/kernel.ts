@@ -152,9 +152,14 @@ export function uniforms(
     else if (type === "u32") view.setUint32(k * 4, v >>> 0, true);
     else view.setInt32(k * 4, v, true);
   });
-  const decl = `struct Params { ${entries.map(([name, [type]]) => `${name}: ${type},`).join(" ")} }
+  return {
+    // Built only when read: a launcher that caches its source needs only the bytes.
+    get decl() {
+      return `struct Params { ${entries.map(([name, [type]]) => `${name}: ${type},`).join(" ")} }
 @group(0) @binding(${bindingCount}) var<uniform> P: Params;`;
-  return { decl, data };
+    },
+    data,
+  };
 }
 
 /**

@@ -24,7 +24,7 @@
  * ```
  * @module
  */
-import { flatMain, launch, storage, uniforms } from "./kernel.ts";
+import { flatMain, launch, memoize, storage, uniforms } from "./kernel.ts";
 import { f32, keep, Tensor } from "./tensor.ts";
 
 /** Parameters sharing one weight decay. */
@@ -179,6 +179,50 @@ abstract class GpuOptimizer implements Optimizer {
   }
 }
 
+/** AdamW's per-step values, as a uniform block bound after its four buffers. */
+function adamWParams(decay: number, stepSize: number, sqrtBc2: number) {
+  return uniforms(4, {
+    decay: ["f32", decay],
+    stepSize: ["f32", stepSize],
+    sqrtBc2: ["f32", sqrtBc2],
+  });
+}
+
+/** AdamW's kernel over `n` values (cached: the optimiser launches it once per parameter per step). */
+const adamWSource = memoize((n: number, b1: number, b2: number, eps: number) =>
+  `${storage("p!", "g", "m!", "v!")}
+${adamWParams(0, 0, 0).decl}
+${flatMain(n)}
+  let g0 = g[i];
+  let pv = p[i] * P.decay;
+  let mv = ${f32(b1)} * m[i] + ${f32(1 - b1)} * g0;
+  let vv = ${f32(b2)} * v[i] + ${f32(1 - b2)} * g0 * g0;
+  m[i] = mv;
+  v[i] = vv;
+  p[i] = pv - P.stepSize * mv / (sqrt(vv) / P.sqrtBc2 + ${f32(eps)});
+}`
+);
+
+/** SGD's per-step values, as a uniform block bound after its three buffers. */
+function sgdParams(lr: number, wd: number, first: number) {
+  return uniforms(3, { lr: ["f32", lr], wd: ["f32", wd], first: ["u32", first] });
+}
+
+/** SGD's kernel over `n` values (cached as {@linkcode adamWSource}). */
+const sgdSource = memoize((n: number, momentum: number, nesterov: boolean) => {
+  const mu = f32(momentum);
+  return `${storage("p!", "g", "b!")}
+${sgdParams(0, 0, 0).decl}
+${flatMain(n)}
+  let d = g[i] + P.wd * p[i];
+  var bv = d;
+  if (P.first == 0u) { bv = ${mu} * b[i] + d; }
+  b[i] = bv;
+  ${nesterov ? `let upd = d + ${mu} * bv;` : "let upd = bv;"}
+  p[i] = p[i] - P.lr * upd;
+}`;
+});
+
 /** Options of {@linkcode AdamW}; defaults are PyTorch's except weight decay (timm's 0.05). */
 export interface AdamWOptions {
   lr?: number;
@@ -211,23 +255,8 @@ export class AdamW extends GpuOptimizer {
       for (const p of group.params) {
         if (!p.grad) continue;
         const [m, v] = this.buffers(p);
-        const u = uniforms(4, {
-          decay: ["f32", 1 - this.lr * group.weightDecay],
-          stepSize: ["f32", this.lr / bc1],
-          sqrtBc2: ["f32", Math.sqrt(bc2)],
-        });
-        const code = `${storage("p!", "g", "m!", "v!")}
-${u.decl}
-${flatMain(p.size)}
-  let g0 = g[i];
-  let pv = p[i] * P.decay;
-  let mv = ${f32(b1)} * m[i] + ${f32(1 - b1)} * g0;
-  let vv = ${f32(b2)} * v[i] + ${f32(1 - b2)} * g0 * g0;
-  m[i] = mv;
-  v[i] = vv;
-  p[i] = pv - P.stepSize * mv / (sqrt(vv) / P.sqrtBc2 + ${f32(this.eps)});
-}`;
-        launch(code, [p, p.grad, m, v], p.size, u.data);
+        const u = adamWParams(1 - this.lr * group.weightDecay, this.lr / bc1, Math.sqrt(bc2));
+        launch(adamWSource(p.size, b1, b2, this.eps), [p, p.grad, m, v], p.size, u.data);
       }
     }
   }
@@ -279,23 +308,8 @@ export class SGD extends GpuOptimizer {
       for (const p of group.params) {
         if (!p.grad) continue;
         const [buf] = this.buffers(p);
-        const u = uniforms(3, {
-          lr: ["f32", this.lr],
-          wd: ["f32", group.weightDecay],
-          first: ["u32", first],
-        });
-        const mu = f32(this.momentum);
-        const code = `${storage("p!", "g", "b!")}
-${u.decl}
-${flatMain(p.size)}
-  let d = g[i] + P.wd * p[i];
-  var bv = d;
-  if (P.first == 0u) { bv = ${mu} * b[i] + d; }
-  b[i] = bv;
-  ${this.nesterov ? `let upd = d + ${mu} * bv;` : "let upd = bv;"}
-  p[i] = p[i] - P.lr * upd;
-}`;
-        launch(code, [p, p.grad, buf], p.size, u.data);
+        const u = sgdParams(this.lr, group.weightDecay, first);
+        launch(sgdSource(p.size, this.momentum, this.nesterov), [p, p.grad, buf], p.size, u.data);
       }
     }
   }

@@ -491,7 +491,7 @@ const WG = 256;
  */
 export function grid1d(n: number, wg = WG): [number, number] {
   const groups = Math.ceil(n / wg);
-  const max = gpu().limits.maxComputeWorkgroupsPerDimension;
+  const max = gpu().maxWorkgroupsPerDimension;
   if (groups <= max) return [Math.max(groups, 1), 1];
   const y = Math.ceil(groups / max);
   return [Math.ceil(groups / y), y];

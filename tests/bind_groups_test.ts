@@ -10,7 +10,9 @@ await setup();
 /** y = a·x + b with `a`, `b` uniforms: the same kernel and buffers whatever the values. */
 function affine(x: Tensor, y: Tensor, a: number, b: number): void {
   const u = uniforms(2, { a: ["f32", a], b: ["f32", b] });
-  const code = `${storage("x", "y!")}\n${u.decl}\n${flatMain(x.size)}\n  y[i] = P.a * x[i] + P.b;\n}`;
+  const code = `${storage("x", "y!")}\n${u.decl}\n${
+    flatMain(x.size)
+  }\n  y[i] = P.a * x[i] + P.b;\n}`;
   launch(code, [x, y], x.size, u.data);
 }
 
@@ -137,7 +139,10 @@ Deno.test("a destroyed buffer replaced by a new one at the same pool slot is nev
   assert.equal(poolStats().freeBytes, 0);
   const second = await run([10, 20, 30, 40]);
   assert.deepEqual(second.out, [10.5, 20.5, 30.5, 40.5]);
-  assert.ok(second.buffers.every((b) => !first.buffers.includes(b)), "a destroyed buffer came back");
+  assert.ok(
+    second.buffers.every((b) => !first.buffers.includes(b)),
+    "a destroyed buffer came back",
+  );
 });
 
 Deno.test("the pool hands out the lowest-numbered free buffer, whatever the order of release", () => {
