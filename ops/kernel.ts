@@ -41,6 +41,16 @@ export const WG = 256;
  * ```
  */
 export function storage(...names: string[]): string {
+  // Every launch of most ops asks for the same few declarations: built once each.
+  const key = names.join(" ");
+  let decls = storageDecls.get(key);
+  if (decls === undefined) storageDecls.set(key, decls = storageSource(names));
+  return decls;
+}
+
+const storageDecls = new Map<string, string>();
+
+function storageSource(names: string[]): string {
   return names.map((spec, i) => {
     const write = spec.endsWith("!");
     const [name, type = "f32"] = (write ? spec.slice(0, -1) : spec).split(":");
