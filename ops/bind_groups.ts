@@ -6,11 +6,10 @@
  * Creating a bind group was the largest CPU cost of recording a dispatch
  * (about 45% of recording a training step on llvmpipe), yet a training step
  * binds the same buffers to the same kernels step after step: the tensor
- * pool hands out the same buffers. Buffers are keyed by object identity (a
- * number given to each buffer on first sight, never reused), so a cached
- * group can only be served for the very buffers it was made from; a buffer
- * that is destroyed and replaced by a new one, even of the same size in the
- * same pool slot, gets a new number. Uniform blocks are bound with a dynamic
+ * pool hands out the same buffers. Buffers are keyed by object identity, so
+ * a cached group can only be served for the very buffers it was made from;
+ * a buffer that is destroyed and replaced by a new one, even of the same size
+ * in the same pool slot, is another key. Uniform blocks are bound with a dynamic
  * offset into a persistent uniform arena, so values that change every step
  * do not change the group.
  *
@@ -102,29 +101,34 @@ export function pipelineLayout(
 /** Entries a {@linkcode BindGroupCache} holds by default: several training steps' worth. */
 export const BIND_GROUP_CACHE_ENTRIES = 16384;
 
+/** One level of the cache's tree: kernel → buffer → … → uniform buffer → uniform bytes → group. */
+type Level = Map<unknown, unknown>;
+
+/** Where a level keeps its group. */
+const GROUP = Symbol("group");
+
 /**
  * Bind groups by kernel and bound buffers, at most `capacity` of them (when
  * full, it starts over empty: cheaper than tracking recency on every hit, and
- * a step's working set is far below the default capacity).
+ * a step's working set is far below the default capacity). A lookup walks a
+ * tree of maps keyed by the buffer objects themselves, one level per binding:
+ * identity hashes, no key strings to build and hash per dispatch.
  *
  * @example
  * ```ts
  * import { BindGroupCache } from "./bind_groups.ts";
  * const cache = new BindGroupCache(2);
  * const [a, b] = [{}, {}] as unknown as GPUBuffer[];
- * const key = cache.key(1, [a, b], null, 0);
- * console.log(key === cache.key(1, [a, b], null, 0), key === cache.key(1, [b, a], null, 0)); // true false
+ * cache.set(1, [a, b], null, 0, { label: "ab" } as GPUBindGroup);
+ * console.log(cache.get(1, [a, b], null, 0)?.label, cache.get(1, [b, a], null, 0)); // ab undefined
  * ```
  */
 export class BindGroupCache {
   readonly capacity: number;
-  #ids = new WeakMap<GPUBuffer, number>();
-  #nextId = 1;
-  #groups = new Map<string, GPUBindGroup>();
-  /** Keys naming each buffer (by id), to drop them when the buffer is destroyed. */
-  #keysOf = new Map<number, string[]>();
-  /** Entries of `#keysOf`, dead ones included (a forgotten buffer's groups stay in its partners' lists). */
-  #references = 0;
+  #root: Level = new Map();
+  #size = 0;
+  /** Buffers some held group binds: destroying one of them empties the cache. */
+  #bound = new WeakSet<GPUBuffer>();
   /** Lookups that found a group, and ones that did not (tests and statistics). */
   hits = 0;
   misses = 0;
@@ -135,68 +139,65 @@ export class BindGroupCache {
 
   /** Groups held now. */
   get size(): number {
-    return this.#groups.size;
-  }
-
-  #id(buffer: GPUBuffer): number {
-    let id = this.#ids.get(buffer);
-    if (id === undefined) this.#ids.set(buffer, id = this.#nextId++);
-    return id;
+    return this.#size;
   }
 
   /**
-   * The key of a group of `kernel` (a number per pipeline) binding `buffers`
-   * in order, then `uniforms` (a buffer bound at a dynamic offset) if any,
-   * `uniformBytes` wide.
+   * The group of `kernel` (a number per pipeline) binding `buffers` in order,
+   * then `uniforms` (a buffer bound at a dynamic offset) if any,
+   * `uniformBytes` wide; undefined when none is held.
    */
-  key(
+  get(
     kernel: number,
     buffers: readonly GPUBuffer[],
     uniforms: GPUBuffer | null,
     uniformBytes: number,
-  ): string {
-    let key = `${kernel}`;
-    for (let i = 0; i < buffers.length; i++) key += `,${this.#id(buffers[i])}`;
-    if (uniforms) key += `|${this.#id(uniforms)}:${uniformBytes}`;
-    return key;
-  }
-
-  /** The group stored under `key`, if any. */
-  get(key: string): GPUBindGroup | undefined {
-    const group = this.#groups.get(key);
+  ): GPUBindGroup | undefined {
+    let level = this.#root.get(kernel) as Level | undefined;
+    for (let i = 0; level && i < buffers.length; i++) level = level.get(buffers[i]) as Level;
+    if (level && uniforms) level = (level.get(uniforms) as Level)?.get(uniformBytes) as Level;
+    const group = level?.get(GROUP) as GPUBindGroup | undefined;
     if (group) this.hits++;
     else this.misses++;
     return group;
   }
 
-  /** Store `group`, made of `buffers`, under `key`. */
-  set(key: string, group: GPUBindGroup, buffers: readonly GPUBuffer[]): void {
-    // Bounded in groups, and in the lists of keys that forgotten buffers leave behind.
-    if (this.#groups.size >= this.capacity || this.#references >= 8 * this.capacity) this.clear();
-    this.#groups.set(key, group);
-    this.#references += buffers.length;
-    for (const b of buffers) {
-      const id = this.#id(b);
-      const keys = this.#keysOf.get(id);
-      if (keys) keys.push(key);
-      else this.#keysOf.set(id, [key]);
+  /** Hold `group` as the one of `kernel` binding `buffers` (and `uniforms`), see {@linkcode get}. */
+  set(
+    kernel: number,
+    buffers: readonly GPUBuffer[],
+    uniforms: GPUBuffer | null,
+    uniformBytes: number,
+    group: GPUBindGroup,
+  ): void {
+    if (this.#size >= this.capacity) this.clear();
+    const keys: unknown[] = [kernel, ...buffers];
+    if (uniforms) keys.push(uniforms, uniformBytes);
+    let level = this.#root;
+    for (const key of keys) {
+      let next = level.get(key) as Level | undefined;
+      if (!next) level.set(key, next = new Map());
+      level = next;
     }
+    if (!level.has(GROUP)) this.#size++;
+    level.set(GROUP, group);
+    for (const b of buffers) this.#bound.add(b);
   }
 
-  /** Drop every group that binds `buffer` (it is being destroyed). */
+  /**
+   * `buffer` is being destroyed: drop the groups that bind it. A buffer is
+   * never bound again once destroyed, so its groups could not be served
+   * anyway; dropping them frees them, and since buffers are destroyed only
+   * when the pool is trimmed, the cache simply starts over.
+   */
   forget(buffer: GPUBuffer): void {
-    const id = this.#ids.get(buffer);
-    if (id === undefined) return;
-    const keys = this.#keysOf.get(id);
-    if (!keys) return;
-    for (const k of keys) this.#groups.delete(k);
-    this.#keysOf.delete(id);
+    if (this.#bound.has(buffer)) this.clear();
   }
 
   /** Drop every group. */
   clear(): void {
-    this.#groups.clear();
-    this.#keysOf.clear();
-    this.#references = 0;
+    this.#root = new Map();
+    this.#size = 0;
+    this.#bound = new WeakSet();
   }
 }

@@ -367,11 +367,12 @@ export class Gpu {
     const slot = uniforms ? this.#uniformSlot(uniforms) : null;
     let group: GPUBindGroup | undefined;
     if (!slot || k.dynamicUniforms) {
-      const key = this.bindGroups.key(k.id, buffers, slot && slot.buffer, slot ? slot.size : 0);
-      group = this.bindGroups.get(key);
+      const uniformBuffer = slot && slot.buffer;
+      const uniformBytes = slot ? slot.size : 0;
+      group = this.bindGroups.get(k.id, buffers, uniformBuffer, uniformBytes);
       if (!group) {
         group = this.#bindGroup(k, buffers, slot && { ...slot, offset: 0 });
-        this.bindGroups.set(key, group, buffers);
+        this.bindGroups.set(k.id, buffers, uniformBuffer, uniformBytes, group);
       }
     } else {
       // A layout WebGPU derived has no dynamic offset: a group per dispatch, as the slot moves.

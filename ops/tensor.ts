@@ -49,7 +49,7 @@ export function sizeClass(bytes: number): number {
  * plain stack would hand them out permuted, step after step).
  */
 class BufferPool {
-  /** Free buffers by size class and their numbers, highest number first (`pop()` gives the lowest). */
+  /** Free buffers by size class and their numbers, as a min-heap on the numbers. */
   #free = new Map<number, { buffers: GPUBuffer[]; numbers: number[] }>();
   #numbers = new WeakMap<GPUBuffer, number>();
   #created = 0;
@@ -61,8 +61,7 @@ class BufferPool {
   acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): GPUBuffer {
     const size = sizeClass(bytes);
     const list = this.#free.get(size);
-    list?.numbers.pop();
-    const hit = list?.buffers.pop();
+    const hit = list && this.#popLowest(list);
     if (hit) {
       this.freeBytes -= size;
       return hit;
@@ -86,23 +85,46 @@ class BufferPool {
     if (!list) this.#free.set(size, list = { buffers: [], numbers: [] });
     let number = this.#numbers.get(buffer);
     if (number === undefined) this.#numbers.set(buffer, number = ++this.#created);
-    // Binary search for its place in the descending order.
+    // Sift up a min-heap on the numbers.
     const { buffers, numbers } = list;
-    let lo = 0;
-    let hi = numbers.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (numbers[mid] > number) lo = mid + 1;
-      else hi = mid;
+    let at = numbers.length;
+    buffers.push(buffer);
+    numbers.push(number);
+    while (at > 0) {
+      const parent = (at - 1) >> 1;
+      if (numbers[parent] <= number) break;
+      buffers[at] = buffers[parent];
+      numbers[at] = numbers[parent];
+      at = parent;
     }
-    if (lo === numbers.length) {
-      buffers.push(buffer);
-      numbers.push(number);
-    } else {
-      buffers.splice(lo, 0, buffer);
-      numbers.splice(lo, 0, number);
-    }
+    buffers[at] = buffer;
+    numbers[at] = number;
     this.freeBytes += size;
+  }
+
+  /** The lowest-numbered buffer of a class's heap, taken out of it. */
+  #popLowest(list: { buffers: GPUBuffer[]; numbers: number[] }): GPUBuffer | undefined {
+    const { buffers, numbers } = list;
+    if (!buffers.length) return undefined;
+    const top = buffers[0];
+    const lastBuffer = buffers.pop()!;
+    const last = numbers.pop()!;
+    const n = numbers.length;
+    if (n === 0) return top;
+    // Sift the last one down from the root.
+    let at = 0;
+    for (;;) {
+      let child = 2 * at + 1;
+      if (child >= n) break;
+      if (child + 1 < n && numbers[child + 1] < numbers[child]) child++;
+      if (numbers[child] >= last) break;
+      buffers[at] = buffers[child];
+      numbers[at] = numbers[child];
+      at = child;
+    }
+    buffers[at] = lastBuffer;
+    numbers[at] = last;
+    return top;
   }
 
   /** Destroy every free buffer (memory returns to the driver). */
