@@ -166,6 +166,8 @@ export class Gpu {
   #afterSubmit: GPUBuffer[] = [];
   /** Dispatches recorded since the last submit (for tests and statistics). */
   dispatchesSinceSubmit = 0;
+  /** Dispatches recorded so far (benchmarks count a step's). */
+  dispatches = 0;
   /** Submits so far (tests check that ops do not submit per call). */
   submits = 0;
   /** True from a sync until the next submit: the GPU is waiting for work. */
@@ -402,6 +404,7 @@ export class Gpu {
     this.#lastWorkgroups = workgroups;
     // Bound the recorded work (and its uniform arenas) of long loops that never sync.
     const limit = this.#idle ? FIRST_FLUSH_DISPATCHES : AUTO_FLUSH_DISPATCHES;
+    this.dispatches++;
     if (++this.dispatchesSinceSubmit >= limit) this.flush();
   }
 
