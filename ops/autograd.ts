@@ -212,17 +212,28 @@ export function accumulate(acc: Tensor, g: Tensor): void {
   if (acc.size !== g.size) {
     throw new Error(`gradient of shape [${g.shape}] for tensor [${acc.shape}]`);
   }
-  const code = `
+  gpu().dispatch(accumulateSource(acc.size), [acc.buffer, g.buffer], grid1d(acc.size));
+}
+
+/** The kernel of {@linkcode accumulate} over `n` values, built once per size. */
+function accumulateSource(n: number): string {
+  let code = accumulateSources.get(n);
+  if (code === undefined) {
+    code = `
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read> g: array<f32>;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = ${flatIndex()};
-  if (i >= ${acc.size}u) { return; }
+  if (i >= ${n}u) { return; }
   a[i] = a[i] + g[i];
 }`;
-  gpu().dispatch(code, [acc.buffer, g.buffer], grid1d(acc.size));
+    accumulateSources.set(n, code);
+  }
+  return code;
 }
+
+const accumulateSources = new Map<number, string>();
 
 /** Options of {@linkcode backward}. */
 export interface BackwardOptions {

@@ -20,7 +20,7 @@
  */
 import { sumPerOutputKernel } from "./conv.ts";
 import type { DepthwiseShape } from "./depthwise_shape.ts";
-import { flatMain, launch, storage } from "./kernel.ts";
+import { flatMain, launch, memoize, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 /** Everything a depthwise kernel bakes in as constants: the shape, and the stride. */
@@ -51,9 +51,14 @@ export function plainDepthwiseForward(
   return y;
 }
 
-/** WGSL: one invocation per output value, taps restricted to those inside the image. */
-function forwardKernel(g: DepthwiseGeometry, hasBias: boolean): string {
-  return `${storage(...(hasBias ? ["x", "w", "b", "y!"] : ["x", "w", "y!"]))}
+/**
+ * WGSL: one invocation per output value, taps restricted to those inside the
+ * image. This and the backward kernels are cached per geometry: a step
+ * launches them once per layer, and building the source cost more CPU than
+ * recording the dispatch.
+ */
+const forwardKernel = memoize((g: DepthwiseGeometry, hasBias: boolean): string =>
+  `${storage(...(hasBias ? ["x", "w", "b", "y!"] : ["x", "w", "y!"]))}
 ${flatMain(g.n * g.c * g.ho * g.wo)}
   let ox = i % ${g.wo}u;
   let oy = (i / ${g.wo}u) % ${g.ho}u;
@@ -77,8 +82,8 @@ ${flatMain(g.n * g.c * g.ho * g.wo)}
     }
   }
   y[i] = acc;
-}`;
-}
+}`
+);
 
 /**
  * Gradient wrt the input: each input value gathers `gy · w` over the outputs
@@ -98,8 +103,14 @@ ${flatMain(g.n * g.c * g.ho * g.wo)}
  */
 export function plainDepthwiseBackwardInput(gy: Tensor, w: Tensor, g: DepthwiseGeometry): Tensor {
   const gx = Tensor.empty([g.n, g.c, g.h, g.w]);
-  const code = `${storage("gy", "w", "gx!")}
-${flatMain(gx.size)}
+  launch(backwardInputKernel(g), [gy, w, gx], gx.size);
+  return gx;
+}
+
+/** The kernel of {@linkcode plainDepthwiseBackwardInput} (cached as {@linkcode forwardKernel}). */
+const backwardInputKernel = memoize((g: DepthwiseGeometry): string =>
+  `${storage("gy", "w", "gx!")}
+${flatMain(g.n * g.c * g.h * g.w)}
   let ix = i % ${g.w}u;
   let iy = (i / ${g.w}u) % ${g.h}u;
   let nc = i / ${g.w * g.h}u;
@@ -125,10 +136,8 @@ ${flatMain(gx.size)}
     }
   }
   gx[i] = acc;
-}`;
-  launch(code, [gy, w, gx], gx.size);
-  return gx;
-}
+}`
+);
 
 /**
  * Gradient wrt the filter: one workgroup per tap `(c, ky, kx)` sums
@@ -148,9 +157,15 @@ ${flatMain(gx.size)}
  */
 export function plainDepthwiseBackwardFilter(gy: Tensor, x: Tensor, g: DepthwiseGeometry): Tensor {
   const gw = Tensor.empty([g.c, 1, g.kh, g.kw]);
-  const code = sumPerOutputKernel({
+  launch(backwardFilterKernel(g), [gy, x, gw], grid1d(gw.size, 1));
+  return gw;
+}
+
+/** The kernel of {@linkcode plainDepthwiseBackwardFilter} (cached as {@linkcode forwardKernel}). */
+const backwardFilterKernel = memoize((g: DepthwiseGeometry): string =>
+  sumPerOutputKernel({
     buffers: ["gy", "x", "gw!"],
-    count: gw.size,
+    count: g.c * g.kh * g.kw,
     terms: g.n * g.ho * g.wo,
     setup: `let kx = o % ${g.kw}u;
   let ky = (o / ${g.kw}u) % ${g.kh}u;
@@ -165,7 +180,5 @@ export function plainDepthwiseBackwardFilter(gy: Tensor, x: Tensor, g: Depthwise
       acc += gy[nc * ${g.ho * g.wo}u + oy * ${g.wo}u + ox] *
         x[nc * ${g.h * g.w}u + u32(iy) * ${g.w}u + u32(ix)];
     }`,
-  });
-  launch(code, [gy, x, gw], grid1d(gw.size, 1));
-  return gw;
-}
+  })
+);

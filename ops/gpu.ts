@@ -31,6 +31,7 @@ import {
 } from "./wgsl_dump.ts";
 import { callerSite, GpuDeviceLostError, GpuErrorWatch, GpuOpError } from "./gpu_errors.ts";
 import { type HostBuffer, type HostStepFn, QueueOrder } from "./queue_order.ts";
+import { BindGroupCache, pipelineLayout } from "./bind_groups.ts";
 
 export { GpuDeviceLostError, GpuOpError };
 export type { HostBuffer, HostStepFn };
@@ -68,6 +69,26 @@ const AUTO_FLUSH_DISPATCHES = 256;
 const FIRST_FLUSH_DISPATCHES = 32;
 /** Bytes of one uniform arena (256 dispatches at the usual 256-byte offset alignment). */
 const UNIFORM_ARENA_BYTES = 1 << 16;
+
+/** A compiled kernel and what recording a dispatch of it needs. */
+interface Kernel {
+  pipeline: GPUComputePipeline;
+  /** A number of its own, for bind group keys. */
+  id: number;
+  /** Layout of group 0; derived by WebGPU at the first dispatch when the source was not understood. */
+  layout: GPUBindGroupLayout | null;
+  /** True when its uniform block (if any) is bound at a dynamic offset (an explicit layout). */
+  dynamicUniforms: boolean;
+  /** The workgroup-check bind group, when its source was instrumented. */
+  checkGroup: GPUBindGroup | null;
+}
+
+/** A uniform arena: a persistent buffer and its bytes, written before each submit that uses them. */
+interface UniformArena {
+  buffer: GPUBuffer;
+  bytes: Uint8Array<ArrayBuffer>;
+  used: number;
+}
 
 /** Features we use when the adapter offers them; nothing depends on them. */
 const OPTIONAL_FEATURES = ["timestamp-query", "shader-f16", "subgroups"] as const;
@@ -113,8 +134,15 @@ export class Gpu {
   readonly limits: GPUSupportedLimits;
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
-  #pipelines = new Map<string, GPUComputePipeline>();
-  #layouts = new Map<GPUComputePipeline, GPUBindGroupLayout>();
+  /** The pipeline last set on `#pass` (setting it again for the next dispatch is skipped). */
+  #passPipeline: GPUComputePipeline | null = null;
+  /** `limits.maxComputeWorkgroupsPerDimension`, read once (each read of a limit is a call). */
+  readonly maxWorkgroupsPerDimension: number;
+  #kernels = new Map<string, Kernel>();
+  /** Bind groups by kernel and buffers, reused step after step (see bind_groups.ts). */
+  readonly bindGroups: BindGroupCache = new BindGroupCache();
+  /** The dynamic offset of the uniform block being bound (reused: no array per dispatch). */
+  readonly #offsets = new Uint32Array(1);
   /** Error scopes of fallible calls, thrown at sync points (see gpu_errors.ts). */
   readonly errors: GpuErrorWatch;
   /** Queue work waiting behind host steps, drained in recording order (see queue_order.ts). */
@@ -125,16 +153,21 @@ export class Gpu {
   #lastPipeline: GPUComputePipeline | null = null;
   #lastWorkgroups: readonly number[] = [];
   /**
-   * Uniform arena of the work being recorded: one mapped buffer holds every
-   * dispatch's uniform block at aligned offsets (a buffer per dispatch cost
-   * more than the dispatch itself); unmapped and retired at the next submit.
+   * Uniform arenas: every dispatch's uniform block goes to an aligned slot of
+   * one (a buffer per dispatch cost more than the dispatch itself), bound at
+   * a dynamic offset. They are kept: each submit writes the arenas it filled
+   * (`#arenaIndex` and those before) just before itself, so the same buffers,
+   * and hence the same bind groups, serve every step; the queue runs writes
+   * and submits in order, so a submit still reads its own values.
    */
-  #arena: { buffer: GPUBuffer; bytes: Uint8Array; used: number } | null = null;
-  #arenasToUnmap: GPUBuffer[] = [];
+  #arenas: UniformArena[] = [];
+  #arenaIndex = 0;
   /** Buffers to destroy once the work recorded so far has been submitted. */
   #afterSubmit: GPUBuffer[] = [];
   /** Dispatches recorded since the last submit (for tests and statistics). */
   dispatchesSinceSubmit = 0;
+  /** Dispatches recorded so far (benchmarks count a step's). */
+  dispatches = 0;
   /** Submits so far (tests check that ops do not submit per call). */
   submits = 0;
   /** True from a sync until the next submit: the GPU is waiting for work. */
@@ -146,7 +179,6 @@ export class Gpu {
    */
   #wgCheck: {
     counter: GPUBuffer;
-    groups: Map<GPUComputePipeline, GPUBindGroup>;
     sources: string[];
   } | null = null;
   /** Folder that every compiled kernel is written to (`LARGEKERNEL_DUMP_WGSL`, see wgsl_dump.ts). */
@@ -175,6 +207,7 @@ export class Gpu {
       );
     this.features = new Set(device.features);
     this.limits = device.limits;
+    this.maxWorkgroupsPerDimension = device.limits.maxComputeWorkgroupsPerDimension;
     this.errors = new GpuErrorWatch(device);
     this.#order = new QueueOrder(device, this.errors);
     if (checkWorkgroup) {
@@ -183,7 +216,6 @@ export class Gpu {
           size: WORKGROUP_CHECK_BYTES,
           usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
         }),
-        groups: new Map(),
         sources: [],
       };
     }
@@ -199,59 +231,82 @@ export class Gpu {
     kernel?: KernelInfo,
     first?: Omit<DispatchFacts, "adapter" | "boundsChecked">,
   ): GPUComputePipeline {
-    let p = this.#pipelines.get(code);
-    if (!p) {
-      const check = this.#wgCheck;
-      const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
-      const site = callerSite();
-      if (this.dumpWgsl) {
-        const dumpSite = launchSite(new Error().stack ?? "");
-        writeShaderDump(
-          this.dumpWgsl,
-          shaderDumpFile(source, kernel ?? (dumpSite ? { name: dumpSite.name } : undefined), {
-            adapter: this.description,
-            launchedFrom: dumpSite?.where,
-            workgroups: first?.workgroups ?? [],
-            buffers: first?.buffers ?? 0,
-            uniformBytes: first?.uniformBytes ?? 0,
-            boundsChecked: source !== code,
-          }),
-        );
-      }
-      const label = kernel?.name;
-      // Once per kernel: the compile runs in error scopes, reported with the op that asked for it.
-      p = this.errors.scoped(() => {
-        const module = this.device.createShaderModule({ code: source, label });
-        return this.device.createComputePipeline({
-          label,
-          layout: "auto",
-          compute: { module, entryPoint: "main" },
-        });
-      }, () => `compiling the kernel of ${site}`);
-      this.#sites.set(p, site);
-      if (check && source !== code) {
-        check.sources.push(code);
-        check.groups.set(
-          p,
-          this.device.createBindGroup({
-            layout: p.getBindGroupLayout(WORKGROUP_CHECK_GROUP),
-            entries: [{ binding: 0, resource: { buffer: check.counter } }],
-          }),
-        );
-      }
-      this.#pipelines.set(code, p);
+    return (this.#kernels.get(code) ?? this.#compile(code, kernel, first)).pipeline;
+  }
+
+  #compile(
+    code: string,
+    kernel?: KernelInfo,
+    first?: Omit<DispatchFacts, "adapter" | "boundsChecked">,
+  ): Kernel {
+    const check = this.#wgCheck;
+    const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
+    const site = callerSite();
+    if (this.dumpWgsl) {
+      const dumpSite = launchSite(new Error().stack ?? "");
+      writeShaderDump(
+        this.dumpWgsl,
+        shaderDumpFile(source, kernel ?? (dumpSite ? { name: dumpSite.name } : undefined), {
+          adapter: this.description,
+          launchedFrom: dumpSite?.where,
+          workgroups: first?.workgroups ?? [],
+          buffers: first?.buffers ?? 0,
+          uniformBytes: first?.uniformBytes ?? 0,
+          boundsChecked: source !== code,
+        }),
+      );
     }
-    return p;
+    const label = kernel?.name;
+    // An explicit layout, read off the source, lets uniforms be bound at a dynamic offset.
+    const bindings = first ? first.buffers + (first.uniformBytes > 0 ? 1 : 0) : undefined;
+    const groups = bindings === undefined ? null : pipelineLayout(source, bindings);
+    let layout: GPUBindGroupLayout | null = null;
+    // Once per kernel: the compile runs in error scopes, reported with the op that asked for it.
+    const pipeline = this.errors.scoped(() => {
+      const module = this.device.createShaderModule({ code: source, label });
+      let pipelineLayout: GPUPipelineLayout | "auto" = "auto";
+      if (groups) {
+        const layouts = groups.map((entries) => this.device.createBindGroupLayout({ entries }));
+        layout = layouts[0];
+        pipelineLayout = this.device.createPipelineLayout({ bindGroupLayouts: layouts });
+      }
+      return this.device.createComputePipeline({
+        label,
+        layout: pipelineLayout,
+        compute: { module, entryPoint: "main" },
+      });
+    }, () => `compiling the kernel of ${site}`);
+    this.#sites.set(pipeline, site);
+    let checkGroup: GPUBindGroup | null = null;
+    if (check && source !== code) {
+      check.sources.push(code);
+      checkGroup = this.device.createBindGroup({
+        layout: pipeline.getBindGroupLayout(WORKGROUP_CHECK_GROUP),
+        entries: [{ binding: 0, resource: { buffer: check.counter } }],
+      });
+    }
+    const compiled: Kernel = {
+      pipeline,
+      id: this.#kernels.size + 1,
+      layout,
+      dynamicUniforms: groups !== null,
+      checkGroup,
+    };
+    this.#kernels.set(code, compiled);
+    return compiled;
   }
 
   /** Number of distinct kernels compiled so far. */
   get pipelineCount(): number {
-    return this.#pipelines.size;
+    return this.#kernels.size;
   }
 
   #ensurePass(): GPUComputePassEncoder {
     if (!this.#encoder) this.#encoder = this.device.createCommandEncoder();
-    if (!this.#pass) this.#pass = this.#encoder.beginComputePass();
+    if (!this.#pass) {
+      this.#pass = this.#encoder.beginComputePass();
+      this.#passPipeline = null;
+    }
     return this.#pass;
   }
 
@@ -263,6 +318,7 @@ export class Gpu {
    */
   timedPass(querySet: GPUQuerySet, index: number, record: () => void): void {
     const encoder = this.encoderForCopy();
+    this.#passPipeline = null;
     this.#pass = encoder.beginComputePass({
       timestampWrites: {
         querySet,
@@ -305,11 +361,59 @@ export class Gpu {
     uniforms?: ArrayBuffer,
     kernel?: KernelInfo,
   ): void {
-    const pipeline = this.#pipelines.get(code) ?? this.pipeline(code, kernel, {
+    const k = this.#kernels.get(code) ?? this.#compile(code, kernel, {
       workgroups,
       buffers: buffers.length,
       uniformBytes: uniforms?.byteLength ?? 0,
     });
+    const slot = uniforms ? this.#uniformSlot(uniforms) : null;
+    let group: GPUBindGroup | undefined;
+    if (!slot || k.dynamicUniforms) {
+      const uniformBuffer = slot && slot.buffer;
+      const uniformBytes = slot ? slot.size : 0;
+      group = this.bindGroups.get(k.id, buffers, uniformBuffer, uniformBytes);
+      if (!group) {
+        group = this.#bindGroup(k, buffers, slot && { ...slot, offset: 0 });
+        this.bindGroups.set(k.id, buffers, uniformBuffer, uniformBytes, group);
+      }
+    } else {
+      // A layout WebGPU derived has no dynamic offset: a group per dispatch, as the slot moves.
+      group = this.#bindGroup(k, buffers, slot);
+    }
+    const pass = this.#ensurePass();
+    if (this.#passPipeline !== k.pipeline) {
+      pass.setPipeline(k.pipeline);
+      this.#passPipeline = k.pipeline;
+    }
+    if (slot && k.dynamicUniforms) {
+      this.#offsets[0] = slot.offset;
+      pass.setBindGroup(0, group, this.#offsets, 0, 1);
+    } else {
+      pass.setBindGroup(0, group);
+    }
+    if (k.checkGroup) pass.setBindGroup(WORKGROUP_CHECK_GROUP, k.checkGroup);
+    const [x, y = 1, z = 1] = workgroups;
+    const max = this.maxWorkgroupsPerDimension;
+    if (x > max || y > max || z > max) {
+      throw new GpuOpError(
+        `${callerSite()}: a dispatch of ${x}×${y}×${z} workgroups exceeds the device limit ${max}`,
+      );
+    }
+    if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    this.#lastPipeline = k.pipeline;
+    this.#lastWorkgroups = workgroups;
+    // Bound the recorded work (and its uniform arenas) of long loops that never sync.
+    const limit = this.#idle ? FIRST_FLUSH_DISPATCHES : AUTO_FLUSH_DISPATCHES;
+    this.dispatches++;
+    if (++this.dispatchesSinceSubmit >= limit) this.flush();
+  }
+
+  /** A new bind group of `k` binding `buffers` in order, then the uniform block `slot` if any. */
+  #bindGroup(
+    k: Kernel,
+    buffers: readonly GPUBuffer[],
+    slot: Required<GPUBufferBinding> | null,
+  ): GPUBindGroup {
     const maxBinding = this.limits.maxStorageBufferBindingSize;
     for (const b of buffers) {
       // Checked here, where the op is known: WebGPU would report it later, from no op in particular.
@@ -324,51 +428,52 @@ export class Gpu {
       binding: i,
       resource: { buffer },
     }));
-    if (uniforms) entries.push({ binding: buffers.length, resource: this.#uniformSlot(uniforms) });
-    let layout = this.#layouts.get(pipeline);
-    if (!layout) this.#layouts.set(pipeline, layout = pipeline.getBindGroupLayout(0));
-    const group = this.device.createBindGroup({ layout, entries });
-    const pass = this.#ensurePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, group);
-    const checkGroup = this.#wgCheck?.groups.get(pipeline);
-    if (checkGroup) pass.setBindGroup(WORKGROUP_CHECK_GROUP, checkGroup);
-    const [x, y = 1, z = 1] = workgroups;
-    const max = this.limits.maxComputeWorkgroupsPerDimension;
-    if (x > max || y > max || z > max) {
-      throw new GpuOpError(
-        `${callerSite()}: a dispatch of ${x}×${y}×${z} workgroups exceeds the device limit ${max}`,
-      );
-    }
-    if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
-    this.#lastPipeline = pipeline;
-    this.#lastWorkgroups = workgroups;
-    // Bound the recorded work (and its transient uniform buffers) of long loops that never sync.
-    const limit = this.#idle ? FIRST_FLUSH_DISPATCHES : AUTO_FLUSH_DISPATCHES;
-    if (++this.dispatchesSinceSubmit >= limit) this.flush();
+    if (slot) entries.push({ binding: buffers.length, resource: slot });
+    k.layout ??= k.pipeline.getBindGroupLayout(0);
+    return this.device.createBindGroup({ layout: k.layout, entries });
   }
 
-  /** A slot of the uniform arena holding `data` (a new arena when the current one is full). */
-  #uniformSlot(data: ArrayBuffer): GPUBufferBinding {
+  /**
+   * A slot of a uniform arena holding `data` (the next arena when the current
+   * one is full): its buffer, offset and size.
+   */
+  #uniformSlot(data: ArrayBuffer): Required<GPUBufferBinding> {
     const size = Math.max(16, Math.ceil(data.byteLength / 16) * 16);
     const align = this.limits.minUniformBufferOffsetAlignment;
     const slot = Math.ceil(size / align) * align;
-    if (!this.#arena || this.#arena.used + slot > this.#arena.bytes.byteLength) {
-      // Mapping a buffer of a lost device throws a bare OperationError: say what happened instead.
-      this.errors.throwIfLost();
-      const buffer = this.device.createBuffer({
-        size: Math.max(UNIFORM_ARENA_BYTES, slot),
-        usage: GPUBufferUsage.UNIFORM,
-        mappedAtCreation: true,
-      });
-      this.#arenasToUnmap.push(buffer);
-      this.#afterSubmit.push(buffer);
-      this.#arena = { buffer, bytes: new Uint8Array(buffer.getMappedRange()), used: 0 };
+    let arena = this.#arenas[this.#arenaIndex];
+    while (arena && arena.used + slot > arena.bytes.byteLength) {
+      arena = this.#arenas[++this.#arenaIndex];
     }
-    const offset = this.#arena.used;
-    this.#arena.bytes.set(new Uint8Array(data), offset);
-    this.#arena.used += slot;
-    return { buffer: this.#arena.buffer, offset, size };
+    if (!arena) {
+      this.errors.throwIfLost();
+      const bytes = Math.max(UNIFORM_ARENA_BYTES, slot);
+      const buffer = this.device.createBuffer({
+        size: bytes,
+        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      });
+      arena = { buffer, bytes: new Uint8Array(bytes), used: 0 };
+      this.#arenas.push(arena);
+      this.#arenaIndex = this.#arenas.length - 1;
+    }
+    const offset = arena.used;
+    arena.bytes.set(new Uint8Array(data), offset);
+    arena.used += slot;
+    return { buffer: arena.buffer, offset, size };
+  }
+
+  /** Write the uniform arenas filled since the last submit (in recording order) and empty them. */
+  #writeArenas(): void {
+    const last = Math.min(this.#arenaIndex, this.#arenas.length - 1);
+    for (let i = 0; i <= last; i++) {
+      const arena = this.#arenas[i];
+      if (arena.used === 0) continue;
+      const bytes = arena.bytes.subarray(0, arena.used);
+      if (this.#order.active) this.#order.write(arena.buffer, 0, bytes);
+      else this.device.queue.writeBuffer(arena.buffer, 0, bytes);
+      arena.used = 0;
+    }
+    this.#arenaIndex = 0;
   }
 
   /**
@@ -400,10 +505,8 @@ export class Gpu {
       this.#pass.end();
       this.#pass = null;
     }
-    for (const b of this.#arenasToUnmap) b.unmap();
-    this.#arenasToUnmap = [];
-    this.#arena = null;
     if (this.#encoder) {
+      this.#writeArenas();
       const encoder = this.#encoder;
       const [count, pipeline, groups] = [
         this.dispatchesSinceSubmit,
@@ -500,6 +603,7 @@ export class Gpu {
 
   /** Destroy `buffer` once the work recorded so far that may use it is submitted. */
   destroyAfterSubmit(buffer: GPUBuffer): void {
+    this.bindGroups.forget(buffer);
     this.#afterSubmit.push(buffer);
   }
 

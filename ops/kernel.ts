@@ -41,6 +41,16 @@ export const WG = 256;
  * ```
  */
 export function storage(...names: string[]): string {
+  // Every launch of most ops asks for the same few declarations: built once each.
+  const key = names.join(" ");
+  let decls = storageDecls.get(key);
+  if (decls === undefined) storageDecls.set(key, decls = storageSource(names));
+  return decls;
+}
+
+const storageDecls = new Map<string, string>();
+
+function storageSource(names: string[]): string {
   return names.map((spec, i) => {
     const write = spec.endsWith("!");
     const [name, type = "f32"] = (write ? spec.slice(0, -1) : spec).split(":");
@@ -152,9 +162,14 @@ export function uniforms(
     else if (type === "u32") view.setUint32(k * 4, v >>> 0, true);
     else view.setInt32(k * 4, v, true);
   });
-  const decl = `struct Params { ${entries.map(([name, [type]]) => `${name}: ${type},`).join(" ")} }
+  return {
+    // Built only when read: a launcher that caches its source needs only the bytes.
+    get decl() {
+      return `struct Params { ${entries.map(([name, [type]]) => `${name}: ${type},`).join(" ")} }
 @group(0) @binding(${bindingCount}) var<uniform> P: Params;`;
-  return { decl, data };
+    },
+    data,
+  };
 }
 
 /**

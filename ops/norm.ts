@@ -26,7 +26,7 @@
  */
 import { record } from "./autograd.ts";
 import { gpu } from "./gpu.ts";
-import { assertShape, elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
+import { assertShape, elementwiseKernel, flatMain, launch, memoize, storage } from "./kernel.ts";
 import { globalGradSums, globalMoments, type StatsReducer } from "./sync_stats.ts";
 import { f32, numel, Tensor } from "./tensor.ts";
 
@@ -123,11 +123,22 @@ function batchStats(
   runningMean: Tensor,
   runningVar: Tensor,
 ): [Tensor, Tensor] {
-  const n = positions(l);
   const mean = Tensor.empty([l.channels]);
   const rstd = Tensor.empty([l.channels]);
+  const code = batchStatsSource(l, eps, momentum);
+  launch(code, [x, mean, rstd, runningMean, runningVar], perChannelGrid(l.channels));
+  return [mean, rstd];
+}
+
+/**
+ * The kernel of {@linkcode batchStats}; this and the other batch-norm
+ * generators are cached, since a step launches each once per layer, every
+ * step, and building the source cost more CPU than recording the dispatch.
+ */
+const batchStatsSource = memoize((l: Layout, eps: number, momentum: number) => {
+  const n = positions(l);
   const element = `x[${positionBase(l, "p")} + c * ${l.inner}u]`;
-  const code = `${storage("x", "mean!", "rstd!", "runMean!", "runVar!")}
+  return `${storage("x", "mean!", "rstd!", "runMean!", "runVar!")}
 ${perChannelMain(l)}
   var s = 0.0;
   for (var p = lid; p < ${n}u; p += ${RWG}u) { s += ${element}; }
@@ -145,9 +156,7 @@ ${perChannelMain(l)}
     runVar[c] = ${f32(1 - momentum)} * runVar[c] + ${f32(momentum)} * (sq / ${f32(n - 1)});
   }
 }`;
-  launch(code, [x, mean, rstd, runningMean, runningVar], perChannelGrid(l.channels));
-  return [mean, rstd];
-}
+});
 
 /**
  * This replica's share of synchronised batch statistics: per channel the
@@ -244,8 +253,14 @@ function affineGradSums(
 ): [Tensor, Tensor] {
   const gw = Tensor.empty([l.channels]);
   const gb = Tensor.empty([l.channels]);
+  launch(affineGradSumsSource(l, per), [g, x, mean, rstd, gw, gb], perChannelGrid(l.channels));
+  return [gw, gb];
+}
+
+/** The kernel of {@linkcode affineGradSums} (cached as {@linkcode batchStatsSource}). */
+const affineGradSumsSource = memoize((l: Layout, per: StatsPer) => {
   const s = per === "channel" ? "c" : "p";
-  const code = `${storage("g", "x", "mean", "rstd", "gw!", "gb!")}
+  return `${storage("g", "x", "mean", "rstd", "gw!", "gb!")}
 ${perChannelMain(l)}
   var acc = vec2f(0.0);
   for (var p = lid; p < ${positions(l)}u; p += ${RWG}u) {
@@ -259,9 +274,7 @@ ${perChannelMain(l)}
     gb[c] = total.y;
   }
 }`;
-  launch(code, [g, x, mean, rstd, gw, gb], perChannelGrid(l.channels));
-  return [gw, gb];
-}
+});
 
 // ---------------------------------------------------------------- per-position kernels
 
@@ -335,16 +348,17 @@ function normalizeAffine(
   per: StatsPer,
 ): Tensor {
   const y = Tensor.empty(x.shape);
+  launch(normalizeAffineSource(x.size, l, per), [x, mean, rstd, weight, bias, y], x.size);
+  return y;
+}
+
+/** The kernel of {@linkcode normalizeAffine} (cached as {@linkcode batchStatsSource}). */
+const normalizeAffineSource = memoize((size: number, l: Layout, per: StatsPer) => {
   const body = `let s = ${statsIndex(l, per, "i")};
   let c = ${channelOf(l, "i")};
   y[i] = (x[i] - mean[s]) * rstd[s] * w[c] + b[c];`;
-  launch(
-    elementwiseKernel(x.size, ["x", "mean", "rstd", "w", "b"], body),
-    [x, mean, rstd, weight, bias, y],
-    x.size,
-  );
-  return y;
-}
+  return elementwiseKernel(size, ["x", "mean", "rstd", "w", "b"], body);
+});
 
 /**
  * Batch-norm input gradient. Training: w·rstd · (g − Σg/n − x̂ · Σg·x̂/n),
@@ -364,24 +378,29 @@ function batchNormInputGrad(
   training: boolean,
 ): Tensor {
   const gx = Tensor.empty(x.shape);
+  const code = batchNormInputGradSource(x.size, l, training);
+  if (!training) {
+    launch(code, [g, weight, rstd, gx], x.size);
+    return gx;
+  }
+  launch(code, [g, x, mean, rstd, weight, sumGx, sumG, gx], x.size);
+  return gx;
+}
+
+/** The kernel of {@linkcode batchNormInputGrad} (cached as {@linkcode batchStatsSource}). */
+const batchNormInputGradSource = memoize((size: number, l: Layout, training: boolean) => {
   const c = channelOf(l, "i");
   if (!training) {
     const body = `let c = ${c};\n  y[i] = g[i] * w[c] * rstd[c];`;
-    launch(elementwiseKernel(x.size, ["g", "w", "rstd"], body), [g, weight, rstd, gx], x.size);
-    return gx;
+    return elementwiseKernel(size, ["g", "w", "rstd"], body);
   }
   const inv = f32(1 / positions(l));
   const body = `let c = ${c};
   let r = rstd[c];
   let xh = (x[i] - mean[c]) * r;
   y[i] = w[c] * r * (g[i] - sg[c] * ${inv} - xh * sgx[c] * ${inv});`;
-  launch(
-    elementwiseKernel(x.size, ["g", "x", "mean", "rstd", "w", "sgx", "sg"], body),
-    [g, x, mean, rstd, weight, sumGx, sumG, gx],
-    x.size,
-  );
-  return gx;
-}
+  return elementwiseKernel(size, ["g", "x", "mean", "rstd", "w", "sgx", "sg"], body);
+});
 
 /**
  * Synchronised batch-norm input gradient: as {@linkcode batchNormInputGrad}

@@ -24,8 +24,9 @@
  * ```
  * @module
  */
-import { flatMain, launch, storage, uniforms } from "./kernel.ts";
-import { f32, keep, Tensor } from "./tensor.ts";
+import { gpu } from "./gpu.ts";
+import { flatMain, launch, memoize, storage, uniforms, WG } from "./kernel.ts";
+import { f32, flatIndex, grid1d, keep, Tensor } from "./tensor.ts";
 
 /** Parameters sharing one weight decay. */
 export interface ParamGroup {
@@ -179,6 +180,74 @@ abstract class GpuOptimizer implements Optimizer {
   }
 }
 
+/** AdamW's per-step values, as a uniform block bound after the buffers of `params` parameters. */
+function adamWParams(params: number, decay: number, stepSize: number, sqrtBc2: number) {
+  return uniforms(4 * params, {
+    decay: ["f32", decay],
+    stepSize: ["f32", stepSize],
+    sqrtBc2: ["f32", sqrtBc2],
+  });
+}
+
+/** Most parameters one AdamW dispatch updates (four storage buffers each). */
+const ADAMW_PARAMS_PER_DISPATCH = 8;
+
+/**
+ * AdamW's kernel over parameters of `sizes` values, each bound as `p_j`,
+ * `g_j`, `m_j`, `v_j`: one dispatch updates several parameters (a training
+ * step launched one per parameter, a quarter of all its dispatches), each
+ * in its own range of workgroups, with the same arithmetic per value.
+ * Cached: the same chunks come back every step.
+ */
+const adamWSource = memoize((sizes: number[], b1: number, b2: number, eps: number) => {
+  const names = sizes.flatMap((_, j) => [`p_${j}!`, `g_${j}`, `m_${j}!`, `v_${j}!`]);
+  let start = 0;
+  const segments = sizes.map((n, j) => {
+    const end = start + Math.ceil(n / WG) * WG;
+    const segment = `  if (t < ${end}u) {
+    let i = t - ${start}u;
+    if (i >= ${n}u) { return; }
+    let g0 = g_${j}[i];
+    let pv = p_${j}[i] * P.decay;
+    let mv = ${f32(b1)} * m_${j}[i] + ${f32(1 - b1)} * g0;
+    let vv = ${f32(b2)} * v_${j}[i] + ${f32(1 - b2)} * g0 * g0;
+    m_${j}[i] = mv;
+    v_${j}[i] = vv;
+    p_${j}[i] = pv - P.stepSize * mv / (sqrt(vv) / P.sqrtBc2 + ${f32(eps)});
+    return;
+  }`;
+    start = end;
+    return segment;
+  });
+  return `${storage(...names)}
+${adamWParams(sizes.length, 0, 0, 0).decl}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let t = ${flatIndex()};
+${segments.join("\n")}
+}`;
+});
+
+/** SGD's per-step values, as a uniform block bound after its three buffers. */
+function sgdParams(lr: number, wd: number, first: number) {
+  return uniforms(3, { lr: ["f32", lr], wd: ["f32", wd], first: ["u32", first] });
+}
+
+/** SGD's kernel over `n` values (cached as {@linkcode adamWSource}). */
+const sgdSource = memoize((n: number, momentum: number, nesterov: boolean) => {
+  const mu = f32(momentum);
+  return `${storage("p!", "g", "b!")}
+${sgdParams(0, 0, 0).decl}
+${flatMain(n)}
+  let d = g[i] + P.wd * p[i];
+  var bv = d;
+  if (P.first == 0u) { bv = ${mu} * b[i] + d; }
+  b[i] = bv;
+  ${nesterov ? `let upd = d + ${mu} * bv;` : "let upd = bv;"}
+  p[i] = p[i] - P.lr * upd;
+}`;
+});
+
 /** Options of {@linkcode AdamW}; defaults are PyTorch's except weight decay (timm's 0.05). */
 export interface AdamWOptions {
   lr?: number;
@@ -207,28 +276,36 @@ export class AdamW extends GpuOptimizer {
     const [b1, b2] = this.betas;
     const bc1 = 1 - b1 ** this.steps;
     const bc2 = 1 - b2 ** this.steps;
+    const perDispatch = Math.max(
+      1,
+      Math.min(
+        ADAMW_PARAMS_PER_DISPATCH,
+        Math.floor(gpu().limits.maxStorageBuffersPerShaderStage / 4),
+      ),
+    );
     for (const group of this.groups) {
+      const decay = 1 - this.lr * group.weightDecay;
+      let chunk: Tensor[] = [];
+      const bound = new Set<GPUBuffer>();
+      const launchChunk = () => {
+        if (!chunk.length) return;
+        const u = adamWParams(chunk.length, decay, this.lr / bc1, Math.sqrt(bc2));
+        const sizes = chunk.map((p) => p.size);
+        const tensors = chunk.flatMap((p) => [p, p.grad!, ...this.buffers(p)]);
+        const groups = grid1d(sizes.reduce((a, n) => a + Math.ceil(n / WG) * WG, 0));
+        launch(adamWSource(sizes, b1, b2, this.eps), tensors, groups, u.data);
+        chunk = [];
+        bound.clear();
+      };
       for (const p of group.params) {
         if (!p.grad) continue;
-        const [m, v] = this.buffers(p);
-        const u = uniforms(4, {
-          decay: ["f32", 1 - this.lr * group.weightDecay],
-          stepSize: ["f32", this.lr / bc1],
-          sqrtBc2: ["f32", Math.sqrt(bc2)],
-        });
-        const code = `${storage("p!", "g", "m!", "v!")}
-${u.decl}
-${flatMain(p.size)}
-  let g0 = g[i];
-  let pv = p[i] * P.decay;
-  let mv = ${f32(b1)} * m[i] + ${f32(1 - b1)} * g0;
-  let vv = ${f32(b2)} * v[i] + ${f32(1 - b2)} * g0 * g0;
-  m[i] = mv;
-  v[i] = vv;
-  p[i] = pv - P.stepSize * mv / (sqrt(vv) / P.sqrtBc2 + ${f32(this.eps)});
-}`;
-        launch(code, [p, p.grad, m, v], p.size, u.data);
+        const buffers = [p, p.grad, ...this.buffers(p)].map((t) => t.buffer);
+        // A buffer bound twice, once writable, is a conflict: such a parameter starts a new dispatch.
+        if (chunk.length === perDispatch || buffers.some((b) => bound.has(b))) launchChunk();
+        chunk.push(p);
+        for (const b of buffers) bound.add(b);
       }
+      launchChunk();
     }
   }
 }
@@ -279,23 +356,8 @@ export class SGD extends GpuOptimizer {
       for (const p of group.params) {
         if (!p.grad) continue;
         const [buf] = this.buffers(p);
-        const u = uniforms(3, {
-          lr: ["f32", this.lr],
-          wd: ["f32", group.weightDecay],
-          first: ["u32", first],
-        });
-        const mu = f32(this.momentum);
-        const code = `${storage("p!", "g", "b!")}
-${u.decl}
-${flatMain(p.size)}
-  let d = g[i] + P.wd * p[i];
-  var bv = d;
-  if (P.first == 0u) { bv = ${mu} * b[i] + d; }
-  b[i] = bv;
-  ${this.nesterov ? `let upd = d + ${mu} * bv;` : "let upd = bv;"}
-  p[i] = p[i] - P.lr * upd;
-}`;
-        launch(code, [p, p.grad, buf], p.size, u.data);
+        const u = sgdParams(this.lr, group.weightDecay, first);
+        launch(sgdSource(p.size, this.momentum, this.nesterov), [p, p.grad, buf], p.size, u.data);
       }
     }
   }

@@ -40,9 +40,19 @@ export function sizeClass(bytes: number): number {
   return Math.ceil(b / quarter) * quarter;
 }
 
-/** Pool of free GPU buffers by size class. */
+/**
+ * Pool of free GPU buffers by size class. Each class hands out its
+ * lowest-numbered free buffer (numbers in order of creation), so which buffer
+ * a tensor gets depends only on which are free, not on the order they were
+ * freed in: a training step that allocates the same way as the one before
+ * gets the same buffers, and the recorder's bind groups serve it again (a
+ * plain stack would hand them out permuted, step after step).
+ */
 class BufferPool {
-  #free = new Map<number, GPUBuffer[]>();
+  /** Free buffers by size class and their numbers, as a min-heap on the numbers. */
+  #free = new Map<number, { buffers: GPUBuffer[]; numbers: number[] }>();
+  #numbers = new WeakMap<GPUBuffer, number>();
+  #created = 0;
   allocatedBytes = 0;
   freeBytes = 0;
   buffers = 0;
@@ -51,7 +61,7 @@ class BufferPool {
   acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): GPUBuffer {
     const size = sizeClass(bytes);
     const list = this.#free.get(size);
-    const hit = list?.pop();
+    const hit = list && this.#popLowest(list);
     if (hit) {
       this.freeBytes -= size;
       return hit;
@@ -64,21 +74,63 @@ class BufferPool {
     }
     this.allocatedBytes += size;
     this.buffers++;
-    return gpu().createBuffer({ size, usage: USAGE }, describe);
+    const buffer = gpu().createBuffer({ size, usage: USAGE }, describe);
+    this.#numbers.set(buffer, ++this.#created);
+    return buffer;
   }
 
   release(buffer: GPUBuffer): void {
     const size = buffer.size;
     let list = this.#free.get(size);
-    if (!list) this.#free.set(size, list = []);
-    list.push(buffer);
+    if (!list) this.#free.set(size, list = { buffers: [], numbers: [] });
+    let number = this.#numbers.get(buffer);
+    if (number === undefined) this.#numbers.set(buffer, number = ++this.#created);
+    // Sift up a min-heap on the numbers.
+    const { buffers, numbers } = list;
+    let at = numbers.length;
+    buffers.push(buffer);
+    numbers.push(number);
+    while (at > 0) {
+      const parent = (at - 1) >> 1;
+      if (numbers[parent] <= number) break;
+      buffers[at] = buffers[parent];
+      numbers[at] = numbers[parent];
+      at = parent;
+    }
+    buffers[at] = buffer;
+    numbers[at] = number;
     this.freeBytes += size;
+  }
+
+  /** The lowest-numbered buffer of a class's heap, taken out of it. */
+  #popLowest(list: { buffers: GPUBuffer[]; numbers: number[] }): GPUBuffer | undefined {
+    const { buffers, numbers } = list;
+    if (!buffers.length) return undefined;
+    const top = buffers[0];
+    const lastBuffer = buffers.pop()!;
+    const last = numbers.pop()!;
+    const n = numbers.length;
+    if (n === 0) return top;
+    // Sift the last one down from the root.
+    let at = 0;
+    for (;;) {
+      let child = 2 * at + 1;
+      if (child >= n) break;
+      if (child + 1 < n && numbers[child + 1] < numbers[child]) child++;
+      if (numbers[child] >= last) break;
+      buffers[at] = buffers[child];
+      numbers[at] = numbers[child];
+      at = child;
+    }
+    buffers[at] = lastBuffer;
+    numbers[at] = last;
+    return top;
   }
 
   /** Destroy every free buffer (memory returns to the driver). */
   trim(): void {
     for (const list of this.#free.values()) {
-      for (const b of list) {
+      for (const b of list.buffers) {
         this.allocatedBytes -= b.size;
         this.buffers--;
         gpu().destroyAfterSubmit(b);
@@ -461,7 +513,7 @@ const WG = 256;
  */
 export function grid1d(n: number, wg = WG): [number, number] {
   const groups = Math.ceil(n / wg);
-  const max = gpu().limits.maxComputeWorkgroupsPerDimension;
+  const max = gpu().maxWorkgroupsPerDimension;
   if (groups <= max) return [Math.max(groups, 1), 1];
   const y = Math.ceil(groups / max);
   return [Math.ceil(groups / y), y];

@@ -136,20 +136,28 @@ export interface ModelBench {
   /** CPU milliseconds to record one step (the GPU idles meanwhile unless work is queued). */
   inferRecordMs: number | null;
   trainRecordMs: number | null;
+  /** Dispatches one step records. */
+  inferDispatches: number | null;
+  trainDispatches: number | null;
   /** Wall ms per training step over `steps` steps recorded back to back with one sync at the end. */
   trainPipelinedMs: number | null;
   /** Kernel keys planned before timing (`plan`): heuristic vs chosen GPU ms. */
   planned: PlanRow[];
 }
 
-/** CPU milliseconds that `record` takes to record its work; then waits for the GPU. */
-async function recordMs(record: () => void): Promise<number> {
+/**
+ * CPU milliseconds that `record` takes to record its work, and the number of
+ * dispatches it records; then waits for the GPU.
+ */
+async function recordMs(record: () => void): Promise<{ ms: number; dispatches: number }> {
   await gpu().sync();
+  const d0 = gpu().dispatches;
   const t0 = performance.now();
   record();
   const ms = performance.now() - t0;
+  const dispatches = gpu().dispatches - d0;
   await gpu().sync();
-  return ms;
+  return { ms, dispatches };
 }
 
 /**
@@ -194,6 +202,8 @@ export async function benchModel(
     peakBytes: 0,
     inferRecordMs: null,
     trainRecordMs: null,
+    inferDispatches: null,
+    trainDispatches: null,
     trainPipelinedMs: null,
     planned: [],
   };
@@ -213,7 +223,9 @@ export async function benchModel(
       model.eval();
       const infer = () => noGrad(() => scope(() => void model.forward(x)));
       const t = await timeGpu(infer, { runs: steps, warmup });
-      out.inferRecordMs = await recordMs(infer);
+      const rec = await recordMs(infer);
+      out.inferRecordMs = rec.ms;
+      out.inferDispatches = rec.dispatches;
       out.inferMs = t.wallMs;
       out.inferGpuMs = t.method === "timestamp" ? t.ms : null;
       out.timing = t.method;
@@ -232,7 +244,9 @@ export async function benchModel(
         out.trainMs = t.wallMs;
         out.trainGpuMs = t.method === "timestamp" ? t.ms : null;
         out.timing = t.method;
-        out.trainRecordMs = await recordMs(step);
+        const rec = await recordMs(step);
+        out.trainRecordMs = rec.ms;
+        out.trainDispatches = rec.dispatches;
         // As a training loop runs: no sync between steps (the GPU may overlap the next recording).
         await gpu().sync();
         const t0 = performance.now();
@@ -405,7 +419,7 @@ async function main(): Promise<void> {
   const comments = [
     `adapter: ${adapter}`,
     `median of ${steps} after ${warmup} warm-up; img/s from the wall clock around a drained queue` +
-    `, *_gpu_img_s from timestamps, *_record_ms = CPU time to record one step, train_pipelined_img_s = steps back to back with one sync; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
+    `, *_gpu_img_s from timestamps, *_record_ms = CPU time to record one step (of *_dispatches dispatches), train_pipelined_img_s = steps back to back with one sync; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
   ];
   // Rewritten after each model too, so that a run cut short keeps the finished comparisons.
   const writeSideBySide = async () => {
@@ -485,6 +499,8 @@ async function main(): Promise<void> {
       train_pipelined_img_s: ips(r.trainPipelinedMs),
       infer_record_ms: r.inferRecordMs === null ? "" : Number(r.inferRecordMs.toFixed(2)),
       train_record_ms: r.trainRecordMs === null ? "" : Number(r.trainRecordMs.toFixed(2)),
+      infer_dispatches: r.inferDispatches ?? "",
+      train_dispatches: r.trainDispatches ?? "",
       timing: r.timing,
     };
     rows.push(row);

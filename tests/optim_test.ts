@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { gpu } from "../ops/gpu.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { AdamW, decayGroups, SGD } from "../ops/optim.ts";
 import { randomArray, relError, setup } from "./harness.ts";
@@ -141,4 +142,56 @@ Deno.test("decayGroups: norms, biases and 1-D tensors get no weight decay", () =
   assert.deepEqual(groups[1].params, [b, cb]);
   assert.equal(groups[1].weightDecay, 0);
   [w, b, cb].forEach((t) => t.dispose());
+});
+
+Deno.test("AdamW updates many parameters per dispatch, bit for bit as one at a time", async () => {
+  const sizes = [5, 300, 1, 4096, 77, 256, 257, 1000, 3, 9, 12, 70000, 8];
+  const make = () =>
+    sizes.map((n, j) => {
+      const t = Tensor.from(Float32Array.from(randomArray(n, 10 + j)));
+      t.requiresGrad = true;
+      return t;
+    });
+  const together = make();
+  const apart = make();
+  const groups = [{ params: together.slice(0, 9), weightDecay: 0.05 }, {
+    params: together.slice(9),
+    weightDecay: 0,
+  }];
+  const opt = new AdamW(groups, { lr: 1e-2 });
+  const single = apart.map((p, j) => new AdamW([p], { lr: 1e-2, weightDecay: j < 9 ? 0.05 : 0 }));
+  const g = gpu();
+  let dispatches = 0;
+  const dispatch = g.dispatch;
+  g.dispatch = (...args) => {
+    dispatches++;
+    return dispatch.apply(g, args);
+  };
+  try {
+    for (let t = 0; t < 3; t++) {
+      sizes.forEach((n, j) => {
+        const grad = Float32Array.from(randomArray(n, 100 * t + j));
+        together[j].grad = Tensor.from(grad);
+        apart[j].grad = Tensor.from(grad);
+      });
+      opt.lr = single.reduce((lr, o) => (o.lr = lr), 1e-2 * (t + 1));
+      dispatches = 0;
+      opt.step();
+      // Two groups of at most 8 parameters (fewer where the device has fewer storage bindings);
+      // the first step also zeroes the moments.
+      const per = Math.min(8, Math.floor(g.limits.maxStorageBuffersPerShaderStage / 4));
+      if (t > 0) assert.equal(dispatches, Math.ceil(9 / per) + Math.ceil(4 / per));
+      single.forEach((o) => o.step());
+      opt.zeroGrad();
+      single.forEach((o) => o.zeroGrad());
+    }
+  } finally {
+    g.dispatch = dispatch;
+  }
+  for (let j = 0; j < sizes.length; j++) {
+    assert.deepEqual(await together[j].read(), await apart[j].read(), `parameter ${j}`);
+  }
+  opt.dispose();
+  single.forEach((o) => o.dispose());
+  [...together, ...apart].forEach((p) => p.dispose());
 });
