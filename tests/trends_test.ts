@@ -196,9 +196,6 @@ Deno.test({
         "--out",
         out,
       ]);
-      // Sparse at the dense width: the sparse path runs on kernels the dense net already
-      // compiled (a new width would compile every kernel again, ~20 s on llvmpipe).
-      s.grid = [[0.4, 1]];
       await runTrends(s);
       for (const n of s.tables) {
         const stem = TABLES[n];
