@@ -24,7 +24,7 @@
  *
  * ```sh
  * deno run -A scripts/trends.ts --quick          # every table on llvmpipe, a smoke run (~2 min)
- * deno run -A scripts/trends.ts --table 1        # one table at the default (GPU) size, ~4–6 min
+ * deno run -A scripts/trends.ts --table 1        # one table at the default (GPU) size, ~5 min
  * deno run -A scripts/trends.ts --data /data/imagenet100 --input-size 128 --epochs 5
  * ```
  *
@@ -135,34 +135,46 @@ const QUICK = {
   smallKernel: 3,
 };
 /**
- * The default, for a real GPU: 96² images (a 7×7 kernel at stride 4 sees
- * 28 px, while the two key marks lie 40–70 px apart), 2048 training images,
- * 4 epochs (256 steps of 32), 1024 validation images (a top-1 of 80% is
- * then measured to ±1.2 points of binomial noise), the `*_cpu` nets twice as
- * wide. Seeds per table: {@linkcode DEFAULT_SEEDS}. Fixed sizes, chosen so
- * that each table takes about 4–6 minutes on one H200 by this estimate:
+ * The default, for a real GPU: 48² images, 2048 training images, 4 epochs
+ * (256 steps of 32), 1024 validation images (a top-1 of 80% is then measured
+ * to ±1.2 points of binomial noise), the `*_cpu` nets twice as wide. Seeds
+ * per table: {@linkcode DEFAULT_SEEDS}.
+ *
+ * The size is the one where this budget learns the task. Measured on
+ * llvmpipe with the 51-49-47-13 net of tables 2–5 (N = 5, width ×2): at 48²
+ * (1536 images, a 2-epoch run) val top-1 51% after one epoch and 65% after
+ * two; with 2048 images at 64², 25% (chance) after two of four epochs, and at
+ * 96² 26% after one, the training loss still ln 4 ≈ 1.39 after two. At 48² the
+ * trainer's recipe separates the models (H100: SLaK 87%, a ConvNeXt 7×7 of
+ * its size 75%; see train/data/procedural.ts): the two key marks lie 17–30 px
+ * apart, while a 7×7 kernel at stride 4 sees 28 px. Stage-1 maps are then
+ * 12², which any kernel of 23 or more covers from every position, so 31 and
+ * 51 can only tie in table 1.
+ *
+ * Fixed sizes, chosen so that each table takes about 4–6 minutes on one H200
+ * by this estimate:
  *
  * - A step of these nets is bound by recording its dispatches, not by
  *   FLOPs: a training step of the 2×-wide SLaK is ~450 dispatches (counted on
  *   llvmpipe), ShiftwiseConv ~750; recording costs ~55 µs of CPU per dispatch
  *   (a ConvNeXt-T step, ~2000 dispatches, took 111 ms of CPU on the H100
  *   machine), so ~25 ms per step (ShiftwiseConv ~40 ms). The FLOPs are small
- *   beside that: the 51-49-47-13 net is 12.8 M MACs at 96², 6 × 12.8 M × 32
- *   = 2.5 GFLOP per step, ~2 ms at 1–2 TFLOP/s (the full 51×51 nets of table
- *   2, 44 M MACs, ~6 ms).
- * - A run: 256 steps × 25 ms + drawing its 3072 images (0.7 ms each at 96²)
- *   + 4 evaluations and checkpoints ≈ 11 s (ShiftwiseConv ≈ 15 s).
+ *   beside that: the 51-49-47-13 net is 3.1 M MACs at 48², 6 × 3.1 M × 32
+ *   = 0.6 GFLOP per step, under 1 ms at 1–2 TFLOP/s (the full 51×51 nets of
+ *   table 2, 11 M MACs, ~2 ms).
+ * - A run: 256 steps × 25 ms + drawing its 3072 images (0.25 ms each at 48²)
+ *   + 4 evaluations and checkpoints ≈ 10 s (ShiftwiseConv ≈ 14 s).
  * - Each distinct model (family, width, kernels, sparsity) compiles its
  *   kernels once per process: 20–40 s, taken as 30 s.
  *
- * Table 1: 5 models × 30 s + 15 runs × 11 s ≈ 5.3 min; table 2: 3 × 30 s +
- * 15 runs × 12 s ≈ 4.5 min; table 3: 3 × 30 s + 15 runs × 11 s + 30 ERF pairs
- * ≈ 5.3 min; table 4: 6 × 30 s + 18 runs × 12 s ≈ 6.6 min; table 5: 2 × 30 s +
- * 8 × (11 + 15) s ≈ 4.5 min. Each table prints its wall time and writes it in
+ * Table 1: 5 models × 30 s + 15 runs × 10 s ≈ 5.0 min; table 2: 3 × 30 s +
+ * 15 runs × 11 s ≈ 4.3 min; table 3: 3 × 30 s + 15 runs × 10 s + 30 ERF pairs
+ * ≈ 5.0 min; table 4: 6 × 30 s + 18 runs × 11 s ≈ 6.3 min; table 5: 2 × 30 s +
+ * 8 × (10 + 14) s ≈ 4.2 min. Each table prints its wall time and writes it in
  * its CSV's header, so the estimate is checked by every run.
  */
 const FULL = {
-  inputSize: 96,
+  inputSize: 48,
   trainSize: 2048,
   valSize: 1024,
   epochs: 4,
@@ -208,7 +220,7 @@ Trains small models, several seeds each, and writes one CSV and one PNG per clai
   --epochs N         epochs per run (default 4; quick 1)
   --steps N          optimiser steps per run instead of --epochs (rounded up to whole epochs)
   --data DIR         train on an ImageFolder (train/<class>/, val/<class>/) or CIFAR-10 folder
-  --input-size N     image side (default 96; quick 32)
+  --input-size N     image side (default 48; quick 32)
   --train-size N     procedural training images (default 2048; quick 32)
   --val-size N       procedural validation images (default 1024; quick 16)
   --batch-size N     (default 32; quick 16)
