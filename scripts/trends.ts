@@ -23,8 +23,8 @@
  * hold is reported as such.
  *
  * ```sh
- * deno run -A scripts/trends.ts --quick          # every table on llvmpipe, a smoke run (≤ 3 min)
- * deno run -A scripts/trends.ts --table 1        # one table at the default (GPU) size
+ * deno run -A scripts/trends.ts --quick          # every table on llvmpipe, a smoke run (~2 min)
+ * deno run -A scripts/trends.ts --table 1        # one table at the default (GPU) size, ~5 min
  * deno run -A scripts/trends.ts --data /data/imagenet100 --input-size 128 --epochs 5
  * ```
  *
@@ -37,7 +37,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { initGpu, runMain } from "../ops/gpu.ts";
+import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { seedInit } from "../models/module.ts";
 import type { Classifier } from "../models/module.ts";
@@ -71,7 +71,10 @@ export interface TrendSettings {
   epochs: number;
   batchSize: number;
   lr: number;
+  /** Seeds of the table being run (`tableSeeds[t]` while table t runs). */
   seeds: number[];
+  /** Seeds of each table: `--seeds N` for all, else {@linkcode DEFAULT_SEEDS} (quick: 3 each). */
+  tableSeeds: Record<number, number[]>;
   /** Width factor of every model before a table widens it (1 = the `*_cpu` presets). */
   width: number;
   /** First-stage kernels of table 1; the last is the large kernel of tables 2–5. */
@@ -107,7 +110,15 @@ export const TABLES: Record<number, string> = {
 
 /**
  * `--quick`: tiny images, a few dozen images, one epoch: every table on
- * llvmpipe in minutes. A smoke run of the whole pipeline, not evidence.
+ * llvmpipe in about 2 minutes. A smoke run of the whole pipeline, not
+ * evidence. Nearly all of its time is WGSL compilation: llvmpipe compiles a
+ * kernel at its first dispatch (30–400 ms each), kernels have their shapes
+ * baked in, and each model family at each width compiles its ~300 kernels
+ * once (15–25 s of CPU); every later run of it takes 0.3–1.5 s. So quick
+ * compiles four: SLaK (dense, and sparse at the same width), and ResNet,
+ * ConvNeXt and ShiftwiseConv at equal FLOPs, the least the five tables need;
+ * the kernel sizes (one family compiles them in ~1 s) are the only sizes
+ * that differ across tables.
  */
 const QUICK = {
   inputSize: 32,
@@ -117,21 +128,55 @@ const QUICK = {
   batchSize: 16,
   width: 1,
   erfImages: 16,
-  // SLaK's main pair only: each width is a new set of kernels to compile, minutes on llvmpipe.
-  grid: [[0.4, 1.3]] as [number, number][],
+  // 40% sparsity at the dense width: a new width would compile every kernel again (~20 s).
+  grid: [[0.4, 1]] as [number, number][],
   // 32² images leave 8² maps in the first stage: kernels past 15 reach nothing more there.
   kernels: [5, 7, 11, 15],
   smallKernel: 3,
 };
 /**
- * The default, for a real GPU: 96² images (a 7×7 kernel at stride 4 sees
- * 28 px, while the two key marks lie 40–70 px apart), 2048 training images,
- * 4 epochs (256 steps of 32), the `*_cpu` nets twice as wide.
+ * The default, for a real GPU: 48² images, 2048 training images, 4 epochs
+ * (256 steps of 32), 1024 validation images (a top-1 of 80% is then measured
+ * to ±1.2 points of binomial noise), the `*_cpu` nets twice as wide. Seeds
+ * per table: {@linkcode DEFAULT_SEEDS}.
+ *
+ * The size is the one where this budget learns the task. Measured on
+ * llvmpipe with the 51-49-47-13 net of tables 2–5 (N = 5, width ×2): at 48²
+ * (1536 images, a 2-epoch run) val top-1 51% after one epoch and 65% after
+ * two; with 2048 images at 64², 25% (chance) after two of four epochs, and at
+ * 96² 26% after one, the training loss still ln 4 ≈ 1.39 after two. At 48² the
+ * trainer's recipe separates the models (H100: SLaK 87%, a ConvNeXt 7×7 of
+ * its size 75%; see train/data/procedural.ts): the two key marks lie 17–30 px
+ * apart, while a 7×7 kernel at stride 4 sees 28 px. Stage-1 maps are then
+ * 12², which any kernel of 23 or more covers from every position, so 31 and
+ * 51 can only tie in table 1.
+ *
+ * Fixed sizes, chosen so that each table takes about 4–6 minutes on one H200
+ * by this estimate:
+ *
+ * - A step of these nets is bound by recording its dispatches, not by
+ *   FLOPs: a training step of the 2×-wide SLaK is ~450 dispatches (counted on
+ *   llvmpipe), ShiftwiseConv ~750; recording costs ~55 µs of CPU per dispatch
+ *   (a ConvNeXt-T step, ~2000 dispatches, took 111 ms of CPU on the H100
+ *   machine), so ~25 ms per step (ShiftwiseConv ~40 ms). The FLOPs are small
+ *   beside that: the 51-49-47-13 net is 3.1 M MACs at 48², 6 × 3.1 M × 32
+ *   = 0.6 GFLOP per step, under 1 ms at 1–2 TFLOP/s (the full 51×51 nets of
+ *   table 2, 11 M MACs, ~2 ms).
+ * - A run: 256 steps × 25 ms + drawing its 3072 images (0.25 ms each at 48²)
+ *   + 4 evaluations and checkpoints ≈ 10 s (ShiftwiseConv ≈ 14 s).
+ * - Each distinct model (family, width, kernels, sparsity) compiles its
+ *   kernels once per process: 20–40 s, taken as 30 s.
+ *
+ * Table 1: 5 models × 30 s + 15 runs × 10 s ≈ 5.0 min; table 2: 3 × 30 s +
+ * 15 runs × 11 s ≈ 4.3 min; table 3: 3 × 30 s + 15 runs × 10 s + 30 ERF pairs
+ * ≈ 5.0 min; table 4: 6 × 30 s + 18 runs × 11 s ≈ 6.3 min; table 5: 2 × 30 s +
+ * 8 × (10 + 14) s ≈ 4.2 min. Each table prints its wall time and writes it in
+ * its CSV's header, so the estimate is checked by every run.
  */
 const FULL = {
-  inputSize: 96,
+  inputSize: 48,
   trainSize: 2048,
-  valSize: 512,
+  valSize: 1024,
   epochs: 4,
   batchSize: 32,
   width: 2,
@@ -142,6 +187,20 @@ const FULL = {
   smallKernel: 5,
 };
 
+/**
+ * Seeds per table at the default size (without `--seeds`): 3 where a table
+ * trains many models (1 and 4), more where it trains few, so each table
+ * takes about the same time and the "matches" claims (tables 2 and 5) get
+ * the narrower intervals they need.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_SEEDS, parseTrendArgs } from "./trends.ts";
+ * console.log(DEFAULT_SEEDS[5], parseTrendArgs([]).tableSeeds[5].length); // 8 8
+ * ```
+ */
+export const DEFAULT_SEEDS: Record<number, number> = { 1: 3, 2: 5, 3: 5, 4: 3, 5: 8 };
+
 const HELP = `usage: deno run -A scripts/trends.ts [flags]
 
 Trains small models, several seeds each, and writes one CSV and one PNG per claim
@@ -149,20 +208,21 @@ Trains small models, several seeds each, and writes one CSV and one PNG per clai
   1 kernel scaling 7 / 13 / 31 / 51 (+ a 3×3 ResNet of equal FLOPs)
   2 decomposed vs full 51×51, with and without the parallel 5×5
   3 ERF of trained vs untrained ResNet / ConvNeXt / SLaK at equal FLOPs
-  4 sparse-and-wide (1.3×, 40%) vs dense, and the sparsity–width grid (quick: the 1.3× pair only)
+  4 sparse-and-wide (1.3×, 40%) vs dense, and the sparsity–width grid (quick: 40% at ×1 only)
   5 ShiftwiseConv vs SLaK at equal FLOPs
 
   --quick            smoke mode for llvmpipe: 32² images, 32 of them, 1 epoch, kernels up to 15,
                      every table in a few minutes; its numbers say nothing about the claims
   --table LIST       tables to run, e.g. 1 or 2,5 (default all)
-  --seeds N          seeds per model, ≥ 2 (default 3): seed s draws the procedural images (or a
-                     folder's order and augmentation) and the init
+  --seeds N          seeds per model in every table, ≥ 2 (default 3 in tables 1 and 4, 5 in 2
+                     and 3, 8 in 5; quick 3): seed s draws the procedural images (or a folder's
+                     order and augmentation) and the init
   --epochs N         epochs per run (default 4; quick 1)
   --steps N          optimiser steps per run instead of --epochs (rounded up to whole epochs)
   --data DIR         train on an ImageFolder (train/<class>/, val/<class>/) or CIFAR-10 folder
-  --input-size N     image side (default 96; quick 32)
+  --input-size N     image side (default 48; quick 32)
   --train-size N     procedural training images (default 2048; quick 32)
-  --val-size N       procedural validation images (default 512; quick 16)
+  --val-size N       procedural validation images (default 1024; quick 16)
   --batch-size N     (default 32; quick 16)
   --lr X             AdamW learning rate (default 0.01, the trainer's procedural recipe)
   --width X          width factor of every net before a table widens it (default 2; quick 1)
@@ -251,6 +311,13 @@ export function parseTrendArgs(args: string[]): TrendSettings & { steps?: number
       return n;
     });
   const nSeeds = intFlag("seeds", v.seeds, 2, 3);
+  const seedList = (n: number) => Array.from({ length: n }, (_, i) => i);
+  const tableSeeds = Object.fromEntries(
+    Object.keys(TABLES).map((t) => [
+      t,
+      seedList(v.seeds !== undefined || v.quick ? nSeeds : DEFAULT_SEEDS[Number(t)]),
+    ]),
+  );
   const kernels = v.kernels === undefined ? d.kernels : kernelList(v.kernels);
   const smallKernel = intFlag("small-kernel", v["small-kernel"], 1, d.smallKernel);
   if (smallKernel >= kernels[0]) {
@@ -270,7 +337,8 @@ export function parseTrendArgs(args: string[]): TrendSettings & { steps?: number
     steps: v.steps === undefined ? undefined : intFlag("steps", v.steps, 1, 0),
     batchSize: intFlag("batch-size", v["batch-size"], 1, d.batchSize),
     lr: numFlag("lr", v.lr, 1e-2),
-    seeds: Array.from({ length: nSeeds }, (_, i) => i),
+    seeds: seedList(nSeeds),
+    tableSeeds,
     width: numFlag("width", v.width, d.width),
     erfImages: intFlag("erf-images", v["erf-images"], 1, d.erfImages),
     kernels,
@@ -441,12 +509,28 @@ export interface RunResult {
 /** Runs of this process by configuration, so a model shared by two tables trains once. */
 const finished = new Map<string, RunResult>();
 
+/** The table being run: when it started, and what it trained, reused and compiled so far. */
+const clock = { started: 0, pipelines: 0, trained: 0, reused: 0 };
+
+/** Wall time, runs and kernels of the table being run, as its CSV header and log print them. */
+function clockNote(): string {
+  const seconds = (performance.now() - clock.started) / 1000;
+  return `wall time: ${seconds.toFixed(0)} s for this table in this process (${clock.trained} ` +
+    `runs trained, ${clock.reused} reused from an earlier table, ${
+      gpu().pipelineCount - clock.pipelines
+    } kernels compiled)`;
+}
+
 /** Train one (model, seed) with the trainer's `train` and count the result's params and FLOPs. */
 async function runOne(spec: ModelSpec, seed: number, s: TrendSettings): Promise<RunResult> {
   const cfg = trainConfigOf(spec, seed, s);
   const memoKey = JSON.stringify(cfg);
   const done = finished.get(memoKey);
-  if (done) return done;
+  if (done) {
+    clock.reused++;
+    return done;
+  }
+  clock.trained++;
   console.error(`\n# ${spec.label}, seed ${seed} → ${cfg.out}`);
   const started = performance.now();
   const result = await train(cfg);
@@ -572,6 +656,7 @@ function header(s: TrendSettings, claim: string, verdicts: Verdict[]): string[] 
     `epoch(s), the trainer's procedural recipe for every model; top1 = final validation top-1 %, ` +
     `mean ± 95% Student-t interval over seeds; ${FLOPS_RULE}`,
     ...verdicts.map((v) => `verdict: ${v.text}`),
+    clockNote(),
   ];
   if (s.quick) {
     r.unshift(
@@ -653,6 +738,7 @@ async function writeTable(
     );
   }
   for (const v of verdicts) console.log(`  ${v.text}`);
+  console.log(`  ${clockNote()}`);
   console.log(`  → ${stem}.csv, ${stem}.png`);
 }
 
@@ -992,7 +1078,7 @@ export async function runTrends(s: TrendSettings & { steps?: number }): Promise<
   const data = await openDataset({
     data: s.data,
     inputSize: s.inputSize,
-    seed: s.seeds[0],
+    seed: 0,
     trainSize: s.trainSize,
     valSize: s.valSize,
     keyColours: true,
@@ -1007,14 +1093,19 @@ export async function runTrends(s: TrendSettings & { steps?: number }): Promise<
   if (s.steps !== undefined) s.epochs = Math.ceil(s.steps / perEpoch);
   console.error(
     `trends: ${data.name}, ${s.inputSize}², ${data.trainSize} training images, ${s.epochs} ` +
-      `epoch(s) = ${perEpoch * s.epochs} steps of ${s.batchSize}, seeds ${s.seeds.join(",")}` +
-      (s.quick ? " (QUICK smoke mode)" : ""),
+      `epoch(s) = ${perEpoch * s.epochs} steps of ${s.batchSize}, seeds per table ${
+        s.tables.map((t) => `${t}: ${s.tableSeeds[t].length}`).join(", ")
+      }` + (s.quick ? " (QUICK smoke mode)" : ""),
   );
   await Deno.mkdir(s.out, { recursive: true });
   for (const t of s.tables) {
-    const started = performance.now();
-    await RUNNERS[t](s);
-    console.log(`  table ${t} took ${((performance.now() - started) / 1000).toFixed(0)} s`);
+    Object.assign(clock, {
+      started: performance.now(),
+      pipelines: gpu().pipelineCount,
+      trained: 0,
+      reused: 0,
+    });
+    await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
   }
 }
 
