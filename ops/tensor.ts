@@ -19,80 +19,108 @@
  */
 import { gpu } from "./gpu.ts";
 import { callerSite, GpuOpError } from "./gpu_errors.ts";
+import {
+  BufferPool,
+  checkPoolPolicy,
+  type PoolPolicy,
+  type PoolTrace,
+  sizeClass,
+} from "./buffer_pool.ts";
+
+export { type PoolPolicy, type PoolTrace, sizeClass };
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
-/**
- * Size classes: powers of two split in quarters above 4 KiB, so at most 25% of
- * a buffer is slack and buffers of nearby sizes are shared.
- *
- * @example
- * ```ts
- * import { sizeClass } from "./tensor.ts";
- * console.log(sizeClass(100), sizeClass(5000), sizeClass(9000)); // 256 5120 10240
- * ```
- */
-export function sizeClass(bytes: number): number {
-  const b = Math.max(256, Math.ceil(bytes / 4) * 4);
-  if (b <= 4096) return Math.ceil(b / 256) * 256;
-  const p = 2 ** Math.floor(Math.log2(b));
-  const quarter = p / 4;
-  return Math.ceil(b / quarter) * quarter;
-}
-
-/** Pool of free GPU buffers by size class. */
-class BufferPool {
-  #free = new Map<number, GPUBuffer[]>();
-  allocatedBytes = 0;
-  freeBytes = 0;
-  buffers = 0;
-
-  /** A buffer of at least `bytes`; `describe` names what it is for if allocating it fails. */
-  acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): GPUBuffer {
-    const size = sizeClass(bytes);
-    const list = this.#free.get(size);
-    const hit = list?.pop();
-    if (hit) {
-      this.freeBytes -= size;
-      return hit;
-    }
+const pool = new BufferPool<GPUBuffer>({
+  create(size, describe) {
     const max = gpu().limits.maxBufferSize;
     if (size > max) {
       throw new GpuOpError(
-        `${callerSite()}: ${describe()} needs ${bytes} bytes, above this device's maxBufferSize ${max}`,
+        `${callerSite()}: ${describe()} needs ${size} bytes, above this device's maxBufferSize ${max}`,
       );
     }
-    this.allocatedBytes += size;
-    this.buffers++;
     return gpu().createBuffer({ size, usage: USAGE }, describe);
-  }
+  },
+  // Destroying a buffer still referenced by unsubmitted work is an error: they go after it.
+  destroy: (buffer) => gpu().destroyAfterSubmit(buffer),
+  // Submitting destroys them at once; until then they still hold device memory.
+  flush: () => gpu().flush(),
+});
 
-  release(buffer: GPUBuffer): void {
-    const size = buffer.size;
-    let list = this.#free.get(size);
-    if (!list) this.#free.set(size, list = []);
-    list.push(buffer);
-    this.freeBytes += size;
-  }
-
-  /** Destroy every free buffer (memory returns to the driver). */
-  trim(): void {
-    for (const list of this.#free.values()) {
-      for (const b of list) {
-        this.allocatedBytes -= b.size;
-        this.buffers--;
-        gpu().destroyAfterSubmit(b);
-      }
-    }
-    this.#free.clear();
-    this.freeBytes = 0;
-  }
-}
-
-const pool = new BufferPool();
+/** The allocations recorded since {@linkcode startPoolTrace}, or null when not recording. */
+let trace: PoolTrace | null = null;
+let tracedStorages = 0;
 
 /**
- * Bytes held by the pool: `allocatedBytes` (all buffers) and `freeBytes` (reusable).
+ * Record every tensor storage acquired and released from now on (see
+ * {@linkcode PoolTrace}), until {@linkcode stopPoolTrace}. Storages that
+ * already exist are not in the trace.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { startPoolTrace, stopPoolTrace, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * startPoolTrace();
+ * Tensor.zeros([256]).dispose();
+ * console.log(stopPoolTrace()); // [1024, -1]
+ * ```
+ */
+export function startPoolTrace(): void {
+  trace = [];
+  tracedStorages = 0;
+}
+
+/**
+ * Events recorded so far by {@linkcode startPoolTrace} (0 when not recording).
+ *
+ * @example
+ * ```ts
+ * import { peekTraceLength } from "./tensor.ts";
+ * console.log(peekTraceLength()); // 0
+ * ```
+ */
+export function peekTraceLength(): number {
+  return trace?.length ?? 0;
+}
+
+/**
+ * Stop recording and return the trace of {@linkcode startPoolTrace}.
+ *
+ * @example
+ * ```ts
+ * import { stopPoolTrace } from "./tensor.ts";
+ * console.log(stopPoolTrace()); // [] when nothing was recorded
+ * ```
+ */
+export function stopPoolTrace(): PoolTrace {
+  const t = trace ?? [];
+  trace = null;
+  return t;
+}
+
+/** What {@linkcode poolStats} reports. */
+export interface PoolStats {
+  /** Bytes of every pooled buffer not yet destroyed (in use or free). */
+  allocatedBytes: number;
+  /** Bytes of the free (reusable) buffers. */
+  freeBytes: number;
+  buffers: number;
+  liveTensors: number;
+  /** Bytes of the live tensors' storages, as their shapes ask (no size-class rounding). */
+  liveBytes: number;
+  /** The most `liveBytes` and `allocatedBytes` since the last {@linkcode resetPoolPeaks}. */
+  peakLiveBytes: number;
+  peakAllocatedBytes: number;
+  /** Buffers created and destroyed so far (a steady training step creates none). */
+  created: number;
+  destroyed: number;
+}
+
+/**
+ * Bytes held by the pool: `allocatedBytes` (all buffers) and `freeBytes`
+ * (reusable), the live tensor bytes, and the peaks of both since
+ * {@linkcode resetPoolPeaks}.
  *
  * @example
  * ```ts
@@ -100,22 +128,60 @@ const pool = new BufferPool();
  * import { poolStats, Tensor } from "./tensor.ts";
  * await initGpu();
  * Tensor.zeros([1024]).dispose();
- * const { allocatedBytes, freeBytes } = poolStats();
- * console.log(allocatedBytes >= 4096, freeBytes >= 4096); // true true
+ * const { allocatedBytes, freeBytes, peakLiveBytes } = poolStats();
+ * console.log(allocatedBytes >= 4096, freeBytes >= 4096, peakLiveBytes >= 4096); // true true true
  * ```
  */
-export function poolStats(): {
-  allocatedBytes: number;
-  freeBytes: number;
-  buffers: number;
-  liveTensors: number;
-} {
+export function poolStats(): PoolStats {
   return {
     allocatedBytes: pool.allocatedBytes,
     freeBytes: pool.freeBytes,
     buffers: pool.buffers,
     liveTensors,
+    liveBytes: pool.liveBytes,
+    peakLiveBytes: pool.peakLiveBytes,
+    peakAllocatedBytes: pool.peakAllocatedBytes,
+    created: pool.created,
+    destroyed: pool.destroyed,
   };
+}
+
+/**
+ * Start the peaks of {@linkcode poolStats} over from the current values (per
+ * phase of a step: forward, backward, optimiser).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { poolStats, resetPoolPeaks, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * Tensor.zeros([4096]).dispose();
+ * resetPoolPeaks();
+ * console.log(poolStats().peakLiveBytes === poolStats().liveBytes); // true
+ * ```
+ */
+export function resetPoolPeaks(): void {
+  pool.resetPeaks();
+}
+
+/**
+ * Set how the pool reuses and returns buffers ({@linkcode PoolPolicy}); the
+ * defaults are `{ fitSlack: 1.5, reclaim: true }`. `{ fitSlack: 1, reclaim:
+ * false }` only ever reuses a buffer of the same size class. Returns the
+ * policy it replaces.
+ *
+ * @example
+ * ```ts
+ * import { configurePool } from "./tensor.ts";
+ * const before = configurePool({ fitSlack: 1, reclaim: false });
+ * configurePool(before);
+ * console.log(before); // { fitSlack: 1.5, reclaim: true }
+ * ```
+ */
+export function configurePool(policy: Partial<PoolPolicy>): PoolPolicy {
+  const before = pool.policy;
+  pool.policy = checkPoolPolicy({ ...before, ...policy });
+  return before;
 }
 
 /**
@@ -133,8 +199,6 @@ export function poolStats(): {
  */
 export function trimPool(): void {
   pool.trim();
-  // Destroying a buffer still referenced by unsubmitted work is an error: they go after it.
-  gpu().flush();
 }
 
 /**
@@ -154,13 +218,21 @@ export class Storage {
   readonly buffer: GPUBuffer;
   readonly size: number;
   refs = 1;
+  /** Its number in the pool trace being recorded, if any. */
+  readonly #traced: number;
   /** `shape` only names the tensor if allocating fails. */
   constructor(size: number, shape: readonly number[] = [size]) {
     this.size = size;
     this.buffer = pool.acquire(size * 4, () => `a tensor [${shape.join(", ")}]`);
+    pool.live(size * 4);
+    this.#traced = trace ? tracedStorages++ : -1;
+    trace?.push(size * 4);
   }
   release(): void {
-    if (--this.refs === 0) pool.release(this.buffer);
+    if (--this.refs > 0) return;
+    pool.live(-this.size * 4);
+    pool.release(this.buffer);
+    if (trace && this.#traced >= 0) trace.push(-1 - this.#traced);
   }
 }
 

@@ -1,0 +1,323 @@
+/**
+ * The tensor pool's bookkeeping: free buffers by size class, which free
+ * buffer a request takes, when free buffers go back to the driver, and the
+ * bytes it holds. It knows buffers only by their size, through a
+ * {@linkcode PoolBackend}: `tensor.ts` gives it GPU buffers, and
+ * {@linkcode replayTrace} gives it plain objects to replay a recorded
+ * sequence of allocations at another batch size without a GPU.
+ *
+ * Every buffer not yet destroyed counts in `allocatedBytes`, free or in use:
+ * that is what the device holds.
+ *
+ * @example
+ * ```ts
+ * import { BufferPool, plainBackend } from "./buffer_pool.ts";
+ * const pool = new BufferPool(plainBackend());
+ * const a = pool.acquire(4096);
+ * pool.release(a);
+ * const b = pool.acquire(4000); // the same size class: reused
+ * console.log(a === b, pool.allocatedBytes); // true 4096
+ * ```
+ * @module
+ */
+
+/**
+ * Size classes: powers of two split in quarters above 4 KiB, so at most 25% of
+ * a buffer is slack and buffers of nearby sizes are shared.
+ *
+ * @example
+ * ```ts
+ * import { sizeClass } from "./buffer_pool.ts";
+ * console.log(sizeClass(100), sizeClass(5000), sizeClass(9000)); // 256 5120 10240
+ * ```
+ */
+export function sizeClass(bytes: number): number {
+  const b = Math.max(256, Math.ceil(bytes / 4) * 4);
+  if (b <= 4096) return Math.ceil(b / 256) * 256;
+  const p = 2 ** Math.floor(Math.log2(b));
+  const quarter = p / 4;
+  return Math.ceil(b / quarter) * quarter;
+}
+
+/** A buffer as the pool sees it. */
+export interface PooledBuffer {
+  readonly size: number;
+}
+
+/** Where the pool's buffers come from and go to. */
+export interface PoolBackend<B extends PooledBuffer> {
+  /** A new buffer of exactly `size` bytes (a size class); `describe` names what it is for. */
+  create(size: number, describe: () => string): B;
+  /** Give `buffer` back (the work recorded so far may still use it). */
+  destroy(buffer: B): void;
+  /** Called after a batch of `destroy`s: until the work is submitted they still hold memory. */
+  flush(): void;
+}
+
+/**
+ * A backend of plain `{ size }` objects (simulation and tests).
+ *
+ * @example
+ * ```ts
+ * import { plainBackend } from "./buffer_pool.ts";
+ * console.log(plainBackend().create(512, () => "").size); // 512
+ * ```
+ */
+export function plainBackend(): PoolBackend<PooledBuffer> {
+  return { create: (size) => ({ size }), destroy: () => {}, flush: () => {} };
+}
+
+/**
+ * How the pool reuses and returns buffers. `fitSlack`: a request may take a
+ * free buffer of a larger size class up to this factor of its own class (1:
+ * only its exact class). `reclaim`: before the pool grows past its
+ * high-water mark, free buffers (least recently released first) go back to
+ * the driver, so that buffers of classes no longer asked for are not
+ * stranded beside new ones.
+ */
+export interface PoolPolicy {
+  fitSlack: number;
+  reclaim: boolean;
+}
+
+/**
+ * The policy the tensor pool starts with.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_POOL_POLICY } from "./buffer_pool.ts";
+ * console.log(DEFAULT_POOL_POLICY); // { fitSlack: 1.5, reclaim: true }
+ * ```
+ */
+export const DEFAULT_POOL_POLICY: Readonly<PoolPolicy> = Object.freeze({
+  fitSlack: 1.5,
+  reclaim: true,
+});
+
+/**
+ * `policy` checked: a one-line error naming the field otherwise.
+ *
+ * @example
+ * ```ts
+ * import { checkPoolPolicy } from "./buffer_pool.ts";
+ * console.log(checkPoolPolicy({ fitSlack: 1, reclaim: false }).fitSlack); // 1
+ * ```
+ */
+export function checkPoolPolicy(policy: PoolPolicy): PoolPolicy {
+  if (!Number.isFinite(policy.fitSlack) || policy.fitSlack < 1) {
+    throw new Error(`pool policy: fitSlack must be a finite number ≥ 1, got ${policy.fitSlack}`);
+  }
+  return { fitSlack: policy.fitSlack, reclaim: Boolean(policy.reclaim) };
+}
+
+/** Free buffers by size class, with the bytes held and their peaks. See the module doc. */
+export class BufferPool<B extends PooledBuffer> {
+  #free = new Map<number, B[]>();
+  /** Size classes that have free buffers, ascending (best-fit search). */
+  #classes: number[] = [];
+  /** When each free buffer was released (reclaiming takes the oldest first). */
+  #releasedAt = new Map<B, number>();
+  #tick = 0;
+  policy: PoolPolicy;
+  /** Bytes of every buffer not yet destroyed (free or in use). */
+  allocatedBytes = 0;
+  freeBytes = 0;
+  buffers = 0;
+  /** The pool grows past this only with nothing free left: the peak of bytes in use. */
+  highWater = 0;
+  /** Bytes of the live tensors' storages (as asked for, before rounding to a size class). */
+  liveBytes = 0;
+  peakLiveBytes = 0;
+  peakAllocatedBytes = 0;
+  created = 0;
+  destroyed = 0;
+
+  constructor(readonly backend: PoolBackend<B>, policy: PoolPolicy = DEFAULT_POOL_POLICY) {
+    this.policy = checkPoolPolicy(policy);
+  }
+
+  /** A buffer of at least `bytes`; `describe` names what it is for if creating it fails. */
+  acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): B {
+    const size = sizeClass(bytes);
+    const hit = this.#take(size) ?? this.#takeLarger(size);
+    if (hit) return hit;
+    if (this.policy.reclaim) this.#reclaim(this.allocatedBytes + size - this.highWater);
+    const buffer = this.backend.create(size, describe);
+    this.allocatedBytes += size;
+    this.highWater = Math.max(this.highWater, this.allocatedBytes);
+    this.peakAllocatedBytes = Math.max(this.peakAllocatedBytes, this.allocatedBytes);
+    this.buffers++;
+    this.created++;
+    return buffer;
+  }
+
+  /** Put `buffer` back among the free ones. */
+  release(buffer: B): void {
+    const size = buffer.size;
+    let list = this.#free.get(size);
+    if (!list) this.#free.set(size, list = []);
+    if (list.length === 0) this.#classes.splice(this.#classIndex(size), 0, size);
+    list.push(buffer);
+    this.#releasedAt.set(buffer, this.#tick++);
+    this.freeBytes += size;
+  }
+
+  /** Count `bytes` of tensor storage coming (positive) or going (negative). */
+  live(bytes: number): void {
+    this.liveBytes += bytes;
+    if (this.liveBytes > this.peakLiveBytes) this.peakLiveBytes = this.liveBytes;
+  }
+
+  /** Start both peaks over from the current values. */
+  resetPeaks(): void {
+    this.peakLiveBytes = this.liveBytes;
+    this.peakAllocatedBytes = this.allocatedBytes;
+  }
+
+  /** Destroy every free buffer (memory returns to the driver). */
+  trim(): void {
+    for (const list of this.#free.values()) for (const b of list) this.#destroy(b);
+    this.#free.clear();
+    this.#classes = [];
+    this.#releasedAt.clear();
+    this.freeBytes = 0;
+    this.highWater = this.allocatedBytes;
+    this.backend.flush();
+  }
+
+  /** First index of `#classes` whose class is at least `size`. */
+  #classIndex(size: number): number {
+    let lo = 0;
+    let hi = this.#classes.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.#classes[mid] < size) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  #take(size: number): B | undefined {
+    const list = this.#free.get(size);
+    const hit = list?.pop();
+    if (!hit) return undefined;
+    if (list!.length === 0) this.#classes.splice(this.#classIndex(size), 1);
+    this.#releasedAt.delete(hit);
+    this.freeBytes -= size;
+    return hit;
+  }
+
+  /** The smallest free buffer above `size` within the slack. */
+  #takeLarger(size: number): B | undefined {
+    const larger = this.#classes[this.#classIndex(size)];
+    if (larger === undefined || larger > size * this.policy.fitSlack) return undefined;
+    return this.#take(larger);
+  }
+
+  /** Destroy free buffers, least recently released first, until `bytes` are returned. */
+  #reclaim(bytes: number): void {
+    if (bytes <= 0 || this.freeBytes === 0) return;
+    const oldest = [...this.#releasedAt].sort((a, b) => a[1] - b[1]);
+    let returned = 0;
+    for (const [buffer] of oldest) {
+      if (returned >= bytes) break;
+      const list = this.#free.get(buffer.size)!;
+      list.splice(list.indexOf(buffer), 1);
+      if (list.length === 0) this.#classes.splice(this.#classIndex(buffer.size), 1);
+      this.#releasedAt.delete(buffer);
+      this.freeBytes -= buffer.size;
+      returned += buffer.size;
+      this.#destroy(buffer);
+    }
+    this.backend.flush();
+  }
+
+  #destroy(buffer: B): void {
+    this.allocatedBytes -= buffer.size;
+    this.buffers--;
+    this.destroyed++;
+    this.backend.destroy(buffer);
+  }
+}
+
+/**
+ * A recorded sequence of tensor allocations: `bytes[i] >= 0` acquires
+ * storage number `i` of that many bytes, `-1 - j` releases storage `j`.
+ */
+export type PoolTrace = number[];
+
+/**
+ * The trace at another batch size, from the traces of the same step at batch
+ * 1 and 2 (every size is affine in the batch: `s(b) = s(1) + (b − 1)·(s(2) − s(1))`).
+ * Throws if the two traces differ in anything but sizes.
+ *
+ * @example
+ * ```ts
+ * import { extrapolateTrace } from "./buffer_pool.ts";
+ * // a weight (1 KiB at every batch), an activation (4 KiB per image), then both freed.
+ * console.log(extrapolateTrace([1024, 4096, -1, -2], [1024, 8192, -1, -2], 64)); // [1024, 262144, -1, -2]
+ * ```
+ */
+export function extrapolateTrace(at1: PoolTrace, at2: PoolTrace, batch: number): PoolTrace {
+  if (at1.length !== at2.length) {
+    throw new Error(`extrapolateTrace: traces of ${at1.length} and ${at2.length} events differ`);
+  }
+  return at1.map((a, i) => {
+    const b = at2[i];
+    if ((a < 0 || b < 0) && a !== b) {
+      throw new Error(`extrapolateTrace: event ${i} differs (${a} vs ${b})`);
+    }
+    return a < 0 ? a : a + (batch - 1) * (b - a);
+  });
+}
+
+/** What {@linkcode replayTrace} reports (bytes). */
+export interface ReplayResult {
+  peakLiveBytes: number;
+  peakAllocatedBytes: number;
+  /** Buffers created from event `from` on (a steady step creates none). */
+  created: number;
+}
+
+/**
+ * Replay `trace` through a pool with `policy` and report its peaks from event
+ * index `from` on (e.g. where the last of several identical steps starts).
+ *
+ * @example
+ * ```ts
+ * import { replayTrace } from "./buffer_pool.ts";
+ * // Two steps alternating 8 KiB and 12 KiB temporaries: exact classes strand one of each.
+ * const trace = [8192, -1, 12288, -2, 8192, -3, 12288, -4];
+ * console.log(replayTrace(trace, 4, { fitSlack: 1, reclaim: false }).peakAllocatedBytes); // 20480
+ * console.log(replayTrace(trace, 4, { fitSlack: 1.5, reclaim: true }).peakAllocatedBytes); // 12288
+ * ```
+ */
+export function replayTrace(trace: PoolTrace, from: number, policy: PoolPolicy): ReplayResult {
+  const pool = new BufferPool(plainBackend(), policy);
+  const held = new Map<number, PooledBuffer>();
+  const sizes: number[] = [];
+  let createdBefore = 0;
+  trace.forEach((e, i) => {
+    if (i === from) {
+      pool.resetPeaks();
+      createdBefore = pool.created;
+    }
+    if (e >= 0) {
+      held.set(sizes.length, pool.acquire(e));
+      sizes.push(e);
+      pool.live(e);
+      return;
+    }
+    const id = -1 - e;
+    const b = held.get(id);
+    if (!b) throw new Error(`replayTrace: storage ${id} released twice or never acquired`);
+    held.delete(id);
+    pool.live(-sizes[id]);
+    pool.release(b);
+  });
+  return {
+    peakLiveBytes: pool.peakLiveBytes,
+    peakAllocatedBytes: pool.peakAllocatedBytes,
+    created: pool.created - createdBefore,
+  };
+}
