@@ -3,16 +3,16 @@
  * optimiser) of a training step with AdamW, the peak of live tensor bytes,
  * the peak of the tensor pool's buffers (what the device holds), the bytes
  * the tape keeps for backward at the end of the forward, and the fixed part
- * (parameters, gradients and AdamW's two moments). Memory is deterministic:
- * the same allocations happen on any adapter, so a small batch on llvmpipe
- * gives the numbers of a large one on a GPU once the activations (the part
- * above the fixed one) are scaled by the batch. Writes
- * `memory_profile.csv` (one row per model, policy and phase).
+ * (parameters, gradients and AdamW's two moments); then the same allocations
+ * replayed through an exact-class pool. Memory is deterministic: the same
+ * allocations happen on any adapter, and with `--dry` (no kernels recorded)
+ * a batch of 64 at 224² takes seconds on llvmpipe. Writes
+ * `memory_profile.csv` (one row per model, phase and policy).
  *
  * ```sh
  * deno run -A scripts/memory_profile.ts --models slak_tiny,convnext_tiny --batch 1 --size 224
  * deno run -A scripts/memory_profile.ts --models convnext_tiny --fit-slack 1 --no-reclaim  # exact-class pool
- * deno run -A scripts/memory_profile.ts --models convnext_tiny --extrapolate 64  # batch 64 from 1 and 2
+ * deno run -A scripts/memory_profile.ts --models convnext_tiny --batch 64 --dry  # memory only
  * ```
  *
  * @example
@@ -34,7 +34,7 @@
 import { parseFlags } from "../train/flags.ts";
 import { toCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { backward, savedBytes } from "../ops/autograd.ts";
-import { initGpu, runMain } from "../ops/gpu.ts";
+import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
 import { AdamW } from "../ops/optim.ts";
 import {
@@ -49,7 +49,7 @@ import {
   Tensor,
   trimPool,
 } from "../ops/tensor.ts";
-import { extrapolateTrace, type PoolPolicy, replayTrace } from "../ops/buffer_pool.ts";
+import { DEFAULT_POOL_POLICY, type PoolPolicy, replayTrace } from "../ops/buffer_pool.ts";
 import type { Classifier } from "../models/module.ts";
 import { createModel, modelInfo } from "../models/registry.ts";
 import { seedInit } from "../models/module.ts";
@@ -63,11 +63,11 @@ Peak live tensor bytes vs the pool's bytes per phase of a training step (AdamW).
   --size R          image size (default 224)
   --classes N       classes (default 1000)
   --steps N         training steps; the last one is reported (default 3)
-  --fit-slack X     a request may take a free buffer up to X times its size class (default 1.5)
+  --fit-slack X     a request may take a free buffer up to X times its size class (default 1.25)
   --no-reclaim      never return free buffers to the driver before the pool grows
-  --extrapolate B   also run at batch 1 and 2 (instead of --batch), extrapolate every
-                    allocation to batch B (sizes are affine in the batch) and replay them
-                    through the exact-class pool and through this one: the peaks at batch B
+  --small-kib K     buffers under K KiB are never reclaimed (default 1024)
+  --dry             record no kernels (values are garbage, allocations the same): batch 64
+                    at 224² in seconds on any adapter
   --out DIR         output folder (default out/memory_profile/)
   --help`;
 
@@ -163,12 +163,12 @@ export function profileStep(
 
 const MIB = 2 ** 20;
 
-const EXACT_POOL: PoolPolicy = { fitSlack: 1, reclaim: false };
+const EXACT_POOL: PoolPolicy = { fitSlack: 1, reclaim: false, smallBytes: 0 };
 
 const policyName = (p: PoolPolicy) =>
   p.fitSlack === 1 && !p.reclaim
     ? "exact class"
-    : `fit ${p.fitSlack}${p.reclaim ? " + reclaim" : ""}`;
+    : `fit ${p.fitSlack}${p.reclaim ? ` + reclaim above ${p.smallBytes / 2 ** 10} KiB` : ""}`;
 
 async function main(): Promise<void> {
   const values = parseFlags(Deno.args, {
@@ -177,9 +177,15 @@ async function main(): Promise<void> {
     size: { type: "int", min: 32, max: 4096, default: 224 },
     classes: { type: "int", min: 1, max: 100_000, default: 1000 },
     steps: { type: "int", min: 1, max: 100, default: 3 },
-    "fit-slack": { type: "number", min: 1, max: 16, default: 1.5 },
-    reclaim: { type: "boolean", default: true },
-    extrapolate: { type: "int", min: 3, max: 4096 },
+    "fit-slack": { type: "number", min: 1, max: 16, default: DEFAULT_POOL_POLICY.fitSlack },
+    reclaim: { type: "boolean", default: DEFAULT_POOL_POLICY.reclaim },
+    "small-kib": {
+      type: "number",
+      min: 0,
+      max: 2 ** 30,
+      default: DEFAULT_POOL_POLICY.smallBytes / 2 ** 10,
+    },
+    dry: { type: "boolean", default: false },
     out: { type: "string", default: "out/memory_profile/" },
     help: { type: "boolean", short: "h" },
   });
@@ -190,83 +196,87 @@ async function main(): Promise<void> {
   const names = values.models.split(",").filter(Boolean);
   for (const n of names) modelInfo(n); // unknown names fail before the GPU starts
   const out = values.out.replace(/\/+$/, "");
-  const policy: PoolPolicy = { fitSlack: values["fit-slack"], reclaim: values.reclaim };
+  const policy: PoolPolicy = {
+    fitSlack: values["fit-slack"],
+    reclaim: values.reclaim,
+    smallBytes: values["small-kib"] * 2 ** 10,
+  };
   configurePool(policy);
   await initGpu();
+  if (values.dry) {
+    // Allocations are decided on the CPU when ops are recorded: without the kernels they are the same.
+    gpu().dispatch = () => {};
+  }
   const rows: Record<string, string | number>[] = [];
   const mib = (bytes: number) => Number((bytes / MIB).toFixed(2));
+  const columns = [
+    "model",
+    "batch",
+    "res",
+    "policy",
+    "source",
+    "phase",
+    "peak_live_mib",
+    "peak_pool_mib",
+    "pool_over_live",
+    "end_live_mib",
+    "saved_mib",
+    "fixed_mib",
+    "created",
+  ];
+  console.log(columns.join(","));
   const emit = (row: Record<string, string | number>) => {
     rows.push(row);
-    console.log(Object.values(row).join(","));
+    console.log(columns.map((c) => row[c]).join(","));
   };
-  console.log(
-    "model,batch,res,policy,source,phase,peak_live_mib,peak_pool_mib,pool_over_live,end_live_mib,saved_mib,fixed_mib,created",
-  );
-  const extrapolate = values.extrapolate;
   for (const name of names) {
-    const profiles: StepProfile[] = [];
-    let fixedMib = 0;
-    for (const batch of extrapolate ? [1, 2] : [values.batch]) {
-      seedInit(0);
-      const model = createModel(name, { numClasses: values.classes });
+    seedInit(0);
+    const model = createModel(name, { numClasses: values.classes });
+    const base = {
+      model: name,
+      batch: values.batch,
+      res: values.size,
       // Parameters, their gradients and AdamW's two moments.
-      fixedMib = mib(4 * 4 * model.numParams());
-      try {
-        const profile = profileStep(model, { ...values, batch });
-        profiles.push(profile);
-        for (const p of profile.phases) {
-          emit({
-            model: name,
-            batch,
-            res: values.size,
-            policy: policyName(policy),
-            source: "measured",
-            phase: p.phase,
-            peak_live_mib: mib(p.peakLiveBytes),
-            peak_pool_mib: mib(p.peakPoolBytes),
-            pool_over_live: Number((p.peakPoolBytes / p.peakLiveBytes).toFixed(3)),
-            end_live_mib: mib(p.endLiveBytes),
-            saved_mib: mib(p.savedBytes),
-            fixed_mib: fixedMib,
-            created: p.created,
-          });
-        }
-      } finally {
-        for (const [, p] of model.namedEntries()) {
-          if (p.materialised) {
-            p.tensor.grad?.dispose();
-            p.tensor.dispose();
-          }
-        }
-        trimPool();
-      }
-    }
-    if (extrapolate) {
-      const [one, two] = profiles;
-      if (one.lastStepFrom !== two.lastStepFrom) {
-        throw new Error(`${name}: the steps at batch 1 and 2 allocate differently`);
-      }
-      const trace = extrapolateTrace(one.trace, two.trace, extrapolate);
-      const saved = (p: StepProfile) => p.phases[0].savedBytes;
-      const savedAt = saved(one) + (extrapolate - 1) * (saved(two) - saved(one));
-      for (const p of [EXACT_POOL, policy]) {
-        const r = replayTrace(trace, one.lastStepFrom, p);
+      fixed_mib: mib(4 * 4 * model.numParams()),
+    };
+    try {
+      const { phases, trace, lastStepFrom } = profileStep(model, values);
+      for (const p of phases) {
         emit({
-          model: name,
-          batch: extrapolate,
-          res: values.size,
-          policy: policyName(p),
-          source: "extrapolated",
-          phase: "step",
-          peak_live_mib: mib(r.peakLiveBytes),
-          peak_pool_mib: mib(r.peakAllocatedBytes),
-          pool_over_live: Number((r.peakAllocatedBytes / r.peakLiveBytes).toFixed(3)),
-          end_live_mib: "",
-          saved_mib: mib(savedAt),
-          fixed_mib: fixedMib,
-          created: r.created,
+          ...base,
+          policy: policyName(policy),
+          source: "measured",
+          phase: p.phase,
+          peak_live_mib: mib(p.peakLiveBytes),
+          peak_pool_mib: mib(p.peakPoolBytes),
+          pool_over_live: Number((p.peakPoolBytes / p.peakLiveBytes).toFixed(3)),
+          end_live_mib: mib(p.endLiveBytes),
+          saved_mib: mib(p.savedBytes),
+          created: p.created,
         });
       }
+      // The same allocations through the exact-class pool, for comparison.
+      const r = replayTrace(trace, lastStepFrom, EXACT_POOL);
+      emit({
+        ...base,
+        policy: policyName(EXACT_POOL),
+        source: "replayed",
+        phase: "step",
+        peak_live_mib: mib(r.peakLiveBytes),
+        peak_pool_mib: mib(r.peakAllocatedBytes),
+        pool_over_live: Number((r.peakAllocatedBytes / r.peakLiveBytes).toFixed(3)),
+        end_live_mib: "",
+        saved_mib: "",
+        created: r.created,
+      });
+    } finally {
+      for (const [, p] of model.namedEntries()) {
+        if (p.materialised) {
+          p.tensor.grad?.dispose();
+          p.tensor.dispose();
+        }
+      }
+      trimPool();
     }
     await writeFileAtomic(`${out}/memory_profile.csv`, toCsv(rows));
   }
