@@ -32,7 +32,7 @@ import {
   type Value,
 } from "./layers.ts";
 import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
-import { layerNormToChannelsLast, layerScaleResidual, linearGelu } from "../ops/fused.ts";
+import { geluLinear, layerNormToChannelsLast, layerScaleResidual } from "../ops/fused.ts";
 import { Tensor } from "../ops/tensor.ts";
 
 /** Builds the spatial mixer (a module mapping [N,C,H,W] to [N,C,H,W]) of a block of width `dim` in stage `stage` (0–3). */
@@ -142,18 +142,20 @@ export class Block extends Module {
   }
 
   /**
-   * The same on a tensor with fused kernels: permute + LayerNorm, linear + bias + GELU, and
-   * LayerScale + drop path + residual (+ permute back).
+   * The same on a tensor with fused kernels: permute + LayerNorm, GELU + linear (the GELU's
+   * output never stored), and LayerScale + drop path + residual (+ permute back).
    */
   #fused(x: Tensor): Tensor {
     const n = this.norm;
     const p1 = this.pwconv1;
+    const p2 = this.pwconv2;
     const z = pipe(
       x,
       (v) => this.mixer.forward(v),
       (v) => layerNormToChannelsLast(v, n.weight.tensor, n.bias.tensor, n.eps),
-      (v) => p1.bias ? linearGelu(v, p1.weight.tensor, p1.bias.tensor) : gelu(p1.forward(v)),
-      (v) => this.pwconv2.forward(v),
+      (v) => p1.forward(v),
+      // GELU inside the second product: only its input is kept for the backward.
+      (v) => p2.bias ? geluLinear(v, p2.weight.tensor, p2.bias.tensor) : p2.forward(gelu(v)),
     );
     const out = layerScaleResidual(
       x,
