@@ -71,10 +71,12 @@ export function plainBackend(): PoolBackend<PooledBuffer> {
 /**
  * How the pool reuses and returns buffers. `fitSlack`: a request may take a
  * free buffer of a larger size class up to this factor of its own class (1:
- * only its exact class). `reclaim`: before the pool would hold more than the
- * most bytes ever in use at once, free buffers (least recently released
- * first) go back to the driver, so that buffers of sizes no longer asked for
- * are not stranded beside new ones. `smallBytes`: buffers below this size are
+ * only its exact class). `reclaim`: before the pool would hold more than
+ * `1 + headroom` times the most bytes ever in use at once, free buffers
+ * (least recently released first) go back to the driver, so that buffers of
+ * sizes no longer asked for are not stranded beside new ones (a headroom
+ * spares a training step most of the buffers it would otherwise destroy and
+ * create again every step). `smallBytes`: buffers below this size are
  * never reclaimed and may take a free buffer up to {@linkcode SMALL_FIT_SLACK}
  * times their size: they cost little memory, and recreating them would cost
  * time every step.
@@ -82,6 +84,7 @@ export function plainBackend(): PoolBackend<PooledBuffer> {
 export interface PoolPolicy {
   fitSlack: number;
   reclaim: boolean;
+  headroom: number;
   smallBytes: number;
 }
 
@@ -94,12 +97,13 @@ export const SMALL_FIT_SLACK = 4;
  * @example
  * ```ts
  * import { DEFAULT_POOL_POLICY } from "./buffer_pool.ts";
- * console.log(DEFAULT_POOL_POLICY); // { fitSlack: 1.25, reclaim: true, smallBytes: 1048576 }
+ * console.log(DEFAULT_POOL_POLICY); // { fitSlack: 1.25, reclaim: true, headroom: 0.1, smallBytes: 1048576 }
  * ```
  */
 export const DEFAULT_POOL_POLICY: Readonly<PoolPolicy> = Object.freeze({
   fitSlack: 1.25,
   reclaim: true,
+  headroom: 0.1,
   smallBytes: 2 ** 20,
 });
 
@@ -109,12 +113,15 @@ export const DEFAULT_POOL_POLICY: Readonly<PoolPolicy> = Object.freeze({
  * @example
  * ```ts
  * import { checkPoolPolicy } from "./buffer_pool.ts";
- * console.log(checkPoolPolicy({ fitSlack: 1, reclaim: false, smallBytes: 0 }).fitSlack); // 1
+ * console.log(checkPoolPolicy({ fitSlack: 1, reclaim: false, headroom: 0, smallBytes: 0 }).fitSlack); // 1
  * ```
  */
 export function checkPoolPolicy(policy: PoolPolicy): PoolPolicy {
   if (!Number.isFinite(policy.fitSlack) || policy.fitSlack < 1) {
     throw new Error(`pool policy: fitSlack must be a finite number ≥ 1, got ${policy.fitSlack}`);
+  }
+  if (!Number.isFinite(policy.headroom) || policy.headroom < 0) {
+    throw new Error(`pool policy: headroom must be a finite number ≥ 0, got ${policy.headroom}`);
   }
   if (!Number.isFinite(policy.smallBytes) || policy.smallBytes < 0) {
     throw new Error(
@@ -124,6 +131,7 @@ export function checkPoolPolicy(policy: PoolPolicy): PoolPolicy {
   return {
     fitSlack: policy.fitSlack,
     reclaim: Boolean(policy.reclaim),
+    headroom: policy.headroom,
     smallBytes: policy.smallBytes,
   };
 }
@@ -161,7 +169,9 @@ export class BufferPool<B extends PooledBuffer> {
     if (hit) return hit;
     const inUse = this.allocatedBytes - this.freeBytes + size;
     this.peakInUseBytes = Math.max(this.peakInUseBytes, inUse);
-    if (this.policy.reclaim) this.#reclaim(this.allocatedBytes + size - this.peakInUseBytes);
+    if (this.policy.reclaim) {
+      this.#reclaim(this.allocatedBytes + size - this.peakInUseBytes * (1 + this.policy.headroom));
+    }
     const buffer = this.backend.create(size, describe);
     this.allocatedBytes += size;
     this.peakAllocatedBytes = Math.max(this.peakAllocatedBytes, this.allocatedBytes);
@@ -284,7 +294,7 @@ export interface ReplayResult {
  * import { replayTrace } from "./buffer_pool.ts";
  * // Two steps alternating 8 KiB and 12 KiB temporaries: exact classes strand one of each.
  * const trace = [8192, -1, 12288, -2, 8192, -3, 12288, -4];
- * const exact = { fitSlack: 1, reclaim: false, smallBytes: 0 };
+ * const exact = { fitSlack: 1, reclaim: false, headroom: 0, smallBytes: 0 };
  * console.log(replayTrace(trace, 4, exact).peakAllocatedBytes); // 20480
  * console.log(replayTrace(trace, 4, { ...exact, fitSlack: 1.5, reclaim: true }).peakAllocatedBytes); // 12288
  * ```

@@ -167,15 +167,15 @@ export function resetPoolPeaks(): void {
 /**
  * Set how the pool reuses and returns buffers ({@linkcode PoolPolicy}; the
  * defaults are `DEFAULT_POOL_POLICY` of `buffer_pool.ts`). `{ fitSlack: 1,
- * reclaim: false, smallBytes: 0 }` only ever reuses a buffer of the same size
- * class. Returns the policy it replaces.
+ * reclaim: false }` only ever reuses a buffer of the same size class. Returns
+ * the policy it replaces.
  *
  * @example
  * ```ts
  * import { configurePool } from "./tensor.ts";
  * const before = configurePool({ fitSlack: 1, reclaim: false });
  * configurePool(before);
- * console.log(before); // { fitSlack: 1.25, reclaim: true, smallBytes: 1048576 }
+ * console.log(before); // { fitSlack: 1.25, reclaim: true, headroom: 0.1, smallBytes: 1048576 }
  * ```
  */
 export function configurePool(policy: Partial<PoolPolicy>): PoolPolicy {

@@ -65,6 +65,7 @@ Peak live tensor bytes vs the pool's bytes per phase of a training step (AdamW).
   --steps N         training steps; the last one is reported (default 3)
   --fit-slack X     a request may take a free buffer up to X times its size class (default 1.25)
   --no-reclaim      never return free buffers to the driver before the pool grows
+  --headroom H      reclaim only past (1 + H) × the most bytes in use at once (default 0.1)
   --small-kib K     buffers under K KiB are never reclaimed (default 1024)
   --dry             record no kernels (values are garbage, allocations the same): batch 64
                     at 224² in seconds on any adapter
@@ -163,12 +164,14 @@ export function profileStep(
 
 const MIB = 2 ** 20;
 
-const EXACT_POOL: PoolPolicy = { fitSlack: 1, reclaim: false, smallBytes: 0 };
+const EXACT_POOL: PoolPolicy = { fitSlack: 1, reclaim: false, headroom: 0, smallBytes: 0 };
 
 const policyName = (p: PoolPolicy) =>
   p.fitSlack === 1 && !p.reclaim
     ? "exact class"
-    : `fit ${p.fitSlack}${p.reclaim ? ` + reclaim above ${p.smallBytes / 2 ** 10} KiB` : ""}`;
+    : `fit ${p.fitSlack}${
+      p.reclaim ? ` + reclaim above ${p.smallBytes / 2 ** 10} KiB, headroom ${p.headroom}` : ""
+    }`;
 
 async function main(): Promise<void> {
   const values = parseFlags(Deno.args, {
@@ -179,6 +182,7 @@ async function main(): Promise<void> {
     steps: { type: "int", min: 1, max: 100, default: 3 },
     "fit-slack": { type: "number", min: 1, max: 16, default: DEFAULT_POOL_POLICY.fitSlack },
     reclaim: { type: "boolean", default: DEFAULT_POOL_POLICY.reclaim },
+    headroom: { type: "number", min: 0, max: 100, default: DEFAULT_POOL_POLICY.headroom },
     "small-kib": {
       type: "number",
       min: 0,
@@ -199,6 +203,7 @@ async function main(): Promise<void> {
   const policy: PoolPolicy = {
     fitSlack: values["fit-slack"],
     reclaim: values.reclaim,
+    headroom: values.headroom,
     smallBytes: values["small-kib"] * 2 ** 10,
   };
   configurePool(policy);
