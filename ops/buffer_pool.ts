@@ -53,6 +53,12 @@ export interface PoolBackend<B extends PooledBuffer> {
   destroy(buffer: B): void;
   /** Called after a batch of `destroy`s: until the work is submitted they still hold memory. */
   flush(): void;
+  /**
+   * Whether a `destroy` followed by `flush` returns the memory now (default true). When it
+   * would only be queued, the pool does not reclaim: it would count memory as returned that the
+   * device still holds.
+   */
+  destroysNow?(): boolean;
 }
 
 /**
@@ -246,7 +252,7 @@ export class BufferPool<B extends PooledBuffer> {
 
   /** Destroy free buffers, least recently released first, until `bytes` are returned. */
   #reclaim(bytes: number): void {
-    if (bytes <= 0 || this.freeBytes === 0) return;
+    if (bytes <= 0 || this.freeBytes === 0 || this.backend.destroysNow?.() === false) return;
     const oldest = [...this.#releasedAt].sort((a, b) => a[1] - b[1]);
     let returned = 0;
     for (const [buffer] of oldest) {

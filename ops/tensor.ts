@@ -45,6 +45,8 @@ const pool = new BufferPool<GPUBuffer>({
   destroy: (buffer) => gpu().destroyAfterSubmit(buffer),
   // Submitting destroys them at once; until then they still hold device memory.
   flush: () => gpu().flush(),
+  // Behind pending host steps a destruction waits its turn in the ordered queue (queue_order.ts).
+  destroysNow: () => !gpu().hostStepsPending,
 });
 
 /** The allocations recorded since {@linkcode startPoolTrace}, or null when not recording. */

@@ -50,6 +50,13 @@ Deno.test("pool: alternating sizes no longer strand buffers of other classes", (
   assert.ok(alternate(DEFAULT_POOL_POLICY, sizes, 50) <= 1.1 * 32 * MIB);
 });
 
+Deno.test("pool: no reclaiming while destroying would only be queued (memory still held)", () => {
+  const pool = new BufferPool({ ...plainBackend(), destroysNow: () => false }, TIGHT);
+  for (const s of [8 * MIB, 20 * MIB]) pool.release(pool.acquire(s));
+  assert.equal(pool.destroyed, 0);
+  assert.equal(pool.allocatedBytes, 28 * MIB);
+});
+
 Deno.test("pool: a free buffer a little larger is reused, one far larger is not", () => {
   const pool = new BufferPool(plainBackend(), DEFAULT_POOL_POLICY);
   const big = pool.acquire(10 * MIB);
