@@ -153,7 +153,7 @@ Deno.test("memory: a training step's pool peak stays within 10% of its live peak
 });
 
 Deno.test("memory: after the forward only what backward needs (and the logits) is alive", () => {
-  for (const name of ["convnext_cpu", "slak_cpu", "replknet_cpu"]) {
+  for (const name of ["convnext_cpu", "slak_cpu", "replknet_cpu", "sw_cpu"]) {
     const { forward } = trainStep(name, 2, 64, 2);
     assert.ok(forward.saved > 0);
     // Tensors the forward made: the saved activations and the logits; nothing else outlives its reader.
