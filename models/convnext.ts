@@ -18,6 +18,7 @@
 import {
   add,
   Conv2d,
+  drop,
   DropPath,
   gelu,
   LayerNorm,
@@ -26,11 +27,12 @@ import {
   Meta,
   mul,
   permute,
+  pipe,
   Sequential,
   type Value,
 } from "./layers.ts";
 import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
-import { layerNormToChannelsLast, layerScaleResidual, linearGelu } from "../ops/fused.ts";
+import { geluLinear, layerNormToChannelsLast, layerScaleResidual } from "../ops/fused.ts";
 import { Tensor } from "../ops/tensor.ts";
 
 /** Builds the spatial mixer (a module mapping [N,C,H,W] to [N,C,H,W]) of a block of width `dim` in stage `stage` (0–3). */
@@ -140,21 +142,29 @@ export class Block extends Module {
   }
 
   /**
-   * The same on a tensor with fused kernels: permute + LayerNorm, linear + bias + GELU, and
-   * LayerScale + drop path + residual (+ permute back).
+   * The same on a tensor with fused kernels: permute + LayerNorm, GELU + linear (the GELU's
+   * output never stored), and LayerScale + drop path + residual (+ permute back).
    */
   #fused(x: Tensor): Tensor {
     const n = this.norm;
-    const y = layerNormToChannelsLast(
-      this.mixer.forward(x),
-      n.weight.tensor,
-      n.bias.tensor,
-      n.eps,
-    );
     const p1 = this.pwconv1;
-    const h = p1.bias ? linearGelu(y, p1.weight.tensor, p1.bias.tensor) : gelu(p1.forward(y));
-    const z = this.pwconv2.forward(h);
-    return layerScaleResidual(x, z, this.gamma?.tensor ?? null, this.dropPath.scales(x.shape[0]));
+    const p2 = this.pwconv2;
+    const z = pipe(
+      x,
+      (v) => this.mixer.forward(v),
+      (v) => layerNormToChannelsLast(v, n.weight.tensor, n.bias.tensor, n.eps),
+      (v) => p1.forward(v),
+      // GELU inside the second product: only its input is kept for the backward.
+      (v) => p2.bias ? geluLinear(v, p2.weight.tensor, p2.bias.tensor) : p2.forward(gelu(v)),
+    );
+    const out = layerScaleResidual(
+      x,
+      z,
+      this.gamma?.tensor ?? null,
+      this.dropPath.scales(x.shape[0]),
+    );
+    drop(z, out);
+    return out;
   }
 }
 
@@ -238,15 +248,24 @@ export class ConvNeXt extends Module implements Classifier {
 
   /** The last stage's feature map [N, C, H/32, W/32] (the ERF analysis uses it). */
   forwardFeatures<V extends Value>(x: V): V {
-    for (let i = 0; i < 4; i++) {
-      x = this.stages.items[i].forward(this.downsampleLayers.items[i].forward(x));
-    }
-    return x;
+    return pipe(
+      x,
+      ...[0, 1, 2, 3].flatMap((i) => [
+        (v: V) => this.downsampleLayers.items[i].forward(v),
+        (v: V) => this.stages.items[i].forward(v),
+      ]),
+    );
   }
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.norm.forward(meanHW(this.forwardFeatures(x))));
+    return pipe(
+      x,
+      (v) => this.forwardFeatures(v),
+      (v) => meanHW(v),
+      (v) => this.norm.forward(v),
+      (v) => this.head.forward(v),
+    );
   }
 }
 

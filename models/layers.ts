@@ -548,6 +548,52 @@ export class MaxPool2d extends Module {
 }
 
 /**
+ * Dispose `dead`, a handle that no later code reads, unless it is one of
+ * `live` (a function that returned its input unchanged). The tape holds its
+ * own reference to what backward needs, so this frees an activation as soon
+ * as neither the forward nor the backward needs it, as PyTorch frees a tensor
+ * when its last reference goes, rather than when the enclosing scope ends.
+ * A `Meta` is left alone.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { drop, gelu } from "./layers.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 2]);
+ * const y = gelu(x);
+ * drop(x, y);
+ * console.log(x.disposed, y.disposed); // true false
+ * ```
+ */
+export function drop(dead: Value, ...live: Value[]): void {
+  if (!isMeta(dead) && !live.includes(dead)) (dead as Tensor).dispose();
+}
+
+/**
+ * `fns` applied in turn to `x`, each intermediate result dropped (see
+ * {@linkcode drop}) once the next function has read it; `x` and the result
+ * are left alone.
+ *
+ * @example
+ * ```ts
+ * import { Meta, permute, pipe } from "./layers.ts";
+ * const y = pipe(new Meta([1, 2, 3, 4]), (v) => permute(v, [0, 2, 3, 1]), (v) => permute(v, [0, 3, 1, 2]));
+ * console.log(y.shape); // [1, 2, 3, 4]
+ * ```
+ */
+export function pipe<V extends Value>(x: V, ...fns: ((v: V) => V)[]): V {
+  let y = x;
+  for (const f of fns) {
+    const next = f(y);
+    if (y !== x) drop(y, next);
+    y = next;
+  }
+  return y;
+}
+
+/**
  * `nn.Sequential`: children keyed 0, 1, 2, … applied in order.
  *
  * @example
@@ -566,8 +612,7 @@ export class Sequential extends Module {
     layers.forEach((m, i) => this.child(i, m));
   }
   forward<V extends Value>(x: V): V {
-    for (const l of this.layers) x = l.forward(x);
-    return x;
+    return pipe(x, ...this.layers.map((l) => (v: V) => l.forward(v)));
   }
 }
 

@@ -39,8 +39,10 @@ import {
   add,
   BatchNorm2d,
   Conv2d,
+  drop,
   DropPath,
   Linear,
+  pipe,
   Sequential,
   type Value,
 } from "./layers.ts";
@@ -179,8 +181,10 @@ export class RepLKConvBN extends Module {
   }
 
   forward<V extends Value>(x: V): V {
-    const y = this.bn.forward(this.conv.forward(x));
-    return this.nonlinear ? this.nonlinear.forward(y) : y;
+    const nonlinear = this.nonlinear;
+    const steps = [(v: V) => this.conv.forward(v), (v: V) => this.bn.forward(v)];
+    if (nonlinear) steps.push((v) => nonlinear.forward(v));
+    return pipe(x, ...steps);
   }
 
   /**
@@ -270,7 +274,12 @@ export class ReparamLargeKernelConv extends Module {
   forward<V extends Value>(x: V): V {
     if (this.lkbReparam) return this.lkbReparam.forward(x);
     const y = this.lkbOrigin!.forward(x);
-    return this.smallConv ? add(y, this.smallConv.forward(x)) : y;
+    if (!this.smallConv) return y;
+    const small = this.smallConv.forward(x);
+    const sum = add(y, small);
+    drop(y, sum);
+    drop(small, sum);
+    return sum;
   }
 
   /**
@@ -352,9 +361,18 @@ export class RepLKBlock extends Module {
   }
 
   forward<V extends Value>(x: V): V {
-    let y = this.pw1.forward(this.prelkbBn.forward(x));
-    y = this.pw2.forward(this.lkNonlinear.forward(this.largeKernel.forward(y)));
-    return add(x, this.dropPath.forward(y));
+    const y = pipe(
+      x,
+      (v) => this.prelkbBn.forward(v),
+      (v) => this.pw1.forward(v),
+      (v) => this.largeKernel.forward(v),
+      (v) => this.lkNonlinear.forward(v),
+      (v) => this.pw2.forward(v),
+      (v) => this.dropPath.forward(v),
+    );
+    const out = add(x, y);
+    drop(y, out);
+    return out;
   }
 }
 
@@ -386,8 +404,17 @@ export class ConvFFN extends Module {
   }
 
   forward<V extends Value>(x: V): V {
-    const y = this.pw2.forward(this.nonlinear.forward(this.pw1.forward(this.preffnBn.forward(x))));
-    return add(x, this.dropPath.forward(y));
+    const y = pipe(
+      x,
+      (v) => this.preffnBn.forward(v),
+      (v) => this.pw1.forward(v),
+      (v) => this.nonlinear.forward(v),
+      (v) => this.pw2.forward(v),
+      (v) => this.dropPath.forward(v),
+    );
+    const out = add(x, y);
+    drop(y, out);
+    return out;
   }
 }
 
@@ -435,8 +462,7 @@ export class RepLKNetStage extends Module {
   }
 
   forward<V extends Value>(x: V): V {
-    for (const b of this.blocks.items) x = b.forward(x);
-    return x;
+    return pipe(x, ...this.blocks.items.map((b) => (v: V) => b.forward(v)));
   }
 }
 
@@ -541,17 +567,24 @@ export class RepLKNet extends Module implements Classifier {
    * [N, C₄, H/32, W/32], before the final BN (the map RepLKNet's ERF script uses).
    */
   forwardFeatures<V extends Value>(x: V): V {
-    for (const layer of this.stem.items) x = layer.forward(x);
+    const steps = this.stem.items.map((layer) => (v: V) => layer.forward(v));
     this.stages.items.forEach((stage, s) => {
-      x = stage.forward(x);
-      if (s < this.transitions.items.length) x = this.transitions.items[s].forward(x);
+      steps.push((v) => stage.forward(v));
+      const t = this.transitions.items[s];
+      if (t) steps.push((v) => t.forward(v));
     });
-    return x;
+    return pipe(x, ...steps);
   }
 
   /** Logits [N, numClasses]: features → BN → global average pool → `head`. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.avgpool.forward(this.norm.forward(this.forwardFeatures(x))));
+    return pipe(
+      x,
+      (v) => this.forwardFeatures(v),
+      (v) => this.norm.forward(v),
+      (v) => this.avgpool.forward(v),
+      (v) => this.head.forward(v),
+    );
   }
 
   /** Every RepLK Block's large-kernel module. */

@@ -27,10 +27,12 @@ import {
   add,
   BatchNorm2d,
   Conv2d,
+  drop,
   Linear,
   MaxPool2d,
   meanHW,
   Meta,
+  pipe,
   recordFlops,
   relu,
   Sequential,
@@ -140,10 +142,24 @@ export class Bottleneck extends Module {
   }
 
   forward<V extends Value>(x: V): V {
-    let y = relu(this.bn1.forward(this.conv1.forward(x)));
-    y = relu(this.bn2.forward(this.conv2.forward(y)));
-    y = this.bn3.forward(this.conv3.forward(y));
-    return relu(add(y, this.downsample ? this.downsample.forward(x) : x));
+    const y = pipe(
+      x,
+      (v) => this.conv1.forward(v),
+      (v) => this.bn1.forward(v),
+      (v) => relu(v),
+      (v) => this.conv2.forward(v),
+      (v) => this.bn2.forward(v),
+      (v) => relu(v),
+      (v) => this.conv3.forward(v),
+      (v) => this.bn3.forward(v),
+    );
+    const identity = this.downsample ? this.downsample.forward(x) : x;
+    const sum = add(y, identity);
+    drop(y, sum);
+    if (identity !== x) drop(identity, sum);
+    const out = relu(sum);
+    drop(sum, out);
+    return out;
   }
 }
 
@@ -206,14 +222,24 @@ export class ResNet extends Module implements Classifier {
 
   /** Output of `layer4`, [N, 32·width, H/32, W/32] (the map the ERF analysis uses). */
   forwardFeatures<V extends Value>(x: V): V {
-    x = this.maxpool.forward(relu(this.bn1.forward(this.conv1.forward(x))));
-    for (const stage of this.stages) x = stage.forward(x);
-    return x;
+    return pipe(
+      x,
+      (v) => this.conv1.forward(v),
+      (v) => this.bn1.forward(v),
+      (v) => relu(v),
+      (v) => this.maxpool.forward(v),
+      ...this.stages.map((stage) => (v: V) => stage.forward(v)),
+    );
   }
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.fc.forward(this.avgpool.forward(this.forwardFeatures(x)));
+    return pipe(
+      x,
+      (v) => this.forwardFeatures(v),
+      (v) => this.avgpool.forward(v),
+      (v) => this.fc.forward(v),
+    );
   }
 }
 

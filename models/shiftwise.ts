@@ -56,6 +56,7 @@ import {
   BatchNorm2d,
   Conv2d,
   type Conv2dConfig,
+  drop,
   DropPath,
   LayerNorm,
   Linear,
@@ -63,6 +64,7 @@ import {
   Meta,
   mul,
   permute,
+  pipe,
   recordFlops,
   relu,
   Sequential,
@@ -446,16 +448,26 @@ export class ShiftWiseConv extends Module {
   forward<V extends Value>(x: V): V {
     const ghost = selectChannels(x, this.ghost);
     const rep = selectChannels(x, this.rep);
+    // Each intermediate is dropped once read (the tape keeps what backward needs).
+    const sum = (a: V, b: V) => {
+      const y = add(a, b);
+      for (const t of [a, b]) if (t !== x) drop(t, y);
+      return y;
+    };
     let out: V;
     if (this.lora) out = this.lora.forward(rep);
     else {
       out = this.loras[0].forward(rep);
-      for (const c of this.loras.slice(1)) out = add(out, c.forward(rep));
+      for (const c of this.loras.slice(1)) out = sum(out, c.forward(rep));
     }
-    const horizontal = this.bnLora1.forward(shiftMap(out, this.plan, "horizontal"));
-    const vertical = this.bnLora2.forward(shiftMap(out, this.plan, "vertical"));
-    const small = this.bnSmall.forward(shiftMap(out, this.plan, "identity"));
-    return concatChannels(add(add(add(horizontal, vertical), small), rep), ghost);
+    const shifted = (map: ShiftMap, bn: BatchNorm2d) =>
+      pipe(out, (v) => shiftMap(v, this.plan, map), (v) => bn.forward(v));
+    let y = sum(shifted("horizontal", this.bnLora1), shifted("vertical", this.bnLora2));
+    y = sum(y, shifted("identity", this.bnSmall));
+    if (out !== rep) drop(out, y);
+    const result = concatChannels(sum(y, rep), ghost);
+    if (ghost !== x) drop(ghost, result);
+    return result;
   }
 
   /**
@@ -546,15 +558,25 @@ export class SWBlock extends Module {
   }
 
   forward<V extends Value>(x: V): V {
-    let y = this.se.forward(this.norm.forward(this.largeKernel.forward(x)));
-    y = this.pwconv2.forward(this.act.forward(this.pwconv1.forward(y)));
-    if (this.gamma) {
-      const scale = isMeta(x)
-        ? new Meta([1, this.dim, 1, 1])
-        : view(this.gamma.tensor, [1, this.dim, 1, 1]);
-      y = mul(y, scale);
+    const gamma = this.gamma;
+    const steps = [
+      (v: V) => this.largeKernel.forward(v),
+      (v: V) => this.norm.forward(v),
+      (v: V) => this.se.forward(v),
+      (v: V) => this.pwconv1.forward(v),
+      (v: V) => this.act.forward(v),
+      (v: V) => this.pwconv2.forward(v),
+    ];
+    if (gamma) {
+      steps.push((v) =>
+        mul(v, isMeta(x) ? new Meta([1, this.dim, 1, 1]) : view(gamma.tensor, [1, this.dim, 1, 1]))
+      );
     }
-    return add(x, this.dropPath.forward(y));
+    steps.push((v) => this.dropPath.forward(v));
+    const y = pipe(x, ...steps);
+    const out = add(x, y);
+    drop(y, out);
+    return out;
   }
 }
 
@@ -682,15 +704,24 @@ export class ShiftWise extends Module implements Classifier {
 
   /** The last stage's feature map [N, 8C, H/32, W/32] (for ERF analysis). */
   forwardFeatures<V extends Value>(x: V): V {
-    for (let i = 0; i < 4; i++) {
-      x = this.stages.items[i].forward(this.downsampleLayers.items[i].forward(x));
-    }
-    return x;
+    return pipe(
+      x,
+      ...[0, 1, 2, 3].flatMap((i) => [
+        (v: V) => this.downsampleLayers.items[i].forward(v),
+        (v: V) => this.stages.items[i].forward(v),
+      ]),
+    );
   }
 
   /** Logits [N, numClasses]. */
   forward<V extends Value>(x: V): V {
-    return this.head.forward(this.norm.forward(meanHW(this.forwardFeatures(x))));
+    return pipe(
+      x,
+      (v) => this.forwardFeatures(v),
+      (v) => meanHW(v),
+      (v) => this.norm.forward(v),
+      (v) => this.head.forward(v),
+    );
   }
 
   /** Every block's SW mixer. */

@@ -20,7 +20,7 @@
  * ```
  * @module
  */
-import { add, BatchNorm2d, Conv2d, type Value } from "./layers.ts";
+import { add, BatchNorm2d, Conv2d, drop, pipe, type Value } from "./layers.ts";
 import { ConvNeXt, type ConvNeXtConfig } from "./convnext.ts";
 import { Module } from "./module.ts";
 import { Tensor } from "../ops/tensor.ts";
@@ -65,7 +65,7 @@ export class ConvBN extends Module {
     this.bn = this.child("bn", new BatchNorm2d(channels));
   }
   forward<V extends Value>(x: V): V {
-    return this.bn.forward(this.conv.forward(x));
+    return pipe(x, (v) => this.conv.forward(v), (v) => this.bn.forward(v));
   }
 
   /** The conv kernel with this BN folded in (eval-mode): [C,1,KH,KW] weights and a bias [C]. */
@@ -141,7 +141,13 @@ export class LargeKernelConv extends Module {
   forward<V extends Value>(x: V): V {
     if (this.reparam) return this.reparam.forward(x);
     let y = this.branches[0].forward(x);
-    for (const b of this.branches.slice(1)) y = add(y, b.forward(x));
+    for (const b of this.branches.slice(1)) {
+      const branch = b.forward(x);
+      const sum = add(y, branch);
+      drop(y, sum);
+      drop(branch, sum);
+      y = sum;
+    }
     return y;
   }
 

@@ -23,7 +23,7 @@
  * @module
  */
 import { gpu } from "./gpu.ts";
-import { flatIndex, type GradNode, grid1d, keep, scope, Tensor } from "./tensor.ts";
+import { flatIndex, type GradNode, grid1d, keep, scope, type Storage, Tensor } from "./tensor.ts";
 
 /** Computes the gradients of a node's inputs from the gradient of its output. */
 export type BackwardFn = (gradOut: Tensor, saved: Tensor[]) => (Tensor | null)[];
@@ -170,6 +170,38 @@ export function noGrad<T>(fn: () => T): T {
  */
 export function tapeLength(): number {
   return tape.length;
+}
+
+/**
+ * Bytes that the tape keeps alive for backward: the distinct storages of every
+ * recorded node's saved tensors (a storage saved by several nodes counts once),
+ * but for the storages of `except` (e.g. the parameters, which live anyway).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { mul } from "./elementwise.ts";
+ * import { clearTape, savedBytes } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.from([1, 2, 3, 4]);
+ * w.requiresGrad = true;
+ * mul(w, w); // saves w twice: one storage
+ * console.log(savedBytes(), savedBytes([w])); // 16 0
+ * clearTape();
+ * ```
+ */
+export function savedBytes(except: Iterable<Tensor> = []): number {
+  const seen = new Set<Storage>([...except].map((t) => t.storage));
+  let bytes = 0;
+  for (const node of tape) {
+    for (const t of node.saved) {
+      if (seen.has(t.storage)) continue;
+      seen.add(t.storage);
+      bytes += t.storage.size * 4;
+    }
+  }
+  return bytes;
 }
 
 /**

@@ -127,8 +127,10 @@ export class BindGroupCache {
   readonly capacity: number;
   #root: Level = new Map();
   #size = 0;
-  /** Buffers some held group binds: destroying one of them empties the cache. */
-  #bound = new WeakSet<GPUBuffer>();
+  /** For each bound buffer, the levels where it is a key (its groups live below them). */
+  #parents = new Map<GPUBuffer, Set<Level>>();
+  /** Levels cut off by {@linkcode forget}: their groups are no longer counted. */
+  #detached = new WeakSet<Level>();
   /** Lookups that found a group, and ones that did not (tests and statistics). */
   hits = 0;
   misses = 0;
@@ -174,30 +176,53 @@ export class BindGroupCache {
     const keys: unknown[] = [kernel, ...buffers];
     if (uniforms) keys.push(uniforms, uniformBytes);
     let level = this.#root;
-    for (const key of keys) {
+    for (const [i, key] of keys.entries()) {
       let next = level.get(key) as Level | undefined;
-      if (!next) level.set(key, next = new Map());
+      if (!next) {
+        level.set(key, next = new Map());
+        if (i > 0 && typeof key === "object") {
+          let parents = this.#parents.get(key as GPUBuffer);
+          if (!parents) this.#parents.set(key as GPUBuffer, parents = new Set());
+          parents.add(level);
+        }
+      }
       level = next;
     }
     if (!level.has(GROUP)) this.#size++;
     level.set(GROUP, group);
-    for (const b of buffers) this.#bound.add(b);
   }
 
   /**
-   * `buffer` is being destroyed: drop the groups that bind it. A buffer is
-   * never bound again once destroyed, so its groups could not be served
-   * anyway; dropping them frees them, and since buffers are destroyed only
-   * when the pool is trimmed, the cache simply starts over.
+   * `buffer` is being destroyed: drop the groups that bind it (a destroyed
+   * buffer is never bound again, so they could not be served anyway). Only
+   * those go: the pool returns a few buffers to the driver in a steady step,
+   * and every other group stays valid.
    */
   forget(buffer: GPUBuffer): void {
-    if (this.#bound.has(buffer)) this.clear();
+    const parents = this.#parents.get(buffer);
+    if (!parents) return;
+    this.#parents.delete(buffer);
+    for (const level of parents) {
+      const below = level.get(buffer) as Level | undefined;
+      if (!below || this.#detached.has(level)) continue;
+      level.delete(buffer);
+      this.#size -= this.#detach(below);
+    }
+  }
+
+  /** Mark every level under `level` (itself included) cut off; the number of groups in it. */
+  #detach(level: Level): number {
+    this.#detached.add(level);
+    let groups = level.has(GROUP) ? 1 : 0;
+    for (const [key, next] of level) if (key !== GROUP) groups += this.#detach(next as Level);
+    return groups;
   }
 
   /** Drop every group. */
   clear(): void {
     this.#root = new Map();
     this.#size = 0;
-    this.#bound = new WeakSet();
+    this.#parents = new Map();
+    this.#detached = new WeakSet();
   }
 }

@@ -309,7 +309,8 @@ export function scale(x: Tensor, c: number): Tensor {
  */
 export function relu(x: Tensor): Tensor {
   const y = unary(x, "max(v, 0.0)");
-  record("relu", [x], y, [x], (g, [sx]) => [unaryGrad(g, sx, "select(0.0, gy, v > 0.0)")]);
+  // The output, not the input: y > 0 exactly where x > 0, and the next op usually keeps y anyway.
+  record("relu", [x], y, [y], (g, [sy]) => [unaryGrad(g, sy, "select(0.0, gy, v > 0.0)")]);
   return y;
 }
 

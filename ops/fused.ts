@@ -5,6 +5,10 @@
  * - {@linkcode linearGelu}: `gelu(linear(x, w, b))` with the bias add and
  *   the GELU applied in the GEMM's store (one kernel instead of two; the
  *   pre-activation is kept for the backward, as the unfused chain keeps it);
+ * - {@linkcode geluLinear}: `linear(gelu(h), w, b)` with the GELU applied
+ *   as the GEMM loads `h`, so that `gelu(h)` is never stored and only `h` is
+ *   kept for the backward (a ConvNeXt block keeps 8 activations of its width
+ *   instead of 12);
  * - {@linkcode layerNormToChannelsLast}: `layerNorm(permute(x, [0, 2, 3, 1]))`
  *   in one kernel reading NCHW and writing NHWC (the unfused chain runs
  *   three), its backward writing the NCHW gradient directly;
@@ -103,6 +107,97 @@ export function linearGelu(x: Tensor, weight: Tensor, bias: Tensor): Tensor {
     return [gx, gw, biasGrad(gh, rows, outF)];
   });
   h.dispose();
+  return y;
+}
+
+/**
+ * `linear(gelu(h), weight, bias)` (exact erf GELU) without storing
+ * `gelu(h)`: the product applies the GELU as it loads `h`, and the backward
+ * recomputes it the same way, so only `h` is kept for the backward where the
+ * unfused chain keeps both `h` (for the GELU) and `gelu(h)` (for the linear).
+ * `h` is `[..., in]`, `weight` `[out, in]`, `bias` `[out]`; the result
+ * `[..., out]`. Differentiable in all three; the GELU's derivative is applied
+ * in the store of the product that computes `h`'s gradient. Under
+ * `setGemmImpl("simple")` it runs the unfused chain.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { geluLinear } from "./fused.ts";
+ * await initGpu();
+ * const h = Tensor.from([1, -1], [1, 2]);
+ * const y = geluLinear(h, Tensor.from([1, 1], [1, 2]), Tensor.zeros([1]));
+ * console.log(await y.read()); // ≈ [0.683] = gelu(1) + gelu(-1)
+ * ```
+ */
+export function geluLinear(h: Tensor, weight: Tensor, bias: Tensor): Tensor {
+  if (gemmImpl() !== "tiled") return linear(gelu(h), weight, bias);
+  if (weight.rank !== 2) {
+    throw new Error(`geluLinear: weight must be [out, in], got [${weight.shape}]`);
+  }
+  const [outF, inF] = weight.shape;
+  if (h.rank < 1 || h.shape[h.rank - 1] !== inF) {
+    throw new Error(`geluLinear: input [${h.shape}] does not end in ${inF} features`);
+  }
+  if (bias.rank !== 1 || bias.shape[0] !== outF) {
+    throw new Error(`geluLinear: bias must be [${outF}], got [${bias.shape}]`);
+  }
+  const rows = h.size / inF;
+  const y = Tensor.empty([...h.shape.slice(0, -1), outF]);
+  gemm({
+    batch: 1,
+    m: rows,
+    n: outF,
+    k: inF,
+    inputs: { h, w: weight },
+    loadA: `let hv = h[m * ${inF}u + k]; return ${GELU};`,
+    aKFast: true,
+    loadB: `return w[n * ${inF}u + k];`,
+    bKFast: true,
+    ...(inF % 4 === 0 && { vecB: { input: "w", index: `n * ${inF}u + k` } }),
+    outputs: { y, bias },
+    prelude: ERF_WGSL,
+    store: `y[m * ${outF}u + n] = v + bias[n];`,
+  });
+  record("geluLinear", [h, weight, bias], y, [h, weight], (g, [sh, sw]) => {
+    // gh = (g · W) ⊙ gelu'(h).
+    const gh = Tensor.empty([rows, inF]);
+    gemm({
+      batch: 1,
+      m: rows,
+      n: inF,
+      k: outF,
+      inputs: { g, w: sw },
+      loadA: `return g[m * ${outF}u + k];`,
+      aKFast: true,
+      ...(outF % 4 === 0 && { vecA: { input: "g", index: `m * ${outF}u + k` } }),
+      loadB: `return w[k * ${inF}u + n];`,
+      bKFast: false,
+      ...(inF % 4 === 0 && { vecB: { input: "w", index: `k * ${inF}u + n` } }),
+      outputs: { gh, h: sh },
+      prelude: ERF_WGSL,
+      store: `let at = m * ${inF}u + n; let hv = h[at]; gh[at] = v * (${GELU_GRAD});`,
+    });
+    // gW = gᵀ · gelu(h), the GELU recomputed as h is loaded.
+    const gw = Tensor.empty([outF, inF]);
+    gemm({
+      batch: 1,
+      m: outF,
+      n: inF,
+      k: rows,
+      inputs: { g, h: sh },
+      loadA: `return g[k * ${outF}u + m];`,
+      aKFast: false,
+      ...(outF % 4 === 0 && { vecA: { input: "g", index: `k * ${outF}u + m` } }),
+      loadB: `let hv = h[k * ${inF}u + n]; return ${GELU};`,
+      bKFast: false,
+      outputs: { gw },
+      prelude: ERF_WGSL,
+      store: `gw[m * ${inF}u + n] = v;`,
+    });
+    return [gh.view(h.shape), gw, biasGrad(g, rows, outF)];
+  });
   return y;
 }
 

@@ -19,132 +19,110 @@
  */
 import { gpu } from "./gpu.ts";
 import { callerSite, GpuOpError } from "./gpu_errors.ts";
+import {
+  BufferPool,
+  checkPoolPolicy,
+  type PoolPolicy,
+  type PoolTrace,
+  sizeClass,
+} from "./buffer_pool.ts";
+
+export { type PoolPolicy, type PoolTrace, sizeClass };
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
-/**
- * Size classes: powers of two split in quarters above 4 KiB, so at most 25% of
- * a buffer is slack and buffers of nearby sizes are shared.
- *
- * @example
- * ```ts
- * import { sizeClass } from "./tensor.ts";
- * console.log(sizeClass(100), sizeClass(5000), sizeClass(9000)); // 256 5120 10240
- * ```
- */
-export function sizeClass(bytes: number): number {
-  const b = Math.max(256, Math.ceil(bytes / 4) * 4);
-  if (b <= 4096) return Math.ceil(b / 256) * 256;
-  const p = 2 ** Math.floor(Math.log2(b));
-  const quarter = p / 4;
-  return Math.ceil(b / quarter) * quarter;
-}
-
-/**
- * Pool of free GPU buffers by size class. Each class hands out its
- * lowest-numbered free buffer (numbers in order of creation), so which buffer
- * a tensor gets depends only on which are free, not on the order they were
- * freed in: a training step that allocates the same way as the one before
- * gets the same buffers, and the recorder's bind groups serve it again (a
- * plain stack would hand them out permuted, step after step).
- */
-class BufferPool {
-  /** Free buffers by size class and their numbers, as a min-heap on the numbers. */
-  #free = new Map<number, { buffers: GPUBuffer[]; numbers: number[] }>();
-  #numbers = new WeakMap<GPUBuffer, number>();
-  #created = 0;
-  allocatedBytes = 0;
-  freeBytes = 0;
-  buffers = 0;
-
-  /** A buffer of at least `bytes`; `describe` names what it is for if allocating it fails. */
-  acquire(bytes: number, describe: () => string = () => `${bytes} bytes`): GPUBuffer {
-    const size = sizeClass(bytes);
-    const list = this.#free.get(size);
-    const hit = list && this.#popLowest(list);
-    if (hit) {
-      this.freeBytes -= size;
-      return hit;
-    }
+const pool = new BufferPool<GPUBuffer>({
+  create(size, describe) {
     const max = gpu().limits.maxBufferSize;
     if (size > max) {
       throw new GpuOpError(
-        `${callerSite()}: ${describe()} needs ${bytes} bytes, above this device's maxBufferSize ${max}`,
+        `${callerSite()}: ${describe()} needs ${size} bytes, above this device's maxBufferSize ${max}`,
       );
     }
-    this.allocatedBytes += size;
-    this.buffers++;
-    const buffer = gpu().createBuffer({ size, usage: USAGE }, describe);
-    this.#numbers.set(buffer, ++this.#created);
-    return buffer;
-  }
+    return gpu().createBuffer({ size, usage: USAGE }, describe);
+  },
+  // Destroying a buffer still referenced by unsubmitted work is an error: they go after it.
+  destroy: (buffer) => gpu().destroyAfterSubmit(buffer),
+  // Submitting destroys them at once; until then they still hold device memory.
+  flush: () => gpu().flush(),
+  // Behind pending host steps a destruction waits its turn in the ordered queue (queue_order.ts).
+  destroysNow: () => !gpu().hostStepsPending,
+});
 
-  release(buffer: GPUBuffer): void {
-    const size = buffer.size;
-    let list = this.#free.get(size);
-    if (!list) this.#free.set(size, list = { buffers: [], numbers: [] });
-    let number = this.#numbers.get(buffer);
-    if (number === undefined) this.#numbers.set(buffer, number = ++this.#created);
-    // Sift up a min-heap on the numbers.
-    const { buffers, numbers } = list;
-    let at = numbers.length;
-    buffers.push(buffer);
-    numbers.push(number);
-    while (at > 0) {
-      const parent = (at - 1) >> 1;
-      if (numbers[parent] <= number) break;
-      buffers[at] = buffers[parent];
-      numbers[at] = numbers[parent];
-      at = parent;
-    }
-    buffers[at] = buffer;
-    numbers[at] = number;
-    this.freeBytes += size;
-  }
-
-  /** The lowest-numbered buffer of a class's heap, taken out of it. */
-  #popLowest(list: { buffers: GPUBuffer[]; numbers: number[] }): GPUBuffer | undefined {
-    const { buffers, numbers } = list;
-    if (!buffers.length) return undefined;
-    const top = buffers[0];
-    const lastBuffer = buffers.pop()!;
-    const last = numbers.pop()!;
-    const n = numbers.length;
-    if (n === 0) return top;
-    // Sift the last one down from the root.
-    let at = 0;
-    for (;;) {
-      let child = 2 * at + 1;
-      if (child >= n) break;
-      if (child + 1 < n && numbers[child + 1] < numbers[child]) child++;
-      if (numbers[child] >= last) break;
-      buffers[at] = buffers[child];
-      numbers[at] = numbers[child];
-      at = child;
-    }
-    buffers[at] = lastBuffer;
-    numbers[at] = last;
-    return top;
-  }
-
-  /** Destroy every free buffer (memory returns to the driver). */
-  trim(): void {
-    for (const list of this.#free.values()) {
-      for (const b of list.buffers) {
-        this.allocatedBytes -= b.size;
-        this.buffers--;
-        gpu().destroyAfterSubmit(b);
-      }
-    }
-    this.#free.clear();
-    this.freeBytes = 0;
-  }
-}
-
-const pool = new BufferPool();
+/** The allocations recorded since {@linkcode startPoolTrace}, or null when not recording. */
+let trace: PoolTrace | null = null;
+let tracedStorages = 0;
 
 /**
- * Bytes held by the pool: `allocatedBytes` (all buffers) and `freeBytes` (reusable).
+ * Record every tensor storage acquired and released from now on (see
+ * {@linkcode PoolTrace}), until {@linkcode stopPoolTrace}. Storages that
+ * already exist are not in the trace.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { startPoolTrace, stopPoolTrace, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * startPoolTrace();
+ * Tensor.zeros([256]).dispose();
+ * console.log(stopPoolTrace()); // [1024, -1]
+ * ```
+ */
+export function startPoolTrace(): void {
+  trace = [];
+  tracedStorages = 0;
+}
+
+/**
+ * Events recorded so far by {@linkcode startPoolTrace} (0 when not recording).
+ *
+ * @example
+ * ```ts
+ * import { peekTraceLength } from "./tensor.ts";
+ * console.log(peekTraceLength()); // 0
+ * ```
+ */
+export function peekTraceLength(): number {
+  return trace?.length ?? 0;
+}
+
+/**
+ * Stop recording and return the trace of {@linkcode startPoolTrace}.
+ *
+ * @example
+ * ```ts
+ * import { stopPoolTrace } from "./tensor.ts";
+ * console.log(stopPoolTrace()); // [] when nothing was recorded
+ * ```
+ */
+export function stopPoolTrace(): PoolTrace {
+  const t = trace ?? [];
+  trace = null;
+  return t;
+}
+
+/** What {@linkcode poolStats} reports. */
+export interface PoolStats {
+  /** Bytes of every pooled buffer not yet destroyed (in use or free). */
+  allocatedBytes: number;
+  /** Bytes of the free (reusable) buffers. */
+  freeBytes: number;
+  buffers: number;
+  liveTensors: number;
+  /** Bytes of the live tensors' storages, as their shapes ask (no size-class rounding). */
+  liveBytes: number;
+  /** The most `liveBytes` and `allocatedBytes` since the last {@linkcode resetPoolPeaks}. */
+  peakLiveBytes: number;
+  peakAllocatedBytes: number;
+  /** Buffers created and destroyed so far (a steady training step creates none). */
+  created: number;
+  destroyed: number;
+}
+
+/**
+ * Bytes held by the pool: `allocatedBytes` (all buffers) and `freeBytes`
+ * (reusable), the live tensor bytes, and the peaks of both since
+ * {@linkcode resetPoolPeaks}.
  *
  * @example
  * ```ts
@@ -152,22 +130,60 @@ const pool = new BufferPool();
  * import { poolStats, Tensor } from "./tensor.ts";
  * await initGpu();
  * Tensor.zeros([1024]).dispose();
- * const { allocatedBytes, freeBytes } = poolStats();
- * console.log(allocatedBytes >= 4096, freeBytes >= 4096); // true true
+ * const { allocatedBytes, freeBytes, peakLiveBytes } = poolStats();
+ * console.log(allocatedBytes >= 4096, freeBytes >= 4096, peakLiveBytes >= 4096); // true true true
  * ```
  */
-export function poolStats(): {
-  allocatedBytes: number;
-  freeBytes: number;
-  buffers: number;
-  liveTensors: number;
-} {
+export function poolStats(): PoolStats {
   return {
     allocatedBytes: pool.allocatedBytes,
     freeBytes: pool.freeBytes,
     buffers: pool.buffers,
     liveTensors,
+    liveBytes: pool.liveBytes,
+    peakLiveBytes: pool.peakLiveBytes,
+    peakAllocatedBytes: pool.peakAllocatedBytes,
+    created: pool.created,
+    destroyed: pool.destroyed,
   };
+}
+
+/**
+ * Start the peaks of {@linkcode poolStats} over from the current values (per
+ * phase of a step: forward, backward, optimiser).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { poolStats, resetPoolPeaks, Tensor } from "./tensor.ts";
+ * await initGpu();
+ * Tensor.zeros([4096]).dispose();
+ * resetPoolPeaks();
+ * console.log(poolStats().peakLiveBytes === poolStats().liveBytes); // true
+ * ```
+ */
+export function resetPoolPeaks(): void {
+  pool.resetPeaks();
+}
+
+/**
+ * Set how the pool reuses and returns buffers ({@linkcode PoolPolicy}; the
+ * defaults are `DEFAULT_POOL_POLICY` of `buffer_pool.ts`). `{ fitSlack: 1,
+ * reclaim: false }` only ever reuses a buffer of the same size class. Returns
+ * the policy it replaces.
+ *
+ * @example
+ * ```ts
+ * import { configurePool } from "./tensor.ts";
+ * const before = configurePool({ fitSlack: 1, reclaim: false });
+ * configurePool(before);
+ * console.log(before); // { fitSlack: 1.25, reclaim: true, headroom: 0.1, smallBytes: 1048576 }
+ * ```
+ */
+export function configurePool(policy: Partial<PoolPolicy>): PoolPolicy {
+  const before = pool.policy;
+  pool.policy = checkPoolPolicy({ ...before, ...policy });
+  return before;
 }
 
 /**
@@ -185,8 +201,6 @@ export function poolStats(): {
  */
 export function trimPool(): void {
   pool.trim();
-  // Destroying a buffer still referenced by unsubmitted work is an error: they go after it.
-  gpu().flush();
 }
 
 /**
@@ -206,13 +220,21 @@ export class Storage {
   readonly buffer: GPUBuffer;
   readonly size: number;
   refs = 1;
+  /** Its number in the pool trace being recorded, if any. */
+  readonly #traced: number;
   /** `shape` only names the tensor if allocating fails. */
   constructor(size: number, shape: readonly number[] = [size]) {
     this.size = size;
     this.buffer = pool.acquire(size * 4, () => `a tensor [${shape.join(", ")}]`);
+    pool.live(size * 4);
+    this.#traced = trace ? tracedStorages++ : -1;
+    trace?.push(size * 4);
   }
   release(): void {
-    if (--this.refs === 0) pool.release(this.buffer);
+    if (--this.refs > 0) return;
+    pool.live(-this.size * 4);
+    pool.release(this.buffer);
+    if (trace && this.#traced >= 0) trace.push(-1 - this.#traced);
   }
 }
 
@@ -513,7 +535,7 @@ const WG = 256;
  */
 export function grid1d(n: number, wg = WG): [number, number] {
   const groups = Math.ceil(n / wg);
-  const max = gpu().maxWorkgroupsPerDimension;
+  const max = gpu().limits.maxComputeWorkgroupsPerDimension;
   if (groups <= max) return [Math.max(groups, 1), 1];
   const y = Math.ceil(groups / max);
   return [Math.ceil(groups / y), y];

@@ -46,7 +46,7 @@ import { planner, type PlanOptions, type PlanRow } from "../ops/planner.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
 import { AdamW } from "../ops/optim.ts";
-import { poolStats, scope, Tensor, trimPool } from "../ops/tensor.ts";
+import { poolStats, resetPoolPeaks, scope, Tensor, trimPool } from "../ops/tensor.ts";
 import type { Classifier } from "../models/module.ts";
 import { createModel, modelInfo } from "../models/registry.ts";
 import { seedInit } from "../models/module.ts";
@@ -132,7 +132,9 @@ export interface ModelBench {
   trainMs: number | null;
   trainGpuMs: number | null;
   timing: string;
+  /** The most bytes the tensor pool held (every buffer not yet destroyed), and the most live tensor bytes. */
   peakBytes: number;
+  peakLiveBytes: number;
   /** CPU milliseconds to record one step (the GPU idles meanwhile unless work is queued). */
   inferRecordMs: number | null;
   trainRecordMs: number | null;
@@ -163,8 +165,8 @@ async function recordMs(record: () => void): Promise<{ ms: number; dispatches: n
 /**
  * Time inference and training steps of `model` on a random batch of
  * `batch` images of `size`², as {@linkcode timeGpu} does (median of `steps`
- * after `warmup`), and report the tensor pool's size afterwards (the pool
- * only grows until trimmed, so this is its peak).
+ * after `warmup`), and report the peaks of the tensor pool's bytes and of
+ * live tensor bytes over the timed passes.
  *
  * @example
  * ```ts
@@ -200,6 +202,7 @@ export async function benchModel(
     trainGpuMs: null,
     timing: "",
     peakBytes: 0,
+    peakLiveBytes: 0,
     inferRecordMs: null,
     trainRecordMs: null,
     inferDispatches: null,
@@ -219,6 +222,8 @@ export async function benchModel(
         p.grad = null;
       }
     }
+    // Peaks of the timed passes only (planning tries candidates that training never runs).
+    resetPoolPeaks();
     if (passes.includes("infer")) {
       model.eval();
       const infer = () => noGrad(() => scope(() => void model.forward(x)));
@@ -253,7 +258,6 @@ export async function benchModel(
         for (let i = 0; i < steps; i++) step();
         await gpu().sync();
         out.trainPipelinedMs = (performance.now() - t0) / steps;
-        out.peakBytes = poolStats().allocatedBytes;
       } finally {
         opt.dispose();
       }
@@ -261,7 +265,9 @@ export async function benchModel(
   } finally {
     x.dispose();
   }
-  out.peakBytes ||= poolStats().allocatedBytes;
+  const { peakAllocatedBytes, peakLiveBytes } = poolStats();
+  out.peakBytes = peakAllocatedBytes;
+  out.peakLiveBytes = peakLiveBytes;
   return out;
 }
 
@@ -419,7 +425,7 @@ async function main(): Promise<void> {
   const comments = [
     `adapter: ${adapter}`,
     `median of ${steps} after ${warmup} warm-up; img/s from the wall clock around a drained queue` +
-    `, *_gpu_img_s from timestamps, *_record_ms = CPU time to record one step (of *_dispatches dispatches), train_pipelined_img_s = steps back to back with one sync; peak_gib = tensor pool size; depthwise ${values.depthwise}, gemm ${values.gemm}`,
+    `, *_gpu_img_s from timestamps, *_record_ms = CPU time to record one step (of *_dispatches dispatches), train_pipelined_img_s = steps back to back with one sync; peak_gib = the most bytes the tensor pool held (buffers not yet destroyed), peak_live_gib = the most bytes of live tensors; depthwise ${values.depthwise}, gemm ${values.gemm}`,
   ];
   // Rewritten after each model too, so that a run cut short keeps the finished comparisons.
   const writeSideBySide = async () => {
@@ -492,6 +498,7 @@ async function main(): Promise<void> {
       infer_img_s: ips(r.inferMs),
       train_img_s: ips(r.trainMs),
       peak_gib: Number((r.peakBytes / 2 ** 30).toPrecision(4)),
+      peak_live_gib: Number((r.peakLiveBytes / 2 ** 30).toPrecision(4)),
       infer_gpu_img_s: ips(r.inferGpuMs),
       train_gpu_img_s: ips(r.trainGpuMs),
       infer_ms: r.inferMs === null ? "" : Number(r.inferMs.toFixed(2)),

@@ -69,6 +69,35 @@ Deno.test("bind group cache: keyed by identity, bounded, forgets destroyed buffe
   assert.ok(cache.hits > 0 && cache.misses > 0);
 });
 
+Deno.test("bind group cache: forgetting a buffer drops only the groups that bind it", () => {
+  const cache = new BindGroupCache(100);
+  const [a, b, c, d, u] = Array.from({ length: 5 }, () => ({}) as GPUBuffer);
+  const group = (label: string) => ({ label }) as GPUBindGroup;
+  cache.set(1, [a, b], null, 0, group("ab"));
+  cache.set(1, [b, a], null, 0, group("ba"));
+  cache.set(1, [c, d], null, 0, group("cd"));
+  cache.set(2, [b, b], u, 16, group("bbu"));
+  cache.set(2, [c], u, 16, group("cu"));
+  assert.equal(cache.size, 5);
+  cache.forget(b); // under a (second key), as the first key, and twice in one group
+  assert.equal(cache.size, 2);
+  assert.equal(cache.get(1, [a, b], null, 0), undefined);
+  assert.equal(cache.get(1, [b, a], null, 0), undefined);
+  assert.equal(cache.get(2, [b, b], u, 16), undefined);
+  assert.equal(cache.get(1, [c, d], null, 0)?.label, "cd");
+  assert.equal(cache.get(2, [c], u, 16)?.label, "cu");
+  cache.forget(b); // again: nothing left to drop
+  cache.forget(a); // its groups went with b's: the count stays exact
+  assert.equal(cache.size, 2);
+  cache.forget(u);
+  assert.equal(cache.size, 1);
+  assert.equal(cache.get(1, [c, d], null, 0)?.label, "cd");
+  cache.set(1, [a, d], null, 0, group("ad"));
+  assert.equal(cache.size, 2);
+  cache.forget(d);
+  assert.equal(cache.size, 0);
+});
+
 Deno.test("a recorded step binds the same groups again: no new group after the first", async () => {
   const x = Tensor.from([1, 2, 3, 4]);
   const step = () => {

@@ -8,6 +8,7 @@ import { dropPath } from "../ops/drop_path.ts";
 import { add, gelu, mul } from "../ops/elementwise.ts";
 import {
   dropPathScales,
+  geluLinear,
   layerNormToChannelsLast,
   layerScaleResidual,
   linearGelu,
@@ -17,7 +18,8 @@ import { planner } from "../ops/planner.ts";
 import { linear } from "../ops/matmul.ts";
 import { permute } from "../ops/shape.ts";
 import type { Tensor } from "../ops/tensor.ts";
-import { assertSameOutputs, forwardAndGrads, setup } from "./harness.ts";
+import { assertSameOutputs, checkOp, forwardAndGrads, setup } from "./harness.ts";
+import { erf, linearRef } from "./reference.ts";
 
 await setup();
 
@@ -44,6 +46,32 @@ Deno.test("linearGelu equals gelu(linear(...)), also through the split epilogue"
     const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
     planner().force("gemm", { ...fast, interior: true });
     await compare("linearGelu vec", [[2, 3, 5, 12], [13, 12], [13]], fused, unfused);
+  } finally {
+    planner().force("gemm", null);
+  }
+});
+
+Deno.test("geluLinear: CPU reference and finite differences, and equal to linear(gelu(...))", async () => {
+  const geluRef = (h: Float64Array) => h.map((v) => 0.5 * v * (1 + erf(v / Math.SQRT2)));
+  for (const [rows, inF, outF] of [[6, 7, 5], [4, 12, 8]]) {
+    await checkOp({
+      name: `geluLinear ${rows}×${inF}→${outF}`,
+      inputs: [{ shape: [rows, inF], low: -3, high: 3 }, { shape: [outF, inF] }, { shape: [outF] }],
+      gpu: (h, w, b) => geluLinear(h, w, b),
+      cpu: (h, w, b) => linearRef(geluRef(h), w, b, inF, outF),
+      gradTol: 2e-3,
+    });
+  }
+  const shapes = [[2, 3, 5, 7], [13, 7], [13]];
+  const fused = (h: Tensor, w: Tensor, b: Tensor) => geluLinear(h, w, b);
+  const unfused = (h: Tensor, w: Tensor, b: Tensor) => linear(gelu(h), w, b);
+  await compare("geluLinear", shapes, fused, unfused);
+  planner().force("gemm", { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2 });
+  try {
+    await compare("geluLinear split", shapes, fused, unfused);
+    const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
+    planner().force("gemm", { ...fast, interior: true });
+    await compare("geluLinear vec", [[2, 3, 5, 12], [16, 12], [16]], fused, unfused);
   } finally {
     planner().force("gemm", null);
   }
