@@ -126,6 +126,21 @@ export function areaRatios(
 /**
  * Accumulates the ERF contribution map on the GPU over images; read it once
  * at the end with {@linkcode ErfAccumulator.mean}.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Tensor } from "../ops/tensor.ts";
+ * import { createModel } from "../models/registry.ts";
+ * import { ErfAccumulator } from "./erf.ts";
+ * await initGpu();
+ * const model = createModel("resnet_cpu");
+ * const acc = new ErfAccumulator(32, 32);
+ * acc.add(model, Tensor.randn([2, 3, 32, 32], { seed: 1 }));
+ * const map = await acc.mean(); // 32 × 32, averaged over the 2 images
+ * console.log(acc.count, map.length); // 2 1024
+ * acc.dispose();
+ * ```
  */
 export class ErfAccumulator {
   readonly size: [number, number];

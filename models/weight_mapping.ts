@@ -35,7 +35,23 @@ import type { Weights } from "./safetensors.ts";
 const BRANCHES = ["LoRA1", "LoRA2", "lkb_origin", "small_conv"] as const;
 const BN_KEYS = ["weight", "bias", "running_mean", "running_var"] as const;
 
-/** Module prefixes (ending in ".") that hold large-kernel branches in `weights`. */
+/**
+ * Module prefixes (ending in ".") that hold large-kernel branches in `weights`.
+ *
+ * @example
+ * ```ts
+ * import { largeKernelPrefixes } from "./weight_mapping.ts";
+ * import type { Weights } from "./safetensors.ts";
+ * const v = { shape: [1], data: new Float32Array(1) };
+ * const w: Weights = new Map([
+ *   ["stages.0.0.lk.LoRA1.conv.weight", v],
+ *   ["stages.0.0.lk.LoRA2.conv.weight", v],
+ *   ["stages.1.0.lk.lkb_origin.conv.weight", v],
+ *   ["head.weight", v],
+ * ]);
+ * console.log(largeKernelPrefixes(w)); // ["stages.0.0.lk.", "stages.1.0.lk."]
+ * ```
+ */
 export function largeKernelPrefixes(weights: Weights): string[] {
   const out = new Set<string>();
   for (const key of weights.keys()) {

@@ -724,7 +724,16 @@ export interface InitGpuOptions {
   defaultLimits?: boolean;
 }
 
-/** Whether the environment asks for WebGPU's default limits (`LARGEKERNEL_DEFAULT_LIMITS=1`). */
+/**
+ * Whether the environment asks for WebGPU's default limits (`LARGEKERNEL_DEFAULT_LIMITS=1`).
+ *
+ * @example
+ * ```ts
+ * import { defaultLimitsRequested, initGpu } from "./gpu.ts";
+ * // What initGpu() does when `defaultLimits` is not given:
+ * await initGpu({ defaultLimits: defaultLimitsRequested() });
+ * ```
+ */
 export function defaultLimitsRequested(): boolean {
   try {
     return Deno.env.get("LARGEKERNEL_DEFAULT_LIMITS") === "1";

@@ -16,12 +16,35 @@
  * @module
  */
 
-/** A GPU call that failed (compile, allocation, submit): names the op and its shape. */
+/**
+ * A GPU call that failed (compile, allocation, submit): names the op and its shape.
+ *
+ * @example
+ * ```ts
+ * import { initGpu, gpu } from "./gpu.ts";
+ * import { GpuOpError } from "./gpu_errors.ts";
+ * await initGpu();
+ * try {
+ *   await gpu().sync();
+ * } catch (e) {
+ *   if (e instanceof GpuOpError) console.log(e.message); // e.g. "WebGPU validation error in …"
+ * }
+ * ```
+ */
 export class GpuOpError extends Error {
   override name = "GpuOpError";
 }
 
-/** The GPU device was lost (driver reset, removed GPU, destroyed device). */
+/**
+ * The GPU device was lost (driver reset, removed GPU, destroyed device).
+ *
+ * @example
+ * ```ts
+ * import { GpuDeviceLostError } from "./gpu_errors.ts";
+ * const e = new GpuDeviceLostError("the GPU device was lost (destroyed): no message");
+ * console.log(e.name, e instanceof Error); // GpuDeviceLostError true
+ * ```
+ */
 export class GpuDeviceLostError extends Error {
   override name = "GpuDeviceLostError";
 }
@@ -49,7 +72,28 @@ function firstLine(s: string): string {
   return s.split("\n").find((l) => l.trim())?.trim() ?? s;
 }
 
-/** Scopes around fallible GPU calls, checked at sync points; see the module doc. */
+/**
+ * Scopes around fallible GPU calls, checked at sync points; see the module doc.
+ *
+ * @example
+ * ```ts
+ * import { initGpu, gpu } from "./gpu.ts";
+ * import { GpuErrorWatch, GpuOpError } from "./gpu_errors.ts";
+ * await initGpu();
+ * const watch = new GpuErrorWatch(gpu().device);
+ * // MAP_READ goes only with COPY_DST: this buffer is invalid, and the failure waits for check().
+ * watch.scoped(
+ *   () => gpu().device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE }),
+ *   () => "a deliberately invalid buffer",
+ * );
+ * try {
+ *   await watch.check();
+ * } catch (e) {
+ *   console.log(e instanceof GpuOpError); // true
+ *   console.log((e as Error).message); // WebGPU validation error in a deliberately invalid buffer: …
+ * }
+ * ```
+ */
 export class GpuErrorWatch {
   #device: GPUDevice;
   #pending: Promise<string | null>[] = [];

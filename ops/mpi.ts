@@ -71,7 +71,23 @@ export function launchedWorld(
   return null;
 }
 
-/** Thrown when a process started by `mpirun` cannot load or start MPI. */
+/**
+ * Thrown when a process started by `mpirun` cannot load or start MPI.
+ *
+ * @example
+ * ```ts
+ * import { launchedWorld, MpiUnavailableError, openMpi } from "./mpi.ts";
+ * if ((launchedWorld()?.size ?? 1) > 1) {
+ *   try {
+ *     openMpi().finalize();
+ *   } catch (e) {
+ *     if (!(e instanceof MpiUnavailableError)) throw e;
+ *     // Without libmpi: "cannot load MPI (…): install Open MPI (apt-get install openmpi-bin)"
+ *     console.error(e.message);
+ *   }
+ * }
+ * ```
+ */
 export class MpiUnavailableError extends Error {
   override name = "MpiUnavailableError";
 }

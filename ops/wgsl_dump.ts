@@ -45,7 +45,15 @@ export interface DispatchFacts {
 /** The environment variable that turns dumping on; its value is the folder. */
 export const DUMP_WGSL_VARIABLE = "LARGEKERNEL_DUMP_WGSL";
 
-/** The folder of `LARGEKERNEL_DUMP_WGSL`, or null (unset, empty, or no env permission; never prompts). */
+/**
+ * The folder of `LARGEKERNEL_DUMP_WGSL`, or null (unset, empty, or no env permission; never prompts).
+ *
+ * @example
+ * ```ts
+ * import { shaderDumpRequested } from "./wgsl_dump.ts";
+ * console.log(shaderDumpRequested()); // null unless LARGEKERNEL_DUMP_WGSL names a folder
+ * ```
+ */
 export function shaderDumpRequested(): string | null {
   try {
     const env = Deno.permissions.querySync({ name: "env", variable: DUMP_WGSL_VARIABLE });
@@ -124,6 +132,20 @@ export function shaderDumpFile(
  * Write one kernel's dump into `dir` (created if missing) through a
  * temporary file and a rename, so a reader never sees half a shader.
  * Throws one line naming the variable and the file when it cannot.
+ *
+ * @example
+ * ```ts
+ * import { shaderDumpFile, writeShaderDump } from "./wgsl_dump.ts";
+ * const dir = Deno.makeTempDirSync();
+ * const file = shaderDumpFile("@compute @workgroup_size(1) fn main() {}", { name: "noop" }, {
+ *   adapter: "llvmpipe",
+ *   workgroups: [1],
+ *   buffers: 0,
+ *   uniformBytes: 0,
+ * });
+ * writeShaderDump(dir, file);
+ * console.log(Deno.readTextFileSync(`${dir}/${file.name}`) === file.text); // true
+ * ```
  */
 export function writeShaderDump(dir: string, file: { name: string; text: string }): void {
   const path = `${dir}/${file.name}`;

@@ -12,30 +12,7 @@ import { REPO_ROOT, sourceFiles } from "./source_tree.ts";
  * Exports that still lack an example, in files being reorganised; remove an
  * entry when its export gets an example or goes away.
  */
-const WITHOUT_EXAMPLE_YET = new Set([
-  "models/weight_mapping.ts largeKernelPrefixes",
-  "ops/gpu.ts defaultLimitsRequested",
-  "ops/gpu_errors.ts GpuDeviceLostError",
-  "ops/gpu_errors.ts GpuErrorWatch",
-  "ops/gpu_errors.ts GpuOpError",
-  "ops/mpi.ts MpiUnavailableError",
-  "ops/wgsl_dump.ts shaderDumpRequested",
-  "ops/wgsl_dump.ts writeShaderDump",
-  "train/checkpoint.ts setCheckpointWriteHook",
-  "train/checkpoint_validate.ts optimizerFromWeights",
-  "train/checkpoint_validate.ts validateCheckpointFor",
-  "train/distributed.ts RanksDisagreeError",
-  "train/distributed.ts hashBytes",
-  "train/flags.ts choiceFlag",
-  "train/flags.ts numberFlag",
-  "train/flags.ts rejectTogether",
-  "train/grad_buckets.ts bucketOf",
-  "train/weights.ts loadModelWeights",
-  "analysis/erf.ts ErfAccumulator",
-  "train/checkpoint.ts moduleWeights",
-  "train/checkpoint.ts saveCheckpoint",
-  "train/checkpoint.ts loadCheckpoint",
-]);
+const WITHOUT_EXAMPLE_YET = new Set<string>([]);
 
 interface DocTag {
   kind: string;

@@ -37,7 +37,19 @@ export interface Checkpoint {
   masks?: Weights | null;
 }
 
-/** Read every entry of a module to the CPU as a weights map. */
+/**
+ * Read every entry of a module to the CPU as a weights map.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Linear } from "../models/layers.ts";
+ * import { moduleWeights } from "./checkpoint.ts";
+ * await initGpu();
+ * const w = await moduleWeights(new Linear(4, 2));
+ * console.log([...w].map(([k, v]) => `${k} [${v.shape}]`)); // ["weight [2,4]", "bias [2]"]
+ * ```
+ */
 export async function moduleWeights(m: Module): Promise<Weights> {
   const entries = [...m.namedEntries()];
   // Every copy is queued before the first wait: one GPU round trip, not one per tensor.
@@ -96,6 +108,31 @@ export async function checkpointExists(dir: string): Promise<boolean> {
  * process killed at any point leaves a complete checkpoint at `dir` or at
  * `dir.old` ({@linkcode loadCheckpoint} reads either): `dir.old` is never
  * removed while it is the only complete one.
+ *
+ * @example
+ * ```ts
+ * import { saveCheckpoint, type TrainState } from "./checkpoint.ts";
+ * const state: TrainState = {
+ *   version: 1,
+ *   model: "resnet_cpu",
+ *   modelArgs: {},
+ *   epoch: 1,
+ *   batchInEpoch: 0,
+ *   step: 10,
+ *   bestTop1: 0,
+ *   partial: { lossSum: 0, samples: 0 },
+ *   config: {},
+ *   history: [{ epoch: 1, top1: 0 }],
+ *   optimizerStep: 10,
+ *   savedAt: new Date().toISOString(),
+ * };
+ * const model = new Map([["w", { shape: [2], data: new Float32Array([1, 2]) }]]);
+ * const optimizer = { step: 10, buffers: [[new Float32Array(2), new Float32Array(2)]] };
+ * const dir = `${await Deno.makeTempDir()}/checkpoint-last`;
+ * await saveCheckpoint(dir, { state, model, ema: null, optimizer });
+ * console.log([...Deno.readDirSync(dir)].map((e) => e.name).sort());
+ * // ["model.safetensors", "optimizer.safetensors", "state.json"]
+ * ```
  */
 export async function saveCheckpoint(
   dir: string,
@@ -150,7 +187,36 @@ async function writeSynced(path: string, text: string): Promise<void> {
  */
 let checkpointWriteHook: ((point: "before-swap" | "swapped-out") => Promise<void>) | null = null;
 
-/** Set (or clear, with null) the hook awaited inside {@linkcode saveCheckpoint}; tests only. */
+/**
+ * Set (or clear, with null) the hook awaited inside {@linkcode saveCheckpoint}; tests only.
+ *
+ * @example
+ * ```ts
+ * import { saveCheckpoint, setCheckpointWriteHook, type TrainState } from "./checkpoint.ts";
+ * const state: TrainState = {
+ *   version: 1,
+ *   model: "resnet_cpu",
+ *   modelArgs: {},
+ *   epoch: 1,
+ *   batchInEpoch: 0,
+ *   step: 10,
+ *   bestTop1: 0,
+ *   partial: { lossSum: 0, samples: 0 },
+ *   config: {},
+ *   history: [{ epoch: 1, top1: 0 }],
+ *   optimizerStep: 10,
+ *   savedAt: new Date().toISOString(),
+ * };
+ * const model = new Map([["w", { shape: [2], data: new Float32Array([1, 2]) }]]);
+ * const optimizer = { step: 10, buffers: [[new Float32Array(2), new Float32Array(2)]] };
+ * const points: string[] = [];
+ * setCheckpointWriteHook((point) => Promise.resolve(void points.push(point)));
+ * const dir = `${await Deno.makeTempDir()}/checkpoint-last`;
+ * await saveCheckpoint(dir, { state, model, ema: null, optimizer });
+ * setCheckpointWriteHook(null);
+ * console.log(points); // ["before-swap", "swapped-out"]
+ * ```
+ */
 export function setCheckpointWriteHook(
   hook: ((point: "before-swap" | "swapped-out") => Promise<void>) | null,
 ): void {
@@ -161,6 +227,36 @@ export function setCheckpointWriteHook(
  * Load a checkpoint folder (or the `.old` copy left by a save that was
  * interrupted between its two renames). Errors name the folder and what is
  * wrong.
+ *
+ * @example
+ * ```ts
+ * import { loadCheckpoint, saveCheckpoint, type TrainState } from "./checkpoint.ts";
+ * const state: TrainState = {
+ *   version: 1,
+ *   model: "resnet_cpu",
+ *   modelArgs: {},
+ *   epoch: 1,
+ *   batchInEpoch: 0,
+ *   step: 10,
+ *   bestTop1: 0,
+ *   partial: { lossSum: 0, samples: 0 },
+ *   config: {},
+ *   history: [{ epoch: 1, top1: 0 }],
+ *   optimizerStep: 10,
+ *   savedAt: new Date().toISOString(),
+ * };
+ * const model = new Map([["w", { shape: [2], data: new Float32Array([1, 2]) }]]);
+ * const optimizer = { step: 10, buffers: [[new Float32Array(2), new Float32Array(2)]] };
+ * const dir = `${await Deno.makeTempDir()}/checkpoint-last`;
+ * await saveCheckpoint(dir, { state, model, ema: null, optimizer });
+ * const ck = await loadCheckpoint(dir);
+ * console.log(ck.state.step, ck.model.get("w")!.data, ck.ema); // 10 Float32Array [1, 2] null
+ * try {
+ *   await loadCheckpoint(`${dir}-missing`);
+ * } catch (e) {
+ *   console.log((e as Error).message); // --resume: no checkpoint at …-missing (expected …/state.json)
+ * }
+ * ```
  */
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   const where = (await exists(`${dir}/state.json`))

@@ -135,6 +135,21 @@ export function validateTrainState(raw: unknown, file: string): TrainState {
 /**
  * The optimiser state from `optimizer.safetensors`: keys `i.j` (parameter i,
  * buffer j), every one present, each a 1-D list of values.
+ *
+ * @example
+ * ```ts
+ * import { optimizerFromWeights } from "./checkpoint_validate.ts";
+ * import type { Weights } from "../models/safetensors.ts";
+ * const v = (...x: number[]) => ({ shape: [x.length], data: new Float32Array(x) });
+ * const w: Weights = new Map([["0.0", v(1, 2)], ["0.1", v(3, 4)], ["1.0", v(5)], ["1.1", v(6)]]);
+ * console.log(optimizerFromWeights(w, 7, "ck/optimizer.safetensors").buffers.length); // 2
+ * try {
+ *   optimizerFromWeights(new Map([["0.1", v(1)]]), 7, "ck/optimizer.safetensors");
+ * } catch (e) {
+ *   // ck/optimizer.safetensors: the buffers of parameter 0 are missing or have gaps
+ *   console.log((e as Error).message);
+ * }
+ * ```
  */
 export function optimizerFromWeights(w: Weights, step: number, file: string): OptimizerState {
   const buffers: Float32Array[][] = [];
@@ -192,6 +207,24 @@ function checkWeights(file: string, w: Weights, model: Module): void {
  * and EMA (keys and shapes), optimiser moments (one set per parameter, each
  * of the parameter's size), masks (keys of maskable weights, one 0/1 value
  * per mask unit). Throws one line naming the file and key.
+ *
+ * @example
+ * ```ts
+ * import { validateCheckpointFor } from "./checkpoint_validate.ts";
+ * import { Linear } from "../models/layers.ts";
+ * const model = new Linear(2, 1); // weight [1, 2], bias [1]
+ * const v = (shape: number[]) => ({ shape, data: new Float32Array(shape[0] * (shape[1] ?? 1)) });
+ * const target = { dir: "ck", model, ema: null, optimizerSizes: [2, 1], buffersPerParam: 2 };
+ * const moments = { step: 1, buffers: [[new Float32Array(2), new Float32Array(2)], [new Float32Array(1), new Float32Array(1)]] };
+ * const ok = new Map([["weight", v([1, 2])], ["bias", v([1])]]);
+ * validateCheckpointFor({ model: ok, ema: null, optimizer: moments }, target); // passes
+ * try {
+ *   const wrong = new Map([["weight", v([2, 2])], ["bias", v([1])]]);
+ *   validateCheckpointFor({ model: wrong, ema: null, optimizer: moments }, target);
+ * } catch (e) {
+ *   console.log((e as Error).message); // ck/model.safetensors: weight has shape [2,2], the model [1,2]
+ * }
+ * ```
  */
 export function validateCheckpointFor(
   ck: { model: Weights; ema: Weights | null; optimizer: OptimizerState; masks?: Weights | null },

@@ -23,7 +23,18 @@ import { Tensor } from "../ops/tensor.ts";
 import { BucketedGradientSync, type CommStep } from "./grad_sync.ts";
 import { type GradientSync, type Replicas, singleProcess } from "./parallel.ts";
 
-/** An error every rank saw at once (a disagreement): each prints it, none needs to abort the others. */
+/**
+ * An error every rank saw at once (a disagreement): each prints it, none needs to abort the others.
+ *
+ * @example
+ * ```ts
+ * import { RanksDisagreeError } from "./distributed.ts";
+ * // Only other errors need the other ranks stopped: they may be waiting in a collective.
+ * const mustAbort = (e: unknown, world: number) => world > 1 && !(e instanceof RanksDisagreeError);
+ * console.log(mustAbort(new RanksDisagreeError("ranks disagree on the flags"), 2)); // false
+ * console.log(mustAbort(new Error("out of memory"), 2)); // true
+ * ```
+ */
 export class RanksDisagreeError extends Error {
   override name = "RanksDisagreeError";
 }
@@ -59,7 +70,17 @@ export function openReplicas(
   return Promise.resolve(mpiReplicas(openMpi()));
 }
 
-/** SHA-256 of some bytes, in hex (weights, masks and flags are compared by it). */
+/**
+ * SHA-256 of some bytes, in hex (weights, masks and flags are compared by it).
+ *
+ * @example
+ * ```ts
+ * import { hashBytes } from "./distributed.ts";
+ * console.log(await hashBytes(new TextEncoder().encode("abc")));
+ * // ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+ * console.log((await hashBytes(new Float32Array([1, 2]))).length); // 64
+ * ```
+ */
 export async function hashBytes(bytes: ArrayBufferView): Promise<string> {
   const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const digest = await crypto.subtle.digest("SHA-256", view.slice());

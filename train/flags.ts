@@ -132,6 +132,17 @@ export function describeFlag(spec: FlagSpec): string {
 /**
  * A number flag's value: a finite decimal number within the range, or an
  * error naming `--flag`, what was expected and what was given.
+ *
+ * @example
+ * ```ts
+ * import { numberFlag } from "./flags.ts";
+ * console.log(numberFlag("lr", "4e-3", { above: 0 })); // 0.004
+ * try {
+ *   numberFlag("epochs", "2.5", { min: 1, integer: true });
+ * } catch (e) {
+ *   console.log((e as Error).message); // --epochs: expected an integer ≥ 1, got "2.5"
+ * }
+ * ```
  */
 export function numberFlag(
   flag: string,
@@ -146,7 +157,21 @@ export function numberFlag(
   return n;
 }
 
-/** A choice flag's value: one of `options`, or an error listing them. */
+/**
+ * A choice flag's value: one of `options`, or an error listing them.
+ *
+ * @example
+ * ```ts
+ * import { choiceFlag } from "./flags.ts";
+ * const sparse = choiceFlag("sparse-init", "ERK", ["snip", "ERK", "uniform"] as const); // typed "snip" | "ERK" | "uniform"
+ * console.log(sparse); // ERK
+ * try {
+ *   choiceFlag("opt", "adam", ["adamw", "sgd"]);
+ * } catch (e) {
+ *   console.log((e as Error).message); // --opt: expected one of adamw, sgd, got "adam"
+ * }
+ * ```
+ */
 export function choiceFlag<T extends string>(flag: string, raw: string, options: readonly T[]): T {
   if (!options.includes(raw as T)) {
     throw new Error(`--${flag}: expected one of ${options.join(", ")}, got ${got(raw)}`);
@@ -260,6 +285,18 @@ export function parseFlags<S extends FlagSpecs>(argv: readonly string[], specs: 
 /**
  * Refuse flags that make no sense together: for each pair given both, a
  * one-line error naming them and why (`reason`).
+ *
+ * @example
+ * ```ts
+ * import { rejectTogether } from "./flags.ts";
+ * const pairs: [string, string, string][] = [["resume", "weights", "a resumed run has its own weights"]];
+ * rejectTogether({ resume: "out/checkpoint-last" }, pairs); // fine: only one given
+ * try {
+ *   rejectTogether({ resume: "out/checkpoint-last", weights: "w.pth" }, pairs);
+ * } catch (e) {
+ *   console.log((e as Error).message); // --resume and --weights conflict: a resumed run has its own weights
+ * }
+ * ```
  */
 export function rejectTogether(
   given: Record<string, unknown>,

@@ -57,7 +57,16 @@ export function planBuckets(sizes: readonly number[], capBytes = DEFAULT_BUCKET_
   return buckets;
 }
 
-/** For each parameter index, the bucket holding it. */
+/**
+ * For each parameter index, the bucket holding it.
+ *
+ * @example
+ * ```ts
+ * import { bucketOf, planBuckets } from "./grad_buckets.ts";
+ * const buckets = planBuckets([3, 5, 2, 4], 32); // [[3, 2], [1, 0]]
+ * console.log(bucketOf(buckets, 4)); // Int32Array [1, 1, 0, 0]
+ * ```
+ */
 export function bucketOf(buckets: readonly Bucket[], count: number): Int32Array {
   const out = new Int32Array(count).fill(-1);
   buckets.forEach((b, k) => {

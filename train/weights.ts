@@ -50,6 +50,23 @@ export interface LoadModelWeightsOptions {
  * model built merged (`lkb_reparam`) are converted first by
  * {@linkcode mergeLargeKernelWeights}, and a line says so. Errors are one
  * line naming the flag, the file and the keys.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "../ops/gpu.ts";
+ * import { Linear } from "../models/layers.ts";
+ * import { saveSafetensorsFile } from "../models/safetensors.ts";
+ * import { loadModelWeights } from "./weights.ts";
+ * await initGpu();
+ * const path = `${await Deno.makeTempDir()}/fc.safetensors`;
+ * await saveSafetensorsFile(path, new Map([
+ *   ["weight", { shape: [1, 2], data: new Float32Array([3, 4]) }],
+ *   ["bias", { shape: [1], data: new Float32Array([5]) }],
+ * ]));
+ * const fc = new Linear(2, 1);
+ * console.log(await loadModelWeights(fc, path, { flag: "--weights" })); // { missing: [], unexpected: [] }
+ * console.log(await fc.weight.tensor.read()); // Float32Array [3, 4]
+ * ```
  */
 export async function loadModelWeights(
   model: Module,
