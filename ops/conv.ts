@@ -29,7 +29,7 @@
 import { needsGrad, record } from "./autograd.ts";
 import { gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
-import { flatMain, launch, storage } from "./kernel.ts";
+import { flatMain, launch, memoize, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode conv2d}; a single number applies to both axes. */
@@ -39,8 +39,13 @@ export interface Conv2dOptions {
   groups?: number;
 }
 
-/** Everything a conv2d kernel bakes in as constants. */
-interface Conv2dGeometry {
+/**
+ * Everything a conv2d kernel bakes in as constants: the shapes, stride
+ * (`sh`, `sw`), top/left padding (`ph`, `pw`) and grouping. A depthwise
+ * convolution is the grouped one with `groups = cin = cout` and one channel
+ * per group.
+ */
+export interface Conv2dGeometry {
   n: number;
   cin: number;
   h: number;
@@ -154,7 +159,9 @@ export function conv2d(
   // groups = 1 (1×1 and dense convolutions) run as implicit GEMMs with the tiled kernels.
   const tiled = g.groups === 1 && gemmImpl() === "tiled";
   if (tiled) gemmForward(x, w, bias, y, g);
-  else launch(forwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
+  else {
+    launch(groupedConvForwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
+  }
   const inputs = bias ? [x, w, bias] : [x, w];
   const [wantX, wantW, wantBias] = [needsGrad(x), needsGrad(w), bias !== null && needsGrad(bias)];
   record("conv2d", inputs, y, [x, w], (gy, [sx, sw]) => [
@@ -277,9 +284,38 @@ function gemmBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor {
   return gw;
 }
 
-/** WGSL: one invocation per output value, taps restricted to those inside the image. */
-function forwardKernel(g: Conv2dGeometry, hasBias: boolean): string {
-  return `${storage(...(hasBias ? ["x", "w", "b", "y!"] : ["x", "w", "y!"]))}
+/**
+ * WGSL opening the loop over the `count` channels of a group, bound to `c`;
+ * with one channel per group (depthwise) a plain block with `c = 0`, so the
+ * kernel does not loop at all.
+ */
+function channelsOfGroup(count: number): string {
+  return count === 1 ? "{\n    let c = 0u;" : `for (var c = 0u; c < ${count}u; c++) {`;
+}
+
+/**
+ * WGSL of the grouped convolution's forward (bindings x, w, optional b, y):
+ * one invocation per output value, taps restricted to those inside the
+ * image. Cached per geometry: a step launches it once per layer, and building
+ * the source costs more CPU than recording the dispatch. Launch over `y.size`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { launch } from "./kernel.ts";
+ * import { groupedConvForwardKernel } from "./conv.ts";
+ * await initGpu();
+ * // Depthwise 3×3 on 2 channels of 4×4, padding 1: groups = cin = cout.
+ * const g = { n: 1, cin: 2, h: 4, w: 4, cout: 2, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1,
+ *   groups: 2, cinPerGroup: 1, coutPerGroup: 1, ho: 4, wo: 4 };
+ * const y = Tensor.empty([1, 2, 4, 4]);
+ * launch(groupedConvForwardKernel(g, false), [Tensor.ones([1, 2, 4, 4]), Tensor.ones([2, 1, 3, 3]), y], y.size);
+ * console.log((await y.read())[5]); // 9: an inner pixel sees all 9 taps
+ * ```
+ */
+export const groupedConvForwardKernel = memoize((g: Conv2dGeometry, hasBias: boolean): string =>
+  `${storage(...(hasBias ? ["x", "w", "b", "y!"] : ["x", "w", "y!"]))}
 ${flatMain(g.n * g.cout * g.ho * g.wo)}
   let ox = i % ${g.wo}u;
   let oy = (i / ${g.wo}u) % ${g.ho}u;
@@ -294,7 +330,7 @@ ${flatMain(g.n * g.cout * g.ho * g.wo)}
   let kxLo = u32(max(0, -ix0));
   let kxHi = u32(clamp(${g.w} - ix0, 0, ${g.kw}));
   var acc = ${hasBias ? "b[co]" : "0.0"};
-  for (var c = 0u; c < ${g.cinPerGroup}u; c++) {
+  ${channelsOfGroup(g.cinPerGroup)}
     let xPlane = (n * ${g.cin}u + ciFirst + c) * ${g.h * g.w}u;
     let wPlane = (co * ${g.cinPerGroup}u + c) * ${g.kh * g.kw}u;
     for (var ky = kyLo; ky < kyHi; ky++) {
@@ -306,18 +342,40 @@ ${flatMain(g.n * g.cout * g.ho * g.wo)}
     }
   }
   y[i] = acc;
-}`;
+}`
+);
+
+/** Gradient wrt the input of the grouped kernels; see {@linkcode groupedConvBackwardInputKernel}. */
+function conv2dBackwardInput(gy: Tensor, w: Tensor, g: Conv2dGeometry): Tensor {
+  const gx = Tensor.empty([g.n, g.cin, g.h, g.w]);
+  launch(groupedConvBackwardInputKernel(g), [gy, w, gx], gx.size);
+  return gx;
 }
 
 /**
- * Gradient wrt the input: each input value gathers `gy · w` over the outputs
- * whose window covered it (output `oy` sees input `iy` through tap `ky` when
- * `oy·sh + ky = iy + ph`).
+ * WGSL of the grouped convolution's input gradient (bindings gy, w, gx):
+ * each input value gathers `gy · w` over the outputs whose window covered it
+ * (output `oy` sees input `iy` through tap `ky` when `oy·sh + ky = iy + ph`),
+ * a transposed convolution without atomics. Cached per geometry; launch over
+ * `gx.size`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { launch } from "./kernel.ts";
+ * import { groupedConvBackwardInputKernel } from "./conv.ts";
+ * await initGpu();
+ * const g = { n: 1, cin: 1, h: 5, w: 5, cout: 1, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1,
+ *   groups: 1, cinPerGroup: 1, coutPerGroup: 1, ho: 5, wo: 5 };
+ * const gx = Tensor.empty([1, 1, 5, 5]);
+ * launch(groupedConvBackwardInputKernel(g), [Tensor.ones([1, 1, 5, 5]), Tensor.ones([1, 1, 3, 3]), gx], gx.size);
+ * console.log((await gx.read())[0]); // 4: a corner feeds 4 outputs
+ * ```
  */
-function conv2dBackwardInput(gy: Tensor, w: Tensor, g: Conv2dGeometry): Tensor {
-  const gx = Tensor.empty([g.n, g.cin, g.h, g.w]);
-  const code = `${storage("gy", "w", "gx!")}
-${flatMain(gx.size)}
+export const groupedConvBackwardInputKernel = memoize((g: Conv2dGeometry): string =>
+  `${storage("gy", "w", "gx!")}
+${flatMain(g.n * g.cin * g.h * g.w)}
   let ix = i % ${g.w}u;
   let iy = (i / ${g.w}u) % ${g.h}u;
   let ci = (i / ${g.w * g.h}u) % ${g.cin}u;
@@ -332,7 +390,7 @@ ${flatMain(gx.size)}
   let kxLo = u32(max(0, tx - ${(g.wo - 1) * g.sw}));
   let kxHi = u32(min(tx + 1, ${g.kw}));
   var acc = 0.0;
-  for (var c = 0u; c < ${g.coutPerGroup}u; c++) {
+  ${channelsOfGroup(g.coutPerGroup)}
     let co = coFirst + c;
     let gyPlane = (n * ${g.cout}u + co) * ${g.ho * g.wo}u;
     let wPlane = (co * ${g.cinPerGroup}u + cInGroup) * ${g.kh * g.kw}u;
@@ -348,20 +406,41 @@ ${flatMain(gx.size)}
     }
   }
   gx[i] = acc;
-}`;
-  launch(code, [gy, w, gx], gx.size);
-  return gx;
+}`
+);
+
+/** Gradient wrt the weight of the grouped kernels; see {@linkcode groupedConvBackwardWeightKernel}. */
+function conv2dBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor {
+  const gw = Tensor.empty([g.cout, g.cinPerGroup, g.kh, g.kw]);
+  launch(groupedConvBackwardWeightKernel(g), [gy, x, gw], grid1d(gw.size, 1));
+  return gw;
 }
 
 /**
- * Gradient wrt the weight: one workgroup per weight value sums
- * `gy[n, co, oy, ox] · x[n, ci, oy·sh − ph + ky, ox·sw − pw + kx]` over `N·Ho·Wo`.
+ * WGSL of the grouped convolution's weight gradient (bindings gy, x, gw):
+ * one workgroup per weight value sums
+ * `gy[n, co, oy, ox] · x[n, ci, oy·sh − ph + ky, ox·sw − pw + kx]` over
+ * `N·Ho·Wo` (see {@linkcode sumPerOutputKernel}). Cached per geometry; launch
+ * with `grid1d(gw.size, 1)`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { grid1d, Tensor } from "./tensor.ts";
+ * import { launch } from "./kernel.ts";
+ * import { groupedConvBackwardWeightKernel } from "./conv.ts";
+ * await initGpu();
+ * const g = { n: 2, cin: 1, h: 4, w: 4, cout: 1, kh: 3, kw: 3, sh: 1, sw: 1, ph: 1, pw: 1,
+ *   groups: 1, cinPerGroup: 1, coutPerGroup: 1, ho: 4, wo: 4 };
+ * const gw = Tensor.empty([1, 1, 3, 3]);
+ * launch(groupedConvBackwardWeightKernel(g), [Tensor.ones([2, 1, 4, 4]), Tensor.ones([2, 1, 4, 4]), gw], grid1d(9, 1));
+ * console.log((await gw.read())[4]); // 32: the centre tap sees every pixel of both images
+ * ```
  */
-function conv2dBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor {
-  const gw = Tensor.empty([g.cout, g.cinPerGroup, g.kh, g.kw]);
-  const code = sumPerOutputKernel({
+export const groupedConvBackwardWeightKernel = memoize((g: Conv2dGeometry): string =>
+  sumPerOutputKernel({
     buffers: ["gy", "x", "gw!"],
-    count: gw.size,
+    count: g.cout * g.cinPerGroup * g.kh * g.kw,
     terms: g.n * g.ho * g.wo,
     setup: `let kx = o % ${g.kw}u;
   let ky = (o / ${g.kw}u) % ${g.kh}u;
@@ -377,10 +456,8 @@ function conv2dBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor 
       acc += gy[(n * ${g.cout}u + co) * ${g.ho * g.wo}u + oy * ${g.wo}u + ox] *
         x[(n * ${g.cin}u + ci) * ${g.h * g.w}u + u32(iy) * ${g.w}u + u32(ix)];
     }`,
-  });
-  launch(code, [gy, x, gw], grid1d(gw.size, 1));
-  return gw;
-}
+  })
+);
 
 /**
  * The bias gradient of an NCHW output: `gb[c] = Σ_{n, y, x} gy[n, c, y, x]`, one

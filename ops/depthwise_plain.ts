@@ -18,13 +18,44 @@
  * ```
  * @module
  */
-import { sumPerOutputKernel } from "./conv.ts";
+import {
+  type Conv2dGeometry,
+  groupedConvBackwardInputKernel,
+  groupedConvBackwardWeightKernel,
+  groupedConvForwardKernel,
+} from "./conv.ts";
 import type { DepthwiseShape } from "./depthwise_shape.ts";
-import { flatMain, launch, memoize, storage } from "./kernel.ts";
+import { launch } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 /** Everything a depthwise kernel bakes in as constants: the shape, and the stride. */
 export type DepthwiseGeometry = DepthwiseShape & { stride: number };
+
+/**
+ * The depthwise convolution as the grouped one it is: one group per channel,
+ * one input and one output channel each. The kernels are conv.ts's grouped
+ * kernels, whose per-group channel loops then run once.
+ */
+function asGroupedConv(g: DepthwiseGeometry): Conv2dGeometry {
+  return {
+    n: g.n,
+    cin: g.c,
+    h: g.h,
+    w: g.w,
+    cout: g.c,
+    kh: g.kh,
+    kw: g.kw,
+    sh: g.stride,
+    sw: g.stride,
+    ph: g.ph,
+    pw: g.pw,
+    groups: g.c,
+    cinPerGroup: 1,
+    coutPerGroup: 1,
+    ho: g.ho,
+    wo: g.wo,
+  };
+}
 
 /**
  * Forward: x [n, c, h, w], w [c, 1, kh, kw], optional bias [c] → y [n, c, ho, wo].
@@ -47,43 +78,13 @@ export function plainDepthwiseForward(
   g: DepthwiseGeometry,
 ): Tensor {
   const y = Tensor.empty([g.n, g.c, g.ho, g.wo]);
-  launch(forwardKernel(g, bias !== null), bias ? [x, w, bias, y] : [x, w, y], y.size);
+  launch(
+    groupedConvForwardKernel(asGroupedConv(g), bias !== null),
+    bias ? [x, w, bias, y] : [x, w, y],
+    y.size,
+  );
   return y;
 }
-
-/**
- * WGSL: one invocation per output value, taps restricted to those inside the
- * image. This and the backward kernels are cached per geometry: a step
- * launches them once per layer, and building the source cost more CPU than
- * recording the dispatch.
- */
-const forwardKernel = memoize((g: DepthwiseGeometry, hasBias: boolean): string =>
-  `${storage(...(hasBias ? ["x", "w", "b", "y!"] : ["x", "w", "y!"]))}
-${flatMain(g.n * g.c * g.ho * g.wo)}
-  let ox = i % ${g.wo}u;
-  let oy = (i / ${g.wo}u) % ${g.ho}u;
-  let nc = i / ${g.wo * g.ho}u;
-  let c = nc % ${g.c}u;
-  // Input pixel under tap (0, 0); taps landing in the zero padding add nothing, so skip them.
-  let iy0 = i32(oy * ${g.stride}u) - ${g.ph};
-  let ix0 = i32(ox * ${g.stride}u) - ${g.pw};
-  let kyLo = u32(max(0, -iy0));
-  let kyHi = u32(clamp(${g.h} - iy0, 0, ${g.kh}));
-  let kxLo = u32(max(0, -ix0));
-  let kxHi = u32(clamp(${g.w} - ix0, 0, ${g.kw}));
-  let xPlane = nc * ${g.h * g.w}u;
-  let wPlane = c * ${g.kh * g.kw}u;
-  var acc = ${hasBias ? "b[c]" : "0.0"};
-  for (var ky = kyLo; ky < kyHi; ky++) {
-    let xRow = xPlane + u32(iy0 + i32(ky)) * ${g.w}u;
-    let wRow = wPlane + ky * ${g.kw}u;
-    for (var kx = kxLo; kx < kxHi; kx++) {
-      acc += x[xRow + u32(ix0 + i32(kx))] * w[wRow + kx];
-    }
-  }
-  y[i] = acc;
-}`
-);
 
 /**
  * Gradient wrt the input: each input value gathers `gy · w` over the outputs
@@ -103,41 +104,9 @@ ${flatMain(g.n * g.c * g.ho * g.wo)}
  */
 export function plainDepthwiseBackwardInput(gy: Tensor, w: Tensor, g: DepthwiseGeometry): Tensor {
   const gx = Tensor.empty([g.n, g.c, g.h, g.w]);
-  launch(backwardInputKernel(g), [gy, w, gx], gx.size);
+  launch(groupedConvBackwardInputKernel(asGroupedConv(g)), [gy, w, gx], gx.size);
   return gx;
 }
-
-/** The kernel of {@linkcode plainDepthwiseBackwardInput} (cached as {@linkcode forwardKernel}). */
-const backwardInputKernel = memoize((g: DepthwiseGeometry): string =>
-  `${storage("gy", "w", "gx!")}
-${flatMain(g.n * g.c * g.h * g.w)}
-  let ix = i % ${g.w}u;
-  let iy = (i / ${g.w}u) % ${g.h}u;
-  let nc = i / ${g.w * g.h}u;
-  let c = nc % ${g.c}u;
-  let ty = i32(iy) + ${g.ph};
-  let tx = i32(ix) + ${g.pw};
-  // Taps for which some output in [0, Ho) lies on this pixel.
-  let kyLo = u32(max(0, ty - ${(g.ho - 1) * g.stride}));
-  let kyHi = u32(min(ty + 1, ${g.kh}));
-  let kxLo = u32(max(0, tx - ${(g.wo - 1) * g.stride}));
-  let kxHi = u32(min(tx + 1, ${g.kw}));
-  let gyPlane = nc * ${g.ho * g.wo}u;
-  let wPlane = c * ${g.kh * g.kw}u;
-  var acc = 0.0;
-  for (var ky = kyLo; ky < kyHi; ky++) {
-    let sy = ty - i32(ky);
-    if (sy % ${g.stride} != 0) { continue; }
-    let gyRow = gyPlane + u32(sy / ${g.stride}) * ${g.wo}u;
-    for (var kx = kxLo; kx < kxHi; kx++) {
-      let sx = tx - i32(kx);
-      if (sx % ${g.stride} != 0) { continue; }
-      acc += gy[gyRow + u32(sx / ${g.stride})] * w[wPlane + ky * ${g.kw}u + kx];
-    }
-  }
-  gx[i] = acc;
-}`
-);
 
 /**
  * Gradient wrt the filter: one workgroup per tap `(c, ky, kx)` sums
@@ -157,28 +126,6 @@ ${flatMain(g.n * g.c * g.h * g.w)}
  */
 export function plainDepthwiseBackwardFilter(gy: Tensor, x: Tensor, g: DepthwiseGeometry): Tensor {
   const gw = Tensor.empty([g.c, 1, g.kh, g.kw]);
-  launch(backwardFilterKernel(g), [gy, x, gw], grid1d(gw.size, 1));
+  launch(groupedConvBackwardWeightKernel(asGroupedConv(g)), [gy, x, gw], grid1d(gw.size, 1));
   return gw;
 }
-
-/** The kernel of {@linkcode plainDepthwiseBackwardFilter} (cached as {@linkcode forwardKernel}). */
-const backwardFilterKernel = memoize((g: DepthwiseGeometry): string =>
-  sumPerOutputKernel({
-    buffers: ["gy", "x", "gw!"],
-    count: g.c * g.kh * g.kw,
-    terms: g.n * g.ho * g.wo,
-    setup: `let kx = o % ${g.kw}u;
-  let ky = (o / ${g.kw}u) % ${g.kh}u;
-  let c = o / ${g.kw * g.kh}u;`,
-    term: `let ox = r % ${g.wo}u;
-    let oy = (r / ${g.wo}u) % ${g.ho}u;
-    let n = r / ${g.wo * g.ho}u;
-    let iy = i32(oy * ${g.stride}u + ky) - ${g.ph};
-    let ix = i32(ox * ${g.stride}u + kx) - ${g.pw};
-    if (iy >= 0 && iy < ${g.h} && ix >= 0 && ix < ${g.w}) {
-      let nc = n * ${g.c}u + c;
-      acc += gy[nc * ${g.ho * g.wo}u + oy * ${g.wo}u + ox] *
-        x[nc * ${g.h * g.w}u + u32(iy) * ${g.w}u + u32(ix)];
-    }`,
-  })
-);
