@@ -56,7 +56,7 @@ import {
 import { type DepthwiseShape, transposedShape } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
 import { ceilDiv, memoize } from "./kernel.ts";
-import { type CandidateOptions, type PlanJob, planner } from "./planner.ts";
+import { type CandidateOptions, distinctCandidates, type PlanJob, planner } from "./planner.ts";
 import { Tensor } from "./tensor.ts";
 
 export type { ConvConfig, DepthwiseShape, FilterConfig, ForwardConfig, WeightGradConfig };
@@ -361,13 +361,15 @@ export function defaultFilterConfig(s: DepthwiseShape): FilterConfig {
 /** Direct candidates that a software adapter compiles in seconds: the heuristic and one variation. */
 function softwareForward(s: DepthwiseShape): ForwardConfig[] {
   const d = defaultForwardConfig(s);
-  return dedupe([d, { ...d, globalWeights: !d.globalWeights }].filter((c) => forwardFits(s, c)));
+  return distinctCandidates(
+    [d, { ...d, globalWeights: !d.globalWeights }].filter((c) => forwardFits(s, c)),
+  );
 }
 
 function softwareFilter(s: DepthwiseShape): FilterConfig[] {
   const d = defaultFilterConfig(s);
   const other = fitFilter(s, { ...d, planesPerGroup: Math.max(1, d.planesPerGroup >> 1) });
-  return dedupe([d, other].filter((c) => filterFits(s, c)));
+  return distinctCandidates([d, other].filter((c) => filterFits(s, c)));
 }
 
 /** Forward/input-gradient candidates: the heuristic first, then variations of one knob each. */
@@ -389,7 +391,7 @@ function forwardCandidates(s: DepthwiseShape, { software, max }: CandidateOption
     ...(s.kw > 48 ? [{ kc: 48 }, { kc: 24 }] : []),
   ];
   const out = [d, ...variants.map((v) => fitForward(s, { ...base, ...v }))];
-  const direct = dedupe(out.filter((c) => forwardFits(s, c))).slice(0, max ?? 8);
+  const direct = distinctCandidates(out.filter((c) => forwardFits(s, c))).slice(0, max ?? 8);
   return [...direct, ...fftCandidates(s)];
 }
 
@@ -413,18 +415,8 @@ function filterCandidates(
     { tbh: 8, u: 16 },
   ];
   const out = [d, ...variants.map((v) => fitFilter(s, { ...base, ...v }))];
-  const direct = dedupe(out.filter((c) => filterFits(s, c))).slice(0, max ?? 8);
+  const direct = distinctCandidates(out.filter((c) => filterFits(s, c))).slice(0, max ?? 8);
   return [...direct, ...fftCandidates(s)];
-}
-
-function dedupe<T>(list: T[]): T[] {
-  const seen = new Set<string>();
-  return list.filter((c) => {
-    const k = JSON.stringify(c);
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
 }
 
 /** Random inputs of one shape: x, w and gy, disposed together. */

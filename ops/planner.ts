@@ -41,6 +41,26 @@ export interface CandidateOptions {
   max?: number;
 }
 
+/**
+ * The candidates without repeats (equal by their JSON), first occurrence
+ * kept: a job's variants of its heuristic often fit back onto one config.
+ *
+ * @example
+ * ```ts
+ * import { distinctCandidates } from "./planner.ts";
+ * console.log(distinctCandidates([{ tile: 4 }, { tile: 8 }, { tile: 4 }])); // [{ tile: 4 }, { tile: 8 }]
+ * ```
+ */
+export function distinctCandidates<C>(list: C[]): C[] {
+  const seen = new Set<string>();
+  return list.filter((c) => {
+    const k = JSON.stringify(c);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+}
+
 /** The work of one key, run on inputs of its own. */
 export interface PlanBench<C> {
   /** Record the work under `choice`; returns the outputs to compare (the caller disposes them). */

@@ -72,7 +72,7 @@ import {
   plainDepthwiseForward,
 } from "./depthwise_plain.ts";
 import { depthwiseShapeKey } from "./depthwise_plan.ts";
-import { type CandidateOptions, type PlanJob, planner } from "./planner.ts";
+import { type CandidateOptions, distinctCandidates, type PlanJob, planner } from "./planner.ts";
 import {
   type DepthwiseShape,
   transposedShape,
@@ -1367,20 +1367,10 @@ export function depthwiseMaybeSparse(
 
 // ---------------------------------------------------------------- tuning
 
-function dedupe<T>(list: T[]): T[] {
-  const seen = new Set<string>();
-  return list.filter((c) => {
-    const k = JSON.stringify(c);
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
-}
-
 function forwardCandidates(v: VShape, { software, max }: CandidateOptions): SparseForwardConfig[] {
   const d = defaultFwd(v);
   // A software adapter: the heuristic and the same without the look-ahead loads (small kernels).
-  if (software) return dedupe([d, { ...d, pre: !d.pre }].filter((c) => fwdFits(v, c)));
+  if (software) return distinctCandidates([d, { ...d, pre: !d.pre }].filter((c) => fwdFits(v, c)));
   // First the earlier winner and its variants with the look-ahead loads (pre), set-bit loops (lz),
   // staged coalesced stores (so) and whole-image-height tiles (maxTU 64); then the older ones.
   const variants = [
@@ -1405,7 +1395,9 @@ function forwardCandidates(v: VShape, { software, max }: CandidateOptions): Spar
     { bu: 8, bv: 8, pre: true, so: true },
     { bu: 2, bv: 8, threads: 256, pre: true, lz: true, so: true },
   ];
-  const all = dedupe([d, ...variants.map((x) => fitFwd(v, x))].filter((c) => fwdFits(v, c)));
+  const all = distinctCandidates(
+    [d, ...variants.map((x) => fitFwd(v, x))].filter((c) => fwdFits(v, c)),
+  );
   return all.slice(0, max ?? 8);
 }
 
@@ -1414,7 +1406,7 @@ function filterCandidates(v: VShape, { software, max }: CandidateOptions): Spars
   if (software) {
     // The heuristic and the same tiles with half as many planes per group (more partial sums).
     const half = fitFlt(v, { bu: 2, bv: 4, ck: 2, lanes: 4, threads: 8, planesPerGroup: 2 });
-    return dedupe([d, half].filter((c) => fltFits(v, c)));
+    return distinctCandidates([d, half].filter((c) => fltFits(v, c)));
   }
   // The earlier winner, then split accumulators (acc: `acc` FMA chains per tap), then the older ones.
   const variants = [
@@ -1435,7 +1427,9 @@ function filterCandidates(v: VShape, { software, max }: CandidateOptions): Spars
     { bu: 4, bv: 4, ck: 4, threads: 64 },
     { bu: 4, bv: 8, ck: 2, planesPerGroup: 16 },
   ];
-  const all = dedupe([d, ...variants.map((x) => fitFlt(v, x))].filter((c) => fltFits(v, c)));
+  const all = distinctCandidates(
+    [d, ...variants.map((x) => fitFlt(v, x))].filter((c) => fltFits(v, c)),
+  );
   return all.slice(0, max ?? 8);
 }
 

@@ -25,14 +25,12 @@ import { Rng } from "../../ops/tensor.ts";
 import type { Batch, BatchOptions, Dataset, Shard } from "./types.ts";
 import {
   allocBatch,
+  assembledBatches,
   batchesPerEpochOf,
   bilinearTaps,
   checkSplit,
   CIFAR10_MEAN,
   CIFAR10_STD,
-  deferred,
-  epochPlan,
-  prefetch,
 } from "./transforms.ts";
 
 /** Bytes per record: label + 3×32×32 pixels. */
@@ -253,11 +251,11 @@ export class Cifar10Dataset implements Dataset {
 
   batches(split: "train" | "val", opts: BatchOptions): AsyncIterable<Batch> {
     checkSplit(split);
-    const plan = epochPlan(this.#splits[split].labels.length, opts);
-    // In-memory bytes: assembly is synchronous, built one macrotask ahead (see `deferred`).
-    const make = (b: number, signal: AbortSignal) =>
-      deferred(() => this.#batch(split, plan.batches[b], plan.augmentSeeds), signal);
-    return prefetch(plan.batches.length, make, 1);
+    return assembledBatches(
+      this.#splits[split].labels.length,
+      opts,
+      (indices, augmentSeed) => this.#batch(split, indices, augmentSeed),
+    );
   }
 
   #batch(

@@ -62,13 +62,11 @@ import { Rng } from "../../ops/tensor.ts";
 import type { Batch, BatchOptions, Dataset, Shard } from "./types.ts";
 import {
   allocBatch,
+  assembledBatches,
   batchesPerEpochOf,
   checkSplit,
-  deferred,
-  epochPlan,
   IMAGENET_MEAN,
   IMAGENET_STD,
-  prefetch,
   seedOf,
 } from "./transforms.ts";
 
@@ -452,12 +450,11 @@ export class ProceduralDataset implements Dataset {
 
   batches(split: "train" | "val", opts: BatchOptions): AsyncIterable<Batch> {
     checkSplit(split);
-    const plan = epochPlan(split === "train" ? this.trainSize : this.valSize, opts);
-    // Drawing is synchronous: the next batch is built one macrotask ahead,
-    // so it fills the time the trainer spends waiting on GPU read-backs.
-    const make = (b: number, signal: AbortSignal) =>
-      deferred(() => this.#batch(split, plan.batches[b], plan.augmentSeeds), signal);
-    return prefetch(plan.batches.length, make, 1);
+    return assembledBatches(
+      split === "train" ? this.trainSize : this.valSize,
+      opts,
+      (indices, augmentSeed) => this.#batch(split, indices, augmentSeed),
+    );
   }
 
   batchesPerEpoch(

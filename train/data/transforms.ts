@@ -421,6 +421,37 @@ export function deferred<T>(f: () => T, signal: AbortSignal): Promise<T | null> 
 }
 
 /**
+ * One pass over `n` samples whose batches are assembled synchronously
+ * (in-memory or drawn images): the pass's order ({@linkcode epochPlan}),
+ * and each batch built by `build` one macrotask ahead of the consumer, so
+ * that assembly fills the time the trainer waits on GPU read-backs
+ * ({@linkcode deferred}).
+ *
+ * @example
+ * ```ts
+ * import { allocBatch, assembledBatches } from "./transforms.ts";
+ * const build = (indices: Int32Array) => {
+ *   const b = allocBatch(indices.length, 2);
+ *   b.labels.set(indices);
+ *   return b;
+ * };
+ * for await (const b of assembledBatches(5, { batchSize: 2, train: false, epoch: 0, seed: 0 }, build)) {
+ *   console.log(b.labels); // Int32Array [0, 1], then [2, 3], then [4]
+ * }
+ * ```
+ */
+export function assembledBatches(
+  n: number,
+  opts: BatchOptions,
+  build: (indices: Int32Array, augmentSeed: ((index: number) => number) | null) => Batch,
+): AsyncIterable<Batch> {
+  const plan = epochPlan(n, opts);
+  const make = (b: number, signal: AbortSignal) =>
+    deferred(() => build(plan.batches[b], plan.augmentSeeds), signal);
+  return prefetch(plan.batches.length, make, 1);
+}
+
+/**
  * Checks a split name (a one-line error for typos from untyped callers).
  *
  * @example
