@@ -5,8 +5,6 @@
  * re-parameterisation (`mergeKernels`) leaving eval-mode outputs unchanged.
  */
 import assert from "node:assert/strict";
-import { backward } from "../ops/autograd.ts";
-import { mul, sum } from "../ops/elementwise.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { BatchNorm2d, Meta, traceFlops } from "../models/layers.ts";
 import { type Param, seedInit } from "../models/module.ts";
@@ -21,7 +19,7 @@ import {
   type RepLKNetConfig,
   replknetTable5,
 } from "../models/replknet.ts";
-import { randomArray, relError, setup } from "./harness.ts";
+import { checkClassifierStep, randomArray, relError, setup } from "./harness.ts";
 
 /** MACs by recorded kind at side², plus fvcore's `adaptive_avg_pool2d` (one per input element). */
 function macsByKind(model: RepLKNet, side: number): Record<string, number> {
@@ -263,36 +261,12 @@ Deno.test("replknet_cpu: forward and backward on the GPU", async () => {
   await setup();
   seedInit(11);
   const model = replknet({ ...REPLKNET_PRESETS.replknet_cpu, numClasses: 5, dropPath: 0.1 });
-  const x = Tensor.from(Float32Array.from(randomArray(2 * 3 * 32 * 32, 12)), [2, 3, 32, 32]);
-  const gy = Tensor.from(Float32Array.from(randomArray(2 * 5, 13)), [2, 5]);
-  const started = performance.now();
-  const { logits, features } = await scope(async () => {
-    const logits = model.forward(x);
-    const features = model.forwardFeatures(x);
-    assert.deepEqual(logits.shape, [2, 5]);
-    assert.deepEqual(features.shape, [2, 32, 1, 1]);
-    const got = { logits: await logits.read(), features: await features.read() };
-    backward(sum(mul(logits, gy)));
-    return got;
-  });
-  assert.ok(logits.every(Number.isFinite) && features.every(Number.isFinite));
-  for (const [k, p] of model.namedParameters()) {
-    const g = p.tensor.grad;
-    assert.ok(g, `${k} has no gradient`);
-    assert.ok((await g.read()).every(Number.isFinite), `${k}: non-finite gradient`);
-  }
+  await checkClassifierStep("replknet_cpu", model, { classes: 5, features: [2, 32, 1, 1] }, 12);
   const stem = await model.stem.items[0].conv.weight.tensor.grad!.read();
   assert.ok(stem.some((v) => v !== 0), "the gradient reaches the stem");
   const lk = model.stages.items[0].blocks.items[0] as RepLKBlock;
   const small = await lk.largeKernel.smallConv!.conv.weight.tensor.grad!.read();
   assert.ok(small.some((v) => v !== 0), "the gradient reaches the 5×5 branch");
-  console.log(
-    `replknet_cpu: forward + features + backward at [2,3,32,32] in ${
-      (performance.now() - started).toFixed(0)
-    } ms (incl. kernel compiles)`,
-  );
-  x.dispose();
-  gy.dispose();
   model.dispose();
 });
 

@@ -10,7 +10,7 @@ import { scope, Tensor } from "../ops/tensor.ts";
 import { Meta, traceFlops } from "../models/layers.ts";
 import { seedInit } from "../models/module.ts";
 import { GlobalAvgPool, type ResNet, resnet, RESNET_PRESETS } from "../models/resnet.ts";
-import { randomArray, setup } from "./harness.ts";
+import { checkClassifierStep, randomArray, setup } from "./harness.ts";
 
 /** MACs at 224² by recorded kind; the pool as fvcore counts it even where layers.ts cannot record it. */
 function macsByKind(model: ResNet): Record<string, number> {
@@ -126,34 +126,9 @@ Deno.test("resnet_cpu: forward and backward on the GPU", async () => {
   await setup();
   seedInit(3);
   const model = resnet({ ...RESNET_PRESETS.resnet_cpu, numClasses: 5 });
-  const x = Tensor.from(Float32Array.from(randomArray(2 * 3 * 32 * 32, 5)), [2, 3, 32, 32]);
-  const gy = Tensor.from(Float32Array.from(randomArray(2 * 5, 6)), [2, 5]);
-  const started = performance.now();
-  const { logits, features } = await scope(async () => {
-    const logits = model.forward(x);
-    const features = model.forwardFeatures(x);
-    assert.deepEqual(logits.shape, [2, 5]);
-    assert.deepEqual(features.shape, [2, 256, 1, 1]);
-    const got = { logits: await logits.read(), features: await features.read() };
-    backward(sum(mul(logits, gy)));
-    return got;
-  });
-  assert.ok(logits.every(Number.isFinite) && features.every(Number.isFinite));
-  for (const [k, p] of model.namedParameters()) {
-    const g = p.tensor.grad;
-    assert.ok(g, `${k} has no gradient`);
-    const values = await g.read();
-    assert.ok(values.every(Number.isFinite), `${k}: non-finite gradient`);
-  }
+  await checkClassifierStep("resnet_cpu", model, { classes: 5, features: [2, 256, 1, 1] }, 5);
   const stem = await model.conv1.weight.tensor.grad!.read();
   assert.ok(stem.some((v) => v !== 0), "the gradient reaches the stem");
-  console.log(
-    `resnet_cpu: forward + features + backward at [2,3,32,32] in ${
-      (performance.now() - started).toFixed(0)
-    } ms (incl. kernel compiles)`,
-  );
-  x.dispose();
-  gy.dispose();
   model.dispose();
 });
 
