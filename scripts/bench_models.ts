@@ -56,6 +56,7 @@ import {
   formatTable,
   joinAnchor,
   MODEL_JOIN,
+  type ModelAnchorOptions,
   modelAnchorRuns,
   runAnchor,
 } from "./pytorch_anchor.ts";
@@ -295,18 +296,7 @@ const SIDE_BY_SIDE: Record<string, string> = {
  */
 async function runModelAnchors(
   specs: { name: string; kernels?: number[] }[],
-  o: {
-    batch: number;
-    size: number;
-    classes: number;
-    steps: number;
-    warmup: number;
-    passes: string[];
-    officialDir?: string;
-    slakPy?: string;
-    replknetPy?: string;
-    python: string;
-  },
+  o: ModelAnchorOptions & { officialDir?: string; python: string },
 ): Promise<{ rows: CsvRow[]; comments: string[] }> {
   const dir = o.officialDir?.replace(/\/+$/, "");
   const files = {
@@ -480,12 +470,7 @@ async function main(): Promise<void> {
       console.error(`${name}@${ks}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
       continue;
     } finally {
-      for (const [, p] of model.namedEntries()) {
-        if (p.materialised) {
-          p.tensor.grad?.dispose();
-          p.tensor.dispose();
-        }
-      }
+      model.dispose(); // every materialised parameter and buffer, with its gradient
       trimPool();
     }
     const ips = (ms: number | null) => (ms ? Number((batch / (ms / 1e3)).toFixed(2)) : "");

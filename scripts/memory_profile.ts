@@ -275,12 +275,7 @@ async function main(): Promise<void> {
         created: r.created,
       });
     } finally {
-      for (const [, p] of model.namedEntries()) {
-        if (p.materialised) {
-          p.tensor.grad?.dispose();
-          p.tensor.dispose();
-        }
-      }
+      model.dispose(); // every materialised parameter and buffer, with its gradient
       trimPool();
     }
     await writeFileAtomic(`${out}/memory_profile.csv`, toCsv(rows));

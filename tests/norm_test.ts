@@ -11,17 +11,19 @@ await setup();
 // workgroup (256), so the strided accumulation before the workgroup reduction is exercised.
 const BN_SHAPE = [2, 3, 5, 9];
 const C = BN_SHAPE[1];
+/** x, weight, bias, running mean and running variance (the last two without gradients). */
+const BN_INPUTS = [
+  { shape: BN_SHAPE, low: -2, high: 3 },
+  { shape: [C], low: 0.5, high: 1.5 },
+  { shape: [C] },
+  { shape: [C], grad: false },
+  { shape: [C], low: 0.5, high: 2, grad: false },
+];
 
 Deno.test("batchNorm2d training: forward and grads of x, weight, bias against CPU", async () => {
   await checkOp({
     name: "batchNorm2d[train]",
-    inputs: [
-      { shape: BN_SHAPE, low: -2, high: 3 },
-      { shape: [C], low: 0.5, high: 1.5 },
-      { shape: [C] },
-      { shape: [C], grad: false },
-      { shape: [C], low: 0.5, high: 2, grad: false },
-    ],
+    inputs: BN_INPUTS,
     gpu: (x, w, b, rm, rv) => batchNorm2d(x, w, b, rm, rv, { training: true }),
     cpu: (x, w, b) => batchNorm2dRef(x, w, b, BN_SHAPE, 1e-5),
   });
@@ -30,13 +32,7 @@ Deno.test("batchNorm2d training: forward and grads of x, weight, bias against CP
 Deno.test("batchNorm2d eval: forward and grads use the running statistics", async () => {
   await checkOp({
     name: "batchNorm2d[eval]",
-    inputs: [
-      { shape: BN_SHAPE, low: -2, high: 3 },
-      { shape: [C], low: 0.5, high: 1.5 },
-      { shape: [C] },
-      { shape: [C], grad: false },
-      { shape: [C], low: 0.5, high: 2, grad: false },
-    ],
+    inputs: BN_INPUTS,
     gpu: (x, w, b, rm, rv) => batchNorm2d(x, w, b, rm, rv, { training: false }),
     cpu: (x, w, b, rm, rv) => batchNorm2dRef(x, w, b, BN_SHAPE, 1e-5, { mean: rm, variance: rv }),
   });
