@@ -131,16 +131,14 @@ function batchStats(
 }
 
 /**
- * The kernel of {@linkcode batchStats}; this and the other batch-norm
- * generators are cached, since a step launches each once per layer, every
- * step, and building the source cost more CPU than recording the dispatch.
+ * WGSL statements of a per-channel workgroup (`perChannelMain`) that leave
+ * channel `c`'s mean in `m` and its centred sum of squares in `sq`, two-pass
+ * (the mean first, then squares of the deviations: no cancellation).
  */
-const batchStatsSource = memoize((l: Layout, eps: number, momentum: number) => {
+function channelMoments(l: Layout): string {
   const n = positions(l);
   const element = `x[${positionBase(l, "p")} + c * ${l.inner}u]`;
-  return `${storage("x", "mean!", "rstd!", "runMean!", "runVar!")}
-${perChannelMain(l)}
-  var s = 0.0;
+  return `  var s = 0.0;
   for (var p = lid; p < ${n}u; p += ${RWG}u) { s += ${element}; }
   let m = reduce2(lid, vec2f(s, 0.0)).x / ${f32(n)};
   var q = 0.0;
@@ -148,7 +146,19 @@ ${perChannelMain(l)}
     let d = ${element} - m;
     q += d * d;
   }
-  let sq = reduce2(lid, vec2f(q, 0.0)).x;
+  let sq = reduce2(lid, vec2f(q, 0.0)).x;`;
+}
+
+/**
+ * The kernel of {@linkcode batchStats}; this and the other batch-norm
+ * generators are cached, since a step launches each once per layer, every
+ * step, and building the source cost more CPU than recording the dispatch.
+ */
+const batchStatsSource = memoize((l: Layout, eps: number, momentum: number) => {
+  const n = positions(l);
+  return `${storage("x", "mean!", "rstd!", "runMean!", "runVar!")}
+${perChannelMain(l)}
+${channelMoments(l)}
   if (lid == 0u) {
     mean[c] = m;
     rstd[c] = 1.0 / sqrt(sq / ${f32(n)} + ${f32(eps)});
@@ -164,20 +174,10 @@ ${perChannelMain(l)}
  * as {@linkcode batchStats}, into one tensor `[mean (C), M2 (C)]`.
  */
 function localMoments(x: Tensor, l: Layout): Tensor {
-  const n = positions(l);
   const out = Tensor.empty([2 * l.channels]);
-  const element = `x[${positionBase(l, "p")} + c * ${l.inner}u]`;
   const code = `${storage("x", "out!")}
 ${perChannelMain(l)}
-  var s = 0.0;
-  for (var p = lid; p < ${n}u; p += ${RWG}u) { s += ${element}; }
-  let m = reduce2(lid, vec2f(s, 0.0)).x / ${f32(n)};
-  var q = 0.0;
-  for (var p = lid; p < ${n}u; p += ${RWG}u) {
-    let d = ${element} - m;
-    q += d * d;
-  }
-  let sq = reduce2(lid, vec2f(q, 0.0)).x;
+${channelMoments(l)}
   if (lid == 0u) {
     out[c] = m;
     out[${l.channels}u + c] = sq;
