@@ -4,6 +4,7 @@
  * LayerScale on and off, and the fused GEMM store through the split
  * inner-dimension epilogue too.
  */
+import assert from "node:assert/strict";
 import { dropPath } from "../ops/drop_path.ts";
 import { add, gelu, mul } from "../ops/elementwise.ts";
 import {
@@ -13,6 +14,8 @@ import {
   layerScaleResidual,
   linearGelu,
 } from "../ops/fused.ts";
+import { geluLinearResidual } from "../ops/fused_residual.ts";
+import { setGemmImpl } from "../ops/gemm_plan.ts";
 import { layerNorm } from "../ops/norm.ts";
 import { planner } from "../ops/planner.ts";
 import { linear } from "../ops/matmul.ts";
@@ -104,5 +107,105 @@ Deno.test("layerNormToChannelsLast equals layerNorm(permute(x, [0, 2, 3, 1]))", 
       (x, w, b) => layerNormToChannelsLast(x, w, b, 1e-6),
       (x, w, b) => layerNorm(permute(x, [0, 2, 3, 1]), w, b, { eps: 1e-6 }),
     );
+  }
+});
+
+/** CPU `x + s[b] · γ[c] · (gelu(h) · Wᵀ + bias)[b, p, c]` written NCHW. */
+function blockEndRef(
+  [n, c, hw, f]: number[],
+  x: Float64Array,
+  h: Float64Array,
+  w: Float64Array,
+  b: Float64Array | null,
+  gamma: Float64Array | null,
+  scales: Float32Array | null,
+): Float64Array {
+  const z = linearRef(h.map((v) => 0.5 * v * (1 + erf(v / Math.SQRT2))), w, b, f, c);
+  const out = Float64Array.from(x);
+  for (let bi = 0; bi < n; bi++) {
+    for (let ch = 0; ch < c; ch++) {
+      for (let p = 0; p < hw; p++) {
+        const scale = (gamma ? gamma[ch] : 1) * (scales ? scales[bi] : 1);
+        out[(bi * c + ch) * hw + p] += scale * z[(bi * hw + p) * c + ch];
+      }
+    }
+  }
+  return out;
+}
+
+Deno.test("geluLinearResidual: CPU reference, finite differences, and the unfused chain", async () => {
+  // [N, C, H, W, F]; H·W = 4 gives the vec4 loads of the gradient, 3 the scalar ones.
+  for (const [n, c, hh, ww, f] of [[2, 5, 1, 3, 7], [3, 4, 2, 2, 8]]) {
+    const hw = hh * ww;
+    for (
+      const [prob, withGamma, withBias] of [[0.5, true, true], [0, false, true], [
+        0.4,
+        true,
+        false,
+      ]] as const
+    ) {
+      // Seed 1 drops sample 0 and keeps the others (at these sizes and rates).
+      const scales = prob > 0 ? dropPathScales(n, prob, 1) : null;
+      if (scales) assert.ok(scales[0] === 0 && scales[1] > 1, `draw ${scales}`);
+      const name =
+        `geluLinearResidual [${n},${c},${hh},${ww}]·${f} p=${prob} γ=${withGamma} b=${withBias}`;
+      const shapes = [
+        [n, c, hh, ww],
+        [n, hh, ww, f],
+        [c, f],
+        ...(withBias ? [[c]] : []),
+        ...(withGamma ? [[c]] : []),
+      ];
+      const split = (xs: Tensor[]) => {
+        const [x, h, w] = xs;
+        const b = withBias ? xs[3] : null;
+        const g = withGamma ? xs[withBias ? 4 : 3] : null;
+        return { x, h, w, b, g };
+      };
+      await checkOp({
+        name,
+        inputs: shapes.map((shape, i) => ({
+          shape,
+          low: i === 1 ? -3 : -1,
+          high: i === 1 ? 3 : 1,
+        })),
+        gpu: (...xs) => {
+          const { x, h, w, b, g } = split(xs);
+          return geluLinearResidual(x, h, w, b, g, scales);
+        },
+        cpu: (...xs) => {
+          const [x, h, w] = xs;
+          const b = withBias ? xs[3] : null;
+          const g = withGamma ? xs[withBias ? 4 : 3] : null;
+          return blockEndRef([n, c, hw, f], x, h, w, b, g, scales);
+        },
+        gradTol: 2e-3,
+      });
+      const unfused = (...xs: Tensor[]) => {
+        const { x, h, w, b, g } = split(xs);
+        const z = b ? geluLinear(h, w, b) : linear(gelu(h), w, null);
+        return layerScaleResidual(x, z, g, scales);
+      };
+      const fused = (...xs: Tensor[]) => {
+        const { x, h, w, b, g } = split(xs);
+        return geluLinearResidual(x, h, w, b, g, scales);
+      };
+      await compare(name, shapes, fused, unfused);
+      const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
+      planner().force("gemm", { ...fast, interior: true });
+      try {
+        await compare(`${name} split vec`, shapes, fused, unfused);
+      } finally {
+        planner().force("gemm", null);
+      }
+      // The fallback under the plain kernels against the tiled unfused chain.
+      const want = await forwardAndGrads(shapes, unfused, 3);
+      setGemmImpl("simple");
+      try {
+        assertSameOutputs(`${name} simple`, await forwardAndGrads(shapes, fused, 3), want, 2e-5);
+      } finally {
+        setGemmImpl("tiled");
+      }
+    }
   }
 });
