@@ -20,8 +20,11 @@ import { layerNorm } from "../ops/norm.ts";
 import { planner } from "../ops/planner.ts";
 import { linear } from "../ops/matmul.ts";
 import { permute } from "../ops/shape.ts";
-import type { Tensor } from "../ops/tensor.ts";
-import { assertSameOutputs, checkOp, forwardAndGrads, setup } from "./harness.ts";
+import { scope, Tensor } from "../ops/tensor.ts";
+import { backward } from "../ops/autograd.ts";
+import { Block, depthwiseMixer } from "../models/convnext.ts";
+import { setForwardSeed } from "../models/layers.ts";
+import { assertSameOutputs, checkOp, forwardAndGrads, randomArray, setup } from "./harness.ts";
 import { erf, linearRef } from "./reference.ts";
 
 await setup();
@@ -208,4 +211,34 @@ Deno.test("geluLinearResidual: CPU reference, finite differences, and the unfuse
       }
     }
   }
+});
+
+Deno.test("ConvNeXt block: the fused tensor path equals the unfused chain, drop path drawing the same samples", async () => {
+  const dim = 8;
+  const block = new Block(dim, depthwiseMixer([7])(dim, 0), "dwconv", 0.5, 0.3);
+  const params = [...block.namedParameters()].map(([, p]) => p.tensor);
+  const xs = Float32Array.from(randomArray(4 * dim * 5 * 5, 8));
+  const x = Tensor.from(xs, [4, dim, 5, 5]);
+  x.requiresGrad = true;
+  const run = (f: () => Tensor) =>
+    scope(async () => {
+      for (const t of [x, ...params]) t.grad = null;
+      setForwardSeed(21);
+      const y = f();
+      backward(y, Tensor.from(Float32Array.from(randomArray(y.size, 9)), y.shape));
+      return [await y.read(), ...await Promise.all([x, ...params].map((t) => t.grad!.read()))];
+    });
+  const unfused = () => {
+    const y = permute(block.mixer.forward(x), [0, 2, 3, 1]);
+    const z = block.pwconv2.forward(gelu(block.pwconv1.forward(block.norm.forward(y))));
+    return add(x, block.dropPath.forward(permute(mul(z, block.gamma!.tensor), [0, 3, 1, 2])));
+  };
+  const want = await run(unfused);
+  // Seed 21 drops some of the 4 samples and keeps others: the comparison covers both.
+  const per = dim * 25;
+  const dropped = [0, 1, 2, 3].map((b) =>
+    want[0].slice(b * per, (b + 1) * per).every((v, i) => v === xs[b * per + i])
+  );
+  assert.ok(dropped.some((d) => d) && dropped.some((d) => !d), `dropped ${dropped}`);
+  assertSameOutputs("ConvNeXt block", await run(() => block.forward(x)), want, 2e-5);
 });
