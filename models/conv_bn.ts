@@ -3,10 +3,16 @@
  * chains them (SLaK's and RepLKNet's conv-BN branches, ResNet's bottlenecks
  * and stem). In training the two run as they are; in evaluation the batch
  * norm is folded into the convolution (`foldBatchNorm` in `ops/fold_bn.ts`:
- * new weights and bias, computed on the GPU from the current parameters at
- * every evaluation forward, one small kernel over the weights) and one conv
- * runs in place of the conv, the statistics kernel and the normalising pass
- * over its output.
+ * new weights and bias computed on the GPU from the current parameters, one
+ * small kernel over the weights) and one conv runs in place of the conv, the
+ * statistics kernel and the normalising pass over its output.
+ *
+ * The fold is recomputed at every evaluation forward: weights change in
+ * place without the module knowing (the optimiser, the EMA copy, which stays
+ * in evaluation mode while its weights move every step), so a cached fold
+ * could be stale. Reading and writing the weights costs less than reading
+ * and writing the output only while the weights are the smaller of the two;
+ * where they are not (a late stage at batch 1) the batch norm runs unfused.
  *
  * @example
  * ```ts
@@ -19,14 +25,15 @@
  * @module
  */
 import { foldBatchNorm } from "../ops/fold_bn.ts";
-import type { Tensor } from "../ops/tensor.ts";
+import { numel, type Tensor } from "../ops/tensor.ts";
 import { type BatchNorm2d, type Conv2d, pipe } from "./layers.ts";
 import { Meta, type Value } from "./value.ts";
 
 /**
- * `bn.forward(conv.forward(x))`; when `bn` is in evaluation mode and `x` a
- * tensor, one convolution with the batch norm folded in (equal within
- * float rounding, and differentiable in the same parameters).
+ * `bn.forward(conv.forward(x))`; when `bn` is in evaluation mode, `x` a
+ * tensor and the conv's weights no larger than its output, one convolution
+ * with the batch norm folded in (equal within float rounding, and
+ * differentiable in the same parameters).
  *
  * @example
  * ```ts
@@ -44,7 +51,8 @@ import { Meta, type Value } from "./value.ts";
  * ```
  */
 export function convBatchNorm<V extends Value>(conv: Conv2d, bn: BatchNorm2d, x: V): V {
-  if (x instanceof Meta || bn.training) {
+  const outSize = numel(conv.outShape(x.shape));
+  if (x instanceof Meta || bn.training || conv.weight.size > outSize) {
     return pipe(x, (v) => conv.forward(v), (v) => bn.forward(v));
   }
   if (bn.channels !== conv.outChannels) {

@@ -9,6 +9,7 @@ import { conv2d } from "../ops/conv.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
 import { add, relu } from "../ops/elementwise.ts";
 import { foldBatchNorm } from "../ops/fold_bn.ts";
+import { gpu } from "../ops/gpu.ts";
 import { batchNorm2d } from "../ops/norm.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { convBatchNorm } from "../models/conv_bn.ts";
@@ -140,9 +141,9 @@ Deno.test("conv-BN modules in eval: folded forward equals the unfused chain with
     (v) => slak.forward(v),
     (v) => unfused(slak.conv, slak.bn, v),
   ]);
-  const rep = new RepLKConvBN(8, 6, 3, { stride: 2, relu: true });
+  const rep = new RepLKConvBN(8, 6, 3, { relu: true });
   cases.push([
-    "RepLKConvBN 3×3 s2",
+    "RepLKConvBN 3×3",
     rep,
     (v) => rep.forward(v),
     (v) => relu(unfused(rep.conv, rep.bn, v)),
@@ -167,10 +168,28 @@ Deno.test("conv-BN modules in eval: folded forward equals the unfused chain with
   for (const [i, [name, module, run, chain]] of cases.entries()) {
     randomiseBatchNorms(module, 100 * i);
     module.eval();
+    const d0 = gpu().dispatches;
     const got = await run(x).read();
+    const d1 = gpu().dispatches;
     const want = await chain(x).read();
+    // Folded: one fold and one conv per pair where the unfused chain runs conv, stats and BN.
+    assert.ok(d1 - d0 < gpu().dispatches - d1, `${name}: ${d1 - d0} dispatches folded`);
     const err = relError(got, want);
     console.log(`op-error ${name} forward=${err.toExponential(2)}`);
     assert.ok(err <= 1e-5, `${name}: ${err}`);
   }
+});
+
+Deno.test("convBatchNorm: weights larger than the output leave the batch norm unfused", async () => {
+  const conv = new Conv2d(16, 16, 3);
+  const bn = new BatchNorm2d(16);
+  randomiseBatchNorms(bn, 7);
+  bn.eval();
+  const x = Tensor.from(Float32Array.from(randomArray(16 * 4, 2)), [1, 16, 2, 2]); // 2304 weights, 64 outputs
+  const d0 = gpu().dispatches;
+  const got = await convBatchNorm(conv, bn, x).read();
+  const d1 = gpu().dispatches;
+  const want = await bn.forward(conv.forward(x)).read();
+  assert.equal(d1 - d0, gpu().dispatches - d1);
+  assert.deepEqual(got, want);
 });
