@@ -32,7 +32,7 @@ import {
   type Value,
 } from "./layers.ts";
 import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
-import { layerNormToChannelsLast } from "../ops/fused.ts";
+import { layerNormLinear } from "../ops/fused_layernorm.ts";
 import { geluLinearResidual } from "../ops/fused_residual.ts";
 import { Tensor } from "../ops/tensor.ts";
 
@@ -143,10 +143,10 @@ export class Block extends Module {
   }
 
   /**
-   * The same on a tensor with fused kernels: permute + LayerNorm, then the first product, then
-   * one product that applies the GELU as it loads its input and LayerScale, drop path, the
-   * permute back and the residual add as it stores (neither the GELU's output nor the branch is
-   * ever stored).
+   * The same on a tensor in two products: the first normalises (permute + LayerNorm) as it
+   * loads the mixer's NCHW output, the second applies the GELU as it loads its input and
+   * LayerScale, drop path, the permute back and the residual add as it stores. Neither the
+   * normalised activation, nor the GELU's output, nor the branch is ever stored.
    */
   #fused(x: Tensor): Tensor {
     const n = this.norm;
@@ -155,8 +155,15 @@ export class Block extends Module {
     const h = pipe(
       x,
       (v) => this.mixer.forward(v),
-      (v) => layerNormToChannelsLast(v, n.weight.tensor, n.bias.tensor, n.eps),
-      (v) => p1.forward(v),
+      (v) =>
+        layerNormLinear(
+          v,
+          n.weight.tensor,
+          n.bias.tensor,
+          p1.weight.tensor,
+          p1.bias?.tensor ?? null,
+          n.eps,
+        ),
     );
     const out = geluLinearResidual(
       x,

@@ -15,6 +15,7 @@ import {
   linearGelu,
 } from "../ops/fused.ts";
 import { geluLinearResidual } from "../ops/fused_residual.ts";
+import { layerNormLinear } from "../ops/fused_layernorm.ts";
 import { setGemmImpl } from "../ops/gemm_plan.ts";
 import { layerNorm } from "../ops/norm.ts";
 import { planner } from "../ops/planner.ts";
@@ -25,7 +26,7 @@ import { backward } from "../ops/autograd.ts";
 import { Block, depthwiseMixer } from "../models/convnext.ts";
 import { setForwardSeed } from "../models/layers.ts";
 import { assertSameOutputs, checkOp, forwardAndGrads, randomArray, setup } from "./harness.ts";
-import { erf, linearRef } from "./reference.ts";
+import { erf, layerNormRef, linearRef, permuteRef } from "./reference.ts";
 
 await setup();
 
@@ -241,4 +242,49 @@ Deno.test("ConvNeXt block: the fused tensor path equals the unfused chain, drop 
   );
   assert.ok(dropped.some((d) => d) && dropped.some((d) => !d), `dropped ${dropped}`);
   assertSameOutputs("ConvNeXt block", await run(() => block.forward(x)), want, 2e-5);
+});
+
+Deno.test("layerNormLinear: CPU reference, finite differences, and the unfused chain", async () => {
+  // [N, C, H, W, out]: C = 8 gives vec4 weight loads, 5 scalar ones.
+  for (const [n, c, hh, ww, outF] of [[2, 5, 3, 1, 7], [1, 8, 2, 3, 12]]) {
+    for (const withBias of [true, false]) {
+      const name = `layerNormLinear [${n},${c},${hh},${ww}]→${outF} b=${withBias}`;
+      const shapes = [[n, c, hh, ww], [c], [c], [outF, c], ...(withBias ? [[outF]] : [])];
+      const eps = 1e-6;
+      await checkOp({
+        name,
+        inputs: shapes.map((shape, i) => ({
+          shape,
+          low: i === 1 ? 0.5 : -1,
+          high: i === 1 ? 1.5 : 1,
+        })),
+        gpu: (x, lw, lb, w, b) => layerNormLinear(x, lw, lb, w, b ?? null, eps),
+        cpu: (x, lw, lb, w, b) => {
+          const normed = layerNormRef(x, lw, lb, n, c, hh * ww, eps);
+          const nhwc = permuteRef(normed, [n, c, hh, ww], [0, 2, 3, 1]);
+          return linearRef(nhwc, w, b ?? null, c, outF);
+        },
+        gradTol: 2e-3,
+      });
+      const fused = (x: Tensor, lw: Tensor, lb: Tensor, w: Tensor, b?: Tensor) =>
+        layerNormLinear(x, lw, lb, w, b ?? null, eps);
+      const unfused = (x: Tensor, lw: Tensor, lb: Tensor, w: Tensor, b?: Tensor) =>
+        linear(layerNormToChannelsLast(x, lw, lb, eps), w, b ?? null);
+      await compare(name, shapes, fused, unfused);
+      const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
+      planner().force("gemm", { ...fast, interior: true });
+      try {
+        await compare(`${name} split vec`, shapes, fused, unfused);
+      } finally {
+        planner().force("gemm", null);
+      }
+      const want = await forwardAndGrads(shapes, unfused, 3);
+      setGemmImpl("simple");
+      try {
+        assertSameOutputs(`${name} simple`, await forwardAndGrads(shapes, fused, 3), want, 2e-5);
+      } finally {
+        setGemmImpl("tiled");
+      }
+    }
+  }
 });
