@@ -12,7 +12,7 @@
  * @example
  * ```ts
  * import { initGpu } from "./gpu.ts";
- * import { Tensor } from "./tensor.ts";
+ * import { grid1d, Tensor } from "./tensor.ts";
  * import { geluLinearResidual } from "./fused_residual.ts";
  * await initGpu();
  * const x = Tensor.zeros([1, 2, 1, 1]); // NCHW residual
@@ -28,9 +28,9 @@ import { ERF_WGSL, gelu } from "./elementwise.ts";
 import { geluLinear, layerScaleResidual } from "./fused.ts";
 import { columnReduce, gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
-import { flatMain, launch, storage } from "./kernel.ts";
+import { launch, storage } from "./kernel.ts";
 import { linear } from "./matmul.ts";
-import { Tensor } from "./tensor.ts";
+import { grid1d, Tensor } from "./tensor.ts";
 
 const GELU = "0.5 * hv * (1.0 + erf_f32(hv * 0.70710678118654752))";
 const GELU_GRAD =
@@ -49,7 +49,7 @@ const GELU_GRAD =
  * @example
  * ```ts
  * import { initGpu } from "./gpu.ts";
- * import { Tensor } from "./tensor.ts";
+ * import { grid1d, Tensor } from "./tensor.ts";
  * import { geluLinearResidual } from "./fused_residual.ts";
  * await initGpu();
  * const x = Tensor.ones([2, 1, 1, 1]);
@@ -186,14 +186,29 @@ export function geluLinearResidual(
     if (!sg) return [g.view(x.shape), gh, gw, ...(sb ? [gsum] : [])];
     const gb = Tensor.empty([c]);
     const gg = Tensor.empty([c]);
+    // One workgroup per channel sums its row of W ⊙ P: neighbouring lanes read neighbouring
+    // columns, then a tree in workgroup memory.
     const finish = `${storage("wp", "gsum", "gamma", ...(sb ? ["b"] : []), "gb!", "gg!")}
-${flatMain(c)}
+var<workgroup> part: array<f32, 64>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let ch = wid.x + wid.y * nwg.x;
+  if (ch >= ${c}u) { return; }
   var acc = 0.0;
-  for (var f = 0u; f < ${inF}u; f++) { acc += wp[i * ${inF}u + f]; }
-  gg[i] = acc${sb ? " + b[i] * gsum[i]" : ""};
-  gb[i] = gamma[i] * gsum[i];
+  for (var f = li; f < ${inF}u; f += 64u) { acc += wp[ch * ${inF}u + f]; }
+  part[li] = acc;
+  workgroupBarrier();
+  for (var half = 32u; half > 0u; half >>= 1u) {
+    if (li < half) { part[li] += part[li + half]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) {
+    gg[ch] = part[0]${sb ? " + b[ch] * gsum[ch]" : ""};
+    gb[ch] = gamma[ch] * gsum[ch];
+  }
 }`;
-    launch(finish, [wp!, gsum, sg, ...(sb ? [sb] : []), gb, gg], c);
+    launch(finish, [wp!, gsum, sg, ...(sb ? [sb] : []), gb, gg], grid1d(c, 1));
     wp!.dispose();
     gsum.dispose();
     if (!sb) gb.dispose();

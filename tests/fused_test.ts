@@ -138,8 +138,9 @@ function blockEndRef(
 }
 
 Deno.test("geluLinearResidual: CPU reference, finite differences, and the unfused chain", async () => {
-  // [N, C, H, W, F]; H·W = 4 gives the vec4 loads of the gradient, 3 the scalar ones.
-  for (const [n, c, hh, ww, f] of [[2, 5, 1, 3, 7], [3, 4, 2, 2, 8]]) {
+  // [N, C, H, W, F]; H·W = 4 gives the vec4 loads of the gradient, 3 the scalar ones; F = 70
+  // spans more than one pass of the γ gradient's 64-lane row sums.
+  for (const [n, c, hh, ww, f] of [[2, 5, 1, 3, 7], [3, 4, 2, 2, 8], [2, 3, 2, 2, 70]]) {
     const hw = hh * ww;
     for (
       const [prob, withGamma, withBias] of [[0.5, true, true], [0, false, true], [
