@@ -22,7 +22,7 @@ import { planner } from "../ops/planner.ts";
 import { linear } from "../ops/matmul.ts";
 import { permute } from "../ops/shape.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
-import { backward } from "../ops/autograd.ts";
+import { backward, savedBytes } from "../ops/autograd.ts";
 import { Block, depthwiseMixer } from "../models/convnext.ts";
 import { setForwardSeed } from "../models/layers.ts";
 import { assertSameOutputs, checkOp, forwardAndGrads, randomArray, setup } from "./harness.ts";
@@ -227,9 +227,11 @@ Deno.test("ConvNeXt block: the fused tensor path equals the unfused chain, drop 
       for (const t of [x, ...params]) t.grad = null;
       setForwardSeed(21);
       const y = f();
+      saved.push(savedBytes([x, ...params]));
       backward(y, Tensor.from(Float32Array.from(randomArray(y.size, 9)), y.shape));
       return [await y.read(), ...await Promise.all([x, ...params].map((t) => t.grad!.read()))];
     });
+  const saved: number[] = [];
   const unfused = () => {
     const y = permute(block.mixer.forward(x), [0, 2, 3, 1]);
     const z = block.pwconv2.forward(gelu(block.pwconv1.forward(block.norm.forward(y))));
@@ -243,6 +245,10 @@ Deno.test("ConvNeXt block: the fused tensor path equals the unfused chain, drop 
   );
   assert.ok(dropped.some((d) => d) && dropped.some((d) => !d), `dropped ${dropped}`);
   assertSameOutputs("ConvNeXt block", await run(() => block.forward(x)), want, 2e-5);
+  // The unfused chain also keeps the normalised activation (1 activation's width), gelu(h) (4)
+  // and the branch before LayerScale (1) for its backward; the fused path none of them.
+  const activation = 4 * x.size;
+  assert.equal(saved[0] - saved[1], 6 * activation, `saved ${saved[1]} vs unfused ${saved[0]}`);
 });
 
 Deno.test("layerNormLinear: CPU reference, finite differences, and the unfused chain", async () => {
