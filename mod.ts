@@ -27,6 +27,9 @@ export * from "./ops/planner.ts";
 export * from "./ops/plan_cache.ts";
 export * from "./ops/timing.ts";
 export * from "./ops/fused.ts";
+export * from "./ops/fused_residual.ts";
+export * from "./ops/fused_layernorm.ts";
+export * from "./ops/fold_bn.ts";
 export * from "./ops/norm.ts";
 export * from "./ops/pool.ts";
 export * from "./ops/shape.ts";
@@ -56,6 +59,7 @@ export {
   type Value,
 } from "./models/layers.ts";
 export * as layers from "./models/layers.ts";
+export * from "./models/conv_bn.ts";
 export * from "./models/convnext.ts";
 export * from "./models/slak.ts";
 export * from "./models/safetensors.ts";

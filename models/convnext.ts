@@ -32,7 +32,8 @@ import {
   type Value,
 } from "./layers.ts";
 import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
-import { geluLinear, layerNormToChannelsLast, layerScaleResidual } from "../ops/fused.ts";
+import { layerNormLinear } from "../ops/fused_layernorm.ts";
+import { geluLinearResidual } from "../ops/fused_residual.ts";
 import { Tensor } from "../ops/tensor.ts";
 
 /** Builds the spatial mixer (a module mapping [N,C,H,W] to [N,C,H,W]) of a block of width `dim` in stage `stage` (0–3). */
@@ -142,28 +143,37 @@ export class Block extends Module {
   }
 
   /**
-   * The same on a tensor with fused kernels: permute + LayerNorm, GELU + linear (the GELU's
-   * output never stored), and LayerScale + drop path + residual (+ permute back).
+   * The same on a tensor in two products: the first normalises (permute + LayerNorm) as it
+   * loads the mixer's NCHW output, the second applies the GELU as it loads its input and
+   * LayerScale, drop path, the permute back and the residual add as it stores. Neither the
+   * normalised activation, nor the GELU's output, nor the branch is ever stored.
    */
   #fused(x: Tensor): Tensor {
     const n = this.norm;
     const p1 = this.pwconv1;
     const p2 = this.pwconv2;
-    const z = pipe(
+    const h = pipe(
       x,
       (v) => this.mixer.forward(v),
-      (v) => layerNormToChannelsLast(v, n.weight.tensor, n.bias.tensor, n.eps),
-      (v) => p1.forward(v),
-      // GELU inside the second product: only its input is kept for the backward.
-      (v) => p2.bias ? geluLinear(v, p2.weight.tensor, p2.bias.tensor) : p2.forward(gelu(v)),
+      (v) =>
+        layerNormLinear(
+          v,
+          n.weight.tensor,
+          n.bias.tensor,
+          p1.weight.tensor,
+          p1.bias?.tensor ?? null,
+          n.eps,
+        ),
     );
-    const out = layerScaleResidual(
+    const out = geluLinearResidual(
       x,
-      z,
+      h,
+      p2.weight.tensor,
+      p2.bias?.tensor ?? null,
       this.gamma?.tensor ?? null,
       this.dropPath.scales(x.shape[0]),
     );
-    drop(z, out);
+    drop(h, out);
     return out;
   }
 }

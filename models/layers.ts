@@ -297,19 +297,25 @@ export class Conv2d extends Module {
       });
       return out as V;
     }
-    const t = x as Tensor;
-    const bias = this.bias?.tensor ?? null;
+    return this.convolve(x as Tensor, this.weight.tensor, this.bias?.tensor ?? null) as V;
+  }
+
+  /**
+   * This layer's convolution of `x` with other weights `[out, in/groups, KH, KW]` and bias
+   * (e.g. with a batch norm folded in), on the kernels `forward` would use.
+   */
+  convolve(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
     if (this.isDepthwise && (this.stride === 1 || this.stride === 2)) {
       const opts = { stride: this.stride as 1 | 2, padding: this.padding };
-      return (this.sparsePlan
-        ? depthwiseMaybeSparse(t, this.weight.tensor, this.sparsePlan, bias, opts)
-        : depthwiseConv2d(t, this.weight.tensor, bias, opts)) as V;
+      return this.sparsePlan
+        ? depthwiseMaybeSparse(x, weight, this.sparsePlan, bias, opts)
+        : depthwiseConv2d(x, weight, bias, opts);
     }
-    return conv2d(t, this.weight.tensor, bias, {
+    return conv2d(x, weight, bias, {
       stride: this.stride,
       padding: this.padding,
       groups: this.groups,
-    }) as V;
+    });
   }
 }
 

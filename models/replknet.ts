@@ -34,6 +34,7 @@
  * ```
  * @module
  */
+import { convBatchNorm } from "./conv_bn.ts";
 import {
   Activation,
   add,
@@ -182,7 +183,8 @@ export class RepLKConvBN extends Module {
 
   forward<V extends Value>(x: V): V {
     const nonlinear = this.nonlinear;
-    const steps = [(v: V) => this.conv.forward(v), (v: V) => this.bn.forward(v)];
+    // In evaluation the BN is folded into the conv: one conv instead of conv + BN.
+    const steps = [(v: V) => convBatchNorm(this.conv, this.bn, v)];
     if (nonlinear) steps.push((v) => nonlinear.forward(v));
     return pipe(x, ...steps);
   }

@@ -39,6 +39,7 @@ import {
   type Value,
 } from "./layers.ts";
 import { type Classifier, type Init, Module } from "./module.ts";
+import { convBatchNorm } from "./conv_bn.ts";
 
 /** Configuration of a Bottleneck ResNet. */
 export interface ResNetConfig {
@@ -144,16 +145,14 @@ export class Bottleneck extends Module {
   forward<V extends Value>(x: V): V {
     const y = pipe(
       x,
-      (v) => this.conv1.forward(v),
-      (v) => this.bn1.forward(v),
+      (v) => convBatchNorm(this.conv1, this.bn1, v),
       (v) => relu(v),
-      (v) => this.conv2.forward(v),
-      (v) => this.bn2.forward(v),
+      (v) => convBatchNorm(this.conv2, this.bn2, v),
       (v) => relu(v),
-      (v) => this.conv3.forward(v),
-      (v) => this.bn3.forward(v),
+      (v) => convBatchNorm(this.conv3, this.bn3, v),
     );
-    const identity = this.downsample ? this.downsample.forward(x) : x;
+    const ds = this.downsample?.layers as [Conv2d, BatchNorm2d] | undefined;
+    const identity = ds ? convBatchNorm(ds[0], ds[1], x) : x;
     const sum = add(y, identity);
     drop(y, sum);
     if (identity !== x) drop(identity, sum);
@@ -224,8 +223,7 @@ export class ResNet extends Module implements Classifier {
   forwardFeatures<V extends Value>(x: V): V {
     return pipe(
       x,
-      (v) => this.conv1.forward(v),
-      (v) => this.bn1.forward(v),
+      (v) => convBatchNorm(this.conv1, this.bn1, v),
       (v) => relu(v),
       (v) => this.maxpool.forward(v),
       ...this.stages.map((stage) => (v: V) => stage.forward(v)),

@@ -20,7 +20,8 @@
  * ```
  * @module
  */
-import { add, BatchNorm2d, Conv2d, drop, pipe, type Value } from "./layers.ts";
+import { add, BatchNorm2d, Conv2d, drop, type Value } from "./layers.ts";
+import { convBatchNorm } from "./conv_bn.ts";
 import { ConvNeXt, type ConvNeXtConfig } from "./convnext.ts";
 import { Module } from "./module.ts";
 import { Tensor } from "../ops/tensor.ts";
@@ -65,7 +66,8 @@ export class ConvBN extends Module {
     this.bn = this.child("bn", new BatchNorm2d(channels));
   }
   forward<V extends Value>(x: V): V {
-    return pipe(x, (v) => this.conv.forward(v), (v) => this.bn.forward(v));
+    // In evaluation the BN is folded into the conv: one conv instead of conv + BN.
+    return convBatchNorm(this.conv, this.bn, x);
   }
 
   /** The conv kernel with this BN folded in (eval-mode): [C,1,KH,KW] weights and a bias [C]. */

@@ -369,41 +369,78 @@ ${flatMain(positions)}
   }
 }`;
   launch(code, [x, weight, bias, y, mean, rstd], positions);
-  record("layerNormToChannelsLast", [x, weight, bias], y, [x, weight, mean, rstd], (g, sv) => {
-    const [sx, sw, sm, sr] = sv;
-    const gx = Tensor.empty(x.shape);
-    const gxCode = `${storage("g", "x", "w", "mean", "rstd", "gx!")}
-${flatMain(positions)}
-  ${at}
-  let m = mean[i];
-  let r = rstd[i];
-  var acc = vec2f(0.0);
-  for (var k = 0u; k < ${c}u; k++) {
-    let gh = g[i * ${c}u + k] * w[k];
-    acc += vec2f(gh, gh * (x[xb + k * ${hw}u] - m) * r);
-  }
-  let avg = acc / ${f32(c)};
-  for (var k = 0u; k < ${c}u; k++) {
-    let e = xb + k * ${hw}u;
-    gx[e] = r * (g[i * ${c}u + k] * w[k] - avg.x - (x[e] - m) * r * avg.y);
-  }
-}`;
-    launch(gxCode, [g, sx, sw, sm, sr, gx], positions);
-    // Weight and bias gradients: per channel c, sums over the positions r.
-    const gw = Tensor.empty([c]);
-    const gb = Tensor.empty([c]);
-    columnReduce({
-      rows: positions,
-      cols: c,
-      inputs: { g, x: sx, mean: sm, rstd: sr },
-      term: `g[r * ${c}u + c] * (x[(r / ${hw}u) * ${
-        c * hw
-      }u + c * ${hw}u + r % ${hw}u] - mean[r]) * rstd[r]`,
-    }, gw);
-    columnReduce({ rows: positions, cols: c, inputs: { g }, term: `g[r * ${c}u + c]` }, gb);
-    return [gx, gw, gb];
-  });
+  record(
+    "layerNormToChannelsLast",
+    [x, weight, bias],
+    y,
+    [x, weight, mean, rstd],
+    (g, [sx, sw, sm, sr]) => layerNormToChannelsLastGrads(g, sx, sw, sm, sr),
+  );
   mean.dispose();
   rstd.dispose();
   return y;
+}
+
+/**
+ * The gradients of {@linkcode layerNormToChannelsLast} from the gradient `g`
+ * of its channels-last output `[N, H, W, C]`: `[gx, gWeight, gBias]`, `gx`
+ * NCHW like `x`; `mean` and `rstd` are the per-pixel statistics `[N·H·W]`
+ * the forward computed. For fused ops that normalise the same way.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { layerNormToChannelsLastGrads } from "./fused.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 3], [1, 2, 1, 1]);
+ * const [mean, rstd] = [Tensor.from([2]), Tensor.from([1])];
+ * const g = Tensor.from([1, 1], [1, 1, 1, 2]);
+ * const [gx, gw, gb] = layerNormToChannelsLastGrads(g, x, Tensor.ones([2]), mean, rstd);
+ * console.log(await gx.read(), await gw.read(), await gb.read()); // [0, 0] [-1, 1] [1, 1]
+ * ```
+ */
+export function layerNormToChannelsLastGrads(
+  g: Tensor,
+  x: Tensor,
+  weight: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+): [Tensor, Tensor, Tensor] {
+  const [n, c, hh, ww] = x.shape;
+  const hw = hh * ww;
+  const positions = n * hw;
+  const [sx, sw, sm, sr] = [x, weight, mean, rstd];
+  const at = `let xb = (i / ${hw}u) * ${c * hw}u + i % ${hw}u;`;
+  const gx = Tensor.empty(x.shape);
+  const gxCode = `${storage("g", "x", "w", "mean", "rstd", "gx!")}
+${flatMain(positions)}
+${at}
+let m = mean[i];
+let r = rstd[i];
+var acc = vec2f(0.0);
+for (var k = 0u; k < ${c}u; k++) {
+  let gh = g[i * ${c}u + k] * w[k];
+  acc += vec2f(gh, gh * (x[xb + k * ${hw}u] - m) * r);
+}
+let avg = acc / ${f32(c)};
+for (var k = 0u; k < ${c}u; k++) {
+  let e = xb + k * ${hw}u;
+  gx[e] = r * (g[i * ${c}u + k] * w[k] - avg.x - (x[e] - m) * r * avg.y);
+}
+}`;
+  launch(gxCode, [g, sx, sw, sm, sr, gx], positions);
+  // Weight and bias gradients: per channel c, sums over the positions r.
+  const gw = Tensor.empty([c]);
+  const gb = Tensor.empty([c]);
+  columnReduce({
+    rows: positions,
+    cols: c,
+    inputs: { g, x: sx, mean: sm, rstd: sr },
+    term: `g[r * ${c}u + c] * (x[(r / ${hw}u) * ${
+      c * hw
+    }u + c * ${hw}u + r % ${hw}u] - mean[r]) * rstd[r]`,
+  }, gw);
+  columnReduce({ rows: positions, cols: c, inputs: { g }, term: `g[r * ${c}u + c]` }, gb);
+  return [gx, gw, gb];
 }
