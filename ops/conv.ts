@@ -314,7 +314,10 @@ function channelsOfGroup(count: number): string {
  * console.log((await y.read())[5]); // 9: an inner pixel sees all 9 taps
  * ```
  */
-export const groupedConvForwardKernel = memoize((g: Conv2dGeometry, hasBias: boolean): string =>
+export const groupedConvForwardKernel: (g: Conv2dGeometry, hasBias: boolean) => string = memoize((
+  g: Conv2dGeometry,
+  hasBias: boolean,
+): string =>
   `${storage(...(hasBias ? ["x", "w", "b", "y!"] : ["x", "w", "y!"]))}
 ${flatMain(g.n * g.cout * g.ho * g.wo)}
   let ox = i % ${g.wo}u;
@@ -373,7 +376,9 @@ function conv2dBackwardInput(gy: Tensor, w: Tensor, g: Conv2dGeometry): Tensor {
  * console.log((await gx.read())[0]); // 4: a corner feeds 4 outputs
  * ```
  */
-export const groupedConvBackwardInputKernel = memoize((g: Conv2dGeometry): string =>
+export const groupedConvBackwardInputKernel: (g: Conv2dGeometry) => string = memoize((
+  g: Conv2dGeometry,
+): string =>
   `${storage("gy", "w", "gx!")}
 ${flatMain(g.n * g.cin * g.h * g.w)}
   let ix = i % ${g.w}u;
@@ -437,7 +442,9 @@ function conv2dBackwardWeight(gy: Tensor, x: Tensor, g: Conv2dGeometry): Tensor 
  * console.log((await gw.read())[4]); // 32: the centre tap sees every pixel of both images
  * ```
  */
-export const groupedConvBackwardWeightKernel = memoize((g: Conv2dGeometry): string =>
+export const groupedConvBackwardWeightKernel: (g: Conv2dGeometry) => string = memoize((
+  g: Conv2dGeometry,
+): string =>
   sumPerOutputKernel({
     buffers: ["gy", "x", "gw!"],
     count: g.cout * g.cinPerGroup * g.kh * g.kw,
