@@ -35,7 +35,7 @@
  */
 import { record } from "./autograd.ts";
 import { ERF_WGSL, gelu } from "./elementwise.ts";
-import { columnReduce, gemm } from "./gemm_kernel.ts";
+import { columnReduce, gemm, type GemmSpec } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
 import { biasGrad, linear, matmul } from "./matmul.ts";
@@ -146,18 +146,8 @@ export function geluLinear(h: Tensor, weight: Tensor, bias: Tensor): Tensor {
   const rows = h.size / inF;
   const y = Tensor.empty([...h.shape.slice(0, -1), outF]);
   gemm({
-    batch: 1,
-    m: rows,
-    n: outF,
-    k: inF,
-    inputs: { h, w: weight },
-    loadA: `let hv = h[m * ${inF}u + k]; return ${GELU};`,
-    aKFast: true,
-    loadB: `return w[n * ${inF}u + k];`,
-    bKFast: true,
-    ...(inF % 4 === 0 && { vecB: { input: "w", index: `n * ${inF}u + k` } }),
+    ...geluLoadedProduct(h, weight),
     outputs: { y, bias },
-    prelude: ERF_WGSL,
     store: `y[m * ${outF}u + n] = v + bias[n];`,
   });
   record("geluLinear", [h, weight, bias], y, [h, weight], (g, [sh, sw]) => {
@@ -353,14 +343,7 @@ export function layerNormToChannelsLast(
   const code = `${storage("x", "w", "b", "y!", "mean!", "rstd!")}
 ${flatMain(positions)}
   ${at}
-  var s = 0.0;
-  for (var k = 0u; k < ${c}u; k++) { s += x[xb + k * ${hw}u]; }
-  let m = s / ${f32(c)};
-  var q = 0.0;
-  for (var k = 0u; k < ${c}u; k++) {
-    let d = x[xb + k * ${hw}u] - m;
-    q += d * d;
-  }
+${pixelMoments(c, hw)}
   let r = 1.0 / sqrt(q / ${f32(c)} + ${f32(eps)});
   mean[i] = m;
   rstd[i] = r;
@@ -443,4 +426,62 @@ for (var k = 0u; k < ${c}u; k++) {
   }, gw);
   columnReduce({ rows: positions, cols: c, inputs: { g }, term: `g[r * ${c}u + c]` }, gb);
   return [gx, gw, gb];
+}
+
+/**
+ * The product `gelu(h) · wᵀ` as {@linkcode gemm} reads it: rows of `h`
+ * [..., K] with GELU applied as they load, against `weight` [N, K] (vec4
+ * loads of the weight when K allows). The caller adds `outputs` and the
+ * `store` (bias, LayerScale, residual, …).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { geluLoadedProduct } from "./fused.ts";
+ * await initGpu();
+ * const spec = geluLoadedProduct(Tensor.zeros([6, 8]), Tensor.zeros([3, 8]));
+ * console.log(spec.m, spec.n, spec.k); // 6 3 8
+ * ```
+ */
+export function geluLoadedProduct(
+  h: Tensor,
+  weight: Tensor,
+): Omit<GemmSpec, "outputs" | "store"> {
+  const [outF, inF] = weight.shape;
+  return {
+    batch: 1,
+    m: h.size / inF,
+    n: outF,
+    k: inF,
+    inputs: { h, w: weight },
+    loadA: `let hv = h[m * ${inF}u + k]; return ${GELU};`,
+    aKFast: true,
+    loadB: `return w[n * ${inF}u + k];`,
+    bKFast: true,
+    ...(inF % 4 === 0 && { vecB: { input: "w", index: `n * ${inF}u + k` } }),
+    prelude: ERF_WGSL,
+  };
+}
+
+/**
+ * WGSL statements that leave the mean of pixel `xb`'s `c` channels of an
+ * NCHW tensor `x` (channel k at `xb + k·hw`) in `m` and their centred sum of
+ * squares in `q`, two-pass (no cancellation).
+ *
+ * @example
+ * ```ts
+ * import { pixelMoments } from "./fused.ts";
+ * console.log(pixelMoments(4, 9).includes("let m = s / 4.0;")); // true
+ * ```
+ */
+export function pixelMoments(c: number, hw: number): string {
+  return `  var s = 0.0;
+  for (var k = 0u; k < ${c}u; k++) { s += x[xb + k * ${hw}u]; }
+  let m = s / ${f32(c)};
+  var q = 0.0;
+  for (var k = 0u; k < ${c}u; k++) {
+    let d = x[xb + k * ${hw}u] - m;
+    q += d * d;
+  }`;
 }

@@ -22,7 +22,7 @@
  * @module
  */
 import { record } from "./autograd.ts";
-import { layerNormToChannelsLast, layerNormToChannelsLastGrads } from "./fused.ts";
+import { layerNormToChannelsLast, layerNormToChannelsLastGrads, pixelMoments } from "./fused.ts";
 import { gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { flatMain, launch, storage } from "./kernel.ts";
@@ -86,14 +86,7 @@ export function layerNormLinear(
   const stats = `${storage("x", "mean!", "rstd!")}
 ${flatMain(rows)}
   let xb = (i / ${hw}u) * ${c * hw}u + i % ${hw}u;
-  var s = 0.0;
-  for (var k = 0u; k < ${c}u; k++) { s += x[xb + k * ${hw}u]; }
-  let m = s / ${f32(c)};
-  var q = 0.0;
-  for (var k = 0u; k < ${c}u; k++) {
-    let d = x[xb + k * ${hw}u] - m;
-    q += d * d;
-  }
+${pixelMoments(c, hw)}
   mean[i] = m;
   rstd[i] = 1.0 / sqrt(q / ${f32(c)} + ${f32(eps)});
 }`;

@@ -25,7 +25,7 @@
  */
 import { record } from "./autograd.ts";
 import { ERF_WGSL, gelu } from "./elementwise.ts";
-import { geluLinear, layerScaleResidual } from "./fused.ts";
+import { geluLinear, geluLoadedProduct, layerScaleResidual } from "./fused.ts";
 import { columnReduce, gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { launch, storage } from "./kernel.ts";
@@ -107,18 +107,8 @@ export function geluLinearResidual(
   const factor = [gamma ? "gamma[n]" : "", s ? `s[m / ${hw}u]` : ""].filter(Boolean).join(" * ");
   const out = Tensor.empty(x.shape);
   gemm({
-    batch: 1,
-    m: rows,
-    n: c,
-    k: inF,
-    inputs: { h, w: weight },
-    loadA: `let hv = h[m * ${inF}u + k]; return ${GELU};`,
-    aKFast: true,
-    loadB: `return w[n * ${inF}u + k];`,
-    bKFast: true,
-    ...(inF % 4 === 0 && { vecB: { input: "w", index: `n * ${inF}u + k` } }),
+    ...geluLoadedProduct(h, weight),
     outputs: { out, x, ...params },
-    prelude: ERF_WGSL,
     store: `let at = ${nchw("m", "n")}; out[at] = x[at] + ${factor || "1.0"} * (v${
       bias ? " + bias[n]" : ""
     });`,
