@@ -41,6 +41,34 @@ async function compare(
   assertSameOutputs(`fused ${name}`, got, want, 2e-5);
 }
 
+/**
+ * {@linkcode compare} under the planner's tiles, under forced split-K tiles
+ * with vec4 loads, double buffering and interior tiles, and under the plain
+ * kernels (the fused op's fallback) against the tiled unfused chain.
+ */
+async function compareEveryPath(
+  name: string,
+  shapes: number[][],
+  fused: (...xs: Tensor[]) => Tensor,
+  unfused: (...xs: Tensor[]) => Tensor,
+): Promise<void> {
+  await compare(name, shapes, fused, unfused);
+  const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
+  planner().force("gemm", { ...fast, interior: true });
+  try {
+    await compare(`${name} split vec`, shapes, fused, unfused);
+  } finally {
+    planner().force("gemm", null);
+  }
+  const want = await forwardAndGrads(shapes, unfused, 3);
+  setGemmImpl("simple");
+  try {
+    assertSameOutputs(`${name} simple`, await forwardAndGrads(shapes, fused, 3), want, 2e-5);
+  } finally {
+    setGemmImpl("tiled");
+  }
+}
+
 Deno.test("linearGelu equals gelu(linear(...)), also through the split epilogue", async () => {
   const shapes = [[2, 3, 5, 7], [13, 7], [13]];
   const fused = (x: Tensor, w: Tensor, b: Tensor) => linearGelu(x, w, b);
@@ -195,22 +223,7 @@ Deno.test("geluLinearResidual: CPU reference, finite differences, and the unfuse
         const { x, h, w, b, g } = split(xs);
         return geluLinearResidual(x, h, w, b, g, scales);
       };
-      await compare(name, shapes, fused, unfused);
-      const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
-      planner().force("gemm", { ...fast, interior: true });
-      try {
-        await compare(`${name} split vec`, shapes, fused, unfused);
-      } finally {
-        planner().force("gemm", null);
-      }
-      // The fallback under the plain kernels against the tiled unfused chain.
-      const want = await forwardAndGrads(shapes, unfused, 3);
-      setGemmImpl("simple");
-      try {
-        assertSameOutputs(`${name} simple`, await forwardAndGrads(shapes, fused, 3), want, 2e-5);
-      } finally {
-        setGemmImpl("tiled");
-      }
+      await compareEveryPath(name, shapes, fused, unfused);
     }
   }
 });
@@ -277,21 +290,7 @@ Deno.test("layerNormLinear: CPU reference, finite differences, and the unfused c
         layerNormLinear(x, lw, lb, w, b ?? null, eps);
       const unfused = (x: Tensor, lw: Tensor, lb: Tensor, w: Tensor, b?: Tensor) =>
         linear(layerNormToChannelsLast(x, lw, lb, eps), w, b ?? null);
-      await compare(name, shapes, fused, unfused);
-      const fast = { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4, splits: 2, vec: true, double: true };
-      planner().force("gemm", { ...fast, interior: true });
-      try {
-        await compare(`${name} split vec`, shapes, fused, unfused);
-      } finally {
-        planner().force("gemm", null);
-      }
-      const want = await forwardAndGrads(shapes, unfused, 3);
-      setGemmImpl("simple");
-      try {
-        assertSameOutputs(`${name} simple`, await forwardAndGrads(shapes, fused, 3), want, 2e-5);
-      } finally {
-        setGemmImpl("tiled");
-      }
+      await compareEveryPath(name, shapes, fused, unfused);
     }
   }
 });
