@@ -147,9 +147,12 @@ export class BufferPool<B extends PooledBuffer> {
   #free = new Map<number, B[]>();
   /** Size classes that have free buffers, ascending (best-fit search). */
   #classes: number[] = [];
-  /** When each free buffer was released (reclaiming takes the oldest first). */
-  #releasedAt = new Map<B, number>();
-  #tick = 0;
+  /**
+   * The free buffers in the order they were released, oldest first
+   * (reclaiming takes the oldest first): a buffer leaves the set when taken,
+   * so its insertion order is its release order.
+   */
+  #released = new Set<B>();
   /** Each buffer's number, in order of creation (see `#take`). */
   #numbers = new WeakMap<B, number>();
   policy: PoolPolicy;
@@ -196,7 +199,7 @@ export class BufferPool<B extends PooledBuffer> {
     if (!list) this.#free.set(size, list = []);
     if (list.length === 0) this.#classes.splice(this.#classIndex(size), 0, size);
     list.push(buffer);
-    this.#releasedAt.set(buffer, this.#tick++);
+    this.#released.add(buffer);
     this.freeBytes += size;
   }
 
@@ -217,7 +220,7 @@ export class BufferPool<B extends PooledBuffer> {
     for (const list of this.#free.values()) for (const b of list) this.#destroy(b);
     this.#free.clear();
     this.#classes = [];
-    this.#releasedAt.clear();
+    this.#released.clear();
     this.freeBytes = 0;
     this.peakInUseBytes = this.allocatedBytes;
     this.backend.flush();
@@ -253,7 +256,7 @@ export class BufferPool<B extends PooledBuffer> {
     list[best] = list[list.length - 1];
     list.pop();
     if (list!.length === 0) this.#classes.splice(this.#classIndex(size), 1);
-    this.#releasedAt.delete(hit);
+    this.#released.delete(hit);
     this.freeBytes -= size;
     return hit;
   }
@@ -274,15 +277,14 @@ export class BufferPool<B extends PooledBuffer> {
   /** Destroy free buffers, least recently released first, until `bytes` are returned. */
   #reclaim(bytes: number): void {
     if (bytes <= 0 || this.freeBytes === 0 || this.backend.destroysNow?.() === false) return;
-    const oldest = [...this.#releasedAt].sort((a, b) => a[1] - b[1]);
     let returned = 0;
-    for (const [buffer] of oldest) {
+    for (const buffer of this.#released) {
       if (returned >= bytes) break;
       if (buffer.size < this.policy.smallBytes) continue;
       const list = this.#free.get(buffer.size)!;
       list.splice(list.indexOf(buffer), 1);
       if (list.length === 0) this.#classes.splice(this.#classIndex(buffer.size), 1);
-      this.#releasedAt.delete(buffer);
+      this.#released.delete(buffer);
       this.freeBytes -= buffer.size;
       returned += buffer.size;
       this.#destroy(buffer);
