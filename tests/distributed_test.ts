@@ -459,7 +459,12 @@ Deno.test("gradient sync behind pending host steps: each bucket read where it wa
     sync.onGradReady(params[0]);
     assert.equal(gpu().hostStepsPending, true);
     await sync.finish();
-    assert.deepEqual(order, ["host 1", "host 2", "sum 3", "sum 2"]);
+    // The first bucket's sum may come before or after the second host step (its read-back and
+    // that step's read race in the drain); MPI order across ranks is the queue's job (test above).
+    // What must hold: the bucket is read after the first host step, and buckets sum in order.
+    assert.equal(order[0], "host 1", order.join(", "));
+    assert.deepEqual(order.filter((o) => o.startsWith("sum")), ["sum 3", "sum 2"]);
+    assert.deepEqual(order.filter((o) => o.startsWith("host")), ["host 1", "host 2"]);
     // The means are written after everything recorded before finish, the second host step too.
     assert.deepEqual([...await params[0].grad!.read()], [10, 20]);
     assert.deepEqual([...await params[1].grad!.read()], [60, 80, 100]);
