@@ -410,14 +410,39 @@ function legendSvg(series: readonly Series[], f: Frame, where: string): string {
   return out.join("\n");
 }
 
+/**
+ * Break `text` into lines of at most `max` characters at spaces (a word
+ * longer than `max` keeps a line of its own), so a long subtitle stays
+ * inside the figure instead of running off both edges.
+ *
+ * @example
+ * ```ts
+ * import { wrapLine } from "./plot.ts";
+ * console.log(wrapLine("a verdict; another verdict", 12)); // ["a verdict;", "another", "verdict"]
+ * ```
+ */
+export function wrapLine(text: string, max: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (const word of text.split(" ").filter((w) => w !== "")) {
+    if (line && line.length + 1 + word.length > max) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
 /** The chart as an SVG document (white background, sizes in pixels). */
 export function lineChartSvg(chart: Chart): string {
   const pw = chart.panelWidth ?? 460;
   const ph = chart.panelHeight ?? 340;
   const cols = Math.max(1, Math.min(chart.columns ?? chart.panels.length, chart.panels.length));
   const rows = Math.ceil(chart.panels.length / cols);
-  const head = (chart.title ? 30 : 6) + (chart.subtitle ? 18 : 0);
   const width = cols * pw;
+  const subtitle = chart.subtitle ? wrapLine(chart.subtitle, Math.floor((width - 40) / 6.6)) : [];
+  const head = (chart.title ? 30 : 6) + 18 * subtitle.length;
   const height = head + rows * ph;
   const out = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="${FONT}" fill="#222">`,
@@ -430,13 +455,13 @@ export function lineChartSvg(chart: Chart): string {
       }</text>`,
     );
   }
-  if (chart.subtitle) {
+  subtitle.forEach((line, i) => {
     out.push(
       `<text x="${width / 2}" y="${
-        chart.title ? 42 : 16
-      }" text-anchor="middle" font-size="12" fill="#555">${escapeXml(chart.subtitle)}</text>`,
+        (chart.title ? 42 : 16) + 18 * i
+      }" text-anchor="middle" font-size="12" fill="#555">${escapeXml(line)}</text>`,
     );
-  }
+  });
   chart.panels.forEach((p, i) => {
     const [c, r] = [i % cols, Math.floor(i / cols)];
     const frame = { left: c * pw + 70, top: head + r * ph + 30, width: pw - 90, height: ph - 80 };

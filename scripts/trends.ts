@@ -24,7 +24,7 @@
  *
  * ```sh
  * deno run -A scripts/trends.ts --quick          # every table on llvmpipe, a smoke run (~2 min)
- * deno run -A scripts/trends.ts --table 1        # one table at the default (GPU) size, ~5 min
+ * deno run -A scripts/trends.ts --table 1        # one table at the default (GPU) size, ~4–8 min
  * deno run -A scripts/trends.ts --data /data/imagenet100 --input-size 128 --epochs 5
  * ```
  *
@@ -43,7 +43,7 @@ import { seedInit } from "../models/module.ts";
 import type { Classifier } from "../models/module.ts";
 import { train } from "../train/trainer.ts";
 import { buildModel, presetConfig, type TrainConfig } from "../train/config.ts";
-import { loadCheckpoint } from "../train/checkpoint.ts";
+import { checkpointExists, loadCheckpoint } from "../train/checkpoint.ts";
 import { openDataset } from "../train/data/mod.ts";
 import type { Dataset } from "../train/data/types.ts";
 import { countModel, FLOPS_RULE, maskDensities } from "../analysis/flops.ts";
@@ -56,7 +56,7 @@ import {
   normalizeErf,
 } from "../analysis/erf.ts";
 import { meanCi } from "../analysis/stats.ts";
-import { type Cell, writeCsv } from "../analysis/csv.ts";
+import { type Cell, writeCsv, writeFileAtomic } from "../analysis/csv.ts";
 import { type Mark, PALETTE, type Panel, type Series, writeLineChart } from "../analysis/plot.ts";
 
 /** Everything a trends run is configured by (see `--help`). */
@@ -87,6 +87,8 @@ export interface TrendSettings {
   erfImages: number;
   /** Time the GPU kernels per model before training (as the trainer's `--tune-kernels`). */
   tune: boolean;
+  /** Train every run again instead of reusing finished runs found on disk. */
+  fresh: boolean;
   tables: number[];
   out: string;
 }
@@ -151,27 +153,13 @@ const QUICK = {
  * 12², which any kernel of 23 or more covers from every position, so 31 and
  * 51 can only tie in table 1.
  *
- * Fixed sizes, chosen so that each table takes about 4–6 minutes on one H200
- * by this estimate:
- *
- * - A step of these nets is bound by recording its dispatches, not by
- *   FLOPs: a training step of the 2×-wide SLaK is ~450 dispatches (counted on
- *   llvmpipe), ShiftwiseConv ~750; recording costs ~55 µs of CPU per dispatch
- *   (a ConvNeXt-T step, ~2000 dispatches, took 111 ms of CPU on the H100
- *   machine), so ~25 ms per step (ShiftwiseConv ~40 ms). The FLOPs are small
- *   beside that: the 51-49-47-13 net is 3.1 M MACs at 48², 6 × 3.1 M × 32
- *   = 0.6 GFLOP per step, under 1 ms at 1–2 TFLOP/s (the full 51×51 nets of
- *   table 2, 11 M MACs, ~2 ms).
- * - A run: 256 steps × 25 ms + drawing its 3072 images (0.25 ms each at 48²)
- *   + 4 evaluations and checkpoints ≈ 10 s (ShiftwiseConv ≈ 14 s).
- * - Each distinct model (family, width, kernels, sparsity) compiles its
- *   kernels once per process: 20–40 s, taken as 30 s.
- *
- * Table 1: 5 models × 30 s + 15 runs × 10 s ≈ 5.0 min; table 2: 3 × 30 s +
- * 15 runs × 11 s ≈ 4.3 min; table 3: 3 × 30 s + 15 runs × 10 s + 30 ERF pairs
- * ≈ 5.0 min; table 4: 6 × 30 s + 18 runs × 11 s ≈ 6.3 min; table 5: 2 × 30 s +
- * 8 × (10 + 14) s ≈ 4.2 min. Each table prints its wall time and writes it in
- * its CSV's header, so the estimate is checked by every run.
+ * Fixed sizes. Measured on one H100 machine with the five tables as five
+ * processes at once (the README's results): tables 1–5 took 4.4, 4.2, 4.4,
+ * 7.7 and 5.3 min. A step of these nets is bound by recording its
+ * dispatches, not by FLOPs (the 51-49-47-13 net is 3.1 M MACs at 48²; the
+ * GPU was 10–45% busy), so a run of the SLaK net takes 17–19 s, a sparse
+ * one 24–31 s, and each distinct model (family, width, kernels, sparsity)
+ * compiles its kernels once per process.
  */
 const FULL = {
   inputSize: 48,
@@ -231,6 +219,8 @@ Trains small models, several seeds each, and writes one CSV and one PNG per clai
                      tables 2–5 (default 7,13,31,51; quick 5,7,11,15: 32² images leave 8² maps)
   --small-kernel N   N of the decomposed M×N + N×M and the parallel N×N (default 5; quick 3)
   --tune             time the GPU kernels of each model before training (off: saves minutes)
+  --fresh            train every run again (default: a run whose folder holds its finished result
+                     for the same configuration is reused, so a stopped command resumes)
   --out DIR          output folder (default out/trends)
 `;
 
@@ -295,6 +285,7 @@ export function parseTrendArgs(args: string[]): TrendSettings & { steps?: number
       kernels: { type: "string" },
       "small-kernel": { type: "string" },
       tune: { type: "boolean" },
+      fresh: { type: "boolean" },
       out: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -345,6 +336,7 @@ export function parseTrendArgs(args: string[]): TrendSettings & { steps?: number
     smallKernel,
     grid: d.grid,
     tune: !!v.tune,
+    fresh: !!v.fresh,
     tables: [...new Set(tables)].sort(),
     out: (v.out ?? "out/trends").replace(/\/+$/, "") || "/",
     help: !!v.help,
@@ -510,15 +502,14 @@ export interface RunResult {
 const finished = new Map<string, RunResult>();
 
 /** The table being run: when it started, and what it trained, reused and compiled so far. */
-const clock = { started: 0, pipelines: 0, trained: 0, reused: 0 };
+const clock = { started: 0, pipelines: 0, trained: 0, reused: 0, onDisk: 0 };
 
 /** Wall time, runs and kernels of the table being run, as its CSV header and log print them. */
 function clockNote(): string {
   const seconds = (performance.now() - clock.started) / 1000;
   return `wall time: ${seconds.toFixed(0)} s for this table in this process (${clock.trained} ` +
-    `runs trained, ${clock.reused} reused from an earlier table, ${
-      gpu().pipelineCount - clock.pipelines
-    } kernels compiled)`;
+    `runs trained, ${clock.reused} reused from an earlier table, ${clock.onDisk} finished ` +
+    `before, read from disk, ${gpu().pipelineCount - clock.pipelines} kernels compiled)`;
 }
 
 /** Train one (model, seed) with the trainer's `train` and count the result's params and FLOPs. */
@@ -529,6 +520,13 @@ async function runOne(spec: ModelSpec, seed: number, s: TrendSettings): Promise<
   if (done) {
     clock.reused++;
     return done;
+  }
+  const saved = s.fresh ? null : await finishedRun(cfg);
+  if (saved) {
+    clock.onDisk++;
+    console.error(`# ${spec.label}, seed ${seed}: finished before, read from ${cfg.out}`);
+    finished.set(memoKey, saved);
+    return saved;
   }
   clock.trained++;
   console.error(`\n# ${spec.label}, seed ${seed} → ${cfg.out}`);
@@ -554,8 +552,59 @@ async function runOne(spec: ModelSpec, seed: number, s: TrendSettings): Promise<
     out: cfg.out,
   };
   console.error(`  top-1 ${r.top1.toFixed(2)}% in ${seconds.toFixed(1)} s`);
+  // Written last, after the checkpoint: its presence means the run finished.
+  await writeFileAtomic(
+    `${cfg.out}/${RUN_RESULT}`,
+    JSON.stringify({ config: cfg, result: r }, null, 1) + "\n",
+  );
   finished.set(memoKey, r);
   return r;
+}
+
+/** The file in a run's folder that records its configuration and result once it finished. */
+export const RUN_RESULT = "trend_run.json";
+
+/**
+ * The result a finished run left in its folder, if that run had exactly this
+ * configuration and its last checkpoint is still there (tables 3 and 4 read
+ * it); otherwise null. An unreadable result file is named in one warning and
+ * the run trains again, overwriting it.
+ *
+ * @example
+ * ```ts
+ * import { finishedRun, parseTrendArgs, trainConfigOf } from "./trends.ts";
+ * const s = parseTrendArgs(["--quick", "--out", "/nonexistent"]);
+ * const spec = { key: "k", label: "k", model: "slak_cpu", widthFactor: 1 };
+ * console.log(await finishedRun(trainConfigOf(spec, 0, s))); // null
+ * ```
+ */
+export async function finishedRun(cfg: TrainConfig): Promise<RunResult | null> {
+  const path = `${cfg.out}/${RUN_RESULT}`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+  let saved: { config?: unknown; result?: Partial<RunResult> };
+  try {
+    saved = JSON.parse(text);
+  } catch {
+    console.error(`warning: ${path}: not valid JSON; training this run again`);
+    return null;
+  }
+  const r = saved?.result;
+  const numbers = ["top1", "steps", "epochs", "params", "macs", "imagesPerSecond", "seconds"];
+  if (
+    !r || typeof r !== "object" || numbers.some((k) => typeof r[k as keyof RunResult] !== "number")
+  ) {
+    console.error(`warning: ${path}: no complete result in it; training this run again`);
+    return null;
+  }
+  if (JSON.stringify(saved.config) !== JSON.stringify(cfg)) return null;
+  if (!(await checkpointExists(`${cfg.out}/checkpoint-last`))) return null;
+  return { ...(r as RunResult), out: cfg.out };
 }
 
 /** A model's runs over every seed. */
@@ -667,16 +716,31 @@ function header(s: TrendSettings, claim: string, verdicts: Verdict[]): string[] 
   return r;
 }
 
-/** Mean line and dashed 95% interval lines of a set of rows over `x`. */
+/**
+ * The y axis of every top-1 panel: 0–100 with headroom above, so a model at
+ * 100% (or a reference line there) is drawn inside the frame, not on it.
+ */
+const TOP1_AXIS = {
+  yLabel: "val top-1 % (mean, 95% CI)",
+  yDomain: [0, 104] as [number, number],
+  yTicks: [0, 20, 40, 60, 80, 100],
+};
+
+/**
+ * Mean line and dashed 95% interval lines of a set of rows over `x`. The
+ * drawn interval is clipped to the possible 0–100%; the CSV keeps the
+ * Student-t bounds as computed.
+ */
 function meanCiSeries(name: string, x: number[], rows: ModelRuns[], color: string): Series[] {
   const c = rows.map((m) => meanCi(top1s(m)));
+  const clip = (v: number) => Math.min(100, Math.max(0, v));
   // The lower and upper bounds as one dashed series, broken between them by a NaN.
   return [
     { name, x, y: c.map((v) => v.mean), color, markers: true },
     {
       name: `${name}: 95% CI`,
       x: [...x, x[0], ...x],
-      y: [...c.map((v) => v.lo), NaN, ...c.map((v) => v.hi)],
+      y: [...c.map((v) => clip(v.lo)), NaN, ...c.map((v) => clip(v.hi))],
       color,
       dash: "4 3",
     },
@@ -699,7 +763,7 @@ function categoricalPanel(title: string, rows: ModelRuns[]): Panel {
   return {
     title,
     xLabel: "model (see labels)",
-    yLabel: "val top-1 % (mean, 95% CI)",
+    ...TOP1_AXIS,
     xTicks: x,
     xDomain: [-0.5, rows.length - 0.5],
     series: meanCiSeries("top-1", x, rows, PALETTE[0]),
@@ -742,11 +806,25 @@ async function writeTable(
   console.log(`  → ${stem}.csv, ${stem}.png`);
 }
 
+/**
+ * Which of table 1's kernels the largest is compared with: the smallest and,
+ * when there are more than two, the next largest (each comparison once).
+ *
+ * @example
+ * ```ts
+ * import { scalingComparisons } from "./trends.ts";
+ * console.log(scalingComparisons([7, 13, 31, 51]), scalingComparisons([7, 51])); // [0, 2] [0]
+ * ```
+ */
+export function scalingComparisons(kernels: readonly number[]): number[] {
+  return kernels.length > 2 ? [0, kernels.length - 2] : [0];
+}
+
 /** Table 1: kernel scaling, and a 3×3 ResNet of the 51 net's FLOPs. */
 async function kernelScaling(s: TrendSettings): Promise<void> {
   const ks = s.kernels;
   const n = s.smallKernel;
-  const nets = [];
+  const nets: ModelRuns[] = [];
   for (const k of ks) {
     const label = `K=${kname(k)} (M×${n}+${n}×M+${n}×${n})`;
     nets.push(await runSeeds(slakSpec(k, "decomposed", n, s.width, label), s));
@@ -755,8 +833,9 @@ async function kernelScaling(s: TrendSettings): Promise<void> {
   const resnetSpec = equalFlopsSpec("resnet_cpu", "ResNet 3×3", big.spec, s);
   const res = await runSeeds(resnetSpec, s);
   const verdicts = [
-    verdict(`${ks.at(-1)} > ${ks[0]}`, top1s(big), top1s(nets[0])),
-    verdict(`${ks.at(-1)} > ${ks.at(-2)}`, top1s(big), top1s(nets.at(-2)!)),
+    ...scalingComparisons(ks).map((i) =>
+      verdict(`${ks.at(-1)} > ${ks[i]}`, top1s(big), top1s(nets[i]))
+    ),
     verdict(`${ks.at(-1)} > ResNet 3×3 of equal FLOPs`, top1s(big), top1s(res)),
   ];
   const rc = meanCi(top1s(res));
@@ -770,7 +849,7 @@ async function kernelScaling(s: TrendSettings): Promise<void> {
     [{
       title: "val top-1 vs first-stage kernel",
       xLabel: "kernel size K (stages K…13)",
-      yLabel: "val top-1 % (mean, 95% CI)",
+      ...TOP1_AXIS,
       xTicks: ks,
       series: meanCiSeries("SLaK-style net", ks, nets, PALETTE[0]),
       lines: [{ y: rc.mean, label: `ResNet 3×3, equal FLOPs: ${rc.mean.toFixed(1)}%` }],
@@ -1005,13 +1084,13 @@ async function sparseWide(s: TrendSettings): Promise<void> {
     [{
       title: "val top-1 vs width (sparsity grows with width)",
       xLabel: "width factor (dense at 1.0)",
-      yLabel: "val top-1 % (mean, 95% CI)",
+      ...TOP1_AXIS,
       xTicks: xs,
       series: meanCiSeries(`SLaK ${kname(largeOf(s))}`, xs, all, PALETTE[0]),
       marks: all.map((m, i): Mark => ({
         x: xs[i],
         y: meanCi(top1s(m)).mean,
-        label: `${Math.round(m.runs[0].macs / 1e6)}M FLOPs`,
+        label: `${(m.runs[0].macs / 1e6).toFixed(1)}M FLOPs`,
         below: true,
       })),
       legend: "bottom-right",
@@ -1074,6 +1153,8 @@ const RUNNERS: Record<number, (s: TrendSettings) => Promise<void>> = {
  * ```
  */
 export async function runTrends(s: TrendSettings & { steps?: number }): Promise<void> {
+  // One command shares runs between its tables; an earlier command's runs come from disk.
+  finished.clear();
   await initGpu();
   const data = await openDataset({
     data: s.data,
@@ -1104,6 +1185,7 @@ export async function runTrends(s: TrendSettings & { steps?: number }): Promise<
       pipelines: gpu().pipelineCount,
       trained: 0,
       reused: 0,
+      onDisk: 0,
     });
     await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
   }

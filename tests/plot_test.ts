@@ -1,7 +1,14 @@
 /** Plots (SVG → PNG through sharp), CSV text and atomic writes; no GPU. */
 import assert from "node:assert/strict";
 import { appendLinesAtomic, parseCsv, toCsv, writeCsv, writeFileAtomic } from "../analysis/csv.ts";
-import { type Chart, lineChartSvg, niceTicks, svgToPng, writeLineChart } from "../analysis/plot.ts";
+import {
+  type Chart,
+  lineChartSvg,
+  niceTicks,
+  svgToPng,
+  wrapLine,
+  writeLineChart,
+} from "../analysis/plot.ts";
 
 const PNG_SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
@@ -56,6 +63,25 @@ Deno.test("plot: a two-panel line chart becomes a valid PNG of the SVG's size ×
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("plot: a long subtitle wraps at spaces onto lines that fit the figure", () => {
+  assert.deepEqual(wrapLine("one two three", 7), ["one two", "three"]);
+  assert.deepEqual(wrapLine("  spaced   words ", 80), ["spaced words"]);
+  assert.deepEqual(wrapLine("unbreakable-word x", 5), ["unbreakable-word", "x"]);
+  assert.deepEqual(wrapLine("", 10), []);
+  const words = Array.from({ length: 60 }, (_, i) => `verdict${i};`).join(" ");
+  const panel = { series: [{ name: "a", x: [0, 1], y: [0, 1] }] };
+  const short = lineChartSvg({ title: "t", subtitle: "short", panels: [panel] });
+  const long = lineChartSvg({ title: "t", subtitle: words, panels: [panel] });
+  const lines = [...long.matchAll(/<text [^>]*fill="#555">([^<]*)<\/text>/g)].map((m) => m[1]);
+  assert.ok(lines.length > 1, `${lines.length} subtitle lines`);
+  assert.equal(lines.join(" "), words);
+  const width = Number(long.match(/width="(\d+)"/)![1]);
+  for (const l of lines) assert.ok(l.length * 6.6 <= width - 40, l);
+  // The panels move down by the extra lines.
+  const height = (svg: string) => Number(svg.match(/height="(\d+)"/)![1]);
+  assert.equal(height(long) - height(short), 18 * (lines.length - 1));
 });
 
 Deno.test("plot: nice ticks cover the range with round steps", () => {

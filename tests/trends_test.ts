@@ -11,7 +11,9 @@ import {
   DEFAULT_SEEDS,
   type ModelSpec,
   parseTrendArgs,
+  RUN_RESULT,
   runTrends,
+  scalingComparisons,
   TABLES,
   verdict,
   widthForMacs,
@@ -57,6 +59,12 @@ Deno.test("stats: meanCi is mean ± t·s/√n, and no interval from one value", 
   assert.equal(one.mean, 5);
   assert.ok(Number.isNaN(one.half) && Number.isNaN(one.lo));
   assert.throws(() => meanCi([]), /no values/);
+});
+
+Deno.test("trends: table 1 compares the largest kernel with each other kernel once", () => {
+  assert.deepEqual(scalingComparisons([7, 13, 31, 51]), [0, 2]);
+  assert.deepEqual(scalingComparisons([7, 13, 51]), [0, 1]);
+  assert.deepEqual(scalingComparisons([7, 51]), [0]);
 });
 
 Deno.test("trends: verdicts compare per-seed differences", () => {
@@ -179,7 +187,7 @@ Deno.test({
   async fn() {
     const out = await Deno.makeTempDir({ prefix: "trends_test_" });
     try {
-      const s = parseTrendArgs([
+      const args = [
         "--quick",
         "--seeds",
         "2",
@@ -195,7 +203,8 @@ Deno.test({
         "2,3,4",
         "--out",
         out,
-      ]);
+      ];
+      const s = parseTrendArgs(args);
       await runTrends(s);
       for (const n of s.tables) {
         const stem = TABLES[n];
@@ -238,6 +247,29 @@ Deno.test({
           assert.ok(Number(sparse.mflops) < Number(dense.mflops));
         }
       }
+      // A second command over the same folder reads every finished run from disk, so a
+      // stopped command resumes; a run with an unreadable result, or --fresh, trains again.
+      const table2 = async (extra: string[] = []) => {
+        await runTrends(parseTrendArgs([...args, "--table", "2", ...extra]));
+        return readCsv(await Deno.readTextFile(`${out}/${TABLES[2]}.csv`));
+      };
+      const seedsOf = (t: { rows: Record<string, string>[] }) => t.rows.map((r) => r.top1_per_seed);
+      const wall = (t: { comments: string[] }) => t.comments.find((c) => c.startsWith("wall"))!;
+      const before = readCsv(await Deno.readTextFile(`${out}/${TABLES[2]}.csv`));
+      const resumed = await table2();
+      assert.match(
+        wall(resumed),
+        /\(0 runs trained, 0 reused .*, 6 finished before, read from disk/,
+      );
+      assert.deepEqual(seedsOf(resumed), seedsOf(before));
+      const [oneRun] = [...Deno.readDirSync(`${out}/runs`)].filter((e) => e.name.includes("full"));
+      await Deno.writeTextFile(`${out}/runs/${oneRun.name}/seed1/${RUN_RESULT}`, "{ torn");
+      assert.match(wall(await table2()), /\(1 runs trained, 0 reused .*, 5 finished before/);
+      assert.match(
+        wall(await table2(["--fresh"])),
+        /\(6 runs trained, 0 reused .*, 0 finished before/,
+      );
+      assert.deepEqual(seedsOf(await table2()), seedsOf(before), "the same runs, trained again");
     } finally {
       await Deno.remove(out, { recursive: true });
     }
