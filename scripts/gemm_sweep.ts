@@ -116,7 +116,6 @@ export async function sweepProduct(
   const rows: Record<string, Cell>[] = [];
   let ref: Tensor | null = null;
   try {
-    let first = true;
     for (const v of sweepVariants(p.m, p.n, p.k, opts.only)) {
       const row: Record<string, Cell> = {
         variant: v.name,
@@ -148,10 +147,10 @@ export async function sweepProduct(
           runs: opts.runs,
           warmup: 1,
           minMs: opts.minMs,
-          // The GPU's clock ramps up before the first variant; the others follow back to back.
-          warmupMs: first && opts.minMs > 0 ? TUNE_WARMUP_MS : 0,
+          // Every variant first compiles its kernel and reads its output back for the check
+          // above: the GPU idles meanwhile and its clock falls, so each one warms it up again.
+          warmupMs: opts.minMs > 0 ? TUNE_WARMUP_MS : 0,
         });
-        first = false;
         const tflops = (2 * p.m * p.n * p.k) / (t.ms * 1e9);
         row.ms = Number(t.ms.toFixed(4));
         row.tflop_s = Number(tflops.toPrecision(4));

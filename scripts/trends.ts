@@ -25,6 +25,7 @@
  * ```sh
  * deno run -A scripts/trends.ts --quick          # every table on llvmpipe, a smoke run (~2 min)
  * deno run -A scripts/trends.ts --table 1        # one table at the default (GPU) size, ~4–8 min
+ * deno run -A scripts/trends.ts --jobs 8         # all five, runs trained in 8 processes at once
  * deno run -A scripts/trends.ts --data /data/imagenet100 --input-size 128 --epochs 5
  * ```
  *
@@ -37,6 +38,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { seedInit } from "../models/module.ts";
@@ -89,6 +91,12 @@ export interface TrendSettings {
   tune: boolean;
   /** Train every run again instead of reusing finished runs found on disk. */
   fresh: boolean;
+  /** Worker processes that train the runs before the tables are assembled (1: this process). */
+  jobs: number;
+  /** Set in a worker process: its index and the number of workers. */
+  worker?: { index: number; count: number };
+  /** The command line, which `--jobs` hands to its workers. */
+  argv: string[];
   tables: number[];
   out: string;
 }
@@ -221,6 +229,9 @@ Trains small models, several seeds each, and writes one CSV and one PNG per clai
   --tune             time the GPU kernels of each model before training (off: saves minutes)
   --fresh            train every run again (default: a run whose folder holds its finished result
                      for the same configuration is reused, so a stopped command resumes)
+  --jobs N           train the runs in N processes at once (each its own share, on the same GPU),
+                     then assemble the tables here: for a GPU that small models leave idle and a
+                     CPU with cores to spare (default 1)
   --out DIR          output folder (default out/trends)
 `;
 
@@ -240,6 +251,14 @@ function numFlag(flag: string, v: string | undefined, dflt: number): number {
   const n = Number(v);
   if (v.trim() === "" || !Number.isFinite(n) || n <= 0) fail(flag, "a positive number", v);
   return n;
+}
+
+/** `--worker K/N` (set by `--jobs` on the processes it starts): worker K of N, from 0. */
+function workerFlag(v: string): { index: number; count: number } {
+  const m = /^(\d+)\/(\d+)$/.exec(v);
+  const [index, count] = m ? [Number(m[1]), Number(m[2])] : [NaN, NaN];
+  if (!(count >= 1 && index < count)) fail("worker", "K/N with 0 ≤ K < N (set by --jobs)", v);
+  return { index, count };
 }
 
 function kernelList(v: string): number[] {
@@ -286,6 +305,8 @@ export function parseTrendArgs(args: string[]): TrendSettings & { steps?: number
       "small-kernel": { type: "string" },
       tune: { type: "boolean" },
       fresh: { type: "boolean" },
+      jobs: { type: "string" },
+      worker: { type: "string" },
       out: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -337,6 +358,9 @@ export function parseTrendArgs(args: string[]): TrendSettings & { steps?: number
     grid: d.grid,
     tune: !!v.tune,
     fresh: !!v.fresh,
+    jobs: intFlag("jobs", v.jobs, 1, 1),
+    worker: v.worker === undefined ? undefined : workerFlag(v.worker),
+    argv: [...args],
     tables: [...new Set(tables)].sort(),
     out: (v.out ?? "out/trends").replace(/\/+$/, "") || "/",
     help: !!v.help,
@@ -501,15 +525,46 @@ export interface RunResult {
 /** Runs of this process by configuration, so a model shared by two tables trains once. */
 const finished = new Map<string, RunResult>();
 
+/**
+ * What this process does with the runs the tables ask for: train them and
+ * write the tables (`all`); only list them (`list`: a `--jobs` worker's first
+ * pass over the tables); or train its share and skip the rest (`share`: its
+ * second pass). Only `all` writes tables or reads checkpoints back.
+ */
+let role: { kind: "all" } | { kind: "list"; runs: string[] } | {
+  kind: "share";
+  mine: Set<string>;
+} = { kind: "all" };
+
+/** A run this process does not train: it stands in for it while the tables are walked. */
+function notTrainedHere(out: string): RunResult {
+  const none = NaN;
+  return {
+    top1: none,
+    steps: none,
+    epochs: none,
+    params: none,
+    macs: none,
+    imagesPerSecond: none,
+    seconds: none,
+    out,
+  };
+}
+
 /** The table being run: when it started, and what it trained, reused and compiled so far. */
 const clock = { started: 0, pipelines: 0, trained: 0, reused: 0, onDisk: 0 };
 
 /** Wall time, runs and kernels of the table being run, as its CSV header and log print them. */
 function clockNote(): string {
   const seconds = (performance.now() - clock.started) / 1000;
+  const jobs = workers
+    ? `; before the tables, ${workers.count} worker processes trained the command's runs in ${
+      workers.seconds.toFixed(0)
+    } s`
+    : "";
   return `wall time: ${seconds.toFixed(0)} s for this table in this process (${clock.trained} ` +
     `runs trained, ${clock.reused} reused from an earlier table, ${clock.onDisk} finished ` +
-    `before, read from disk, ${gpu().pipelineCount - clock.pipelines} kernels compiled)`;
+    `before, read from disk, ${gpu().pipelineCount - clock.pipelines} kernels compiled)${jobs}`;
 }
 
 /** Train one (model, seed) with the trainer's `train` and count the result's params and FLOPs. */
@@ -520,6 +575,12 @@ async function runOne(spec: ModelSpec, seed: number, s: TrendSettings): Promise<
   if (done) {
     clock.reused++;
     return done;
+  }
+  if (role.kind === "list" || (role.kind === "share" && !role.mine.has(memoKey))) {
+    if (role.kind === "list") role.runs.push(memoKey);
+    const stub = notTrainedHere(cfg.out);
+    finished.set(memoKey, stub);
+    return stub;
   }
   const saved = s.fresh ? null : await finishedRun(cfg);
   if (saved) {
@@ -786,6 +847,7 @@ async function writeTable(
   panels: Panel[],
   title: string,
 ): Promise<void> {
+  if (role.kind !== "all") return;
   const stem = `${s.out}/${TABLES[table]}`;
   await writeCsv(`${stem}.csv`, rows, { comments: header(s, claim, verdicts) });
   await writeLineChart(`${stem}.png`, {
@@ -942,9 +1004,11 @@ async function erfTable(s: TrendSettings): Promise<void> {
   const rows: Record<string, Cell>[] = [];
   const ratioMeans = new Map<string, number[]>(); // `${label}|${state}|${transform}` → mean r(t)
   const trainedByModel: ModelRuns[] = [];
-  for (const spec of specs) {
-    const m = await runSeeds(spec, s);
-    trainedByModel.push(m);
+  for (const spec of specs) trainedByModel.push(await runSeeds(spec, s));
+  // The ERFs read the trained checkpoints back: the process that writes the table does that.
+  if (role.kind !== "all") return;
+  for (const [mi, spec] of specs.entries()) {
+    const m = trainedByModel[mi];
     const per: Record<string, number[][]> = {};
     let erfImages = 0;
     for (const [i, seed] of s.seeds.entries()) {
@@ -1155,6 +1219,8 @@ const RUNNERS: Record<number, (s: TrendSettings) => Promise<void>> = {
 export async function runTrends(s: TrendSettings & { steps?: number }): Promise<void> {
   // One command shares runs between its tables; an earlier command's runs come from disk.
   finished.clear();
+  role = { kind: "all" };
+  workers = null;
   await initGpu();
   const data = await openDataset({
     data: s.data,
@@ -1179,6 +1245,12 @@ export async function runTrends(s: TrendSettings & { steps?: number }): Promise<
       }` + (s.quick ? " (QUICK smoke mode)" : ""),
   );
   await Deno.mkdir(s.out, { recursive: true });
+  if (s.worker) return await trainShare(s, s.worker);
+  if (s.jobs > 1) {
+    await runWorkers(s);
+    // The workers honoured --fresh; the tables read what they just trained.
+    s = { ...s, fresh: false };
+  }
   for (const t of s.tables) {
     Object.assign(clock, {
       started: performance.now(),
@@ -1189,6 +1261,108 @@ export async function runTrends(s: TrendSettings & { steps?: number }): Promise<
     });
     await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
   }
+}
+
+/** The `--jobs` workers of this command: how many, and how long they trained (null without). */
+let workers: { count: number; seconds: number } | null = null;
+
+/**
+ * A run list's share for worker `index` of `count`: a contiguous range
+ * `[start, end)`, so that a model's seeds stay together and each worker
+ * compiles few models; the shares differ in length by at most one.
+ *
+ * @example
+ * ```ts
+ * import { shareOf } from "./trends.ts";
+ * console.log(shareOf(10, 0, 3), shareOf(10, 1, 3), shareOf(10, 2, 3)); // [0, 3] [3, 6] [6, 10]
+ * ```
+ */
+export function shareOf(runs: number, index: number, count: number): [number, number] {
+  return [Math.floor((runs * index) / count), Math.floor((runs * (index + 1)) / count)];
+}
+
+/**
+ * A `--jobs` worker: walk the tables once to list every distinct run in
+ * order, then again training only its share ({@linkcode shareOf}); each run
+ * it trains leaves its result on disk for the process that writes the tables.
+ */
+async function trainShare(s: TrendSettings, w: { index: number; count: number }): Promise<void> {
+  const walk = async () => {
+    for (const t of s.tables) await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
+  };
+  const runs: string[] = [];
+  try {
+    role = { kind: "list", runs };
+    await walk();
+    const [start, end] = shareOf(runs.length, w.index, w.count);
+    finished.clear();
+    role = { kind: "share", mine: new Set(runs.slice(start, end)) };
+    await walk();
+    console.error(
+      `trends worker ${w.index + 1}/${w.count}: runs ${
+        start + 1
+      }–${end} of ${runs.length} finished`,
+    );
+  } finally {
+    role = { kind: "all" };
+  }
+}
+
+/** The command line without `--jobs N` (or `--jobs=N`). */
+function withoutJobs(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--jobs") i++;
+    else if (!argv[i].startsWith("--jobs=")) out.push(argv[i]);
+  }
+  return out;
+}
+
+/**
+ * Start `--jobs` copies of this command as workers (`--worker K/N`), each
+ * logging to `out/jobs/worker-K.log`, and wait for all of them. A failed
+ * worker fails the command with its log's last lines; what the others
+ * finished stays on disk for the next attempt.
+ */
+async function runWorkers(s: TrendSettings): Promise<void> {
+  const started = performance.now();
+  const dir = `${s.out}/jobs`;
+  await Deno.mkdir(dir, { recursive: true });
+  const script = fileURLToPath(import.meta.url);
+  console.error(`trends: training in ${s.jobs} worker processes, logs in ${dir}/`);
+  const results = await Promise.all(
+    Array.from({ length: s.jobs }, async (_, k) => {
+      const log = `${dir}/worker-${k}.log`;
+      const file = await Deno.open(log, { write: true, create: true, truncate: true });
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", script, ...withoutJobs(s.argv), "--worker", `${k}/${s.jobs}`],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      // Both streams into one log file, each chunk whole.
+      const writer = file.writable.getWriter();
+      const copy = async (stream: ReadableStream<Uint8Array>) => {
+        for await (const chunk of stream) await writer.write(chunk);
+      };
+      await Promise.all([copy(child.stdout), copy(child.stderr)]);
+      await writer.close();
+      const { code } = await child.status;
+      console.error(
+        `trends: worker ${k + 1}/${s.jobs} ${code === 0 ? "done" : `failed (exit ${code})`}`,
+      );
+      return { k, code, log };
+    }),
+  );
+  const failed = results.find((r) => r.code !== 0);
+  if (failed) {
+    const tail = (await Deno.readTextFile(failed.log)).trimEnd().split("\n").slice(-5).join("\n  ");
+    throw new Error(
+      `--jobs: worker ${failed.k + 1} of ${s.jobs} failed (exit ${failed.code}); its log ` +
+        `${failed.log} ends:\n  ${tail}\nthe runs that finished are kept; run the command again to resume`,
+    );
+  }
+  workers = { count: s.jobs, seconds: (performance.now() - started) / 1000 };
 }
 
 async function main(): Promise<void> {

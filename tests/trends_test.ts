@@ -93,6 +93,9 @@ Deno.test("trends: bad flags are one-line errors naming the flag", () => {
     [["--lr", "0"], /^--lr: expected a positive number/],
     [["--bogus"], /--bogus/],
     [["--input-size", "8"], /^--input-size: expected an integer ≥ 16/],
+    [["--jobs", "0"], /^--jobs: expected an integer ≥ 1/],
+    [["--worker", "2/2"], /^--worker: expected K\/N with 0 ≤ K < N/],
+    [["--worker", "1"], /^--worker: expected K\/N/],
   ];
   for (const [args, re] of bad) {
     assert.throws(
@@ -270,6 +273,19 @@ Deno.test({
         /\(6 runs trained, 0 reused .*, 0 finished before/,
       );
       assert.deepEqual(seedsOf(await table2()), seedsOf(before), "the same runs, trained again");
+      // --jobs: two worker processes train the runs (each its share), this one writes the table.
+      const jobs = await table2(["--fresh", "--jobs", "2"]);
+      assert.match(
+        wall(jobs),
+        /\(0 runs trained, 0 reused .*, 6 finished before.*2 worker processes/,
+      );
+      assert.deepEqual(seedsOf(jobs), seedsOf(before), "the same runs, trained by the workers");
+      for (const k of [0, 1]) {
+        assert.match(
+          await Deno.readTextFile(`${out}/jobs/worker-${k}.log`),
+          /runs \d–\d of 6 finished/,
+        );
+      }
     } finally {
       await Deno.remove(out, { recursive: true });
     }
