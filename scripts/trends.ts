@@ -231,7 +231,7 @@ Trains small models, several seeds each, and writes one CSV and one PNG per clai
                      for the same configuration is reused, so a stopped command resumes)
   --jobs N           train the runs in N processes at once (each its own share, on the same GPU),
                      then assemble the tables here: for a GPU that small models leave idle and a
-                     CPU with cores to spare (default 1)
+                     CPU with cores to spare (default 1, at most 64; the workers get --worker K/N)
   --out DIR          output folder (default out/trends)
 `;
 
@@ -250,6 +250,15 @@ function numFlag(flag: string, v: string | undefined, dflt: number): number {
   if (v === undefined) return dflt;
   const n = Number(v);
   if (v.trim() === "" || !Number.isFinite(n) || n <= 0) fail(flag, "a positive number", v);
+  return n;
+}
+
+/** Most `--jobs`: each worker is a process with its own GPU device. */
+const MAX_JOBS = 64;
+
+function jobsFlag(v: string | undefined): number {
+  const n = intFlag("jobs", v, 1, 1);
+  if (n > MAX_JOBS) fail("jobs", `an integer from 1 to ${MAX_JOBS}`, v);
   return n;
 }
 
@@ -358,7 +367,7 @@ export function parseTrendArgs(args: string[]): TrendSettings & { steps?: number
     grid: d.grid,
     tune: !!v.tune,
     fresh: !!v.fresh,
-    jobs: intFlag("jobs", v.jobs, 1, 1),
+    jobs: jobsFlag(v.jobs),
     worker: v.worker === undefined ? undefined : workerFlag(v.worker),
     argv: [...args],
     tables: [...new Set(tables)].sort(),
@@ -646,7 +655,8 @@ export async function finishedRun(cfg: TrainConfig): Promise<RunResult | null> {
     text = await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    throw e;
+    const why = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    throw new Error(`${path}: expected a finished run's result file (${RUN_RESULT}), ${why}`);
   }
   let saved: { config?: unknown; result?: Partial<RunResult> };
   try {
@@ -1290,10 +1300,8 @@ async function trainShare(s: TrendSettings, w: { index: number; count: number })
   const walk = async () => {
     for (const t of s.tables) await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
   };
-  const runs: string[] = [];
   try {
-    role = { kind: "list", runs };
-    await walk();
+    const runs = await listRuns(s);
     const [start, end] = shareOf(runs.length, w.index, w.count);
     finished.clear();
     role = { kind: "share", mine: new Set(runs.slice(start, end)) };
@@ -1306,6 +1314,20 @@ async function trainShare(s: TrendSettings, w: { index: number; count: number })
   } finally {
     role = { kind: "all" };
   }
+}
+
+/** Every distinct run the tables of `s` ask for, in the order they ask (nothing is trained). */
+async function listRuns(s: TrendSettings): Promise<string[]> {
+  const runs: string[] = [];
+  finished.clear();
+  role = { kind: "list", runs };
+  try {
+    for (const t of s.tables) await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
+  } finally {
+    role = { kind: "all" };
+    finished.clear();
+  }
+  return runs;
 }
 
 /** The command line without `--jobs N` (or `--jobs=N`). */
@@ -1329,13 +1351,15 @@ async function runWorkers(s: TrendSettings): Promise<void> {
   const dir = `${s.out}/jobs`;
   await Deno.mkdir(dir, { recursive: true });
   const script = fileURLToPath(import.meta.url);
-  console.error(`trends: training in ${s.jobs} worker processes, logs in ${dir}/`);
+  // No more workers than runs: each worker holds a GPU device and compiles its models.
+  const count = Math.min(s.jobs, (await listRuns(s)).length);
+  console.error(`trends: training in ${count} worker processes, logs in ${dir}/`);
   const results = await Promise.all(
-    Array.from({ length: s.jobs }, async (_, k) => {
+    Array.from({ length: count }, async (_, k) => {
       const log = `${dir}/worker-${k}.log`;
       const file = await Deno.open(log, { write: true, create: true, truncate: true });
       const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", script, ...withoutJobs(s.argv), "--worker", `${k}/${s.jobs}`],
+        args: ["run", "-A", script, ...withoutJobs(s.argv), "--worker", `${k}/${count}`],
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
@@ -1349,7 +1373,7 @@ async function runWorkers(s: TrendSettings): Promise<void> {
       await writer.close();
       const { code } = await child.status;
       console.error(
-        `trends: worker ${k + 1}/${s.jobs} ${code === 0 ? "done" : `failed (exit ${code})`}`,
+        `trends: worker ${k + 1}/${count} ${code === 0 ? "done" : `failed (exit ${code})`}`,
       );
       return { k, code, log };
     }),
@@ -1358,11 +1382,11 @@ async function runWorkers(s: TrendSettings): Promise<void> {
   if (failed) {
     const tail = (await Deno.readTextFile(failed.log)).trimEnd().split("\n").slice(-5).join("\n  ");
     throw new Error(
-      `--jobs: worker ${failed.k + 1} of ${s.jobs} failed (exit ${failed.code}); its log ` +
+      `--jobs: worker ${failed.k + 1} of ${count} failed (exit ${failed.code}); its log ` +
         `${failed.log} ends:\n  ${tail}\nthe runs that finished are kept; run the command again to resume`,
     );
   }
-  workers = { count: s.jobs, seconds: (performance.now() - started) / 1000 };
+  workers = { count, seconds: (performance.now() - started) / 1000 };
 }
 
 async function main(): Promise<void> {

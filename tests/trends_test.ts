@@ -94,6 +94,7 @@ Deno.test("trends: bad flags are one-line errors naming the flag", () => {
     [["--bogus"], /--bogus/],
     [["--input-size", "8"], /^--input-size: expected an integer ≥ 16/],
     [["--jobs", "0"], /^--jobs: expected an integer ≥ 1/],
+    [["--jobs", "65"], /^--jobs: expected an integer from 1 to 64/],
     [["--worker", "2/2"], /^--worker: expected K\/N with 0 ≤ K < N/],
     [["--worker", "1"], /^--worker: expected K\/N/],
   ];
@@ -268,6 +269,15 @@ Deno.test({
       const [oneRun] = [...Deno.readDirSync(`${out}/runs`)].filter((e) => e.name.includes("full"));
       await Deno.writeTextFile(`${out}/runs/${oneRun.name}/seed1/${RUN_RESULT}`, "{ torn");
       assert.match(wall(await table2()), /\(1 runs trained, 0 reused .*, 5 finished before/);
+      // A result path that is not a file is named, not trained over.
+      const dirty = `${out}/runs/${oneRun.name}/seed0/${RUN_RESULT}`;
+      await Deno.remove(dirty);
+      await Deno.mkdir(dirty);
+      await assert.rejects(
+        table2(),
+        (e: Error) => e.message.startsWith(`${dirty}: expected a finished run's result file`),
+      );
+      await Deno.remove(dirty);
       assert.match(
         wall(await table2(["--fresh"])),
         /\(6 runs trained, 0 reused .*, 0 finished before/,
