@@ -868,9 +868,15 @@ async function writeTable(
   });
   console.log(`\n## table ${table}: ${claim}`);
   for (const r of rows) {
+    // Table 3 has a row per ERF state and transform: name them, and their r(t) means.
+    const erf = r.state === undefined
+      ? ""
+      : `  ${r.state} ${r.transform} r(t) ${
+        ERF_THRESHOLDS.map((t) => r[`r${Math.round(t * 100)}_mean`]).join("/")
+      }`;
     console.log(
       `  ${String(r.row ?? r.model).padEnd(34)} top-1 ${r.top1_mean} ± ${r.top1_ci95}  ` +
-        `params ${r.params}  MFLOPs ${r.mflops}`,
+        `params ${r.params}  MFLOPs ${r.mflops}${erf}`,
     );
   }
   for (const v of verdicts) console.log(`  ${v.text}`);
