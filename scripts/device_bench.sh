@@ -22,6 +22,10 @@
 # (sparse_speed.csv) and the ERF at 1024² (erf_table.csv, erf_compare.png). PART=4: the closest
 # targets again (ConvNeXt-T both, K=31 stacks at R=32 and 64), with gemm_tune.csv.
 # OFFICIAL (default .device/anchors) is the folder of the official SLaK.py and replknet.py.
+# PLANS=DIR keeps the tuned kernel plans across device calls (each call starts a fresh machine, and
+# first-run tuning takes minutes per model): the plan cache is read from and written to
+# DIR/largekernel/plans.json (XDG_CACHE_HOME=DIR), and $OUT/plans.json gets a copy at the end, to
+# put back into DIR here before the next call (carry DIR).
 # EXTRA_LAT / EXTRA_GEMM / EXTRA_MODELS append flags to our scripts
 # (a dry run on llvmpipe: EXTRA_LAT="--n 1 --c 8 --layers 2 --r 16 --k 3"
 # EXTRA_GEMM="--n 1 --set convnext --runs 1"
@@ -36,6 +40,10 @@ mkdir -p "$OUT"
 export PATH="/usr/local/bin:$PATH"
 tmp="$(mktemp -d)"
 exec > >(tee -a "$OUT/log.txt") 2>&1
+if [ -n "${PLANS:-}" ]; then
+  export XDG_CACHE_HOME="$(realpath -m "$PLANS")"
+  trap 'cp "$XDG_CACHE_HOME/largekernel/plans.json" "$OUT/plans.json" 2>/dev/null || true' EXIT
+fi
 
 # step LIMIT CMD...: run CMD for at most LIMIT seconds (less if the deadline is nearer).
 step() {
