@@ -39,6 +39,7 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import process from "node:process";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { seedInit } from "../models/module.ts";
@@ -1261,7 +1262,18 @@ export async function runTrends(s: TrendSettings & { steps?: number }): Promise<
       }` + (s.quick ? " (QUICK smoke mode)" : ""),
   );
   await Deno.mkdir(s.out, { recursive: true });
+  // Workers train under their parent's lock.
   if (s.worker) return await trainShare(s, s.worker);
+  const release = await lockOut(s.out);
+  try {
+    await runTables(s);
+  } finally {
+    await release();
+  }
+}
+
+/** The tables of `s`, after training their runs in `--jobs` workers if asked. */
+async function runTables(s: TrendSettings): Promise<void> {
   if (s.jobs > 1) {
     await runWorkers(s);
     // The workers honoured --fresh; the tables read what they just trained.
@@ -1276,6 +1288,59 @@ export async function runTrends(s: TrendSettings & { steps?: number }): Promise<
       onDisk: 0,
     });
     await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
+  }
+}
+
+/** The file that marks an output folder as in use by a trends command. */
+export const OUT_LOCK = "trends.lock";
+
+/**
+ * Claim `out` for this command: two commands on one folder would train the
+ * runs they share into the same run folders at once. The lock file holds the
+ * owner's pid; a lock whose process is gone (a crash, a kill) is taken over
+ * with a warning. Returns the release.
+ *
+ * @example
+ * ```ts
+ * import { lockOut } from "./trends.ts";
+ * const out = await Deno.makeTempDir();
+ * const release = await lockOut(out);
+ * await lockOut(out).catch((e) => console.log(e.message)); // names the folder and this pid
+ * await release();
+ * ```
+ */
+export async function lockOut(out: string): Promise<() => Promise<void>> {
+  const path = `${out}/${OUT_LOCK}`;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      await Deno.writeTextFile(path, `${Deno.pid}\n`, { createNew: true });
+      return async () => {
+        await Deno.remove(path).catch(() => {});
+      };
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    }
+    const pid = Number((await Deno.readTextFile(path).catch(() => "")).trim());
+    if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
+      throw new Error(
+        `--out: ${out} is in use by another trends command (pid ${pid}, ${path}); wait for it, ` +
+          `or give another --out`,
+      );
+    }
+    console.error(`warning: ${path}: left by pid ${pid || "?"}, which is gone; taking it over`);
+    await Deno.remove(path).catch(() => {});
+  }
+  throw new Error(`--out: could not claim ${path}`);
+}
+
+/** Whether a process with this pid exists (signal 0 checks without sending anything). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: it exists but belongs to another user.
+    return (e as { code?: string }).code === "EPERM";
   }
 }
 

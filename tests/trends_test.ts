@@ -9,7 +9,9 @@ import assert from "node:assert/strict";
 import { incompleteBeta, meanCi, studentTCdf, studentTQuantile } from "../analysis/stats.ts";
 import {
   DEFAULT_SEEDS,
+  lockOut,
   type ModelSpec,
+  OUT_LOCK,
   parseTrendArgs,
   RUN_RESULT,
   runTrends,
@@ -80,6 +82,26 @@ Deno.test("trends: verdicts compare per-seed differences", () => {
   assert.ok(verdict("a ≈ b", [70, 90, 60], [75, 70, 80], true).held);
   assert.ok(!verdict("a ≈ b", [60, 61, 62], [70, 72, 71], true).held);
   assert.throws(() => verdict("x", [1, 2], [1]), /2 vs 1 seeds/);
+});
+
+Deno.test("trends: one command per --out folder; a lock left by a dead process is taken over", async () => {
+  const out = await Deno.makeTempDir({ prefix: "trends_lock_" });
+  try {
+    const release = await lockOut(out);
+    await assert.rejects(
+      lockOut(out),
+      new RegExp(`--out: ${out} is in use by another trends command \\(pid ${Deno.pid}`),
+    );
+    await release();
+    await assert.rejects(Deno.stat(`${out}/${OUT_LOCK}`), Deno.errors.NotFound);
+    // Above the kernel's largest pid: no such process.
+    await Deno.writeTextFile(`${out}/${OUT_LOCK}`, "4194305\n");
+    const again = await lockOut(out);
+    assert.equal((await Deno.readTextFile(`${out}/${OUT_LOCK}`)).trim(), String(Deno.pid));
+    await again();
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
 });
 
 Deno.test("trends: bad flags are one-line errors naming the flag", () => {
@@ -269,6 +291,10 @@ Deno.test({
       const [oneRun] = [...Deno.readDirSync(`${out}/runs`)].filter((e) => e.name.includes("full"));
       await Deno.writeTextFile(`${out}/runs/${oneRun.name}/seed1/${RUN_RESULT}`, "{ torn");
       assert.match(wall(await table2()), /\(1 runs trained, 0 reused .*, 5 finished before/);
+      // Another command on the same folder is refused before it trains anything.
+      const hold = await lockOut(out);
+      await assert.rejects(table2(), /--out: .* is in use by another trends command/);
+      await hold();
       // A result path that is not a file is named, not trained over.
       const dirty = `${out}/runs/${oneRun.name}/seed0/${RUN_RESULT}`;
       await Deno.remove(dirty);
