@@ -638,8 +638,10 @@ export const RUN_RESULT = "trend_run.json";
 /**
  * The result a finished run left in its folder, if that run had exactly this
  * configuration and its last checkpoint is still there (tables 3 and 4 read
- * it); otherwise null. An unreadable result file is named in one warning and
- * the run trains again, overwriting it.
+ * it); otherwise null. A result file that is not valid JSON or lacks a
+ * complete result is named in one warning and the run trains again,
+ * overwriting it; a path that cannot be read at all (a directory, no
+ * permission) is a one-line error naming it.
  *
  * @example
  * ```ts
@@ -1279,14 +1281,20 @@ async function runTables(s: TrendSettings): Promise<void> {
     // The workers honoured --fresh; the tables read what they just trained.
     s = { ...s, fresh: false };
   }
-  for (const t of s.tables) {
+  await walkTables(s, () =>
     Object.assign(clock, {
       started: performance.now(),
       pipelines: gpu().pipelineCount,
       trained: 0,
       reused: 0,
       onDisk: 0,
-    });
+    }));
+}
+
+/** Run each table of `s` in turn with its own seeds; `beforeEach` runs before each table. */
+async function walkTables(s: TrendSettings, beforeEach: () => void = () => {}): Promise<void> {
+  for (const t of s.tables) {
+    beforeEach();
     await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
   }
 }
@@ -1368,15 +1376,12 @@ export function shareOf(runs: number, index: number, count: number): [number, nu
  * it trains leaves its result on disk for the process that writes the tables.
  */
 async function trainShare(s: TrendSettings, w: { index: number; count: number }): Promise<void> {
-  const walk = async () => {
-    for (const t of s.tables) await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
-  };
   try {
     const runs = await listRuns(s);
     const [start, end] = shareOf(runs.length, w.index, w.count);
     finished.clear();
     role = { kind: "share", mine: new Set(runs.slice(start, end)) };
-    await walk();
+    await walkTables(s);
     console.error(
       `trends worker ${w.index + 1}/${w.count}: runs ${
         start + 1
@@ -1393,7 +1398,7 @@ async function listRuns(s: TrendSettings): Promise<string[]> {
   finished.clear();
   role = { kind: "list", runs };
   try {
-    for (const t of s.tables) await RUNNERS[t]({ ...s, seeds: s.tableSeeds[t] });
+    await walkTables(s);
   } finally {
     role = { kind: "all" };
     finished.clear();
