@@ -57,7 +57,8 @@ export interface GpuTiming {
  * many times (`reps`) as it takes to last that long, and the times are per
  * recording: a GPU left idle between short runs drops to a low clock (the
  * H100 sat at 345 MHz instead of 1980 MHz, timing kernels up to 5× slow).
- * `warmupMs` keeps the GPU busy for about that long right before the timed
+ * `reps` fixes that count instead (a caller timing the same work again
+ * skips the probe). `warmupMs` keeps the GPU busy for about that long right before the timed
  * runs, so that they start at the working clock.
  *
  * @example
@@ -72,11 +73,12 @@ export interface GpuTiming {
  */
 export async function timeGpu(
   record: () => void,
-  { runs = 5, warmup = 1, minMs = 0, warmupMs = 0 }: {
+  { runs = 5, warmup = 1, minMs = 0, warmupMs = 0, reps: fixedReps }: {
     runs?: number;
     warmup?: number;
     minMs?: number;
     warmupMs?: number;
+    reps?: number;
   } = {},
 ): Promise<GpuTiming> {
   const g = gpu();
@@ -84,17 +86,19 @@ export async function timeGpu(
     record();
     await g.sync();
   }
-  let reps = 1;
-  if (minMs > 0) {
+  let reps = fixedReps ?? 1;
+  if (fixedReps === undefined && minMs > 0) {
     // Back to back until a timed run lasts minMs: the GPU stays busy, so it runs at its
     // working clock (see TUNE_MIN_MS).
     const probe = await timeGpu(record, { runs: 1, warmup: 0 });
     reps = Math.max(1, Math.min(256, Math.ceil(minMs / Math.max(probe.ms, 1e-3))));
-    if (reps > 1) {
-      const once = record;
-      record = () => {
-        for (let i = 0; i < reps; i++) once();
-      };
+  }
+  if (reps > 1) {
+    const once = record;
+    record = () => {
+      for (let i = 0; i < reps; i++) once();
+    };
+    if (fixedReps === undefined) {
       record();
       await g.sync();
     }

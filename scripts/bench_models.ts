@@ -456,6 +456,9 @@ async function main(): Promise<void> {
           key: t.key,
           heuristic_ms: Number(t.heuristicMs.toFixed(4)),
           best_ms: Number(t.bestMs.toFixed(4)),
+          candidates: t.candidates,
+          check_wall_ms: Math.round(t.checkMs),
+          time_wall_ms: Math.round(t.timeMs),
           config: JSON.stringify(t.choice),
         });
       }

@@ -1,0 +1,108 @@
+/**
+ * How far one tensor is from another, measured on the GPU: the planner
+ * checks every tuning candidate's output against the reference kernel's,
+ * and reading a 300 MB activation back to compare it on the CPU cost more
+ * than timing the candidate. {@linkcode relativeDifference} reads back three
+ * numbers instead.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { relativeDifference } from "./compare.ts";
+ * await initGpu();
+ * const a = Tensor.from([1, 2, 4]);
+ * const b = Tensor.from([1, 2, 3]);
+ * console.log(await relativeDifference(a, b)); // 0.25
+ * ```
+ * @module
+ */
+import { launch, storage, WG } from "./kernel.ts";
+import { Tensor } from "./tensor.ts";
+
+/** Most workgroups of the reduction: each invocation loops over a stride of the rest. */
+const MAX_GROUPS = 1024;
+
+/**
+ * Smallest scale {@linkcode relativeDifference} divides by, so that two
+ * all-zero tensors compare equal and near-zero ones do not blow up.
+ */
+export const DIFFERENCE_FLOOR = 1e-6;
+
+function reductionSource(n: number, groups: number): string {
+  const stride = groups * WG;
+  // Non-negative f32 values order like their bit patterns as u32, so atomicMax on the bits is a
+  // float max. r[0]: max |a − b|, r[1]: max |b| (finite entries only), r[2]: 1 where one of a
+  // pair is finite and the other is not.
+  return `${storage("a", "b", "r:atomic<u32>!")}
+var<workgroup> wd: array<f32, ${WG}>;
+var<workgroup> ws: array<f32, ${WG}>;
+var<workgroup> wf: array<u32, ${WG}>;
+fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
+  var d = 0.0;
+  var s = 0.0;
+  var f = 0u;
+  for (var i = wid.x * ${WG}u + li; i < ${n}u; i += ${stride}u) {
+    let x = a[i];
+    let y = b[i];
+    if (finite(x) != finite(y)) { f = 1u; } else if (finite(y)) {
+      d = max(d, abs(x - y));
+      s = max(s, abs(y));
+    }
+  }
+  wd[li] = d; ws[li] = s; wf[li] = f;
+  workgroupBarrier();
+  for (var h = ${WG / 2}u; h > 0u; h >>= 1u) {
+    if (li < h) {
+      wd[li] = max(wd[li], wd[li + h]);
+      ws[li] = max(ws[li], ws[li + h]);
+      wf[li] = max(wf[li], wf[li + h]);
+    }
+    workgroupBarrier();
+  }
+  if (li == 0u) {
+    atomicMax(&r[0], bitcast<u32>(wd[0]));
+    atomicMax(&r[1], bitcast<u32>(ws[0]));
+    atomicMax(&r[2], wf[0]);
+  }
+}`;
+}
+
+/**
+ * max |a − b| over max(max |b|, {@linkcode DIFFERENCE_FLOOR}) for two
+ * tensors of equal size, the maxima over the entries where `b` is finite;
+ * `Infinity` where the sizes differ or where one of a pair of entries is
+ * finite (not NaN or ±∞) and the other is not. The tensors stay on the GPU;
+ * three numbers are read back.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { relativeDifference } from "./compare.ts";
+ * await initGpu();
+ * const a = Tensor.from([1, NaN]);
+ * console.log(await relativeDifference(a, Tensor.from([1, 2]))); // Infinity
+ * console.log(await relativeDifference(a, Tensor.from([1, NaN]))); // 0
+ * ```
+ */
+export async function relativeDifference(a: Tensor, b: Tensor): Promise<number> {
+  if (a.size !== b.size) return Infinity;
+  if (a.size === 0) return 0;
+  const groups = Math.min(MAX_GROUPS, Math.ceil(a.size / WG));
+  const r = Tensor.zeros([3]);
+  try {
+    launch(reductionSource(a.size, groups), [a, b, r], [groups, 1, 1], undefined, {
+      name: "relative_difference",
+      config: { n: a.size },
+    });
+    const [diff, scale, flag] = new Uint32Array((await r.read()).buffer);
+    if (flag) return Infinity;
+    const f = new Float32Array(new Uint32Array([diff, scale]).buffer);
+    return f[0] / Math.max(f[1], DIFFERENCE_FLOOR);
+  } finally {
+    r.dispose();
+  }
+}
