@@ -39,12 +39,12 @@
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
-import process from "node:process";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { seedInit } from "../models/module.ts";
 import type { Classifier } from "../models/module.ts";
 import { train } from "../train/trainer.ts";
+import { claimOutFolder } from "../train/out_lock.ts";
 import { buildModel, presetConfig, type TrainConfig } from "../train/config.ts";
 import { checkpointExists, loadCheckpoint } from "../train/checkpoint.ts";
 import { openDataset } from "../train/data/mod.ts";
@@ -1317,39 +1317,8 @@ export const OUT_LOCK = "trends.lock";
  * await release();
  * ```
  */
-export async function lockOut(out: string): Promise<() => Promise<void>> {
-  const path = `${out}/${OUT_LOCK}`;
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      await Deno.writeTextFile(path, `${Deno.pid}\n`, { createNew: true });
-      return async () => {
-        await Deno.remove(path).catch(() => {});
-      };
-    } catch (e) {
-      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
-    }
-    const pid = Number((await Deno.readTextFile(path).catch(() => "")).trim());
-    if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
-      throw new Error(
-        `--out: ${out} is in use by another trends command (pid ${pid}, ${path}); wait for it, ` +
-          `or give another --out`,
-      );
-    }
-    console.error(`warning: ${path}: left by pid ${pid || "?"}, which is gone; taking it over`);
-    await Deno.remove(path).catch(() => {});
-  }
-  throw new Error(`--out: could not claim ${path}`);
-}
-
-/** Whether a process with this pid exists (signal 0 checks without sending anything). */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    // EPERM: it exists but belongs to another user.
-    return (e as { code?: string }).code === "EPERM";
-  }
+export function lockOut(out: string): Promise<() => Promise<void>> {
+  return claimOutFolder(out, { lock: OUT_LOCK, what: "trends command" });
 }
 
 /** The `--jobs` workers of this command: how many, and how long they trained (null without). */

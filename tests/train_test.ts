@@ -132,8 +132,21 @@ Deno.test("bad input: one-line errors naming the file or flag", async () => {
       return true;
     },
   );
+  // A failed run leaves no lock behind.
+  await assert.rejects(() => Deno.stat(`${dir}/train.lock`), Deno.errors.NotFound);
+  // A folder that a live process trains into is refused; a lock whose process is gone (a pid above
+  // Linux's largest) is taken over, and released at the end.
+  await Deno.mkdir(`${dir}/held`);
+  await Deno.writeTextFile(`${dir}/held/train.lock`, `${Deno.pid}\n`);
+  await assert.rejects(
+    () => quiet(() => train(tiny(`${dir}/held`))),
+    new RegExp(`--out: .*held is in use by another training run \\(pid ${Deno.pid}, `),
+  );
+  await Deno.mkdir(`${dir}/a`);
+  await Deno.writeTextFile(`${dir}/a/train.lock`, "4194305\n");
   // A checkpoint of another model is refused.
   await quiet(() => train(tiny(`${dir}/a`, { epochs: 1, mixup: 0, cutmix: 0, modelEma: false })));
+  await assert.rejects(() => Deno.stat(`${dir}/a/train.lock`), Deno.errors.NotFound);
   await assert.rejects(
     () =>
       quiet(() =>

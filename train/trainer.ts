@@ -22,6 +22,7 @@ import type { TrainConfig } from "./config.ts";
 import type { Classifier } from "../models/module.ts";
 import { type EpochRow, finishEpoch, saveRun } from "./checkpointing.ts";
 import { evaluate, trainOneEpoch } from "./engine.ts";
+import { claimOutFolder } from "./out_lock.ts";
 import { type Replicas, singleProcess } from "./parallel.ts";
 import { setupModel, setupTraining, type TrainRun } from "./setup.ts";
 
@@ -61,7 +62,28 @@ export interface TrainHooks {
  * ```
  */
 export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<TrainResult> {
-  const run = await setupModel(cfg, hooks.replicas ?? singleProcess());
+  const replicas = hooks.replicas ?? singleProcess();
+  // One training command per --out (rank 0 holds it for all ranks); evaluation writes nothing.
+  const release = !cfg.evalOnly && replicas.isMain
+    ? await claimOutFolder(cfg.out, OUT_FOLDER_LOCK)
+    : null;
+  try {
+    return await trainIn(cfg, hooks, replicas);
+  } finally {
+    await release?.();
+  }
+}
+
+/** The lock of a training run's output folder (see {@linkcode claimOutFolder}). */
+export const OUT_FOLDER_LOCK = { lock: "train.lock", what: "training run" } as const;
+
+/** {@linkcode train} once the output folder is this run's. */
+async function trainIn(
+  cfg: TrainConfig,
+  hooks: TrainHooks,
+  replicas: Replicas,
+): Promise<TrainResult> {
+  const run = await setupModel(cfg, replicas);
   if (cfg.evalOnly) {
     await evaluateOnly(run);
     return { history: run.state.history, out: cfg.out, interrupted: false };
