@@ -149,6 +149,16 @@ export class Gpu {
   readonly #order: QueueOrder;
   /** The op that compiled each pipeline, to name it when a later submit fails. */
   #sites = new Map<GPUComputePipeline, string>();
+  /**
+   * Called with each dispatch instead of recording it: the hook records it by
+   * calling `record` (once), e.g. inside {@linkcode timedPass}; `name` is the
+   * launcher's kernel name, else the op that compiled the kernel, and `kernel`
+   * what the launcher passed. `ops/kernel_profile.ts` times each dispatch so.
+   */
+  dispatchHook:
+    | ((name: string, kernel: KernelInfo | undefined, record: () => void) => void)
+    | null = null;
+  #inHook = false;
   /** The last dispatch recorded: its op and workgroups, to name a failed submit. */
   #lastPipeline: GPUComputePipeline | null = null;
   #lastWorkgroups: readonly number[] = [];
@@ -366,6 +376,20 @@ export class Gpu {
       buffers: buffers.length,
       uniformBytes: uniforms?.byteLength ?? 0,
     });
+    if (this.dispatchHook && !this.#inHook) {
+      const name = kernel?.name ?? this.#sites.get(k.pipeline) ?? "an unknown op";
+      this.#inHook = true;
+      try {
+        this.dispatchHook(
+          name,
+          kernel,
+          () => this.dispatch(code, buffers, workgroups, uniforms, kernel),
+        );
+      } finally {
+        this.#inHook = false;
+      }
+      return;
+    }
     const slot = uniforms ? this.#uniformSlot(uniforms) : null;
     let group: GPUBindGroup | undefined;
     if (!slot || k.dynamicUniforms) {

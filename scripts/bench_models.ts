@@ -43,6 +43,7 @@ import { setDepthwiseImpl } from "../ops/depthwise.ts";
 import { setGemmImpl } from "../ops/gemm_plan.ts";
 import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
 import { planner, type PlanOptions, type PlanRow } from "../ops/planner.ts";
+import { type KernelTime, profileKernels } from "../ops/kernel_profile.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
 import { AdamW } from "../ops/optim.ts";
@@ -87,6 +88,9 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
   --tune-max N      candidates per kernel when tuning (default 6)
   --no-plan-cache   neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
   --retune          plan again the kernels the plan cache already holds
+  --profile         after timing, record one step of each pass with every dispatch timed on its
+                    own and write kernel_profile.csv (GPU ms per kernel and shape, share of the
+                    pass); the longest kernels are printed
   --with-pytorch    run the PyTorch anchors first (python3 bench/pytorch/convnext.py, and
                     official_models.py for slak_tiny / replknet_31b), then print ours beside
                     them with ratios and write bench_models_vs_pytorch.csv
@@ -146,6 +150,8 @@ export interface ModelBench {
   trainPipelinedMs: number | null;
   /** Kernel keys planned before timing (`plan`): heuristic vs chosen GPU ms. */
   planned: PlanRow[];
+  /** With `profile`: one step of each pass, kernel by kernel (null without timestamp queries). */
+  profiles: { pass: string; kernels: KernelTime[] | null }[];
 }
 
 /**
@@ -183,7 +189,7 @@ async function recordMs(record: () => void): Promise<{ ms: number; dispatches: n
  */
 export async function benchModel(
   model: Classifier,
-  { batch, size, classes, steps, warmup, passes, plan }: {
+  { batch, size, classes, steps, warmup, passes, plan, profile }: {
     batch: number;
     size: number;
     classes: number;
@@ -192,6 +198,8 @@ export async function benchModel(
     passes: string[];
     /** Plan the kernels of a training step first (see `planWithCache`); none when absent. */
     plan?: PlanOptions & { cachePath: string | null };
+    /** Profile one step of each pass kernel by kernel after timing it (see `profileKernels`). */
+    profile?: boolean;
   },
 ): Promise<ModelBench> {
   const x = Tensor.randn([batch, 3, size, size], { seed: 7 });
@@ -210,6 +218,7 @@ export async function benchModel(
     trainDispatches: null,
     trainPipelinedMs: null,
     planned: [],
+    profiles: [],
   };
   const params = model.parameters();
   try {
@@ -233,6 +242,7 @@ export async function benchModel(
       out.inferRecordMs = rec.ms;
       out.inferDispatches = rec.dispatches;
       out.inferMs = t.wallMs;
+      if (profile) out.profiles.push({ pass: "infer", kernels: await profileKernels(infer) });
       out.inferGpuMs = t.method === "timestamp" ? t.ms : null;
       out.timing = t.method;
     }
@@ -251,6 +261,7 @@ export async function benchModel(
         out.trainGpuMs = t.method === "timestamp" ? t.ms : null;
         out.timing = t.method;
         const rec = await recordMs(step);
+        if (profile) out.profiles.push({ pass: "train", kernels: await profileKernels(step) });
         out.trainRecordMs = rec.ms;
         out.trainDispatches = rec.dispatches;
         // As a training loop runs: no sync between steps (the GPU may overlap the next recording).
@@ -351,6 +362,7 @@ async function main(): Promise<void> {
     "tune-max": { type: "int", min: 1, max: 1000, default: 6 },
     "no-plan-cache": { type: "boolean", default: false },
     retune: { type: "boolean", default: false },
+    profile: { type: "boolean", default: false },
     anchor: { type: "string" },
     "with-pytorch": { type: "boolean", default: false },
     "official-dir": { type: "string" },
@@ -412,6 +424,7 @@ async function main(): Promise<void> {
   console.log(`# adapter: ${adapter}; batch ${batch}, ${size}², fp32`);
   const rows: Record<string, Cell>[] = [];
   const gemmRows: Record<string, Cell>[] = [];
+  const profileRows: Record<string, Cell>[] = [];
   const comments = [
     `adapter: ${adapter}`,
     `median of ${steps} after ${warmup} warm-up; img/s from the wall clock around a drained queue` +
@@ -448,7 +461,9 @@ async function main(): Promise<void> {
             maxCandidates: tuneMax,
           }
           : undefined,
+        profile: values.profile,
       });
+      profileRows.push(...profileTable(name, ks, r.profiles));
       for (const t of r.planned) {
         gemmRows.push({
           model: name,
@@ -516,6 +531,9 @@ async function main(): Promise<void> {
     );
     await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
     if (gemmRows.length) await writeFileAtomic(`${out}/gemm_tune.csv`, toCsv(gemmRows));
+    if (profileRows.length) {
+      await writeFileAtomic(`${out}/kernel_profile.csv`, toCsv(profileRows, { comments }));
+    }
     if (anchor.length) await writeSideBySide();
   }
   await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
@@ -527,6 +545,50 @@ async function main(): Promise<void> {
   }
   // Written after each model, with bench_models.csv.
   if (gemmRows.length) console.log(`wrote ${out}/gemm_tune.csv`);
+  if (profileRows.length) console.log(`wrote ${out}/kernel_profile.csv`);
+}
+
+/** Kernels shown per pass in the printed profile (the CSV has them all). */
+const PROFILE_SHOWN = 12;
+
+/**
+ * The rows of `kernel_profile.csv` for one model (model, kernels, pass,
+ * kernel, detail, calls, total_ms, mean_us, share_pct), and the longest
+ * kernels of each pass printed with their share of the pass.
+ */
+function profileTable(
+  model: string,
+  kernels: string,
+  profiles: ModelBench["profiles"],
+): Record<string, Cell>[] {
+  const rows: Record<string, Cell>[] = [];
+  for (const { pass, kernels: times } of profiles) {
+    if (!times) {
+      console.log(`${model}@${kernels} ${pass}: no profile (the adapter has no timestamp queries)`);
+      continue;
+    }
+    const total = times.reduce((s, t) => s + t.totalMs, 0);
+    const these = times.map((t) => ({
+      model,
+      kernels,
+      pass,
+      kernel: t.kernel,
+      detail: t.detail,
+      calls: t.calls,
+      total_ms: Number(t.totalMs.toFixed(4)),
+      mean_us: Number(((1e3 * t.totalMs) / t.calls).toFixed(2)),
+      share_pct: Number(((100 * t.totalMs) / Math.max(total, 1e-9)).toFixed(2)),
+    }));
+    rows.push(...these);
+    console.log(
+      `${model}@${kernels} ${pass}: ${total.toFixed(2)} GPU ms over ${
+        times.reduce((n, t) => n + t.calls, 0)
+      } dispatches, each in a timed pass of its own; the longest:`,
+    );
+    const columns = ["kernel", "calls", "total_ms", "share_pct", "detail"];
+    console.log(formatTable(these.slice(0, PROFILE_SHOWN), columns));
+  }
+  return rows;
 }
 
 if (import.meta.main) await runMain(main);
