@@ -63,12 +63,17 @@ export interface TrainHooks {
  */
 export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<TrainResult> {
   const replicas = hooks.replicas ?? singleProcess();
-  // One training command per --out (rank 0 holds it for all ranks); evaluation writes nothing.
-  const release = !cfg.evalOnly && replicas.isMain
-    ? await claimOutFolder(cfg.out, OUT_FOLDER_LOCK)
-    : null;
+  // Checks that the ranks agree on the flags (a mismatch stops them before any file is written)
+  // and builds the model; it writes no file.
+  const run = await setupModel(cfg, replicas);
+  if (cfg.evalOnly) {
+    await evaluateOnly(run);
+    return { history: run.state.history, out: cfg.out, interrupted: false };
+  }
+  // One training command per --out; rank 0 holds it for all ranks.
+  const release = replicas.isMain ? await claimOutFolder(cfg.out, OUT_FOLDER_LOCK) : null;
   try {
-    return await trainIn(cfg, hooks, replicas);
+    return await trainRun(run, hooks);
   } finally {
     await release?.();
   }
@@ -77,17 +82,9 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
 /** The lock of a training run's output folder (see {@linkcode claimOutFolder}). */
 export const OUT_FOLDER_LOCK = { lock: "train.lock", what: "training run" } as const;
 
-/** {@linkcode train} once the output folder is this run's. */
-async function trainIn(
-  cfg: TrainConfig,
-  hooks: TrainHooks,
-  replicas: Replicas,
-): Promise<TrainResult> {
-  const run = await setupModel(cfg, replicas);
-  if (cfg.evalOnly) {
-    await evaluateOnly(run);
-    return { history: run.state.history, out: cfg.out, interrupted: false };
-  }
+/** {@linkcode train} once the model is built and the output folder is this run's. */
+async function trainRun(run: TrainRun, hooks: TrainHooks): Promise<TrainResult> {
+  const cfg = run.cfg;
   await setupTraining(run);
   let interrupted = false;
   const onSigint = () => {
