@@ -17,7 +17,7 @@
  * ```
  * @module
  */
-import { launch, storage, WG } from "./kernel.ts";
+import { launch, memoize, storage, uniforms, WG } from "./kernel.ts";
 import { Tensor } from "./tensor.ts";
 
 /** Most workgroups of the reduction: each invocation loops over a stride of the rest. */
@@ -29,22 +29,30 @@ const MAX_GROUPS = 1024;
  */
 export const DIFFERENCE_FLOOR = 1e-6;
 
-function reductionSource(n: number, groups: number): string {
-  const stride = groups * WG;
+/** The reduction's uniform block: the element count (one kernel serves every size). */
+const sizeUniform = (n: number) => uniforms(3, { n: ["u32", n] });
+
+/**
+ * The reduction kernel, one for every size: a tuning run compares outputs of
+ * many shapes, and a kernel per shape would add a compile to each.
+ */
+const reductionSource = memoize((): string =>
   // Non-negative f32 values order like their bit patterns as u32, so atomicMax on the bits is a
   // float max. r[0]: max |a − b|, r[1]: max |b| (finite entries only), r[2]: 1 where one of a
   // pair is finite and the other is not.
-  return `${storage("a", "b", "r:atomic<u32>!")}
+  `${storage("a", "b", "r:atomic<u32>!")}
+${sizeUniform(0).decl}
 var<workgroup> wd: array<f32, ${WG}>;
 var<workgroup> ws: array<f32, ${WG}>;
 var<workgroup> wf: array<u32, ${WG}>;
 fn finite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u; }
 @compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
   var d = 0.0;
   var s = 0.0;
   var f = 0u;
-  for (var i = wid.x * ${WG}u + li; i < ${n}u; i += ${stride}u) {
+  for (var i = wid.x * ${WG}u + li; i < P.n; i += nwg.x * ${WG}u) {
     let x = a[i];
     let y = b[i];
     if (finite(x) != finite(y)) { f = 1u; } else if (finite(y)) {
@@ -67,8 +75,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
     atomicMax(&r[1], bitcast<u32>(ws[0]));
     atomicMax(&r[2], wf[0]);
   }
-}`;
-}
+}`
+);
 
 /**
  * max |a − b| over max(max |b|, {@linkcode DIFFERENCE_FLOOR}) for two
@@ -94,9 +102,8 @@ export async function relativeDifference(a: Tensor, b: Tensor): Promise<number> 
   const groups = Math.min(MAX_GROUPS, Math.ceil(a.size / WG));
   const r = Tensor.zeros([3]);
   try {
-    launch(reductionSource(a.size, groups), [a, b, r], [groups, 1, 1], undefined, {
+    launch(reductionSource(), [a, b, r], [groups, 1, 1], sizeUniform(a.size).data, {
       name: "relative_difference",
-      config: { n: a.size },
     });
     const [diff, scale, flag] = new Uint32Array((await r.read()).buffer);
     if (flag) return Infinity;
