@@ -26,6 +26,7 @@ export * from "./ops/gemm_plan.ts";
 export * from "./ops/planner.ts";
 export * from "./ops/plan_cache.ts";
 export * from "./ops/timing.ts";
+export * from "./ops/random.ts";
 export * from "./ops/fused.ts";
 export * from "./ops/fused_residual.ts";
 export * from "./ops/fused_layernorm.ts";

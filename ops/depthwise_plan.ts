@@ -57,7 +57,7 @@ import { type DepthwiseShape, transposedShape } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
 import { ceilDiv, memoize } from "./kernel.ts";
 import { type CandidateOptions, distinctCandidates, type PlanJob, planner } from "./planner.ts";
-import { Tensor } from "./tensor.ts";
+import { randomNormal } from "./random.ts";
 
 export type { ConvConfig, DepthwiseShape, FilterConfig, ForwardConfig, WeightGradConfig };
 
@@ -421,9 +421,9 @@ function filterCandidates(
 
 /** Random inputs of one shape: x, w and gy, disposed together. */
 function benchInputs(s: DepthwiseShape) {
-  const x = Tensor.randn([s.n, s.c, s.h, s.w], { seed: 1 });
-  const w = Tensor.randn([s.c, 1, s.kh, s.kw], { seed: 2 });
-  const gy = Tensor.randn([s.n, s.c, s.ho, s.wo], { seed: 3 });
+  const x = randomNormal([s.n, s.c, s.h, s.w], { seed: 1 });
+  const w = randomNormal([s.c, 1, s.kh, s.kw], { seed: 2 });
+  const gy = randomNormal([s.n, s.c, s.ho, s.wo], { seed: 3 });
   return { x, w, gy, dispose: () => [x, w, gy].forEach((t) => t.dispose()) };
 }
 

@@ -67,6 +67,7 @@ import {
   vecViews,
 } from "./gemm_source.ts";
 import { type PlanJob, planner } from "./planner.ts";
+import { randomNormal } from "./random.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 
 export type { GemmConfig, GemmVecOperand };
@@ -108,9 +109,11 @@ function plannedConfig(spec: GemmSpec, product: string): GemmConfig {
 
 /**
  * What the planner needs to plan a product: its candidates, and random
- * operands of the spec's shapes on which a candidate and
- * {@linkcode gemmReference} run (written outputs start from the same values
- * each run, since a store may read them).
+ * operands of the spec's shapes (drawn on the GPU: a CPU draw of a stage-1
+ * operand takes seconds, with the GPU idle) on which a candidate and
+ * {@linkcode gemmReference} run. Written outputs start from the same values
+ * for every checked run, since a store may read them; timed runs reuse one
+ * set of outputs, so that only the product is timed.
  */
 function gemmJob(spec: GemmSpec): PlanJob<GemmConfig> {
   const shapes = (r: Record<string, Tensor>): [string, readonly number[]][] =>
@@ -118,24 +121,30 @@ function gemmJob(spec: GemmSpec): PlanJob<GemmConfig> {
   const inShapes = shapes(spec.inputs);
   const outShapes = shapes(spec.outputs);
   const written = spec.written ?? 1;
-  const randn = (list: [string, readonly number[]][], seed: number): [string, Tensor][] =>
-    list.map(([name, s], i) => [name, Tensor.randn(s, { seed: seed + i })]);
+  const random = (list: [string, readonly number[]][], seed: number): [string, Tensor][] =>
+    list.map(([name, s], i) => [name, randomNormal(s, { seed: seed + i })]);
   return {
     candidates: (o) => gemmCandidates(spec.batch, spec.m, spec.n, spec.k, o),
     bench: () => {
-      const inputs = Object.fromEntries(randn(inShapes, 1));
-      const kept = randn(outShapes.slice(written), 50);
+      const inputs = Object.fromEntries(random(inShapes, 1));
+      const kept = random(outShapes.slice(written), 50);
+      let scratch: Record<string, Tensor> | null = null;
       const runWith = (record: (s: GemmSpec) => void): Tensor[] => {
-        const fresh = randn(outShapes.slice(0, written), 20);
+        const fresh = random(outShapes.slice(0, written), 20);
         record({ ...spec, inputs, outputs: Object.fromEntries([...fresh, ...kept]) });
         return fresh.map(([, t]) => t);
       };
       return {
         run: (c) => runWith((s) => gemm(s, c)),
         reference: () => runWith(gemmReference),
+        time: (c) => {
+          scratch ??= Object.fromEntries([...random(outShapes.slice(0, written), 20), ...kept]);
+          gemm({ ...spec, inputs, outputs: scratch }, c);
+        },
         dispose: () => {
           for (const t of Object.values(inputs)) t.dispose();
           for (const [, t] of kept) t.dispose();
+          for (const t of Object.values(scratch ?? {}).slice(0, written)) t.dispose();
         },
       };
     },

@@ -68,6 +68,12 @@ export interface PlanBench<C> {
   run(choice: C): Tensor[];
   /** The same work by the plain reference kernel, in the order of `run`'s outputs. */
   reference(): Tensor[];
+  /**
+   * Record the work under `choice` for timing only (optional; default: `run`, its outputs
+   * disposed). It may write the same outputs every time: only its GPU time counts, so work
+   * that `run` does to give each call fresh outputs (filling them) stays out of the timing.
+   */
+  time?(choice: C): void;
   /** Free the inputs. */
   dispose(): void;
 }
@@ -429,7 +435,8 @@ export class Planner {
     software: boolean,
     opts: PlanOptions,
   ): Promise<number[]> {
-    const record = (c: unknown) => () => bench.run(c).forEach((x) => x.dispose());
+    const record = (c: unknown) =>
+      bench.time ? () => bench.time!(c) : () => bench.run(c).forEach((x) => x.dispose());
     const runs = opts.runs ?? (software ? 1 : 3);
     const minMs = software ? 0 : TUNE_MIN_MS;
     // The first round also finds how many back-to-back repeats make a run last minMs, and the

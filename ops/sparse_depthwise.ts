@@ -81,6 +81,7 @@ import {
 import { mul } from "./elementwise.ts";
 import { gpu } from "./gpu.ts";
 import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
+import { randomNormal } from "./random.ts";
 import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
 
 /**
@@ -1439,9 +1440,9 @@ function benchInputs(s: DepthwiseShape, density: number) {
     SparseDepthwisePlan.randomMask(s.c, s.kh, s.kw, density, 5),
     [s.c, 1, s.kh, s.kw],
   );
-  const x = Tensor.randn([s.n, s.c, s.h, s.w], { seed: 1 });
-  const w = Tensor.randn([s.c, 1, s.kh, s.kw], { seed: 2 });
-  const gy = Tensor.randn([s.n, s.c, s.ho, s.wo], { seed: 3 });
+  const x = randomNormal([s.n, s.c, s.h, s.w], { seed: 1 });
+  const w = randomNormal([s.c, 1, s.kh, s.kw], { seed: 2 });
+  const gy = randomNormal([s.n, s.c, s.ho, s.wo], { seed: 3 });
   const masked = mul(w, plan.mask);
   const g = { ...s, stride: 1 };
   const dispose = () => {

@@ -37,7 +37,8 @@ import { gpu, initGpu, runMain } from "../ops/gpu.ts";
 import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
 import { planner } from "../ops/planner.ts";
 import { matmul } from "../ops/matmul.ts";
-import { scope, Tensor } from "../ops/tensor.ts";
+import { scope, type Tensor } from "../ops/tensor.ts";
+import { randomNormal } from "../ops/random.ts";
 import { CONVNEXT_PRESETS } from "../models/convnext.ts";
 import { type SweepOptions, type SweepProduct, sweepProduct, sweepSummary } from "./gemm_sweep.ts";
 import { SLAK_PRESETS, widenDims } from "../models/slak.ts";
@@ -73,8 +74,8 @@ function mm(name: string, m: number, n: number, k: number, transA = false): Gemm
     k,
     layout: transA ? "tn" : "nn",
     make() {
-      const a = Tensor.randn(transA ? [k, m] : [m, k], { seed: 1 });
-      const b = Tensor.randn([k, n], { seed: 2 });
+      const a = randomNormal(transA ? [k, m] : [m, k], { seed: 1 });
+      const b = randomNormal([k, n], { seed: 2 });
       return { tensors: [a, b], run: () => matmul(a, b, { transA }) };
     },
   };
@@ -98,8 +99,8 @@ function conv(
     k: cin * kernel * kernel,
     layout: "conv",
     make() {
-      const x = Tensor.randn([batch, cin, size, size], { seed: 1 });
-      const w = Tensor.randn([cout, cin, kernel, kernel], { seed: 2 });
+      const x = randomNormal([batch, cin, size, size], { seed: 1 });
+      const w = randomNormal([cout, cin, kernel, kernel], { seed: 2 });
       return {
         tensors: [x, w],
         run: () => conv2d(x, w, null, { stride, padding: pad }),

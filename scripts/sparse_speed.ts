@@ -41,6 +41,7 @@ import {
   SparseDepthwisePlan,
 } from "../ops/sparse_depthwise.ts";
 import { scope, Tensor, trimPool } from "../ops/tensor.ts";
+import { randomNormal } from "../ops/random.ts";
 
 const HELP = `usage: deno run -A scripts/sparse_speed.ts [flags]
 
@@ -198,8 +199,8 @@ async function main(): Promise<void> {
   for (const [kh, kw] of kernels) {
     const [ph, pw] = samePadding(kh, kw);
     const s: DepthwiseShape = { n, c, h, w: wd, kh, kw, ph, pw, ho: h, wo: wd };
-    const x = Tensor.randn([n, c, h, wd], { seed: 1 });
-    const gy = Tensor.randn([n, c, h, wd], { seed: 3 });
+    const x = randomNormal([n, c, h, wd], { seed: 1 });
+    const gy = randomNormal([n, c, h, wd], { seed: 3 });
     const wRaw = await Tensor.randn([c, 1, kh, kw], { seed: 2 }).read();
     if (tune) {
       const w = Tensor.from(wRaw, [c, 1, kh, kw]);
