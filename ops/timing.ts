@@ -35,6 +35,50 @@ export const TUNE_MIN_MS = 15;
  */
 export const TUNE_WARMUP_MS = 60;
 
+/**
+ * The longest {@linkcode warmUp} keeps going, as a multiple of the asked-for
+ * warm-up, when the GPU is still getting faster.
+ */
+export const WARMUP_MAX_FACTOR = 8;
+
+/**
+ * Keep the GPU busy with `record` for at least `minMs` and until it stops
+ * getting faster: the work is submitted in chunks of about `minMs / 3`, each
+ * chunk's GPU time is measured, and the warm-up ends once a chunk is no more
+ * than 2% faster than the one before (the clock has settled), or after
+ * {@linkcode WARMUP_MAX_FACTOR} × `minMs`. A fixed 60 ms was not enough after a
+ * long idle: on the H100 the products of a benchmark then timed at the
+ * 345 MHz idle clock, 3–4× slow. Returns the chunks' per-recording times, in
+ * order (tests read the settling from them).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { warmUp } from "./timing.ts";
+ * await initGpu();
+ * const times = await warmUp(() => Tensor.zeros([1024]).dispose(), 1);
+ * console.log(times.length >= 1); // true
+ * ```
+ */
+export async function warmUp(record: () => void, minMs: number): Promise<number[]> {
+  const probe = await timeGpu(record, { runs: 1, warmup: 0 });
+  // Per-chunk repeats: a third of the minimum, so that the plateau test has a few chunks to see.
+  const reps = Math.max(1, Math.min(1024, Math.ceil(minMs / 3 / Math.max(probe.ms, 1e-3))));
+  const times: number[] = [];
+  const t0 = performance.now();
+  let busy = 0;
+  while (busy < WARMUP_MAX_FACTOR * minMs) {
+    const t = await timeGpu(record, { runs: 1, warmup: 0, reps });
+    times.push(t.ms);
+    busy += t.ms * reps;
+    const n = times.length;
+    const settled = n >= 2 && times[n - 1] >= 0.98 * times[n - 2];
+    if (settled && busy >= minMs && performance.now() - t0 >= minMs) break;
+  }
+  return times;
+}
+
 /** What {@linkcode timeGpu} measured. */
 export interface GpuTiming {
   /** Median milliseconds per recording. */
@@ -58,8 +102,8 @@ export interface GpuTiming {
  * recording: a GPU left idle between short runs drops to a low clock (the
  * H100 sat at 345 MHz instead of 1980 MHz, timing kernels up to 5× slow).
  * `reps` fixes that count instead (a caller timing the same work again
- * skips the probe). `warmupMs` keeps the GPU busy for about that long right before the timed
- * runs, so that they start at the working clock.
+ * skips the probe). `warmupMs` keeps the GPU busy right before the timed runs for at least that
+ * long and until its speed settles ({@linkcode warmUp}), so that they start at the working clock.
  *
  * @example
  * ```ts
@@ -103,14 +147,7 @@ export async function timeGpu(
       await g.sync();
     }
   }
-  if (warmupMs > 0) {
-    // Keep the GPU busy before the timed runs (one submit, no idle gaps) so that its clock has
-    // ramped up; the probe may have run slow, so this errs on the long side.
-    const probe = await timeGpu(record, { runs: 1, warmup: 0 });
-    const times = Math.min(1024, Math.ceil(warmupMs / Math.max(probe.ms, 1e-3)));
-    for (let i = 0; i < times; i++) record();
-    await g.sync();
-  }
+  if (warmupMs > 0) await warmUp(record, warmupMs);
   const useTs = g.features.has("timestamp-query");
   const qs = useTs ? g.device.createQuerySet({ type: "timestamp", count: 2 }) : null;
   const resolve = useTs
