@@ -83,12 +83,28 @@ interface Kernel {
   checkGroup: GPUBindGroup | null;
 }
 
-/** A uniform arena: a persistent buffer and its bytes, written before each submit that uses them. */
-interface UniformArena {
+/** An arena: a persistent buffer and its bytes, written before each submit that uses them. */
+interface Arena {
   buffer: GPUBuffer;
   bytes: Uint8Array<ArrayBuffer>;
   used: number;
 }
+
+/** The arenas of one use (uniform blocks, or uploads), and the one being filled. */
+interface ArenaSet {
+  list: Arena[];
+  index: number;
+  usage: number;
+}
+
+/**
+ * Uploads up to this many bytes go through an upload arena (see
+ * `Gpu.upload`); larger ones (weights at start-up) through a staging buffer
+ * of their own.
+ */
+const UPLOAD_SLOT_MAX = 1 << 16;
+/** Bytes of one upload arena. */
+const UPLOAD_ARENA_BYTES = 1 << 18;
 
 /** Features we use when the adapter offers them; nothing depends on them. */
 const OPTIONAL_FEATURES = ["timestamp-query", "shader-f16", "subgroups"] as const;
@@ -166,12 +182,26 @@ export class Gpu {
    * Uniform arenas: every dispatch's uniform block goes to an aligned slot of
    * one (a buffer per dispatch cost more than the dispatch itself), bound at
    * a dynamic offset. They are kept: each submit writes the arenas it filled
-   * (`#arenaIndex` and those before) just before itself, so the same buffers,
+   * (the set's `index` and those before) just before itself, so the same buffers,
    * and hence the same bind groups, serve every step; the queue runs writes
    * and submits in order, so a submit still reads its own values.
    */
-  #arenas: UniformArena[] = [];
-  #arenaIndex = 0;
+  #uniformArenas: ArenaSet = {
+    list: [],
+    index: 0,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  };
+  /**
+   * Upload arenas: small uploads (labels, drop-path masks: a dozen or more a
+   * step) are copied from a slot of one, written before the submit as the
+   * uniform arenas are. A staging buffer per upload cost a buffer creation
+   * and destruction each, which on the H100 were most of a step's recording.
+   */
+  #uploadArenas: ArenaSet = {
+    list: [],
+    index: 0,
+    usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+  };
   /** Buffers to destroy once the work recorded so far has been submitted. */
   #afterSubmit: GPUBuffer[] = [];
   /** Dispatches recorded since the last submit (for tests and statistics). */
@@ -465,39 +495,57 @@ export class Gpu {
     const size = Math.max(16, Math.ceil(data.byteLength / 16) * 16);
     const align = this.limits.minUniformBufferOffsetAlignment;
     const slot = Math.ceil(size / align) * align;
-    let arena = this.#arenas[this.#arenaIndex];
-    while (arena && arena.used + slot > arena.bytes.byteLength) {
-      arena = this.#arenas[++this.#arenaIndex];
-    }
-    if (!arena) {
-      this.errors.throwIfLost();
-      const bytes = Math.max(UNIFORM_ARENA_BYTES, slot);
-      const buffer = this.device.createBuffer({
-        size: bytes,
-        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-      });
-      arena = { buffer, bytes: new Uint8Array(bytes), used: 0 };
-      this.#arenas.push(arena);
-      this.#arenaIndex = this.#arenas.length - 1;
-    }
-    const offset = arena.used;
-    arena.bytes.set(new Uint8Array(data), offset);
-    arena.used += slot;
-    return { buffer: arena.buffer, offset, size };
+    const { buffer, offset } = this.#slot(
+      this.#uniformArenas,
+      new Uint8Array(data),
+      slot,
+      UNIFORM_ARENA_BYTES,
+    );
+    return { buffer, offset, size };
   }
 
-  /** Write the uniform arenas filled since the last submit (in recording order) and empty them. */
-  #writeArenas(): void {
-    const last = Math.min(this.#arenaIndex, this.#arenas.length - 1);
-    for (let i = 0; i <= last; i++) {
-      const arena = this.#arenas[i];
-      if (arena.used === 0) continue;
-      const bytes = arena.bytes.subarray(0, arena.used);
-      if (this.#order.active) this.#order.write(arena.buffer, 0, bytes);
-      else this.device.queue.writeBuffer(arena.buffer, 0, bytes);
-      arena.used = 0;
+  /**
+   * `bytes` copied into `slot` bytes (zero-padded) of the set's current
+   * arena, or of the next one (created when needed, at least `arenaBytes`)
+   * when it is full.
+   */
+  #slot(
+    set: ArenaSet,
+    bytes: Uint8Array,
+    slot: number,
+    arenaBytes: number,
+  ): { buffer: GPUBuffer; offset: number } {
+    let arena = set.list[set.index];
+    while (arena && arena.used + slot > arena.bytes.byteLength) arena = set.list[++set.index];
+    if (!arena) {
+      this.errors.throwIfLost();
+      const size = Math.max(arenaBytes, slot);
+      const buffer = this.device.createBuffer({ size, usage: set.usage });
+      arena = { buffer, bytes: new Uint8Array(size), used: 0 };
+      set.list.push(arena);
+      set.index = set.list.length - 1;
     }
-    this.#arenaIndex = 0;
+    const offset = arena.used;
+    arena.bytes.set(bytes, offset);
+    arena.bytes.fill(0, offset + bytes.byteLength, offset + slot);
+    arena.used += slot;
+    return { buffer: arena.buffer, offset };
+  }
+
+  /** Write the arenas filled since the last submit (in recording order) and empty them. */
+  #writeArenas(): void {
+    for (const set of [this.#uniformArenas, this.#uploadArenas]) {
+      const last = Math.min(set.index, set.list.length - 1);
+      for (let i = 0; i <= last; i++) {
+        const arena = set.list[i];
+        if (arena.used === 0) continue;
+        const bytes = arena.bytes.subarray(0, arena.used);
+        if (this.#order.active) this.#order.write(arena.buffer, 0, bytes);
+        else this.device.queue.writeBuffer(arena.buffer, 0, bytes);
+        arena.used = 0;
+      }
+      set.index = 0;
+    }
   }
 
   /**
@@ -509,14 +557,20 @@ export class Gpu {
     const size = Math.ceil(bytes.byteLength / 4) * 4;
     if (size === 0) return;
     this.errors.throwIfLost();
+    const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (size <= UPLOAD_SLOT_MAX) {
+      // Record the copy first: ending a compute pass does not touch the arenas.
+      const encoder = this.encoderForCopy();
+      const slot = this.#slot(this.#uploadArenas, view, size, UPLOAD_ARENA_BYTES);
+      encoder.copyBufferToBuffer(slot.buffer, slot.offset, dst, dstOffset, size);
+      return;
+    }
     const staging = this.device.createBuffer({
       size,
       usage: GPUBufferUsage.COPY_SRC,
       mappedAtCreation: true,
     });
-    new Uint8Array(staging.getMappedRange()).set(
-      new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-    );
+    new Uint8Array(staging.getMappedRange()).set(view);
     staging.unmap();
     this.encoderForCopy().copyBufferToBuffer(staging, 0, dst, dstOffset, size);
     this.#afterSubmit.push(staging);

@@ -177,7 +177,7 @@ export function resetPoolPeaks(): void {
  * import { configurePool } from "./tensor.ts";
  * const before = configurePool({ fitSlack: 1, reclaim: false });
  * configurePool(before);
- * console.log(before); // { fitSlack: 1.25, reclaim: true, headroom: 0.1, smallBytes: 1048576 }
+ * console.log(before); // { fitSlack: 1.25, reclaim: true, headroom: 0.2, smallBytes: 1048576 }
  * ```
  */
 export function configurePool(policy: Partial<PoolPolicy>): PoolPolicy {

@@ -65,7 +65,7 @@ Peak live tensor bytes vs the pool's bytes per phase of a training step (AdamW).
   --steps N         training steps; the last one is reported (default 3)
   --fit-slack X     a request may take a free buffer up to X times its size class (default 1.25)
   --no-reclaim      never return free buffers to the driver before the pool grows
-  --headroom H      reclaim only past (1 + H) × the most bytes in use at once (default 0.1)
+  --headroom H      reclaim only past (1 + H) × the most bytes in use at once (default 0.2)
   --small-kib K     buffers under K KiB are never reclaimed (default 1024)
   --dry             record no kernels (values are garbage, allocations the same): batch 64
                     at 224² in seconds on any adapter

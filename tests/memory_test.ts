@@ -46,8 +46,8 @@ Deno.test("pool: alternating sizes no longer strand buffers of other classes", (
   assert.equal(alternate(EXACT, sizes, 50), total);
   // Reclaiming returns the stranded ones first: never more than the largest one at a time…
   assert.equal(alternate(TIGHT, sizes, 50), 32 * MIB);
-  // … or, with the default headroom, than 10% above it.
-  assert.ok(alternate(DEFAULT_POOL_POLICY, sizes, 50) <= 1.1 * 32 * MIB);
+  // … or, with the default headroom, than 20% above it.
+  assert.ok(alternate(DEFAULT_POOL_POLICY, sizes, 50) <= 1.2 * 32 * MIB);
 });
 
 Deno.test("pool: no reclaiming while destroying would only be queued (memory still held)", () => {
@@ -63,10 +63,10 @@ Deno.test("pool: a free buffer a little larger is reused, one far larger is not"
   pool.release(big);
   assert.equal(pool.acquire(9 * MIB), big, "within fitSlack 1.25");
   pool.release(big);
-  const small = pool.acquire(2 * MIB);
-  assert.notEqual(small, big, "5× larger is not taken");
-  // Growing past the most bytes ever in use returned the idle 10 MiB buffer first.
-  assert.equal(pool.allocatedBytes, sizeClass(2 * MIB));
+  const small = pool.acquire(3 * MIB);
+  assert.notEqual(small, big, "3× larger is not taken");
+  // Growing past 1.2× the most bytes ever in use returned the idle 10 MiB buffer first.
+  assert.equal(pool.allocatedBytes, sizeClass(3 * MIB));
   assert.equal(pool.destroyed, 1);
   assert.ok(pool.peakAllocatedBytes <= sizeClass(10 * MIB));
 });
@@ -132,9 +132,9 @@ function trainStep(name: string, batch: number, size: number, steps: number) {
   }
 }
 
-Deno.test("memory: a training step's pool peak stays within 10% of its live peak (20% with 10% headroom)", () => {
+Deno.test("memory: a training step's pool peak stays within 10% of its live peak (30% with 20% headroom)", () => {
   // The tensors of this small model are all under the default smallBytes: reclaim them all.
-  for (const [policy, slack] of [[TIGHT, 1.1], [DEFAULT_POOL_POLICY, 1.2]] as const) {
+  for (const [policy, slack] of [[TIGHT, 1.1], [DEFAULT_POOL_POLICY, 1.3]] as const) {
     const before = configurePool({ ...policy, smallBytes: 0 });
     trimPool(); // free buffers of earlier tests (and the peak they set) do not count here
     try {

@@ -210,3 +210,62 @@ var<workgroup> t: array<vec4<f32>, 4>;
   a.destroy();
   g.device.destroy();
 });
+
+Deno.test("uploads: small ones share arenas in recording order and create no buffers; large ones stage", async () => {
+  const g = gpu();
+  const t = Tensor.zeros([6]);
+  const [one, two] = [Tensor.full([6], 1), Tensor.full([6], 2)];
+  const doubled: Tensor[] = [];
+  await g.sync();
+  // Count buffer creations while many small uploads (more than one arena's worth) are recorded.
+  const device = g.device as unknown as { createBuffer: (d: GPUBufferDescriptor) => GPUBuffer };
+  const create = device.createBuffer.bind(device);
+  // Staging buffers of their own (mapped at creation), and arenas (copy source and destination).
+  let staged = 0;
+  let arenas = 0;
+  device.createBuffer = (d) => {
+    if (d.mappedAtCreation) staged++;
+    if (d.usage === (GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST)) arenas++;
+    return create(d);
+  };
+  try {
+    const rounds = 3;
+    for (let r = 0; r < rounds; r++) {
+      // Each upload into the same buffer lands after the kernel recorded before it read the last one.
+      for (let i = 0; i < 5; i++) {
+        g.upload(t.buffer, Float32Array.of(r, i, 1, 2, 3, 4));
+        doubled.push(mul(t, two));
+      }
+      // 6 bytes, padded with zeros to 8: 1.0, then a second value of zero bytes (not stale arena bytes).
+      g.upload(t.buffer, new Uint8Array([0, 0, 128, 63, 0, 0]), 0);
+      doubled.push(mul(t, one));
+      await g.sync();
+    }
+    // Past one arena: uploads of 40 KiB each, beside the small ones.
+    const big = Tensor.zeros([10_240]);
+    for (let i = 0; i < 12; i++) g.upload(big.buffer, new Float32Array(10_240).fill(i));
+    const last = await big.read();
+    assert.equal(last[0], 11);
+    assert.equal(last[10_239], 11);
+    big.dispose();
+    const seen = await Promise.all(doubled.map((d) => d.read()));
+    for (let r = 0; r < rounds; r++) {
+      for (let i = 0; i < 5; i++) {
+        assert.deepEqual([...seen[r * 6 + i]], [2 * r, 2 * i, 2, 4, 6, 8]);
+      }
+      assert.deepEqual([...seen[r * 6 + 5]], [1, 0, 1, 2, 3, 4]);
+    }
+    // No staging buffer per upload; 480 KiB in one submit take two 256 KiB arenas at most.
+    assert.equal(staged, 0);
+    assert.ok(arenas <= 2, `${arenas} arenas for ${rounds * 6 + 12} uploads`);
+    // A large upload still goes through its own staging buffer, and lands.
+    const huge = Tensor.from(new Float32Array(40_000).fill(3));
+    assert.equal(staged, 1);
+    assert.equal((await huge.read())[39_999], 3);
+    huge.dispose();
+  } finally {
+    device.createBuffer = create;
+    for (const d of doubled) d.dispose();
+    for (const x of [t, one, two]) x.dispose();
+  }
+});
