@@ -211,7 +211,7 @@ var<workgroup> t: array<vec4<f32>, 4>;
   g.device.destroy();
 });
 
-Deno.test("uploads: small ones share arenas in recording order and create no buffers; large ones stage", async () => {
+Deno.test("uploads: in recording order, small ones through arenas, large ones written after a submit", async () => {
   const g = gpu();
   const t = Tensor.zeros([6]);
   const [one, two] = [Tensor.full([6], 1), Tensor.full([6], 2)];
@@ -258,11 +258,19 @@ Deno.test("uploads: small ones share arenas in recording order and create no buf
     // No staging buffer per upload; 480 KiB in one submit take two 256 KiB arenas at most.
     assert.equal(staged, 0);
     assert.ok(arenas <= 2, `${arenas} arenas for ${rounds * 6 + 12} uploads`);
-    // A large upload still goes through its own staging buffer, and lands.
+    // A large upload submits what is recorded and writes after it: a kernel recorded before it
+    // reads the old values, one recorded after it the new ones.
     const huge = Tensor.from(new Float32Array(40_000).fill(3));
-    assert.equal(staged, 1);
-    assert.equal((await huge.read())[39_999], 3);
-    huge.dispose();
+    const before = mul(huge, huge);
+    g.upload(huge.buffer, new Float32Array(40_000).fill(5));
+    const after = mul(huge, huge);
+    assert.equal(staged, 0);
+    assert.equal((await before.read())[39_999], 9);
+    assert.equal((await after.read())[39_999], 25);
+    // An odd byte count is padded with zeros.
+    g.upload(huge.buffer, new Uint8Array(70_001).fill(0));
+    assert.equal((await huge.read())[17_500], 0);
+    for (const x of [huge, before, after]) x.dispose();
   } finally {
     device.createBuffer = create;
     for (const d of doubled) d.dispose();
