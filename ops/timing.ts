@@ -68,13 +68,15 @@ export async function warmUp(record: () => void, minMs: number): Promise<number[
   const times: number[] = [];
   const t0 = performance.now();
   let busy = 0;
-  while (busy < WARMUP_MAX_FACTOR * minMs) {
+  for (;;) {
     const t = await timeGpu(record, { runs: 1, warmup: 0, reps });
     times.push(t.ms);
     busy += t.ms * reps;
     const n = times.length;
     const settled = n >= 2 && times[n - 1] >= 0.98 * times[n - 2];
     if (settled && busy >= minMs && performance.now() - t0 >= minMs) break;
+    // The cap, after two chunks at least (one chunk of slow work can outlast it on its own).
+    if (n >= 2 && busy >= WARMUP_MAX_FACTOR * minMs) break;
   }
   return times;
 }
