@@ -24,6 +24,7 @@ import {
   type Planner,
   type PlanOptions,
   type PlanReport,
+  type PlanRow,
   type SavedPlan,
   validSavedPlans,
 } from "./planner.ts";
@@ -136,7 +137,9 @@ export async function savePlanCache(planner: Planner, path: string): Promise<voi
 /**
  * Plan the kernels of `step` with the cache at `cachePath` (null: no cache):
  * load it, plan what it lacks (everything with `retune`), and write it back
- * when something was planned. What the trainer and the tuning scripts call.
+ * after each key planned, so that a run stopped while planning (a first run
+ * plans for minutes) leaves the next one only the keys it did not reach.
+ * What the trainer and the tuning scripts call.
  *
  * @example
  * ```ts
@@ -155,7 +158,43 @@ export async function planWithCache(
 ): Promise<PlanReport> {
   const { cachePath, ...planOpts } = opts;
   if (cachePath) await loadPlanCache(planner, cachePath);
-  const report = await planner.plan(step, planOpts);
-  if (cachePath && report.planned.length) await savePlanCache(planner, cachePath);
-  return report;
+  return await planner.plan(step, {
+    ...planOpts,
+    onPlanned: async (row, done, total) => {
+      if (cachePath) await savePlanCache(planner, cachePath);
+      await planOpts.onPlanned?.(row, done, total);
+    },
+  });
+}
+
+/**
+ * An `onPlanned` reporter for long plans: a line on stderr after every
+ * `every` keys and after the last, with the keys done, the seconds since the
+ * reporter was made, and the key that took longest so far (a first run
+ * plans for minutes, and says nothing otherwise).
+ *
+ * @example
+ * ```ts
+ * import { planProgress } from "./plan_cache.ts";
+ * const report = planProgress(2, () => {}); // a sink instead of stderr
+ * console.log(typeof report); // "function"
+ * ```
+ */
+export function planProgress(
+  every = 10,
+  write: (line: string) => void = (line) => console.error(line),
+): (row: PlanRow, done: number, total: number) => void {
+  const t0 = performance.now();
+  let slowest = { key: "", ms: -1 };
+  return (row, done, total) => {
+    const ms = row.checkMs + row.timeMs;
+    if (ms > slowest.ms) slowest = { key: row.key, ms };
+    if (done % every !== 0 && done !== total) return;
+    const s = ((performance.now() - t0) / 1e3).toFixed(1);
+    write(
+      `planning kernels: ${done}/${total} keys in ${s} s (longest: ${slowest.key}, ${
+        (slowest.ms / 1e3).toFixed(1)
+      } s)`,
+    );
+  };
 }

@@ -103,6 +103,12 @@ export interface PlanOptions {
   tolerance?: number;
   /** Plan only the keys of these ops (e.g. `["sparse.forward"]`); the others keep their heuristic. */
   ops?: readonly string[];
+  /**
+   * Called (and awaited) after each key is planned, with how many of the `total` keys to plan
+   * are done: `planWithCache` saves the cache there, so a run stopped while planning keeps
+   * the plans it made.
+   */
+  onPlanned?: (row: PlanRow, done: number, total: number) => unknown;
 }
 
 /** One planned key: what {@linkcode Planner.plan} reports. */
@@ -359,13 +365,16 @@ export class Planner {
     }
     const jobs = await this.collect(step);
     const report: PlanReport = { keys: [...jobs.keys()], planned: [], reused: 0 };
+    const todo: [string, () => PlanJob<unknown>][] = [];
     for (const [key, job] of jobs) {
       if (opts.ops && !opts.ops.includes(key.split("|")[0])) continue;
-      if (!opts.retune && this.#plans.has(key)) {
-        report.reused++;
-        continue;
-      }
-      report.planned.push(await this.#planKey(key, job(), software, opts));
+      if (!opts.retune && this.#plans.has(key)) report.reused++;
+      else todo.push([key, job]);
+    }
+    for (const [key, job] of todo) {
+      const row = await this.#planKey(key, job(), software, opts);
+      report.planned.push(row);
+      await opts.onPlanned?.(row, report.planned.length, todo.length);
     }
     return report;
   }

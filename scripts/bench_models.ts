@@ -41,7 +41,7 @@ import { backward, noGrad } from "../ops/autograd.ts";
 import { timeGpu } from "../ops/timing.ts";
 import { setDepthwiseImpl } from "../ops/depthwise.ts";
 import { setGemmImpl } from "../ops/gemm_plan.ts";
-import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
+import { planCachePath, planProgress, planWithCache } from "../ops/plan_cache.ts";
 import { planner, type PlanOptions, type PlanRow } from "../ops/planner.ts";
 import { type KernelTime, profileKernels } from "../ops/kernel_profile.ts";
 import { gpu, initGpu, runMain } from "../ops/gpu.ts";
@@ -459,6 +459,7 @@ async function main(): Promise<void> {
             cachePath: values["no-plan-cache"] ? null : planCachePath(),
             retune: values.retune,
             maxCandidates: tuneMax,
+            onPlanned: planProgress(),
           }
           : undefined,
         profile: values.profile,

@@ -15,6 +15,7 @@ import {
   loadPlanCache,
   PLAN_CACHE_MAX_BYTES,
   planCachePath,
+  planProgress,
   planWithCache,
 } from "../ops/plan_cache.ts";
 import { type PlanJob, Planner, planner, validSavedPlans } from "../ops/planner.ts";
@@ -167,6 +168,50 @@ Deno.test("plan cache: the second run plans nothing; a bad file is ignored with 
     assert.equal(await loadPlanCache(new Planner(gpu()), path), 1);
   } finally {
     console.warn = warn;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("plan cache: a run stopped while planning keeps the keys it planned; progress is reported", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/plans.json`;
+  try {
+    const stopped = (): PlanJob<Choice> => ({
+      candidates: () => [{ v: 0 }, { v: 1 }],
+      bench: () => {
+        throw new Error("stopped while planning");
+      },
+    });
+    const first = new Planner(gpu());
+    const progress: string[] = [];
+    const lines: string[] = [];
+    const report = planProgress(1, (line) => lines.push(line));
+    const step = () => {
+      first.choose("test.squares", "4", isChoice, squaresJob);
+      first.choose("test.stopped", "5", isChoice, stopped);
+    };
+    await assert.rejects(
+      planWithCache(first, step, {
+        cachePath: path,
+        software: true,
+        onPlanned: (row, done, total) => {
+          progress.push(`${row.key} ${done}/${total}`);
+          report(row, done, total);
+        },
+      }),
+      /stopped while planning/,
+    );
+    assert.deepEqual(progress, ["test.squares|4|f32 1/2"]);
+    assert.equal(lines.length, 1);
+    assert.match(
+      lines[0],
+      /^planning kernels: 1\/2 keys in \d+\.\d s \(longest: test\.squares\|4\|f32, /,
+    );
+    // The next run finds the first key's plan in the cache and plans only the other one.
+    const second = new Planner(gpu());
+    assert.equal(await loadPlanCache(second, path), 1);
+    assert.deepEqual(second.planOf("test.squares|4|f32"), { v: 0 });
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

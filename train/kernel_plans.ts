@@ -20,9 +20,10 @@
 import { backward } from "../ops/autograd.ts";
 import { gpu } from "../ops/gpu.ts";
 import { softmaxCrossEntropy } from "../ops/loss.ts";
-import { planCachePath, planWithCache } from "../ops/plan_cache.ts";
+import { planCachePath, planProgress, planWithCache } from "../ops/plan_cache.ts";
 import { planner, type PlanReport, type SavedPlans } from "../ops/planner.ts";
-import { scope, Tensor } from "../ops/tensor.ts";
+import { randomNormal } from "../ops/random.ts";
+import { scope } from "../ops/tensor.ts";
 import type { TrainState } from "./checkpoint.ts";
 import type { TrainConfig } from "./config.ts";
 import type { Classifier } from "../models/module.ts";
@@ -73,7 +74,7 @@ export async function planTrainingKernels(
     return { keys: [], planned: [], reused: 0, skipped: "software adapter" };
   }
   const t0 = performance.now();
-  const x = Tensor.randn(input, { seed: 7 });
+  const x = randomNormal(input, { seed: 7 });
   const labels = Array.from({ length: input[0] }, () => 0);
   const cachePath = opts.cache === false ? null : opts.cachePath ?? planCachePath();
   model.eval();
@@ -88,6 +89,7 @@ export async function planTrainingKernels(
         software: opts.software,
         ops: opts.ops,
         maxCandidates: gpu().isFallback ? 2 : TRAIN_MAX_CANDIDATES,
+        onPlanned: planProgress(),
       },
     );
   } finally {
