@@ -166,6 +166,13 @@ export class Gpu {
   /** The op that compiled each pipeline, to name it when a later submit fails. */
   #sites = new Map<GPUComputePipeline, string>();
   /**
+   * While true, {@linkcode Gpu.dispatch} compiles and records nothing: the
+   * planner collects the kernel keys of a step so (they are looked up on the
+   * CPU as ops record; running the step, and compiling every kernel of it, is
+   * not needed to learn them). Allocations and uploads happen as usual.
+   */
+  skipDispatches = false;
+  /**
    * Called with each dispatch instead of recording it: the hook records it by
    * calling `record` (once), e.g. inside {@linkcode timedPass}; `name` is the
    * launcher's kernel name, else the op that compiled the kernel, and `kernel`
@@ -401,6 +408,7 @@ export class Gpu {
     uniforms?: ArrayBuffer,
     kernel?: KernelInfo,
   ): void {
+    if (this.skipDispatches) return;
     const k = this.#kernels.get(code) ?? this.#compile(code, kernel, {
       workgroups,
       buffers: buffers.length,

@@ -216,6 +216,27 @@ Deno.test("plan cache: a run stopped while planning keeps the keys it planned; p
   }
 });
 
+Deno.test("planner: collecting a step's keys compiles and runs none of its kernels", async () => {
+  const p = new Planner(gpu());
+  const x = Tensor.from([1, 2, 3, 4]);
+  const y = Tensor.zeros([4]);
+  // A kernel never compiled before: collecting must not compile it (it does not even parse).
+  const broken = "this is not WGSL";
+  const before = gpu().dispatches;
+  const jobs = await p.collect(() => {
+    p.choose("test.squares", "4", isChoice, squaresJob);
+    launch(broken, [y], [1, 1, 1]);
+    mul(x, x).dispose();
+  });
+  assert.deepEqual([...jobs.keys()], ["test.squares|4|f32"]);
+  assert.equal(gpu().dispatches, before);
+  assert.equal(gpu().skipDispatches, false);
+  // Afterwards dispatches record again.
+  const z = mul(x, x);
+  assert.deepEqual([...await z.read()], [1, 4, 9, 16]);
+  for (const t of [x, y, z]) t.dispose();
+});
+
 Deno.test("planner: a matrix product plans on llvmpipe when asked, checked against the reference", async () => {
   const a = Tensor.randn([20, 12], { seed: 1 });
   const b = Tensor.randn([12, 24], { seed: 2 });
