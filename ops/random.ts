@@ -21,7 +21,7 @@
  * @module
  */
 import { launch, storage, uniforms } from "./kernel.ts";
-import { flatIndex, grid1d, Tensor } from "./tensor.ts";
+import { flatIndex, grid1d, numel, Tensor } from "./tensor.ts";
 
 /** Options of {@linkcode randomNormal}. */
 export interface RandomNormalOptions {
@@ -91,11 +91,12 @@ export function randomNormal(
   shape: readonly number[],
   { seed = 0, mean = 0, std = 1 }: RandomNormalOptions = {},
 ): Tensor {
-  const y = Tensor.empty(shape);
-  const n = y.size;
-  if (n === 0) return y;
+  // Checked before the tensor is allocated, so that a refused call leaves nothing behind.
+  const n = numel(shape);
   if (n > 2 ** 31) throw new Error(`randomNormal: ${n} elements, above the 2^31 it can index`);
   if (!Number.isInteger(seed)) throw new Error(`randomNormal: seed ${seed} is not an integer`);
+  const y = Tensor.empty(shape);
+  if (n === 0) return y;
   const u = uniforms(1, {
     n: ["u32", n],
     key: ["u32", hash32(seed >>> 0)],

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { randomNormal, randomNormalAt } from "../ops/random.ts";
+import { poolStats } from "../ops/tensor.ts";
 import { setup } from "./harness.ts";
 
 await setup();
@@ -43,5 +44,7 @@ Deno.test("randomNormal: standard normal moments, and seeds give different value
 
 Deno.test("randomNormal: empty shape, and bad seeds are refused", async () => {
   assert.deepEqual((await randomNormal([0, 3]).read()).length, 0);
+  const live = poolStats().liveTensors;
   assert.throws(() => randomNormal([4], { seed: 0.5 }), /seed 0.5 is not an integer/);
+  assert.equal(poolStats().liveTensors, live, "a refused call left a tensor behind");
 });
