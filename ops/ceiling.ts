@@ -15,8 +15,8 @@
  * ```
  * @module
  */
-import { launch, storage } from "./kernel.ts";
-import { Tensor } from "./tensor.ts";
+import { flatMain, launch, storage } from "./kernel.ts";
+import { grid1d, Tensor } from "./tensor.ts";
 import { timeGpu } from "./timing.ts";
 
 /** Invocations per workgroup of the probes. */
@@ -116,15 +116,11 @@ export function copyVec4(x: Tensor, y: Tensor): void {
     throw new Error(`copyVec4: expected two tensors of one size, a multiple of 4`);
   }
   const vecs = x.size / 4;
-  const gx = Math.max(1, Math.min(65535, Math.ceil(vecs / PROBE_WG)));
-  const gy = Math.ceil(vecs / PROBE_WG / gx);
   const code = `${storage("x:vec4f", "y:vec4f!")}
-@compute @workgroup_size(${PROBE_WG})
-fn main(@builtin(global_invocation_id) g: vec3u) {
-  let i = g.x + g.y * ${gx * PROBE_WG}u;
-  if (i < ${vecs}u) { y[i] = x[i]; }
+${flatMain(vecs, PROBE_WG)}
+  y[i] = x[i];
 }`;
-  launch(code, [x, y], [gx, Math.max(1, gy), 1], undefined, { name: "copy_probe" });
+  launch(code, [x, y], grid1d(vecs, PROBE_WG), undefined, { name: "copy_probe" });
 }
 
 /**
