@@ -53,7 +53,7 @@ import {
   plainDepthwiseBackwardInput,
   plainDepthwiseForward,
 } from "./depthwise_plain.ts";
-import { type DepthwiseShape, transposedShape } from "./depthwise_shape.ts";
+import { type DepthwiseShape, depthwiseWork, transposedShape } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
 import { ceilDiv, memoize } from "./kernel.ts";
 import { type CandidateOptions, distinctCandidates, type PlanJob, planner } from "./planner.ts";
@@ -431,6 +431,7 @@ const geometry = (s: DepthwiseShape) => ({ ...s, stride: 1 });
 
 function forwardJob(s: DepthwiseShape): PlanJob<ConvConfig> {
   return {
+    work: depthwiseWork(s),
     candidates: (o) => forwardCandidates(s, o),
     bench: () => {
       const t = benchInputs(s);
@@ -446,6 +447,7 @@ function forwardJob(s: DepthwiseShape): PlanJob<ConvConfig> {
 function backwardInputJob(s: DepthwiseShape): PlanJob<ConvConfig> {
   const ts = transposedShape(s);
   return {
+    work: depthwiseWork(s),
     candidates: (o) => {
       // "Same" padding of an odd kernel: the input gradient is the forward kernel on the same
       // shape, so the forward's plan serves (checked, not timed).
@@ -467,6 +469,7 @@ function backwardInputJob(s: DepthwiseShape): PlanJob<ConvConfig> {
 
 function filterJob(s: DepthwiseShape): PlanJob<WeightGradConfig> {
   return {
+    work: depthwiseWork(s),
     candidates: (o) => filterCandidates(s, o),
     bench: () => {
       const t = benchInputs(s);
@@ -486,6 +489,7 @@ function filterJob(s: DepthwiseShape): PlanJob<WeightGradConfig> {
  */
 function fuseJob(s: DepthwiseShape): PlanJob<FuseChoice> {
   return {
+    work: depthwiseWork(s),
     candidates: ({ software }) => [
       { fft: null },
       ...(software ? [] : fftCandidates(s).filter((c) => fftFusedBackwardFits(s, c)))

@@ -70,3 +70,18 @@ export function transposedShape(s: DepthwiseShape): DepthwiseShape {
 export function workgroupMemoryLimit(): number {
   return Math.min(gpu().limits.maxComputeWorkgroupStorageSize, 48 * 1024);
 }
+
+/**
+ * Multiply-adds of one dense launch of shape `s` (the forward; each gradient
+ * does as many): the planner's order of keys under a time budget.
+ *
+ * @example
+ * ```ts
+ * import { depthwiseWork } from "./depthwise_shape.ts";
+ * const s = { n: 1, c: 2, h: 4, w: 4, kh: 3, kw: 3, ph: 1, pw: 1, ho: 4, wo: 4 };
+ * console.log(depthwiseWork(s)); // 288
+ * ```
+ */
+export function depthwiseWork(s: DepthwiseShape): number {
+  return s.n * s.c * s.ho * s.wo * s.kh * s.kw;
+}

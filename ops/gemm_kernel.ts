@@ -124,6 +124,7 @@ function gemmJob(spec: GemmSpec): PlanJob<GemmConfig> {
   const random = (list: [string, readonly number[]][], seed: number): [string, Tensor][] =>
     list.map(([name, s], i) => [name, randomNormal(s, { seed: seed + i })]);
   return {
+    work: spec.batch * spec.m * spec.n * spec.k,
     candidates: (o) => gemmCandidates(spec.batch, spec.m, spec.n, spec.k, o),
     bench: () => {
       const inputs = Object.fromEntries(random(inShapes, 1));

@@ -84,6 +84,11 @@ export interface PlanJob<C> {
   candidates(opts: CandidateOptions): C[];
   /** Inputs of the key's shape, and how to run a candidate and the reference on them. */
   bench(): PlanBench<C>;
+  /**
+   * The key's work per launch (multiply-adds, say; only its order matters): under a
+   * {@linkcode PlanOptions.budgetMs} the heaviest keys are planned first. Default 0.
+   */
+  work?: number;
 }
 
 /** Options of {@linkcode Planner.plan}. */
@@ -109,6 +114,14 @@ export interface PlanOptions {
    * the plans it made.
    */
   onPlanned?: (row: PlanRow, done: number, total: number) => unknown;
+  /**
+   * Wall ms that planning may take. The keys are planned heaviest first (their
+   * {@linkcode PlanJob.work}); a key is not started when the time spent plus the mean of the
+   * keys planned so far would pass the budget. The keys left are reported as `deferred`: they
+   * keep their heuristic now, and the next plan (the next run, with a plan cache) picks them
+   * up. Default: no bound.
+   */
+  budgetMs?: number;
 }
 
 /** One planned key: what {@linkcode Planner.plan} reports. */
@@ -137,6 +150,8 @@ export interface PlanReport {
   reused: number;
   /** Why nothing was planned, when nothing was. */
   skipped?: string;
+  /** Keys left unplanned when {@linkcode PlanOptions.budgetMs} ran out (their heuristic runs). */
+  deferred?: string[];
 }
 
 /** One plan in {@linkcode SavedPlans}. */
@@ -373,14 +388,24 @@ export class Planner {
     }
     const jobs = await this.collect(step);
     const report: PlanReport = { keys: [...jobs.keys()], planned: [], reused: 0 };
-    const todo: [string, () => PlanJob<unknown>][] = [];
+    const todo: { key: string; job: PlanJob<unknown> }[] = [];
     for (const [key, job] of jobs) {
       if (opts.ops && !opts.ops.includes(key.split("|")[0])) continue;
       if (!opts.retune && this.#plans.has(key)) report.reused++;
-      else todo.push([key, job]);
+      else todo.push({ key, job: job() });
     }
-    for (const [key, job] of todo) {
-      const row = await this.#planKey(key, job(), software, opts);
+    // Heaviest first, so that a budget goes where the time is. The sort is stable: keys of equal
+    // work (the kernels of one depthwise shape, which read each other's plans) keep their order.
+    if (opts.budgetMs !== undefined) todo.sort((a, b) => (b.job.work ?? 0) - (a.job.work ?? 0));
+    const t0 = performance.now();
+    for (const [i, { key, job }] of todo.entries()) {
+      const spent = performance.now() - t0;
+      const mean = i ? spent / i : 0;
+      if (opts.budgetMs !== undefined && spent + mean >= opts.budgetMs) {
+        report.deferred = todo.slice(i).map((t) => t.key);
+        break;
+      }
+      const row = await this.#planKey(key, job, software, opts);
       report.planned.push(row);
       await opts.onPlanned?.(row, report.planned.length, todo.length);
     }

@@ -75,6 +75,7 @@ import { depthwiseShapeKey } from "./depthwise_plan.ts";
 import { type CandidateOptions, distinctCandidates, type PlanJob, planner } from "./planner.ts";
 import {
   type DepthwiseShape,
+  depthwiseWork,
   transposedShape,
   workgroupMemoryLimit as sharedLimit,
 } from "./depthwise_shape.ts";
@@ -1454,6 +1455,7 @@ function benchInputs(s: DepthwiseShape, density: number) {
 
 function forwardJob(s: DepthwiseShape, density: number): PlanJob<SparseForwardConfig> {
   return {
+    work: depthwiseWork(s) * density,
     candidates: (o) => forwardCandidates(virt(s, s.kh >= s.kw), o),
     bench: () => {
       const t = benchInputs(s, density);
@@ -1468,6 +1470,7 @@ function forwardJob(s: DepthwiseShape, density: number): PlanJob<SparseForwardCo
 
 function backwardInputJob(s: DepthwiseShape, density: number): PlanJob<SparseForwardConfig> {
   return {
+    work: depthwiseWork(s) * density,
     candidates: (o) => forwardCandidates(virt(transposedShape(s), s.kh >= s.kw), o),
     bench: () => {
       const t = benchInputs(s, density);
@@ -1482,6 +1485,7 @@ function backwardInputJob(s: DepthwiseShape, density: number): PlanJob<SparseFor
 
 function filterJob(s: DepthwiseShape, density: number): PlanJob<SparseFilterConfig> {
   return {
+    work: depthwiseWork(s) * density,
     candidates: (o) => filterCandidates(virt(s, s.kh >= s.kw), o),
     bench: () => {
       const t = benchInputs(s, density);

@@ -86,6 +86,8 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
                     sparse and matrix-product tiles; gemm_tune.csv); default on a GPU,
                     --no-tune turns it off
   --tune-max N      candidates per kernel when tuning (default 6)
+  --tune-budget-s S seconds planning may take per model, heaviest kernels first; the rest run
+                    on the heuristic and are planned by the next run (default: no bound)
   --no-plan-cache   neither read nor write the plan cache ($XDG_CACHE_HOME/largekernel/plans.json)
   --retune          plan again the kernels the plan cache already holds
   --profile         after timing, record one step of each pass with every dispatch timed on its
@@ -150,6 +152,10 @@ export interface ModelBench {
   trainPipelinedMs: number | null;
   /** Kernel keys planned before timing (`plan`): heuristic vs chosen GPU ms. */
   planned: PlanRow[];
+  /** Wall ms of that planning (cache read and write included), null without `plan`. */
+  planMs: number | null;
+  /** Keys a planning budget left unplanned (they ran on their heuristic). */
+  deferred: number;
   /** With `profile`: one step of each pass, kernel by kernel (null without timestamp queries). */
   profiles: { pass: string; kernels: KernelTime[] | null }[];
 }
@@ -218,6 +224,8 @@ export async function benchModel(
     trainDispatches: null,
     trainPipelinedMs: null,
     planned: [],
+    planMs: null,
+    deferred: 0,
     profiles: [],
   };
   const params = model.parameters();
@@ -226,7 +234,11 @@ export async function benchModel(
       // One forward and backward in eval mode (nothing moves), as the trainer plans.
       model.eval();
       const pass = () => scope(() => backward(softmaxCrossEntropy(model.forward(x), labels)));
-      out.planned = (await planWithCache(planner(), pass, plan)).planned;
+      const t0 = performance.now();
+      const report = await planWithCache(planner(), pass, plan);
+      out.planMs = performance.now() - t0;
+      out.planned = report.planned;
+      out.deferred = report.deferred?.length ?? 0;
       for (const p of params) {
         p.grad?.dispose();
         p.grad = null;
@@ -360,6 +372,7 @@ async function main(): Promise<void> {
     tune: { type: "boolean" },
     "no-tune": { type: "boolean" },
     "tune-max": { type: "int", min: 1, max: 1000, default: 6 },
+    "tune-budget-s": { type: "number", min: 0, max: 1e6 },
     "no-plan-cache": { type: "boolean", default: false },
     retune: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
@@ -381,6 +394,7 @@ async function main(): Promise<void> {
   for (const s of specs) modelInfo(s.name); // unknown names fail before the GPU starts
   const { batch, size, classes, steps, warmup } = values;
   const tuneMax = values["tune-max"];
+  const budget = values["tune-budget-s"];
   const passes = values.pass;
   const out = values.out.replace(/\/+$/, "");
   const anchorText = values.anchor ? await readFlagFile("anchor", values.anchor) : "";
@@ -459,6 +473,7 @@ async function main(): Promise<void> {
             cachePath: values["no-plan-cache"] ? null : planCachePath(),
             retune: values.retune,
             maxCandidates: tuneMax,
+            budgetMs: budget === undefined ? undefined : budget * 1e3,
             onPlanned: planProgress(),
           }
           : undefined,
@@ -481,8 +496,10 @@ async function main(): Promise<void> {
       if (tune) {
         console.log(
           `${name}@${ks}: planned ${r.planned.length} kernel keys in ${
-            ((performance.now() - t0) / 1e3).toFixed(1)
-          } s (the rest from the plan cache)`,
+            ((r.planMs ?? 0) / 1e3).toFixed(1)
+          } s (the rest from the plan cache${
+            r.deferred ? `; ${r.deferred} left to the next run by --tune-budget-s` : ""
+          })`,
         );
       }
     } catch (e) {
@@ -512,6 +529,9 @@ async function main(): Promise<void> {
       train_record_ms: r.trainRecordMs === null ? "" : Number(r.trainRecordMs.toFixed(2)),
       infer_dispatches: r.inferDispatches ?? "",
       train_dispatches: r.trainDispatches ?? "",
+      plan_s: r.planMs === null ? "" : Number((r.planMs / 1e3).toFixed(2)),
+      plan_keys: r.planMs === null ? "" : r.planned.length,
+      plan_deferred: r.planMs === null ? "" : r.deferred,
       timing: r.timing,
     };
     rows.push(row);

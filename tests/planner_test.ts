@@ -237,6 +237,51 @@ Deno.test("planner: collecting a step's keys compiles and runs none of its kerne
   for (const t of [x, y, z]) t.dispose();
 });
 
+Deno.test("planner: under a time budget the heaviest keys go first, the rest are deferred", async () => {
+  // Each key's one candidate takes at least 60 ms to check (a busy wait on the CPU).
+  const slowJob = (work: number) => (): PlanJob<Choice> => ({
+    work,
+    candidates: () => [{ v: work }],
+    bench: () => {
+      const x = Tensor.from([1, 2]);
+      return {
+        run: () => {
+          const until = performance.now() + 60;
+          while (performance.now() < until) { /* busy */ }
+          return [mul(x, x)];
+        },
+        reference: () => [mul(x, x)],
+        dispose: () => x.dispose(),
+      };
+    },
+  });
+  const step = (p: Planner) => () => {
+    for (const w of [1, 3, 2]) p.choose("test.slow", `${w}`, isChoice, slowJob(w));
+  };
+  const keys = (rows: { key: string }[]) => rows.map((r) => r.key.split("|")[1]);
+  // No budget: every key, in the order the step ran them.
+  const all = new Planner(gpu());
+  const full = await all.plan(step(all), { software: true });
+  assert.deepEqual(keys(full.planned), ["1", "3", "2"]);
+  assert.equal(full.deferred, undefined);
+  // 100 ms: the heaviest key starts at once; after it, 60 ms spent + a 60 ms mean pass the budget.
+  const p = new Planner(gpu());
+  const bounded = await p.plan(step(p), { software: true, budgetMs: 100 });
+  assert.deepEqual(keys(bounded.planned), ["3"]);
+  assert.deepEqual(bounded.deferred, ["test.slow|2|f32", "test.slow|1|f32"]);
+  assert.equal(p.planOf("test.slow|2|f32"), undefined);
+  // The next plan picks up exactly the deferred keys, heaviest first.
+  const next = await p.plan(step(p), { software: true, budgetMs: 10_000 });
+  assert.deepEqual(keys(next.planned), ["2", "1"]);
+  assert.equal(next.reused, 1);
+  assert.equal(next.deferred, undefined);
+  // A budget of 0 plans nothing.
+  const none = new Planner(gpu());
+  const zero = await none.plan(step(none), { software: true, budgetMs: 0 });
+  assert.deepEqual(zero.planned, []);
+  assert.equal(zero.deferred?.length, 3);
+});
+
 Deno.test("planner: a matrix product plans on llvmpipe when asked, checked against the reference", async () => {
   const a = Tensor.randn([20, 12], { seed: 1 });
   const b = Tensor.randn([12, 24], { seed: 2 });

@@ -39,10 +39,12 @@ function tiny(out: string, extra: Partial<TrainConfig> = {}): TrainConfig {
   };
 }
 
-async function quiet<T>(fn: () => Promise<T>): Promise<T> {
+/** Run `fn` with console output silenced (kept in `lines` when given). */
+async function quiet<T>(fn: () => Promise<T>, lines?: string[]): Promise<T> {
   const log = console.log, err = console.error;
-  console.log = () => {};
-  console.error = () => {};
+  const keep = (...a: unknown[]) => lines?.push(a.join(" "));
+  console.log = keep;
+  console.error = keep;
   try {
     return await fn();
   } finally {
@@ -245,6 +247,26 @@ Deno.test("kernel plans: planning a training pass leaves the model as it was", a
     // Same weights, maybe other tiles: equal up to the rounding of a different summation order.
     const after = await noGrad(() => model.forward(x)).read();
     assert.ok(relError(after, before) < 1e-5, `forward changed: ${relError(after, before)}`);
+    // A budget of 0 s plans nothing and leaves every matrix product to the next run.
+    const lines: string[] = [];
+    const bounded = await quiet(
+      () =>
+        planTrainingKernels(model, [2, 3, 32, 32], {
+          software: true,
+          cache: false,
+          retune: true,
+          ops: ["gemm"],
+          budgetMs: 0,
+        }),
+      lines,
+    );
+    assert.equal(bounded.planned.length, 0);
+    const gemmKeys = bounded.keys.filter((k) => k.startsWith("gemm|"));
+    assert.deepEqual([...bounded.deferred ?? []].sort(), gemmKeys.sort());
+    assert.ok(
+      lines.some((l) => /left to the next run by --tune-budget-s/.test(l)),
+      lines.join("\n"),
+    );
   } finally {
     x.dispose();
     planner().clear();

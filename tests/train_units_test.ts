@@ -88,6 +88,10 @@ Deno.test("CLI: official snake_case flags and multi-value --kernel_size are unde
   const cache = parseTrainArgs(["--no-plan-cache", "--retune"], false);
   assert.ok(cache !== "help");
   assert.deepEqual([tuned.planCache !== false, cache.planCache, cache.retune], [true, false, true]);
+  // Planning is unbounded unless --tune-budget-s bounds it.
+  const bounded = parseTrainArgs(["--tune-budget-s", "30"], false);
+  assert.ok(bounded !== "help");
+  assert.deepEqual([tuned.tuneBudgetS, bounded.tuneBudgetS], [undefined, 30]);
   const ema = parseTrainArgs(["--model_ema", "true", "--distractors", "2"], true);
   assert.ok(ema !== "help");
   assert.deepEqual([ema.modelEma, ema.distractors], [true, 2]);
@@ -117,6 +121,9 @@ Deno.test("CLI: bad values give one-line errors naming the flag", () => {
     [["--key-colours=maybe"], /^--key-colours: expected true or false/],
     [["--strict-data"], /^--strict-data applies to image folders/],
     [["--retune", "--no-tune-kernels"], /^--retune plans the kernels again/],
+    [["--tune-budget-s", "5", "--no-tune-kernels"], /^--tune-budget-s bounds the kernel planning/],
+    [["--tune-budget-s", "-1"], /^--tune-budget-s/],
+    [["--tune-budget-s", "soon"], /^--tune-budget-s/],
     [["--model", "nope"], /^--model: unknown model "nope" \(expected one of .*slak_tiny/],
     [["--kernel-size", "51", "49"], /^--kernel-size: expected 5 integers, got 2/],
     [["--preset", "zzz"], /^--preset: unknown preset "zzz"/],

@@ -100,6 +100,12 @@ export interface TrainConfig {
   /** Plan again the kernels that the plan cache already holds. */
   retune?: boolean;
   /**
+   * Seconds that planning may take (heaviest kernels first); the kernels left keep their
+   * heuristic in this run and are planned by the next run that finds them in no cache.
+   * Default: no bound.
+   */
+  tuneBudgetS?: number;
+  /**
    * Plan on a software adapter too, with 2 candidates per key, the sparse kernels only
    * (compiling every matrix product's candidates takes llvmpipe minutes): tests; no flag.
    */

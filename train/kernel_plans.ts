@@ -38,6 +38,8 @@ export interface TrainingPlanOptions {
   software?: boolean;
   /** Plan only the keys of these ops (see `PlanOptions.ops`). */
   ops?: readonly string[];
+  /** Wall ms planning may take, heaviest keys first (see `PlanOptions.budgetMs`). */
+  budgetMs?: number;
   /** The cache file (default: {@linkcode planCachePath}). */
   cachePath?: string | null;
 }
@@ -88,6 +90,7 @@ export async function planTrainingKernels(
         retune: opts.retune,
         software: opts.software,
         ops: opts.ops,
+        budgetMs: opts.budgetMs,
         maxCandidates: gpu().isFallback ? 2 : TRAIN_MAX_CANDIDATES,
         onPlanned: planProgress(),
       },
@@ -102,8 +105,11 @@ export async function planTrainingKernels(
   }
   if (!report.skipped) {
     const fromCache = report.reused ? `, ${report.reused} from the plan cache` : "";
+    const deferred = report.deferred?.length
+      ? `; ${report.deferred.length} left to the next run by --tune-budget-s`
+      : "";
     console.error(
-      `planned ${report.planned.length} of ${report.keys.length} kernel keys${fromCache} in ${
+      `planned ${report.planned.length} of ${report.keys.length} kernel keys${fromCache}${deferred} in ${
         ((performance.now() - t0) / 1e3).toFixed(1)
       } s (--no-tune-kernels skips this, --retune plans again, --no-plan-cache leaves ${
         cachePath ?? "the cache"
@@ -191,6 +197,7 @@ export async function planKernels(
     {
       cache: cfg.planCache !== false,
       retune: cfg.retune === true,
+      budgetMs: cfg.tuneBudgetS === undefined ? undefined : cfg.tuneBudgetS * 1e3,
       software: cfg.planSoftware === true,
       // llvmpipe compiles every matrix product's candidates for minutes: tests plan the sparse
       // kernels only there.

@@ -211,6 +211,13 @@ const FLAGS = {
       "keep kernel plans in $XDG_CACHE_HOME/largekernel/plans.json (default on; --no-plan-cache)",
   },
   retune: { type: "boolean", help: "plan the kernels again even where the plan cache has them" },
+  "tune-budget-s": {
+    type: "number",
+    min: 0,
+    max: 1e6,
+    help:
+      "seconds the kernel planning may take, heaviest kernels first; the rest run untuned and are planned by the next run (default: no bound)",
+  },
   preset: { type: "string", help: "preset bundle (see below); flags override it" },
   help: { type: "boolean", help: "show this help" },
 } satisfies Record<string, FlagSpec & { help: string }>;
@@ -378,6 +385,7 @@ export function parseTrainArgs(argv: string[], isFallbackAdapter: boolean): Trai
   set("tuneKernels", v["tune-kernels"]);
   set("planCache", v["plan-cache"]);
   set("retune", v.retune);
+  set("tuneBudgetS", v["tune-budget-s"]);
   checkMeaning(v, cfg);
   return cfg;
 }
@@ -405,6 +413,9 @@ function checkMeaning(v: FlagValues<typeof FLAGS>, cfg: TrainConfig): void {
   }
   if (v.retune && cfg.tuneKernels === false) {
     throw new Error("--retune plans the kernels again: drop --no-tune-kernels");
+  }
+  if (v["tune-budget-s"] !== undefined && cfg.tuneKernels === false) {
+    throw new Error("--tune-budget-s bounds the kernel planning: drop --no-tune-kernels");
   }
   if (v["model-ema-decay"] !== undefined && !cfg.modelEma) {
     throw new Error("--model-ema-decay applies to the weight average: add --model-ema");
