@@ -158,8 +158,13 @@ function workgroupTarget(): number {
 
 /**
  * The tile config `gemm` uses for an `m × n × k` product over `batch`
- * matrices until the planner has one: 128×128 tiles with 8×8 register
- * blocks on big products of a hardware GPU, 64×64 with 4×4 on the others;
+ * matrices until the planner has one: on a hardware GPU, products of at
+ * least 96 rows and 64 columns get 128×64 tiles with 8×8 register blocks, vec4
+ * loads, unchecked interior tiles, double buffering and the inner loop
+ * unrolled (the sweep's best on SLaK-T's stage-1 products on an H200: within
+ * 7% of the fastest variant on the geometric mean, 33–36 TFLOP/s where the
+ * plain 128×128 tile gave 20–25 and the split weight gradients' 64×64 tile
+ * 12), smaller ones 64×64 with 4×4;
  * on a software adapter 64×64 with 8×8 blocks of 64 invocations for big
  * products (about twice as fast there as 32×32 with 4×4, ~1.3 s to compile
  * cold) and 32×32 with 4×4 for small ones (~0.6 s; larger workgroup arrays
@@ -181,7 +186,7 @@ export function gemmConfig(batch: number, m: number, n: number, k: number): Gemm
   // Few rows (the late stages of a small input, batch 1): a tile as short as the product, not
   // 32–128 rows of which all but m are padding (a 1024→4096 linear on 4 rows took 230 ms on llvmpipe).
   if (m <= 16) cfg = { bm: m <= 4 ? 4 : 16, bn: 64, bk: 8, tm: 4, tn: 4 };
-  else if (!g.isFallback && m >= 128 && n >= 128) cfg = { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
+  else if (!g.isFallback && m >= 96 && n >= 64) cfg = { ...TILES[1], bk: 8, ...FAST_UNROLLED };
   else if (!g.isFallback) cfg = { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 };
   else if (m >= 64 && n >= 64 && m * n * k >= 1 << 22) {
     cfg = { bm: 64, bn: 64, bk: 8, tm: 8, tn: 8 };
@@ -250,16 +255,19 @@ const SWITCH_SETS: Partial<GemmConfig>[] = [
 /** The switches of most hardware candidates (see {@linkcode SWITCH_SETS}). */
 const FAST = { vec: true, interior: true, double: true } as const;
 
+/** {@linkcode FAST} with the inner loop written out: the hardware heuristic's switches. */
+const FAST_UNROLLED = { ...FAST, unroll: true } as const;
+
 /** `c` with the heuristic's split of `k` for its tile shape. */
 function split(c: GemmConfig, batch: number, m: number, n: number, k: number): GemmConfig {
   return { ...c, splits: splitsFor(c, batch, m, n, k) };
 }
 
-/** `cs` without configs the adapter cannot run and without repeats, in order. */
+/** `cs` without configs the adapter cannot run and without repeats (by name: any key order), in order. */
 function usable(cs: GemmConfig[]): GemmConfig[] {
   const seen = new Set<string>();
   return cs.filter((c) => {
-    const key = JSON.stringify(c);
+    const key = gemmConfigName(c);
     if (!isGemmConfig(c) || seen.has(key)) return false;
     seen.add(key);
     return true;
@@ -272,11 +280,14 @@ function fits(t: { bm: number; bn: number }, m: number, n: number): boolean {
 }
 
 /**
- * The tile configs the planner times for an `m × n × k` product: the
- * heuristic's ({@linkcode gemmConfig}, always first), the same with the next
- * slabs prefetched, with vec4 loads, unchecked interior tiles and double
- * buffering (then also unrolled, and 16 deep), two other tile shapes so
- * switched, and half and double the heuristic's split of `k`. On a software
+ * The tile configs the planner times for an `m × n × k` product, most
+ * likely first (a caller's `max` keeps the head of the list): the
+ * heuristic's ({@linkcode gemmConfig}, always first), the sweep's runners-up
+ * (64×128 and 128×128 tiles, switched as the heuristic), the heuristic's tile
+ * with vec4 loads, unchecked interior tiles, double buffering and an unrolled
+ * inner loop, the same rolled, a 128×128 tile 16 deep with register
+ * prefetch, the switched tile 16 deep, half and double the heuristic's split
+ * of `k`, and a switched 64×64 tile. On a software
  * adapter the heuristic and its prefetching variant (small tiles compile in
  * about a second there). `scripts/bench_gemm.ts --sweep` times the wider
  * set of {@linkcode gemmSweepConfigs} to choose these.
@@ -298,18 +309,25 @@ export function gemmCandidates(
 ): GemmConfig[] {
   const base = gemmConfig(batch, m, n, k);
   if (software) return [base, { ...base, prefetch: true }];
-  const fast = { ...base, ...FAST };
-  const out: GemmConfig[] = [base, { ...base, prefetch: true }, fast, { ...fast, unroll: true }];
-  if (k >= 16) out.push({ ...fast, bk: 16 });
+  const fast = { ...base, ...FAST_UNROLLED };
+  const out: GemmConfig[] = [base];
+  // The runners-up of the sweep (see gemmConfig), then the other tiles and switches.
   if (m > 16) {
-    for (const t of [TILES[3], TILES[5]]) {
-      if (t.bm === base.bm && t.bn === base.bn && t.tn === base.tn) continue;
-      if (fits(t, m, n)) out.push(split({ ...t, bk: 8, ...FAST }, batch, m, n, k));
+    for (const t of [TILES[2], TILES[0]]) {
+      if (fits(t, m, n)) out.push(split({ ...t, bk: 8, ...FAST_UNROLLED }, batch, m, n, k));
     }
   }
+  out.push(fast, { ...fast, unroll: undefined });
+  if (m > 16 && fits(TILES[0], m, n)) {
+    out.push(split({ ...TILES[0], bk: 16, prefetch: true }, batch, m, n, k));
+  }
+  if (k >= 16) out.push({ ...fast, bk: 16 });
   const splits = base.splits ?? 1;
   if (splits > 1) {
     out.push({ ...fast, splits: splits * 2 }, { ...fast, splits: Math.max(1, splits >> 1) });
+  }
+  if (m > 16 && fits(TILES[5], m, n)) {
+    out.push(split({ ...TILES[5], bk: 8, ...FAST }, batch, m, n, k));
   }
   return usable(out).slice(0, max ?? Infinity);
 }

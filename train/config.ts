@@ -102,7 +102,7 @@ export interface TrainConfig {
   /**
    * Seconds that planning may take (heaviest kernels first); the kernels left keep their
    * heuristic in this run and are planned by the next run that finds them in no cache.
-   * Default: no bound.
+   * Default: 30 on a hardware GPU, no bound on a software adapter.
    */
   tuneBudgetS?: number;
   /**

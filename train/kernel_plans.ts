@@ -48,6 +48,14 @@ export interface TrainingPlanOptions {
 const TRAIN_MAX_CANDIDATES = 3;
 
 /**
+ * Seconds a run's kernel planning may take on a hardware GPU unless `--tune-budget-s` says
+ * otherwise. Planning SLaK-T's 74 keys whole takes about 3 minutes on an H200 (compiling each
+ * candidate is ~160 ms there); heaviest first, 30 s covers the keys that hold most of the step's
+ * time, and each later run plans the next ones until none is left.
+ */
+const TUNE_BUDGET_S = 30;
+
+/**
  * Plan the kernels of one forward and backward pass of `model` on random
  * images of `input` shape, as the run will train: in eval mode, so that no
  * BatchNorm statistic or random stream moves, with the gradients dropped
@@ -191,13 +199,14 @@ export async function planKernels(
 ): Promise<void> {
   if (cfg.tuneKernels === false) return;
   if (state.plans && restorePlans(state.plans) > 0) return;
+  const budgetS = cfg.tuneBudgetS ?? (gpu().isFallback ? undefined : TUNE_BUDGET_S);
   const report = await planTrainingKernels(
     model,
     [cfg.batchSize, 3, cfg.inputSize, cfg.inputSize],
     {
       cache: cfg.planCache !== false,
       retune: cfg.retune === true,
-      budgetMs: cfg.tuneBudgetS === undefined ? undefined : cfg.tuneBudgetS * 1e3,
+      budgetMs: budgetS === undefined ? undefined : budgetS * 1e3,
       software: cfg.planSoftware === true,
       // llvmpipe compiles every matrix product's candidates for minutes: tests plan the sparse
       // kernels only there.

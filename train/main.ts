@@ -216,7 +216,7 @@ const FLAGS = {
     min: 0,
     max: 1e6,
     help:
-      "seconds the kernel planning may take, heaviest kernels first; the rest run untuned and are planned by the next run (default: no bound)",
+      "seconds the kernel planning may take, heaviest kernels first; the rest run untuned and are planned by the next run (default 30; 1e6 plans every kernel now)",
   },
   preset: { type: "string", help: "preset bundle (see below); flags override it" },
   help: { type: "boolean", help: "show this help" },
