@@ -194,8 +194,8 @@ function cpuProduct(
 }
 
 /**
- * The switch sets of the sweep on tiny tiles (so that llvmpipe compiles them in seconds), and
- * their edges in m and n, k not a multiple of bk, splits of k.
+ * The switch sets of the sweep on tiny tiles (so that llvmpipe compiles them in seconds), over
+ * edges in m and n, k not a multiple of bk, and splits of k.
  */
 const VARIANTS: GemmConfig[] = [
   { bm: 8, bn: 8, bk: 4, tm: 4, tn: 4 },
