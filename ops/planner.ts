@@ -386,6 +386,9 @@ export class Planner {
     if (software && !opts.software) {
       return { keys: [], planned: [], reused: 0, skipped: "software adapter" };
     }
+    if (opts.budgetMs !== undefined && !(opts.budgetMs >= 0)) {
+      throw new Error(`planner: budgetMs must be a number of ms ≥ 0, got ${opts.budgetMs}`);
+    }
     const jobs = await this.collect(step);
     const report: PlanReport = { keys: [...jobs.keys()], planned: [], reused: 0 };
     const todo: { key: string; job: PlanJob<unknown> }[] = [];

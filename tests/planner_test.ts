@@ -280,6 +280,9 @@ Deno.test("planner: under a time budget the heaviest keys go first, the rest are
   const zero = await none.plan(step(none), { software: true, budgetMs: 0 });
   assert.deepEqual(zero.planned, []);
   assert.equal(zero.deferred?.length, 3);
+  for (const bad of [-1, NaN]) {
+    await assert.rejects(none.plan(step(none), { software: true, budgetMs: bad }), /budgetMs/);
+  }
 });
 
 Deno.test("planner: a matrix product plans on llvmpipe when asked, checked against the reference", async () => {
