@@ -159,12 +159,13 @@ function workgroupTarget(): number {
 /**
  * The tile config `gemm` uses for an `m × n × k` product over `batch`
  * matrices until the planner has one: on a hardware GPU, products of at
- * least 96 rows and 64 columns get 128×64 tiles with 8×8 register blocks, vec4
- * loads, unchecked interior tiles, double buffering and the inner loop
- * unrolled (the sweep's best on SLaK-T's stage-1 products on an H200: within
- * 7% of the fastest variant on the geometric mean, 33–36 TFLOP/s where the
- * plain 128×128 tile gave 20–25 and the split weight gradients' 64×64 tile
- * 12), smaller ones 64×64 with 4×4;
+ * least 64 rows and columns (96 one way) get 128×64 tiles (64×128 when there
+ * are more columns than rows) with 8×8 register blocks, vec4 loads, unchecked
+ * interior tiles, double buffering and the inner loop unrolled. On SLaK-T's
+ * stage-1 products on an H200 the sweep timed these at 31.7–35.7 TFLOP/s,
+ * within 5% of the fastest variant of each, where the plain 128×128 tile gave
+ * 20–25 and the split weight gradients' 64×64 tile 12. Smaller products get
+ * 64×64 with 4×4;
  * on a software adapter 64×64 with 8×8 blocks of 64 invocations for big
  * products (about twice as fast there as 32×32 with 4×4, ~1.3 s to compile
  * cold) and 32×32 with 4×4 for small ones (~0.6 s; larger workgroup arrays
@@ -186,8 +187,9 @@ export function gemmConfig(batch: number, m: number, n: number, k: number): Gemm
   // Few rows (the late stages of a small input, batch 1): a tile as short as the product, not
   // 32–128 rows of which all but m are padding (a 1024→4096 linear on 4 rows took 230 ms on llvmpipe).
   if (m <= 16) cfg = { bm: m <= 4 ? 4 : 16, bn: 64, bk: 8, tm: 4, tn: 4 };
-  else if (!g.isFallback && m >= 96 && n >= 64) cfg = { ...TILES[1], bk: 8, ...FAST_UNROLLED };
-  else if (!g.isFallback) cfg = { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 };
+  else if (!g.isFallback && Math.min(m, n) >= 64 && Math.max(m, n) >= 96) {
+    cfg = { ...(n > m ? TILES[2] : TILES[1]), bk: 8, ...FAST_UNROLLED };
+  } else if (!g.isFallback) cfg = { bm: 64, bn: 64, bk: 8, tm: 4, tn: 4 };
   else if (m >= 64 && n >= 64 && m * n * k >= 1 << 22) {
     cfg = { bm: 64, bn: 64, bk: 8, tm: 8, tn: 8 };
   } else cfg = { bm: 32, bn: 32, bk: 8, tm: 4, tn: 4 };
@@ -283,7 +285,7 @@ function fits(t: { bm: number; bn: number }, m: number, n: number): boolean {
  * The tile configs the planner times for an `m × n × k` product, most
  * likely first (a caller's `max` keeps the head of the list): the
  * heuristic's ({@linkcode gemmConfig}, always first), the sweep's runners-up
- * (64×128 and 128×128 tiles, switched as the heuristic), the heuristic's tile
+ * (the other of 128×64 and 64×128, then 128×128, switched as the heuristic), the heuristic's tile
  * with vec4 loads, unchecked interior tiles, double buffering and an unrolled
  * inner loop, the same rolled, a 128×128 tile 16 deep with register
  * prefetch, the switched tile 16 deep, half and double the heuristic's split
@@ -313,7 +315,7 @@ export function gemmCandidates(
   const out: GemmConfig[] = [base];
   // The runners-up of the sweep (see gemmConfig), then the other tiles and switches.
   if (m > 16) {
-    for (const t of [TILES[2], TILES[0]]) {
+    for (const t of [TILES[1], TILES[2], TILES[0]]) {
       if (fits(t, m, n)) out.push(split({ ...t, bk: 8, ...FAST_UNROLLED }, batch, m, n, k));
     }
   }

@@ -267,7 +267,7 @@ Deno.test("gemm: every switch set matches a CPU product on odd shapes and every 
 
 Deno.test("gemm: the hardware heuristic's tile matches a CPU product, interior and edge tiles", async () => {
   // What gemmConfig gives a hardware GPU for big products; forced here, since llvmpipe gets
-  // its own heuristic. 136 × 72: one full 128 × 64 tile and edges; k = 44 ends mid-slab.
+  // its own heuristic. k = 44 ends mid-slab.
   const cfg: GemmConfig = {
     bm: 128,
     bn: 64,
@@ -286,19 +286,29 @@ Deno.test("gemm: the hardware heuristic's tile matches a CPU product, interior a
   try {
     const { splits: _, ...tile } = gemmConfig(1, 200704, 496, 124);
     assert.deepEqual(tile, cfg);
+    // More columns than rows (a weight gradient's 124 × 496): the tile turns.
+    const { splits: __, ...turned } = gemmConfig(1, 124, 496, 200704);
+    assert.deepEqual(turned, { ...cfg, bm: 64, bn: 128 });
   } finally {
     g.isFallback = was;
   }
-  const [m, n, k] = [136, 72, 44];
-  const [a, b] = operands(m, n, k);
-  for (const layout of [[false, false], [true, true]]) {
-    for (const splits of [1, 3]) {
-      const err = await productError(m, n, k, a, b, layout, { ...cfg, splits });
-      assert.ok(err < 1e-5, `trans=${layout} ${gemmConfigName({ ...cfg, splits })}: ${err}`);
+  // Each tile on a product it covers once with an edge beyond: 136 × 72 for 128 × 64, and turned.
+  const cases: [number[], GemmConfig][] = [
+    [[136, 72, 44], cfg],
+    [[72, 136, 44], { ...cfg, bm: 64, bn: 128 }],
+  ];
+  for (const [[m, n, k], tile] of cases) {
+    const [a, b] = operands(m, n, k);
+    for (const layout of [[false, false], [true, true]]) {
+      for (const splits of [1, 3]) {
+        const c = { ...tile, splits };
+        const err = await productError(m, n, k, a, b, layout, c);
+        assert.ok(err < 1e-5, `${m}x${n}x${k} trans=${layout} ${gemmConfigName(c)}: ${err}`);
+      }
     }
+    a[0].dispose();
+    b[0].dispose();
   }
-  a[0].dispose();
-  b[0].dispose();
 });
 
 Deno.test("gemm: the sweep offers only configs within the adapter's limits", () => {
