@@ -99,8 +99,8 @@ interface ArenaSet {
 
 /**
  * Uploads up to this many bytes go through an upload arena (see
- * `Gpu.upload`); larger ones (weights at start-up) through a staging buffer
- * of their own.
+ * `Gpu.upload`); larger ones (weights at start-up) are written by the queue
+ * after the work recorded before them is submitted.
  */
 const UPLOAD_SLOT_MAX = 1 << 16;
 /** Bytes of one upload arena. */
