@@ -97,19 +97,49 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * ```
  */
 export async function relativeDifference(a: Tensor, b: Tensor): Promise<number> {
+  return (await relativeDifferences([[a, b]]))[0];
+}
+
+/**
+ * {@linkcode relativeDifference} of several pairs with one wait for the GPU:
+ * every reduction is launched first, then the results are read together (a
+ * read-back waits on the device poll, ~10 ms under Deno, so the planner, which
+ * checks several candidates per kernel, pays it once, not once per output).
+ * The tensors may be disposed as soon as this is called.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { relativeDifferences } from "./compare.ts";
+ * await initGpu();
+ * const b = Tensor.from([1, 2, 4]);
+ * console.log(await relativeDifferences([[Tensor.from([1, 2, 3]), b], [b, b]])); // [0.25, 0]
+ * ```
+ */
+export function relativeDifferences(pairs: [Tensor, Tensor][]): Promise<number[]> {
+  const launched = pairs.map(([a, b]) => launchDifference(a, b));
+  return Promise.all(launched.map(async (r) => {
+    if (typeof r === "number") return r;
+    try {
+      const [diff, scale, flag] = new Uint32Array((await r.read()).buffer);
+      if (flag) return Infinity;
+      const f = new Float32Array(new Uint32Array([diff, scale]).buffer);
+      return f[0] / Math.max(f[1], DIFFERENCE_FLOOR);
+    } finally {
+      r.dispose();
+    }
+  }));
+}
+
+/** Launch the reduction of one pair into a new 3-entry tensor, or the answer when none is needed. */
+function launchDifference(a: Tensor, b: Tensor): Tensor | number {
   if (a.size !== b.size) return Infinity;
   if (a.size === 0) return 0;
   const groups = Math.min(MAX_GROUPS, Math.ceil(a.size / WG));
   const r = Tensor.zeros([3]);
-  try {
-    launch(reductionSource(), [a, b, r], [groups, 1, 1], sizeUniform(a.size).data, {
-      name: "relative_difference",
-    });
-    const [diff, scale, flag] = new Uint32Array((await r.read()).buffer);
-    if (flag) return Infinity;
-    const f = new Float32Array(new Uint32Array([diff, scale]).buffer);
-    return f[0] / Math.max(f[1], DIFFERENCE_FLOOR);
-  } finally {
-    r.dispose();
-  }
+  launch(reductionSource(), [a, b, r], [groups, 1, 1], sizeUniform(a.size).data, {
+    name: "relative_difference",
+  });
+  return r;
 }

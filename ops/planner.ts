@@ -26,10 +26,10 @@
  * ```
  * @module
  */
-import { relativeDifference } from "./compare.ts";
+import { relativeDifferences } from "./compare.ts";
 import { type Gpu, gpu } from "./gpu.ts";
 import type { Tensor } from "./tensor.ts";
-import { timeGpu, TUNE_MIN_MS, TUNE_WARMUP_MS } from "./timing.ts";
+import { timeGpu, timeInterleaved, TUNE_MIN_MS, TUNE_WARMUP_MS } from "./timing.ts";
 
 /** Version of the JSON that {@linkcode Planner.toJSON} writes. */
 export const PLANS_VERSION = 1;
@@ -441,11 +441,11 @@ export class Planner {
     try {
       let started = performance.now();
       const passed: unknown[] = [];
-      for (const c of candidates) {
-        const reason = await this.#check(bench, c, ref, opts.tolerance ?? 1e-3);
-        if (reason) row.rejected.push({ choice: c, reason });
+      const reasons = await this.#checkAll(bench, candidates, ref, opts.tolerance ?? 1e-3);
+      candidates.forEach((c, i) => {
+        if (reasons[i]) row.rejected.push({ choice: c, reason: reasons[i]! });
         else passed.push(c);
-      }
+      });
       row.checkMs = performance.now() - started;
       started = performance.now();
       // A lone candidate wins untimed.
@@ -469,10 +469,12 @@ export class Planner {
 
   /**
    * GPU ms of each candidate of `passed` (median of the runs). Every candidate
-   * has already compiled and run (in {@linkcode #check}), so the timed runs
+   * has already compiled and run (in {@linkcode #checkAll}), so the timed runs
    * follow each other with no compile in between: the GPU is warmed up once,
    * then the candidates take turns, run by run, so that a drifting clock
-   * weighs on all of them alike rather than on the last ones.
+   * weighs on all of them alike rather than on the last ones. With timestamps
+   * all of it is one submission and one read-back ({@linkcode timeInterleaved});
+   * without, each run is timed on its own by the wall clock.
    */
   async #timeAll(
     bench: PlanBench<unknown>,
@@ -484,6 +486,13 @@ export class Planner {
       bench.time ? () => bench.time!(c) : () => bench.run(c).forEach((x) => x.dispose());
     const runs = opts.runs ?? (software ? 1 : 3);
     const minMs = software ? 0 : TUNE_MIN_MS;
+    this.timings += passed.length;
+    const together = await timeInterleaved(passed.map(record), {
+      runs,
+      minMs,
+      warmupMs: software ? 0 : TUNE_WARMUP_MS,
+    });
+    if (together) return together.ms;
     // The first round also finds how many back-to-back repeats make a run last minMs, and the
     // first candidate's warms the GPU up.
     const reps: number[] = [];
@@ -497,7 +506,6 @@ export class Planner {
       });
       reps.push(t.reps);
       all.push([t.ms]);
-      this.timings++;
     }
     for (let r = 1; r < runs; r++) {
       for (let i = 0; i < passed.length; i++) {
@@ -508,44 +516,65 @@ export class Planner {
     return all.map((v) => [...v].sort((p, q) => p - q)[Math.floor(v.length / 2)]);
   }
 
-  /** Why candidate `c` may not win (a GPU error, a thrown error, a wrong output), or null. */
-  async #check(
+  /**
+   * Why each of `candidates` may not win (a GPU error, a thrown error, a wrong
+   * output), or null. Each candidate runs inside its own error scopes and its
+   * outputs are compared with the reference on the GPU and freed at once; the
+   * comparisons are read back together at the end, one wait for the GPU per
+   * key rather than several per candidate.
+   */
+  async #checkAll(
     bench: PlanBench<unknown>,
-    c: unknown,
+    candidates: unknown[],
     ref: Tensor[],
     tolerance: number,
-  ): Promise<string | null> {
-    const device = this.#gpu.device;
-    await this.#gpu.sync();
-    device.pushErrorScope("out-of-memory");
-    device.pushErrorScope("validation");
-    let outs: Tensor[] = [];
-    let thrown: string | null = null;
-    try {
-      outs = bench.run(c);
-      await this.#gpu.sync();
-    } catch (e) {
-      thrown = e instanceof Error ? e.message : String(e);
-    }
-    const validation = await device.popErrorScope();
-    const oom = await device.popErrorScope();
-    const gpuError = validation ?? oom;
-    if (thrown || gpuError) {
-      outs.forEach((t) => t.dispose());
-      return thrown ??
-        `GPU ${validation ? "validation" : "out-of-memory"} error: ${
-          gpuError!.message.split("\n")[0]
-        }`;
-    }
-    try {
-      for (let i = 0; i < ref.length; i++) {
-        const err = outs[i] ? await relativeDifference(outs[i], ref[i]) : Infinity;
-        if (!(err <= tolerance)) return `output ${i} differs from the reference by ${err}`;
+  ): Promise<(string | null)[]> {
+    const g = this.#gpu;
+    const device = g.device;
+    // Work recorded before (the reference) is submitted and its failures reported outside the
+    // candidates' scopes.
+    g.flush();
+    await g.checkErrors();
+    const results: Promise<string | null>[] = [];
+    for (const c of candidates) {
+      device.pushErrorScope("out-of-memory");
+      device.pushErrorScope("validation");
+      let outs: Tensor[] = [];
+      let thrown: string | null = null;
+      try {
+        outs = bench.run(c);
+        g.flush();
+        // Failed allocations (scoped where they happen) are reported here, not under another
+        // candidate.
+        await g.checkErrors();
+      } catch (e) {
+        thrown = e instanceof Error ? e.message : String(e);
       }
-      return null;
-    } finally {
+      const validation = await device.popErrorScope();
+      const oom = await device.popErrorScope();
+      const gpuError = validation ?? oom;
+      if (thrown || gpuError) {
+        outs.forEach((t) => t.dispose());
+        results.push(Promise.resolve(
+          thrown ??
+            `GPU ${validation ? "validation" : "out-of-memory"} error: ${
+              gpuError!.message.split("\n")[0]
+            }`,
+        ));
+        continue;
+      }
+      // A missing output differs by Infinity.
+      const pairs = ref.map((r, i): [Tensor, Tensor] | null => outs[i] ? [outs[i], r] : null);
+      const diffs = relativeDifferences(pairs.filter((p) => p !== null));
       outs.forEach((t) => t.dispose());
+      results.push(diffs.then((d) => {
+        let j = 0;
+        const errs = pairs.map((p) => p ? d[j++] : Infinity);
+        const i = errs.findIndex((err) => !(err <= tolerance));
+        return i < 0 ? null : `output ${i} differs from the reference by ${errs[i]}`;
+      }));
     }
+    return await Promise.all(results);
   }
 
   /**

@@ -195,3 +195,115 @@ export async function timeGpu(
   }
   return { ms: wallMs, wallMs, method: "wall", all: walls.map((t) => t / reps), reps };
 }
+
+/**
+ * GPU milliseconds of several recordings measured side by side with as few
+ * read-backs as possible (two or three): every read-back waits on the
+ * runtime's device poll (about 10 ms under Deno, however short the work), and
+ * the GPU idles meanwhile, so timing each run on its own costs more in waits
+ * than in work and lets the clock fall between runs. Here one submission
+ * holds a warm-up and `runs` rounds in which each recording runs in turn
+ * (repeated until it lasts about `minMs`, as measured by a first probe round),
+ * with a timestamp after each, and a single read-back. When the rounds still
+ * sped up (the first slower than the last by more than 2 %, a clock that was
+ * still rising), the rounds run once more, at most twice.
+ *
+ * Returns each recording's median ms per recording and its repeats, or null
+ * when the adapter has no `timestamp-query` or its stamps are not credible
+ * (use {@linkcode timeGpu} per recording then).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { timeInterleaved } from "./timing.ts";
+ * await initGpu();
+ * const a = () => Tensor.zeros([1 << 12]).dispose();
+ * const b = () => Tensor.zeros([1 << 16]).dispose();
+ * const t = await timeInterleaved([a, b], { runs: 3 });
+ * console.log(t === null || t.ms.length === 2); // true
+ * ```
+ */
+export async function timeInterleaved(
+  records: (() => void)[],
+  { runs = 3, minMs = 0, warmupMs = 0 }: { runs?: number; minMs?: number; warmupMs?: number } = {},
+): Promise<{ ms: number[]; reps: number[] } | null> {
+  if (!gpu().features.has("timestamp-query") || records.length === 0) return null;
+  const probe = await stampedRuns(records.map((record) => ({ record, reps: 1 })));
+  if (!probe) return null;
+  const reps = probe.map((ms) =>
+    minMs > 0 ? Math.max(1, Math.min(256, Math.ceil(minMs / Math.max(ms, 1e-3)))) : 1
+  );
+  const roundMs = probe.reduce((s, ms, i) => s + ms * reps[i], 0);
+  // The probe ran at whatever clock the GPU had, so the warm-up is sized generously from it.
+  let warmRounds = warmupMs > 0
+    ? Math.max(1, Math.min(64, Math.ceil(warmupMs / Math.max(roundMs, 1e-3))))
+    : 0;
+  const k = records.length;
+  let rounds: number[][] = [];
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const items: { record: () => void; reps: number }[] = [];
+    for (let r = 0; r < warmRounds + runs; r++) {
+      for (let i = 0; i < k; i++) items.push({ record: records[i], reps: reps[i] });
+    }
+    const ms = await stampedRuns(items);
+    if (!ms) return null;
+    rounds = [];
+    for (let r = warmRounds; r < warmRounds + runs; r++) {
+      rounds.push(ms.slice(r * k, (r + 1) * k).map((t, i) => t / reps[i]));
+    }
+    const total = (r: number[]) => r.reduce((s, t, i) => s + t * reps[i], 0);
+    if (runs < 2 || total(rounds[0]) <= 1.02 * total(rounds[runs - 1])) break;
+    warmRounds = 0; // the GPU has just been busy: no warm-up before the next rounds
+  }
+  const median = (v: number[]) => [...v].sort((p, q) => p - q)[Math.floor(v.length / 2)];
+  return { ms: records.map((_, i) => median(rounds.map((r) => r[i]))), reps };
+}
+
+/** Most timestamps in one query set (the WebGPU limit). */
+const MAX_STAMPS = 4096;
+
+/**
+ * Record `items` back to back (each `reps` times) with a timestamp at the end
+ * of each, in one submission, and read the stamps back once: the GPU ms of
+ * each item, or null when the stamps are not credible (not increasing, or
+ * more time than the wall clock saw).
+ */
+async function stampedRuns(
+  items: { record: () => void; reps: number }[],
+): Promise<number[] | null> {
+  const g = gpu();
+  const count = items.length + 1;
+  if (count > MAX_STAMPS) {
+    throw new Error(`timeInterleaved: ${items.length} runs, at most ${MAX_STAMPS - 1}`);
+  }
+  const qs = g.device.createQuerySet({ type: "timestamp", count });
+  const resolve = g.device.createBuffer({
+    size: 8 * count,
+    usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+  });
+  // End-of-pass stamps only: written once everything before them has finished.
+  const stamp = (i: number) =>
+    g.encoderForCopy().beginComputePass({
+      timestampWrites: { querySet: qs, endOfPassWriteIndex: i },
+    })
+      .end();
+  try {
+    const t0 = performance.now();
+    stamp(0);
+    items.forEach(({ record, reps }, i) => {
+      for (let r = 0; r < reps; r++) record();
+      stamp(i + 1);
+    });
+    g.encoderForCopy().resolveQuerySet(qs, 0, count, resolve, 0);
+    const stamps = new BigUint64Array(await g.readBytes(resolve, 8 * count));
+    const wallMs = performance.now() - t0;
+    const ms = items.map((_, i) => Number(stamps[i + 1] - stamps[i]) / 1e6);
+    const gpuMs = Number(stamps[count - 1] - stamps[0]) / 1e6;
+    if (!ms.every((t) => t >= 0 && Number.isFinite(t)) || !(gpuMs <= wallMs * 1.05)) return null;
+    return ms;
+  } finally {
+    qs.destroy();
+    resolve.destroy();
+  }
+}

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { copyVec4 } from "../ops/ceiling.ts";
 import { Tensor } from "../ops/tensor.ts";
-import { warmUp, WARMUP_MAX_FACTOR } from "../ops/timing.ts";
+import { gpu } from "../ops/gpu.ts";
+import { timeInterleaved, warmUp, WARMUP_MAX_FACTOR } from "../ops/timing.ts";
 import { setup } from "./harness.ts";
 
 await setup();
@@ -41,6 +42,61 @@ Deno.test("warmUp: runs past a ramp, stops when the times settle, and is bounded
       wild.reduce((s, t) => s + t, 0) <= WARMUP_MAX_FACTOR * 1 + 1024 * chunkMax,
       `ran on: ${wild.length} chunks`,
     );
+  } finally {
+    x.dispose();
+    y.dispose();
+  }
+});
+
+Deno.test("timeInterleaved: each recording timed in turn, one read-back per batch, light and heavy told apart", async (t) => {
+  const x = Tensor.zeros([1 << 20]);
+  const y = Tensor.zeros([1 << 20]);
+  try {
+    const calls = [0, 0];
+    const light = () => {
+      calls[0]++;
+      copyVec4(x, y);
+    };
+    const heavy = () => {
+      calls[1]++;
+      for (let i = 0; i < 8; i++) copyVec4(x, y);
+    };
+    const g = gpu();
+    const readBytes = g.readBytes;
+    let reads = 0;
+    g.readBytes = (...a) => (reads++, readBytes.apply(g, a));
+    let timed;
+    try {
+      timed = await timeInterleaved([light, heavy], { runs: 3, minMs: 0 });
+    } finally {
+      g.readBytes = readBytes;
+    }
+    if (!gpu().features.has("timestamp-query")) {
+      assert.equal(timed, null, "no timestamps: the caller times each recording on its own");
+      return;
+    }
+    await t.step("the results", () => {
+      assert.ok(timed, "timestamps that this adapter offers were not credible");
+      assert.deepEqual(timed.reps, [1, 1]);
+      assert.equal(timed.ms.length, 2);
+      assert.ok(timed.ms[0] > 0, `light ${timed.ms[0]}`);
+      assert.ok(timed.ms[1] > 3 * timed.ms[0], `heavy ${timed.ms[1]} vs light ${timed.ms[0]}`);
+      // A probe, then 3 rounds (again, at most twice, while the rounds speed up).
+      for (const n of calls) assert.ok([4, 7, 10].includes(n), `ran ${calls}`);
+      assert.equal(calls[0], calls[1]);
+      assert.equal(reads, 1 + (calls[0] - 1) / 3, "one read-back for the probe and one per batch");
+    });
+    // With minMs, each recording repeats until a run lasts about that long; a warm-up comes first.
+    calls.fill(0);
+    const slow = await timeInterleaved([light, heavy], {
+      runs: 1,
+      minMs: 5 * timed!.ms[1],
+      warmupMs: 1,
+    });
+    assert.ok(slow);
+    assert.ok(slow.reps[0] > slow.reps[1] && slow.reps[1] >= 2, `reps ${slow.reps}`);
+    assert.equal(calls[0], 1 + 2 * slow.reps[0], "probe, one warm-up round and one timed round");
+    assert.deepEqual(await timeInterleaved([]), null);
   } finally {
     x.dispose();
     y.dispose();
