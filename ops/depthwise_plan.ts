@@ -255,9 +255,12 @@ export function defaultForwardConfig(s: DepthwiseShape): ForwardConfig {
       globalWeights: true,
     };
   }
+  // From tuning SLaK-T's twelve shapes on an H200 (6 candidates each): 4-wide blocks won at every
+  // size, 4 rows where the output has 24 rows or more and 2 below; 8×2 won only the 5×51 kernel
+  // at 56² and is the next candidate.
   return fitForward(s, {
-    bw: s.wo >= 24 ? 8 : 4,
-    bh: s.kh >= 4 ? 4 : 2,
+    bw: 4,
+    bh: s.ho >= 24 ? 4 : 2,
     kc: s.kw <= 48 ? s.kw : 32,
   });
 }
@@ -347,13 +350,19 @@ export function defaultFilterConfig(s: DepthwiseShape): FilterConfig {
     // Small unrolled bodies: llvmpipe's compile time grows with them.
     return fitFilter(s, { tbh: 2, tbw: 4, u: 4, lanes: 1, planesPerGroup: 4 });
   }
-  const tbw = s.kw > 8 ? 16 : s.kw > 4 ? 8 : 4;
+  // From tuning SLaK-T's twelve shapes on an H200 (6 candidates each): tap blocks 2 rows high
+  // for kernels no taller than wide at 24 output rows or more (4 below), 8 high for tall kernels
+  // at 48 rows or more (4 below); 16-wide tap blocks only for wide kernels at 24 rows or more;
+  // 16 planes per group where 4-row tap blocks meet 14–28 rows, else 8.
+  const tall = s.kh > s.kw;
+  const tbh = tall ? (s.ho >= 48 ? 8 : 4) : (s.ho >= 24 ? 2 : 4);
+  const tbw = s.kw > 8 && s.ho >= 24 ? 16 : s.kw > 4 ? 8 : 4;
   return fitFilter(s, {
-    tbh: 4,
+    tbh,
     tbw,
     u: s.wo >= 8 ? 8 : 4,
     lanes: Math.max(1, Math.floor(32 / ceilDiv(s.kw, tbw))),
-    planesPerGroup: 8,
+    planesPerGroup: tbh === 4 && s.ho >= 14 && s.ho <= 28 ? 16 : 8,
   });
 }
 // ---------------------------------------------------------------- candidates and plan jobs
@@ -378,11 +387,13 @@ function forwardCandidates(s: DepthwiseShape, { software, max }: CandidateOption
   const d = defaultForwardConfig(s);
   const base = { bw: d.bw, bh: d.bh, kc: d.kc };
   const other = d.bw === 8 ? 4 : 8;
+  // The next best of the H200 tuning first, so that a run trying 3 candidates tries them.
   const variants = [
-    { bh: 8 },
+    { bw: other, bh: 2 },
+    { bh: d.bh === 4 ? 2 : 4 },
     { bw: other },
+    { bh: 8 },
     { globalWeights: true },
-    { bh: 2 },
     { lanes: 64 },
     { threads: 128 },
     { bw: other, bh: 8 },
@@ -403,12 +414,15 @@ function filterCandidates(
   if (software) return softwareFilter(s);
   const d = defaultFilterConfig(s);
   const base = { tbh: d.tbh, tbw: d.tbw, u: d.u, lanes: d.lanes, planesPerGroup: d.planesPerGroup };
+  const otherTbw = d.tbw === 16 ? 8 : 16;
+  // The knobs that decided the H200 tuning first (tap-block height, planes per group, tap-block
+  // width), so that a run trying 3 candidates tries them.
   const variants: Partial<typeof base>[] = [
+    { tbh: d.tbh === 2 ? 4 : d.tbh === 8 ? 4 : 2 },
+    { planesPerGroup: d.planesPerGroup === 16 ? 8 : 16 },
+    { tbw: otherTbw, lanes: Math.max(1, Math.floor(32 / ceilDiv(s.kw, otherTbw))) },
     { tbh: 8 },
     { u: 16 },
-    { planesPerGroup: 16 },
-    { tbw: d.tbw === 16 ? 8 : 16, lanes: Math.max(1, Math.floor(32 / ceilDiv(s.kw, 8))) },
-    { tbh: 2 },
     { lanes: Math.max(1, d.lanes >> 1) },
     { lanes: d.lanes * 2 },
     { planesPerGroup: 4 },
