@@ -12,6 +12,8 @@ import assert from "node:assert/strict";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
 import {
   type ConvConfig,
+  defaultFilterConfig,
+  defaultForwardConfig,
   depthwisePlan,
   type DepthwiseShape,
   fusedBackwardConfig,
@@ -19,6 +21,7 @@ import {
   type WeightGradConfig,
 } from "../ops/depthwise_plan.ts";
 import type { FftConfig } from "../ops/depthwise_fft.ts";
+import { gpu } from "../ops/gpu.ts";
 import { planner } from "../ops/planner.ts";
 import { assertSameOutputs, forwardAndGrads, setup } from "./harness.ts";
 
@@ -122,6 +125,32 @@ Deno.test("fast depthwise = generic: 1×k, k×1, even and explicit padding", asy
 
 Deno.test("fast depthwise = generic: default configs of this adapter", async () => {
   await compare("31x31 on 9x10 defaults", [2, 3, 9, 10], [31, 31], false, {}, null);
+});
+
+Deno.test("fast depthwise = generic: the tiles the heuristic picks on a hardware GPU", async () => {
+  // Tall and wide kernels on 26² (4-row blocks, 2- or 4-row tap blocks, 16 planes per group) and
+  // 5×5 on 10² (2-row blocks): looked up with the adapter taken for a hardware one, then run here.
+  const cases: [number[], number[]][] = [
+    [[2, 3, 26, 26], [13, 5]],
+    [[2, 3, 26, 26], [5, 13]],
+    [[3, 2, 10, 10], [5, 5]],
+  ];
+  for (const [xShape, k] of cases) {
+    const s = shapeOf(xShape, k, {});
+    const g = gpu() as { isFallback: boolean };
+    const was = g.isFallback;
+    g.isFallback = false;
+    let forward: ConvConfig, filter: WeightGradConfig;
+    try {
+      [forward, filter] = [defaultForwardConfig(s), defaultFilterConfig(s)];
+    } finally {
+      g.isFallback = was;
+    }
+    await compare(`${k.join("x")} on ${xShape[2]}² hardware heuristic`, xShape, k, false, {}, {
+      forward,
+      filter,
+    });
+  }
 });
 
 /** The FFT path of size f for all three kernels, both gradients from one kernel or not. */
