@@ -81,6 +81,11 @@ export async function warmUp(record: () => void, minMs: number): Promise<number[
   return times;
 }
 
+/** Back-to-back repeats (1–256) of a recording that takes `ms` for a timed run to last `minMs`. */
+function repeatsToLast(minMs: number, ms: number): number {
+  return Math.max(1, Math.min(256, Math.ceil(minMs / Math.max(ms, 1e-3))));
+}
+
 /** What {@linkcode timeGpu} measured. */
 export interface GpuTiming {
   /** Median milliseconds per recording. */
@@ -137,7 +142,7 @@ export async function timeGpu(
     // Back to back until a timed run lasts minMs: the GPU stays busy, so it runs at its
     // working clock (see TUNE_MIN_MS).
     const probe = await timeGpu(record, { runs: 1, warmup: 0 });
-    reps = Math.max(1, Math.min(256, Math.ceil(minMs / Math.max(probe.ms, 1e-3))));
+    reps = repeatsToLast(minMs, probe.ms);
   }
   if (reps > 1) {
     const once = record;
@@ -231,9 +236,7 @@ export async function timeInterleaved(
   if (!gpu().features.has("timestamp-query") || records.length === 0) return null;
   const probe = await stampedRuns(records.map((record) => ({ record, reps: 1 })));
   if (!probe) return null;
-  const reps = probe.map((ms) =>
-    minMs > 0 ? Math.max(1, Math.min(256, Math.ceil(minMs / Math.max(ms, 1e-3)))) : 1
-  );
+  const reps = probe.map((ms) => minMs > 0 ? repeatsToLast(minMs, ms) : 1);
   const roundMs = probe.reduce((s, ms, i) => s + ms * reps[i], 0);
   // The probe ran at whatever clock the GPU had, so the warm-up is sized generously from it.
   let warmRounds = warmupMs > 0
