@@ -15,40 +15,119 @@
  * ```
  * @module
  */
+import { gpu } from "./gpu.ts";
 import { flatMain, launch, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
 import { timeGpu } from "./timing.ts";
 
-/** Invocations per workgroup of the probes. */
+/** Invocations per workgroup of the copy probe and of the default FMA probe. */
 const PROBE_WG = 256;
-
-/** Independent vec4 accumulators per invocation: enough to hide the FMA latency. */
-const CHAINS = 8;
 
 /** The multiplier and addend of every FMA of the probe (kept away from overflow and denormals). */
 export const FMA_SCALE = 0.999;
 export const FMA_ADD = 1e-4;
 
 /**
+ * How the FMA probe's code is shaped. The default (vec4 chains, 8 of them,
+ * 256 invocations, `fma()`) is what `gpu_ceiling.ts` reports as the
+ * ceiling; the others ask whether a different shape of the same arithmetic
+ * gets more out of the compiler and the scheduler (scalar registers, more
+ * independent chains, other workgroup sizes, `a * b + c` left for the
+ * compiler to contract), so that a low ceiling can be told from a probe
+ * that holds itself back.
+ */
+export interface FmaProbe {
+  /** Values per accumulator: a vec4f or an f32. */
+  lanes: 1 | 4;
+  /** Independent accumulators per invocation (latency hiding). */
+  chains: number;
+  /** Invocations per workgroup. */
+  workgroup: number;
+  /** `fma(x, m, a)` or `x * m + a`. */
+  form: "fma" | "muladd";
+}
+
+/** The probe `gpu_ceiling.ts` reports by default: 8 vec4 `fma()` chains, 256 invocations. */
+export const DEFAULT_FMA_PROBE: Readonly<FmaProbe> = {
+  lanes: 4,
+  chains: 8,
+  workgroup: PROBE_WG,
+  form: "fma",
+};
+
+/**
+ * A probe's short name, e.g. `v4 c8 wg256 fma`.
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_FMA_PROBE, fmaProbeName } from "./ceiling.ts";
+ * console.log(fmaProbeName(DEFAULT_FMA_PROBE)); // v4 c8 wg256 fma
+ * ```
+ */
+export function fmaProbeName(p: FmaProbe): string {
+  return `v${p.lanes} c${p.chains} wg${p.workgroup} ${p.form}`;
+}
+
+/**
  * WGSL of the FMA probe: invocation `i` starts its accumulator `c` at
- * `f32(i + c) · 1e-3` in all four lanes, applies `x ← x · 0.999 + 1e-4`
+ * `f32(i + c) · 1e-3` in every lane, applies `x ← x · 0.999 + 1e-4`
  * `iterations` times, and stores the sum of its accumulators' lanes at `y[i]`.
  */
-function fmaProbeSource(iterations: number): string {
-  const chains = Array.from({ length: CHAINS }, (_, c) => c);
+function fmaProbeSource(iterations: number, p: FmaProbe): string {
+  const chains = Array.from({ length: p.chains }, (_, c) => c);
+  const t = p.lanes === 4 ? "vec4f" : "f32";
+  const step = (c: number) =>
+    p.form === "fma" ? `c${c} = fma(c${c}, m, a);` : `c${c} = c${c} * m + a;`;
+  const sum = p.lanes === 4 ? "s.x + s.y + s.z + s.w" : "s";
   return `${storage("y!")}
-@compute @workgroup_size(${PROBE_WG})
+@compute @workgroup_size(${p.workgroup})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: u32) {
-  let i = wid.x * ${PROBE_WG}u + li;
-  let m = vec4f(${FMA_SCALE});
-  let a = vec4f(${FMA_ADD});
-  ${chains.map((c) => `var c${c} = vec4f(f32(i + ${c}u) * 1e-3);`).join(" ")}
+  let i = wid.x * ${p.workgroup}u + li;
+  let m = ${t}(${FMA_SCALE});
+  let a = ${t}(${FMA_ADD});
+  ${chains.map((c) => `var c${c} = ${t}(f32(i + ${c}u) * 1e-3);`).join(" ")}
   for (var t = 0u; t < ${iterations}u; t++) {
-    ${chains.map((c) => `c${c} = fma(c${c}, m, a);`).join(" ")}
+    ${chains.map(step).join(" ")}
   }
   let s = ${chains.map((c) => `c${c}`).join(" + ")};
-  y[i] = s.x + s.y + s.z + s.w;
+  y[i] = ${sum};
 }`;
+}
+
+/**
+ * The probes `gpu_ceiling.ts --sweep` runs: the default, and every
+ * combination of scalar or vec4 lanes, 4, 8 or 16 chains, workgroups of 64,
+ * 256 or 1024 and the two forms, with `iterations` scaled so that every
+ * probe does the same multiply-adds per invocation as the default at
+ * `iterations` (`perChain`).
+ *
+ * @example
+ * ```ts
+ * import { fmaProbeSweep } from "./ceiling.ts";
+ * const sweep = fmaProbeSweep(2048);
+ * console.log(sweep.length, sweep[0].name, sweep[0].iterations); // 36 v4 c8 wg256 fma 2048
+ * ```
+ */
+export function fmaProbeSweep(
+  iterations: number,
+): { name: string; probe: FmaProbe; iterations: number }[] {
+  const perInvocation = DEFAULT_FMA_PROBE.lanes * DEFAULT_FMA_PROBE.chains * iterations;
+  const all: FmaProbe[] = [{ ...DEFAULT_FMA_PROBE }];
+  for (const lanes of [4, 1] as const) {
+    for (const chains of [4, 8, 16]) {
+      for (const workgroup of [64, 256, 1024]) {
+        for (const form of ["fma", "muladd"] as const) {
+          const p = { lanes, chains, workgroup, form };
+          if (fmaProbeName(p) !== fmaProbeName(DEFAULT_FMA_PROBE)) all.push(p);
+        }
+      }
+    }
+  }
+  return all.map((probe) => ({
+    name: fmaProbeName(probe),
+    probe,
+    iterations: Math.max(1, Math.round(perInvocation / (probe.lanes * probe.chains))),
+  }));
 }
 
 /** What a probe measured. */
@@ -62,8 +141,9 @@ export interface CeilingResult {
 }
 
 /**
- * fp32 FMA throughput: `groups` workgroups of 256 invocations, each running
- * 8 independent vec4 chains of `iterations` multiply-adds (no memory
+ * fp32 FMA throughput: `groups` workgroups of `probe.workgroup` invocations
+ * (default {@linkcode DEFAULT_FMA_PROBE}: 256 invocations, 8 independent
+ * vec4 chains), each chain running `iterations` multiply-adds (no memory
  * traffic but one store per invocation). Returns the output too, for tests.
  *
  * @example
@@ -76,23 +156,40 @@ export interface CeilingResult {
  * ```
  */
 export async function fmaThroughput(
-  { groups, iterations, runs = 5, keep = false }: {
+  { groups, iterations, runs = 5, keep = false, probe = DEFAULT_FMA_PROBE }: {
     groups: number;
     iterations: number;
     runs?: number;
     keep?: boolean;
+    probe?: Readonly<FmaProbe>;
   },
 ): Promise<CeilingResult & { values?: Float32Array }> {
-  const y = Tensor.empty([groups * PROBE_WG]);
+  checkProbe(probe);
+  const y = Tensor.empty([groups * probe.workgroup]);
   try {
-    const code = fmaProbeSource(iterations);
+    const code = fmaProbeSource(iterations, probe);
     const record = () => launch(code, [y], [groups, 1, 1], undefined, { name: "fma_probe" });
     const t = await timeGpu(record, { runs, minMs: 20, warmupMs: 100 });
-    const flops = 2 * 4 * CHAINS * iterations * groups * PROBE_WG;
+    const flops = 2 * probe.lanes * probe.chains * iterations * groups * probe.workgroup;
     const values = keep ? await y.read() : undefined;
     return { ms: t.ms, tflops: flops / (t.ms * 1e9), gbps: 0, values };
   } finally {
     y.dispose();
+  }
+}
+
+function checkProbe(p: Readonly<FmaProbe>): void {
+  const max = gpu().limits.maxComputeInvocationsPerWorkgroup;
+  if (
+    !(p.lanes === 1 || p.lanes === 4) || !(Number.isInteger(p.chains) && p.chains >= 1) ||
+    !(Number.isInteger(p.workgroup) && p.workgroup >= 1 && p.workgroup <= max) ||
+    !(p.form === "fma" || p.form === "muladd")
+  ) {
+    throw new Error(
+      `fmaThroughput: expected lanes 1 or 4, chains ≥ 1, a workgroup of 1..${max} and form fma or muladd, got ${
+        JSON.stringify(p)
+      }`,
+    );
   }
 }
 
