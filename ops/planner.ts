@@ -86,7 +86,8 @@ export interface PlanJob<C> {
   bench(): PlanBench<C>;
   /**
    * The key's work per launch (multiply-adds, say; only its order matters): under a
-   * {@linkcode PlanOptions.budgetMs} the heaviest keys are planned first. Default 0.
+   * {@linkcode PlanOptions.budgetMs} the keys with the most work per step (work per launch
+   * times launches per step) are planned first. Default 0.
    */
   work?: number;
 }
@@ -116,12 +117,18 @@ export interface PlanOptions {
   onPlanned?: (row: PlanRow, done: number, total: number) => unknown;
   /**
    * Wall ms that planning may take. The keys are planned heaviest first (their
-   * {@linkcode PlanJob.work}); a key is not started when the time spent plus the mean of the
+   * {@linkcode PlanJob.work} times the times the step launches them); a key is not started when the time spent plus the mean of the
    * keys planned so far would pass the budget. The keys left are reported as `deferred`: they
    * keep their heuristic now, and the next plan (the next run, with a plan cache) picks them
    * up. Default: no bound.
    */
   budgetMs?: number;
+}
+
+/** A key that {@linkcode Planner.collect} found: its job, and how many times the step looked it up. */
+export interface CollectedKey {
+  job: () => PlanJob<unknown>;
+  launches: number;
 }
 
 /** One planned key: what {@linkcode Planner.plan} reports. */
@@ -250,7 +257,7 @@ export class Planner {
   /** Plans loaded for other adapters: kept so that saving them again loses nothing. */
   #foreign = new Map<string, SavedPlan>();
   #forced = new Map<string, unknown>();
-  #collecting: Map<string, () => PlanJob<unknown>> | null = null;
+  #collecting: Map<string, CollectedKey> | null = null;
   /** Candidate timings run so far (one per candidate per key planned): tests count them. */
   timings = 0;
 
@@ -288,7 +295,11 @@ export class Planner {
       return c;
     }
     const key = `${op}|${shape}|f32`;
-    if (this.#collecting && !this.#collecting.has(key)) this.#collecting.set(key, job);
+    if (this.#collecting) {
+      const seen = this.#collecting.get(key);
+      if (seen) seen.launches++;
+      else this.#collecting.set(key, { job, launches: 1 });
+    }
     const c = this.#plans.get(key);
     return c !== undefined && valid(c) ? c : undefined;
   }
@@ -339,16 +350,17 @@ export class Planner {
 
   /**
    * Record `step` once (a model's forward and backward, say) and collect
-   * every key it looked up, without planning anything. The step's
+   * every key it looked up, with how many times it did (the launches of the
+   * key per step), without planning anything. The step's
    * dispatches are skipped (`Gpu.skipDispatches`): keys are looked up on the
    * CPU as ops record, so nothing runs and nothing compiles. (Running it
    * compiled every kernel of the step first: 7.9 s for SLaK-T's on the H100,
    * which a run whose plans are all cached then spent before its first step
    * as well as in it.)
    */
-  async collect(step: () => unknown): Promise<Map<string, () => PlanJob<unknown>>> {
+  async collect(step: () => unknown): Promise<Map<string, CollectedKey>> {
     if (this.#collecting) throw new Error("planner: a plan is already being collected");
-    const jobs = new Map<string, () => PlanJob<unknown>>();
+    const jobs = new Map<string, CollectedKey>();
     this.#collecting = jobs;
     const skipping = this.#gpu.skipDispatches;
     this.#gpu.skipDispatches = true;
@@ -391,15 +403,20 @@ export class Planner {
     }
     const jobs = await this.collect(step);
     const report: PlanReport = { keys: [...jobs.keys()], planned: [], reused: 0 };
-    const todo: { key: string; job: PlanJob<unknown> }[] = [];
-    for (const [key, job] of jobs) {
+    const todo: { key: string; job: PlanJob<unknown>; perStep: number }[] = [];
+    for (const [key, { job, launches }] of jobs) {
       if (opts.ops && !opts.ops.includes(key.split("|")[0])) continue;
       if (!opts.retune && this.#plans.has(key)) report.reused++;
-      else todo.push({ key, job: job() });
+      else {
+        const j = job();
+        todo.push({ key, job: j, perStep: (j.work ?? 0) * launches });
+      }
     }
-    // Heaviest first, so that a budget goes where the time is. The sort is stable: keys of equal
-    // work (the kernels of one depthwise shape, which read each other's plans) keep their order.
-    if (opts.budgetMs !== undefined) todo.sort((a, b) => (b.job.work ?? 0) - (a.job.work ?? 0));
+    // Heaviest first, so that a budget goes where the time is: a product that stage 3 of a
+    // ConvNeXt launches nine times a step before one of the same size that stage 1 launches
+    // three times. The sort is stable: keys of equal work (the kernels of one depthwise shape,
+    // which read each other's plans, all looked up by each launch) keep their order.
+    if (opts.budgetMs !== undefined) todo.sort((a, b) => b.perStep - a.perStep);
     const t0 = performance.now();
     for (const [i, { key, job }] of todo.entries()) {
       const spent = performance.now() - t0;

@@ -229,6 +229,7 @@ Deno.test("planner: collecting a step's keys compiles and runs none of its kerne
     mul(x, x).dispose();
   });
   assert.deepEqual([...jobs.keys()], ["test.squares|4|f32"]);
+  assert.equal(jobs.get("test.squares|4|f32")!.launches, 1);
   assert.equal(gpu().dispatches, before);
   assert.equal(gpu().skipDispatches, false);
   // Afterwards dispatches record again.
@@ -283,6 +284,20 @@ Deno.test("planner: under a time budget the heaviest keys go first, the rest are
   for (const bad of [-1, NaN]) {
     await assert.rejects(none.plan(step(none), { software: true, budgetMs: bad }), /budgetMs/);
   }
+  // Work per step: a key of work 2 launched three times (6) goes before one of work 5 launched
+  // once, and that before one of work 3 launched once.
+  const repeated = (p: Planner) => () => {
+    for (const w of [3, 2, 5, 2, 2]) p.choose("test.slow", `${w}`, isChoice, slowJob(w));
+  };
+  const r = new Planner(gpu());
+  const collected = await r.collect(repeated(r));
+  assert.deepEqual([...collected].map(([k, c]) => [k.split("|")[1], c.launches]), [
+    ["3", 1],
+    ["2", 3],
+    ["5", 1],
+  ]);
+  const perStep = await r.plan(repeated(r), { software: true, budgetMs: 10_000 });
+  assert.deepEqual(keys(perStep.planned), ["2", "5", "3"]);
 });
 
 Deno.test("planner: a matrix product plans on llvmpipe when asked, checked against the reference", async () => {
