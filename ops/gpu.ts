@@ -172,6 +172,10 @@ export class Gpu {
    * not needed to learn them). Allocations and uploads happen as usual.
    */
   skipDispatches = false;
+  /** Inside {@linkcode Gpu.precompile}: dispatches compile their kernel and record nothing. */
+  #precompiling = false;
+  /** Kernels compiled so far (their ids). */
+  #compiles = 0;
   /**
    * Called with each dispatch instead of recording it: the hook records it by
    * calling `record` (once), e.g. inside {@linkcode timedPass}; `name` is the
@@ -285,6 +289,7 @@ export class Gpu {
     code: string,
     kernel?: KernelInfo,
     first?: Omit<DispatchFacts, "adapter" | "boundsChecked">,
+    ahead = false,
   ): Kernel {
     const check = this.#wgCheck;
     const source = check ? checkWorkgroupBounds(code, check.sources.length) : code;
@@ -308,8 +313,7 @@ export class Gpu {
     const bindings = first ? first.buffers + (first.uniformBytes > 0 ? 1 : 0) : undefined;
     const groups = bindings === undefined ? null : pipelineLayout(source, bindings);
     let layout: GPUBindGroupLayout | null = null;
-    // Once per kernel: the compile runs in error scopes, reported with the op that asked for it.
-    const pipeline = this.errors.scoped(() => {
+    const compile = () => {
       const module = this.device.createShaderModule({ code: source, label });
       let pipelineLayout: GPUPipelineLayout | "auto" = "auto";
       if (groups) {
@@ -322,7 +326,13 @@ export class Gpu {
         layout: pipelineLayout,
         compute: { module, entryPoint: "main" },
       });
-    }, () => `compiling the kernel of ${site}`);
+    };
+    // Once per kernel: the compile runs in error scopes, reported with the op that asked for it.
+    // Compiled ahead of its dispatch, a failed kernel is forgotten instead: the dispatch that
+    // asks for it compiles it again, and the failure is reported there.
+    const pipeline = ahead
+      ? this.errors.quietly(compile, () => this.#kernels.delete(code))
+      : this.errors.scoped(compile, () => `compiling the kernel of ${site}`);
     this.#sites.set(pipeline, site);
     let checkGroup: GPUBindGroup | null = null;
     if (check && source !== code) {
@@ -334,7 +344,7 @@ export class Gpu {
     }
     const compiled: Kernel = {
       pipeline,
-      id: this.#kernels.size + 1,
+      id: ++this.#compiles,
       layout,
       dynamicUniforms: groups !== null,
       checkGroup,
@@ -343,9 +353,45 @@ export class Gpu {
     return compiled;
   }
 
-  /** Number of distinct kernels compiled so far. */
+  /** Whether dispatches only compile now (inside {@linkcode Gpu.precompile}). */
+  get precompiling(): boolean {
+    return this.#precompiling;
+  }
+
+  /** Number of kernels compiled so far. */
   get pipelineCount(): number {
-    return this.#kernels.size;
+    return this.#compiles;
+  }
+
+  /**
+   * Compile the kernels that `record` dispatches, and record none of them:
+   * the planner compiles the next key's candidates so while the GPU runs the
+   * timed rounds of the key before (a compile keeps the CPU busy for
+   * 0.1–0.2 s on an H200, and the GPU would idle meanwhile). Allocations and
+   * uploads in `record` happen as usual; what it computes is garbage. A
+   * kernel that fails to compile here is not reported: the dispatch that next
+   * asks for it compiles it again and reports the failure there.
+   *
+   * @example
+   * ```ts
+   * import { initGpu } from "./gpu.ts";
+   * import { Tensor } from "./tensor.ts";
+   * import { mul } from "./elementwise.ts";
+   * const g = await initGpu();
+   * const x = Tensor.from([1, 2, 3]);
+   * g.precompile(() => mul(x, x).dispose()); // compiled, not dispatched
+   * const before = g.pipelineCount;
+   * console.log(await mul(x, x).read(), g.pipelineCount === before); // Float32Array [1, 4, 9] true
+   * ```
+   */
+  precompile(record: () => void): void {
+    const was = this.#precompiling;
+    this.#precompiling = true;
+    try {
+      record();
+    } finally {
+      this.#precompiling = was;
+    }
   }
 
   #ensurePass(): GPUComputePassEncoder {
@@ -409,11 +455,12 @@ export class Gpu {
     kernel?: KernelInfo,
   ): void {
     if (this.skipDispatches) return;
-    const k = this.#kernels.get(code) ?? this.#compile(code, kernel, {
-      workgroups,
-      buffers: buffers.length,
-      uniformBytes: uniforms?.byteLength ?? 0,
-    });
+    const facts = { workgroups, buffers: buffers.length, uniformBytes: uniforms?.byteLength ?? 0 };
+    if (this.#precompiling) {
+      if (!this.#kernels.has(code)) this.#compile(code, kernel, facts, true);
+      return;
+    }
+    const k = this.#kernels.get(code) ?? this.#compile(code, kernel, facts);
     if (this.dispatchHook && !this.#inHook) {
       const name = kernel?.name ?? this.#sites.get(k.pipeline) ?? "an unknown op";
       this.#inHook = true;

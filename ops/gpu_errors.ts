@@ -148,6 +148,26 @@ export class GpuErrorWatch {
     }
   }
 
+  /**
+   * Run `call` inside out-of-memory, validation and internal error scopes
+   * whose failure is not reported: `onError` is called instead, once the
+   * scopes are popped. For work that is redone, and reported, elsewhere.
+   */
+  quietly<T>(call: () => T, onError: () => void): T {
+    const d = this.#device;
+    d.pushErrorScope("out-of-memory");
+    d.pushErrorScope("validation");
+    d.pushErrorScope("internal");
+    try {
+      return call();
+    } finally {
+      Promise.all([d.popErrorScope(), d.popErrorScope(), d.popErrorScope()]).then(
+        (errors) => errors.some((e) => e) && onError(),
+        () => {}, // a lost device is reported at the next check
+      );
+    }
+  }
+
   /** Whether the device has been lost (known once the `lost` promise settled). */
   get lost(): boolean {
     return this.#lost !== null;

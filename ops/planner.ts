@@ -140,7 +140,10 @@ export interface PlanRow {
   /** GPU ms of the heuristic (NaN when rejected or not timed) and of the chosen candidate. */
   heuristicMs: number;
   bestMs: number;
-  /** Wall ms spent compiling and checking the candidates, and timing those that passed. */
+  /**
+   * Wall ms spent compiling and checking the candidates, and timing those that passed (which
+   * includes compiling the next key's candidates: that overlaps the timed rounds).
+   */
   checkMs: number;
   timeMs: number;
   /** The plan stored, or null when every candidate was rejected (the heuristic stays). */
@@ -160,6 +163,9 @@ export interface PlanReport {
   /** Keys left unplanned when {@linkcode PlanOptions.budgetMs} ran out (their heuristic runs). */
   deferred?: string[];
 }
+
+/** The shape part of a full key (`op|shape|dtype`). */
+const shapeOf = (key: string) => key.split("|")[1];
 
 /** One plan in {@linkcode SavedPlans}. */
 export interface SavedPlan {
@@ -418,18 +424,63 @@ export class Planner {
     // which read each other's plans, all looked up by each launch) keep their order.
     if (opts.budgetMs !== undefined) todo.sort((a, b) => b.perStep - a.perStep);
     const t0 = performance.now();
+    const fits = (spent: number, mean: number) =>
+      opts.budgetMs === undefined || spent + mean < opts.budgetMs;
     for (const [i, { key, job }] of todo.entries()) {
       const spent = performance.now() - t0;
       const mean = i ? spent / i : 0;
-      if (opts.budgetMs !== undefined && spent + mean >= opts.budgetMs) {
+      if (!fits(spent, mean)) {
         report.deferred = todo.slice(i).map((t) => t.key);
         break;
       }
-      const row = await this.#planKey(key, job, software, opts);
+      // While the GPU times this key's candidates, the CPU compiles the next key's, if the
+      // budget is likely to reach it and it has another shape: keys of one shape may read each
+      // other's plans (the depthwise ones do), so its candidates may not be known yet.
+      const next = todo[i + 1];
+      const ahead = next && shapeOf(next.key) !== shapeOf(key) && fits(spent, 2 * mean)
+        ? () => this.#compileAhead(next.job, software, opts)
+        : undefined;
+      const row = await this.#planKey(key, job, software, opts, ahead);
       report.planned.push(row);
       await opts.onPlanned?.(row, report.planned.length, todo.length);
     }
     return report;
+  }
+
+  /** The candidates of `job` that the planner checks. */
+  #candidatesOf(job: PlanJob<unknown>, software: boolean, opts: PlanOptions): unknown[] {
+    const max = opts.maxCandidates ?? (software ? 2 : undefined);
+    // The job applies `max` as it sees fit (the depthwise jobs bound the direct tilings and
+    // keep every FFT one); on a software adapter the bound is hard, to keep compiles short.
+    const all = job.candidates({ software, max });
+    return software ? all.slice(0, max) : all;
+  }
+
+  /**
+   * Compile the kernels of `job`'s candidates and reference without running
+   * them (`Gpu.precompile`), so that its check finds them compiled. Called
+   * while the GPU times the key before; nothing here is reported: a
+   * candidate that fails fails again, in its scopes, when it is checked.
+   */
+  #compileAhead(job: PlanJob<unknown>, software: boolean, opts: PlanOptions): void {
+    const benches: PlanBench<unknown>[] = [];
+    const attempt = (record: () => Tensor[]) => {
+      try {
+        record().forEach((t) => t.dispose());
+      } catch { /* the check makes the same call and reports it */ }
+    };
+    try {
+      this.#gpu.precompile(() => {
+        const bench = job.bench();
+        benches.push(bench);
+        for (const c of this.#candidatesOf(job, software, opts)) attempt(() => bench.run(c));
+        attempt(() => bench.reference());
+      });
+    } catch {
+      /* as above: job.bench() or candidates() throw again in the check */
+    } finally {
+      benches.forEach((b) => b.dispose());
+    }
   }
 
   async #planKey(
@@ -437,12 +488,9 @@ export class Planner {
     job: PlanJob<unknown>,
     software: boolean,
     opts: PlanOptions,
+    whileTiming?: () => void,
   ): Promise<PlanRow> {
-    const max = opts.maxCandidates ?? (software ? 2 : undefined);
-    // The job applies `max` as it sees fit (the depthwise jobs bound the direct tilings and
-    // keep every FFT one); on a software adapter the bound is hard, to keep compiles short.
-    const all = job.candidates({ software, max });
-    const candidates = software ? all.slice(0, max) : all;
+    const candidates = this.#candidatesOf(job, software, opts);
     const row: PlanRow = {
       key,
       candidates: candidates.length,
@@ -466,7 +514,9 @@ export class Planner {
       row.checkMs = performance.now() - started;
       started = performance.now();
       // A lone candidate wins untimed.
-      const times = passed.length > 1 ? await this.#timeAll(bench, passed, software, opts) : [NaN];
+      const times = passed.length > 1
+        ? await this.#timeAll(bench, passed, software, opts, whileTiming)
+        : [NaN];
       row.timeMs = performance.now() - started;
       let best = -1;
       for (let i = 0; i < passed.length; i++) {
@@ -498,6 +548,7 @@ export class Planner {
     passed: unknown[],
     software: boolean,
     opts: PlanOptions,
+    whileRunning?: () => void,
   ): Promise<number[]> {
     const record = (c: unknown) =>
       bench.time ? () => bench.time!(c) : () => bench.run(c).forEach((x) => x.dispose());
@@ -508,6 +559,7 @@ export class Planner {
       runs,
       minMs,
       warmupMs: software ? 0 : TUNE_WARMUP_MS,
+      whileRunning,
     });
     if (together) return together.ms;
     // The first round also finds how many back-to-back repeats make a run last minMs, and the

@@ -211,7 +211,10 @@ export async function timeGpu(
  * (repeated until it lasts about `minMs`, as measured by a first probe round),
  * with a timestamp after each, and a single read-back. When the rounds still
  * sped up (the first slower than the last by more than 2 %, a clock that was
- * still rising), the rounds run once more, at most twice.
+ * still rising), the rounds run once more, at most twice. `whileRunning`,
+ * when given, is called once, right after the first batch of rounds is
+ * submitted and before it is waited for: CPU work there (the planner
+ * compiles the next key's candidates) overlaps the GPU's.
  *
  * Returns each recording's median ms per recording and its repeats, or null
  * when the adapter has no `timestamp-query` or its stamps are not credible
@@ -231,7 +234,12 @@ export async function timeGpu(
  */
 export async function timeInterleaved(
   records: (() => void)[],
-  { runs = 3, minMs = 0, warmupMs = 0 }: { runs?: number; minMs?: number; warmupMs?: number } = {},
+  { runs = 3, minMs = 0, warmupMs = 0, whileRunning }: {
+    runs?: number;
+    minMs?: number;
+    warmupMs?: number;
+    whileRunning?: () => void;
+  } = {},
 ): Promise<{ ms: number[]; reps: number[] } | null> {
   if (!gpu().features.has("timestamp-query") || records.length === 0) return null;
   const probe = await stampedRuns(records.map((record) => ({ record, reps: 1 })));
@@ -249,7 +257,7 @@ export async function timeInterleaved(
     for (let r = 0; r < warmRounds + runs; r++) {
       for (let i = 0; i < k; i++) items.push({ record: records[i], reps: reps[i] });
     }
-    const ms = await stampedRuns(items);
+    const ms = await stampedRuns(items, attempt === 0 ? whileRunning : undefined);
     if (!ms) return null;
     rounds = [];
     for (let r = warmRounds; r < warmRounds + runs; r++) {
@@ -270,10 +278,12 @@ const MAX_STAMPS = 4096;
  * Record `items` back to back (each `reps` times) with a timestamp at the end
  * of each, in one submission, and read the stamps back once: the GPU ms of
  * each item, or null when the stamps are not credible (not increasing, or
- * more time than the wall clock saw).
+ * more time than the wall clock saw). `whileRunning` runs once they are
+ * submitted, before the wait.
  */
 async function stampedRuns(
   items: { record: () => void; reps: number }[],
+  whileRunning?: () => void,
 ): Promise<number[] | null> {
   const g = gpu();
   const count = items.length + 1;
@@ -299,7 +309,13 @@ async function stampedRuns(
       stamp(i + 1);
     });
     g.encoderForCopy().resolveQuerySet(qs, 0, count, resolve, 0);
-    const stamps = new BigUint64Array(await g.readBytes(resolve, 8 * count));
+    const read = g.readBytes(resolve, 8 * count); // submits, then waits
+    let stamps: BigUint64Array;
+    try {
+      whileRunning?.();
+    } finally {
+      stamps = new BigUint64Array(await read);
+    }
     const wallMs = performance.now() - t0;
     const ms = items.map((_, i) => Number(stamps[i + 1] - stamps[i]) / 1e6);
     const gpuMs = Number(stamps[count - 1] - stamps[0]) / 1e6;

@@ -34,6 +34,41 @@ Deno.test("a kernel that does not compile is thrown at the next sync, naming the
   g.device.destroy();
 });
 
+Deno.test("precompile: compiles without dispatching; a kernel failing there is reported where it is dispatched", async () => {
+  const g = await createGpu();
+  const y = g.createBuffer(
+    { size: 16, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC },
+    () => "the output",
+  );
+  const good = `@group(0) @binding(0) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(4) fn main(@builtin(local_invocation_index) i: u32) { y[i] = f32(i) + 0.5; }`;
+  const broken = "@compute @workgroup_size(1) fn main() { let x: u32 = undefined_thing; }";
+  const [dispatches, compiles] = [g.dispatches, g.pipelineCount];
+  g.precompile(() => {
+    g.dispatch(good, [y], [1, 1, 1]);
+    g.dispatch(broken, [], [1, 1, 1]);
+    assert.equal(g.precompiling, true);
+  });
+  assert.equal(g.precompiling, false);
+  assert.equal(g.dispatches, dispatches, "nothing recorded");
+  assert.equal(g.pipelineCount, compiles + 2);
+  await g.sync(); // the broken kernel is not reported here
+  g.dispatch(good, [y], [1, 1, 1]);
+  assert.equal(g.pipelineCount, compiles + 2, "the good kernel was compiled ahead");
+  assert.deepEqual([...new Float32Array(await g.readBytes(y, 16))], [0.5, 1.5, 2.5, 3.5]);
+  function brokenOp() {
+    g.dispatch(broken, [], [1, 1, 1]);
+  }
+  brokenOp();
+  await assert.rejects(
+    () => g.sync(),
+    oneLine(
+      /^WebGPU validation error in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
+    ),
+  );
+  g.device.destroy();
+});
+
 Deno.test("an allocation the device refuses names the op and what it was for", async () => {
   const g = await createGpu();
   function hugeTensorOp() {

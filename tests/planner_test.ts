@@ -300,6 +300,73 @@ Deno.test("planner: under a time budget the heaviest keys go first, the rest are
   assert.deepEqual(keys(perStep.planned), ["2", "5", "3"]);
 });
 
+Deno.test("planner: the next key's kernels compile while this key is timed; failures stay with their candidate", async () => {
+  const events: string[] = [];
+  // y = 2x + salt; each candidate's source differs (a comment), so each compiles on its own.
+  const doublingJob = (name: string, salt: number) => (): PlanJob<Choice> => ({
+    candidates: () => [{ v: 0 }, { v: 1 }],
+    bench: () => {
+      const x = Tensor.from([1, 2, 3, 4]);
+      const run = (variant: string) => {
+        const y = Tensor.zeros([4]);
+        const before = gpu().pipelineCount;
+        launch(
+          `@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+// ${name} ${variant}
+@compute @workgroup_size(4) fn main(@builtin(local_invocation_index) i: u32) {
+  y[i] = 2.0 * x[i] + ${salt.toFixed(4)};
+}`,
+          [x, y],
+          [1, 1, 1],
+        );
+        const how = gpu().pipelineCount > before ? "compiled" : "cached";
+        events.push(`${name} ${variant} ${gpu().precompiling ? "ahead" : "run"} ${how}`);
+        return y;
+      };
+      return {
+        run: ({ v }) => [run(`candidate ${v}`)],
+        reference: () => [run("reference")],
+        dispose: () => x.dispose(),
+      };
+    },
+  });
+  const p = new Planner(gpu());
+  const step = () => {
+    p.choose("test.doubling", "a", isChoice, doublingJob("a", 0.4321));
+    p.choose("test.doubling", "b", isChoice, doublingJob("b", 0.8765));
+    p.choose("test.squares", "4", isChoice, squaresJob);
+  };
+  const r = await p.plan(step, {
+    software: true,
+    maxCandidates: 5,
+    onPlanned: (row) => void events.push(`planned ${row.key.split("|")[1]}`),
+  });
+  assert.deepEqual(r.planned.map((x) => x.rejected.length), [0, 0, 3]);
+  if (!gpu().features.has("timestamp-query")) return; // no batched timing, nothing overlaps
+  const of = (prefix: string) => events.filter((e) => e.startsWith(prefix));
+  // Key a compiles in its own check; key b's kernels compile before a is done, and b's check
+  // and timing find them compiled.
+  assert.deepEqual(of("a candidate 0")[0], "a candidate 0 run compiled");
+  const bAhead = events.indexOf("b candidate 0 ahead compiled");
+  assert.ok(bAhead > events.indexOf("a candidate 1 run compiled"), events.join("; "));
+  assert.ok(bAhead < events.indexOf("planned a"), events.join("; "));
+  assert.ok(events.includes("b candidate 1 ahead compiled"), events.join("; "));
+  assert.ok(events.includes("b reference ahead compiled"), events.join("; "));
+  assert.deepEqual(
+    of("b").filter((e) => e.includes(" run ")).filter((e) => !e.endsWith("cached")),
+    [],
+  );
+  // The squares key came third, its bad candidates compiled ahead: the same reasons as above.
+  const [, , squares] = r.planned;
+  assert.deepEqual(squares.rejected.map((x) => (x.choice as Choice).v), [1, 2, 3]);
+  assert.match(squares.rejected[0].reason, /differs from the reference/);
+  assert.match(squares.rejected[1].reason, /GPU validation error/);
+  assert.match(squares.rejected[2].reason, /does not apply/);
+  assert.equal(gpu().precompiling, false);
+  await gpu().checkErrors(); // nothing compiled ahead is reported afterwards
+});
+
 Deno.test("planner: a matrix product plans on llvmpipe when asked, checked against the reference", async () => {
   const a = Tensor.randn([20, 12], { seed: 1 });
   const b = Tensor.randn([12, 24], { seed: 2 });

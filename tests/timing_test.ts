@@ -66,8 +66,15 @@ Deno.test("timeInterleaved: each recording timed in turn, one read-back per batc
     let reads = 0;
     g.readBytes = (...a) => (reads++, readBytes.apply(g, a));
     let timed;
+    // Called once, after the first batch is submitted: its runs are recorded, and it is read
+    // back after.
+    const whileRunning: [number, number][] = [];
     try {
-      timed = await timeInterleaved([light, heavy], { runs: 3, minMs: 0 });
+      timed = await timeInterleaved([light, heavy], {
+        runs: 3,
+        minMs: 0,
+        whileRunning: () => void whileRunning.push([calls[0], reads]),
+      });
     } finally {
       g.readBytes = readBytes;
     }
@@ -85,6 +92,11 @@ Deno.test("timeInterleaved: each recording timed in turn, one read-back per batc
       for (const n of calls) assert.ok([4, 7, 10].includes(n), `ran ${calls}`);
       assert.equal(calls[0], calls[1]);
       assert.equal(reads, 1 + (calls[0] - 1) / 3, "one read-back for the probe and one per batch");
+      assert.deepEqual(
+        whileRunning,
+        [[4, 2]],
+        "after the probe and the first batch were submitted",
+      );
     });
     // With minMs, each recording repeats until a run lasts about that long; a warm-up comes first.
     calls.fill(0);
