@@ -368,7 +368,8 @@ export class Gpu {
    * the planner compiles the next key's candidates so while the GPU runs the
    * timed rounds of the key before (a compile keeps the CPU busy for
    * 0.1–0.2 s on an H200, and the GPU would idle meanwhile). Allocations and
-   * uploads in `record` happen as usual; what it computes is garbage. A
+   * uploads in `record` happen, and fail, as usual; what it computes is
+   * garbage. A
    * kernel that fails to compile here is not reported: the dispatch that next
    * asks for it compiles it again and reports the failure there.
    *

@@ -117,15 +117,18 @@ export interface PlanOptions {
   onPlanned?: (row: PlanRow, done: number, total: number) => unknown;
   /**
    * Wall ms that planning may take. The keys are planned heaviest first (their
-   * {@linkcode PlanJob.work} times the times the step launches them); a key is not started when the time spent plus the mean of the
-   * keys planned so far would pass the budget. The keys left are reported as `deferred`: they
-   * keep their heuristic now, and the next plan (the next run, with a plan cache) picks them
-   * up. Default: no bound.
+   * {@linkcode PlanJob.work} times the times the step launches them); a key is not started
+   * when the time spent plus the mean of the keys planned so far would pass the budget. The
+   * keys left are reported as `deferred`: they keep their heuristic now, and the next plan
+   * (the next run, with a plan cache) picks them up. Default: no bound.
    */
   budgetMs?: number;
 }
 
-/** A key that {@linkcode Planner.collect} found: its job, and how many times the step looked it up. */
+/**
+ * A key that {@linkcode Planner.collect} found: its job, and how many times
+ * the step looked it up.
+ */
 export interface CollectedKey {
   job: () => PlanJob<unknown>;
   launches: number;
