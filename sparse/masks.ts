@@ -61,6 +61,14 @@ export interface MaskingOptions {
   granularity?: (key: string) => Granularity;
   /** Initial masks by key (unit masks, e.g. from a checkpoint) instead of random ones. */
   masks?: ReadonlyMap<string, Uint8Array>;
+  /**
+   * Run the masked stride-1 depthwise convs on the sparse kernels, which visit
+   * only the active taps (default true). Their filter gradient is zero at the
+   * inactive taps, so gradient growth, which ranks inactive weights by their
+   * gradient, needs this off (as the official code, it then sees the dense
+   * gradient).
+   */
+  sparseKernels?: boolean;
 }
 
 /**
@@ -109,6 +117,7 @@ export function randomMask(units: number, density: number, seed: number): Uint8A
 export class Masking {
   readonly model: Module;
   readonly layers: Map<string, MaskLayer> = new Map();
+  readonly #sparseKernels: boolean;
 
   /**
    * Masks for the parameters named in `densities` (key → density in
@@ -118,6 +127,7 @@ export class Masking {
    */
   constructor(model: Module, densities: ReadonlyMap<string, number>, opts: MaskingOptions = {}) {
     this.model = model;
+    this.#sparseKernels = opts.sparseKernels ?? true;
     const params = new Map(model.namedParameters());
     let index = 0;
     for (const [key, density] of densities) {
@@ -153,7 +163,7 @@ export class Masking {
     }
     gpu().upload(l.gpu.buffer, full);
     // A depthwise conv runs only its active taps once sparse enough: keep its plan in step.
-    const conv = this.#depthwiseOf(key);
+    const conv = this.#sparseKernels ? this.#depthwiseOf(key) : null;
     if (conv) {
       if (conv.sparsePlan) conv.sparsePlan.update(full);
       else conv.sparsePlan = SparseDepthwisePlan.fromMask(full, l.param.shape);

@@ -314,6 +314,7 @@ export class DynamicSparsity {
       seed: opts.seed,
       granularity: layout.granularity,
       masks,
+      sparseKernels: opts.growth !== "gradient",
     });
     if (!masks) {
       // Rep branches start from their leader's mask (the official deep-copies it).

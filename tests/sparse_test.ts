@@ -400,3 +400,52 @@ Deno.test("masked depthwise convs run the sparse taps path, with the dense resul
   assert.equal(conv0.sparsePlan, null);
   model.dispose();
 });
+
+Deno.test("gradient growth sees the dense gradient of inactive depthwise taps; random growth runs the sparse kernels", async () => {
+  const { slak, SLAK_PRESETS } = await import("../models/slak.ts");
+  const { Conv2d } = await import("../models/layers.ts");
+  const { softmaxCrossEntropy } = await import("../ops/loss.ts");
+  const x = Tensor.randn([2, 3, 32, 32], { seed: 4 });
+  for (const growth of ["gradient", "random"] as const) {
+    const model = slak({ ...SLAK_PRESETS.slak_cpu, numClasses: 3 });
+    const sparse = await DynamicSparsity.create(model, {
+      sparsity: 0.6,
+      init: "uniform",
+      pruneRate: 0.3,
+      growth,
+      updateFrequency: 10,
+      totalSteps: 100,
+      seed: 2,
+    });
+    const convs = [...model.namedModules()].filter(([k, m]) =>
+      m instanceof Conv2d && m.isDepthwise && sparse.masking.layers.has(`${k}.weight`)
+    ) as [string, InstanceType<typeof Conv2d>][];
+    assert.ok(convs.length > 0);
+    const planned = convs.filter(([, c]) => c.sparsePlan !== null).length;
+    assert.equal(
+      planned,
+      growth === "gradient" ? 0 : convs.length,
+      `${growth}: convs on sparse kernels`,
+    );
+    scope(() => backward(softmaxCrossEntropy(model.forward(x), [0, 2])));
+    // Gradients at the inactive taps of every masked depthwise conv: what gradient growth ranks.
+    let inactive = 0;
+    let nonzero = 0;
+    for (const [k, c] of convs) {
+      const mask = sparse.masking.layer(`${k}.weight`).mask;
+      const g = await c.weight.tensor.grad!.read();
+      for (let i = 0; i < g.length; i++) {
+        if (mask[i]) continue;
+        inactive++;
+        if (g[i] !== 0) nonzero++;
+      }
+    }
+    assert.ok(inactive > 0);
+    // (Taps that reach only the zero padding of the small late-stage maps have no gradient.)
+    if (growth === "gradient") assert.ok(nonzero > 0.25 * inactive, `${nonzero} of ${inactive}`);
+    else assert.equal(nonzero, 0, "the sparse kernels compute active taps only");
+    sparse.masking.dispose();
+    model.dispose();
+  }
+  x.dispose();
+});
