@@ -20,6 +20,7 @@ export * from "./ops/elementwise.ts";
 export * from "./ops/conv.ts";
 export * from "./ops/depthwise.ts";
 export * from "./ops/sparse_depthwise.ts";
+export * from "./ops/sparse_path.ts";
 export * from "./ops/matmul.ts";
 export * from "./ops/gemm_kernel.ts";
 export * from "./ops/gemm_plan.ts";

@@ -21,7 +21,8 @@ import { add as addOp, gelu as geluOp, mul as mulOp, relu as reluOp } from "../o
 import { reshape } from "../ops/autograd.ts";
 import { conv2d } from "../ops/conv.ts";
 import { depthwiseConv2d } from "../ops/depthwise.ts";
-import { depthwiseMaybeSparse, type SparseDepthwisePlan } from "../ops/sparse_depthwise.ts";
+import type { SparseDepthwisePlan } from "../ops/sparse_depthwise.ts";
+import { depthwiseMaybeSparse } from "../ops/sparse_path.ts";
 import { dropPath as dropPathOp } from "../ops/drop_path.ts";
 import { dropPathScales } from "../ops/fused.ts";
 import { linear } from "../ops/matmul.ts";

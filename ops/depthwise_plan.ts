@@ -56,7 +56,13 @@ import {
 import { type DepthwiseShape, depthwiseWork, transposedShape } from "./depthwise_shape.ts";
 import { gpu } from "./gpu.ts";
 import { ceilDiv, memoize } from "./kernel.ts";
-import { type CandidateOptions, distinctCandidates, type PlanJob, planner } from "./planner.ts";
+import {
+  type CandidateOptions,
+  distinctCandidates,
+  type PlanJob,
+  planKey,
+  planner,
+} from "./planner.ts";
 import { randomNormal } from "./random.ts";
 
 export type { ConvConfig, DepthwiseShape, FilterConfig, ForwardConfig, WeightGradConfig };
@@ -466,7 +472,7 @@ function backwardInputJob(s: DepthwiseShape): PlanJob<ConvConfig> {
       // "Same" padding of an odd kernel: the input gradient is the forward kernel on the same
       // shape, so the forward's plan serves (checked, not timed).
       const key = depthwiseShapeKey(s);
-      const fwd = planner().planOf(`depthwise.forward|${key}|f32`);
+      const fwd = planner().planOf(planKey("depthwise.forward", key));
       if (depthwiseShapeKey(ts) === key && isConv(fwd)) return [fwd];
       return forwardCandidates(ts, o);
     },

@@ -90,6 +90,26 @@ export interface PlanJob<C> {
    * times launches per step) are planned first. Default 0.
    */
   work?: number;
+  /**
+   * Full keys ({@linkcode planKey}) whose plans this job's candidates or
+   * bench read: among the keys planned together, it is planned after them,
+   * whatever the order would otherwise be.
+   */
+  after?: readonly string[];
+}
+
+/**
+ * The full key of `op` for `shape`: what {@linkcode Planner.choose} files
+ * the choice under, and what plans and {@linkcode PlanJob.after} name.
+ *
+ * @example
+ * ```ts
+ * import { planKey } from "./planner.ts";
+ * console.log(planKey("gemm", "1x8x8x8")); // "gemm|1x8x8x8|f32"
+ * ```
+ */
+export function planKey(op: string, shape: string): string {
+  return `${op}|${shape}|f32`;
 }
 
 /** Options of {@linkcode Planner.plan}. */
@@ -165,6 +185,27 @@ export interface PlanReport {
   skipped?: string;
   /** Keys left unplanned when {@linkcode PlanOptions.budgetMs} ran out (their heuristic runs). */
   deferred?: string[];
+}
+
+/**
+ * Move each key with {@linkcode PlanJob.after} right behind the last of
+ * those keys in `todo` (in place; the others keep their order).
+ */
+function afterTheirInputs(todo: { key: string; job: PlanJob<unknown> }[]): void {
+  // Each move goes later and a key that reads no plans never moves: at most one pass per key.
+  for (let moves = 0, i = 0; i < todo.length && moves <= todo.length * todo.length; i++) {
+    const after = todo[i].job.after;
+    if (!after?.length) continue;
+    let last = -1;
+    todo.forEach((t, j) => {
+      if (after.includes(t.key)) last = j;
+    });
+    if (last > i) {
+      todo.splice(last, 0, ...todo.splice(i, 1));
+      i--;
+      moves++;
+    }
+  }
 }
 
 /** The shape part of a full key (`op|shape|dtype`). */
@@ -303,7 +344,7 @@ export class Planner {
       if (!valid(c)) throw new Error(`planner: the choice forced for ${op} is invalid: ${c}`);
       return c;
     }
-    const key = `${op}|${shape}|f32`;
+    const key = planKey(op, shape);
     if (this.#collecting) {
       const seen = this.#collecting.get(key);
       if (seen) seen.launches++;
@@ -355,6 +396,11 @@ export class Planner {
   /** Forget every plan of this adapter (the heuristics apply again). */
   clear(): void {
     this.#plans.clear();
+  }
+
+  /** Whether {@linkcode plan} is collecting a step's keys now (nothing is dispatched then). */
+  get collecting(): boolean {
+    return this.#collecting !== null;
   }
 
   /**
@@ -426,6 +472,7 @@ export class Planner {
     // three times. The sort is stable: keys of equal work (the kernels of one depthwise shape,
     // which read each other's plans, all looked up by each launch) keep their order.
     if (opts.budgetMs !== undefined) todo.sort((a, b) => b.perStep - a.perStep);
+    afterTheirInputs(todo);
     const t0 = performance.now();
     const fits = (spent: number, mean: number) =>
       opts.budgetMs === undefined || spent + mean < opts.budgetMs;

@@ -44,8 +44,8 @@
  * go across the lanes in workgroup memory, then across plane groups in a
  * second pass.
  *
- * {@linkcode depthwiseMaybeSparse} picks this path when a plan's density is
- * below {@linkcode SPARSE_DEPTHWISE_THRESHOLD}, the dense one otherwise.
+ * `depthwiseMaybeSparse` (`sparse_path.ts`) picks this path or the dense one
+ * for each shape and density, by the planner's timing of both.
  *
  * @example
  * ```ts
@@ -84,23 +84,6 @@ import { gpu } from "./gpu.ts";
 import { ceilDiv, launch, memoize, storage } from "./kernel.ts";
 import { randomNormal } from "./random.ts";
 import { grid1d, keep, Rng, Tensor } from "./tensor.ts";
-
-/**
- * Density (active taps / all taps of a kernel) below which
- * {@linkcode depthwiseMaybeSparse} runs the sparse kernels. Measured with
- * `scripts/sparse_speed.ts` on an H100 (SLaK-T stage 1: 64×124×56², 51×5 and
- * 5×51, both tuned): the sparse path wins below density ≈ 0.91 forward and
- * forward+backward (×1.32 / ×1.28 at density 0.6, dense 8.3 / 30.4 ms). Those
- * runs synced after every repetition, which can leave the GPU at its idle clock
- * (see `timeGpu`'s `minMs`); re-measure back to back before relying on it.
- *
- * @example
- * ```ts
- * import { SPARSE_DEPTHWISE_THRESHOLD } from "./sparse_depthwise.ts";
- * console.log(SPARSE_DEPTHWISE_THRESHOLD); // 0.9
- * ```
- */
-export const SPARSE_DEPTHWISE_THRESHOLD = 0.9;
 
 // ---------------------------------------------------------------- plan
 
@@ -643,6 +626,22 @@ const isFltConfig = (c: unknown): c is SparseFilterConfig =>
   ) && ["number", "undefined"].includes(typeof (c as SparseFilterConfig).acc);
 
 /**
+ * The shape part of the sparse kernels' plan keys: the dense key and the
+ * density to a tenth (the fastest tiling depends on how many taps are set:
+ * densities a tenth apart plan apart).
+ *
+ * @example
+ * ```ts
+ * import { sparseConfigKey } from "./sparse_depthwise.ts";
+ * const s = { n: 2, c: 4, h: 9, w: 9, kh: 7, kw: 3, ph: 3, pw: 1, ho: 9, wo: 9 };
+ * console.log(sparseConfigKey(s, 0.42)); // "2,4,9,9,7,3,3,1,9,9,d0.4"
+ * ```
+ */
+export function sparseConfigKey(s: DepthwiseShape, density: number): string {
+  return `${depthwiseShapeKey(s)},d${density.toFixed(1)}`;
+}
+
+/**
  * The sparse kernels' configs for a stride-1 shape: the planner's (forced or
  * planned, under the keys `sparse.forward|shape,density`,
  * `sparse.backwardInput|…` and `sparse.filter|…`, density to a tenth; forcing `sparse.forward` forces the input
@@ -664,8 +663,7 @@ export function sparseDepthwiseConfigs(s: DepthwiseShape, density = 0.5): Sparse
   const v = virt(s, vertical);
   const vt = virt(transposedShape(s), vertical);
   const p = planner();
-  // The fastest tiling depends on how many taps are set: densities a tenth apart plan apart.
-  const key = `${depthwiseShapeKey(s)},d${density.toFixed(1)}`;
+  const key = sparseConfigKey(s, density);
   const forward = p.choose("sparse.forward", key, isFwdConfig, () => forwardJob(s, density)) ??
     defaultFwd(v);
   const forcedForward = p.forced("sparse.forward");
@@ -1238,7 +1236,22 @@ export function sparseDepthwiseBackwardFilter(
 
 // ---------------------------------------------------------------- the op
 
-function shapeOf(x: Tensor, w: Tensor, opts: DepthwiseOptions): DepthwiseShape & {
+/**
+ * The shape of a depthwise convolution of `x` [N, C, H, W] with `w`
+ * [C, 1, KH, KW] under `opts` (padding "same" by default), with its stride;
+ * throws on other shapes.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { depthwiseShapeOf } from "./sparse_depthwise.ts";
+ * await initGpu();
+ * const s = depthwiseShapeOf(Tensor.zeros([1, 2, 8, 8]), Tensor.zeros([2, 1, 7, 3]), {});
+ * console.log(s.ph, s.pw, s.ho); // 3 1 8
+ * ```
+ */
+export function depthwiseShapeOf(x: Tensor, w: Tensor, opts: DepthwiseOptions): DepthwiseShape & {
   stride: number;
 } {
   if (x.rank !== 4 || w.rank !== 4 || w.shape[0] !== x.shape[1] || w.shape[1] !== 1) {
@@ -1298,7 +1311,7 @@ export function sparseDepthwiseConv2d(
   bias: Tensor | null,
   opts: DepthwiseOptions = {},
 ): Tensor {
-  const s = shapeOf(x, w, opts);
+  const s = depthwiseShapeOf(x, w, opts);
   checkPlan(plan, s);
   const cfgs = s.stride === 1 ? sparseDepthwiseConfigs(s, plan.density) : null;
   if (!cfgs?.forward || !cfgs.backwardInput || !cfgs.filter) {
@@ -1330,39 +1343,6 @@ export function sparseDepthwiseConv2d(
     },
   );
   return y;
-}
-
-/**
- * Sparse when it pays, dense otherwise: {@linkcode sparseDepthwiseConv2d} when
- * `plan` is given, its density is below `threshold` (default
- * {@linkcode SPARSE_DEPTHWISE_THRESHOLD}) and the stride is 1, else
- * `depthwiseConv2d(x, w, bias, opts)`. Both give the same result when `w` is
- * already masked (as `sparse/masks.ts` keeps it after every step).
- *
- * @example
- * ```ts
- * import { initGpu } from "./gpu.ts";
- * import { Tensor } from "./tensor.ts";
- * import { depthwiseMaybeSparse, SparseDepthwisePlan } from "./sparse_depthwise.ts";
- * await initGpu();
- * const plan = SparseDepthwisePlan.fromMask(SparseDepthwisePlan.randomMask(2, 7, 3, 0.3, 1), [2, 1, 7, 3]);
- * const y = depthwiseMaybeSparse(Tensor.randn([1, 2, 6, 6]), Tensor.randn([2, 1, 7, 3]), plan, null);
- * console.log(y.shape); // [1, 2, 6, 6]
- * plan.dispose();
- * ```
- */
-export function depthwiseMaybeSparse(
-  x: Tensor,
-  w: Tensor,
-  plan: SparseDepthwisePlan | null,
-  bias: Tensor | null,
-  opts: DepthwiseOptions = {},
-  threshold: number = SPARSE_DEPTHWISE_THRESHOLD,
-): Tensor {
-  if (plan && plan.density < threshold && (opts.stride ?? 1) === 1) {
-    return sparseDepthwiseConv2d(x, w, plan, bias, opts);
-  }
-  return depthwiseConv2d(x, w, bias, opts);
 }
 
 // ---------------------------------------------------------------- plan jobs

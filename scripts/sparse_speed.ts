@@ -12,7 +12,7 @@
  * Writes `sparse_speed.csv` (impl,density,kh,kw,pass,ms,speedup; speedup =
  * dense ms / this ms) into `--out`, prints a table, the strips summed (the
  * stage's decomposed large kernel), and the density below which the sparse
- * path wins (the value for `SPARSE_DEPTHWISE_THRESHOLD`).
+ * path wins (the value for `SPARSE_DEPTHWISE_THRESHOLD` in `ops/sparse_path.ts`).
  *
  * ```sh
  * deno run -A scripts/sparse_speed.ts                           # SLaK-T stage 1, tuned, on a GPU

@@ -18,7 +18,7 @@ import {
   planProgress,
   planWithCache,
 } from "../ops/plan_cache.ts";
-import { type PlanJob, Planner, planner, validSavedPlans } from "../ops/planner.ts";
+import { type PlanJob, planKey, Planner, planner, validSavedPlans } from "../ops/planner.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { restorePlans } from "../train/kernel_plans.ts";
 import { setup } from "./harness.ts";
@@ -365,6 +365,31 @@ Deno.test("planner: the next key's kernels compile while this key is timed; fail
   assert.match(squares.rejected[2].reason, /does not apply/);
   assert.equal(gpu().precompiling, false);
   await gpu().checkErrors(); // nothing compiled ahead is reported afterwards
+});
+
+Deno.test("planner: a key that reads other keys' plans is planned after them, with or without a budget", async () => {
+  const job = (work: number, after?: string[]) => (): PlanJob<Choice> => ({
+    work,
+    after,
+    candidates: () => [{ v: work }],
+    bench: () => {
+      const x = Tensor.from([1, 2]);
+      return { run: () => [mul(x, x)], reference: () => [mul(x, x)], dispose: () => x.dispose() };
+    },
+  });
+  const step = (p: Planner) => () => {
+    p.choose("test.reads", "r", isChoice, job(9, [planKey("test.read", "b"), "not|a|key"]));
+    p.choose("test.read", "a", isChoice, job(5));
+    p.choose("test.read", "b", isChoice, job(1));
+    p.choose("test.read", "c", isChoice, job(3));
+  };
+  const order = async (budgetMs?: number) => {
+    const p = new Planner(gpu());
+    const r = await p.plan(step(p), { software: true, budgetMs });
+    return r.planned.map((row) => row.key.split("|")[1]);
+  };
+  assert.deepEqual(await order(), ["a", "b", "r", "c"]);
+  assert.deepEqual(await order(10_000), ["a", "c", "b", "r"]);
 });
 
 Deno.test("planner: a matrix product plans on llvmpipe when asked, checked against the reference", async () => {

@@ -14,8 +14,8 @@ import { mul } from "../ops/elementwise.ts";
 import { depthwiseConv2d, type DepthwiseOptions, samePadding } from "../ops/depthwise.ts";
 import { setDepthwiseImpl } from "../ops/depthwise_plan.ts";
 import { planner } from "../ops/planner.ts";
+import { depthwiseMaybeSparse } from "../ops/sparse_path.ts";
 import {
-  depthwiseMaybeSparse,
   type SparseDepthwiseConfigs,
   sparseDepthwiseConfigs,
   sparseDepthwiseConv2d,

@@ -297,7 +297,7 @@ Deno.test("kernel plans: a sparse SLaK run plans its sparse kernels, and its res
     const state = JSON.parse(await Deno.readTextFile(`${dir}/run/checkpoint-last/state.json`));
     const saved = state.plans as SavedPlans;
     const ops = new Set(saved.plans.map((s) => s.key.split("|")[0]));
-    for (const op of ["sparse.forward", "sparse.backwardInput", "sparse.filter"]) {
+    for (const op of ["sparse.forward", "sparse.backwardInput", "sparse.filter", "sparse.path"]) {
       assert.ok(ops.has(op), `no ${op} plan in the checkpoint: ${[...ops]}`);
     }
     // A fresh process has no plans: resuming restores the checkpoint's and times nothing.

@@ -209,9 +209,9 @@ export async function planKernels(
       budgetMs: budgetS === undefined ? undefined : budgetS * 1e3,
       software: cfg.planSoftware === true,
       // llvmpipe compiles every matrix product's candidates for minutes: tests plan the sparse
-      // kernels only there.
+      // kernels and the sparse-or-dense choice only there.
       ops: cfg.planSoftware && gpu().isFallback
-        ? ["sparse.forward", "sparse.backwardInput", "sparse.filter"]
+        ? ["sparse.forward", "sparse.backwardInput", "sparse.filter", "sparse.path"]
         : undefined,
     },
   );
