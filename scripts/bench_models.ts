@@ -19,12 +19,19 @@
  *
  * A model is a registry name (`deno run -A scripts/model_table.ts` lists
  * them), optionally with stage kernels after `@`: `convnext_tiny@51-49-47-13`.
+ * `--sparsity 0,0.4` times each model dense and with SLaK's masks at 40 %
+ * sparsity (every conv and linear weight at density 0.6, applied after each
+ * optimiser step as the trainer does; the masked depthwise layers run the
+ * sparse or the dense kernels, whichever the planner timed faster), and
+ * reports each sparse row's speed over the dense row's (`train_vs_dense`,
+ * `infer_vs_dense`).
  *
  * ```sh
  * deno run -A scripts/bench_models.ts                       # the four default models, batch 64, 224²
  * deno run -A scripts/bench_models.ts --models convnext_cpu --batch 2 --size 32 --steps 1
  * deno run -A scripts/bench_models.ts --models convnext_tiny --anchor out/torch_models.csv
  * deno run -A scripts/bench_models.ts --with-pytorch --official-dir .device/anchors   # one GPU command
+ * deno run -A scripts/bench_models.ts --models slak_tiny --sparsity 0,0.4 --pass train
  * ```
  *
  * @example
@@ -50,6 +57,8 @@ import { AdamW } from "../ops/optim.ts";
 import { poolStats, resetPoolPeaks, scope, Tensor, trimPool } from "../ops/tensor.ts";
 import type { Classifier } from "../models/module.ts";
 import { createModel, modelInfo } from "../models/registry.ts";
+import { uniformDensities } from "../sparse/density.ts";
+import { Masking } from "../sparse/masks.ts";
 import { seedInit } from "../models/module.ts";
 import {
   anchorScript,
@@ -82,6 +91,11 @@ Images/s for inference and a training step (AdamW) per model, and peak GPU memor
   --pass LIST       infer, train (default infer,train)
   --depthwise IMPL  auto, fast or generic depthwise kernels (default auto)
   --gemm IMPL       tiled or simple matmul / conv kernels (default tiled)
+  --sparsity LIST   fractions of masked weights to time each model at (default 0: dense); above 0,
+                    every conv and linear weight is masked at density 1 − S (uniform, random
+                    masks), the masks applied after each optimiser step; a row per value, the
+                    sparse ones with their img/s over the dense row's (train_vs_dense,
+                    infer_vs_dense)
   --tune            plan every kernel of a model's training step before timing it (depthwise,
                     sparse and matrix-product tiles; gemm_tune.csv); default on a GPU,
                     --no-tune turns it off
@@ -130,6 +144,25 @@ export function parseModelSpec(spec: string): { name: string; kernels?: number[]
     throw new Error(`--models: "${spec}": expected name@k1-k2-k3-k4 with positive integers`);
   }
   return { name, kernels };
+}
+
+/**
+ * The `--sparsity` list: fractions in [0, 1), zero (dense) first so that the
+ * sparse rows can be compared with it.
+ *
+ * @example
+ * ```ts
+ * import { parseSparsities } from "./bench_models.ts";
+ * console.log(parseSparsities("0.4,0")); // [0, 0.4]
+ * ```
+ */
+export function parseSparsities(list: string): number[] {
+  const items = list.split(",").map((v) => v.trim());
+  const values = items.map(Number);
+  if (!items.length || values.some((v, i) => items[i] === "" || !(v >= 0 && v < 1))) {
+    throw new Error(`--sparsity: expected fractions in [0, 1) separated by commas, got "${list}"`);
+  }
+  return [...new Set(values)].sort((a, b) => a - b);
 }
 
 /** One model's measurements. */
@@ -195,7 +228,7 @@ async function recordMs(record: () => void): Promise<{ ms: number; dispatches: n
  */
 export async function benchModel(
   model: Classifier,
-  { batch, size, classes, steps, warmup, passes, plan, profile }: {
+  { batch, size, classes, steps, warmup, passes, plan, profile, afterStep }: {
     batch: number;
     size: number;
     classes: number;
@@ -206,6 +239,8 @@ export async function benchModel(
     plan?: PlanOptions & { cachePath: string | null };
     /** Profile one step of each pass kernel by kernel after timing it (see `profileKernels`). */
     profile?: boolean;
+    /** Called after each optimiser step of the training pass (the sparse masks' apply). */
+    afterStep?: (opt: AdamW) => void;
   },
 ): Promise<ModelBench> {
   const x = Tensor.randn([batch, 3, size, size], { seed: 7 });
@@ -265,6 +300,7 @@ export async function benchModel(
         scope(() => {
           backward(softmaxCrossEntropy(model.forward(x), labels));
           opt.step();
+          afterStep?.(opt);
           opt.zeroGrad();
         });
       try {
@@ -372,6 +408,7 @@ async function main(): Promise<void> {
     tune: { type: "boolean" },
     "no-tune": { type: "boolean" },
     "tune-max": { type: "int", min: 1, max: 1000, default: 6 },
+    sparsity: { type: "string", default: "0" },
     "tune-budget-s": { type: "number", min: 0, max: 1e6 },
     "no-plan-cache": { type: "boolean", default: false },
     retune: { type: "boolean", default: false },
@@ -391,6 +428,7 @@ async function main(): Promise<void> {
     return;
   }
   const specs = values.models.split(",").filter(Boolean).map(parseModelSpec);
+  const sparsities = parseSparsities(values.sparsity);
   for (const s of specs) modelInfo(s.name); // unknown names fail before the GPU starts
   const { batch, size, classes, steps, warmup } = values;
   const tuneMax = values["tune-max"];
@@ -454,108 +492,134 @@ async function main(): Promise<void> {
     );
     return joined;
   };
+  // Train and infer img/s of each model's dense row, for the sparse rows' ratios.
+  const denseSpeed = new Map<string, { train: Cell; infer: Cell }>();
   for (const { name, kernels } of specs) {
-    seedInit(0);
-    const model = createModel(name, { numClasses: classes, ...(kernels ? { kernels } : {}) });
-    const ks = stageKernels(model);
-    const t0 = performance.now();
-    let r: ModelBench;
-    try {
-      r = await benchModel(model, {
-        batch,
-        size,
-        classes,
-        steps,
-        warmup,
-        passes,
-        plan: tune
-          ? {
-            cachePath: values["no-plan-cache"] ? null : planCachePath(),
-            retune: values.retune,
-            maxCandidates: tuneMax,
-            budgetMs: budget === undefined ? undefined : budget * 1e3,
-            onPlanned: planProgress(),
-          }
-          : undefined,
-        profile: values.profile,
-      });
-      profileRows.push(...profileTable(name, ks, r.profiles));
-      for (const t of r.planned) {
-        gemmRows.push({
-          model: name,
-          kernels: ks,
-          key: t.key,
-          heuristic_ms: Number(t.heuristicMs.toFixed(4)),
-          best_ms: Number(t.bestMs.toFixed(4)),
-          candidates: t.candidates,
-          check_wall_ms: Math.round(t.checkMs),
-          time_wall_ms: Math.round(t.timeMs),
-          config: JSON.stringify(t.choice),
+    for (const sparsity of sparsities) {
+      seedInit(0);
+      const model = createModel(name, { numClasses: classes, ...(kernels ? { kernels } : {}) });
+      const ks = stageKernels(model);
+      const label = `${name}@${ks}${sparsity ? ` at sparsity ${sparsity}` : ""}`;
+      const t0 = performance.now();
+      let r: ModelBench;
+      const masking = sparsity > 0
+        ? new Masking(model, uniformDensities(model, 1 - sparsity), { seed: 0 })
+        : null;
+      masking?.apply();
+      try {
+        r = await benchModel(model, {
+          batch,
+          size,
+          classes,
+          steps,
+          warmup,
+          passes,
+          plan: tune
+            ? {
+              cachePath: values["no-plan-cache"] ? null : planCachePath(),
+              retune: values.retune,
+              maxCandidates: tuneMax,
+              budgetMs: budget === undefined ? undefined : budget * 1e3,
+              onPlanned: planProgress(),
+            }
+            : undefined,
+          profile: values.profile,
+          afterStep: masking ? (opt) => masking.apply(opt) : undefined,
         });
+        profileRows.push(...profileTable(name, ks, r.profiles));
+        for (const t of r.planned) {
+          gemmRows.push({
+            model: name,
+            kernels: ks,
+            key: t.key,
+            heuristic_ms: Number(t.heuristicMs.toFixed(4)),
+            best_ms: Number(t.bestMs.toFixed(4)),
+            candidates: t.candidates,
+            check_wall_ms: Math.round(t.checkMs),
+            time_wall_ms: Math.round(t.timeMs),
+            config: JSON.stringify(t.choice),
+          });
+        }
+        if (tune) {
+          console.log(
+            `${label}: planned ${r.planned.length} kernel keys in ${
+              ((r.planMs ?? 0) / 1e3).toFixed(1)
+            } s (the rest from the plan cache${
+              r.deferred ? `; ${r.deferred} left to the next run by --tune-budget-s` : ""
+            })`,
+          );
+        }
+      } catch (e) {
+        console.error(`${label}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
+        continue;
+      } finally {
+        masking?.dispose();
+        model.dispose(); // every materialised parameter and buffer, with its gradient
+        trimPool();
       }
-      if (tune) {
-        console.log(
-          `${name}@${ks}: planned ${r.planned.length} kernel keys in ${
-            ((r.planMs ?? 0) / 1e3).toFixed(1)
-          } s (the rest from the plan cache${
-            r.deferred ? `; ${r.deferred} left to the next run by --tune-budget-s` : ""
-          })`,
-        );
-      }
-    } catch (e) {
-      console.error(`${name}@${ks}: ${e instanceof Error ? e.message.split("\n")[0] : e}`);
-      continue;
-    } finally {
-      model.dispose(); // every materialised parameter and buffer, with its gradient
-      trimPool();
-    }
-    const ips = (ms: number | null) => (ms ? Number((batch / (ms / 1e3)).toFixed(2)) : "");
-    const row: Record<string, Cell> = {
-      model: name,
-      kernels: ks,
-      batch,
-      res: size,
-      params_m: Number((model.numParams() / 1e6).toFixed(2)),
-      infer_img_s: ips(r.inferMs),
-      train_img_s: ips(r.trainMs),
-      peak_gib: Number((r.peakBytes / 2 ** 30).toPrecision(4)),
-      peak_live_gib: Number((r.peakLiveBytes / 2 ** 30).toPrecision(4)),
-      infer_gpu_img_s: ips(r.inferGpuMs),
-      train_gpu_img_s: ips(r.trainGpuMs),
-      infer_ms: r.inferMs === null ? "" : Number(r.inferMs.toFixed(2)),
-      train_ms: r.trainMs === null ? "" : Number(r.trainMs.toFixed(2)),
-      train_pipelined_img_s: ips(r.trainPipelinedMs),
-      infer_record_ms: r.inferRecordMs === null ? "" : Number(r.inferRecordMs.toFixed(2)),
-      train_record_ms: r.trainRecordMs === null ? "" : Number(r.trainRecordMs.toFixed(2)),
-      infer_dispatches: r.inferDispatches ?? "",
-      train_dispatches: r.trainDispatches ?? "",
-      plan_s: r.planMs === null ? "" : Number((r.planMs / 1e3).toFixed(2)),
-      plan_keys: r.planMs === null ? "" : r.planned.length,
-      plan_deferred: r.planMs === null ? "" : r.deferred,
-      timing: r.timing,
-    };
-    rows.push(row);
-    const torch = joinAnchor([row], anchor, MODEL_JOIN)[0];
-    const ratio = (ours: Cell, theirs: Cell) =>
-      typeof ours === "number" && typeof theirs === "number"
-        ? ` (${(ours / theirs).toFixed(2)}× PyTorch)`
+      const ips = (ms: number | null) => (ms ? Number((batch / (ms / 1e3)).toFixed(2)) : "");
+      const row: Record<string, Cell> = {
+        model: name,
+        kernels: ks,
+        batch,
+        res: size,
+        params_m: Number((model.numParams() / 1e6).toFixed(2)),
+        infer_img_s: ips(r.inferMs),
+        train_img_s: ips(r.trainMs),
+        peak_gib: Number((r.peakBytes / 2 ** 30).toPrecision(4)),
+        peak_live_gib: Number((r.peakLiveBytes / 2 ** 30).toPrecision(4)),
+        infer_gpu_img_s: ips(r.inferGpuMs),
+        train_gpu_img_s: ips(r.trainGpuMs),
+        infer_ms: r.inferMs === null ? "" : Number(r.inferMs.toFixed(2)),
+        train_ms: r.trainMs === null ? "" : Number(r.trainMs.toFixed(2)),
+        train_pipelined_img_s: ips(r.trainPipelinedMs),
+        infer_record_ms: r.inferRecordMs === null ? "" : Number(r.inferRecordMs.toFixed(2)),
+        train_record_ms: r.trainRecordMs === null ? "" : Number(r.trainRecordMs.toFixed(2)),
+        infer_dispatches: r.inferDispatches ?? "",
+        train_dispatches: r.trainDispatches ?? "",
+        plan_s: r.planMs === null ? "" : Number((r.planMs / 1e3).toFixed(2)),
+        plan_keys: r.planMs === null ? "" : r.planned.length,
+        plan_deferred: r.planMs === null ? "" : r.deferred,
+        timing: r.timing,
+        sparsity,
+        train_vs_dense: "",
+        infer_vs_dense: "",
+      };
+      const key = `${name}@${ks}`;
+      if (sparsity === 0) denseSpeed.set(key, { train: row.train_img_s, infer: row.infer_img_s });
+      const dense = denseSpeed.get(key);
+      const over = (a: Cell, b: Cell | undefined) =>
+        sparsity > 0 && typeof a === "number" && typeof b === "number"
+          ? Number((a / b).toFixed(3))
+          : "";
+      row.train_vs_dense = over(row.train_img_s, dense?.train);
+      row.infer_vs_dense = over(row.infer_img_s, dense?.infer);
+      rows.push(row);
+      const torch = joinAnchor([row], anchor, MODEL_JOIN)[0];
+      const ratio = (ours: Cell, theirs: Cell) =>
+        typeof ours === "number" && typeof theirs === "number"
+          ? ` (${(ours / theirs).toFixed(2)}× PyTorch)`
+          : "";
+      const vsDense = typeof row.train_vs_dense === "number"
+        ? `; ×${row.train_vs_dense} train, ×${row.infer_vs_dense} infer vs dense`
         : "";
-    console.log(
-      `${name}@${ks}: infer ${row.infer_img_s} img/s${
-        ratio(row.infer_img_s, torch.pytorch_infer_img_s)
-      }, ` +
-        `train ${row.train_img_s} img/s${ratio(row.train_img_s, torch.pytorch_train_img_s)} ` +
-        `(back to back ${row.train_pipelined_img_s}${
-          ratio(row.train_pipelined_img_s, torch.pytorch_train_img_s)
-        }, GPU-only ${row.train_gpu_img_s}), ` +
-        `peak ${row.peak_gib} GiB (${((performance.now() - t0) / 1e3).toFixed(1)} s)`,
-    );
-    await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
-    if (gemmRows.length) await writeFileAtomic(`${out}/gemm_tune.csv`, toCsv(gemmRows));
-    if (profileRows.length) {
-      await writeFileAtomic(`${out}/kernel_profile.csv`, toCsv(profileRows, { comments }));
+      console.log(
+        `${label}: infer ${row.infer_img_s} img/s${
+          ratio(row.infer_img_s, torch.pytorch_infer_img_s)
+        }, ` +
+          `train ${row.train_img_s} img/s${ratio(row.train_img_s, torch.pytorch_train_img_s)} ` +
+          `(back to back ${row.train_pipelined_img_s}${
+            ratio(row.train_pipelined_img_s, torch.pytorch_train_img_s)
+          }, GPU-only ${row.train_gpu_img_s}), ` +
+          `peak ${row.peak_gib} GiB${vsDense} (${((performance.now() - t0) / 1e3).toFixed(1)} s)`,
+      );
+      await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
+      if (gemmRows.length) await writeFileAtomic(`${out}/gemm_tune.csv`, toCsv(gemmRows));
+      if (profileRows.length) {
+        await writeFileAtomic(`${out}/kernel_profile.csv`, toCsv(profileRows, { comments }));
+      }
+      if (anchor.length) await writeSideBySide();
     }
-    if (anchor.length) await writeSideBySide();
   }
   await writeFileAtomic(`${out}/bench_models.csv`, toCsv(rows, { comments }));
   console.log(`wrote ${out}/bench_models.csv`);

@@ -15,6 +15,11 @@ const CASES: [string, string[], RegExp][] = [
   ["scripts/erf.ts", ["--model", "slak_tiny,nope"], /--model: expected one of .*got "nope"/],
   ["scripts/bench_gemm.ts", ["--n", "abc"], /--n: expected an integer/],
   ["scripts/bench_models.ts", ["--batch", "0"], /--batch: expected an integer in \[1, 4096\]/],
+  [
+    "scripts/bench_models.ts",
+    ["--sparsity", "0,1"],
+    /--sparsity: expected fractions in \[0, 1\) separated by commas, got "0,1"/,
+  ],
   ["scripts/latency.ts", ["--k", "3,x"], /--k: expected an integer/],
   ["scripts/model_table.ts", ["--bogus"], /--bogus: unknown flag/],
   ["scripts/scaling_flops.ts", ["--max", "NaN"], /--max: expected an integer/],
