@@ -117,16 +117,9 @@ export class GpuErrorWatch {
    * {@linkcode check} as `what()` (evaluated only then) and the message.
    */
   scoped<T>(call: () => T, what: () => string): T {
-    const d = this.#device;
-    d.pushErrorScope("out-of-memory");
-    d.pushErrorScope("validation");
-    d.pushErrorScope("internal");
-    try {
-      return call();
-    } finally {
-      const pops = [d.popErrorScope(), d.popErrorScope(), d.popErrorScope()];
+    return this.#inScopes(call, (caught) => {
       this.#pending.push(
-        Promise.all(pops).then(
+        caught.then(
           (errors) => {
             const e = errors.find((x) => x);
             if (!e) return null;
@@ -145,7 +138,7 @@ export class GpuErrorWatch {
         const all = this.#pending;
         this.#pending = [Promise.all(all).then((ms) => ms.find((m) => m) ?? null)];
       }
-    }
+    });
   }
 
   /**
@@ -154,6 +147,16 @@ export class GpuErrorWatch {
    * scopes are popped. For work that is redone, and reported, elsewhere.
    */
   quietly<T>(call: () => T, onError: () => void): T {
+    return this.#inScopes(call, (caught) => {
+      caught.then(
+        (errors) => errors.some((e) => e) && onError(),
+        () => {}, // a lost device is reported at the next check
+      );
+    });
+  }
+
+  /** `call` inside the three error scopes; `popped` gets what they caught. */
+  #inScopes<T>(call: () => T, popped: (caught: Promise<(GPUError | null)[]>) => void): T {
     const d = this.#device;
     d.pushErrorScope("out-of-memory");
     d.pushErrorScope("validation");
@@ -161,10 +164,7 @@ export class GpuErrorWatch {
     try {
       return call();
     } finally {
-      Promise.all([d.popErrorScope(), d.popErrorScope(), d.popErrorScope()]).then(
-        (errors) => errors.some((e) => e) && onError(),
-        () => {}, // a lost device is reported at the next check
-      );
+      popped(Promise.all([d.popErrorScope(), d.popErrorScope(), d.popErrorScope()]));
     }
   }
 

@@ -434,6 +434,8 @@ async function main(): Promise<void> {
   const tuneMax = values["tune-max"];
   const budget = values["tune-budget-s"];
   const passes = values.pass;
+  // What every run of this command shares, ours and the PyTorch anchors.
+  const run = { batch, size, classes, steps, warmup, passes };
   const out = values.out.replace(/\/+$/, "");
   const anchorText = values.anchor ? await readFlagFile("anchor", values.anchor) : "";
   const anchorComments = csvComments(anchorText);
@@ -441,12 +443,7 @@ async function main(): Promise<void> {
   const anchor: CsvRow[] = [];
   if (values["with-pytorch"]) {
     const torch = await runModelAnchors(specs, {
-      batch,
-      size,
-      classes,
-      steps,
-      warmup,
-      passes,
+      ...run,
       officialDir: values["official-dir"],
       slakPy: values["slak-py"],
       replknetPy: values["replknet-py"],
@@ -508,12 +505,7 @@ async function main(): Promise<void> {
       masking?.apply();
       try {
         r = await benchModel(model, {
-          batch,
-          size,
-          classes,
-          steps,
-          warmup,
-          passes,
+          ...run,
           plan: tune
             ? {
               cachePath: values["no-plan-cache"] ? null : planCachePath(),

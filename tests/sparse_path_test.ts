@@ -30,21 +30,22 @@ function dispatched(record: () => void): string[] {
   return names;
 }
 
+/** A 7×3 depthwise conv of `c` channels: a random mask of `density`, its plan, x and masked w. */
+async function maskedConv(c: number, density: number, seed: number) {
+  const mask = SparseDepthwisePlan.randomMask(c, 7, 3, density, seed);
+  const plan = SparseDepthwisePlan.fromMask(mask, [c, 1, 7, 3]);
+  const x = Tensor.randn([2, c, 9, 9], { seed: seed + 1 });
+  const drawn = Tensor.randn([c, 1, 7, 3], { seed: seed + 2 });
+  const raw = await drawn.read();
+  drawn.dispose();
+  const w = Tensor.from(raw.map((v, i) => v * mask[i]), [c, 1, 7, 3]);
+  return { plan, x, w };
+}
+
 const onSparseKernels = (names: string[]) => names.some((n) => n.startsWith("sparse-depthwise"));
 
 Deno.test("depthwiseMaybeSparse: threshold, untuned default and the planner's forced path pick the kernels", async () => {
-  const mask = SparseDepthwisePlan.randomMask(3, 7, 3, 0.45, 2);
-  const plan = SparseDepthwisePlan.fromMask(mask, [3, 1, 7, 3]);
-  const x = Tensor.randn([2, 3, 9, 9], { seed: 1 });
-  const w = Tensor.from(
-    (await Tensor.randn([3, 1, 7, 3], { seed: 2 }).read()).map((v, i) => v * mask[i]),
-    [
-      3,
-      1,
-      7,
-      3,
-    ],
-  );
+  const { plan, x, w } = await maskedConv(3, 0.45, 2);
   const p = planner();
   try {
     const run = (threshold?: number) => {
@@ -81,18 +82,7 @@ Deno.test("depthwiseMaybeSparse: threshold, untuned default and the planner's fo
 });
 
 Deno.test("planner: the path is timed after both paths' kernels are planned, and then followed", async () => {
-  const mask = SparseDepthwisePlan.randomMask(2, 7, 3, 0.4, 3);
-  const plan = SparseDepthwisePlan.fromMask(mask, [2, 1, 7, 3]);
-  const x = Tensor.randn([1, 2, 8, 8], { seed: 4 });
-  const w = Tensor.from(
-    (await Tensor.randn([2, 1, 7, 3], { seed: 5 }).read()).map((v, i) => v * mask[i]),
-    [
-      2,
-      1,
-      7,
-      3,
-    ],
-  );
+  const { plan, x, w } = await maskedConv(2, 0.4, 4);
   const p = planner();
   setDepthwiseImpl("fast"); // the dense tiled kernels on llvmpipe too, so that they have keys
   try {
