@@ -518,7 +518,7 @@ async function main(): Promise<void> {
           profile: values.profile,
           afterStep: masking ? (opt) => masking.apply(opt) : undefined,
         });
-        profileRows.push(...profileTable(name, ks, r.profiles));
+        profileRows.push(...profileTable(name, ks, sparsity, r.profiles));
         for (const t of r.planned) {
           gemmRows.push({
             model: name,
@@ -629,25 +629,28 @@ async function main(): Promise<void> {
 const PROFILE_SHOWN = 12;
 
 /**
- * The rows of `kernel_profile.csv` for one model (model, kernels, pass,
+ * The rows of `kernel_profile.csv` for one model (model, kernels, sparsity, pass,
  * kernel, detail, calls, total_ms, mean_us, share_pct), and the longest
  * kernels of each pass printed with their share of the pass.
  */
 function profileTable(
   model: string,
   kernels: string,
+  sparsity: number,
   profiles: ModelBench["profiles"],
 ): Record<string, Cell>[] {
+  const label = `${model}@${kernels}${sparsity ? ` at sparsity ${sparsity}` : ""}`;
   const rows: Record<string, Cell>[] = [];
   for (const { pass, kernels: times } of profiles) {
     if (!times) {
-      console.log(`${model}@${kernels} ${pass}: no profile (the adapter has no timestamp queries)`);
+      console.log(`${label} ${pass}: no profile (the adapter has no timestamp queries)`);
       continue;
     }
     const total = times.reduce((s, t) => s + t.totalMs, 0);
     const these = times.map((t) => ({
       model,
       kernels,
+      sparsity,
       pass,
       kernel: t.kernel,
       detail: t.detail,
@@ -658,7 +661,7 @@ function profileTable(
     }));
     rows.push(...these);
     console.log(
-      `${model}@${kernels} ${pass}: ${total.toFixed(2)} GPU ms over ${
+      `${label} ${pass}: ${total.toFixed(2)} GPU ms over ${
         times.reduce((n, t) => n + t.calls, 0)
       } dispatches, each in a timed pass of its own; the longest:`,
     );
