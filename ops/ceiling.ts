@@ -97,9 +97,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
 /**
  * The probes `gpu_ceiling.ts --sweep` runs: the default, and every
  * combination of scalar or vec4 lanes, 4, 8 or 16 chains, workgroups of 64,
- * 256 or 1024 and the two forms, with `iterations` scaled so that every
- * probe does the same multiply-adds per invocation as the default at
- * `iterations` (`perChain`).
+ * 256 or 1024 (those up to `maxWorkgroup`) and the two forms, with
+ * `iterations` scaled so that every probe does the same multiply-adds per
+ * invocation as the default at `iterations`.
  *
  * @example
  * ```ts
@@ -110,12 +110,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) li: 
  */
 export function fmaProbeSweep(
   iterations: number,
+  maxWorkgroup = Infinity,
 ): { name: string; probe: FmaProbe; iterations: number }[] {
   const perInvocation = DEFAULT_FMA_PROBE.lanes * DEFAULT_FMA_PROBE.chains * iterations;
   const all: FmaProbe[] = [{ ...DEFAULT_FMA_PROBE }];
   for (const lanes of [4, 1] as const) {
     for (const chains of [4, 8, 16]) {
-      for (const workgroup of [64, 256, 1024]) {
+      for (const workgroup of [64, 256, 1024].filter((w) => w <= maxWorkgroup)) {
         for (const form of ["fma", "muladd"] as const) {
           const p = { lanes, chains, workgroup, form };
           if (fmaProbeName(p) !== fmaProbeName(DEFAULT_FMA_PROBE)) all.push(p);

@@ -49,7 +49,7 @@ FP32 FMA throughput and copy bandwidth through WebGPU on this adapter.
  * The probes' rows (probe, value, unit, ms) at the given sizes; with
  * `sweep`, one more row per FMA probe shape of `fmaProbeSweep`, each with
  * `groups × 256` invocations in all (fewer where that needs more workgroups
- * than a dispatch may have).
+ * than a dispatch may have), those workgroups the device allows.
  */
 export async function ceilingRows(
   o: { groups: number; iterations: number; floats: number; runs: number; sweep?: boolean },
@@ -68,7 +68,8 @@ export async function ceilingRows(
   ];
   if (!o.sweep) return rows;
   const invocations = o.groups * 256;
-  for (const { name, probe, iterations } of fmaProbeSweep(o.iterations)) {
+  const largest = gpu().limits.maxComputeInvocationsPerWorkgroup;
+  for (const { name, probe, iterations } of fmaProbeSweep(o.iterations, largest)) {
     const most = gpu().limits.maxComputeWorkgroupsPerDimension;
     const groups = Math.min(most, Math.max(1, Math.round(invocations / probe.workgroup)));
     rows.push(fmaRow(`fma_fp32 ${name}`, await fmaThroughput({ ...o, groups, iterations, probe })));

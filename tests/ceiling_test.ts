@@ -8,6 +8,7 @@ import {
   fmaProbeSweep,
   fmaThroughput,
 } from "../ops/ceiling.ts";
+import { gpu } from "../ops/gpu.ts";
 import { Tensor } from "../ops/tensor.ts";
 import { ceilingRows } from "../scripts/gpu_ceiling.ts";
 import { setup } from "./harness.ts";
@@ -104,7 +105,9 @@ Deno.test("copy probe: copies every vec4, refuses mismatched sizes; the script's
   ]]);
   assert.ok(rows.every((r) => typeof r.value === "number" && r.value > 0));
   const swept = await ceilingRows({ groups: 1, iterations: 4, floats: 1024, runs: 1, sweep: true });
-  assert.equal(swept.length, 2 + fmaProbeSweep(4).length);
+  const largest = gpu().limits.maxComputeInvocationsPerWorkgroup;
+  assert.equal(swept.length, 2 + fmaProbeSweep(4, largest).length);
+  assert.equal(fmaProbeSweep(4, 256).length, 24, "no 1024-invocation probe under a 256 limit");
   assert.equal(swept[2].probe, "fma_fp32 v4 c8 wg256 fma");
   assert.ok(swept.every((r) => typeof r.value === "number" && r.value > 0));
 });
