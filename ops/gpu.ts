@@ -313,6 +313,7 @@ export class Gpu {
     const bindings = first ? first.buffers + (first.uniformBytes > 0 ? 1 : 0) : undefined;
     const groups = bindings === undefined ? null : pipelineLayout(source, bindings);
     let layout: GPUBindGroupLayout | null = null;
+    let checkGroup: GPUBindGroup | null = null;
     const compile = () => {
       const module = this.device.createShaderModule({ code: source, label });
       let pipelineLayout: GPUPipelineLayout | "auto" = "auto";
@@ -321,11 +322,19 @@ export class Gpu {
         layout = layouts[0];
         pipelineLayout = this.device.createPipelineLayout({ bindGroupLayouts: layouts });
       }
-      return this.device.createComputePipeline({
+      const pipeline = this.device.createComputePipeline({
         label,
         layout: pipelineLayout,
         compute: { module, entryPoint: "main" },
       });
+      // In the same scopes: a pipeline that failed fails here too, and belongs to the same report.
+      if (check && source !== code) {
+        checkGroup = this.device.createBindGroup({
+          layout: pipeline.getBindGroupLayout(WORKGROUP_CHECK_GROUP),
+          entries: [{ binding: 0, resource: { buffer: check.counter } }],
+        });
+      }
+      return pipeline;
     };
     // Once per kernel: the compile runs in error scopes, reported with the op that asked for it.
     // Compiled ahead of its dispatch, a failed kernel is forgotten instead: the dispatch that
@@ -334,14 +343,7 @@ export class Gpu {
       ? this.errors.quietly(compile, () => this.#kernels.delete(code))
       : this.errors.scoped(compile, () => `compiling the kernel of ${site}`);
     this.#sites.set(pipeline, site);
-    let checkGroup: GPUBindGroup | null = null;
-    if (check && source !== code) {
-      check.sources.push(code);
-      checkGroup = this.device.createBindGroup({
-        layout: pipeline.getBindGroupLayout(WORKGROUP_CHECK_GROUP),
-        entries: [{ binding: 0, resource: { buffer: check.counter } }],
-      });
-    }
+    if (check && source !== code) check.sources.push(code);
     const compiled: Kernel = {
       pipeline,
       id: ++this.#compiles,

@@ -69,6 +69,27 @@ Deno.test("precompile: compiles without dispatching; a kernel failing there is r
   g.device.destroy();
 });
 
+Deno.test("precompile under workgroup bounds checking: a failing kernel with workgroup memory stays quiet", async () => {
+  // Checked kernels get a bind group for the counter, made from the pipeline: for a pipeline that
+  // failed, that fails too, and must be as quiet as the compile.
+  const g = await createGpu({ checkWorkgroup: true });
+  const broken = `var<workgroup> s: array<f32, 4>;
+@compute @workgroup_size(1) fn main() { s[0] = 1.0; let x: u32 = undefined_thing; }`;
+  g.precompile(() => g.dispatch(broken, [], [1, 1, 1]));
+  await g.sync();
+  function brokenOp() {
+    g.dispatch(broken, [], [1, 1, 1]);
+  }
+  brokenOp();
+  await assert.rejects(
+    () => g.sync(),
+    oneLine(
+      /^WebGPU validation error in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
+    ),
+  );
+  g.device.destroy();
+});
+
 Deno.test("an allocation the device refuses names the op and what it was for", async () => {
   const g = await createGpu();
   function hugeTensorOp() {
