@@ -1345,8 +1345,6 @@ export function sparseDepthwiseConv2d(
   return y;
 }
 
-// ---------------------------------------------------------------- plan jobs
-
 // ---------------------------------------------------------------- tuning
 
 function forwardCandidates(v: VShape, { software, max }: CandidateOptions): SparseForwardConfig[] {
