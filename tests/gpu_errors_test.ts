@@ -5,7 +5,7 @@
  * leaves the other tests' device alone.
  */
 import assert from "node:assert/strict";
-import { createGpu, GpuDeviceLostError, GpuOpError } from "../ops/gpu.ts";
+import { createGpu, type Gpu, GpuDeviceLostError, GpuOpError } from "../ops/gpu.ts";
 
 function oneLine(re: RegExp) {
   return (e: Error) => {
@@ -34,6 +34,21 @@ Deno.test("a kernel that does not compile is thrown at the next sync, naming the
   g.device.destroy();
 });
 
+/** Dispatch `broken` (compiled ahead before, quietly): its failure is reported then, by its op. */
+async function reportedWhenDispatched(g: Gpu, broken: string): Promise<void> {
+  function brokenOp() {
+    g.dispatch(broken, [], [1, 1, 1]);
+  }
+  brokenOp();
+  await assert.rejects(
+    () => g.sync(),
+    oneLine(
+      /^WebGPU validation error in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
+    ),
+  );
+  g.device.destroy();
+}
+
 Deno.test("precompile: compiles without dispatching; a kernel failing there is reported where it is dispatched", async () => {
   const g = await createGpu();
   const y = g.createBuffer(
@@ -56,17 +71,7 @@ Deno.test("precompile: compiles without dispatching; a kernel failing there is r
   g.dispatch(good, [y], [1, 1, 1]);
   assert.equal(g.pipelineCount, compiles + 2, "the good kernel was compiled ahead");
   assert.deepEqual([...new Float32Array(await g.readBytes(y, 16))], [0.5, 1.5, 2.5, 3.5]);
-  function brokenOp() {
-    g.dispatch(broken, [], [1, 1, 1]);
-  }
-  brokenOp();
-  await assert.rejects(
-    () => g.sync(),
-    oneLine(
-      /^WebGPU validation error in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
-    ),
-  );
-  g.device.destroy();
+  await reportedWhenDispatched(g, broken);
 });
 
 Deno.test("precompile under workgroup bounds checking: a failing kernel with workgroup memory stays quiet", async () => {
@@ -77,17 +82,7 @@ Deno.test("precompile under workgroup bounds checking: a failing kernel with wor
 @compute @workgroup_size(1) fn main() { s[0] = 1.0; let x: u32 = undefined_thing; }`;
   g.precompile(() => g.dispatch(broken, [], [1, 1, 1]));
   await g.sync();
-  function brokenOp() {
-    g.dispatch(broken, [], [1, 1, 1]);
-  }
-  brokenOp();
-  await assert.rejects(
-    () => g.sync(),
-    oneLine(
-      /^WebGPU validation error in compiling the kernel of brokenOp \(tests\/gpu_errors_test\.ts:\d+\): /,
-    ),
-  );
-  g.device.destroy();
+  await reportedWhenDispatched(g, broken);
 });
 
 Deno.test("an allocation the device refuses names the op and what it was for", async () => {
