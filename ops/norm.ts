@@ -111,6 +111,65 @@ function perChannelGrid(channels: number): number[] {
 }
 
 /**
+ * Positions one workgroup of a per-channel reduction covers, at most. One
+ * workgroup per channel left an H100 nearly idle on SLaK-T's first stage
+ * (124 channels of 200,704 positions: 124 workgroups of 64 invocations): its
+ * batch statistics and affine gradient sums took 20 % of the training
+ * step's GPU time. Above this many positions a channel is cut into chunks,
+ * one workgroup each, and a second kernel combines the chunks.
+ */
+const CHUNK_POSITIONS = 4096;
+/** The most chunks per channel (the combining kernel loops over them). */
+const MAX_CHUNKS = 256;
+let chunkPositions = CHUNK_POSITIONS;
+
+/**
+ * Set how many positions a workgroup of a per-channel reduction covers
+ * (default 4096): tests cut small tensors into chunks with it. Returns the
+ * previous value.
+ *
+ * @example
+ * ```ts
+ * import { setNormChunkPositions } from "./norm.ts";
+ * const before = setNormChunkPositions(64);
+ * setNormChunkPositions(before);
+ * console.log(before); // 4096
+ * ```
+ */
+export function setNormChunkPositions(n: number): number {
+  if (!(Number.isInteger(n) && n >= 1)) {
+    throw new Error(`setNormChunkPositions: expected an integer ≥ 1, got ${n}`);
+  }
+  const before = chunkPositions;
+  chunkPositions = n;
+  return before;
+}
+
+/** How a channel's positions are cut: `chunks` chunks of `size` (the last may be shorter, never empty). */
+function chunking(l: Layout): { chunks: number; size: number } {
+  const n = positions(l);
+  const wanted = Math.max(1, Math.min(MAX_CHUNKS, Math.ceil(n / chunkPositions)));
+  const size = Math.ceil(n / wanted);
+  return { chunks: Math.ceil(n / size), size };
+}
+
+/** WGSL `main` of a one-workgroup-per-chunk kernel: chunk `j` of channel `c`, positions [p0, p1). */
+function perChunkMain(l: Layout, k: { chunks: number; size: number }): string {
+  return `${REDUCE2}
+@compute @workgroup_size(${RWG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let c = wid.y + wid.z * 65535u;
+  if (c >= ${l.channels}u) { return; }
+  let j = wid.x;
+  let p0 = j * ${k.size}u;
+  let p1 = min(p0 + ${k.size}u, ${positions(l)}u);`;
+}
+
+function perChunkGrid(channels: number, chunks: number): number[] {
+  return [chunks, Math.min(channels, 65535), Math.ceil(channels / 65535)];
+}
+
+/**
  * Batch statistics per channel over `(outer, inner)`: mean and 1/√(biased
  * var + eps), two-pass for accuracy. Updates `runningMean`/`runningVar` in
  * place as PyTorch does, with the unbiased variance for the latter.
@@ -125,8 +184,16 @@ function batchStats(
 ): [Tensor, Tensor] {
   const mean = Tensor.empty([l.channels]);
   const rstd = Tensor.empty([l.channels]);
-  const code = batchStatsSource(l, eps, momentum);
-  launch(code, [x, mean, rstd, runningMean, runningVar], perChannelGrid(l.channels));
+  const k = chunking(l);
+  if (k.chunks === 1) {
+    const code = batchStatsSource(l, eps, momentum);
+    launch(code, [x, mean, rstd, runningMean, runningVar], perChannelGrid(l.channels));
+    return [mean, rstd];
+  }
+  const part = chunkMoments(x, l);
+  const code = combinedStatsSource(l, k, eps, momentum);
+  launch(code, [part, mean, rstd, runningMean, runningVar], l.channels);
+  part.dispose();
   return [mean, rstd];
 }
 
@@ -135,14 +202,13 @@ function batchStats(
  * channel `c`'s mean in `m` and its centred sum of squares in `sq`, two-pass
  * (the mean first, then squares of the deviations: no cancellation).
  */
-function channelMoments(l: Layout): string {
-  const n = positions(l);
+function channelMoments(l: Layout, from = "0u", to = `${positions(l)}u`): string {
   const element = `x[${positionBase(l, "p")} + c * ${l.inner}u]`;
   return `  var s = 0.0;
-  for (var p = lid; p < ${n}u; p += ${RWG}u) { s += ${element}; }
-  let m = reduce2(lid, vec2f(s, 0.0)).x / ${f32(n)};
+  for (var p = ${from} + lid; p < ${to}; p += ${RWG}u) { s += ${element}; }
+  let m = reduce2(lid, vec2f(s, 0.0)).x / f32(${to} - ${from});
   var q = 0.0;
-  for (var p = lid; p < ${n}u; p += ${RWG}u) {
+  for (var p = ${from} + lid; p < ${to}; p += ${RWG}u) {
     let d = ${element} - m;
     q += d * d;
   }
@@ -150,23 +216,85 @@ function channelMoments(l: Layout): string {
 }
 
 /**
+ * Each chunk's mean and centred sum of squares, two-pass as
+ * {@linkcode channelMoments}: `[C, chunks, 2]`.
+ */
+function chunkMoments(x: Tensor, l: Layout): Tensor {
+  const k = chunking(l);
+  const out = Tensor.empty([l.channels, k.chunks, 2]);
+  launch(chunkMomentsSource(l, k), [x, out], perChunkGrid(l.channels, k.chunks));
+  return out;
+}
+
+const chunkMomentsSource = memoize((l: Layout, k: { chunks: number; size: number }) =>
+  `${storage("x", "out!")}
+${perChunkMain(l, k)}
+${channelMoments(l, "p0", "p1")}
+  if (lid == 0u) {
+    out[(c * ${k.chunks}u + j) * 2u] = m;
+    out[(c * ${k.chunks}u + j) * 2u + 1u] = sq;
+  }
+}`
+);
+
+/**
+ * WGSL statements, one invocation per channel `c`, that combine the chunks'
+ * moments in `chunk` (Chan et al.'s pairwise update: no cancellation) into
+ * the channel's mean `m` and centred sum of squares `sq`.
+ */
+function combinedMoments(l: Layout, k: { chunks: number; size: number }): string {
+  return `  var m = 0.0;
+  var sq = 0.0;
+  var count = 0.0;
+  for (var j = 0u; j < ${k.chunks}u; j++) {
+    let nj = f32(min(${k.size}u, ${positions(l)}u - j * ${k.size}u));
+    let mj = chunk[(c * ${k.chunks}u + j) * 2u];
+    let total = count + nj;
+    let d = mj - m;
+    m += d * nj / total;
+    sq += chunk[(c * ${k.chunks}u + j) * 2u + 1u] + d * d * count * nj / total;
+    count = total;
+  }`;
+}
+
+/**
  * The kernel of {@linkcode batchStats}; this and the other batch-norm
  * generators are cached, since a step launches each once per layer, every
  * step, and building the source cost more CPU than recording the dispatch.
  */
-const batchStatsSource = memoize((l: Layout, eps: number, momentum: number) => {
-  const n = positions(l);
-  return `${storage("x", "mean!", "rstd!", "runMean!", "runVar!")}
+const batchStatsSource = memoize((l: Layout, eps: number, momentum: number) =>
+  `${storage("x", "mean!", "rstd!", "runMean!", "runVar!")}
 ${perChannelMain(l)}
 ${channelMoments(l)}
   if (lid == 0u) {
-    mean[c] = m;
+${finishStats(l, eps, momentum)}
+  }
+}`
+);
+
+/** The batch statistics from the chunks' moments, one invocation per channel. */
+const combinedStatsSource = memoize((
+  l: Layout,
+  k: { chunks: number; size: number },
+  eps: number,
+  momentum: number,
+) =>
+  `${storage("chunk", "mean!", "rstd!", "runMean!", "runVar!")}
+${flatMain(l.channels)}
+  let c = i;
+${combinedMoments(l, k)}
+${finishStats(l, eps, momentum)}
+}`
+);
+
+/** WGSL: channel `c`'s mean, 1/√(biased var + eps) and running buffers from `m` and `sq`. */
+function finishStats(l: Layout, eps: number, momentum: number): string {
+  const n = positions(l);
+  return `    mean[c] = m;
     rstd[c] = 1.0 / sqrt(sq / ${f32(n)} + ${f32(eps)});
     runMean[c] = ${f32(1 - momentum)} * runMean[c] + ${f32(momentum)} * m;
-    runVar[c] = ${f32(1 - momentum)} * runVar[c] + ${f32(momentum)} * (sq / ${f32(n - 1)});
-  }
-}`;
-});
+    runVar[c] = ${f32(1 - momentum)} * runVar[c] + ${f32(momentum)} * (sq / ${f32(n - 1)});`;
+}
 
 /**
  * This replica's share of synchronised batch statistics: per channel the
@@ -253,28 +381,74 @@ function affineGradSums(
 ): [Tensor, Tensor] {
   const gw = Tensor.empty([l.channels]);
   const gb = Tensor.empty([l.channels]);
-  launch(affineGradSumsSource(l, per), [g, x, mean, rstd, gw, gb], perChannelGrid(l.channels));
+  const k = chunking(l);
+  if (k.chunks === 1) {
+    launch(affineGradSumsSource(l, per), [g, x, mean, rstd, gw, gb], perChannelGrid(l.channels));
+    return [gw, gb];
+  }
+  const part = Tensor.empty([l.channels, k.chunks, 2]);
+  launch(
+    chunkGradSumsSource(l, per, k),
+    [g, x, mean, rstd, part],
+    perChunkGrid(l.channels, k.chunks),
+  );
+  launch(sumChunksSource(l.channels, k.chunks), [part, gw, gb], l.channels);
+  part.dispose();
   return [gw, gb];
 }
 
 /** The kernel of {@linkcode affineGradSums} (cached as {@linkcode batchStatsSource}). */
-const affineGradSumsSource = memoize((l: Layout, per: StatsPer) => {
-  const s = per === "channel" ? "c" : "p";
-  return `${storage("g", "x", "mean", "rstd", "gw!", "gb!")}
+const affineGradSumsSource = memoize((l: Layout, per: StatsPer) =>
+  `${storage("g", "x", "mean", "rstd", "gw!", "gb!")}
 ${perChannelMain(l)}
-  var acc = vec2f(0.0);
-  for (var p = lid; p < ${positions(l)}u; p += ${RWG}u) {
-    let e = ${positionBase(l, "p")} + c * ${l.inner}u;
-    let gv = g[e];
-    acc += vec2f(gv * (x[e] - mean[${s}]) * rstd[${s}], gv);
-  }
-  let total = reduce2(lid, acc);
+${gradSumsLoop(l, per, "0u", `${positions(l)}u`)}
   if (lid == 0u) {
     gw[c] = total.x;
     gb[c] = total.y;
   }
-}`;
-});
+}`
+);
+
+/** WGSL: `total` = (Σ g·x̂, Σ g) of channel `c` over positions [from, to), workgroup-wide. */
+function gradSumsLoop(l: Layout, per: StatsPer, from: string, to: string): string {
+  const s = per === "channel" ? "c" : "p";
+  return `  var acc = vec2f(0.0);
+  for (var p = ${from} + lid; p < ${to}; p += ${RWG}u) {
+    let e = ${positionBase(l, "p")} + c * ${l.inner}u;
+    let gv = g[e];
+    acc += vec2f(gv * (x[e] - mean[${s}]) * rstd[${s}], gv);
+  }
+  let total = reduce2(lid, acc);`;
+}
+
+/** Each chunk's (Σ g·x̂, Σ g): `[C, chunks, 2]`. */
+const chunkGradSumsSource = memoize((
+  l: Layout,
+  per: StatsPer,
+  k: { chunks: number; size: number },
+) =>
+  `${storage("g", "x", "mean", "rstd", "chunk!")}
+${perChunkMain(l, k)}
+${gradSumsLoop(l, per, "p0", "p1")}
+  if (lid == 0u) {
+    chunk[(c * ${k.chunks}u + j) * 2u] = total.x;
+    chunk[(c * ${k.chunks}u + j) * 2u + 1u] = total.y;
+  }
+}`
+);
+
+/** The chunks' sums added per channel, one invocation each. */
+const sumChunksSource = memoize((channels: number, chunks: number) =>
+  `${storage("chunk", "gw!", "gb!")}
+${flatMain(channels)}
+  var total = vec2f(0.0);
+  for (var j = 0u; j < ${chunks}u; j++) {
+    total += vec2f(chunk[(i * ${chunks}u + j) * 2u], chunk[(i * ${chunks}u + j) * 2u + 1u]);
+  }
+  gw[i] = total.x;
+  gb[i] = total.y;
+}`
+);
 
 // ---------------------------------------------------------------- per-position kernels
 

@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { batchNorm2d, layerNorm, layerNormChannelsFirst } from "../ops/norm.ts";
+import {
+  batchNorm2d,
+  layerNorm,
+  layerNormChannelsFirst,
+  setNormChunkPositions,
+} from "../ops/norm.ts";
 import { clearTape, noGrad, tapeLength } from "../ops/autograd.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
 import { checkOp, randomArray, relError, setup } from "./harness.ts";
@@ -97,4 +102,55 @@ Deno.test("layerNormChannelsFirst over C (C = 7) of [N, C, H, W] against CPU", a
     gpu: (x, w, b) => layerNormChannelsFirst(x, w, b, { eps: 1e-3 }),
     cpu: (x, w, b) => layerNormRef(x, w, b, 2, 7, 6, 1e-3),
   });
+});
+
+Deno.test("per-channel reductions in chunks: batch norm and layer norm affine grads against CPU", async () => {
+  // 270 positions per channel in workgroups of at most 80: 4 chunks, the last shorter (66), so the
+  // chunk kernels and the combining ones (moments by Chan's update, sums) run.
+  const before = setNormChunkPositions(80);
+  try {
+    await checkOp({
+      name: "batchNorm2d[train, chunks]",
+      inputs: BN_INPUTS,
+      gpu: (x, w, b, rm, rv) => batchNorm2d(x, w, b, rm, rv, { training: true }),
+      cpu: (x, w, b) => batchNorm2dRef(x, w, b, BN_SHAPE, 1e-5),
+    });
+    // Values far from zero: a one-pass variance would lose them to cancellation, Chan's does not.
+    const n = BN_SHAPE.reduce((a, b) => a * b, 1);
+    const x = randomArray(n, 11, 999, 1001);
+    const rm0 = randomArray(C, 12);
+    const rv0 = randomArray(C, 13, 0.5, 2);
+    const want = batchNormRunningRef(x, BN_SHAPE, rm0, rv0, 0.1);
+    await scope(async () => {
+      const rm = Tensor.from(Float32Array.from(rm0));
+      const rv = Tensor.from(Float32Array.from(rv0));
+      noGrad(() =>
+        batchNorm2d(
+          Tensor.from(Float32Array.from(x), BN_SHAPE),
+          Tensor.ones([C]),
+          Tensor.zeros([C]),
+          rm,
+          rv,
+          {
+            training: true,
+          },
+        )
+      );
+      assert.ok(relError(await rm.read(), want.runningMean) <= 1e-5);
+      assert.ok(
+        relError(await rv.read(), want.runningVar) <= 1e-3,
+        `${await rv.read()} vs ${want.runningVar}`,
+      );
+    });
+    // Layer norm's weight and bias gradients reduce over the positions per channel the same way.
+    const shape = [6, 3, 9, 5];
+    await checkOp({
+      name: "layerNormChannelsFirst[chunks]",
+      inputs: [{ shape, low: -2, high: 3 }, { shape: [3], low: 0.5, high: 1.5 }, { shape: [3] }],
+      gpu: (x, w, b) => layerNormChannelsFirst(x, w, b, { eps: 1e-3 }),
+      cpu: (x, w, b) => layerNormRef(x, w, b, 6, 3, 45, 1e-3),
+    });
+  } finally {
+    setNormChunkPositions(before);
+  }
 });
