@@ -85,7 +85,9 @@ function numberOf(v: Cell): number | null {
  * matching anchor row's measures (`pytorch_<col>`, and its `impl` as
  * `pytorch_impl`) and `<col>_ratio` = ours ÷ PyTorch (3 significant digits;
  * empty where either side lacks a number), then the anchor rows that match
- * none of ours, with our measures empty. The first anchor row of a key wins.
+ * none of ours, with our measures empty. The first anchor row of a key wins;
+ * an anchor row without every key is not a measurement (a line that the
+ * model's own code printed among the CSV) and is left out.
  *
  * @example
  * ```ts
@@ -105,6 +107,7 @@ export function joinAnchor(
     spec.keys.map((k) => keyCell(named(k, row[k]))).join("\u0000");
   const byKey = new Map<string, CsvRow>();
   for (const a of anchor) {
+    if (spec.keys.some((k) => keyCell(a[k]) === "")) continue;
     const key = keyOf(a);
     if (!byKey.has(key)) byKey.set(key, a);
   }

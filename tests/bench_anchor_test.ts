@@ -123,6 +123,23 @@ Deno.test("joinAnchor reads the older anchor's convnext-t as convnext_tiny; the 
   assert.equal(small.pytorch_train_img_s, "");
 });
 
+Deno.test("joinAnchor leaves out lines that the official model code printed among the CSV", () => {
+  // replknet.py prints "drop path: DropPath(drop_prob=…)" per block while it builds.
+  const printed = parseCsv(
+    "model,kernels,batch,res,params_m,infer_img_s,train_img_s,peak_gib,impl\n" +
+      "drop path: Identity()\n" +
+      "drop path: DropPath(drop_prob=0.013)\n" +
+      "replknet_31b,31-29-27-13,64,224,79.86,649.1,105.9,29.89,official replknet.py\n",
+  );
+  const rows = joinAnchor(
+    [{ model: "replknet_31b", kernels: "31-29-27-13", batch: 64, res: 224, train_img_s: 154.21 }],
+    printed,
+    MODEL_JOIN,
+  );
+  assert.equal(rows.length, 1, JSON.stringify(rows));
+  assert.equal(rows[0].train_img_s_ratio, 1.46);
+});
+
 Deno.test("joinAnchor lines up matrix products on case, m, n and k", () => {
   const torch = parseCsv(
     "impl,case,m,n,k,ms,gflop_s,pct_fp32_peak,timing\n" +

@@ -17,6 +17,7 @@ kernels, and peak_gib the peak of the training step.
 
   python3 bench/pytorch/official_models.py --slak-py SLaK.py --replknet-py replknet.py
 """
+import contextlib
 import os
 import sys
 
@@ -87,7 +88,11 @@ def main(argv):
     for name in a.models:
         kernels, impl, build = models[name]
         torch.manual_seed(0)
-        common.bench_model(torch, name, kernels, impl, build(), a)
+        # The official files print while they build (replknet.py: a "drop path" line per block):
+        # stdout carries the CSV only.
+        with contextlib.redirect_stdout(sys.stderr):
+            model = build()
+        common.bench_model(torch, name, kernels, impl, model, a)
 
 
 if __name__ == "__main__":
