@@ -146,7 +146,12 @@ export function setNormChunkPositions(n: number): number {
 }
 
 /** How a channel's positions are cut: `chunks` chunks of `size` (the last may be shorter, never empty). */
-function chunking(l: Layout): { chunks: number; size: number } {
+interface Chunking {
+  chunks: number;
+  size: number;
+}
+
+function chunking(l: Layout): Chunking {
   const n = positions(l);
   const wanted = Math.max(1, Math.min(MAX_CHUNKS, Math.ceil(n / chunkPositions)));
   const size = Math.ceil(n / wanted);
@@ -154,7 +159,7 @@ function chunking(l: Layout): { chunks: number; size: number } {
 }
 
 /** WGSL `main` of a one-workgroup-per-chunk kernel: chunk `j` of channel `c`, positions [p0, p1). */
-function perChunkMain(l: Layout, k: { chunks: number; size: number }): string {
+function perChunkMain(l: Layout, k: Chunking): string {
   return `${REDUCE2}
 @compute @workgroup_size(${RWG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -190,7 +195,7 @@ function batchStats(
     launch(code, [x, mean, rstd, runningMean, runningVar], perChannelGrid(l.channels));
     return [mean, rstd];
   }
-  const part = chunkMoments(x, l);
+  const part = chunkMoments(x, l, k);
   const code = combinedStatsSource(l, k, eps, momentum);
   launch(code, [part, mean, rstd, runningMean, runningVar], l.channels);
   part.dispose();
@@ -219,14 +224,13 @@ function channelMoments(l: Layout, from = "0u", to = `${positions(l)}u`): string
  * Each chunk's mean and centred sum of squares, two-pass as
  * {@linkcode channelMoments}: `[C, chunks, 2]`.
  */
-function chunkMoments(x: Tensor, l: Layout): Tensor {
-  const k = chunking(l);
+function chunkMoments(x: Tensor, l: Layout, k: Chunking): Tensor {
   const out = Tensor.empty([l.channels, k.chunks, 2]);
   launch(chunkMomentsSource(l, k), [x, out], perChunkGrid(l.channels, k.chunks));
   return out;
 }
 
-const chunkMomentsSource = memoize((l: Layout, k: { chunks: number; size: number }) =>
+const chunkMomentsSource = memoize((l: Layout, k: Chunking) =>
   `${storage("x", "out!")}
 ${perChunkMain(l, k)}
 ${channelMoments(l, "p0", "p1")}
@@ -242,7 +246,7 @@ ${channelMoments(l, "p0", "p1")}
  * moments in `chunk` (Chan et al.'s pairwise update: no cancellation) into
  * the channel's mean `m` and centred sum of squares `sq`.
  */
-function combinedMoments(l: Layout, k: { chunks: number; size: number }): string {
+function combinedMoments(l: Layout, k: Chunking): string {
   return `  var m = 0.0;
   var sq = 0.0;
   var count = 0.0;
@@ -275,7 +279,7 @@ ${finishStats(l, eps, momentum)}
 /** The batch statistics from the chunks' moments, one invocation per channel. */
 const combinedStatsSource = memoize((
   l: Layout,
-  k: { chunks: number; size: number },
+  k: Chunking,
   eps: number,
   momentum: number,
 ) =>
@@ -425,7 +429,7 @@ function gradSumsLoop(l: Layout, per: StatsPer, from: string, to: string): strin
 const chunkGradSumsSource = memoize((
   l: Layout,
   per: StatsPer,
-  k: { chunks: number; size: number },
+  k: Chunking,
 ) =>
   `${storage("g", "x", "mean", "rstd", "chunk!")}
 ${perChunkMain(l, k)}

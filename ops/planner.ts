@@ -29,7 +29,7 @@
 import { relativeDifferences } from "./compare.ts";
 import { type Gpu, gpu } from "./gpu.ts";
 import type { Tensor } from "./tensor.ts";
-import { timeGpu, timeInterleaved, TUNE_MIN_MS, TUNE_WARMUP_MS } from "./timing.ts";
+import { medianOf, timeGpu, timeInterleaved, TUNE_MIN_MS, TUNE_WARMUP_MS } from "./timing.ts";
 
 /** Version of the JSON that {@linkcode Planner.toJSON} writes. */
 export const PLANS_VERSION = 1;
@@ -632,7 +632,7 @@ export class Planner {
         all[i].push(t.ms);
       }
     }
-    return all.map((v) => [...v].sort((p, q) => p - q)[Math.floor(v.length / 2)]);
+    return all.map(medianOf);
   }
 
   /**

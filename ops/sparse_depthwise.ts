@@ -1413,8 +1413,36 @@ function filterCandidates(v: VShape, { software, max }: CandidateOptions): Spars
   return all.slice(0, max ?? 8);
 }
 
-/** A random mask of `density` for shape `s`, with random x, w and gy. */
-function benchInputs(s: DepthwiseShape, density: number) {
+/** What {@linkcode sparseBenchInputs} returns. */
+export interface SparseBenchInputs {
+  plan: SparseDepthwisePlan;
+  x: Tensor;
+  w: Tensor;
+  gy: Tensor;
+  /** `w` times the mask. */
+  masked: Tensor;
+  /** `s` with its stride (1), as the plain kernels take it. */
+  g: DepthwiseShape & { stride: number };
+  dispose(): void;
+}
+
+/**
+ * The planner's inputs for shape `s`: a random mask of `density` and its
+ * plan, random x, w and gy, w masked, and the shape with its stride; one
+ * `dispose` frees them all.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { sparseBenchInputs } from "./sparse_depthwise.ts";
+ * await initGpu();
+ * const s = { n: 1, c: 2, h: 6, w: 6, kh: 5, kw: 3, ph: 2, pw: 1, ho: 6, wo: 6 };
+ * const t = sparseBenchInputs(s, 0.4);
+ * console.log(t.masked.shape); // [2, 1, 5, 3]
+ * t.dispose();
+ * ```
+ */
+export function sparseBenchInputs(s: DepthwiseShape, density: number): SparseBenchInputs {
   const plan = SparseDepthwisePlan.fromMask(
     SparseDepthwisePlan.randomMask(s.c, s.kh, s.kw, density, 5),
     [s.c, 1, s.kh, s.kw],
@@ -1436,7 +1464,7 @@ function forwardJob(s: DepthwiseShape, density: number): PlanJob<SparseForwardCo
     work: depthwiseWork(s) * density,
     candidates: (o) => forwardCandidates(virt(s, s.kh >= s.kw), o),
     bench: () => {
-      const t = benchInputs(s, density);
+      const t = sparseBenchInputs(s, density);
       return {
         run: (c) => [sparseDepthwiseForward(t.x, t.w, t.plan, null, s, c)],
         reference: () => [plainDepthwiseForward(t.x, t.masked, null, t.g)],
@@ -1451,7 +1479,7 @@ function backwardInputJob(s: DepthwiseShape, density: number): PlanJob<SparseFor
     work: depthwiseWork(s) * density,
     candidates: (o) => forwardCandidates(virt(transposedShape(s), s.kh >= s.kw), o),
     bench: () => {
-      const t = benchInputs(s, density);
+      const t = sparseBenchInputs(s, density);
       return {
         run: (c) => [sparseDepthwiseBackwardInput(t.gy, t.w, t.plan, s, c)],
         reference: () => [plainDepthwiseBackwardInput(t.gy, t.masked, t.g)],
@@ -1466,7 +1494,7 @@ function filterJob(s: DepthwiseShape, density: number): PlanJob<SparseFilterConf
     work: depthwiseWork(s) * density,
     candidates: (o) => filterCandidates(virt(s, s.kh >= s.kw), o),
     bench: () => {
-      const t = benchInputs(s, density);
+      const t = sparseBenchInputs(s, density);
       return {
         run: (c) => [sparseDepthwiseBackwardFilter(t.gy, t.x, t.plan, s, c)],
         reference: () => {

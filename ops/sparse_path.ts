@@ -33,13 +33,13 @@ import { depthwisePlan, depthwiseShapeKey } from "./depthwise_plan.ts";
 import { type DepthwiseShape, depthwiseWork } from "./depthwise_shape.ts";
 import { mul } from "./elementwise.ts";
 import { type PlanJob, planKey, planner } from "./planner.ts";
-import { randomNormal } from "./random.ts";
 import {
   depthwiseShapeOf,
+  sparseBenchInputs,
   sparseConfigKey,
   sparseDepthwiseConfigs,
   sparseDepthwiseConv2d,
-  SparseDepthwisePlan,
+  type SparseDepthwisePlan,
 } from "./sparse_depthwise.ts";
 import { scope, type Tensor } from "./tensor.ts";
 
@@ -150,15 +150,7 @@ function pathJob(s: DepthwiseShape, density: number): PlanJob<SparsePathChoice> 
       return [{ sparse }, { sparse: !sparse }];
     },
     bench: () => {
-      const plan = SparseDepthwisePlan.fromMask(
-        SparseDepthwisePlan.randomMask(s.c, s.kh, s.kw, density, 5),
-        [s.c, 1, s.kh, s.kw],
-      );
-      const x = randomNormal([s.n, s.c, s.h, s.w], { seed: 1 });
-      const raw = randomNormal([s.c, 1, s.kh, s.kw], { seed: 2 });
-      const w = mul(raw, plan.mask);
-      raw.dispose();
-      const gy = randomNormal([s.n, s.c, s.ho, s.wo], { seed: 3 });
+      const { plan, x, masked: w, gy, g, dispose } = sparseBenchInputs(s, density);
       const opts = { padding: [s.ph, s.pw] as [number, number] };
       // y, x's gradient and w's gradient on the path (masked when `masked`).
       const pass = (sparse: boolean, masked: boolean): Tensor[] => {
@@ -181,7 +173,6 @@ function pathJob(s: DepthwiseShape, density: number): PlanJob<SparsePathChoice> 
           x.requiresGrad = w.requiresGrad = false;
         }
       };
-      const g = { ...s, stride: 1 };
       return {
         run: ({ sparse }) => pass(sparse, true),
         time: ({ sparse }) => pass(sparse, false).forEach((t) => t.dispose()),
@@ -195,10 +186,7 @@ function pathJob(s: DepthwiseShape, density: number): PlanJob<SparsePathChoice> 
             active,
           ];
         },
-        dispose: () => {
-          for (const t of [x, w, gy]) t.dispose();
-          plan.dispose();
-        },
+        dispose,
       };
     },
   };

@@ -86,6 +86,20 @@ function repeatsToLast(minMs: number, ms: number): number {
   return Math.max(1, Math.min(256, Math.ceil(minMs / Math.max(ms, 1e-3))));
 }
 
+/**
+ * The median of `values` (the upper of the two middle ones for an even
+ * count), what every timing here reports.
+ *
+ * @example
+ * ```ts
+ * import { medianOf } from "./timing.ts";
+ * console.log(medianOf([3, 1, 2]), medianOf([4, 1, 3, 2])); // 2 3
+ * ```
+ */
+export function medianOf(values: readonly number[]): number {
+  return [...values].sort((p, q) => p - q)[Math.floor(values.length / 2)];
+}
+
 /** What {@linkcode timeGpu} measured. */
 export interface GpuTiming {
   /** Median milliseconds per recording. */
@@ -189,7 +203,7 @@ export async function timeGpu(
   }
   qs?.destroy();
   resolve?.destroy();
-  const median = (v: number[]) => [...v].sort((p, q) => p - q)[Math.floor(v.length / 2)] / reps;
+  const median = (v: number[]) => medianOf(v) / reps;
   const wallMs = median(walls);
   if (ts.length) {
     const tsMs = median(ts);
@@ -267,8 +281,7 @@ export async function timeInterleaved(
     if (runs < 2 || total(rounds[0]) <= 1.02 * total(rounds[runs - 1])) break;
     warmRounds = 0; // the GPU has just been busy: no warm-up before the next rounds
   }
-  const median = (v: number[]) => [...v].sort((p, q) => p - q)[Math.floor(v.length / 2)];
-  return { ms: records.map((_, i) => median(rounds.map((r) => r[i]))), reps };
+  return { ms: records.map((_, i) => medianOf(rounds.map((r) => r[i]))), reps };
 }
 
 /** Most timestamps in one query set (the WebGPU limit). */
