@@ -32,6 +32,7 @@ import {
   type Value,
 } from "./layers.ts";
 import { type Classifier, type Init, Module, ModuleList, type Param } from "./module.ts";
+import { willRecord } from "../ops/autograd.ts";
 import { layerNormLinear } from "../ops/fused_layernorm.ts";
 import { geluLinearResidual } from "../ops/fused_residual.ts";
 import { Tensor } from "../ops/tensor.ts";
@@ -152,6 +153,10 @@ export class Block extends Module {
     const n = this.norm;
     const p1 = this.pwconv1;
     const p2 = this.pwconv2;
+    // Without gradients the first product stores the GELU's output and the second loads it as
+    // it is: the GELU runs once per element instead of on every load.
+    const params = [n.weight, n.bias, p1.weight, p1.bias, p2.weight, p2.bias, this.gamma];
+    const infer = !willRecord([x, ...params.flatMap((p) => p ? [p.tensor] : [])]);
     const h = pipe(
       x,
       (v) => this.mixer.forward(v),
@@ -163,6 +168,7 @@ export class Block extends Module {
           p1.weight.tensor,
           p1.bias?.tensor ?? null,
           n.eps,
+          { gelu: infer },
         ),
     );
     const out = geluLinearResidual(
@@ -172,6 +178,7 @@ export class Block extends Module {
       p2.bias?.tensor ?? null,
       this.gamma?.tensor ?? null,
       this.dropPath.scales(x.shape[0]),
+      { activated: infer },
     );
     drop(h, out);
     return out;

@@ -81,6 +81,26 @@ export function isRecording(): boolean {
 }
 
 /**
+ * Whether an op on `inputs` would be recorded now (see {@linkcode record}):
+ * recording is on and an input needs a gradient. Ops with a faster
+ * forward that keeps nothing for a backward take it when this is false.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { noGrad, willRecord } from "./autograd.ts";
+ * await initGpu();
+ * const w = Tensor.zeros([2]);
+ * w.requiresGrad = true;
+ * console.log(willRecord([w]), noGrad(() => willRecord([w]))); // true false
+ * ```
+ */
+export function willRecord(inputs: readonly Tensor[]): boolean {
+  return enabled && inputs.some(needsGrad);
+}
+
+/**
  * Record `output = op(inputs)` on the tape if any input needs a gradient.
  * `save` lists tensors the backward reads; they are kept alive (by reference,
  * not copied) until the node has run. `backward` returns one gradient per
@@ -112,7 +132,7 @@ export function record(
   save: Tensor[],
   backward: BackwardFn,
 ): void {
-  if (!enabled || !inputs.some(needsGrad)) return;
+  if (!willRecord(inputs)) return;
   const node = new Node(name, inputs, output, save.map((t) => t.ref()), backward);
   output.node = node;
   tape.push(node);

@@ -27,7 +27,7 @@
  * @module
  */
 import { needsGrad, record } from "./autograd.ts";
-import { gemm } from "./gemm_kernel.ts";
+import { columnReduce, gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { flatMain, launch, memoize, storage } from "./kernel.ts";
 import { grid1d, Tensor } from "./tensor.ts";
@@ -467,8 +467,11 @@ export const groupedConvBackwardWeightKernel: (g: Conv2dGeometry) => string = me
 );
 
 /**
- * The bias gradient of an NCHW output: `gb[c] = Σ_{n, y, x} gy[n, c, y, x]`, one
- * workgroup per channel.
+ * The bias gradient of an NCHW output: `gb[c] = Σ_{n, y, x} gy[n, c, y, x]`,
+ * as {@linkcode columnReduce} sums it: each channel's positions cut into
+ * strips over many workgroups (one workgroup per channel left most of a
+ * large GPU idle where there are few channels of many positions each: a
+ * network's first stage).
  *
  * @example
  * ```ts
@@ -482,15 +485,14 @@ export const groupedConvBackwardWeightKernel: (g: Conv2dGeometry) => string = me
  */
 export function channelSum(gy: Tensor): Tensor {
   const [n, c, h, w] = gy.shape;
+  const hw = h * w;
   const gb = Tensor.empty([c]);
-  const code = sumPerOutputKernel({
-    buffers: ["gy", "gb!"],
-    count: c,
-    terms: n * h * w,
-    setup: "",
-    term: `acc += gy[((r / ${h * w}u) * ${c}u + o) * ${h * w}u + r % ${h * w}u];`,
-  });
-  launch(code, [gy, gb], grid1d(c, 1));
+  columnReduce({
+    rows: n * hw,
+    cols: c,
+    inputs: { gy },
+    term: `gy[((r / ${hw}u) * ${c}u + c) * ${hw}u + r % ${hw}u]`,
+  }, gb);
   return gb;
 }
 

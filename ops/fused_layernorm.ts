@@ -21,13 +21,18 @@
  * ```
  * @module
  */
-import { record } from "./autograd.ts";
-import { layerNormToChannelsLast, layerNormToChannelsLastGrads, pixelMoments } from "./fused.ts";
+import { record, willRecord } from "./autograd.ts";
+import { ERF_WGSL, gelu as geluOp } from "./elementwise.ts";
+import {
+  GELU_OF_HV,
+  layerNormToChannelsLast,
+  layerNormToChannelsLastGrads,
+  pixelStats,
+} from "./fused.ts";
 import { gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
-import { flatMain, launch, storage } from "./kernel.ts";
 import { biasGrad, linear, matmul } from "./matmul.ts";
-import { f32, Tensor } from "./tensor.ts";
+import { Tensor } from "./tensor.ts";
 
 /**
  * `linear(layerNorm(permute(x, [0, 2, 3, 1]), lnWeight, lnBias, { eps }), weight, bias)`:
@@ -36,7 +41,10 @@ import { f32, Tensor } from "./tensor.ts";
  * `[out, C]` plus `bias` `[out]` (or null); the result channels-last
  * `[N, H, W, out]`. Differentiable in all five; keeps `x` and the per-pixel
  * statistics (not the normalised activation) for the backward. Under
- * `setGemmImpl("simple")` it runs the unfused chain.
+ * `setGemmImpl("simple")` it runs the unfused chain. With `gelu` the
+ * product stores `gelu(·)` of its result instead (exact erf GELU), for a
+ * forward without gradients only (inference: the next product then loads
+ * the activation as it is instead of computing the GELU on every load).
  *
  * @example
  * ```ts
@@ -56,6 +64,7 @@ export function layerNormLinear(
   weight: Tensor,
   bias: Tensor | null,
   eps = 1e-6,
+  { gelu = false }: { gelu?: boolean } = {},
 ): Tensor {
   const where = "layerNormLinear";
   if (x.rank !== 4) throw new Error(`${where}: x must be [N, C, H, W], got [${x.shape}]`);
@@ -72,25 +81,22 @@ export function layerNormLinear(
   if (bias && (bias.rank !== 1 || bias.shape[0] !== outF)) {
     throw new Error(`${where}: bias must be [${outF}], got [${bias.shape}]`);
   }
+  const inputs = [x, lnWeight, lnBias, weight, ...(bias ? [bias] : [])];
+  if (gelu && willRecord(inputs)) {
+    throw new Error(`${where}: the GELU output has no backward; use it without gradients`);
+  }
   if (gemmImpl() !== "tiled") {
     const y = layerNormToChannelsLast(x, lnWeight, lnBias, eps);
     const out = linear(y, weight, bias);
     y.dispose();
-    return out;
+    if (!gelu) return out;
+    const activated = geluOp(out);
+    out.dispose();
+    return activated;
   }
   const hw = hh * ww;
   const rows = n * hw;
-  // Per pixel r = b·HW + p: channel k of x at (b·C + k)·HW + p, read by neighbouring pixels together.
-  const mean = Tensor.empty([rows]);
-  const rstd = Tensor.empty([rows]);
-  const stats = `${storage("x", "mean!", "rstd!")}
-${flatMain(rows)}
-  let xb = (i / ${hw}u) * ${c * hw}u + i % ${hw}u;
-${pixelMoments(c, hw)}
-  mean[i] = m;
-  rstd[i] = 1.0 / sqrt(q / ${f32(c)} + ${f32(eps)});
-}`;
-  launch(stats, [x, mean, rstd], rows);
+  const { mean, rstd } = pixelStats(x, eps);
   // The normalised activation at pixel `r`, channel `ch`, as the products load it.
   const normalised = (r: string, ch: string) =>
     `return (x[((${r}) / ${hw}u * ${c}u + ${ch}) * ${hw}u + (${r}) % ${hw}u] - mean[${r}]) * rstd[${r}] * lw[${ch}] + lb[${ch}];`;
@@ -108,9 +114,11 @@ ${pixelMoments(c, hw)}
     bKFast: true,
     ...(c % 4 === 0 && { vecB: { input: "w", index: `n * ${c}u + k` } }),
     outputs: { y, ...(bias && { bias }) },
-    store: `y[m * ${outF}u + n] = v${bias ? " + bias[n]" : ""};`,
+    ...(gelu && { prelude: ERF_WGSL }),
+    store: gelu
+      ? `let hv = v${bias ? " + bias[n]" : ""}; y[m * ${outF}u + n] = ${GELU_OF_HV};`
+      : `y[m * ${outF}u + n] = v${bias ? " + bias[n]" : ""};`,
   });
-  const inputs = [x, lnWeight, lnBias, weight, ...(bias ? [bias] : [])];
   const saved = [x, lnWeight, lnBias, weight, mean, rstd];
   record(where, inputs, y, saved, (g, [sx, slw, slb, sw, sm, sr]) => {
     // The gradient of the normalised activation, channels-last, feeds the LayerNorm's backward.

@@ -23,9 +23,9 @@
  * ```
  * @module
  */
-import { record } from "./autograd.ts";
+import { record, willRecord } from "./autograd.ts";
 import { ERF_WGSL, gelu } from "./elementwise.ts";
-import { geluLinear, geluLoadedProduct, layerScaleResidual } from "./fused.ts";
+import { geluLinear, layerScaleResidual } from "./fused.ts";
 import { columnReduce, gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { launch, storage } from "./kernel.ts";
@@ -44,7 +44,9 @@ const GELU_GRAD =
  * the per-sample drop-path multipliers (`dropPathScales`; null: none).
  * Differentiable in `x`, `h`, `weight`, `bias` and `gamma`; keeps only `h`
  * (and the parameters) for the backward. Under `setGemmImpl("simple")` it
- * runs the unfused chain.
+ * runs the unfused chain. With `activated`, `h` already holds `gelu(h)`
+ * (`layerNormLinear`'s `gelu` option) and is loaded as it is: a forward
+ * without gradients only.
  *
  * @example
  * ```ts
@@ -65,6 +67,7 @@ export function geluLinearResidual(
   bias: Tensor | null,
   gamma: Tensor | null,
   scales: Float32Array | null,
+  { activated = false }: { activated?: boolean } = {},
 ): Tensor {
   const where = "geluLinearResidual";
   if (x.rank !== 4) throw new Error(`${where}: x must be [N, C, H, W], got [${x.shape}]`);
@@ -85,9 +88,13 @@ export function geluLinearResidual(
   if (scales && scales.length !== n) {
     throw new Error(`${where}: ${scales.length} drop-path scales for ${n} samples`);
   }
+  if (activated && willRecord([x, h, weight, ...(bias ? [bias] : []), ...(gamma ? [gamma] : [])])) {
+    throw new Error(`${where}: an activated h has no backward; use it without gradients`);
+  }
   if (gemmImpl() !== "tiled") {
     let z: Tensor;
-    if (bias) z = geluLinear(h, weight, bias);
+    if (activated) z = linear(h, weight, bias);
+    else if (bias) z = geluLinear(h, weight, bias);
     else {
       const a = gelu(h);
       z = linear(a, weight, null);
@@ -104,13 +111,30 @@ export function geluLinearResidual(
   // Row m of the product is pixel m % HW of sample m / HW; column j is channel j.
   const nchw = (row: string, ch: string) =>
     `((${row}) / ${hw}u * ${c}u + ${ch}) * ${hw}u + (${row}) % ${hw}u`;
-  const factor = [gamma ? "gamma[n]" : "", s ? `s[m / ${hw}u]` : ""].filter(Boolean).join(" * ");
+  // The product runs transposed, channels by pixels (m = channel, n = pixel), so that
+  // neighbouring lanes store neighbouring pixels of one NCHW channel plane: with pixels as rows
+  // they stored one channel each, a plane apart, and the scattered stores and residual reads
+  // halved the product's speed.
+  const factor = [gamma ? "gamma[m]" : "", s ? `s[n / ${hw}u]` : ""].filter(Boolean).join(" * ");
   const out = Tensor.empty(x.shape);
   gemm({
-    ...geluLoadedProduct(h, weight),
+    batch: 1,
+    m: c,
+    n: rows,
+    k: inF,
+    inputs: { w: weight, h },
+    loadA: `return w[m * ${inF}u + k];`,
+    aKFast: true,
+    ...(inF % 4 === 0 && { vecA: { input: "w", index: `m * ${inF}u + k` } }),
+    loadB: activated
+      ? `return h[n * ${inF}u + k];`
+      : `let hv = h[n * ${inF}u + k]; return ${GELU};`,
+    bKFast: true,
+    ...(activated && inF % 4 === 0 && { vecB: { input: "h", index: `n * ${inF}u + k` } }),
+    ...(!activated && { prelude: ERF_WGSL }),
     outputs: { out, x, ...params },
-    store: `let at = ${nchw("m", "n")}; out[at] = x[at] + ${factor || "1.0"} * (v${
-      bias ? " + bias[n]" : ""
+    store: `let at = ${nchw("n", "m")}; out[at] = x[at] + ${factor || "1.0"} * (v${
+      bias ? " + bias[m]" : ""
     });`,
   });
   const inputs = [x, h, weight, ...(bias ? [bias] : []), ...(gamma ? [gamma] : [])];

@@ -297,14 +297,27 @@ function targetThreads(): number {
   return gpu().isFallback ? 4096 : 1 << 18;
 }
 
+/** Columns one workgroup of {@linkcode columnReduce} sums: 8 floats, one 32-byte memory sector. */
+const REDUCE_COLS = 8;
+
+/** Invocations of one workgroup of {@linkcode columnReduce}. */
+const REDUCE_WG = 256;
+
 /**
  * Column sums `out[c] = Σ_{r < rows} term(r, c)` for `c < cols`, where
  * `term` is a WGSL expression in `r`, `c` and the named `inputs` (not named
- * `group`, `strip`, `acc`, `r0` or `r1`, the kernel's own locals): bias,
- * LayerNorm-affine and LayerScale gradients of channels-last tensors.
- * Neighbouring invocations take neighbouring columns (coalesced reads of
- * row-major `[rows, cols]` data), each summing a strip of rows; a second
- * small kernel adds the strips. No autograd.
+ * `group`, `strip`, `c0`, `li`, `half`, `a0`…`a7`, `r0`, `r1`, `part` or
+ * `part_out`, the kernel's own names): bias, LayerNorm-affine and LayerScale gradients, whose terms read
+ * channels-last tensors (`[rows, cols]`, column fast) and NCHW ones (row
+ * fast within a sample) alike. Each workgroup takes 8 columns and a strip
+ * of rows; neighbouring invocations take neighbouring rows and each adds
+ * up its rows' 8 columns. So a row-fast read is coalesced across the lanes,
+ * and a column-fast one reads one 32-byte sector per lane that the lane's
+ * next 7 terms find in cache: neither layout strides through memory (lanes
+ * on neighbouring columns, the obvious mapping, read an NCHW tensor one
+ * sector per element). The workgroup then sums its invocations' partial sums
+ * in workgroup memory, and a second kernel, one workgroup per column, the
+ * strips'. No autograd.
  *
  * @example
  * ```ts
@@ -326,41 +339,74 @@ export function columnReduce(
   if (cols === 0) return;
   const names = Object.keys(spec.inputs);
   const inputs = Object.values(spec.inputs);
+  const blocks = Math.ceil(cols / REDUCE_COLS);
+  // Enough workgroups to fill the GPU, each with at least one row per invocation.
   const strips = Math.max(
     1,
-    Math.min(Math.ceil(rows / 32), Math.ceil(targetThreads() / Math.max(cols, 1))),
+    Math.min(
+      Math.ceil(rows / REDUCE_WG),
+      Math.ceil(targetThreads() / REDUCE_WG / blocks),
+    ),
   );
   const per = Math.ceil(rows / strips);
-  const stripsUsed = Math.max(1, Math.ceil(rows / Math.max(per, 1)));
-  const partial = stripsUsed > 1 ? Tensor.empty([stripsUsed * cols]) : null;
-  const wg = 64;
-  const colGroups = Math.ceil(cols / wg);
-  const code = `${storage(...names, partial ? "part!" : "out!")}
-@compute @workgroup_size(${wg})
+  const used = Math.max(1, Math.ceil(rows / Math.max(per, 1)));
+  const partial = used > 1 ? Tensor.empty([used * cols]) : null;
+  const ragged = cols % REDUCE_COLS !== 0;
+  const cs = Array.from({ length: REDUCE_COLS }, (_, j) => j);
+  const terms = cs.map((j) =>
+    `{ let c = c0 + ${j}u; ${ragged ? "if (c < " + cols + "u) " : ""}{ a${j} += ${spec.term}; } }`
+  );
+  const dest = partial ? `part_out[strip * ${cols}u + c]` : "out[c]";
+  const code = `${storage(...names, partial ? "part_out!" : "out!")}
+var<workgroup> part: array<f32, ${REDUCE_COLS * REDUCE_WG}>;
+@compute @workgroup_size(${REDUCE_WG})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) li: u32) {
   let group = wid.x + wid.y * nwg.x;
-  if (group >= ${colGroups * stripsUsed}u) { return; }
-  let c = (group % ${colGroups}u) * ${wg}u + li;
-  let strip = group / ${colGroups}u;
-  if (c >= ${cols}u) { return; }
+  if (group >= ${blocks * used}u) { return; }
+  let c0 = (group % ${blocks}u) * ${REDUCE_COLS}u;
+  let strip = group / ${blocks}u;
   let r0 = strip * ${per}u;
   let r1 = min(r0 + ${per}u, ${rows}u);
-  var acc = 0.0;
-  for (var r = r0; r < r1; r++) { acc += ${spec.term}; }
-  ${partial ? `part[strip * ${cols}u + c] = acc;` : "out[c] = acc;"}
+  ${cs.map((j) => `var a${j} = 0.0;`).join(" ")}
+  for (var r = r0 + li; r < r1; r += ${REDUCE_WG}u) {
+    ${terms.join("\n    ")}
+  }
+  ${cs.map((j) => `part[${j * REDUCE_WG}u + li] = a${j};`).join(" ")}
+  workgroupBarrier();
+  for (var half = ${REDUCE_WG / 2}u; half > 0u; half >>= 1u) {
+    if (li < half) {
+      ${
+    cs.map((j) => `part[${j * REDUCE_WG}u + li] += part[${j * REDUCE_WG}u + li + half];`).join(" ")
+  }
+    }
+    workgroupBarrier();
+  }
+  if (li < ${REDUCE_COLS}u) {
+    let c = c0 + li;
+    if (c < ${cols}u) { ${dest} = part[li * ${REDUCE_WG}u]; }
+  }
 }`;
-  launch(code, [...inputs, partial ?? out], grid1d(colGroups * stripsUsed, 1));
+  launch(code, [...inputs, partial ?? out], grid1d(blocks * used, 1));
   if (!partial) return;
-  const sum = `${storage("part", "out!")}
+  // One workgroup per column: its lanes take every 64th strip, then a tree.
+  const sum = `${storage("part_in", "out!")}
+var<workgroup> part: array<f32, 64>;
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let c = gid.x + gid.y * (nwg.x * 64u);
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let c = wid.x + wid.y * nwg.x;
   if (c >= ${cols}u) { return; }
   var acc = 0.0;
-  for (var s = 0u; s < ${stripsUsed}u; s++) { acc += part[s * ${cols}u + c]; }
-  out[c] = acc;
+  for (var s = li; s < ${used}u; s += 64u) { acc += part_in[s * ${cols}u + c]; }
+  part[li] = acc;
+  workgroupBarrier();
+  for (var half = 32u; half > 0u; half >>= 1u) {
+    if (li < half) { part[li] += part[li + half]; }
+    workgroupBarrier();
+  }
+  if (li == 0u) { out[c] = part[0]; }
 }`;
-  launch(sum, [partial, out], grid1d(cols, 64));
+  launch(sum, [partial, out], grid1d(cols, 1));
   partial.dispose();
 }

@@ -13,6 +13,7 @@ import {
   layerNormToChannelsLast,
   layerScaleResidual,
   linearGelu,
+  pixelStats,
 } from "../ops/fused.ts";
 import { geluLinearResidual } from "../ops/fused_residual.ts";
 import { layerNormLinear } from "../ops/fused_layernorm.ts";
@@ -22,10 +23,17 @@ import { planner } from "../ops/planner.ts";
 import { linear } from "../ops/matmul.ts";
 import { permute } from "../ops/shape.ts";
 import { scope, Tensor } from "../ops/tensor.ts";
-import { backward, savedBytes } from "../ops/autograd.ts";
+import { backward, noGrad, savedBytes } from "../ops/autograd.ts";
 import { Block, depthwiseMixer } from "../models/convnext.ts";
 import { setForwardSeed } from "../models/layers.ts";
-import { assertSameOutputs, checkOp, forwardAndGrads, randomArray, setup } from "./harness.ts";
+import {
+  assertSameOutputs,
+  checkOp,
+  forwardAndGrads,
+  randomArray,
+  relError,
+  setup,
+} from "./harness.ts";
 import { erf, layerNormRef, linearRef, permuteRef } from "./reference.ts";
 
 await setup();
@@ -265,8 +273,9 @@ Deno.test("ConvNeXt block: the fused tensor path equals the unfused chain, drop 
 });
 
 Deno.test("layerNormLinear: CPU reference, finite differences, and the unfused chain", async () => {
-  // [N, C, H, W, out]: C = 8 gives vec4 weight loads, 5 scalar ones.
-  for (const [n, c, hh, ww, outF] of [[2, 5, 3, 1, 7], [1, 8, 2, 3, 12]]) {
+  // [N, C, H, W, out]: C = 8 gives vec4 weight loads, 5 scalar ones; 36 gives each pixel two
+  // lanes in the statistics and in the input gradient.
+  for (const [n, c, hh, ww, outF] of [[2, 5, 3, 1, 7], [1, 8, 2, 3, 12], [1, 36, 2, 2, 4]]) {
     for (const withBias of [true, false]) {
       const name = `layerNormLinear [${n},${c},${hh},${ww}]→${outF} b=${withBias}`;
       const shapes = [[n, c, hh, ww], [c], [c], [outF, c], ...(withBias ? [[outF]] : [])];
@@ -293,4 +302,84 @@ Deno.test("layerNormLinear: CPU reference, finite differences, and the unfused c
       await compareEveryPath(name, shapes, fused, unfused);
     }
   }
+});
+
+Deno.test("pixelStats: per-pixel LayerNorm moments, one lane or several per pixel, against the CPU", async () => {
+  // 5 channels keep one invocation per pixel; 64 and 130 give several lanes (4 and 8 on a
+  // software adapter's few pixels), 130 with lanes of unequal channel counts. Values near
+  // 1000 ± 1 would lose the variance to cancellation in a one-pass sum of squares.
+  for (const [n, c, h, w, offset] of [[2, 5, 3, 3, 0], [1, 64, 3, 5, 0], [2, 130, 2, 3, 1000]]) {
+    const values = randomArray(n * c * h * w, c, offset - 1, offset + 1);
+    const x = Tensor.from(Float32Array.from(values), [n, c, h, w]);
+    const { mean, rstd } = pixelStats(x, 1e-6);
+    const [gotMean, gotRstd] = [await mean.read(), await rstd.read()];
+    const hw = h * w;
+    const wantMean: number[] = [];
+    const wantRstd: number[] = [];
+    for (let i = 0; i < n * hw; i++) {
+      const at = (k: number) => (Math.floor(i / hw) * c + k) * hw + (i % hw);
+      let s = 0;
+      for (let k = 0; k < c; k++) s += Math.fround(values[at(k)]);
+      const m = s / c;
+      let q = 0;
+      for (let k = 0; k < c; k++) q += (Math.fround(values[at(k)]) - m) ** 2;
+      wantMean.push(m);
+      wantRstd.push(1 / Math.sqrt(q / c + 1e-6));
+    }
+    for (let i = 0; i < n * hw; i++) {
+      assert.ok(
+        Math.abs(gotMean[i] - wantMean[i]) <= 1e-6 * Math.max(1, Math.abs(wantMean[i])),
+        `c=${c} mean ${i}: ${gotMean[i]} vs ${wantMean[i]}`,
+      );
+      assert.ok(
+        Math.abs(gotRstd[i] - wantRstd[i]) <= 1e-3 * wantRstd[i],
+        `c=${c} rstd ${i}: ${gotRstd[i]} vs ${wantRstd[i]}`,
+      );
+    }
+    for (const t of [x, mean, rstd]) t.dispose();
+  }
+});
+
+Deno.test("the inference ends: layerNormLinear's GELU store and geluLinearResidual's activated h match the chain", async () => {
+  const [n, c, hh, ww, f] = [2, 8, 3, 2, 12];
+  const t = (shape: number[], seed: number, low = -1) =>
+    Tensor.from(Float32Array.from(randomArray(shape.reduce((a, b) => a * b), seed, low)), shape);
+  const [x, lw, lb, w1, b1, w2, b2, gamma] = [
+    t([n, c, hh, ww], 1),
+    t([c], 2, 0.5),
+    t([c], 3),
+    t([f, c], 4),
+    t([f], 5),
+    t([c, f], 6),
+    t([c], 7),
+    t([c], 8),
+  ];
+  for (const impl of ["tiled", "simple"] as const) {
+    setGemmImpl(impl);
+    try {
+      const [want, got] = [false, true].map((infer) =>
+        noGrad(() => {
+          const h = layerNormLinear(x, lw, lb, w1, b1, 1e-6, { gelu: infer });
+          const y = geluLinearResidual(x, h, w2, b2, gamma, null, { activated: infer });
+          h.dispose();
+          return y;
+        })
+      );
+      const [wantValues, gotValues] = [await want.read(), await got.read()];
+      want.dispose();
+      got.dispose();
+      const err = relError(gotValues, wantValues);
+      assert.ok(err < 1e-5, `${impl}: ${err}`);
+    } finally {
+      setGemmImpl("tiled");
+    }
+  }
+  // With a gradient to record, both refuse: nothing is kept for a backward.
+  w1.requiresGrad = true;
+  w2.requiresGrad = true;
+  assert.throws(() => layerNormLinear(x, lw, lb, w1, b1, 1e-6, { gelu: true }), /no backward/);
+  assert.throws(
+    () => geluLinearResidual(x, t([n, hh, ww, f], 9), w2, b2, gamma, null, { activated: true }),
+    /no backward/,
+  );
 });

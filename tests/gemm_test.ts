@@ -18,7 +18,7 @@ import {
   isGemmConfig,
   setGemmImpl,
 } from "../ops/gemm_plan.ts";
-import { gemm, gemmReference } from "../ops/gemm_kernel.ts";
+import { columnReduce, gemm, gemmReference } from "../ops/gemm_kernel.ts";
 import { gpu } from "../ops/gpu.ts";
 import { planner } from "../ops/planner.ts";
 import { linear, matmul, type MatmulOptions } from "../ops/matmul.ts";
@@ -325,4 +325,42 @@ Deno.test("gemm: the sweep offers only configs within the adapter's limits", () 
   assert.equal(new Set(names).size, names.length, "no repeats");
   const wgrad = gemmSweepConfigs(1, 384, 96, 200704).map((v) => v.config);
   assert.ok(wgrad.some((c) => (c.splits ?? 1) > 1), "a long-k product is split");
+});
+
+Deno.test("gemm: columnReduce sums channels-last, NCHW and mixed terms, in one strip and in several", async () => {
+  // rows = samples · pixels; cols = channels. 13 channels leave a ragged block of 8, 16 none; 5
+  // rows fit one strip, 1000 (4 samples of 250 pixels) need several and the second kernel.
+  for (const [cols, samples, hw] of [[13, 4, 250], [16, 4, 250], [13, 1, 5], [3, 2, 300]]) {
+    const rows = samples * hw;
+    const cl = randomArray(rows * cols, 1);
+    const nchw = randomArray(rows * cols, 2);
+    const at = (r: number, c: number) => (Math.floor(r / hw) * cols + c) * hw + (r % hw);
+    const a = Tensor.from(Float32Array.from(cl), [rows, cols]);
+    const b = Tensor.from(Float32Array.from(nchw), [samples, cols, hw]);
+    const nchwAt = `b[((r / ${hw}u) * ${cols}u + c) * ${hw}u + r % ${hw}u]`;
+    const cases: [string, string, (r: number, c: number) => number][] = [
+      ["channels-last", `a[r * ${cols}u + c]`, (r, c) => cl[r * cols + c]],
+      ["NCHW", nchwAt, (r, c) => nchw[at(r, c)]],
+      ["mixed", `a[r * ${cols}u + c] * ${nchwAt}`, (r, c) => cl[r * cols + c] * nchw[at(r, c)]],
+    ];
+    for (const [what, term, cpu] of cases) {
+      const out = Tensor.empty([cols]);
+      columnReduce({ rows, cols, inputs: { a, b }, term }, out);
+      const got = await out.read();
+      out.dispose();
+      const want = Array.from({ length: cols }, (_, c) => {
+        let s = 0;
+        for (let r = 0; r < rows; r++) s += cpu(r, c);
+        return s;
+      });
+      assert.ok(
+        relError(got, want) < 1e-5,
+        `${what} ${rows}×${cols}: ${relError(got, want)} (${got.slice(0, 3)} vs ${
+          want.slice(0, 3)
+        })`,
+      );
+    }
+    a.dispose();
+    b.dispose();
+  }
 });
