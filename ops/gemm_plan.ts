@@ -48,10 +48,15 @@ export interface GemmConfig {
   interior?: boolean;
   /** Write the `bk` steps of the inner loop out. */
   unroll?: boolean;
+  /**
+   * Lay the staged slabs out by the invocation that reads them (`[buffer][ty or tx][k, i4]`),
+   * so that every workgroup-memory read of an unrolled inner loop has a constant last index.
+   */
+  lanes?: boolean;
 }
 
 /** The boolean switches of a {@linkcode GemmConfig}, in the order {@linkcode gemmConfigName} lists them. */
-const SWITCHES = ["prefetch", "vec", "double", "interior", "unroll"] as const;
+const SWITCHES = ["prefetch", "vec", "double", "interior", "unroll", "lanes"] as const;
 
 /** Which kernels matmul, linear and groups = 1 conv2d run. */
 export type GemmImpl = "tiled" | "simple";
@@ -110,8 +115,12 @@ export function isGemmConfig(c: unknown): c is GemmConfig {
   const ok = (v: unknown) => Number.isInteger(v) && (v as number) > 0 && (v as number) <= 4096;
   const limits = gpu().limits;
   const threads = Math.min(256, limits.maxComputeInvocationsPerWorkgroup);
-  // The staged slabs of A and B, rows padded by 4 (see gemm_source.ts), twice when double-buffered.
-  const slabBytes = 4 * g.bk * (g.bm + 4 + g.bn + 4) * (g.double ? 2 : 1);
+  // The staged slabs of A and B, rows padded by 4 (see gemm_source.ts), or lane-major with odd
+  // rows, twice when double-buffered.
+  const lanes = (count: number, perK: number) => count * ((g.bk * perK) | 1) * 16;
+  const slabBytes = (g.lanes
+    ? lanes(g.bm / g.tm, g.tm / 4) + lanes(g.bn / g.tn, g.tn / 4)
+    : 4 * g.bk * (g.bm + 4 + g.bn + 4)) * (g.double ? 2 : 1);
   return ok(g.bm) && ok(g.bn) && ok(g.bk) && ok(g.tm) && ok(g.tn) && g.tm % 4 === 0 &&
     slabBytes <= limits.maxComputeWorkgroupStorageSize &&
     g.tn % 4 === 0 && g.bm % g.tm === 0 && g.bn % g.tn === 0 &&
@@ -124,7 +133,7 @@ export function isGemmConfig(c: unknown): c is GemmConfig {
 /**
  * A short name of a tile config: `bm×bn×bk/tm×tn`, its split when given, and
  * its switches (`pf` prefetch, `vec`, `db` double, `int` interior, `unr`
- * unroll). The sweep of `scripts/bench_gemm.ts` names its variants so.
+ * unroll, `lane` lane-major slabs). The sweep of `scripts/bench_gemm.ts` names its variants so.
  *
  * @example
  * ```ts
@@ -134,7 +143,14 @@ export function isGemmConfig(c: unknown): c is GemmConfig {
  * ```
  */
 export function gemmConfigName(c: GemmConfig): string {
-  const short = { prefetch: "pf", vec: "vec", double: "db", interior: "int", unroll: "unr" };
+  const short = {
+    prefetch: "pf",
+    vec: "vec",
+    double: "db",
+    interior: "int",
+    unroll: "unr",
+    lanes: "lane",
+  };
   return [
     `${c.bm}x${c.bn}x${c.bk}/${c.tm}x${c.tn}`,
     ...(c.splits !== undefined ? [`s${c.splits}`] : []),
@@ -245,13 +261,15 @@ const TILES = [
 /**
  * The switch sets of the sweep: the kernel as it was before vec4 loads
  * (register prefetch only), vec4 loads with unchecked interior tiles, that
- * double-buffered, and that with the inner loop unrolled.
+ * double-buffered, that with the inner loop unrolled, and that with
+ * lane-major slabs.
  */
 const SWITCH_SETS: Partial<GemmConfig>[] = [
   { prefetch: true },
   { prefetch: true, vec: true, interior: true },
   { vec: true, interior: true, double: true },
   { vec: true, interior: true, double: true, unroll: true },
+  { vec: true, interior: true, double: true, unroll: true, lanes: true },
 ];
 
 /** The switches of most hardware candidates (see {@linkcode SWITCH_SETS}). */

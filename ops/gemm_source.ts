@@ -152,6 +152,51 @@ export function bindingsFrom(names: string[], first: number, written: number): s
   );
 }
 
+/**
+ * The lane-major layout of one operand's staged slab (config switch
+ * `lanes`): `S[buffer][lane][inner]` of vec4s, where `lane` is the
+ * invocation's `ty` (A) or `tx` (B) and `inner = k · perK + i4` walks the
+ * `perK` vec4s (the register block's rows or columns, 4 at a time) that
+ * this lane reads at each `k`. Rows `4·(i4·lanes + lane) … + 3` of the tile
+ * sit at `[lane][k · perK + i4]`. `size` (the inner extent) is odd, so the
+ * lanes' rows start in different banks.
+ */
+interface LaneLayout {
+  /** Invocations along this operand's side of the tile (ty's count for A, tx's for B). */
+  count: number;
+  /** vec4s a lane reads per k (tm/4 or tn/4). */
+  perK: number;
+  /** Inner extent: bk · perK, made odd. */
+  size: number;
+}
+
+/** The lane-major layout of an operand with `count` lanes, `perK` vec4s per k, `bk`-deep slabs. */
+function laneLayout(count: number, perK: number, bk: number): LaneLayout {
+  return { count, perK, size: (bk * perK) | 1 };
+}
+
+/**
+ * WGSL `let`s of where element (`row`, `kk`) of a slab goes in a lane-major
+ * layout: `lo<id>` the lane, `li<id>` the inner index, `lc<id>` the vec4
+ * component.
+ */
+function laneAt(id: string, row: string, kk: string, l: LaneLayout): string {
+  return `let lo${id} = ((${row}) / 4u) % ${l.count}u; let li${id} = (${kk}) * ${l.perK}u + ((${row}) / 4u) / ${l.count}u; let lc${id} = (${row}) % 4u;`;
+}
+
+/** The inner index of vec4 `i4` at k = `kk` (a WGSL u32: a literal when the loop is unrolled). */
+function laneIndex(kk: string, perK: number, i4: number): string {
+  const k = /^\d+u$/.test(kk) ? Number(kk.slice(0, -1)) : null;
+  return k === null ? `${kk} * ${perK}u + ${i4}u` : `${k * perK + i4}u`;
+}
+
+/** The workgroup-memory declaration of a slab: flat k-major vec4s, or lane-major. */
+function slabDecl(name: string, l: LaneLayout | undefined, flat: number, buffers: number): string {
+  return l
+    ? `var<workgroup> ${name}: array<array<array<vec4f, ${l.size}>, ${l.count}>, ${buffers}>;`
+    : `var<workgroup> ${name}: array<vec4f, ${flat * buffers}>;`;
+}
+
 /** One operand's slab: per-invocation setup, and the WGSL of fetching and of staging it. */
 interface Slab {
   decl: string;
@@ -170,11 +215,18 @@ interface Slab {
  */
 function slab(
   which: "A" | "B",
-  o: { rows: number; stride: number; kFast: boolean; limit: number; vec: boolean },
+  o: {
+    rows: number;
+    stride: number;
+    kFast: boolean;
+    limit: number;
+    vec: boolean;
+    lanes?: LaneLayout;
+  },
   bk: number,
   threads: number,
 ): Slab {
-  const { rows, stride, kFast, limit, vec } = o;
+  const { rows, stride, kFast, limit, vec, lanes } = o;
   const r = which === "A" ? "m" : "n";
   const S = `${which}s`;
   const units = (rows * bk) / (vec ? 4 : 1);
@@ -198,23 +250,41 @@ function slab(
         `(${e}) % ${rows}u`,
         `(${e}) / ${rows}u`,
       ];
-      decl.push(`let at${id} = (${kk}) * ${stride}u + ${row};`);
-      puts.push(`${when(live)}{ ${S}[buf + at${id} / 4u][at${id} % 4u] = r${id}; }`);
+      if (lanes) {
+        decl.push(laneAt(id, row, kk, lanes));
+        puts.push(`${when(live)}{ ${S}[buf][lo${id}][li${id}][lc${id}] = r${id}; }`);
+      } else {
+        decl.push(`let at${id} = (${kk}) * ${stride}u + ${row};`);
+        puts.push(`${when(live)}{ ${S}[buf + at${id} / 4u][at${id} % 4u] = r${id}; }`);
+      }
     } else if (kFast) {
       // 4 consecutive k of one row: staged as 4 scalars of 4 k-rows of the slab.
       [row, kk] = [`(${e}) / ${bk / 4}u`, `((${e}) % ${bk / 4}u) * 4u`];
-      decl.push(`let at${id} = (${kk}) * ${stride}u + ${row};`);
       const C = ["x", "y", "z", "w"];
-      const four = C.map((c, j) => {
-        const at = `at${id} + ${j * stride}u`;
-        return `${S}[buf + (${at}) / 4u][(${at}) % 4u] = r${id}.${c};`;
-      });
+      let four: string[];
+      if (lanes) {
+        decl.push(laneAt(id, row, kk, lanes));
+        four = C.map((c, j) =>
+          `${S}[buf][lo${id}][li${id} + ${j * lanes.perK}u][lc${id}] = r${id}.${c};`
+        );
+      } else {
+        decl.push(`let at${id} = (${kk}) * ${stride}u + ${row};`);
+        four = C.map((c, j) => {
+          const at = `at${id} + ${j * stride}u`;
+          return `${S}[buf + (${at}) / 4u][(${at}) % 4u] = r${id}.${c};`;
+        });
+      }
       puts.push(`${when(live)}{ ${four.join(" ")} }`);
     } else {
       // 4 consecutive rows of one k: one vec4 of the k-major slab as it is.
       [row, kk] = [`((${e}) % ${rows / 4}u) * 4u`, `(${e}) / ${rows / 4}u`];
-      decl.push(`let at${id} = ((${kk}) * ${stride}u + ${row}) / 4u;`);
-      puts.push(`${when(live)}{ ${S}[buf + at${id}] = r${id}; }`);
+      if (lanes) {
+        decl.push(laneAt(id, row, kk, lanes));
+        puts.push(`${when(live)}{ ${S}[buf][lo${id}][li${id}] = r${id}; }`);
+      } else {
+        decl.push(`let at${id} = ((${kk}) * ${stride}u + ${row}) / 4u;`);
+        puts.push(`${when(live)}{ ${S}[buf + at${id}] = r${id}; }`);
+      }
     }
     decl.push(`let rr${id} = ${row}; let kk${id} = ${kk}; var r${id} = ${zero};`);
     const g = `${r}0 + rr${id}`;
@@ -274,18 +344,25 @@ export function gemmSource(spec: GemmSourceSpec, c: GemmConfig): string {
   const sb = bn + (spec.bKFast ? 4 : 0);
   const slabA = (bk * sa) / 4;
   const slabB = (bk * sb) / 4;
+  // Lane-major slabs: every read of the inner loop is [buffer][ty or tx][constant].
+  const laneA = c.lanes ? laneLayout(ty, tm / 4, bk) : undefined;
+  const laneB = c.lanes ? laneLayout(tx, tn / 4, bk) : undefined;
   const A = slab(
     "A",
-    { rows: bm, stride: sa, kFast: spec.aKFast, limit: m, vec: !!vecA },
+    { rows: bm, stride: sa, kFast: spec.aKFast, limit: m, vec: !!vecA, lanes: laneA },
     bk,
     threads,
   );
   const B = slab(
     "B",
-    { rows: bn, stride: sb, kFast: spec.bKFast, limit: n, vec: !!vecB },
+    { rows: bn, stride: sb, kFast: spec.bKFast, limit: n, vec: !!vecB, lanes: laneB },
     bk,
     threads,
   );
+  // Where buffer `b` (0 or 1, a WGSL u32) of each operand starts: a vec4 offset, or for
+  // lane-major slabs the buffer index itself.
+  const bufA = (b: string) => (laneA ? b : b === "0u" ? "0u" : `(${b}) * ${slabA}u`);
+  const bufB = (b: string) => (laneB ? b : b === "0u" ? "0u" : `(${b}) * ${slabB}u`);
   const interior = c.interior === true;
   // Interior slabs (the tile inside the product, the slab inside the chunk) load unchecked.
   const fetchAt = (kf: string) => {
@@ -309,14 +386,17 @@ export function gemmSource(spec: GemmSourceSpec, c: GemmConfig): string {
       fmas.push(`c${i}_${j4} = fma(vec4f(a${i >> 2}.${C[i & 3]}), b${j4}, c${i}_${j4});`);
     }
   }
+  const readA = (kk: string, i4: number) =>
+    laneA
+      ? `As[aBuf][ty][${laneIndex(kk, laneA.perK, i4)}]`
+      : `As[aBuf + ${kk} * ${sa / 4}u + ${i4 * ty}u + ty]`;
+  const readB = (kk: string, j4: number) =>
+    laneB
+      ? `Bs[bBuf][tx][${laneIndex(kk, laneB.perK, j4)}]`
+      : `Bs[bBuf + ${kk} * ${sb / 4}u + ${j4 * tx}u + tx]`;
   const step = (kk: string) =>
-    `{ let o = aBuf + ${kk} * ${sa / 4}u; let p = bBuf + ${kk} * ${sb / 4}u;
-      ${
-      Array.from({ length: tm / 4 }, (_, i4) => `let a${i4} = As[o + ${i4 * ty}u + ty];`).join(" ")
-    }
-      ${
-      Array.from({ length: tn / 4 }, (_, j4) => `let b${j4} = Bs[p + ${j4 * tx}u + tx];`).join(" ")
-    }
+    `{ ${Array.from({ length: tm / 4 }, (_, i4) => `let a${i4} = ${readA(kk, i4)};`).join(" ")}
+      ${Array.from({ length: tn / 4 }, (_, j4) => `let b${j4} = ${readB(kk, j4)};`).join(" ")}
       ${fmas.join("\n      ")} }`;
   const multiply = (bufA: string, bufB: string) =>
     `{ let aBuf = ${bufA}; let bBuf = ${bufB};
@@ -332,15 +412,15 @@ export function gemmSource(spec: GemmSourceSpec, c: GemmConfig): string {
     // other; the barrier that ends step s orders both the reads of s before step s + 1 overwrites
     // that buffer, and the writes of s + 1 before step s + 1 reads them.
     loop = `${fetchAt("kBegin")}
-  ${put("0u", "0u")}
+  ${put(bufA("0u"), bufB("0u"))}
   workgroupBarrier();
   var cur = 0u;
   for (var k0 = kBegin; k0 < kEnd; k0 += ${bk}u) {
     let more = k0 + ${bk}u < kEnd;
     if (more) ${fetchAt(`k0 + ${bk}u`)}
-    ${multiply(`cur * ${slabA}u`, `cur * ${slabB}u`)}
+    ${multiply(bufA("cur"), bufB("cur"))}
     if (more) {
-    ${put(`(1u - cur) * ${slabA}u`, `(1u - cur) * ${slabB}u`)}
+    ${put(bufA("1u - cur"), bufB("1u - cur"))}
     }
     workgroupBarrier();
     cur = 1u - cur;
@@ -418,8 +498,8 @@ fn ldB(bt: u32, n: u32, k: u32) -> f32 { ${spec.loadB} }
 ${ld4("A", vecA)}
 ${ld4("B", vecB)}
 ${partial ? "" : `fn st(bt: u32, m: u32, n: u32, v: f32) { ${spec.store} }`}
-var<workgroup> As: array<vec4f, ${slabA * (double ? 2 : 1)}>;
-var<workgroup> Bs: array<vec4f, ${slabB * (double ? 2 : 1)}>;
+${slabDecl("As", laneA, slabA, double ? 2 : 1)}
+${slabDecl("Bs", laneB, slabB, double ? 2 : 1)}
 @compute @workgroup_size(${threads})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) li: u32) {

@@ -204,6 +204,21 @@ const VARIANTS: GemmConfig[] = [
   { bm: 8, bn: 8, bk: 8, tm: 8, tn: 4, vec: true, interior: true, double: true, unroll: true },
   { bm: 16, bn: 8, bk: 12, tm: 4, tn: 8, vec: true, double: true, splits: 2 },
   { bm: 8, bn: 16, bk: 4, tm: 4, tn: 4, interior: true, unroll: true, splits: 2 },
+  // Lane-major slabs: unrolled and double-buffered, rolled with register prefetch, scalar.
+  {
+    bm: 16,
+    bn: 8,
+    bk: 8,
+    tm: 8,
+    tn: 4,
+    vec: true,
+    interior: true,
+    double: true,
+    unroll: true,
+    lanes: true,
+  },
+  { bm: 8, bn: 16, bk: 4, tm: 4, tn: 8, vec: true, prefetch: true, lanes: true, splits: 2 },
+  { bm: 12, bn: 8, bk: 4, tm: 4, tn: 4, lanes: true },
 ];
 
 /** The error of `cfg`'s product of `a` [m·k] and `b` [k·n], read as stored per `transA`/`transB`, against the CPU. */
