@@ -118,9 +118,10 @@ export function isGemmConfig(c: unknown): c is GemmConfig {
   // The staged slabs of A and B, rows padded by 4 (see gemm_source.ts), or lane-major with odd
   // rows, twice when double-buffered.
   const lanes = (count: number, perK: number) => count * ((g.bk * perK) | 1) * 16;
-  const slabBytes = (g.lanes
-    ? lanes(g.bm / g.tm, g.tm / 4) + lanes(g.bn / g.tn, g.tn / 4)
-    : 4 * g.bk * (g.bm + 4 + g.bn + 4)) * (g.double ? 2 : 1);
+  const slabBytes =
+    (g.lanes
+      ? lanes(g.bm / g.tm, g.tm / 4) + lanes(g.bn / g.tn, g.tn / 4)
+      : 4 * g.bk * (g.bm + 4 + g.bn + 4)) * (g.double ? 2 : 1);
   return ok(g.bm) && ok(g.bn) && ok(g.bk) && ok(g.tm) && ok(g.tn) && g.tm % 4 === 0 &&
     slabBytes <= limits.maxComputeWorkgroupStorageSize &&
     g.tn % 4 === 0 && g.bm % g.tm === 0 && g.bn % g.tn === 0 &&
@@ -177,10 +178,14 @@ function workgroupTarget(): number {
  * matrices until the planner has one: on a hardware GPU, products of at
  * least 64 rows and columns (96 one way) get 128×64 tiles (64×128 when there
  * are more columns than rows) with 8×8 register blocks, vec4 loads, unchecked
- * interior tiles, double buffering and the inner loop unrolled. On SLaK-T's
- * stage-1 products on an H200 the sweep timed these at 31.7–35.7 TFLOP/s,
- * within 5% of the fastest variant of each, where the plain 128×128 tile gave
- * 20–25 and the split weight gradients' 64×64 tile 12. Smaller products get
+ * interior tiles, double buffering, the inner loop unrolled and lane-major
+ * slabs. On SLaK-T's stage-1 products on an H200 the sweep timed these (before
+ * lane-major slabs) at 31.7–35.7 TFLOP/s, within 5% of the fastest variant of
+ * each, where the plain 128×128 tile gave 20–25 and the split weight
+ * gradients' 64×64 tile 12; on an H100, lane-major slabs took the same tiles
+ * from 31.6–35.6 to 33.2–38.3 TFLOP/s on SLaK-T's and ConvNeXt-T's stage-1
+ * products, and the other orientation with them from 26.1 to 37.9 on stage 4's
+ * second product (3136 × 998 × 3992). Smaller products get
  * 64×64 with 4×4;
  * on a software adapter 64×64 with 8×8 blocks of 64 invocations for big
  * products (about twice as fast there as 32×32 with 4×4, ~1.3 s to compile
@@ -275,8 +280,8 @@ const SWITCH_SETS: Partial<GemmConfig>[] = [
 /** The switches of most hardware candidates (see {@linkcode SWITCH_SETS}). */
 const FAST = { vec: true, interior: true, double: true } as const;
 
-/** {@linkcode FAST} with the inner loop written out: the hardware heuristic's switches. */
-const FAST_UNROLLED = { ...FAST, unroll: true } as const;
+/** {@linkcode FAST} with the inner loop written out and lane-major slabs: the hardware heuristic's switches. */
+const FAST_UNROLLED = { ...FAST, unroll: true, lanes: true } as const;
 
 /** `c` with the heuristic's split of `k` for its tile shape. */
 function split(c: GemmConfig, batch: number, m: number, n: number, k: number): GemmConfig {
@@ -304,8 +309,9 @@ function fits(t: { bm: number; bn: number }, m: number, n: number): boolean {
  * likely first (a caller's `max` keeps the head of the list): the
  * heuristic's ({@linkcode gemmConfig}, always first), the sweep's runners-up
  * (the other of 128×64 and 64×128, then 128×128, switched as the heuristic), the heuristic's tile
- * with vec4 loads, unchecked interior tiles, double buffering and an unrolled
- * inner loop, the same rolled, a 128×128 tile 16 deep with register
+ * with vec4 loads, unchecked interior tiles, double buffering, an unrolled
+ * inner loop and lane-major slabs, the same with flat slabs, the same
+ * rolled, a 128×128 tile 16 deep with register
  * prefetch, the switched tile 16 deep, half and double the heuristic's split
  * of `k`, and a switched 64×64 tile. On a software
  * adapter the heuristic and its prefetching variant (small tiles compile in
@@ -337,7 +343,7 @@ export function gemmCandidates(
       if (fits(t, m, n)) out.push(split({ ...t, bk: 8, ...FAST_UNROLLED }, batch, m, n, k));
     }
   }
-  out.push(fast, { ...fast, unroll: undefined });
+  out.push(fast, { ...fast, lanes: undefined }, { ...fast, unroll: undefined });
   if (m > 16 && fits(TILES[0], m, n)) {
     out.push(split({ ...TILES[0], bk: 16, prefetch: true }, batch, m, n, k));
   }

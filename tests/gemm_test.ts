@@ -293,6 +293,7 @@ Deno.test("gemm: the hardware heuristic's tile matches a CPU product, interior a
     interior: true,
     double: true,
     unroll: true,
+    lanes: true,
   };
   // It is the heuristic's tile for a hardware adapter (stubbed for the lookup).
   const g = gpu() as { isFallback: boolean };
