@@ -184,8 +184,8 @@ function workgroupTarget(): number {
  * each, where the plain 128×128 tile gave 20–25 and the split weight
  * gradients' 64×64 tile 12; on an H100, lane-major slabs took the same tiles
  * from 31.6–35.6 to 33.2–38.3 TFLOP/s on SLaK-T's and ConvNeXt-T's stage-1
- * products, and the other orientation with them from 26.1 to 37.9 on stage 4's
- * second product (3136 × 998 × 3992). Smaller products get
+ * products, and stage 4's second product (3136 × 998 × 3992) from 26.1 to
+ * 37.9 as 64×128 tiles (27.4 as 128×64). Smaller products get
  * 64×64 with 4×4;
  * on a software adapter 64×64 with 8×8 blocks of 64 invocations for big
  * products (about twice as fast there as 32×32 with 4×4, ~1.3 s to compile
