@@ -53,8 +53,17 @@ import { f32, grid1d, Rng, Tensor } from "./tensor.ts";
  * ```
  */
 export const GELU_OF_HV = "0.5 * hv * (1.0 + erf_f32(hv * 0.70710678118654752))";
-const GELU = GELU_OF_HV;
-const GELU_GRAD =
+
+/**
+ * The derivative of {@linkcode GELU_OF_HV} at `hv`, as a WGSL expression (needs `ERF_WGSL`).
+ *
+ * @example
+ * ```ts
+ * import { GELU_GRAD_OF_HV } from "./fused.ts";
+ * console.log(GELU_GRAD_OF_HV.includes("exp(")); // true
+ * ```
+ */
+export const GELU_GRAD_OF_HV =
   "0.5 * (1.0 + erf_f32(hv * 0.70710678118654752)) + hv * 0.3989422804014327 * exp(-0.5 * hv * hv)";
 
 /**
@@ -108,11 +117,11 @@ export function linearGelu(x: Tensor, weight: Tensor, bias: Tensor): Tensor {
     outputs: { y, h, bias },
     written: 2,
     prelude: ERF_WGSL,
-    store: `let hv = v + bias[n]; let at = m * ${outF}u + n; h[at] = hv; y[at] = ${GELU};`,
+    store: `let hv = v + bias[n]; let at = m * ${outF}u + n; h[at] = hv; y[at] = ${GELU_OF_HV};`,
   });
   record("linearGelu", [x, weight, bias], y, [x, weight, h], (g, [sx, sw, sh]) => {
     const gh = Tensor.empty([rows, outF]);
-    const body = `let hv = h[i]; y[i] = g[i] * (${GELU_GRAD});`;
+    const body = `let hv = h[i]; y[i] = g[i] * (${GELU_GRAD_OF_HV});`;
     launch(elementwiseKernel(gh.size, ["g", "h"], body, ERF_WGSL), [g, sh, gh], gh.size);
     const gx = matmul(gh, sw).view(x.shape);
     const gw = matmul(gh, sx.view([rows, inF]), { transA: true });
@@ -179,7 +188,7 @@ export function geluLinear(h: Tensor, weight: Tensor, bias: Tensor): Tensor {
       ...(inF % 4 === 0 && { vecB: { input: "w", index: `k * ${inF}u + n` } }),
       outputs: { gh, h: sh },
       prelude: ERF_WGSL,
-      store: `let at = m * ${inF}u + n; let hv = h[at]; gh[at] = v * (${GELU_GRAD});`,
+      store: `let at = m * ${inF}u + n; let hv = h[at]; gh[at] = v * (${GELU_GRAD_OF_HV});`,
     });
     // gW = gᵀ · gelu(h), the GELU recomputed as h is loaded.
     const gw = Tensor.empty([outF, inF]);
@@ -192,7 +201,7 @@ export function geluLinear(h: Tensor, weight: Tensor, bias: Tensor): Tensor {
       loadA: `return g[k * ${outF}u + m];`,
       aKFast: false,
       ...(outF % 4 === 0 && { vecA: { input: "g", index: `k * ${outF}u + m` } }),
-      loadB: `let hv = h[k * ${inF}u + n]; return ${GELU};`,
+      loadB: `let hv = h[k * ${inF}u + n]; return ${GELU_OF_HV};`,
       bKFast: false,
       outputs: { gw },
       prelude: ERF_WGSL,
@@ -468,7 +477,7 @@ export function geluLoadedProduct(
     n: outF,
     k: inF,
     inputs: { h, w: weight },
-    loadA: `let hv = h[m * ${inF}u + k]; return ${GELU};`,
+    loadA: `let hv = h[m * ${inF}u + k]; return ${GELU_OF_HV};`,
     aKFast: true,
     loadB: `return w[n * ${inF}u + k];`,
     bKFast: true,

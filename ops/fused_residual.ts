@@ -27,15 +27,12 @@
  */
 import { noGrad, record, willRecord } from "./autograd.ts";
 import { ERF_WGSL, gelu } from "./elementwise.ts";
-import { geluLinear, layerScaleResidual } from "./fused.ts";
+import { GELU_GRAD_OF_HV, geluLinear, layerScaleResidual } from "./fused.ts";
 import { columnReduce, gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { launch, storage } from "./kernel.ts";
 import { linear } from "./matmul.ts";
 import { grid1d, Tensor } from "./tensor.ts";
-
-const GELU_GRAD =
-  "0.5 * (1.0 + erf_f32(hv * 0.70710678118654752)) + hv * 0.3989422804014327 * exp(-0.5 * hv * hv)";
 
 /**
  * `x + dropPath(permute(gamma · linear(gelu(h), weight, bias), [0, 3, 1, 2]))`
@@ -166,7 +163,7 @@ export function geluLinearResidual(
       prelude: ERF_WGSL,
       store: `let at = m * ${inF}u + n; let hv = h[at]; gh[at] = ${
         ss ? `s[m / ${hw}u] * ` : ""
-      }v * (${GELU_GRAD});`,
+      }v * (${GELU_GRAD_OF_HV});`,
     });
     // P[j, f] = Σ_r s · g[NCHW(r, j)] · gelu(h[r, f]): gW = γ[j] · P, and (as the branch before
     // LayerScale is z = gelu(h)·Wᵀ + b) gγ[j] = Σ_f W[j, f] · P[j, f] + b[j] · Σ_r s · g[NCHW(r, j)].
