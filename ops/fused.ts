@@ -34,13 +34,19 @@
  * @module
  */
 import { record } from "./autograd.ts";
-import { gpu } from "./gpu.ts";
 import { ERF_WGSL, gelu } from "./elementwise.ts";
 import { columnReduce, gemm, type GemmSpec } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
 import { biasGrad, linear, matmul } from "./matmul.ts";
-import { f32, grid1d, Rng, Tensor } from "./tensor.ts";
+import {
+  laneSum,
+  pixelLanes,
+  pixelLanesDecl,
+  pixelLanesGrid,
+  pixelLanesMain,
+} from "./pixel_lanes.ts";
+import { f32, Rng, Tensor } from "./tensor.ts";
 
 /**
  * The exact (erf) GELU of the WGSL value `hv`, as an expression; needs
@@ -423,9 +429,9 @@ export function layerNormToChannelsLastGrads(
   const xhat = `((x[xb + k * ${hw}u] - m) * r)`;
   const gxCode = `${storage("g", "x", "w", "mean", "rstd", "gx!")}
 ${pixelLanesDecl("vec2f")}
-${pixelLanesMain(positions, c, hw, lanes)}
-  let m = mean[min(i, ${positions - 1}u)];
-  let r = rstd[min(i, ${positions - 1}u)];
+${pixelLanesMain(positions, lanes, nchwBase(c, hw))}
+  let m = mean[min(i, ${Math.max(positions - 1, 0)}u)];
+  let r = rstd[min(i, ${Math.max(positions - 1, 0)}u)];
   ${laneSum("acc", "vec2f", `vec2f(${gh}, ${gh} * ${xhat})`, c, lanes)}
   let avg = accAll / ${f32(c)};
   if (live) {
@@ -486,79 +492,16 @@ export function geluLoadedProduct(
   };
 }
 
-/** Invocations of one workgroup of the kernels that give each pixel several lanes. */
-const PIXEL_WG = 256;
-
-/**
- * How many neighbouring invocations (1–16, a power of two) share the
- * channels of one pixel in a per-pixel kernel over `rows` pixels of `c`
- * channels: enough to fill a large GPU (a few on a software adapter), with
- * at least 8 channels each. Late stages have few pixels (3136 at 7² for a
- * batch of 64) of many channels; one invocation per pixel walking all of
- * them left the GPU nearly idle.
- */
-function pixelLanes(rows: number, c: number): number {
-  const target = gpu().isFallback ? 4096 : 1 << 17;
-  let lanes = 1;
-  while (lanes < 16 && rows * lanes < target && c >= 16 * lanes) lanes *= 2;
-  return lanes;
-}
-
-/**
- * The frame of a kernel that gives each pixel `lanes` invocations: the
- * workgroup's pixels are neighbours (the lanes of a warp read neighbouring
- * pixels of one NCHW channel plane: coalesced), `p` is the pixel within the
- * workgroup, `lane` the lane (it takes channels lane, lane + lanes, …), `i` the
- * pixel, `live` whether it exists, `xb` its offset in an NCHW `[N, c, hw]`
- * tensor. Close it with `}`; bind `workgroupSum` for the sums over lanes.
- */
-function pixelLanesMain(rows: number, c: number, hw: number, lanes: number): string {
-  const per = PIXEL_WG / lanes;
-  return `@compute @workgroup_size(${PIXEL_WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) li: u32) {
-  let group = wid.x + wid.y * nwg.x;
-  if (group >= ${Math.ceil(rows / per)}u) { return; }
-  let p = li % ${per}u;
-  let lane = li / ${per}u;
-  let i = group * ${per}u + p;
-  let live = i < ${rows}u;
-  let xb = (i / ${hw}u) * ${c * hw}u + i % ${hw}u;`;
-}
-
-/**
- * WGSL statements of a {@linkcode pixelLanesMain} kernel that leave in
- * `<v>All` (of WGSL type `type`) the sum over the pixel's channels `k` of
- * `term` (an expression in `k`): each lane sums its channels, then every
- * lane adds up the pixel's lanes in workgroup memory (`red`, declared by
- * {@linkcode pixelLanesDecl}). Every invocation must reach it (barriers).
- */
-function laneSum(v: string, type: string, term: string, c: number, lanes: number): string {
-  const per = PIXEL_WG / lanes;
-  return `var ${v} = ${type}(0.0);
-  if (live) { for (var k = lane; k < ${c}u; k += ${lanes}u) { ${v} += ${term}; } }
-  red[li] = ${v};
-  workgroupBarrier();
-  var ${v}All = ${type}(0.0);
-  for (var j = 0u; j < ${lanes}u; j++) { ${v}All += red[p + j * ${per}u]; }
-  workgroupBarrier();`;
-}
-
-/** The workgroup memory of {@linkcode laneSum} for values of WGSL type `type`. */
-function pixelLanesDecl(type: string): string {
-  return `var<workgroup> red: array<${type}, ${PIXEL_WG}>;`;
-}
-
-/** The workgroup count of a {@linkcode pixelLanesMain} kernel. */
-function pixelLanesGrid(rows: number, lanes: number): [number, number] {
-  return grid1d(Math.ceil(rows / (PIXEL_WG / lanes)), 1);
+/** WGSL: where pixel `i` of an NCHW tensor of `c` channels of `hw` pixels starts (channel stride `hw`). */
+function nchwBase(c: number, hw: number): string {
+  return `(i / ${hw}u) * ${c * hw}u + i % ${hw}u`;
 }
 
 /**
  * The LayerNorm statistics of every pixel of an NCHW tensor `x` over its
  * channels: `mean` and `rstd = 1 / √(var + eps)`, one value per pixel
  * (`[N·H·W]`), two-pass (no cancellation), with several invocations per
- * pixel where pixels are few (see {@linkcode pixelLanesMain}).
+ * pixel where pixels are few (see `ops/pixel_lanes.ts`).
  *
  * @example
  * ```ts
@@ -581,7 +524,7 @@ export function pixelStats(x: Tensor, eps: number): { mean: Tensor; rstd: Tensor
   const at = `x[xb + k * ${hw}u]`;
   const code = `${storage("x", "mean!", "rstd!")}
 ${pixelLanesDecl("f32")}
-${pixelLanesMain(rows, c, hw, lanes)}
+${pixelLanesMain(rows, lanes, nchwBase(c, hw))}
   ${laneSum("s", "f32", at, c, lanes)}
   let m = sAll / ${f32(c)};
   ${laneSum("q", "f32", `(${at} - m) * (${at} - m)`, c, lanes)}

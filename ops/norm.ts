@@ -27,6 +27,13 @@
 import { record } from "./autograd.ts";
 import { gpu } from "./gpu.ts";
 import { assertShape, elementwiseKernel, flatMain, launch, memoize, storage } from "./kernel.ts";
+import {
+  laneSum,
+  pixelLanes,
+  pixelLanesDecl,
+  pixelLanesGrid,
+  pixelLanesMain,
+} from "./pixel_lanes.ts";
 import { globalGradSums, globalMoments, type StatsReducer } from "./sync_stats.ts";
 import { f32, numel, Tensor } from "./tensor.ts";
 
@@ -456,32 +463,34 @@ ${flatMain(channels)}
 
 // ---------------------------------------------------------------- per-position kernels
 
-/** Layer-norm statistics per position over the `C` channels: mean and 1/√(biased var + eps). */
+/**
+ * Layer-norm statistics per position over the `C` channels: mean and 1/√(biased var + eps),
+ * two-pass, with several lanes per position where positions are few (`ops/pixel_lanes.ts`).
+ */
 function positionStats(x: Tensor, l: Layout, eps: number): [Tensor, Tensor] {
   const n = positions(l);
+  const lanes = pixelLanes(n, l.channels);
   const mean = Tensor.empty([n]);
   const rstd = Tensor.empty([n]);
+  const at = `x[xb + k * ${l.inner}u]`;
   const code = `${storage("x", "mean!", "rstd!")}
-${flatMain(n)}
-  let base = ${positionBase(l, "i")};
-  var s = 0.0;
-  for (var c = 0u; c < ${l.channels}u; c++) { s += x[base + c * ${l.inner}u]; }
-  let m = s / ${f32(l.channels)};
-  var q = 0.0;
-  for (var c = 0u; c < ${l.channels}u; c++) {
-    let d = x[base + c * ${l.inner}u] - m;
-    q += d * d;
+${pixelLanesDecl("f32")}
+${pixelLanesMain(n, lanes, positionBase(l, "i"))}
+  ${laneSum("s", "f32", at, l.channels, lanes)}
+  let m = sAll / ${f32(l.channels)};
+  ${laneSum("q", "f32", `(${at} - m) * (${at} - m)`, l.channels, lanes)}
+  if (live && lane == 0u) {
+    mean[i] = m;
+    rstd[i] = 1.0 / sqrt(qAll / ${f32(l.channels)} + ${f32(eps)});
   }
-  mean[i] = m;
-  rstd[i] = 1.0 / sqrt(q / ${f32(l.channels)} + ${f32(eps)});
 }`;
-  launch(code, [x, mean, rstd], n);
+  launch(code, [x, mean, rstd], pixelLanesGrid(n, lanes));
   return [mean, rstd];
 }
 
 /**
- * Layer-norm input gradient, one invocation per position:
- * rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)) with ĝ = g · w over the channels.
+ * Layer-norm input gradient per position: rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)) with
+ * ĝ = g · w over the channels, several lanes per position where positions are few.
  */
 function layerNormInputGrad(
   g: Tensor,
@@ -492,24 +501,25 @@ function layerNormInputGrad(
   l: Layout,
 ): Tensor {
   const gx = Tensor.empty(x.shape);
+  const n = positions(l);
+  const lanes = pixelLanes(n, l.channels);
+  const e = `(xb + k * ${l.inner}u)`;
+  const gh = `(g[${e}] * w[k])`;
+  const xhat = `((x[${e}] - m) * r)`;
   const code = `${storage("g", "x", "mean", "rstd", "w", "gx!")}
-${flatMain(positions(l))}
-  let base = ${positionBase(l, "i")};
-  let m = mean[i];
-  let r = rstd[i];
-  var acc = vec2f(0.0);
-  for (var c = 0u; c < ${l.channels}u; c++) {
-    let e = base + c * ${l.inner}u;
-    let gh = g[e] * w[c];
-    acc += vec2f(gh, gh * (x[e] - m) * r);
-  }
-  let avg = acc / ${f32(l.channels)};
-  for (var c = 0u; c < ${l.channels}u; c++) {
-    let e = base + c * ${l.inner}u;
-    gx[e] = r * (g[e] * w[c] - avg.x - (x[e] - m) * r * avg.y);
+${pixelLanesDecl("vec2f")}
+${pixelLanesMain(n, lanes, positionBase(l, "i"))}
+  let m = mean[min(i, ${Math.max(n - 1, 0)}u)];
+  let r = rstd[min(i, ${Math.max(n - 1, 0)}u)];
+  ${laneSum("acc", "vec2f", `vec2f(${gh}, ${gh} * ${xhat})`, l.channels, lanes)}
+  let avg = accAll / ${f32(l.channels)};
+  if (live) {
+    for (var k = lane; k < ${l.channels}u; k += ${lanes}u) {
+      gx[${e}] = r * (${gh} - avg.x - ${xhat} * avg.y);
+    }
   }
 }`;
-  launch(code, [g, x, mean, rstd, weight, gx], positions(l));
+  launch(code, [g, x, mean, rstd, weight, gx], pixelLanesGrid(n, lanes));
   return gx;
 }
 

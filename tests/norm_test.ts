@@ -104,6 +104,24 @@ Deno.test("layerNormChannelsFirst over C (C = 7) of [N, C, H, W] against CPU", a
   });
 });
 
+Deno.test("layer norms of 40 channels (two lanes a position) against CPU, both layouts", async () => {
+  // 40 channels on few positions give each position two invocations (ops/pixel_lanes.ts), each
+  // with 20 channels: statistics and input gradient combine them in workgroup memory.
+  const w = { shape: [40], low: 0.5, high: 1.5 };
+  await checkOp({
+    name: "layerNorm[C=40]",
+    inputs: [{ shape: [3, 40], low: -2, high: 3 }, w, { shape: [40] }],
+    gpu: (x, wt, b) => layerNorm(x, wt, b),
+    cpu: (x, wt, b) => layerNormRef(x, wt, b, 3, 40, 1, 1e-6),
+  });
+  await checkOp({
+    name: "layerNormChannelsFirst[C=40]",
+    inputs: [{ shape: [1, 40, 1, 3], low: -2, high: 3 }, w, { shape: [40] }],
+    gpu: (x, wt, b) => layerNormChannelsFirst(x, wt, b, { eps: 1e-3 }),
+    cpu: (x, wt, b) => layerNormRef(x, wt, b, 1, 40, 3, 1e-3),
+  });
+});
+
 Deno.test("per-channel reductions in chunks: batch norm and layer norm affine grads against CPU", async () => {
   // 270 positions per channel in workgroups of at most 80: 4 chunks, the last shorter (66), so the
   // chunk kernels and the combining ones (moments by Chan's update, sums) run.
