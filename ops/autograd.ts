@@ -46,7 +46,19 @@ class Node implements GradNode {
 }
 
 let tape: Node[] = [];
+/** Off while `backward` runs. */
 let enabled = true;
+/**
+ * `noGrad` calls in progress, those awaiting a promise included: recording resumes when the
+ * last one ends, whatever order they end in (a saved flag, restored by each, would stay off
+ * when two overlapping calls end in the order they began).
+ */
+let paused = 0;
+
+/** Whether ops record now: not in `backward`, not in a `noGrad`. */
+function recording(): boolean {
+  return enabled && paused === 0;
+}
 
 /**
  * Whether `t` takes part in differentiation (a leaf that wants a grad, or an op output on the tape).
@@ -77,7 +89,7 @@ export function needsGrad(t: Tensor): boolean {
  * ```
  */
 export function isRecording(): boolean {
-  return enabled;
+  return recording();
 }
 
 /**
@@ -97,7 +109,7 @@ export function isRecording(): boolean {
  * ```
  */
 export function willRecord(inputs: readonly Tensor[]): boolean {
-  return enabled && inputs.some(needsGrad);
+  return recording() && inputs.some(needsGrad);
 }
 
 /**
@@ -139,7 +151,9 @@ export function record(
 }
 
 /**
- * Run `fn` with recording turned off (evaluation, optimiser steps).
+ * Run `fn` with recording turned off (evaluation, optimiser steps). When
+ * `fn` returns a promise, recording stays off until it settles, and
+ * overlapping calls turn it back on only once all of them have ended.
  *
  * @example
  * ```ts
@@ -155,19 +169,17 @@ export function record(
  * ```
  */
 export function noGrad<T>(fn: () => T): T {
-  const before = enabled;
-  enabled = false;
+  paused++;
+  let r: T;
   try {
-    const r = fn();
-    if (r instanceof Promise) {
-      return r.finally(() => (enabled = before)) as T;
-    }
-    enabled = before;
-    return r;
+    r = fn();
   } catch (e) {
-    enabled = before;
+    paused--;
     throw e;
   }
+  if (r instanceof Promise) return r.finally(() => paused--) as T;
+  paused--;
+  return r;
 }
 
 /**

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createGpu, Gpu, gpu, GpuUnavailableError } from "../ops/gpu.ts";
 import { checkWorkgroupBounds } from "../ops/workgroup_check.ts";
 import { keep, mixSeeds, poolStats, Rng, scope, sizeClass, Tensor } from "../ops/tensor.ts";
-import { backward, clearTape, noGrad, reshape, tapeLength } from "../ops/autograd.ts";
+import { backward, clearTape, isRecording, noGrad, reshape, tapeLength } from "../ops/autograd.ts";
 import { add, gelu, mul, sum } from "../ops/elementwise.ts";
 import { setup } from "./harness.ts";
 
@@ -151,6 +151,30 @@ Deno.test("autograd: shared inputs accumulate, .grad accumulates across backward
   clearTape();
   assert.equal(tapeLength(), 0);
   w.dispose();
+});
+
+Deno.test("autograd: overlapping async noGrad calls turn recording back on once all have ended", async () => {
+  // Two calls that each await a promise, the first settling first: recording is off while either
+  // is pending and on once both have settled (also after calls that throw). A flag saved and
+  // restored by each call would be on while the second still awaits, and off for good after.
+  const later = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const first = noGrad(async () => await later(5));
+  const second = noGrad(async () => await later(30));
+  assert.equal(isRecording(), false);
+  await first;
+  assert.equal(isRecording(), false, "on while the second call still awaits");
+  await second;
+  assert.equal(isRecording(), true, "still off after both ended");
+  await assert.rejects(noGrad(async () => {
+    await later(1);
+    throw new Error("boom");
+  }));
+  assert.throws(() =>
+    noGrad(() => {
+      throw new Error("sync boom");
+    })
+  );
+  assert.equal(isRecording(), true, "off after calls that threw");
 });
 
 Deno.test("memory: 100 forward/backward steps do not grow the pool", async () => {
