@@ -39,13 +39,7 @@ import { columnReduce, gemm, type GemmSpec } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { elementwiseKernel, flatMain, launch, storage } from "./kernel.ts";
 import { biasGrad, linear, matmul } from "./matmul.ts";
-import {
-  laneSum,
-  pixelLanes,
-  pixelLanesDecl,
-  pixelLanesGrid,
-  pixelLanesMain,
-} from "./pixel_lanes.ts";
+import { pixelInputGrad } from "./norm.ts";
 import { f32, Rng, Tensor } from "./tensor.ts";
 
 /**
@@ -421,26 +415,7 @@ export function layerNormToChannelsLastGrads(
   const hw = hh * ww;
   const positions = n * hw;
   const [sx, sw, sm, sr] = [x, weight, mean, rstd];
-  const gx = Tensor.empty(x.shape);
-  // Per pixel: the means over channels of gh = g·w and of gh·x̂, then gx = r·(gh − mean(gh) −
-  // x̂·mean(gh·x̂)); several lanes per pixel where pixels are few.
-  const lanes = pixelLanes(positions, c);
-  const gh = `(g[i * ${c}u + k] * w[k])`;
-  const xhat = `((x[xb + k * ${hw}u] - m) * r)`;
-  const gxCode = `${storage("g", "x", "w", "mean", "rstd", "gx!")}
-${pixelLanesDecl("vec2f")}
-${pixelLanesMain(positions, lanes, nchwBase(c, hw))}
-  let m = mean[min(i, ${Math.max(positions - 1, 0)}u)];
-  let r = rstd[min(i, ${Math.max(positions - 1, 0)}u)];
-  ${laneSum("acc", "vec2f", `vec2f(${gh}, ${gh} * ${xhat})`, c, lanes)}
-  let avg = accAll / ${f32(c)};
-  if (live) {
-    for (var k = lane; k < ${c}u; k += ${lanes}u) {
-      gx[xb + k * ${hw}u] = r * (${gh} - avg.x - ${xhat} * avg.y);
-    }
-  }
-}`;
-  launch(gxCode, [g, sx, sw, sm, sr, gx], pixelLanesGrid(positions, lanes));
+  const gx = pixelInputGrad(g, sx, sm, sr, sw);
   // Weight and bias gradients: per channel c, sums over the positions r.
   const gw = Tensor.empty([c]);
   const gb = Tensor.empty([c]);
@@ -490,51 +465,6 @@ export function geluLoadedProduct(
     ...(inF % 4 === 0 && { vecB: { input: "w", index: `n * ${inF}u + k` } }),
     prelude: ERF_WGSL,
   };
-}
-
-/** WGSL: where pixel `i` of an NCHW tensor of `c` channels of `hw` pixels starts (channel stride `hw`). */
-function nchwBase(c: number, hw: number): string {
-  return `(i / ${hw}u) * ${c * hw}u + i % ${hw}u`;
-}
-
-/**
- * The LayerNorm statistics of every pixel of an NCHW tensor `x` over its
- * channels: `mean` and `rstd = 1 / √(var + eps)`, one value per pixel
- * (`[N·H·W]`), two-pass (no cancellation), with several invocations per
- * pixel where pixels are few (see `ops/pixel_lanes.ts`).
- *
- * @example
- * ```ts
- * import { initGpu } from "./gpu.ts";
- * import { Tensor } from "./tensor.ts";
- * import { pixelStats } from "./fused.ts";
- * await initGpu();
- * const x = Tensor.from([1, 2, 3, 5], [1, 2, 1, 2]); // pixel 0: (1, 3), pixel 1: (2, 5)
- * const { mean, rstd } = pixelStats(x, 0);
- * console.log(await mean.read(), await rstd.read()); // Float32Array [2, 3.5] Float32Array [1, 0.6667]
- * ```
- */
-export function pixelStats(x: Tensor, eps: number): { mean: Tensor; rstd: Tensor } {
-  const [n, c, hh, ww] = x.shape;
-  const hw = hh * ww;
-  const rows = n * hw;
-  const lanes = pixelLanes(rows, c);
-  const mean = Tensor.empty([rows]);
-  const rstd = Tensor.empty([rows]);
-  const at = `x[xb + k * ${hw}u]`;
-  const code = `${storage("x", "mean!", "rstd!")}
-${pixelLanesDecl("f32")}
-${pixelLanesMain(rows, lanes, nchwBase(c, hw))}
-  ${laneSum("s", "f32", at, c, lanes)}
-  let m = sAll / ${f32(c)};
-  ${laneSum("q", "f32", `(${at} - m) * (${at} - m)`, c, lanes)}
-  if (live && lane == 0u) {
-    mean[i] = m;
-    rstd[i] = 1.0 / sqrt(qAll / ${f32(c)} + ${f32(eps)});
-  }
-}`;
-  launch(code, [x, mean, rstd], pixelLanesGrid(rows, lanes));
-  return { mean, rstd };
 }
 
 /**

@@ -23,15 +23,11 @@
  */
 import { record, willRecord } from "./autograd.ts";
 import { ERF_WGSL, gelu as geluOp } from "./elementwise.ts";
-import {
-  GELU_OF_HV,
-  layerNormToChannelsLast,
-  layerNormToChannelsLastGrads,
-  pixelStats,
-} from "./fused.ts";
+import { GELU_OF_HV, layerNormToChannelsLast, layerNormToChannelsLastGrads } from "./fused.ts";
 import { gemm } from "./gemm_kernel.ts";
 import { gemmImpl } from "./gemm_plan.ts";
 import { biasGrad, linear, matmul } from "./matmul.ts";
+import { pixelStats } from "./norm.ts";
 import { Tensor } from "./tensor.ts";
 
 /**

@@ -490,7 +490,8 @@ ${pixelLanesMain(n, lanes, positionBase(l, "i"))}
 
 /**
  * Layer-norm input gradient per position: rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂)) with
- * ĝ = g · w over the channels, several lanes per position where positions are few.
+ * ĝ = g · w over the channels, several lanes per position where positions are few. `x` and
+ * `gx` are laid out as `l`, `g` as `gl` (the same positions and channels).
  */
 function layerNormInputGrad(
   g: Tensor,
@@ -499,12 +500,14 @@ function layerNormInputGrad(
   rstd: Tensor,
   weight: Tensor,
   l: Layout,
+  gl: Layout = l,
 ): Tensor {
   const gx = Tensor.empty(x.shape);
   const n = positions(l);
   const lanes = pixelLanes(n, l.channels);
   const e = `(xb + k * ${l.inner}u)`;
-  const gh = `(g[${e}] * w[k])`;
+  const gAt = gl === l ? e : `(${positionBase(gl, "i")} + k * ${gl.inner}u)`;
+  const gh = `(g[${gAt}] * w[k])`;
   const xhat = `((x[${e}] - m) * r)`;
   const code = `${storage("g", "x", "mean", "rstd", "w", "gx!")}
 ${pixelLanesDecl("vec2f")}
@@ -722,6 +725,66 @@ export interface LayerNormOptions {
   eps?: number;
 }
 
+/** The layout of `x` [N, C, ...] normalised over C at each position (channels first). */
+function channelsFirst(x: Tensor): Layout {
+  return { outer: x.shape[0], channels: x.shape[1], inner: numel(x.shape.slice(2)) };
+}
+
+/**
+ * The LayerNorm statistics of every pixel of an NCHW tensor `x` over its
+ * channels: `mean` and `rstd = 1 / √(var + eps)`, one value per pixel
+ * (`[N·H·W]`), two-pass (no cancellation), with several invocations per
+ * pixel where pixels are few (see `ops/pixel_lanes.ts`): the kernel of
+ * {@linkcode layerNormChannelsFirst}'s statistics, for ops that normalise
+ * as they load (`ops/fused_layernorm.ts`).
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { pixelStats } from "./norm.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 2, 3, 5], [1, 2, 1, 2]); // pixel 0: (1, 3), pixel 1: (2, 5)
+ * const { mean, rstd } = pixelStats(x, 0);
+ * console.log(await mean.read(), await rstd.read()); // Float32Array [2, 3.5] Float32Array [1, 0.6667]
+ * ```
+ */
+export function pixelStats(x: Tensor, eps: number): { mean: Tensor; rstd: Tensor } {
+  const [mean, rstd] = positionStats(x, channelsFirst(x), eps);
+  return { mean, rstd };
+}
+
+/**
+ * The input gradient of a LayerNorm over the channels of an NCHW tensor `x`
+ * (statistics `mean`, `rstd` per pixel, affine `weight`) whose output
+ * gradient `g` is channels-last `[N, H, W, C]`, as ops that normalise and
+ * permute in one go receive it (`layerNormToChannelsLastGrads` in
+ * `ops/fused.ts`); the result is NCHW like `x`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { Tensor } from "./tensor.ts";
+ * import { pixelInputGrad } from "./norm.ts";
+ * await initGpu();
+ * const x = Tensor.from([1, 3], [1, 2, 1, 1]);
+ * const g = Tensor.from([1, 1], [1, 1, 1, 2]); // the same gradient on both channels
+ * const gx = pixelInputGrad(g, x, Tensor.from([2]), Tensor.from([1]), Tensor.ones([2]));
+ * console.log(await gx.read()); // Float32Array [0, 0]
+ * ```
+ */
+export function pixelInputGrad(
+  g: Tensor,
+  x: Tensor,
+  mean: Tensor,
+  rstd: Tensor,
+  weight: Tensor,
+): Tensor {
+  const l = channelsFirst(x);
+  const channelsLast = { outer: positions(l), channels: l.channels, inner: 1 };
+  return layerNormInputGrad(g, x, mean, rstd, weight, l, channelsLast);
+}
+
 function layerNormOf(
   name: string,
   x: Tensor,
@@ -800,9 +863,5 @@ export function layerNormChannelsFirst(
   if (x.rank < 2) {
     throw new Error(`layerNormChannelsFirst: expected x of shape [N, C, ...], got [${x.shape}]`);
   }
-  return layerNormOf("layerNormChannelsFirst", x, weight, bias, {
-    outer: x.shape[0],
-    channels: x.shape[1],
-    inner: numel(x.shape.slice(2)),
-  }, opts);
+  return layerNormOf("layerNormChannelsFirst", x, weight, bias, channelsFirst(x), opts);
 }

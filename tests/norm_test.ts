@@ -3,6 +3,7 @@ import {
   batchNorm2d,
   layerNorm,
   layerNormChannelsFirst,
+  pixelStats,
   setNormChunkPositions,
 } from "../ops/norm.ts";
 import { clearTape, noGrad, tapeLength } from "../ops/autograd.ts";
@@ -170,5 +171,41 @@ Deno.test("per-channel reductions in chunks: batch norm and layer norm affine gr
     });
   } finally {
     setNormChunkPositions(before);
+  }
+});
+
+Deno.test("pixelStats: per-pixel LayerNorm moments, one lane or several per pixel, against the CPU", async () => {
+  // 5 channels keep one invocation per pixel; 64 and 130 give several lanes (4 and 8 on a
+  // software adapter's few pixels), 130 with lanes of unequal channel counts. Values near
+  // 1000 ± 1 would lose the variance to cancellation in a one-pass sum of squares.
+  for (const [n, c, h, w, offset] of [[2, 5, 3, 3, 0], [1, 64, 3, 5, 0], [2, 130, 2, 3, 1000]]) {
+    const values = randomArray(n * c * h * w, c, offset - 1, offset + 1);
+    const x = Tensor.from(Float32Array.from(values), [n, c, h, w]);
+    const { mean, rstd } = pixelStats(x, 1e-6);
+    const [gotMean, gotRstd] = [await mean.read(), await rstd.read()];
+    const hw = h * w;
+    const wantMean: number[] = [];
+    const wantRstd: number[] = [];
+    for (let i = 0; i < n * hw; i++) {
+      const at = (k: number) => (Math.floor(i / hw) * c + k) * hw + (i % hw);
+      let s = 0;
+      for (let k = 0; k < c; k++) s += Math.fround(values[at(k)]);
+      const m = s / c;
+      let q = 0;
+      for (let k = 0; k < c; k++) q += (Math.fround(values[at(k)]) - m) ** 2;
+      wantMean.push(m);
+      wantRstd.push(1 / Math.sqrt(q / c + 1e-6));
+    }
+    for (let i = 0; i < n * hw; i++) {
+      assert.ok(
+        Math.abs(gotMean[i] - wantMean[i]) <= 1e-6 * Math.max(1, Math.abs(wantMean[i])),
+        `c=${c} mean ${i}: ${gotMean[i]} vs ${wantMean[i]}`,
+      );
+      assert.ok(
+        Math.abs(gotRstd[i] - wantRstd[i]) <= 1e-3 * wantRstd[i],
+        `c=${c} rstd ${i}: ${gotRstd[i]} vs ${wantRstd[i]}`,
+      );
+    }
+    for (const t of [x, mean, rstd]) t.dispose();
   }
 });
