@@ -50,7 +50,7 @@
  * @module
  */
 import { gpu } from "./gpu.ts";
-import { launch, storage } from "./kernel.ts";
+import { launch, storage, sumPerOutputKernel } from "./kernel.ts";
 import {
   gemmCandidates,
   type GemmConfig,
@@ -390,23 +390,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   launch(code, [...inputs, partial ?? out], grid1d(blocks * used, 1));
   if (!partial) return;
   // One workgroup per column: its lanes take every 64th strip, then a tree.
-  const sum = `${storage("part_in", "out!")}
-var<workgroup> part: array<f32, 64>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) li: u32) {
-  let c = wid.x + wid.y * nwg.x;
-  if (c >= ${cols}u) { return; }
-  var acc = 0.0;
-  for (var s = li; s < ${used}u; s += 64u) { acc += part_in[s * ${cols}u + c]; }
-  part[li] = acc;
-  workgroupBarrier();
-  for (var half = 32u; half > 0u; half >>= 1u) {
-    if (li < half) { part[li] += part[li + half]; }
-    workgroupBarrier();
-  }
-  if (li == 0u) { out[c] = part[0]; }
-}`;
+  const sum = sumPerOutputKernel({
+    buffers: ["part_in", "out!"],
+    count: cols,
+    terms: used,
+    setup: "",
+    term: `acc += part_in[r * ${cols}u + o];`,
+  });
   launch(sum, [partial, out], grid1d(cols, 1));
   partial.dispose();
 }

@@ -219,3 +219,68 @@ export function assertShape(what: string, got: readonly number[], want: readonly
     throw new Error(`${what}: expected shape [${want}], got [${got}]`);
   }
 }
+
+/**
+ * Workgroup size of {@linkcode sumPerOutputKernel}. Weight and bias gradients have many
+ * outputs to spread over the GPU, so 64 threads per output are plenty, and a
+ * software adapter (llvmpipe) compiles a 64-wide barrier kernel about four
+ * times faster than a 256-wide one.
+ */
+const REDUCE_WG = 64;
+
+/**
+ * WGSL with one workgroup per output value `o < count`: `setup` (statements
+ * using `o`) runs once, then `term` (statements adding to `acc`, using
+ * `r`) for every `r < terms`, spread over the workgroup and summed in
+ * workgroup memory into the last buffer at `o`. Launch with `grid1d(count, 1)`.
+ *
+ * @example
+ * ```ts
+ * import { initGpu } from "./gpu.ts";
+ * import { grid1d, Tensor } from "./tensor.ts";
+ * import { launch, sumPerOutputKernel } from "./kernel.ts";
+ * await initGpu();
+ * const x = Tensor.ones([3, 100]);
+ * const rowSums = Tensor.empty([3]);
+ * const code = sumPerOutputKernel({
+ *   buffers: ["x", "y!"],
+ *   count: 3,
+ *   terms: 100,
+ *   setup: "let row = o * 100u;",
+ *   term: "acc += x[row + r];",
+ * });
+ * launch(code, [x, rowSums], grid1d(3, 1));
+ * console.log(await rowSums.read()); // Float32Array [100, 100, 100]
+ * ```
+ */
+export function sumPerOutputKernel(
+  { buffers, count, terms, setup, term }: {
+    buffers: string[];
+    count: number;
+    terms: number;
+    setup: string;
+    term: string;
+  },
+): string {
+  const out = buffers[buffers.length - 1].replace("!", "");
+  return `${storage(...buffers)}
+var<workgroup> part: array<f32, ${REDUCE_WG}>;
+@compute @workgroup_size(${REDUCE_WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32,
+        @builtin(num_workgroups) nwg: vec3u) {
+  let o = wid.x + wid.y * nwg.x;
+  if (o >= ${count}u) { return; }
+  ${setup}
+  var acc = 0.0;
+  for (var r = lid; r < ${terms}u; r += ${REDUCE_WG}u) {
+    ${term}
+  }
+  part[lid] = acc;
+  workgroupBarrier();
+  for (var s = ${REDUCE_WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s) { part[lid] += part[lid + s]; }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { ${out}[o] = part[0]; }
+}`;
+}
