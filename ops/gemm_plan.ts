@@ -17,6 +17,7 @@
  * @module
  */
 import { gpu } from "./gpu.ts";
+import { slabBytes } from "./gemm_source.ts";
 import type { CandidateOptions } from "./planner.ts";
 
 /** Tile shape of one `gemm` launch. */
@@ -115,15 +116,8 @@ export function isGemmConfig(c: unknown): c is GemmConfig {
   const ok = (v: unknown) => Number.isInteger(v) && (v as number) > 0 && (v as number) <= 4096;
   const limits = gpu().limits;
   const threads = Math.min(256, limits.maxComputeInvocationsPerWorkgroup);
-  // The staged slabs of A and B, rows padded by 4 (see gemm_source.ts), or lane-major with odd
-  // rows, twice when double-buffered.
-  const lanes = (count: number, perK: number) => count * ((g.bk * perK) | 1) * 16;
-  const slabBytes =
-    (g.lanes
-      ? lanes(g.bm / g.tm, g.tm / 4) + lanes(g.bn / g.tn, g.tn / 4)
-      : 4 * g.bk * (g.bm + 4 + g.bn + 4)) * (g.double ? 2 : 1);
   return ok(g.bm) && ok(g.bn) && ok(g.bk) && ok(g.tm) && ok(g.tn) && g.tm % 4 === 0 &&
-    slabBytes <= limits.maxComputeWorkgroupStorageSize &&
+    slabBytes(g) <= limits.maxComputeWorkgroupStorageSize &&
     g.tn % 4 === 0 && g.bm % g.tm === 0 && g.bn % g.tn === 0 &&
     (g.bm / g.tm) * (g.bn / g.tn) <= threads &&
     (g.splits === undefined || ok(g.splits)) &&

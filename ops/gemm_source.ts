@@ -191,6 +191,30 @@ function laneAt(id: string, row: string, kk: string, l: LaneLayout): string {
   return `let lo${id} = ((${row}) / 4u) % ${l.count}u; let li${id} = (${kk}) * ${l.perK}u + ((${row}) / 4u) / ${l.count}u; let lc${id} = (${row}) % 4u;`;
 }
 
+/**
+ * Bytes of workgroup memory the staged slabs of config `c` take at most:
+ * k-major rows padded by 4 floats (a product that stores an operand k-fast;
+ * the others take 16 bytes less per k-row), or lane-major rows of odd
+ * length ({@linkcode LaneLayout}), twice when double-buffered. The tile
+ * checks (`isGemmConfig`) hold it against the adapter's limit.
+ *
+ * @example
+ * ```ts
+ * import { slabBytes } from "./gemm_source.ts";
+ * console.log(slabBytes({ bm: 8, bn: 8, bk: 4, tm: 4, tn: 4 })); // 384
+ * ```
+ */
+export function slabBytes(c: GemmConfig): number {
+  const lane = (count: number, perK: number) => {
+    const l = laneLayout(count, perK, c.bk);
+    return 16 * l.count * l.size;
+  };
+  const one = c.lanes
+    ? lane(c.bm / c.tm, c.tm / 4) + lane(c.bn / c.tn, c.tn / 4)
+    : 4 * c.bk * (c.bm + 4 + c.bn + 4);
+  return one * (c.double ? 2 : 1);
+}
+
 /** The inner index of vec4 `i4` at k = `kk` (a WGSL u32: a literal when the loop is unrolled). */
 function laneIndex(kk: string, perK: number, i4: number): string {
   const k = /^\d+u$/.test(kk) ? Number(kk.slice(0, -1)) : null;
