@@ -1,6 +1,7 @@
 /**
- * The tile configs of the matrix-product kernel (`gemm_kernel.ts`): the
- * config type and its checks, the heuristic the kernel uses until a product
+ * The tile configs of the matrix-product kernel (`gemm_kernel.ts`): their
+ * checks (the config type is the generator's, `gemm_source.ts`, re-exported
+ * here), the heuristic the kernel uses until a product
  * is planned ({@linkcode gemmConfig}), and the candidates the planner times
  * for a product ({@linkcode gemmCandidates}: tile shapes, 16-deep slabs,
  * register prefetch, splits of the inner dimension). The planner keys a
@@ -17,44 +18,10 @@
  * @module
  */
 import { gpu } from "./gpu.ts";
-import { slabBytes } from "./gemm_source.ts";
+import { type GemmConfig, slabBytes } from "./gemm_source.ts";
 import type { CandidateOptions } from "./planner.ts";
 
-/** Tile shape of one `gemm` launch. */
-export interface GemmConfig {
-  /** Output tile rows and columns per workgroup. */
-  bm: number;
-  bn: number;
-  /** Inner-dimension depth staged per step. */
-  bk: number;
-  /**
-   * Register block per invocation (rows × columns, multiples of 4); the workgroup is
-   * (bm/tm)·(bn/tn) invocations.
-   */
-  tm: number;
-  tn: number;
-  /** Split the inner dimension over this many workgroups (default: chosen from the shape). */
-  splits?: number;
-  /**
-   * Load the next `bk`-deep slabs from global memory into registers while the
-   * current ones are multiplied (software pipelining: the loads' latency
-   * hides behind the arithmetic instead of stalling the workgroup).
-   */
-  prefetch?: boolean;
-  /** Read global memory as vec4s where the product offers vec4 addressing (needs `bk` % 4 = 0). */
-  vec?: boolean;
-  /** Two workgroup-memory buffers, one barrier per slab (implies `prefetch`). */
-  double?: boolean;
-  /** Tiles wholly inside the product load and store without bounds checks. */
-  interior?: boolean;
-  /** Write the `bk` steps of the inner loop out. */
-  unroll?: boolean;
-  /**
-   * Lay the staged slabs out by the invocation that reads them (`[buffer][ty or tx][k, i4]`),
-   * so that every workgroup-memory read of an unrolled inner loop has a constant last index.
-   */
-  lanes?: boolean;
-}
+export type { GemmConfig };
 
 /** The boolean switches of a {@linkcode GemmConfig}, in the order {@linkcode gemmConfigName} lists them. */
 const SWITCHES = ["prefetch", "vec", "double", "interior", "unroll", "lanes"] as const;

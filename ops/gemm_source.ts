@@ -55,8 +55,43 @@
  * ```
  * @module
  */
-import type { GemmConfig } from "./gemm_plan.ts";
 import { storage } from "./kernel.ts";
+
+/** Tile shape of one `gemm` launch. */
+export interface GemmConfig {
+  /** Output tile rows and columns per workgroup. */
+  bm: number;
+  bn: number;
+  /** Inner-dimension depth staged per step. */
+  bk: number;
+  /**
+   * Register block per invocation (rows × columns, multiples of 4); the workgroup is
+   * (bm/tm)·(bn/tn) invocations.
+   */
+  tm: number;
+  tn: number;
+  /** Split the inner dimension over this many workgroups (default: chosen from the shape). */
+  splits?: number;
+  /**
+   * Load the next `bk`-deep slabs from global memory into registers while the
+   * current ones are multiplied (software pipelining: the loads' latency
+   * hides behind the arithmetic instead of stalling the workgroup).
+   */
+  prefetch?: boolean;
+  /** Read global memory as vec4s where the product offers vec4 addressing (needs `bk` % 4 = 0). */
+  vec?: boolean;
+  /** Two workgroup-memory buffers, one barrier per slab (implies `prefetch`). */
+  double?: boolean;
+  /** Tiles wholly inside the product load and store without bounds checks. */
+  interior?: boolean;
+  /** Write the `bk` steps of the inner loop out. */
+  unroll?: boolean;
+  /**
+   * Lay the staged slabs out by the invocation that reads them (`[buffer][ty or tx][k, i4]`),
+   * so that every workgroup-memory read of an unrolled inner loop has a constant last index.
+   */
+  lanes?: boolean;
+}
 
 /**
  * vec4 addressing of an operand: `index` is a WGSL expression of the element
