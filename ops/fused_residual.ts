@@ -86,7 +86,8 @@ export function geluLinearResidual(
   if (scales && scales.length !== n) {
     throw new Error(`${where}: ${scales.length} drop-path scales for ${n} samples`);
   }
-  if (activated && willRecord([x, h, weight, ...(bias ? [bias] : []), ...(gamma ? [gamma] : [])])) {
+  const inputs = [x, h, weight, ...(bias ? [bias] : []), ...(gamma ? [gamma] : [])];
+  if (activated && willRecord(inputs)) {
     throw new Error(`${where}: an activated h has no backward; use it without gradients`);
   }
   if (gemmImpl() !== "tiled") {
@@ -106,7 +107,7 @@ export function geluLinearResidual(
   const rows = n * hw;
   const s = scales ? Tensor.from(scales, [n]) : null;
   const params = { ...(bias && { bias }), ...(gamma && { gamma }), ...(s && { s }) };
-  // Row m of the product is pixel m % HW of sample m / HW; column j is channel j.
+  // Where pixel `row` (pixel row % HW of sample row / HW) of channel `ch` sits in an NCHW tensor.
   const nchw = (row: string, ch: string) =>
     `((${row}) / ${hw}u * ${c}u + ${ch}) * ${hw}u + (${row}) % ${hw}u`;
   // The product runs transposed, channels by pixels (m = channel, n = pixel), so that
@@ -135,7 +136,6 @@ export function geluLinearResidual(
     });`,
   });
   if (a !== h) a.dispose();
-  const inputs = [x, h, weight, ...(bias ? [bias] : []), ...(gamma ? [gamma] : [])];
   const saved = [h, weight, ...(bias ? [bias] : []), ...(gamma ? [gamma] : []), ...(s ? [s] : [])];
   record(where, inputs, out, saved, (g, sv) => {
     const [sh, sw] = sv;
